@@ -1,0 +1,1 @@
+//! Internals exposed to the fuzz crate only (built with `--cfg fuzzing`).
