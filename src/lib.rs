@@ -11,7 +11,9 @@
 //! `tuppence-blocking`) wire it to real transports.
 //!
 //! * [`wire`] — the link protocol codec (4.0 and the C executor's 3.0 dialect).
+//! * [`link`] — the link protocol's connection machines, [`link::Client`] and [`link::Server`].
 
+pub mod link;
 pub mod wire;
 
 #[cfg(fuzzing)]

@@ -1,0 +1,675 @@
+//! The client (controller) side of a link connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::core::{Core, Stats, Timeout};
+use super::{
+    ClientConfig, ClientEvent, Command, LinkError, Outcome, Signal, UsageError, Violation,
+    effective_keepalive,
+};
+use crate::wire::{
+    CommandRequest, DEFAULT_MAX_CHUNK, Dialect, Frame, HEADER_LEN, Hello, Packet, Sender, chunks,
+};
+
+/// errno 71: the agent did not understand the request. Terminal whatever the request.
+const EPROTO: u32 = 71;
+/// Major status for "killed by a signal".
+const EFAULT: u32 = 14;
+
+#[derive(Debug)]
+enum Kind {
+    Command,
+    Inject { ready: bool, sent_eof: bool },
+    Extract,
+    Monitor { ending: bool },
+}
+
+#[derive(Debug)]
+struct Transaction {
+    kind: Kind,
+    major: Option<u32>,
+    stdin_closed: bool,
+}
+
+/// The client machine: sends requests, turns the server's packets into [`ClientEvent`]s.
+///
+/// Method groups, as in quinn-proto: getters; `handle_*` inputs; intents (`run`, `inject`,
+/// …); `poll_*` outputs, to be drained after every input or intent. The machine never
+/// reads a clock, so every time-dependent call takes `now`.
+///
+/// ```
+/// use std::time::Instant;
+/// use bytes::BytesMut;
+/// use tuppence::link::{Client, ClientConfig, Command};
+///
+/// let now = Instant::now();
+/// let mut client = Client::new(ClientConfig::default(), now);
+/// let xid = client.run(Command::new("uname -a")).unwrap();
+/// let mut out = BytesMut::new();
+/// client.poll_transmit(now, &mut out); // the hello; the command follows the server's reply
+/// assert_eq!(out[0], b'h');
+/// assert_eq!(xid, 1);
+/// ```
+pub struct Client {
+    core: Core,
+    config: ClientConfig,
+    cid: Option<u16>,
+    server_version: Option<(u8, u8)>,
+    /// Requests made before the server assigned our cid; sent once it has.
+    pending: VecDeque<(u16, Packet)>,
+    pending_bytes: usize,
+    transactions: HashMap<u16, Transaction>,
+    next_xid: u16,
+    events: VecDeque<ClientEvent>,
+}
+
+impl Client {
+    /// A client that has queued its hello.
+    pub fn new(config: ClientConfig, now: Instant) -> Self {
+        let mut core = Core::new(config.dialect, Sender::Server, config.limits.clone(), now);
+        let (major, minor) = config.dialect.version();
+        let hello = Packet::Hello(Hello {
+            major,
+            minor,
+            keepalive: config.keepalive,
+        });
+        // A 4-byte hello always encodes.
+        let _ = core.queue(0, 0, &hello);
+        Client {
+            core,
+            config,
+            cid: None,
+            server_version: None,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            transactions: HashMap::new(),
+            next_xid: 1,
+            events: VecDeque::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// The cid the server assigned, once connected.
+    pub fn cid(&self) -> Option<u16> {
+        self.cid
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.cid.is_some() && self.core.error.is_none()
+    }
+
+    pub fn server_version(&self) -> Option<(u8, u8)> {
+        self.server_version
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.config.dialect
+    }
+
+    /// The fatal error, once the connection has failed.
+    pub fn error(&self) -> Option<&LinkError> {
+        self.core.error.as_ref()
+    }
+
+    /// Bytes waiting to be transmitted (including requests held until the hello reply).
+    pub fn transmit_buffered(&self) -> usize {
+        self.core
+            .transmit_buffered()
+            .saturating_add(self.pending_bytes)
+    }
+
+    /// False while intents would answer `QueueFull`.
+    pub fn can_send(&self) -> bool {
+        self.transmit_buffered() <= self.config.limits.max_transmit_buffer
+    }
+
+    /// Number of live transactions.
+    pub fn transactions(&self) -> usize {
+        self.transactions.len()
+    }
+
+    pub fn is_live(&self, xid: u16) -> bool {
+        self.transactions.contains_key(&xid)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// The negotiated keepalive interval in force, if any.
+    pub fn keepalive(&self) -> Option<std::time::Duration> {
+        self.core.keepalive()
+    }
+
+    // ---- inputs ----
+
+    /// Feeds bytes read from the transport. Returns how many were consumed: fewer than
+    /// given when the event queue is full (drain `poll_event`, then offer the rest again).
+    pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
+        if let Some(e) = &self.core.error {
+            return Err(e.clone());
+        }
+        self.core.tick(now);
+        let mut consumed = 0usize;
+        loop {
+            while self.events.len() < self.config.limits.max_events {
+                match self.core.next_frame() {
+                    Ok(Some(frame)) => self.on_frame(frame),
+                    Ok(None) => break,
+                    Err(e) if e.is_fatal() => {
+                        self.fail(LinkError::Framing(e));
+                        break;
+                    }
+                    Err(e) => self.violation(Violation::Decode(e)),
+                }
+                if self.core.error.is_some() {
+                    break;
+                }
+            }
+            if let Some(e) = &self.core.error {
+                return Err(e.clone());
+            }
+            let rest = data.get(consumed..).unwrap_or_default();
+            if rest.is_empty() || self.events.len() >= self.config.limits.max_events {
+                return Ok(consumed);
+            }
+            consumed = consumed.saturating_add(self.core.feed(rest));
+        }
+    }
+
+    /// The transport reached end of stream.
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.core.tick(now);
+        if self.core.error.is_none() {
+            self.fail(LinkError::Closed);
+        }
+    }
+
+    /// Fires due timers (keepalive send, dead-link detection). Spurious calls are no-ops.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.core.tick(now);
+        match self.core.due() {
+            Timeout::Nothing => {}
+            Timeout::SendKeepalive => {
+                if let Some(cid) = self.cid {
+                    let _ = self.core.queue(cid, 0, &Packet::Keepalive);
+                }
+            }
+            Timeout::Dead(k) => {
+                self.events.push_back(ClientEvent::LinkDead);
+                self.fail(LinkError::KeepaliveExpired(k));
+            }
+        }
+    }
+
+    // ---- intents ----
+
+    /// Starts a command; returns its xid.
+    pub fn run(&mut self, cmd: Command) -> Result<u16, UsageError> {
+        let packet = Packet::Command(CommandRequest {
+            user: cmd.user,
+            command: cmd.command,
+            timeout: cmd.timeout_secs,
+            request_tty: u32::from(cmd.tty),
+            reserved: [0, 0],
+            env: cmd.env,
+        });
+        self.open(Kind::Command, packet)
+    }
+
+    /// Sends bytes to a command's stdin.
+    pub fn send_stdin(&mut self, xid: u16, data: Bytes) -> Result<(), UsageError> {
+        let tx = self.live(xid)?;
+        if !matches!(tx.kind, Kind::Command) || tx.stdin_closed {
+            return Err(UsageError::WrongState {
+                xid,
+                what: "take stdin (not a command, or stdin closed)",
+            });
+        }
+        self.send_data(xid, data)
+    }
+
+    /// Closes a command's stdin (the command reads EOF).
+    pub fn close_stdin(&mut self, xid: u16) -> Result<(), UsageError> {
+        let tx = self.live(xid)?;
+        if !matches!(tx.kind, Kind::Command) || tx.stdin_closed {
+            return Err(UsageError::WrongState {
+                xid,
+                what: "close stdin (not a command, or already closed)",
+            });
+        }
+        self.send(xid, Packet::Eof { channel: 0 })?;
+        if let Some(tx) = self.transactions.get_mut(&xid) {
+            tx.stdin_closed = true;
+        }
+        Ok(())
+    }
+
+    /// Sends a signal to a command's process group. In protocol 3.0 the signal is always
+    /// KILL (the packet has no payload there); an interrupt also aborts a transfer.
+    pub fn interrupt(&mut self, xid: u16, signal: Signal) -> Result<(), UsageError> {
+        self.live(xid)?;
+        let signal = match self.config.dialect {
+            Dialect::V4 => signal.into_bytes(),
+            Dialect::Legacy3 => Bytes::new(),
+        };
+        self.send(xid, Packet::Interrupt { signal })
+    }
+
+    /// Asks the agent to create `path` as `user` with `mode`; wait for
+    /// [`ClientEvent::InjectReady`], then `send_file_data` and `finish_file`.
+    pub fn inject(
+        &mut self,
+        user: impl Into<Bytes>,
+        path: impl Into<Bytes>,
+        mode: u32,
+    ) -> Result<u16, UsageError> {
+        let packet = Packet::Inject {
+            user: user.into(),
+            path: path.into(),
+            mode,
+        };
+        self.open(
+            Kind::Inject {
+                ready: false,
+                sent_eof: false,
+            },
+            packet,
+        )
+    }
+
+    /// File content for an inject that is ready.
+    pub fn send_file_data(&mut self, xid: u16, data: Bytes) -> Result<(), UsageError> {
+        match self.live(xid)?.kind {
+            Kind::Inject {
+                ready: true,
+                sent_eof: false,
+            } => self.send_data(xid, data),
+            _ => Err(UsageError::WrongState {
+                xid,
+                what: "take file data (not an inject that is ready and unfinished)",
+            }),
+        }
+    }
+
+    /// Ends the file: the agent renames it into place and answers.
+    pub fn finish_file(&mut self, xid: u16) -> Result<(), UsageError> {
+        match self.live(xid)?.kind {
+            Kind::Inject {
+                ready: true,
+                sent_eof: false,
+            } => {
+                self.send(xid, Packet::Eof { channel: 0 })?;
+                if let Some(Transaction {
+                    kind: Kind::Inject { sent_eof, .. },
+                    ..
+                }) = self.transactions.get_mut(&xid)
+                {
+                    *sent_eof = true;
+                }
+                Ok(())
+            }
+            _ => Err(UsageError::WrongState {
+                xid,
+                what: "finish a file (not an inject that is ready and unfinished)",
+            }),
+        }
+    }
+
+    /// Asks for the content of `path`, read as `user`: [`ClientEvent::Output`] on channel 0,
+    /// then `OutputEnd` and `Finished`.
+    pub fn extract(
+        &mut self,
+        user: impl Into<Bytes>,
+        path: impl Into<Bytes>,
+    ) -> Result<u16, UsageError> {
+        let packet = Packet::Extract {
+            user: user.into(),
+            path: path.into(),
+        };
+        self.open(Kind::Extract, packet)
+    }
+
+    /// Subscribes to an event source (`agent`, `kmsg`, `file:PATH`).
+    pub fn monitor(&mut self, source: impl Into<Bytes>) -> Result<u16, UsageError> {
+        self.require_v4("monitor")?;
+        let packet = Packet::Monitor {
+            source: source.into(),
+        };
+        self.open(Kind::Monitor { ending: false }, packet)
+    }
+
+    /// Asks the monitor's source to flush what is pending; answered by `Settled { seq }`.
+    pub fn settle(&mut self, xid: u16, seq: u32) -> Result<(), UsageError> {
+        self.require_v4("settle")?;
+        match self.live(xid)?.kind {
+            Kind::Monitor { .. } => self.send(xid, Packet::Settle { seq }),
+            _ => Err(UsageError::WrongState {
+                xid,
+                what: "settle (not a monitor)",
+            }),
+        }
+    }
+
+    /// Ends a monitor; `Finished` follows.
+    pub fn end_monitor(&mut self, xid: u16) -> Result<(), UsageError> {
+        match self.live(xid)?.kind {
+            Kind::Monitor { ending: false } => {
+                self.send(xid, Packet::Eof { channel: 0 })?;
+                if let Some(Transaction {
+                    kind: Kind::Monitor { ending },
+                    ..
+                }) = self.transactions.get_mut(&xid)
+                {
+                    *ending = true;
+                }
+                Ok(())
+            }
+            _ => Err(UsageError::WrongState {
+                xid,
+                what: "end a monitor (not a monitor, or already ending)",
+            }),
+        }
+    }
+
+    /// Asks for process information about a running command (bit *n* of `mask` asks for
+    /// field type *n*, see [`crate::wire::field`]).
+    pub fn procinfo(&mut self, xid: u16, mask: u32) -> Result<(), UsageError> {
+        self.require_v4("procinfo")?;
+        match self.live(xid)?.kind {
+            Kind::Command => self.send(xid, Packet::ProcInfoQuery { mask }),
+            _ => Err(UsageError::WrongState {
+                xid,
+                what: "answer procinfo (not a command)",
+            }),
+        }
+    }
+
+    /// Asks the agent to stop (it kills what it started and exits).
+    pub fn quit(&mut self) -> Result<(), UsageError> {
+        self.core.check_open()?;
+        self.send(0, Packet::Quit)
+    }
+
+    // ---- outputs ----
+
+    /// Appends whole packets to `buf`; returns the number of bytes appended.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
+        self.core.poll_transmit(now, buf)
+    }
+
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    // ---- internals ----
+
+    fn require_v4(&self, what: &'static str) -> Result<(), UsageError> {
+        match self.config.dialect {
+            Dialect::V4 => Ok(()),
+            dialect => Err(UsageError::NotSupported { what, dialect }),
+        }
+    }
+
+    fn live(&self, xid: u16) -> Result<&Transaction, UsageError> {
+        self.core.check_open()?;
+        self.transactions
+            .get(&xid)
+            .ok_or(UsageError::UnknownTransaction(xid))
+    }
+
+    fn check_room(&self) -> Result<(), UsageError> {
+        self.core.check_room()?;
+        let buffered = self.transmit_buffered();
+        if buffered > self.config.limits.max_transmit_buffer {
+            return Err(UsageError::QueueFull {
+                buffered,
+                limit: self.config.limits.max_transmit_buffer,
+            });
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, kind: Kind, packet: Packet) -> Result<u16, UsageError> {
+        self.check_room()?;
+        let limit = self
+            .config
+            .limits
+            .max_transactions
+            .min(usize::from(u16::MAX) - 1);
+        if self.transactions.len() >= limit {
+            return Err(UsageError::TooManyTransactions(limit));
+        }
+        let xid = self.allocate_xid();
+        self.send(xid, packet)?;
+        self.transactions.insert(
+            xid,
+            Transaction {
+                kind,
+                major: None,
+                stdin_closed: false,
+            },
+        );
+        Ok(xid)
+    }
+
+    /// Next free xid from 1 upwards, wrapping and skipping 0 and xids still live.
+    fn allocate_xid(&mut self) -> u16 {
+        loop {
+            let xid = self.next_xid;
+            self.next_xid = self.next_xid.checked_add(1).unwrap_or(1);
+            if xid != 0 && !self.transactions.contains_key(&xid) {
+                return xid;
+            }
+        }
+    }
+
+    fn send(&mut self, xid: u16, packet: Packet) -> Result<(), UsageError> {
+        self.check_room()?;
+        match self.cid {
+            Some(cid) => self.core.queue(cid, xid, &packet)?,
+            None => {
+                // Validate now so the error reaches the caller, not the hello handler.
+                packet.to_bytes(self.config.dialect, 0, xid)?;
+                self.pending_bytes = self
+                    .pending_bytes
+                    .saturating_add(packet.encoded_len(self.config.dialect));
+                self.pending.push_back((xid, packet));
+            }
+        }
+        Ok(())
+    }
+
+    fn send_data(&mut self, xid: u16, data: Bytes) -> Result<(), UsageError> {
+        self.check_room()?;
+        match self.cid {
+            Some(cid) => self.core.queue_data(cid, xid, 0, data)?,
+            None => {
+                let max = self
+                    .config
+                    .limits
+                    .max_send_packet
+                    .saturating_sub(HEADER_LEN + 2)
+                    .min(DEFAULT_MAX_CHUNK.max(1));
+                for piece in chunks(data, max) {
+                    self.send(
+                        xid,
+                        Packet::Data {
+                            channel: 0,
+                            data: piece,
+                        },
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, error: LinkError) {
+        self.core.error = Some(error.clone());
+        let mut xids: Vec<u16> = self.transactions.keys().copied().collect();
+        xids.sort_unstable();
+        for xid in xids {
+            self.transactions.remove(&xid);
+            self.events.push_back(ClientEvent::Finished {
+                xid,
+                outcome: Outcome::LinkLost(error.clone()),
+            });
+        }
+    }
+
+    fn violation(&mut self, v: Violation) {
+        self.core.stats.violations += 1;
+        self.events.push_back(ClientEvent::ProtocolViolation(v));
+    }
+
+    fn unexpected(&mut self, xid: u16, packet: &Packet, why: &'static str) {
+        self.violation(Violation::Unexpected {
+            xid,
+            packet: packet.packet_type(),
+            why,
+        });
+    }
+
+    fn finish(&mut self, xid: u16, outcome: Outcome) {
+        self.transactions.remove(&xid);
+        self.events
+            .push_back(ClientEvent::Finished { xid, outcome });
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        let Some(cid) = self.cid else {
+            return self.on_handshake(frame);
+        };
+        if frame.cid != cid {
+            self.core.stats.foreign_cid_dropped += 1;
+            return;
+        }
+        self.core.saw_traffic();
+        match frame.packet {
+            Packet::Keepalive | Packet::Hello(_) => {}
+            packet => self.on_transaction_packet(frame.xid, packet),
+        }
+    }
+
+    fn on_handshake(&mut self, frame: Frame) {
+        let Packet::Hello(hello) = frame.packet else {
+            return self.fail(LinkError::Handshake(frame.packet.packet_type().name()));
+        };
+        let ours = self.config.dialect.version();
+        if hello.major != ours.0 {
+            return self.fail(LinkError::VersionMismatch {
+                ours,
+                theirs: (hello.major, hello.minor),
+            });
+        }
+        self.core.saw_traffic();
+        self.cid = Some(frame.cid);
+        self.server_version = Some((hello.major, hello.minor));
+        self.core
+            .set_keepalive(effective_keepalive(hello.keepalive), true);
+        self.events.push_back(ClientEvent::Connected {
+            cid: frame.cid,
+            server_version: (hello.major, hello.minor),
+            keepalive: hello.keepalive,
+        });
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        for (xid, packet) in pending {
+            // Validated when queued.
+            let _ = self.core.queue(frame.cid, xid, &packet);
+        }
+    }
+
+    fn on_transaction_packet(&mut self, xid: u16, packet: Packet) {
+        let Some(tx) = self.transactions.get_mut(&xid) else {
+            self.core.stats.unknown_xid_dropped += 1;
+            return;
+        };
+        // 71 alone ends any transaction: the agent did not understand the request.
+        if packet == Packet::Major(EPROTO) {
+            return self.finish(xid, Outcome::Failed { errno: EPROTO });
+        }
+        match (&mut tx.kind, packet) {
+            (Kind::Command, Packet::Data { channel, data }) if channel == 1 || channel == 2 => {
+                self.events
+                    .push_back(ClientEvent::Output { xid, channel, data });
+            }
+            (Kind::Command, Packet::Eof { channel }) if channel == 1 || channel == 2 => {
+                self.events
+                    .push_back(ClientEvent::OutputEnd { xid, channel });
+            }
+            (Kind::Command, Packet::Major(m)) if tx.major.is_none() => tx.major = Some(m),
+            (Kind::Command, Packet::Minor(code)) => {
+                let outcome = match tx.major.unwrap_or(0) {
+                    0 => Outcome::Exited(code),
+                    EFAULT if code != 0 => Outcome::Signaled(code),
+                    errno => Outcome::Failed { errno },
+                };
+                self.finish(xid, outcome);
+            }
+            (Kind::Command, Packet::Timeout) => self.finish(xid, Outcome::TimedOut),
+            (Kind::Command, Packet::ProcInfoResponse { fields }) => {
+                self.events.push_back(ClientEvent::ProcInfo { xid, fields });
+            }
+            (Kind::Inject { ready, .. }, Packet::Major(0)) if !*ready => {
+                *ready = true;
+                self.events.push_back(ClientEvent::InjectReady { xid });
+            }
+            (Kind::Inject { .. } | Kind::Extract | Kind::Monitor { .. }, Packet::Major(errno))
+                if errno != 0 =>
+            {
+                self.finish(xid, Outcome::Failed { errno })
+            }
+            (Kind::Inject { .. } | Kind::Extract | Kind::Monitor { .. }, Packet::Minor(0)) => {
+                self.finish(xid, Outcome::Completed)
+            }
+            (Kind::Inject { .. } | Kind::Extract, Packet::Minor(errno)) => {
+                self.finish(xid, Outcome::Failed { errno })
+            }
+            (Kind::Extract, Packet::Major(0)) if tx.major.is_none() => tx.major = Some(0),
+            (Kind::Extract, Packet::Data { channel: 0, data }) => {
+                self.events.push_back(ClientEvent::Output {
+                    xid,
+                    channel: 0,
+                    data,
+                });
+            }
+            (Kind::Extract, Packet::Eof { channel: 0 }) => {
+                self.events
+                    .push_back(ClientEvent::OutputEnd { xid, channel: 0 });
+            }
+            (Kind::Monitor { .. }, Packet::Data { channel: 0, data }) => {
+                self.events
+                    .push_back(ClientEvent::MonitorData { xid, data });
+            }
+            (Kind::Monitor { .. }, Packet::Settle { seq }) => {
+                self.events.push_back(ClientEvent::Settled { xid, seq });
+            }
+            (Kind::Monitor { .. }, Packet::Eof { channel: 0 } | Packet::Major(0)) => {}
+            (_, packet) => {
+                self.unexpected(xid, &packet, "not valid for this transaction now");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("dialect", &self.config.dialect)
+            .field("cid", &self.cid)
+            .field("transactions", &self.transactions.len())
+            .field("error", &self.core.error)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,77 @@
+//! Link-level errors, split by fault: the connection is unusable (`LinkError`), or the caller
+//! asked for something impossible (`UsageError`).
+
+use std::time::Duration;
+
+use crate::wire::{DecodeError, Dialect, EncodeError, PacketType};
+
+/// The connection cannot continue. Sticky: once a machine has one, every later input call
+/// returns it; packets queued before it (e.g. status words) can still be transmitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The byte stream lost its packet boundaries (e.g. a length below 8).
+    #[error("framing error, the stream cannot be resynchronised: {0}")]
+    Framing(DecodeError),
+    /// The server's protocol major version differs from ours.
+    #[error("protocol version mismatch: the server speaks {}.{}, this client speaks {}.{}", theirs.0, theirs.1, ours.0, ours.1)]
+    VersionMismatch { ours: (u8, u8), theirs: (u8, u8) },
+    /// The first packet from the server was not a hello.
+    #[error("handshake failed: expected a hello from the server, got a {0} packet")]
+    Handshake(&'static str),
+    /// Nothing arrived from the peer within the negotiated keepalive interval.
+    #[error("link dead: nothing received for {0:?} (keepalive expired)")]
+    KeepaliveExpired(Duration),
+    /// The transport reported end of stream.
+    #[error("the peer closed the connection")]
+    Closed,
+}
+
+/// A packet from the peer that was dropped because it made no sense at that point.
+/// The connection and all other transactions continue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// The packet did not decode (unknown type, malformed payload).
+    #[error(transparent)]
+    Decode(DecodeError),
+    /// A well-formed packet that the transaction's state does not allow.
+    #[error("unexpected {} packet on xid {xid}: {why}", packet.name())]
+    Unexpected {
+        xid: u16,
+        packet: PacketType,
+        why: &'static str,
+    },
+}
+
+/// The caller asked a machine for something it cannot do. Nothing was queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// The transmit queue is over its limit: drain `poll_transmit` first.
+    #[error(
+        "transmit queue full ({buffered} bytes buffered, limit {limit}): drain poll_transmit first"
+    )]
+    QueueFull { buffered: usize, limit: usize },
+    /// Too many transactions are live on this connection.
+    #[error("too many live transactions (limit {0})")]
+    TooManyTransactions(usize),
+    /// No live transaction has this xid.
+    #[error("no live transaction with xid {0}")]
+    UnknownTransaction(u16),
+    /// The transaction exists but is of another kind or in another state.
+    #[error("transaction {xid} cannot {what}")]
+    WrongState { xid: u16, what: &'static str },
+    /// The operation does not exist in the connection's dialect.
+    #[error("{what} is not available in protocol {dialect}")]
+    NotSupported {
+        what: &'static str,
+        dialect: Dialect,
+    },
+    /// The packet could not be encoded (too long, NUL inside a string, …).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The connection has failed.
+    #[error("connection failed: {0}")]
+    Link(#[from] LinkError),
+}

@@ -1,0 +1,660 @@
+//! The server (agent) side of a link connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::core::{Core, Stats, Timeout};
+use super::{
+    LinkError, ServerConfig, ServerEvent, UsageError, Violation, effective_keepalive,
+    negotiate_keepalive,
+};
+use crate::wire::{
+    DecodeError, Dialect, Frame, Hello, Packet, ProcInfoField, Sender, detect_dialect,
+};
+
+/// Status words the machine itself sends (errno values of Linux, as the C executor).
+pub mod status {
+    /// No such user / file / event source.
+    pub const ENOENT: u32 = 2;
+    /// Procinfo for a transaction that is not a running command.
+    pub const ESRCH: u32 = 3;
+    /// A transfer was interrupted by the client.
+    pub const EINTR: u32 = 4;
+    /// Too many transactions on this connection.
+    pub const EAGAIN: u32 = 11;
+    /// Major status of a command killed by a signal (minor = signal number).
+    pub const EFAULT: u32 = 14;
+    /// The request was not understood.
+    pub const EPROTO: u32 = 71;
+}
+
+#[derive(Debug)]
+enum Kind {
+    Command {
+        /// EOF already sent on channel 1 / channel 2.
+        eof_sent: [bool; 2],
+        stdin_done: bool,
+    },
+    Inject {
+        ready: bool,
+    },
+    Extract {
+        ready: bool,
+        eof_sent: bool,
+    },
+    Monitor,
+}
+
+/// The server machine: answers hellos, turns requests into [`ServerEvent`]s and the
+/// application's answers into packets in the order DESIGN §3 prescribes.
+///
+/// It enforces the ordering rules itself: no packet after a transaction's terminal one,
+/// `X` on channels 1 and 2 before the status in 4.0 (none in 3.0), extract success without
+/// `M` in 3.0. The application never writes packets directly.
+pub struct Server {
+    core: Core,
+    config: ServerConfig,
+    detected: bool,
+    transactions: HashMap<u16, Kind>,
+    events: VecDeque<ServerEvent>,
+}
+
+impl Server {
+    pub fn new(config: ServerConfig, now: Instant) -> Self {
+        let dialect = config.dialect.unwrap_or_default();
+        let mut core = Core::new(dialect, Sender::Client, config.limits.clone(), now);
+        // Before a hello, the agent's own setting bounds silence (no `K` is sent yet).
+        core.set_keepalive(effective_keepalive(config.keepalive), false);
+        Server {
+            core,
+            detected: config.dialect.is_some(),
+            config,
+            transactions: HashMap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    pub fn cid(&self) -> u16 {
+        self.config.cid
+    }
+
+    /// The dialect in use (the default until the client's first 8 bytes arrived).
+    pub fn dialect(&self) -> Dialect {
+        self.core.dialect
+    }
+
+    pub fn dialect_known(&self) -> bool {
+        self.detected
+    }
+
+    pub fn error(&self) -> Option<&LinkError> {
+        self.core.error.as_ref()
+    }
+
+    pub fn transmit_buffered(&self) -> usize {
+        self.core.transmit_buffered()
+    }
+
+    /// False while `output` would answer `QueueFull`: stop reading children's output.
+    pub fn can_send(&self) -> bool {
+        self.core.transmit_buffered() <= self.config.limits.max_transmit_buffer
+    }
+
+    pub fn transactions(&self) -> usize {
+        self.transactions.len()
+    }
+
+    pub fn is_live(&self, xid: u16) -> bool {
+        self.transactions.contains_key(&xid)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    // ---- inputs ----
+
+    /// Feeds bytes read from the transport; returns how many were consumed (fewer when
+    /// the event queue is full).
+    pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
+        if let Some(e) = &self.core.error {
+            return Err(e.clone());
+        }
+        self.core.tick(now);
+        let mut consumed = 0usize;
+        loop {
+            if !self.detected
+                && let Some(d) = detect_dialect(self.core.decoder.peek())
+            {
+                self.core.set_dialect(d);
+                self.detected = true;
+            }
+            while self.detected && self.events.len() < self.config.limits.max_events {
+                match self.core.next_frame() {
+                    Ok(Some(frame)) => self.on_frame(frame),
+                    Ok(None) => break,
+                    Err(e) if e.is_fatal() => {
+                        self.die(LinkError::Framing(e));
+                        break;
+                    }
+                    Err(e) => self.on_decode_error(e),
+                }
+            }
+            if let Some(e) = &self.core.error {
+                return Err(e.clone());
+            }
+            let rest = data.get(consumed..).unwrap_or_default();
+            if rest.is_empty() || self.events.len() >= self.config.limits.max_events {
+                return Ok(consumed);
+            }
+            consumed = consumed.saturating_add(self.core.feed(rest));
+        }
+    }
+
+    /// The transport reached end of stream (the client went away).
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.core.tick(now);
+        if self.core.error.is_none() {
+            self.die(LinkError::Closed);
+        }
+    }
+
+    /// Fires due keepalive timers. Spurious calls are no-ops.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.core.tick(now);
+        match self.core.due() {
+            Timeout::Nothing => {}
+            Timeout::SendKeepalive => {
+                let _ = self.core.queue(self.config.cid, 0, &Packet::Keepalive);
+            }
+            Timeout::Dead(k) => {
+                self.events.push_back(ServerEvent::LinkDead);
+                self.die(LinkError::KeepaliveExpired(k));
+            }
+        }
+    }
+
+    // ---- intents: the application's answers ----
+
+    /// Command output (channel 1 or 2), extract data or monitor events (channel 0).
+    /// Accepted while [`Server::can_send`] is true; chunked into packets.
+    pub fn output(&mut self, xid: u16, channel: u16, data: Bytes) -> Result<(), UsageError> {
+        self.core.check_room()?;
+        let v4 = self.core.dialect == Dialect::V4;
+        let mut announce = false;
+        match (self.kind_mut(xid)?, channel) {
+            (Kind::Command { eof_sent, .. }, 1 | 2) if !eof_sent[usize::from(channel - 1)] => {}
+            (Kind::Extract { ready, eof_sent }, 0) if !*eof_sent => {
+                announce = v4 && !*ready;
+                *ready = true;
+            }
+            (Kind::Monitor, 0) => {}
+            _ => {
+                return Err(UsageError::WrongState {
+                    xid,
+                    what: "send output on this channel",
+                });
+            }
+        }
+        if announce {
+            self.send(xid, Packet::Major(0))?;
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let cid = self.config.cid;
+        self.core.queue_data(cid, xid, channel, data)?;
+        Ok(())
+    }
+
+    /// End of a command output channel, or of extracted data.
+    pub fn output_end(&mut self, xid: u16, channel: u16) -> Result<(), UsageError> {
+        self.core.check_open()?;
+        let dialect = self.core.dialect;
+        let send = match (self.kind_mut(xid)?, channel) {
+            (Kind::Command { eof_sent, .. }, 1 | 2) => {
+                let slot = &mut eof_sent[usize::from(channel - 1)];
+                let first = !*slot;
+                *slot = true;
+                // 3.0 never signals the end of stdout/stderr: the status implies it.
+                first && dialect == Dialect::V4
+            }
+            (Kind::Extract { eof_sent, .. }, 0) => !std::mem::replace(eof_sent, true),
+            _ => {
+                return Err(UsageError::WrongState {
+                    xid,
+                    what: "end output on this channel",
+                });
+            }
+        };
+        if send {
+            self.send(xid, Packet::Eof { channel })?;
+        }
+        Ok(())
+    }
+
+    /// The command exited with `code`.
+    pub fn command_exited(&mut self, xid: u16, code: u32) -> Result<(), UsageError> {
+        self.command_status(xid, 0, code)
+    }
+
+    /// The command was killed by signal `signo`.
+    pub fn command_killed(&mut self, xid: u16, signo: u32) -> Result<(), UsageError> {
+        self.command_status(xid, status::EFAULT, signo)
+    }
+
+    /// The agent killed the command at its timeout.
+    pub fn timed_out(&mut self, xid: u16) -> Result<(), UsageError> {
+        self.expect(xid, "time out (not a command)", |k| {
+            matches!(k, Kind::Command { .. })
+        })?;
+        self.send(xid, Packet::Timeout)?;
+        self.transactions.remove(&xid);
+        Ok(())
+    }
+
+    /// The request failed with `errno` (spawn failure, unknown user, file error, unknown
+    /// event source). Sends the status sequence the transaction's kind and state require.
+    pub fn fail(&mut self, xid: u16, errno: u32) -> Result<(), UsageError> {
+        self.core.check_open()?;
+        let v4 = self.core.dialect == Dialect::V4;
+        let packets = match self.kind_mut(xid)? {
+            Kind::Command { .. } => vec![Packet::Major(errno), Packet::Minor(0)],
+            Kind::Inject { ready: false } | Kind::Extract { ready: false, .. } | Kind::Monitor => {
+                vec![Packet::Major(errno)]
+            }
+            Kind::Inject { ready: true } => vec![Packet::Minor(errno)],
+            Kind::Extract { ready: true, .. } if v4 => vec![Packet::Minor(errno)],
+            Kind::Extract { ready: true, .. } => vec![Packet::Major(errno)],
+        };
+        for p in packets {
+            self.send(xid, p)?;
+        }
+        self.transactions.remove(&xid);
+        Ok(())
+    }
+
+    /// The inject target is open: tell the client to send data.
+    pub fn inject_ready(&mut self, xid: u16) -> Result<(), UsageError> {
+        match self.kind_mut(xid)? {
+            Kind::Inject { ready } if !*ready => *ready = true,
+            _ => {
+                return Err(UsageError::WrongState {
+                    xid,
+                    what: "become ready (not an inject waiting to start)",
+                });
+            }
+        }
+        self.send(xid, Packet::Major(0))
+    }
+
+    /// The injected file was written and renamed into place (`Ok`) or failed (`Err(errno)`).
+    pub fn inject_done(&mut self, xid: u16, result: Result<(), u32>) -> Result<(), UsageError> {
+        match result {
+            Ok(()) => {
+                self.expect(xid, "complete (not a ready inject)", |k| {
+                    matches!(k, Kind::Inject { ready: true })
+                })?;
+                self.send(xid, Packet::Minor(0))?;
+                self.transactions.remove(&xid);
+                Ok(())
+            }
+            Err(errno) => self.fail(xid, errno),
+        }
+    }
+
+    /// The extract source is open: data follows (`M`=0 in 4.0; nothing in 3.0).
+    pub fn extract_ready(&mut self, xid: u16) -> Result<(), UsageError> {
+        let v4 = self.core.dialect == Dialect::V4;
+        match self.kind_mut(xid)? {
+            Kind::Extract { ready, .. } if !*ready => *ready = true,
+            _ => {
+                return Err(UsageError::WrongState {
+                    xid,
+                    what: "become ready (not an extract waiting to start)",
+                });
+            }
+        }
+        if v4 {
+            self.send(xid, Packet::Major(0))?;
+        }
+        Ok(())
+    }
+
+    /// All data was sent (`Ok`: EOF then `m`=0) or reading failed (`Err(errno)`).
+    pub fn extract_done(&mut self, xid: u16, result: Result<(), u32>) -> Result<(), UsageError> {
+        match result {
+            Ok(()) => {
+                self.expect(xid, "complete (not an extract)", |k| {
+                    matches!(k, Kind::Extract { .. })
+                })?;
+                if let Some(Kind::Extract { ready: false, .. }) = self.transactions.get(&xid) {
+                    // An empty file: announce it before ending it.
+                    self.extract_ready(xid)?;
+                }
+                self.output_end(xid, 0)?;
+                self.send(xid, Packet::Minor(0))?;
+                self.transactions.remove(&xid);
+                Ok(())
+            }
+            Err(errno) => self.fail(xid, errno),
+        }
+    }
+
+    /// Every event pending at the settle request has been sent.
+    pub fn settled(&mut self, xid: u16, seq: u32) -> Result<(), UsageError> {
+        self.expect(xid, "settle (not a monitor)", |k| {
+            matches!(k, Kind::Monitor)
+        })?;
+        self.send(xid, Packet::Settle { seq })
+    }
+
+    /// Answer to a procinfo query.
+    pub fn procinfo(&mut self, xid: u16, fields: Vec<ProcInfoField>) -> Result<(), UsageError> {
+        self.expect(xid, "answer procinfo (not a command)", |k| {
+            matches!(k, Kind::Command { .. })
+        })?;
+        self.send(xid, Packet::ProcInfoResponse { fields })
+    }
+
+    // ---- outputs ----
+
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
+        self.core.poll_transmit(now, buf)
+    }
+
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    // ---- internals ----
+
+    fn kind_mut(&mut self, xid: u16) -> Result<&mut Kind, UsageError> {
+        self.core.check_open()?;
+        self.transactions
+            .get_mut(&xid)
+            .ok_or(UsageError::UnknownTransaction(xid))
+    }
+
+    fn expect(
+        &mut self,
+        xid: u16,
+        what: &'static str,
+        ok: impl Fn(&Kind) -> bool,
+    ) -> Result<(), UsageError> {
+        if ok(self.kind_mut(xid)?) {
+            Ok(())
+        } else {
+            Err(UsageError::WrongState { xid, what })
+        }
+    }
+
+    fn command_status(&mut self, xid: u16, major: u32, minor: u32) -> Result<(), UsageError> {
+        self.expect(xid, "report an exit status (not a command)", |k| {
+            matches!(k, Kind::Command { .. })
+        })?;
+        for channel in [1, 2] {
+            self.output_end(xid, channel)?;
+        }
+        self.send(xid, Packet::Major(major))?;
+        self.send(xid, Packet::Minor(minor))?;
+        self.transactions.remove(&xid);
+        Ok(())
+    }
+
+    /// Queues a packet. Status packets are never refused for a full queue: they are small
+    /// and bounded by the number of transactions.
+    fn send(&mut self, xid: u16, packet: Packet) -> Result<(), UsageError> {
+        self.core.check_open()?;
+        self.core.queue(self.config.cid, xid, &packet)?;
+        Ok(())
+    }
+
+    fn die(&mut self, error: LinkError) {
+        self.core.error = Some(error);
+        self.transactions.clear();
+    }
+
+    fn violation(&mut self, v: Violation) {
+        self.core.stats.violations += 1;
+        self.events.push_back(ServerEvent::ProtocolViolation(v));
+    }
+
+    /// A bad packet: answered with 71 on its xid if that opens no live transaction.
+    fn on_decode_error(&mut self, e: DecodeError) {
+        if let Some(h) = e.header().copied()
+            && h.cid == self.config.cid
+            && !self.transactions.contains_key(&h.xid)
+        {
+            let _ = self.send(h.xid, Packet::Major(status::EPROTO));
+        }
+        self.violation(Violation::Decode(e));
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        let cid = self.config.cid;
+        if let Packet::Hello(hello) = &frame.packet
+            && (frame.cid == 0 || frame.cid == cid)
+        {
+            return self.on_hello(hello.clone());
+        }
+        if frame.cid != cid {
+            self.core.stats.foreign_cid_dropped += 1;
+            return;
+        }
+        self.core.saw_traffic();
+        let xid = frame.xid;
+        match frame.packet {
+            Packet::Keepalive => {}
+            Packet::Quit => self.events.push_back(ServerEvent::Quit),
+            packet if self.transactions.contains_key(&xid) => self.on_live(xid, packet),
+            packet => self.on_new(xid, packet),
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello) {
+        self.core.saw_traffic();
+        let keepalive = negotiate_keepalive(hello.keepalive, self.config.keepalive);
+        let (major, minor) = self.core.dialect.version();
+        let reply = Packet::Hello(Hello {
+            major,
+            minor,
+            keepalive,
+        });
+        let _ = self.send(0, reply);
+        self.core
+            .set_keepalive(effective_keepalive(keepalive), true);
+        self.events.push_back(ServerEvent::Hello {
+            client_version: (hello.major, hello.minor),
+            keepalive,
+        });
+    }
+
+    fn on_new(&mut self, xid: u16, packet: Packet) {
+        let is_request = matches!(
+            packet,
+            Packet::Command(_)
+                | Packet::Inject { .. }
+                | Packet::Extract { .. }
+                | Packet::Monitor { .. }
+        );
+        if is_request && self.transactions.len() >= self.config.limits.max_transactions {
+            // Answer in the shape the client expects for that request.
+            let _ = self.send(xid, Packet::Major(status::EAGAIN));
+            if matches!(packet, Packet::Command(_)) {
+                let _ = self.send(xid, Packet::Minor(0));
+            }
+            return;
+        }
+        match packet {
+            Packet::Command(c) => {
+                if c.command.is_empty() {
+                    let _ = self.send(xid, Packet::Major(status::EPROTO));
+                    return self.violation(Violation::Unexpected {
+                        xid,
+                        packet: crate::wire::PacketType::Command,
+                        why: "empty command",
+                    });
+                }
+                let tty = c.wants_tty();
+                let timeout = match c.timeout {
+                    0 => self.config.default_command_timeout,
+                    s => Duration::from_secs(u64::from(s)),
+                };
+                self.transactions.insert(
+                    xid,
+                    Kind::Command {
+                        eof_sent: [false, tty],
+                        stdin_done: false,
+                    },
+                );
+                if tty {
+                    // No separate stderr on a tty: say so before any output.
+                    let _ = self.send(xid, Packet::Eof { channel: 2 });
+                }
+                self.events.push_back(ServerEvent::RunCommand {
+                    xid,
+                    user: c.user,
+                    command: c.command,
+                    timeout,
+                    tty,
+                    env: c.env,
+                });
+            }
+            Packet::Inject { user, path, mode } => {
+                self.transactions.insert(xid, Kind::Inject { ready: false });
+                self.events.push_back(ServerEvent::Inject {
+                    xid,
+                    user,
+                    path,
+                    mode,
+                });
+            }
+            Packet::Extract { user, path } => {
+                self.transactions.insert(
+                    xid,
+                    Kind::Extract {
+                        ready: false,
+                        eof_sent: false,
+                    },
+                );
+                self.events
+                    .push_back(ServerEvent::Extract { xid, user, path });
+            }
+            Packet::Monitor { source } => {
+                self.transactions.insert(xid, Kind::Monitor);
+                self.events.push_back(ServerEvent::Monitor { xid, source });
+            }
+            // Late stdin, EOF or interrupt after the command ended: normal, drop.
+            Packet::Data { .. } | Packet::Eof { .. } | Packet::Interrupt { .. } => {
+                self.core.stats.unknown_xid_dropped += 1;
+            }
+            // Nothing pending on a non-monitor: settled at once.
+            Packet::Settle { seq } => {
+                let _ = self.send(xid, Packet::Settle { seq });
+            }
+            Packet::ProcInfoQuery { .. } => {
+                let _ = self.send(xid, Packet::Major(status::ESRCH));
+            }
+            other => {
+                let _ = self.send(xid, Packet::Major(status::EPROTO));
+                self.violation(Violation::Unexpected {
+                    xid,
+                    packet: other.packet_type(),
+                    why: "not a request a client may send",
+                });
+            }
+        }
+    }
+
+    fn on_live(&mut self, xid: u16, packet: Packet) {
+        let Some(kind) = self.transactions.get_mut(&xid) else {
+            return;
+        };
+        let event = match (kind, packet) {
+            (Kind::Command { stdin_done, .. }, Packet::Data { channel: 0, data }) => {
+                if *stdin_done {
+                    None
+                } else {
+                    Some(ServerEvent::Stdin { xid, data })
+                }
+            }
+            (Kind::Command { stdin_done, .. }, Packet::Eof { channel: 0 }) => {
+                (!std::mem::replace(stdin_done, true)).then_some(ServerEvent::StdinEnd { xid })
+            }
+            (Kind::Command { .. }, Packet::Interrupt { signal }) => {
+                Some(ServerEvent::Interrupt { xid, signal })
+            }
+            (Kind::Command { .. }, Packet::ProcInfoQuery { mask }) => {
+                Some(ServerEvent::ProcInfo { xid, mask })
+            }
+            (
+                Kind::Command { .. } | Kind::Inject { .. } | Kind::Extract { .. },
+                Packet::Settle { seq },
+            ) => {
+                let _ = self.send(xid, Packet::Settle { seq });
+                None
+            }
+            (Kind::Inject { .. }, Packet::Data { channel: 0, data }) => {
+                Some(ServerEvent::InjectData { xid, data })
+            }
+            (Kind::Inject { .. }, Packet::Eof { channel: 0 }) => {
+                Some(ServerEvent::InjectEnd { xid })
+            }
+            (Kind::Inject { .. } | Kind::Extract { .. }, Packet::Interrupt { .. }) => {
+                let _ = self.send(xid, Packet::Minor(status::EINTR));
+                self.transactions.remove(&xid);
+                Some(ServerEvent::TransferAborted { xid })
+            }
+            (Kind::Monitor, Packet::Settle { seq }) => Some(ServerEvent::Settle { xid, seq }),
+            (Kind::Monitor, Packet::Eof { channel: 0 }) => {
+                for p in [
+                    Packet::Eof { channel: 0 },
+                    Packet::Major(0),
+                    Packet::Minor(0),
+                ] {
+                    let _ = self.send(xid, p);
+                }
+                self.transactions.remove(&xid);
+                Some(ServerEvent::MonitorEnd { xid })
+            }
+            (
+                Kind::Inject { .. } | Kind::Extract { .. } | Kind::Monitor,
+                Packet::ProcInfoQuery { .. },
+            ) => {
+                let _ = self.send(xid, Packet::ProcInfoResponse { fields: Vec::new() });
+                None
+            }
+            (_, packet) => {
+                self.violation(Violation::Unexpected {
+                    xid,
+                    packet: packet.packet_type(),
+                    why: "not valid for this transaction now",
+                });
+                None
+            }
+        };
+        if let Some(e) = event {
+            self.events.push_back(e);
+        }
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("cid", &self.config.cid)
+            .field("dialect", &self.core.dialect)
+            .field("transactions", &self.transactions.len())
+            .field("error", &self.core.error)
+            .finish_non_exhaustive()
+    }
+}
