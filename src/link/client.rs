@@ -575,8 +575,10 @@ impl Client {
         self.core.saw_traffic();
         self.cid = Some(frame.cid);
         self.server_version = Some((hello.major, hello.minor));
-        self.core
-            .set_keepalive(effective_keepalive(hello.keepalive), true);
+        self.core.set_keepalive(
+            effective_keepalive(hello.keepalive, self.config.limits.min_keepalive),
+            true,
+        );
         self.events.push_back(ClientEvent::Connected {
             cid: frame.cid,
             server_version: (hello.major, hello.minor),

@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_transmit_buffer: usize,
     /// Live transactions per connection.
     pub max_transactions: usize,
+    /// Keepalive intervals below this are raised to it (10 s, as the C executor; tests
+    /// lower it to exercise expiry on a real clock).
+    pub min_keepalive: Duration,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_events: 1024,
             max_transmit_buffer: 1 << 20,
             max_transactions: 1024,
+            min_keepalive: MIN_KEEPALIVE,
         }
     }
 }
@@ -88,12 +92,12 @@ impl Default for ServerConfig {
 }
 
 /// The interval a side applies for a negotiated keepalive value: `None` = off, otherwise
-/// at least [`MIN_KEEPALIVE`]; 0xFFFF stands for the default (60 s).
-pub fn effective_keepalive(secs: u16) -> Option<Duration> {
+/// at least `min` (normally [`MIN_KEEPALIVE`]); 0xFFFF stands for the default (60 s).
+pub fn effective_keepalive(secs: u16, min: Duration) -> Option<Duration> {
     match secs {
         0 => None,
         KEEPALIVE_SERVER_DEFAULT => Some(Duration::from_secs(DEFAULT_KEEPALIVE_SECS.into())),
-        s => Some(Duration::from_secs(s.into()).max(MIN_KEEPALIVE)),
+        s => Some(Duration::from_secs(s.into()).max(min)),
     }
 }
 

@@ -66,7 +66,10 @@ impl Server {
         let dialect = config.dialect.unwrap_or_default();
         let mut core = Core::new(dialect, Sender::Client, config.limits.clone(), now);
         // Before a hello, the agent's own setting bounds silence (no `K` is sent yet).
-        core.set_keepalive(effective_keepalive(config.keepalive), false);
+        core.set_keepalive(
+            effective_keepalive(config.keepalive, config.limits.min_keepalive),
+            false,
+        );
         Server {
             core,
             detected: config.dialect.is_some(),
@@ -470,8 +473,10 @@ impl Server {
             keepalive,
         });
         let _ = self.send(0, reply);
-        self.core
-            .set_keepalive(effective_keepalive(keepalive), true);
+        self.core.set_keepalive(
+            effective_keepalive(keepalive, self.config.limits.min_keepalive),
+            true,
+        );
         self.events.push_back(ServerEvent::Hello {
             client_version: (hello.major, hello.minor),
             keepalive,

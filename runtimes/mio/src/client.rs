@@ -1,0 +1,61 @@
+//! Driving a single client connection to completion on the calling thread.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+
+use tuppence::link::{Client, ClientEvent};
+
+use crate::{Driver, LinkIo, LinkIoError};
+
+/// What the event callback wants next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Flush what is queued and return.
+    Stop,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunClientError {
+    #[error(transparent)]
+    Link(#[from] LinkIoError),
+    #[error("event loop: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs `client` over a non-blocking `io`, handing every event to `on_event` (which may
+/// call intents on the client) until it returns [`Flow::Stop`] or the connection fails.
+/// Returns the client so its final state can be inspected.
+pub fn run_client<T, F>(io: T, client: Client, mut on_event: F) -> Result<Client, RunClientError>
+where
+    T: Read + Write + AsRawFd,
+    F: FnMut(&mut Client, ClientEvent) -> Flow,
+{
+    let mut driver: Driver<T, Client> = Driver::new()?;
+    let id = driver.add(LinkIo::new(io, client))?;
+    driver.flush();
+    loop {
+        driver.wait(None)?;
+        let mut stop = false;
+        if let Some(link) = driver.get_mut(id) {
+            while let Some(ev) = link.machine_mut().poll_event() {
+                if on_event(link.machine_mut(), ev) == Flow::Stop {
+                    stop = true;
+                    break;
+                }
+            }
+        }
+        driver.flush();
+        if stop {
+            let mut link = driver
+                .remove(id)
+                .ok_or(std::io::Error::other("connection vanished"))?;
+            let _ =
+                link.flush_blocking(std::time::Instant::now(), std::time::Duration::from_secs(5));
+            return Ok(link.into_parts().1);
+        }
+        if let Some((_, _, err)) = driver.take_failed().into_iter().next() {
+            return Err(err.into());
+        }
+    }
+}

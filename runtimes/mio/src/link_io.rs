@@ -1,0 +1,228 @@
+//! One link connection on a non-blocking fd: reads into a reused buffer, feeds the
+//! machine, writes what it transmits, and remembers readiness (mio is edge-triggered).
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use mio::Interest;
+use tuppence::link::LinkError;
+
+use crate::Machine;
+
+/// Size of the reused receive buffer.
+const READ_BUF: usize = 256 * 1024;
+
+/// Why a connection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkIoError {
+    /// The protocol machine failed (framing error, keepalive expired, peer closed, …).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A link machine bound to a non-blocking transport.
+///
+/// Readiness is tracked here, not in mio: after a readable/writable event the flag stays
+/// set until a call sees `WouldBlock`, so work stopped by backpressure resumes on the next
+/// `pump` without a new event.
+pub struct LinkIo<T, M> {
+    io: T,
+    machine: M,
+    rx: Box<[u8]>,
+    rx_start: usize,
+    rx_end: usize,
+    tx: BytesMut,
+    readable: bool,
+    writable: bool,
+    read_paused: bool,
+    eof: bool,
+}
+
+impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
+    /// Wraps a transport that is already non-blocking.
+    pub fn new(io: T, machine: M) -> Self {
+        LinkIo {
+            io,
+            machine,
+            rx: vec![0; READ_BUF].into_boxed_slice(),
+            rx_start: 0,
+            rx_end: 0,
+            tx: BytesMut::new(),
+            readable: true,
+            writable: true,
+            read_paused: false,
+            eof: false,
+        }
+    }
+
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    pub fn machine_mut(&mut self) -> &mut M {
+        &mut self.machine
+    }
+
+    pub fn io(&self) -> &T {
+        &self.io
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.io.as_raw_fd()
+    }
+
+    /// Records a readiness event from mio.
+    pub fn ready(&mut self, readable: bool, writable: bool) {
+        self.readable |= readable;
+        self.writable |= writable;
+    }
+
+    /// Stops (or resumes) reading the transport, e.g. while a child's stdin is backed up.
+    pub fn set_read_paused(&mut self, paused: bool) {
+        self.read_paused = paused;
+    }
+
+    /// The transport reached end of stream (already reported to the machine).
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Bytes handed out by the machine but not yet accepted by the transport.
+    pub fn unwritten(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// The interest to register: always readable, writable while output is pending.
+    pub fn interest(&self) -> Interest {
+        if self.tx.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        }
+    }
+
+    /// Reads while the transport has data and the machine accepts it. Returns whether the
+    /// machine was given new input (so the caller should drain its events).
+    pub fn pump_read(&mut self, now: Instant) -> Result<bool, LinkIoError> {
+        let mut fed = false;
+        loop {
+            if self.rx_start < self.rx_end {
+                let pending = self.rx.get(self.rx_start..self.rx_end).unwrap_or_default();
+                let n = self.machine.handle_bytes(now, pending)?;
+                fed |= n > 0;
+                self.rx_start = self.rx_start.saturating_add(n);
+                if self.rx_start < self.rx_end {
+                    // The machine pushed back: its events must be drained first.
+                    return Ok(fed);
+                }
+            }
+            if self.eof || self.read_paused || !self.readable {
+                return Ok(fed);
+            }
+            match self.io.read(&mut self.rx) {
+                Ok(0) => {
+                    self.eof = true;
+                    self.machine.handle_eof(now);
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    self.rx_start = 0;
+                    self.rx_end = n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(fed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A pty master reads EIO once the other side hung up; a reset peer is gone.
+                Err(e) if is_hangup(&e) => {
+                    self.eof = true;
+                    self.machine.handle_eof(now);
+                    return Ok(true);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Collects what the machine wants to send and writes as much as the transport takes.
+    pub fn pump_write(&mut self, now: Instant) -> Result<(), LinkIoError> {
+        self.machine.poll_transmit(now, &mut self.tx);
+        while !self.tx.is_empty() && self.writable {
+            match self.io.write(&self.tx) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "transport took no bytes",
+                    )
+                    .into());
+                }
+                Ok(n) => self.tx.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires the machine's timers if due.
+    pub fn pump_timers(&mut self, now: Instant) {
+        if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+            self.machine.handle_timeout(now);
+        }
+    }
+
+    /// Whether another `pump_read` could make progress without a new readiness event.
+    pub fn can_read_more(&self) -> bool {
+        self.rx_start < self.rx_end || (self.readable && !self.read_paused && !self.eof)
+    }
+
+    /// The machine's next deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.machine.poll_timeout()
+    }
+
+    /// Writes everything pending, waiting for the fd with `poll(2)` (used at shutdown, so
+    /// status packets reach the peer before the fd closes). Gives up after `timeout`.
+    pub fn flush_blocking(
+        &mut self,
+        now: Instant,
+        timeout: std::time::Duration,
+    ) -> Result<(), LinkIoError> {
+        let end = now.checked_add(timeout);
+        loop {
+            self.writable = true;
+            self.pump_write(now)?;
+            if self.tx.is_empty() {
+                return Ok(());
+            }
+            let wait = end.map(|e| e.saturating_duration_since(std::time::Instant::now()));
+            if wait.is_some_and(|w| w.is_zero()) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "flush timed out").into());
+            }
+            let ms = wait.map_or(-1, |w| i32::try_from(w.as_millis()).unwrap_or(i32::MAX));
+            let mut pfd = libc::pollfd {
+                fd: self.io.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+        }
+    }
+
+    /// Gives back the transport and the machine.
+    pub fn into_parts(self) -> (T, M) {
+        (self.io, self.machine)
+    }
+}
+
+fn is_hangup(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ECONNRESET))
+}

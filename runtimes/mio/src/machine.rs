@@ -1,0 +1,44 @@
+//! The common surface of `link::Client` and `link::Server` that a loop needs to drive either.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tuppence::link::{Client, LinkError, Server};
+
+/// A sans-IO link machine as seen by an I/O loop.
+pub trait Machine {
+    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError>;
+    fn handle_eof(&mut self, now: Instant);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn error(&self) -> Option<&LinkError>;
+}
+
+macro_rules! impl_machine {
+    ($t:ty) => {
+        impl Machine for $t {
+            fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
+                <$t>::handle_bytes(self, now, data)
+            }
+            fn handle_eof(&mut self, now: Instant) {
+                <$t>::handle_eof(self, now)
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
+                <$t>::poll_transmit(self, now, buf)
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn error(&self) -> Option<&LinkError> {
+                <$t>::error(self)
+            }
+        }
+    };
+}
+
+impl_machine!(Client);
+impl_machine!(Server);

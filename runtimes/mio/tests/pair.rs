@@ -1,0 +1,235 @@
+//! tuppence-mio over real unix sockets: a client driven by `run_client` against a server
+//! machine driven by a `Driver` in another thread.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tuppence::link::{
+    Client, ClientConfig, ClientEvent, Command, Limits, LinkError, Outcome, Server, ServerConfig,
+    ServerEvent,
+};
+use tuppence::wire::{Dialect, Hello, Packet};
+use tuppence_mio::{Driver, Flow, LinkIo, LinkIoError, RunClientError, run_client};
+
+/// A toy agent: echoes stdin to stdout; a command `exit N` exits with N once stdin ends.
+fn serve(stream: UnixStream) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        stream.set_nonblocking(true).unwrap();
+        let server = Server::new(ServerConfig::default(), Instant::now());
+        let mut driver: Driver<UnixStream, Server> = Driver::new().unwrap();
+        let id = driver.add(LinkIo::new(stream, server)).unwrap();
+        let mut codes = std::collections::HashMap::new();
+        loop {
+            driver.wait(None).unwrap();
+            let Some(link) = driver.get_mut(id) else {
+                return;
+            };
+            let m = link.machine_mut();
+            while let Some(ev) = m.poll_event() {
+                match ev {
+                    ServerEvent::RunCommand { xid, command, .. } => {
+                        let code: u32 = std::str::from_utf8(&command)
+                            .unwrap()
+                            .trim_start_matches("exit ")
+                            .parse()
+                            .unwrap_or(0);
+                        codes.insert(xid, code);
+                        m.output(xid, 2, Bytes::from_static(b"started\n")).unwrap();
+                    }
+                    ServerEvent::Stdin { xid, data } => m.output(xid, 1, data).unwrap(),
+                    ServerEvent::StdinEnd { xid } => m.command_exited(xid, codes[&xid]).unwrap(),
+                    _ => {}
+                }
+            }
+            driver.flush();
+            if !driver.take_failed().is_empty() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn command_output_and_exit_code() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let agent = serve(b);
+    a.set_nonblocking(true).unwrap();
+    let mut client = Client::new(ClientConfig::default(), Instant::now());
+    let xid = client.run(Command::new("exit 3")).unwrap();
+    client
+        .send_stdin(xid, Bytes::from_static(b"hello"))
+        .unwrap();
+    client.close_stdin(xid).unwrap();
+    let (mut out, mut err, mut outcome) = (Vec::new(), Vec::new(), None);
+    run_client(a, client, |_, ev| {
+        match ev {
+            ClientEvent::Output {
+                channel: 1, data, ..
+            } => out.extend_from_slice(&data),
+            ClientEvent::Output {
+                channel: 2, data, ..
+            } => err.extend_from_slice(&data),
+            ClientEvent::Finished { outcome: o, .. } => {
+                outcome = Some(o);
+                return Flow::Stop;
+            }
+            _ => {}
+        }
+        Flow::Continue
+    })
+    .unwrap();
+    assert_eq!(out, b"hello");
+    assert_eq!(err, b"started\n");
+    assert_eq!(outcome, Some(Outcome::Exited(3)));
+    drop(agent);
+}
+
+#[test]
+fn one_mebibyte_round_trip_with_backpressure() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let _agent = serve(b);
+    a.set_nonblocking(true).unwrap();
+    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let mut client = Client::new(ClientConfig::default(), Instant::now());
+    let xid = client.run(Command::new("exit 0")).unwrap();
+    let mut offset = 0;
+    let mut echoed = Vec::new();
+    let mut finished = None;
+    // Feed stdin as the transmit queue allows; that exercises QueueFull and resumption.
+    let feed = |c: &mut Client, offset: &mut usize| {
+        while *offset < data.len() && c.can_send() {
+            let end = (*offset + 100_000).min(data.len());
+            c.send_stdin(xid, Bytes::copy_from_slice(&data[*offset..end]))
+                .unwrap();
+            *offset = end;
+        }
+        if *offset == data.len() && c.is_live(xid) {
+            let _ = c.close_stdin(xid);
+        }
+    };
+    feed(&mut client, &mut offset);
+    run_client(a, client, |c, ev| {
+        match ev {
+            ClientEvent::Output {
+                channel: 1, data, ..
+            } => echoed.extend_from_slice(&data),
+            ClientEvent::Finished { outcome, .. } => {
+                finished = Some(outcome);
+                return Flow::Stop;
+            }
+            _ => {}
+        }
+        feed(c, &mut offset);
+        Flow::Continue
+    })
+    .unwrap();
+    assert_eq!(finished, Some(Outcome::Exited(0)));
+    assert!(
+        echoed == data,
+        "echoed {} bytes, sent {}",
+        echoed.len(),
+        data.len()
+    );
+}
+
+#[test]
+fn keepalive_expiry_is_detected_by_a_real_timer() {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    // A peer that answers the hello (keepalive 1 s) and then goes silent.
+    let peer = thread::spawn(move || {
+        let mut buf = [0u8; 12];
+        b.read_exact(&mut buf).unwrap();
+        let reply = Packet::Hello(Hello {
+            major: 4,
+            minor: 0,
+            keepalive: 1,
+        });
+        b.write_all(&reply.to_bytes(Dialect::V4, 5, 0).unwrap())
+            .unwrap();
+        let mut sink = [0u8; 64];
+        while let Ok(n) = b.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    a.set_nonblocking(true).unwrap();
+    let config = ClientConfig {
+        keepalive: 1,
+        limits: Limits {
+            min_keepalive: Duration::from_millis(500),
+            ..Limits::default()
+        },
+        ..ClientConfig::default()
+    };
+    let start = Instant::now();
+    let mut saw_dead = false;
+    let r = run_client(a, Client::new(config, start), |_, ev| {
+        saw_dead |= ev == ClientEvent::LinkDead;
+        Flow::Continue
+    });
+    let elapsed = start.elapsed();
+    assert!(saw_dead);
+    assert!(
+        matches!(
+            r,
+            Err(RunClientError::Link(LinkIoError::Link(
+                LinkError::KeepaliveExpired(_)
+            )))
+        ),
+        "{r:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    peer.join().unwrap();
+}
+
+#[test]
+fn disconnect_mid_command_fails_the_transaction_not_hangs() {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let peer = thread::spawn(move || {
+        let mut buf = [0u8; 12];
+        b.read_exact(&mut buf).unwrap();
+        let reply = Packet::Hello(Hello {
+            major: 4,
+            minor: 0,
+            keepalive: 0,
+        });
+        b.write_all(&reply.to_bytes(Dialect::V4, 5, 0).unwrap())
+            .unwrap();
+        let data = Packet::Data {
+            channel: 1,
+            data: Bytes::from_static(b"partial"),
+        };
+        b.write_all(&data.to_bytes(Dialect::V4, 5, 1).unwrap())
+            .unwrap();
+        // Wait for the command packet, then hang up.
+        let mut cmd = [0u8; 8];
+        b.read_exact(&mut cmd).unwrap();
+    });
+    a.set_nonblocking(true).unwrap();
+    let mut client = Client::new(ClientConfig::default(), Instant::now());
+    let xid = client.run(Command::new("sleep 100")).unwrap();
+    let mut outcome = None;
+    let r = run_client(a, client, |_, ev| {
+        if let ClientEvent::Finished { xid: x, outcome: o } = ev {
+            assert_eq!(x, xid);
+            outcome = Some(o);
+        }
+        Flow::Continue
+    });
+    assert_eq!(outcome, Some(Outcome::LinkLost(LinkError::Closed)));
+    assert!(
+        matches!(
+            r,
+            Err(RunClientError::Link(LinkIoError::Link(LinkError::Closed)))
+        ),
+        "{r:?}"
+    );
+    peer.join().unwrap();
+}
