@@ -1,0 +1,61 @@
+//! Errors of the blocking session.
+
+use std::io;
+
+use tuppence::link::{LinkError, UsageError};
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Io(#[from] io::Error),
+    /// The connection failed (peer closed, keepalive expired, protocol mismatch, …).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The request could not be made.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The agent reported a failure (errno of the system under test).
+    #[error("{what} failed on the system under test: {}", errno_text(*errno))]
+    Remote { what: &'static str, errno: u32 },
+    /// The agent did not answer the hello in time.
+    #[error("no hello reply within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+    /// A local file or stream used by a transfer failed.
+    #[error("local {what}: {source}")]
+    Local {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `errno 2 (No such file or directory)` — the status words are Linux errno values.
+pub fn errno_text(errno: u32) -> String {
+    let text = match errno {
+        1 => "Operation not permitted",
+        2 => "No such file or directory",
+        3 => "No such process",
+        4 => "Interrupted",
+        5 => "Input/output error",
+        11 => "Resource temporarily unavailable",
+        12 => "Out of memory",
+        13 => "Permission denied",
+        17 => "File exists",
+        20 => "Not a directory",
+        21 => "Is a directory",
+        22 => "Invalid argument",
+        28 => "No space left on device",
+        30 => "Read-only file system",
+        36 => "File name too long",
+        71 => "Protocol error (request not understood)",
+        _ => "",
+    };
+    if text.is_empty() {
+        format!("errno {errno}")
+    } else {
+        format!("errno {errno} ({text})")
+    }
+}

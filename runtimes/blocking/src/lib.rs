@@ -1,0 +1,34 @@
+//! # tuppence-blocking — the blocking client adapter
+//!
+//! A client [`Session`] on std threads and blocking I/O: one reader thread per session,
+//! callers send from their own threads. Works over any [`Stream`] — unix and TCP sockets,
+//! `serial2::SerialPort`, vsock streams (via `tuppence-transport`) — with no executor.
+//!
+//! ```no_run
+//! use std::os::unix::net::UnixStream;
+//! use std::time::Duration;
+//! use tuppence::link::{ClientConfig, Command, Outcome};
+//! use tuppence_blocking::Session;
+//!
+//! let stream = UnixStream::connect("/run/tuppence.sock")?;
+//! let session = Session::new(stream, ClientConfig::default(), Duration::from_secs(10))?;
+//! let out = session.output(Command::new("uname -a"))?;
+//! assert_eq!(out.outcome, Outcome::Exited(0));
+//! print!("{}", String::from_utf8_lossy(&out.stdout));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Transactions are independent: several threads may run commands, inject and extract on
+//! one session at once. Each transaction's events are buffered up to a bound; a consumer
+//! that stops reading eventually stops the reader thread (and, through the transport,
+//! the agent) rather than growing memory.
+
+mod error;
+mod ops;
+mod session;
+mod stream;
+
+pub use error::{Error, errno_text};
+pub use ops::{Monitor, MonitorEvent, Output, Run, RunEvent};
+pub use session::{ConnectInfo, Session};
+pub use stream::Stream;

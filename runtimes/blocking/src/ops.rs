@@ -1,0 +1,369 @@
+//! The operations of a session: commands, transfers, monitors.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tuppence::link::{ClientEvent, Command, Outcome, Signal};
+use tuppence::wire::ProcInfoField;
+
+use crate::{Error, Session};
+
+/// One piece of a running command's output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// The command ended; no more events follow.
+    Finished(Outcome),
+}
+
+/// Everything a finished command printed, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub outcome: Outcome,
+}
+
+/// A running command. Dropping it stops delivery of its output (the command keeps running
+/// until it ends or the session closes).
+pub struct Run<'s> {
+    session: &'s Session,
+    xid: u16,
+    done: bool,
+}
+
+impl Session {
+    /// Starts a command.
+    pub fn run(&self, cmd: Command) -> Result<Run<'_>, Error> {
+        let xid = self.open(|c| c.run(cmd))?;
+        Ok(Run {
+            session: self,
+            xid,
+            done: false,
+        })
+    }
+
+    /// Runs a command with no stdin and collects its output.
+    pub fn output(&self, cmd: Command) -> Result<Output, Error> {
+        let run = self.run(cmd)?;
+        // If this fails the link is gone or the command already ended; either way the
+        // outcome below says what happened.
+        let _ = run.close_stdin();
+        run.collect()
+    }
+
+    /// Copies `source` into `path` on the system under test (created as `user` with
+    /// exactly `mode`, renamed into place only when complete). `progress` is called with
+    /// the bytes sent so far. Returns the number of bytes sent.
+    pub fn inject(
+        &self,
+        user: &str,
+        path: &str,
+        mode: u32,
+        mut source: impl Read,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let xid = self.open(|c| c.inject(user.to_owned(), path.to_owned(), mode))?;
+        let mut guard = Detach { session: self, xid };
+        loop {
+            match self.next_event(xid, None)? {
+                Some(ClientEvent::InjectReady { .. }) => break,
+                Some(ClientEvent::Finished { outcome, .. }) => {
+                    guard.xid = 0;
+                    return Err(outcome_error("inject", outcome));
+                }
+                _ => {}
+            }
+        }
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Abort the remote side: the agent removes its temporary file.
+                    let _ = self.act(|c| c.interrupt(xid, Signal::KILL));
+                    return Err(Error::Local {
+                        what: "read",
+                        source: e,
+                    });
+                }
+            };
+            let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+            self.send_data(piece, |c, d| c.send_file_data(xid, d))?;
+            sent += n as u64;
+            progress(sent);
+            // A failure reported mid-transfer ends it early.
+            if let Some(ClientEvent::Finished { outcome, .. }) =
+                self.next_event(xid, Some(Duration::ZERO))?
+            {
+                guard.xid = 0;
+                return Err(outcome_error("inject", outcome));
+            }
+        }
+        self.act(|c| c.finish_file(xid))?;
+        loop {
+            if let Some(ClientEvent::Finished { outcome, .. }) = self.next_event(xid, None)? {
+                guard.xid = 0;
+                return match outcome {
+                    Outcome::Completed => Ok(sent),
+                    other => Err(outcome_error("inject", other)),
+                };
+            }
+        }
+    }
+
+    /// Copies `path` from the system under test (read as `user`) into `sink`; `progress`
+    /// is called with the bytes received so far. Returns the number of bytes received.
+    /// On error the sink may hold part of the file: write to a temporary and rename.
+    pub fn extract(
+        &self,
+        user: &str,
+        path: &str,
+        mut sink: impl Write,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let xid = self.open(|c| c.extract(user.to_owned(), path.to_owned()))?;
+        let mut guard = Detach { session: self, xid };
+        let mut received = 0u64;
+        loop {
+            match self.next_event(xid, None)? {
+                Some(ClientEvent::Output { data, .. }) => {
+                    sink.write_all(&data).map_err(|e| Error::Local {
+                        what: "write",
+                        source: e,
+                    })?;
+                    received += data.len() as u64;
+                    progress(received);
+                }
+                Some(ClientEvent::Finished { outcome, .. }) => {
+                    guard.xid = 0;
+                    sink.flush().map_err(|e| Error::Local {
+                        what: "write",
+                        source: e,
+                    })?;
+                    return match outcome {
+                        Outcome::Completed => Ok(received),
+                        other => Err(outcome_error("extract", other)),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscribes to an event source on the agent (`agent`, `kmsg`, `file:PATH`).
+    pub fn monitor(&self, source: &str) -> Result<Monitor<'_>, Error> {
+        let xid = self.open(|c| c.monitor(source.to_owned()))?;
+        Ok(Monitor {
+            session: self,
+            xid,
+            done: false,
+        })
+    }
+}
+
+impl Run<'_> {
+    pub fn xid(&self) -> u16 {
+        self.xid
+    }
+
+    /// Sends bytes to the command's stdin.
+    pub fn write_stdin(&self, data: &[u8]) -> Result<(), Error> {
+        let xid = self.xid;
+        self.session
+            .send_data(Bytes::copy_from_slice(data), |c, d| c.send_stdin(xid, d))
+    }
+
+    /// Closes the command's stdin. A command that has already ended is not an error
+    /// (its `Finished` event may simply not have been read yet).
+    pub fn close_stdin(&self) -> Result<(), Error> {
+        let xid = self.xid;
+        match self.session.act(|c| c.close_stdin(xid)) {
+            Err(Error::Usage(tuppence::link::UsageError::UnknownTransaction(_))) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Sends a signal to the command's process group.
+    pub fn interrupt(&self, signal: Signal) -> Result<(), Error> {
+        let xid = self.xid;
+        self.session.act(|c| c.interrupt(xid, signal))
+    }
+
+    /// Asks for process information (bit *n* of `mask` asks for field type *n*).
+    /// Waits for the answer, keeping any output that arrives meanwhile for `next`.
+    pub fn procinfo(&mut self, mask: u32) -> Result<Vec<ProcInfoField>, Error> {
+        let xid = self.xid;
+        self.session.act(|c| c.procinfo(xid, mask))?;
+        let mut held = Vec::new();
+        let result = loop {
+            match self.session.next_event(xid, None)? {
+                Some(ClientEvent::ProcInfo { fields, .. }) => break Ok(fields),
+                Some(ev @ ClientEvent::Finished { .. }) => {
+                    held.push(ev);
+                    break Err(Error::Remote {
+                        what: "procinfo",
+                        errno: 3,
+                    });
+                }
+                Some(ev) => held.push(ev),
+                None => {}
+            }
+        };
+        self.session.requeue(xid, held);
+        result
+    }
+
+    /// The next piece of output, or the end. `Ok(None)` when `timeout` passed first.
+    pub fn next_timeout(&mut self, timeout: Option<Duration>) -> Result<Option<RunEvent>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            let Some(ev) = self.session.next_event(self.xid, timeout)? else {
+                return Ok(None);
+            };
+            match ev {
+                ClientEvent::Output {
+                    channel: 2, data, ..
+                } => return Ok(Some(RunEvent::Stderr(data))),
+                ClientEvent::Output { data, .. } => return Ok(Some(RunEvent::Stdout(data))),
+                ClientEvent::Finished { outcome, .. } => {
+                    self.done = true;
+                    return Ok(Some(RunEvent::Finished(outcome)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next piece of output, or the end; `None` after the end.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<RunEvent>, Error> {
+        self.next_timeout(None)
+    }
+
+    /// Waits for the end, collecting all output.
+    pub fn collect(mut self) -> Result<Output, Error> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match self.next()? {
+                Some(RunEvent::Stdout(d)) => stdout.extend_from_slice(&d),
+                Some(RunEvent::Stderr(d)) => stderr.extend_from_slice(&d),
+                Some(RunEvent::Finished(outcome)) => {
+                    return Ok(Output {
+                        stdout,
+                        stderr,
+                        outcome,
+                    });
+                }
+                None => {
+                    return Ok(Output {
+                        stdout,
+                        stderr,
+                        outcome: Outcome::LinkLost(tuppence::link::LinkError::Closed),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.session.detach(self.xid);
+        }
+    }
+}
+
+/// A subscription to an agent event source.
+pub struct Monitor<'s> {
+    session: &'s Session,
+    xid: u16,
+    done: bool,
+}
+
+/// What a monitor delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorEvent {
+    Data(Bytes),
+    Settled(u32),
+    Finished(Outcome),
+}
+
+impl Monitor<'_> {
+    /// The next event; `Ok(None)` on timeout or after the end.
+    pub fn next_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<MonitorEvent>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            let Some(ev) = self.session.next_event(self.xid, timeout)? else {
+                return Ok(None);
+            };
+            match ev {
+                ClientEvent::MonitorData { data, .. } => return Ok(Some(MonitorEvent::Data(data))),
+                ClientEvent::Settled { seq, .. } => return Ok(Some(MonitorEvent::Settled(seq))),
+                ClientEvent::Finished { outcome, .. } => {
+                    self.done = true;
+                    return Ok(Some(MonitorEvent::Finished(outcome)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Asks the source to flush what it has pending; `Settled(seq)` follows the events.
+    pub fn settle(&self, seq: u32) -> Result<(), Error> {
+        let xid = self.xid;
+        self.session.act(|c| c.settle(xid, seq))
+    }
+
+    /// Ends the subscription; `Finished` follows.
+    pub fn end(&self) -> Result<(), Error> {
+        let xid = self.xid;
+        self.session.act(|c| c.end_monitor(xid))
+    }
+}
+
+impl Drop for Monitor<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let xid = self.xid;
+            let _ = self.session.act(|c| c.end_monitor(xid));
+            self.session.detach(xid);
+        }
+    }
+}
+
+struct Detach<'s> {
+    session: &'s Session,
+    xid: u16,
+}
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        if self.xid != 0 {
+            self.session.detach(self.xid);
+        }
+    }
+}
+
+fn outcome_error(what: &'static str, outcome: Outcome) -> Error {
+    match outcome {
+        Outcome::Failed { errno } => Error::Remote { what, errno },
+        Outcome::LinkLost(e) => Error::Link(e),
+        other => Error::Io(std::io::Error::other(format!(
+            "{what} ended unexpectedly: {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,228 @@
+//! The blocking session against a server machine run by a plain thread over real byte
+//! streams: a unix socket pair and a pseudo-terminal pair standing in for a serial cable.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tuppence::link::{ClientConfig, Command, Outcome, Server, ServerConfig, ServerEvent, Signal};
+use tuppence_blocking::{Error, RunEvent, Session};
+
+/// A scripted agent: `echo` echoes stdin to stdout and exits 0 at stdin EOF; `exit N`
+/// prints to stderr and exits N; `sleep` waits for an interrupt (killed by signal 15 for
+/// TERM); files live in a map.
+fn fake_agent<S: Read + Write + Send + 'static>(mut stream: S, read_half: impl FnOnce(&S) -> S) {
+    let mut reader = read_half(&stream);
+    let (tx, rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None);
+                    return;
+                }
+                Ok(n) => {
+                    if tx.send(Some(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut server = Server::new(ServerConfig::default(), Instant::now());
+    let mut files: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    files.insert(b"/etc/motd".to_vec(), b"welcome\n".repeat(100_000));
+    let mut kinds: HashMap<u16, Vec<u8>> = HashMap::new();
+    let mut incoming: HashMap<u16, (Vec<u8>, Vec<u8>)> = HashMap::new();
+    while let Ok(Some(data)) = rx.recv() {
+        let mut off = 0;
+        while off < data.len() {
+            off += server.handle_bytes(Instant::now(), &data[off..]).unwrap();
+            while let Some(ev) = server.poll_event() {
+                match ev {
+                    ServerEvent::RunCommand { xid, command, .. } => {
+                        let cmd = command.to_vec();
+                        if let Some(code) = cmd.strip_prefix(b"exit ") {
+                            let code = std::str::from_utf8(code).unwrap().parse().unwrap();
+                            server.output(xid, 2, Bytes::from_static(b"bye\n")).unwrap();
+                            server.command_exited(xid, code).unwrap();
+                        } else {
+                            kinds.insert(xid, cmd);
+                        }
+                    }
+                    ServerEvent::Stdin { xid, data } => server.output(xid, 1, data).unwrap(),
+                    ServerEvent::StdinEnd { xid }
+                        if kinds.get(&xid).is_some_and(|k| k == b"echo") =>
+                    {
+                        server.command_exited(xid, 0).unwrap();
+                    }
+                    ServerEvent::Interrupt { xid, signal } => {
+                        let signo = if &signal[..] == b"TERM" { 15 } else { 9 };
+                        server.command_killed(xid, signo).unwrap();
+                    }
+                    ServerEvent::Inject { xid, path, .. } => {
+                        incoming.insert(xid, (path.to_vec(), Vec::new()));
+                        server.inject_ready(xid).unwrap();
+                    }
+                    ServerEvent::InjectData { xid, data } => {
+                        incoming.get_mut(&xid).unwrap().1.extend_from_slice(&data)
+                    }
+                    ServerEvent::InjectEnd { xid } => {
+                        let (path, content) = incoming.remove(&xid).unwrap();
+                        files.insert(path, content);
+                        server.inject_done(xid, Ok(())).unwrap();
+                    }
+                    ServerEvent::Extract { xid, path, .. } => match files.get(&path[..]) {
+                        Some(content) => {
+                            server.extract_ready(xid).unwrap();
+                            server
+                                .output(xid, 0, Bytes::copy_from_slice(content))
+                                .unwrap();
+                            server.extract_done(xid, Ok(())).unwrap();
+                        }
+                        None => server.fail(xid, 2).unwrap(),
+                    },
+                    _ => {}
+                }
+            }
+            let mut out = BytesMut::new();
+            server.poll_transmit(Instant::now(), &mut out);
+            if stream.write_all(&out).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn unix_session() -> Session {
+    let (a, b) = UnixStream::pair().unwrap();
+    thread::spawn(move || fake_agent(b, |s| s.try_clone().unwrap()));
+    Session::new(a, ClientConfig::default(), Duration::from_secs(5)).unwrap()
+}
+
+#[test]
+fn output_stderr_and_exit_code() {
+    let session = unix_session();
+    let info = session.info();
+    assert_eq!(info.server_version, (4, 0));
+    let out = session.output(Command::new("exit 3")).unwrap();
+    assert_eq!(out.outcome, Outcome::Exited(3));
+    assert_eq!(out.stderr, b"bye\n");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn stdin_round_trip_of_one_mebibyte() {
+    let session = unix_session();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    let run = session.run(Command::new("echo")).unwrap();
+    thread::scope(|s| {
+        s.spawn(|| {
+            run.write_stdin(&data).unwrap();
+            run.close_stdin().unwrap();
+        });
+    });
+    let out = run.collect().unwrap();
+    assert_eq!(out.outcome, Outcome::Exited(0));
+    assert!(out.stdout == data);
+}
+
+#[test]
+fn concurrent_commands_on_one_session() {
+    let session = unix_session();
+    thread::scope(|s| {
+        for code in 0..20u32 {
+            let session = &session;
+            s.spawn(move || {
+                let out = session
+                    .output(Command::new(format!("exit {code}")))
+                    .unwrap();
+                assert_eq!(out.outcome, Outcome::Exited(code));
+            });
+        }
+    });
+}
+
+#[test]
+fn interrupt_reports_the_signal() {
+    let session = unix_session();
+    let mut run = session.run(Command::new("sleep")).unwrap();
+    run.interrupt(Signal::TERM).unwrap();
+    assert_eq!(
+        run.next().unwrap(),
+        Some(RunEvent::Finished(Outcome::Signaled(15)))
+    );
+}
+
+#[test]
+fn inject_then_extract_is_byte_exact_and_missing_file_is_enoent() {
+    let session = unix_session();
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    let mut progress = 0;
+    let sent = session
+        .inject("root", "/tmp/x", 0o640, &content[..], |n| progress = n)
+        .unwrap();
+    assert_eq!(sent, content.len() as u64);
+    assert_eq!(progress, sent);
+    let mut back = Vec::new();
+    let got = session
+        .extract("root", "/tmp/x", &mut back, |_| {})
+        .unwrap();
+    assert_eq!(got, content.len() as u64);
+    assert!(back == content);
+    let err = session
+        .extract("root", "/nope", Vec::new(), |_| {})
+        .unwrap_err();
+    assert!(matches!(err, Error::Remote { errno: 2, .. }), "{err}");
+    assert!(err.to_string().contains("No such file"), "{err}");
+}
+
+#[test]
+fn peer_hangup_fails_waiters_instead_of_hanging() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let peer = thread::spawn(move || {
+        let mut b = b;
+        let mut hello = [0u8; 12];
+        b.read_exact(&mut hello).unwrap();
+        b.write_all(&[0x68, 0, 0, 12, 0, 2, 0, 0, 4, 0, 0, 0])
+            .unwrap();
+        let mut cmd = [0u8; 8];
+        b.read_exact(&mut cmd).unwrap();
+        // Hang up with the command running.
+    });
+    let session = Session::new(a, ClientConfig::default(), Duration::from_secs(5)).unwrap();
+    let start = Instant::now();
+    let out = session.output(Command::new("sleep 100")).unwrap();
+    peer.join().unwrap();
+    assert!(
+        matches!(out.outcome, Outcome::LinkLost(_)),
+        "{:?}",
+        out.outcome
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(session.output(Command::new("true")).is_err());
+}
+
+#[test]
+fn serial_cable_emulated_by_a_pty_pair_carries_one_mebibyte() {
+    let (host, guest) = serial2::SerialPort::pair().unwrap();
+    thread::spawn(move || fake_agent(guest, |s| s.try_clone().unwrap()));
+    let session = Session::new(host, ClientConfig::default(), Duration::from_secs(5)).unwrap();
+    // Every byte value, including the ones a cooked tty would eat (^C, ^D, XON/XOFF).
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 256) as u8).collect();
+    let run = session.run(Command::new("echo")).unwrap();
+    thread::scope(|s| {
+        s.spawn(|| {
+            run.write_stdin(&data).unwrap();
+            run.close_stdin().unwrap();
+        });
+    });
+    let out = run.collect().unwrap();
+    assert_eq!(out.outcome, Outcome::Exited(0));
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data);
+}
