@@ -25,6 +25,8 @@
 //!   executor's loop up to the fd limit cost 5.5 ms per command at `ulimit -n 20000`.
 //!   (`CLOEXEC` rather than closing: the standard library's own exec-error pipe must survive
 //!   until `exec`.)
+//! * **Inherited as they are**: umask, resource limits, nice value, cgroup — like the C
+//!   executor, so a test sees the agent's service settings.
 //! * **Reaping**: a pidfd, readable as soon as the shell exits, independent of its pipes; a
 //!   grandchild that keeps stdout open no longer delays the exit status (research §8).
 //!
@@ -40,6 +42,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 
 use rustix::process::{Gid, Pid, PidfdFlags, Uid, WaitId, WaitIdOptions};
 
@@ -166,8 +169,10 @@ impl ExitStatus {
 ///   the `VEOF` character, see [`tty_eof_sequence`]; [`Child::close_stdin`] does nothing.
 ///
 /// Dropping a `Child` that was not reaped kills its process group with SIGKILL and tries once
-/// to reap it without blocking; an owner that wants no zombie should kill, wait for the pidfd
-/// and call [`Child::try_wait`] before dropping.
+/// to reap it without blocking. If it has not died yet, its pidfd is parked and reaped later
+/// by [`reap_dropped`] (which [`spawn_command`] calls each time), so dropped commands do not
+/// pile up as zombies. An owner that wants the status should kill, wait for the pidfd and call
+/// [`Child::try_wait`] before dropping.
 #[derive(Debug)]
 pub struct Child {
     pid: u32,
@@ -340,10 +345,41 @@ impl Drop for Child {
         }
         match self.try_wait() {
             Ok(Some(_)) => {}
-            Ok(None) => tracing::debug!(pid = self.pid, "dropped command not reaped yet"),
+            Ok(None) => {
+                // Still dying (SIGKILL is not instantaneous): reap it later.
+                match self.pidfd.try_clone() {
+                    Ok(pidfd) => graveyard().push(pidfd),
+                    Err(e) => {
+                        tracing::warn!(pid = self.pid, error = %e, "a dropped command will stay a zombie")
+                    }
+                }
+            }
             Err(e) => tracing::debug!(pid = self.pid, error = %e, "reaping a dropped command"),
         }
     }
+}
+
+/// Pidfds of dropped, killed but not yet reaped commands.
+static GRAVEYARD: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+
+fn graveyard() -> std::sync::MutexGuard<'static, Vec<OwnedFd>> {
+    GRAVEYARD.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reaps commands whose [`Child`] was dropped before they had died. Non-blocking; returns how
+/// many are still waiting. Called by [`spawn_command`]; a loop may also call it on a timer.
+pub fn reap_dropped() -> usize {
+    let mut parked = graveyard();
+    parked.retain(|pidfd| {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+        // Keep it while the process has not exited; an error (ECHILD: someone else reaped
+        // it) also ends our responsibility.
+        matches!(
+            rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), options),
+            Ok(None)
+        )
+    });
+    parked.len()
 }
 
 /// Parses a signal name from an `I` request: `INT`, `SIGINT`, `sigint`, `2` all mean SIGINT;
@@ -443,6 +479,7 @@ pub(crate) fn build_env(client: &[Vec<u8>], user: &User) -> BTreeMap<Vec<u8>, Ve
 /// agent: one passwd lookup, a group lookup when switching users, three pipes or a pty, one
 /// fork, one pidfd.
 pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
+    reap_dropped();
     if spec.command.contains(&0) {
         return Err(SpawnError::InvalidCommand);
     }

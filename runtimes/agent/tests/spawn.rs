@@ -296,6 +296,11 @@ fn dropping_a_running_child_kills_it() {
     let pid = child.pid();
     drop(child);
     assert!(eventually(Duration::from_secs(3), || is_dead(pid)));
+    // Not even a zombie once the parked pidfd is reaped.
+    assert!(eventually(Duration::from_secs(3), || {
+        tuppence_agent::spawn::reap_dropped();
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }));
 }
 
 #[test]
