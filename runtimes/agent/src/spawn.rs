@@ -6,7 +6,7 @@
 //! * **A new session** (`setsid`): the shell leads its own process group (pgid = pid), so
 //!   [`Child::kill_group`] reaches every process the command started, and a tty can become its
 //!   controlling terminal.
-//! * **As the requested user**: looked up with `getpwnam_r`; unknown → [`SpawnError::UnknownUser`]
+//! * **As the requested user**: looked up with `getpwnam_r`; unknown → [`SpawnError::User`]
 //!   (status 2). When the agent is not already that user the child sets the user's
 //!   supplementary groups (computed by `getgrouplist` in the parent: `initgroups` reads files
 //!   and allocates, which is not allowed between `fork` and `exec`), then the gid, then the uid.
@@ -526,9 +526,9 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         home: user.home_cstr_if_absolute().map(ToOwned::to_owned),
     };
     // SAFETY: the hook runs in the forked child before exec. `ChildSetup::run` makes only
-    // raw system calls (rustix's linux_raw backend, plus sigaction/sigprocmask/syscall from
-    // libc, all async-signal-safe) on data the parent prepared; it does not allocate, lock or
-    // touch state shared with other threads.
+    // raw system calls (rustix's linux_raw backend, `libc::syscall` for rt_sigaction,
+    // rt_sigprocmask and close_range, `libc::fcntl`), all async-signal-safe, on data the
+    // parent prepared; it does not allocate, lock or touch state shared with other threads.
     unsafe {
         cmd.pre_exec(move || setup.run());
     }
@@ -786,6 +786,22 @@ mod tests {
     fn status_words() {
         assert_eq!(ExitStatus::Exited(3).status_words(), (0, 3));
         assert_eq!(ExitStatus::Signaled(15).status_words(), (14, 15));
+    }
+
+    #[test]
+    fn proc_scan_fallback_marks_fds_cloexec() {
+        // The fallback for kernels without CLOSE_RANGE_CLOEXEC, exercised directly (setting
+        // FD_CLOEXEC on this test process's fds is harmless).
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        for fd in [&r, &w] {
+            let flags = rustix::io::fcntl_getfd(fd).expect("getfd");
+            assert!(!flags.contains(rustix::io::FdFlags::CLOEXEC));
+        }
+        mark_fds_cloexec_by_scan().expect("scan");
+        for fd in [&r, &w] {
+            let flags = rustix::io::fcntl_getfd(fd).expect("getfd");
+            assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        }
     }
 
     #[test]

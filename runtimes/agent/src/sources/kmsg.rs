@@ -138,6 +138,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sequence_gaps_count_as_dropped() {
+        let mut k = Kmsg::open_path(Path::new("/dev/null")).expect("open /dev/null");
+        k.note_seq(5);
+        k.note_seq(6);
+        k.note_seq(10);
+        assert_eq!(k.dropped(), 3);
+        assert_eq!(k.unannounced, 3);
+        // /dev/null reads as end of file: nothing, drained.
+        let batch = k.read_new(10).expect("read");
+        assert!(batch.lines.is_empty() && batch.drained);
+    }
+
+    #[test]
     fn records_format_like_dmesg() {
         let (seq, line) =
             format_record(b"6,1234,5000123,-;hello world\n SUBSYSTEM=x\n").expect("record");
