@@ -6,7 +6,7 @@
 //! * `posix_spawn`: `Command::new("/bin/sh").args(["-c", "true"]).status()` with null stdio
 //!   (std uses posix_spawn/vfork here);
 //! * `fork+exec`: the same with an empty `pre_exec` hook (std's fork path);
-//! * `tuppence`: `spawn_command` as root + wait for the pidfd + `try_wait` + stdout/stderr EOF,
+//! * `tuppence`: `spawn_command` as the current user + wait for the pidfd + `try_wait` + stdout/stderr EOF,
 //!   i.e. everything the agent does per command except the protocol.
 
 use std::os::unix::process::CommandExt;
@@ -92,7 +92,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(300);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let spec = SpawnSpec::new("root", "true");
+    let me = match tuppence_agent::User::current() {
+        Ok(user) => user.name().to_vec(),
+        Err(e) => panic!("who am I: {e}"),
+    };
+    let spec = SpawnSpec::new(me, "true");
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     println!("reps {reps} x rounds {rounds}, RLIMIT_NOFILE {nofile:?}");
     for _ in 0..20 {

@@ -75,57 +75,25 @@ impl User {
             return Err(UserError::InvalidName(display));
         }
         let cname = CString::new(name).map_err(|_| UserError::InvalidName(display.clone()))?;
-        let mut buf = vec![0u8; 1024];
-        loop {
-            let mut pwd = MaybeUninit::<libc::passwd>::uninit();
-            let mut result: *mut libc::passwd = std::ptr::null_mut();
-            // SAFETY: every pointer refers to live memory of the stated size for the duration
-            // of the call; getpwnam_r writes only into `pwd` and `buf` and stores either null
-            // or `pwd.as_mut_ptr()` into `result`.
-            let rc = unsafe {
-                libc::getpwnam_r(
-                    cname.as_ptr(),
-                    pwd.as_mut_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                )
-            };
-            if rc == libc::ERANGE && buf.len() < MAX_PW_BUF {
-                let grown = buf.len() * 4;
-                buf.resize(grown, 0);
-                continue;
-            }
-            if rc != 0 {
-                // glibc documents these as "not found" codes from some NSS backends.
-                if matches!(rc, libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM) {
-                    return Err(UserError::NotFound(display));
-                }
-                return Err(UserError::Lookup {
-                    name: display,
-                    source: io::Error::from_raw_os_error(rc),
-                });
-            }
-            if result.is_null() {
-                return Err(UserError::NotFound(display));
-            }
-            // SAFETY: rc == 0 and result non-null: getpwnam_r filled `pwd` (result points to
-            // it) and its string fields point into `buf`, which is still alive here. The
-            // strings are copied out before `buf` is dropped.
-            let pw = unsafe { &*result };
-            let home = if pw.pw_dir.is_null() {
-                CString::default()
-            } else {
-                // SAFETY: a non-null pw_dir is a NUL-terminated string inside `buf`.
-                unsafe { CStr::from_ptr(pw.pw_dir) }.to_owned()
-            };
-            return Ok(User {
-                name: cname,
-                uid: pw.pw_uid,
-                gid: pw.pw_gid,
-                home,
-            });
-        }
+        passwd_entry(display, |pwd, buf, len, result| {
+            // SAFETY: `cname` is a valid C string; the other pointers are passed through from
+            // `passwd_entry`, which guarantees them (see there).
+            unsafe { libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result) }
+        })
+    }
+
+    /// Looks a user up by uid (e.g. the agent's own account: `User::by_uid(geteuid)`).
+    pub fn by_uid(uid: u32) -> Result<User, UserError> {
+        passwd_entry(format!("#{uid}"), |pwd, buf, len, result| {
+            // SAFETY: the pointers are passed through from `passwd_entry`, which guarantees
+            // them (see there).
+            unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) }
+        })
+    }
+
+    /// The account the agent runs as (its effective uid).
+    pub fn current() -> Result<User, UserError> {
+        User::by_uid(rustix::process::geteuid().as_raw())
     }
 
     /// The user's name.
@@ -211,6 +179,73 @@ impl User {
     pub(crate) fn is_current(&self) -> bool {
         let euid = rustix::process::geteuid().as_raw();
         euid == self.uid
+    }
+}
+
+/// Runs a `getpw*_r` call with a growing scratch buffer and copies the entry out.
+///
+/// `call` receives a pointer to an uninitialised `passwd`, a scratch buffer and its length, and
+/// the result pointer, all valid for the duration of the call, and returns the function's
+/// error code.
+fn passwd_entry(
+    display: String,
+    mut call: impl FnMut(
+        *mut libc::passwd,
+        *mut libc::c_char,
+        usize,
+        *mut *mut libc::passwd,
+    ) -> libc::c_int,
+) -> Result<User, UserError> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let mut pwd = MaybeUninit::<libc::passwd>::uninit();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = call(
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        if rc == libc::ERANGE && buf.len() < MAX_PW_BUF {
+            let grown = buf.len() * 4;
+            buf.resize(grown, 0);
+            continue;
+        }
+        if rc != 0 {
+            // glibc documents these as "not found" codes from some NSS backends.
+            if matches!(rc, libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM) {
+                return Err(UserError::NotFound(display));
+            }
+            return Err(UserError::Lookup {
+                name: display,
+                source: io::Error::from_raw_os_error(rc),
+            });
+        }
+        if result.is_null() {
+            return Err(UserError::NotFound(display));
+        }
+        // SAFETY: rc == 0 and result non-null: the call filled `pwd` (result points to it) and
+        // its string fields point into `buf`, which is still alive here. The strings are
+        // copied out before `buf` is dropped.
+        let pw = unsafe { &*result };
+        let copy = |p: *const libc::c_char| {
+            if p.is_null() {
+                CString::default()
+            } else {
+                // SAFETY: a non-null field is a NUL-terminated string inside `buf`.
+                unsafe { CStr::from_ptr(p) }.to_owned()
+            }
+        };
+        let name = copy(pw.pw_name);
+        if name.as_bytes().is_empty() {
+            return Err(UserError::NotFound(display));
+        }
+        return Ok(User {
+            name,
+            uid: pw.pw_uid,
+            gid: pw.pw_gid,
+            home: copy(pw.pw_dir),
+        });
     }
 }
 
@@ -349,6 +384,19 @@ mod tests {
         assert_eq!(root.name(), b"root");
         assert!(root.base_dir().is_absolute());
         assert!(root.groups().expect("groups").contains(&0));
+    }
+
+    #[test]
+    fn lookup_by_uid_and_current() {
+        let root = User::by_uid(0).expect("uid 0");
+        assert_eq!(root.name(), b"root");
+        let me = User::current().expect("current");
+        assert_eq!(me.uid(), rustix::process::geteuid().as_raw());
+        assert_eq!(User::lookup(me.name()).expect("by name"), me);
+        assert_eq!(
+            User::by_uid(u32::MAX - 7).unwrap_err().errno(),
+            status::ENOENT
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
-use common::test_user;
+use common::{me, test_user};
 use tuppence_agent::{ExtractFile, InjectFile, User, status};
 
 /// A restrictive umask for this whole test binary: inject modes must not depend on it.
@@ -81,9 +81,10 @@ fn mode_of(path: &Path) -> u32 {
 
 #[test]
 fn inject_writes_content_with_the_exact_mode() {
+    let me = me();
     let dir = Scratch::new(0o755);
     let target = dir.join("out.txt");
-    let mut file = InjectFile::create(b"root", b(&target), 0o640).expect("create");
+    let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o640).expect("create");
     assert_eq!(file.path(), target);
     file.write(b"hello ").expect("write");
     file.write(b"inject\n").expect("write");
@@ -97,7 +98,7 @@ fn inject_writes_content_with_the_exact_mode() {
     assert_eq!(dir.names(), ["out.txt"], "no temporary left behind");
 
     // Replacing: new content and mode, old ones gone.
-    let mut file = InjectFile::create(b"root", b(&target), 0o755).expect("create");
+    let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o755).expect("create");
     file.write(b"v2").expect("write");
     file.finish().expect("finish");
     assert_eq!(fs::read(&target).expect("read"), b"v2");
@@ -105,18 +106,19 @@ fn inject_writes_content_with_the_exact_mode() {
 
     // Mode 0 is honoured too.
     let zero = dir.join("zero");
-    let file = InjectFile::create(b"root", b(&zero), 0).expect("create");
+    let file = InjectFile::create(me.as_bytes(), b(&zero), 0).expect("create");
     file.finish().expect("finish");
     assert_eq!(mode_of(&zero), 0);
 }
 
 #[test]
 fn inject_is_atomic() {
+    let me = me();
     let dir = Scratch::new(0o755);
     let target = dir.join("data");
     fs::write(&target, b"old").expect("seed");
 
-    let mut file = InjectFile::create(b"root", b(&target), 0o644).expect("create");
+    let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o644).expect("create");
     file.write(&[b'x'; 100_000]).expect("write");
     // Before finish the target is untouched and the data is only in the temporary.
     assert_eq!(fs::read(&target).expect("read"), b"old");
@@ -135,7 +137,7 @@ fn inject_is_atomic() {
     // A new file: abort (here by drop) leaves neither file nor temporary.
     let fresh = dir.join("fresh");
     {
-        let mut file = InjectFile::create(b"root", b(&fresh), 0o644).expect("create");
+        let mut file = InjectFile::create(me.as_bytes(), b(&fresh), 0o644).expect("create");
         file.write(b"partial").expect("write");
         assert!(!fresh.exists(), "no partial file visible before finish");
     }
@@ -144,20 +146,25 @@ fn inject_is_atomic() {
 
 #[test]
 fn inject_refuses_directories_and_missing_dirs() {
+    let me = me();
     let dir = Scratch::new(0o755);
     let sub = dir.join("sub");
     fs::create_dir(&sub).expect("mkdir");
-    let err = InjectFile::create(b"root", b(&sub), 0o644).unwrap_err();
+    let err = InjectFile::create(me.as_bytes(), b(&sub), 0o644).unwrap_err();
     assert_eq!(err.errno(), status::EISDIR);
-    let err =
-        InjectFile::create(b"root", format!("{}/", dir.0.display()).as_bytes(), 0o644).unwrap_err();
+    let err = InjectFile::create(
+        me.as_bytes(),
+        format!("{}/", dir.0.display()).as_bytes(),
+        0o644,
+    )
+    .unwrap_err();
     assert_eq!(err.errno(), status::EISDIR);
-    let err = InjectFile::create(b"root", b(&dir.join("missing/file")), 0o644).unwrap_err();
+    let err = InjectFile::create(me.as_bytes(), b(&dir.join("missing/file")), 0o644).unwrap_err();
     assert_eq!(err.errno(), status::ENOENT);
     let err = InjectFile::create(b"no-such-user-tuppence", b(&dir.join("x")), 0o644).unwrap_err();
     assert_eq!(err.errno(), status::ENOENT);
     let long = "n".repeat(300);
-    let err = InjectFile::create(b"root", b(&dir.join(&long)), 0o644).unwrap_err();
+    let err = InjectFile::create(me.as_bytes(), b(&dir.join(&long)), 0o644).unwrap_err();
     assert_eq!(err.errno(), status::ENAMETOOLONG);
     // A fifo is not a regular file either.
     let fifo = dir.join("fifo");
@@ -169,17 +176,18 @@ fn inject_refuses_directories_and_missing_dirs() {
         0,
     )
     .expect("mkfifo");
-    let err = InjectFile::create(b"root", b(&fifo), 0o644).unwrap_err();
+    let err = InjectFile::create(me.as_bytes(), b(&fifo), 0o644).unwrap_err();
     assert_eq!(err.errno(), status::EISDIR);
     assert_eq!(dir.names(), ["fifo", "sub"]);
 }
 
 #[test]
 fn inject_long_names_and_symlinks() {
+    let me = me();
     let dir = Scratch::new(0o755);
     // A 255-byte name is valid; its temporary's name must be too.
     let long = "L".repeat(255);
-    let mut file = InjectFile::create(b"root", b(&dir.join(&long)), 0o600).expect("create");
+    let mut file = InjectFile::create(me.as_bytes(), b(&dir.join(&long)), 0o600).expect("create");
     file.write(b"long").expect("write");
     file.finish().expect("finish");
     assert_eq!(fs::read(dir.join(&long)).expect("read"), b"long");
@@ -189,7 +197,7 @@ fn inject_long_names_and_symlinks() {
     fs::write(&real, b"before").expect("seed");
     let link = dir.join("link");
     symlink("real", &link).expect("symlink");
-    let mut file = InjectFile::create(b"root", b(&link), 0o644).expect("create");
+    let mut file = InjectFile::create(me.as_bytes(), b(&link), 0o644).expect("create");
     assert_eq!(file.path(), real);
     file.write(b"after").expect("write");
     file.finish().expect("finish");
@@ -263,11 +271,12 @@ fn permissions_are_the_users() {
 
 #[test]
 fn extract_is_byte_exact() {
+    let me = me();
     let dir = Scratch::new(0o755);
     let path = dir.join("big");
     let data = pseudo_random(10_000_000, 7);
     fs::write(&path, &data).expect("seed");
-    let mut ex = ExtractFile::open(b"root", b(&path)).expect("open");
+    let mut ex = ExtractFile::open(me.as_bytes(), b(&path)).expect("open");
     assert_eq!(ex.size_hint(), data.len() as u64);
     let mut out = BytesMut::with_capacity(data.len());
     loop {
@@ -283,15 +292,16 @@ fn extract_is_byte_exact() {
 
 #[test]
 fn extract_errors() {
+    let me = me();
     let dir = Scratch::new(0o755);
-    let err = ExtractFile::open(b"root", b(&dir.join("missing"))).unwrap_err();
+    let err = ExtractFile::open(me.as_bytes(), b(&dir.join("missing"))).unwrap_err();
     assert_eq!(err.errno(), status::ENOENT);
-    let err = ExtractFile::open(b"root", b(&dir.0)).unwrap_err();
+    let err = ExtractFile::open(me.as_bytes(), b(&dir.0)).unwrap_err();
     assert_eq!(err.errno(), status::EISDIR);
     let err = ExtractFile::open(b"no-such-user-tuppence", b"/etc/hostname").unwrap_err();
     assert_eq!(err.errno(), status::ENOENT);
     // /proc files are regular (size 0) and read to their end.
-    let mut ex = ExtractFile::open(b"root", b"/proc/self/stat").expect("open proc");
+    let mut ex = ExtractFile::open(me.as_bytes(), b"/proc/self/stat").expect("open proc");
     let mut buf = BytesMut::new();
     while ex.read_chunk(&mut buf, 100).expect("read") > 0 {}
     assert!(buf.ends_with(b"\n"));

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, run, test_user};
+use common::{eventually, me, run, test_user};
 use tuppence_agent::procinfo::field;
 use tuppence_agent::{SpawnSpec, User, read_procinfo, spawn_command, status};
 
@@ -71,8 +71,8 @@ fn check_sleep(user: &str) {
 }
 
 #[test]
-fn sleep_as_root() {
-    check_sleep("root");
+fn sleep_as_the_current_user() {
+    check_sleep(&me());
 }
 
 #[test]

@@ -49,6 +49,12 @@ pub fn test_user() -> Option<&'static str> {
     }
 }
 
+/// The name of the account the tests run as (root when they can create users).
+pub fn me() -> String {
+    let user = User::current().expect("the current user has a passwd entry");
+    String::from_utf8_lossy(user.name()).into_owned()
+}
+
 /// What a command produced.
 #[derive(Debug)]
 pub struct Output {
