@@ -30,8 +30,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use audit::{AuditEvent, AuditSubscriber, AuditTrail, CommandEnd};
-pub use file_follow::FileFollow;
+pub use audit::{
+    AuditEvent, AuditSubscriber, AuditTrail, CommandEnd, DEFAULT_CAPACITY as AUDIT_CAPACITY,
+};
+pub use file_follow::{DEFAULT_INTERVAL as FILE_POLL_INTERVAL, FileFollow};
 pub use kmsg::Kmsg;
 
 use crate::status;
