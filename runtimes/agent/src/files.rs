@@ -1,0 +1,451 @@
+//! File transfer for the `i` (inject) and `e` (extract) requests.
+//!
+//! Both resolve relative names under the user's home (`/` when it has none) and do their
+//! permission-relevant calls *as the user* ([`AsUser`]: fsuid/fsgid and the user's groups), so
+//! the kernel refuses what the user could not do. Errors carry an errno for the status word
+//! ([`FileError::errno`]).
+//!
+//! **Inject is atomic.** The data goes to a temporary `.NAME.tuppence-XXXXXXXX` beside the
+//! target, created with `O_EXCL` (never follows or reuses an existing file) and mode 0600 while
+//! it is written; [`InjectFile::finish`] applies the requested mode exactly with `fchmod` (no
+//! umask), `fdatasync`s and renames it over the target. Until then the target is untouched;
+//! [`InjectFile::abort`] or dropping the value removes the temporary. Consequences, on
+//! purpose:
+//! * the file is created by the user, so it belongs to the user (and the directory's group if
+//!   the directory is set-gid) without a separate `chown`;
+//! * replacing needs write permission on the *directory* (as for any atomic save); a target
+//!   that the user may write but whose directory they may not is refused (EACCES), where the
+//!   C executor truncated it in place;
+//! * a symbolic link as the target is followed (the link's target is replaced, the link
+//!   stays), like `open` did in the C executor;
+//! * existing directories and other non-regular files (devices, fifos, sockets) are refused
+//!   with EISDIR (21), the C executor's code for "not a regular file".
+//!
+//! Why `fdatasync` before the rename: test flows often inject a file and then reset the
+//! machine; without it a crash can leave a renamed but empty file on ext4/xfs. The cost is one
+//! flush per inject (nothing on tmpfs). The directory itself is not synced: after a crash the
+//! target is either the old or the new file, both complete.
+//!
+//! **Extract** opens the file as the user, refuses non-regular files with EISDIR before
+//! opening them (opening a device can have side effects), and reads bounded chunks.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use crate::fdio::{self, ReadOutcome};
+use crate::status;
+use crate::user::{AsUser, User, UserError};
+
+/// The longest file name component Linux accepts (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// The longest path Linux accepts (`PATH_MAX` including the NUL).
+const PATH_MAX: usize = 4096;
+/// How many symbolic links are followed before giving up with ELOOP (the kernel's limit).
+const MAX_SYMLINKS: usize = 40;
+/// How much of the target's name is kept in the temporary's name, so the temporary stays
+/// within `NAME_MAX` whatever the target's length.
+const TMP_NAME_KEEP: usize = 200;
+
+/// A failed file operation. [`FileError::errno`] is the status word.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The user does not exist.
+    #[error(transparent)]
+    User(#[from] UserError),
+    /// The target is a directory or another non-regular file.
+    #[error("{}: is a directory or not a regular file", .path.display())]
+    NotRegular {
+        /// The resolved path.
+        path: PathBuf,
+    },
+    /// A name component or the whole path is too long.
+    #[error("{}: file name too long", .path.display())]
+    NameTooLong {
+        /// The resolved path.
+        path: PathBuf,
+    },
+    /// A system call failed.
+    #[error("{op} {}: {source}", .path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FileError {
+    /// The status word: 2 no such user/file, 13 permission, 21 directory, 36 name too long, or
+    /// whatever errno the kernel gave.
+    pub fn errno(&self) -> u32 {
+        match self {
+            FileError::User(e) => e.errno(),
+            FileError::NotRegular { .. } => status::EISDIR,
+            FileError::NameTooLong { .. } => status::ENAMETOOLONG,
+            FileError::Io { source, .. } => status::errno_of(source),
+        }
+    }
+
+    fn io(op: &'static str, path: &Path, source: impl Into<io::Error>) -> FileError {
+        FileError::Io {
+            op,
+            path: path.to_path_buf(),
+            source: source.into(),
+        }
+    }
+}
+
+/// An inject in progress: a temporary file beside the target, renamed into place by
+/// [`InjectFile::finish`].
+#[derive(Debug)]
+pub struct InjectFile {
+    user: User,
+    groups: Vec<u32>,
+    path: PathBuf,
+    dir: OwnedFd,
+    name: CString,
+    tmp_name: CString,
+    file: File,
+    mode: u32,
+    written: u64,
+    done: bool,
+}
+
+impl InjectFile {
+    /// Prepares to write `path` (relative to the user's home unless absolute) as `user`, with
+    /// permission bits `mode` (`& 0o7777`) applied exactly at the end.
+    ///
+    /// Fails, as the status word says, with 2 for an unknown user or a missing directory, 13
+    /// when the user may not create files in the directory, 21 when the target is a directory
+    /// (or not a regular file), 36 for a name too long.
+    pub fn create(user: &[u8], path: &[u8], mode: u32) -> Result<InjectFile, FileError> {
+        let user = User::lookup(user)?;
+        let groups = if user.is_current() {
+            Vec::new()
+        } else {
+            user.groups().map_err(|e| {
+                FileError::io("reading groups for", Path::new(OsStr::from_bytes(path)), e)
+            })?
+        };
+        let requested = user.resolve(path);
+        if path.is_empty() {
+            return Err(FileError::io(
+                "inject",
+                &requested,
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        let guard = AsUser::enter_with_groups(&user, &groups)
+            .map_err(|e| FileError::io("acting as the user for", &requested, e))?;
+        let target = resolve_target(&requested)?;
+        let (file, tmp_name) = create_temporary(&target)?;
+        drop(guard);
+        Ok(InjectFile {
+            user,
+            groups,
+            path: target.path,
+            dir: target.dir,
+            name: target.name,
+            tmp_name,
+            file: File::from(file),
+            mode: mode & 0o7777,
+            written: 0,
+            done: false,
+        })
+    }
+
+    /// The path that will be replaced (after following symbolic links).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The temporary's name in the target's directory (for logs and tests).
+    pub fn temporary_name(&self) -> &[u8] {
+        self.tmp_name.to_bytes()
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends data to the temporary. Regular files do not return `EAGAIN`; a full disk is an
+    /// error (28 ENOSPC), after which the caller aborts.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), FileError> {
+        self.file
+            .write_all(data)
+            .map_err(|e| FileError::io("write", &self.path, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Applies the mode, flushes the data to disk and renames the temporary over the target.
+    /// Returns the number of bytes written. On failure the temporary is removed.
+    pub fn finish(mut self) -> Result<u64, FileError> {
+        rustix::fs::fchmod(&self.file, Mode::from_raw_mode(self.mode))
+            .map_err(|e| FileError::io("chmod", &self.path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| FileError::io("fdatasync", &self.path, e))?;
+        // The rename is the user's act: it must obey the directory's permissions and sticky
+        // bit as seen by the user.
+        let guard = AsUser::enter_with_groups(&self.user, &self.groups)
+            .map_err(|e| FileError::io("acting as the user for", &self.path, e))?;
+        let renamed = rustix::fs::renameat(
+            &self.dir,
+            self.tmp_name.as_c_str(),
+            &self.dir,
+            self.name.as_c_str(),
+        );
+        drop(guard);
+        renamed.map_err(|e| FileError::io("rename into", &self.path, e))?;
+        self.done = true;
+        Ok(self.written)
+    }
+
+    /// Gives up: removes the temporary; the target stays as it was.
+    pub fn abort(self) {
+        drop(self);
+    }
+}
+
+impl Drop for InjectFile {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Removed with the agent's own identity: the temporary is ours whatever happened to
+        // the user's permissions meanwhile.
+        if let Err(e) = rustix::fs::unlinkat(&self.dir, self.tmp_name.as_c_str(), AtFlags::empty())
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove an inject temporary");
+        }
+    }
+}
+
+/// An extract in progress: the file opened as the user.
+#[derive(Debug)]
+pub struct ExtractFile {
+    path: PathBuf,
+    fd: OwnedFd,
+    size: u64,
+    read: u64,
+}
+
+impl ExtractFile {
+    /// Opens `path` (relative to the user's home unless absolute) for reading as `user`.
+    ///
+    /// Fails with 2 for an unknown user or missing file, 13 without permission, 21 for a
+    /// directory or other non-regular file.
+    pub fn open(user: &[u8], path: &[u8]) -> Result<ExtractFile, FileError> {
+        let user = User::lookup(user)?;
+        let full = user.resolve(path);
+        if path.is_empty() {
+            return Err(FileError::io(
+                "extract",
+                &full,
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
+        let guard =
+            AsUser::enter(&user).map_err(|e| FileError::io("acting as the user for", &full, e))?;
+        let st = rustix::fs::stat(&full).map_err(|e| FileError::io("stat", &full, e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(FileError::NotRegular { path: full });
+        }
+        let fd = rustix::fs::open(
+            &full,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| FileError::io("open", &full, e))?;
+        drop(guard);
+        // The name may have changed between stat and open; what counts is what we opened.
+        let st = rustix::fs::fstat(&fd).map_err(|e| FileError::io("fstat", &full, e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(FileError::NotRegular { path: full });
+        }
+        Ok(ExtractFile {
+            path: full,
+            fd,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            read: 0,
+        })
+    }
+
+    /// The resolved path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's size when it was opened (0 for `/proc` and `/sys` files, which are read to
+    /// their end all the same).
+    pub fn size_hint(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes read so far.
+    pub fn read_so_far(&self) -> u64 {
+        self.read
+    }
+
+    /// The open file, for callers that want to poll or `sendfile` it themselves.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Appends at most `max` bytes to `buf`; `Ok(0)` is the end of the file. One `read` per
+    /// call, so a loop can interleave chunks with other work and bound its memory.
+    pub fn read_chunk(&mut self, buf: &mut BytesMut, max: usize) -> Result<usize, FileError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        match fdio::read_into(&self.fd, buf, max)
+            .map_err(|e| FileError::io("read", &self.path, e))?
+        {
+            ReadOutcome::Data(n) => {
+                self.read += n as u64;
+                Ok(n)
+            }
+            ReadOutcome::Eof => Ok(0),
+            // Regular files never report EAGAIN; if something that is not one slipped
+            // through, say so instead of pretending it ended.
+            ReadOutcome::WouldBlock => Err(FileError::io(
+                "read",
+                &self.path,
+                io::Error::from_raw_os_error(libc::EAGAIN),
+            )),
+        }
+    }
+}
+
+/// The directory and final name an inject writes to.
+struct Target {
+    path: PathBuf,
+    dir: OwnedFd,
+    name: CString,
+}
+
+/// Splits `path` into directory and name, following a symbolic link at the end, and checks
+/// that whatever exists there is a regular file. Runs as the user.
+fn resolve_target(requested: &Path) -> Result<Target, FileError> {
+    let mut path = requested.to_path_buf();
+    for _ in 0..=MAX_SYMLINKS {
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.len() >= PATH_MAX {
+            return Err(FileError::NameTooLong { path });
+        }
+        if bytes.ends_with(b"/") {
+            return Err(FileError::NotRegular { path });
+        }
+        let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
+            Some(0) => (b"/".as_slice(), &bytes[1..]),
+            Some(i) => (&bytes[..i], &bytes[i + 1..]),
+            None => (b".".as_slice(), bytes),
+        };
+        if name == b"." || name == b".." {
+            return Err(FileError::NotRegular { path });
+        }
+        if name.len() > NAME_MAX {
+            return Err(FileError::NameTooLong { path });
+        }
+        let parent = PathBuf::from(OsStr::from_bytes(parent));
+        let cname = CString::new(name).map_err(|e| FileError::io("inject", &path, e))?;
+        let dir = rustix::fs::open(
+            &parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FileError::io("open directory", &parent, e))?;
+        match rustix::fs::statat(&dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Err(rustix::io::Errno::NOENT) => {
+                return Ok(Target {
+                    path,
+                    dir,
+                    name: cname,
+                });
+            }
+            Err(e) => return Err(FileError::io("stat", &path, e)),
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => {
+                    return Ok(Target {
+                        path,
+                        dir,
+                        name: cname,
+                    });
+                }
+                FileType::Symlink => {
+                    let link = rustix::fs::readlinkat(&dir, cname.as_c_str(), Vec::new())
+                        .map_err(|e| FileError::io("readlink", &path, e))?;
+                    let link = PathBuf::from(OsStr::from_bytes(link.as_bytes()));
+                    path = if link.is_absolute() {
+                        link
+                    } else {
+                        parent.join(link)
+                    };
+                }
+                _ => return Err(FileError::NotRegular { path }),
+            },
+        }
+    }
+    Err(FileError::io(
+        "inject",
+        requested,
+        io::Error::from_raw_os_error(libc::ELOOP),
+    ))
+}
+
+/// Creates the temporary beside the target: `O_EXCL|O_NOFOLLOW`, mode 0600, a few attempts
+/// with fresh names if one is taken.
+fn create_temporary(target: &Target) -> Result<(OwnedFd, CString), FileError> {
+    let name = target.name.as_bytes();
+    let keep = &name[..name.len().min(TMP_NAME_KEEP)];
+    let mut last = io::Error::from_raw_os_error(libc::EEXIST);
+    for _ in 0..16 {
+        let mut tmp = Vec::with_capacity(keep.len() + 20);
+        tmp.push(b'.');
+        tmp.extend_from_slice(keep);
+        tmp.extend_from_slice(format!(".tuppence-{:08x}", unique_suffix()).as_bytes());
+        let tmp = CString::new(tmp).map_err(|e| FileError::io("inject", &target.path, e))?;
+        match rustix::fs::openat(
+            &target.dir,
+            tmp.as_c_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => return Ok((fd, tmp)),
+            Err(rustix::io::Errno::EXIST) => last = io::Error::from_raw_os_error(libc::EEXIST),
+            Err(e) => return Err(FileError::io("create temporary for", &target.path, e)),
+        }
+    }
+    Err(FileError::io("create temporary for", &target.path, last))
+}
+
+/// A hard-to-guess, never-repeating (within this process) suffix; `O_EXCL` makes collisions
+/// harmless anyway, so this needs no cryptographic quality.
+fn unique_suffix() -> u32 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x =
+        nanos ^ (u64::from(std::process::id()) << 32) ^ count.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x >> 32) as u32
+}

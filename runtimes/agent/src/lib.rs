@@ -1,0 +1,34 @@
+//! # tuppence-agent — the agent's side effects
+//!
+//! The building blocks `tuppence serve` needs inside the system under test, independent of the
+//! protocol state machines in the core crate:
+//!
+//! * [`spawn`] — run `/bin/sh -c COMMAND` as a user, on pipes or a pty, with a pidfd.
+//! * [`files`] — inject (atomic: temporary + rename) and extract, as the user.
+//! * [`procinfo`] — the `P` request's fields from `/proc`.
+//! * [`sources`] — event sources for monitors: kernel log, followed files, the agent's trail.
+//! * [`status`] — the status words (errno values) the protocol reports.
+//! * [`user`] — account lookup and acting as a user for file access.
+//! * [`fdio`] — non-blocking read/write helpers.
+//!
+//! Linux only. Nothing here blocks or starts threads: every fd handed out is
+//! `O_NONBLOCK|O_CLOEXEC` so a readiness loop (mio) can poll it, and sources that cannot be
+//! polled say how often to look ([`sources::EventSource::poll_interval`]).
+//!
+//! The agent process is expected to ignore SIGPIPE (Rust binaries do) and must not set SIGCHLD
+//! to `SIG_IGN` (children are reaped through their pidfds).
+
+pub mod fdio;
+pub mod files;
+pub mod procinfo;
+mod pty;
+pub mod sources;
+pub mod spawn;
+pub mod status;
+pub mod user;
+
+pub use files::{ExtractFile, FileError, InjectFile};
+pub use procinfo::{ProcInfoError, read_procinfo};
+pub use spawn::{Child, ExitStatus, SpawnError, SpawnSpec, signal_from_name, spawn_command};
+pub use status::errno_of;
+pub use user::{User, UserError};

@@ -1,0 +1,308 @@
+//! Inject and extract with real files.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use common::{me, test_user};
+use tuppence_agent::{ExtractFile, InjectFile, User, status};
+
+/// A restrictive umask for this whole test binary: inject modes must not depend on it.
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    });
+}
+
+/// A scratch directory, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(mode: u32) -> Scratch {
+        setup();
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tuppence-agent-files-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).expect("mkdir");
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+        Scratch(path)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.0)
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn b(path: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes()
+}
+
+fn pseudo_random(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+#[test]
+fn inject_writes_content_with_the_exact_mode() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    let target = dir.join("out.txt");
+    let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o640).expect("create");
+    assert_eq!(file.path(), target);
+    file.write(b"hello ").expect("write");
+    file.write(b"inject\n").expect("write");
+    assert_eq!(file.finish().expect("finish"), 13);
+    assert_eq!(fs::read(&target).expect("read"), b"hello inject\n");
+    assert_eq!(
+        mode_of(&target),
+        0o640,
+        "mode must not depend on the umask (077 here)"
+    );
+    assert_eq!(dir.names(), ["out.txt"], "no temporary left behind");
+
+    // Replacing: new content and mode, old ones gone.
+    let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o755).expect("create");
+    file.write(b"v2").expect("write");
+    file.finish().expect("finish");
+    assert_eq!(fs::read(&target).expect("read"), b"v2");
+    assert_eq!(mode_of(&target), 0o755);
+
+    // Mode 0 is honoured too.
+    let zero = dir.join("zero");
+    let file = InjectFile::create(me.as_bytes(), b(&zero), 0).expect("create");
+    file.finish().expect("finish");
+    assert_eq!(mode_of(&zero), 0);
+}
+
+#[test]
+fn inject_is_atomic() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    let target = dir.join("data");
+    fs::write(&target, b"old").expect("seed");
+
+    let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o644).expect("create");
+    file.write(&[b'x'; 100_000]).expect("write");
+    // Before finish the target is untouched and the data is only in the temporary.
+    assert_eq!(fs::read(&target).expect("read"), b"old");
+    let tmp = String::from_utf8_lossy(file.temporary_name()).into_owned();
+    assert!(tmp.starts_with(".data.tuppence-"), "{tmp}");
+    assert_eq!(dir.names(), [tmp.clone(), "data".to_string()]);
+    assert_eq!(
+        mode_of(&dir.join(&tmp)),
+        0o600,
+        "temporary is private while written"
+    );
+    file.abort();
+    assert_eq!(dir.names(), ["data"]);
+    assert_eq!(fs::read(&target).expect("read"), b"old");
+
+    // A new file: abort (here by drop) leaves neither file nor temporary.
+    let fresh = dir.join("fresh");
+    {
+        let mut file = InjectFile::create(me.as_bytes(), b(&fresh), 0o644).expect("create");
+        file.write(b"partial").expect("write");
+        assert!(!fresh.exists(), "no partial file visible before finish");
+    }
+    assert_eq!(dir.names(), ["data"]);
+}
+
+#[test]
+fn inject_refuses_directories_and_missing_dirs() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    let sub = dir.join("sub");
+    fs::create_dir(&sub).expect("mkdir");
+    let err = InjectFile::create(me.as_bytes(), b(&sub), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::EISDIR);
+    let err = InjectFile::create(
+        me.as_bytes(),
+        format!("{}/", dir.0.display()).as_bytes(),
+        0o644,
+    )
+    .unwrap_err();
+    assert_eq!(err.errno(), status::EISDIR);
+    let err = InjectFile::create(me.as_bytes(), b(&dir.join("missing/file")), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::ENOENT);
+    let err = InjectFile::create(b"no-such-user-tuppence", b(&dir.join("x")), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::ENOENT);
+    let long = "n".repeat(300);
+    let err = InjectFile::create(me.as_bytes(), b(&dir.join(&long)), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::ENAMETOOLONG);
+    // A fifo is not a regular file either.
+    let fifo = dir.join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    let err = InjectFile::create(me.as_bytes(), b(&fifo), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::EISDIR);
+    assert_eq!(dir.names(), ["fifo", "sub"]);
+}
+
+#[test]
+fn inject_long_names_and_symlinks() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    // A 255-byte name is valid; its temporary's name must be too.
+    let long = "L".repeat(255);
+    let mut file = InjectFile::create(me.as_bytes(), b(&dir.join(&long)), 0o600).expect("create");
+    file.write(b"long").expect("write");
+    file.finish().expect("finish");
+    assert_eq!(fs::read(dir.join(&long)).expect("read"), b"long");
+
+    // A symbolic link is followed: its target is replaced, the link stays.
+    let real = dir.join("real");
+    fs::write(&real, b"before").expect("seed");
+    let link = dir.join("link");
+    symlink("real", &link).expect("symlink");
+    let mut file = InjectFile::create(me.as_bytes(), b(&link), 0o644).expect("create");
+    assert_eq!(file.path(), real);
+    file.write(b"after").expect("write");
+    file.finish().expect("finish");
+    assert!(
+        fs::symlink_metadata(&link)
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read(&real).expect("read"), b"after");
+}
+
+#[test]
+fn inject_relative_names_go_under_home() {
+    let Some(name) = test_user() else { return };
+    let user = User::lookup(name.as_bytes()).expect("user");
+    let rel = format!("tuppence-rel-{}.txt", std::process::id());
+    let mut file = InjectFile::create(name.as_bytes(), rel.as_bytes(), 0o640).expect("create");
+    let expected = user.base_dir().join(&rel);
+    assert_eq!(file.path(), expected);
+    file.write(b"rel").expect("write");
+    file.finish().expect("finish");
+    let meta = fs::metadata(&expected).expect("stat");
+    assert_eq!(
+        meta.uid(),
+        user.uid(),
+        "the user's file belongs to the user"
+    );
+    assert_eq!(meta.gid(), user.gid());
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+
+    // Extract as the user, by the same relative name.
+    let mut ex = ExtractFile::open(name.as_bytes(), rel.as_bytes()).expect("open");
+    let mut buf = BytesMut::new();
+    while ex.read_chunk(&mut buf, 2).expect("read") > 0 {}
+    assert_eq!(&buf[..], b"rel");
+    fs::remove_file(&expected).expect("cleanup");
+}
+
+#[test]
+fn permissions_are_the_users() {
+    let Some(name) = test_user() else { return };
+    // Root-only directory: the user may not create files in it.
+    let private = Scratch::new(0o700);
+    let err = InjectFile::create(name.as_bytes(), b(&private.join("f")), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::EACCES, "{err}");
+    assert!(private.names().is_empty());
+
+    // Readable directory, root-only file: extract refused, inject over it refused (the
+    // directory is not the user's to write).
+    let open = Scratch::new(0o755);
+    let secret = open.join("secret");
+    fs::write(&secret, b"s").expect("seed");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = ExtractFile::open(name.as_bytes(), b(&secret)).unwrap_err();
+    assert_eq!(err.errno(), status::EACCES, "{err}");
+    let err = InjectFile::create(name.as_bytes(), b(&secret), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::EACCES, "{err}");
+
+    // A directory the user may write: fine, and the agent is root again afterwards.
+    let shared = Scratch::new(0o777);
+    let mut file =
+        InjectFile::create(name.as_bytes(), b(&shared.join("ok")), 0o644).expect("create");
+    file.write(b"ok").expect("write");
+    file.finish().expect("finish");
+    let mut file =
+        InjectFile::create(b"root", b(&private.join("root-ok")), 0o600).expect("root create");
+    file.write(b"r").expect("write");
+    file.finish().expect("root finish");
+}
+
+#[test]
+fn extract_is_byte_exact() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    let path = dir.join("big");
+    let data = pseudo_random(10_000_000, 7);
+    fs::write(&path, &data).expect("seed");
+    let mut ex = ExtractFile::open(me.as_bytes(), b(&path)).expect("open");
+    assert_eq!(ex.size_hint(), data.len() as u64);
+    let mut out = BytesMut::with_capacity(data.len());
+    loop {
+        let n = ex.read_chunk(&mut out, 32 * 1024).expect("read");
+        assert!(n <= 32 * 1024);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(ex.read_so_far(), data.len() as u64);
+    assert!(out[..] == data[..], "extracted bytes differ");
+}
+
+#[test]
+fn extract_errors() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    let err = ExtractFile::open(me.as_bytes(), b(&dir.join("missing"))).unwrap_err();
+    assert_eq!(err.errno(), status::ENOENT);
+    let err = ExtractFile::open(me.as_bytes(), b(&dir.0)).unwrap_err();
+    assert_eq!(err.errno(), status::EISDIR);
+    let err = ExtractFile::open(b"no-such-user-tuppence", b"/etc/hostname").unwrap_err();
+    assert_eq!(err.errno(), status::ENOENT);
+    // /proc files are regular (size 0) and read to their end.
+    let mut ex = ExtractFile::open(me.as_bytes(), b"/proc/self/stat").expect("open proc");
+    let mut buf = BytesMut::new();
+    while ex.read_chunk(&mut buf, 100).expect("read") > 0 {}
+    assert!(buf.ends_with(b"\n"));
+}
