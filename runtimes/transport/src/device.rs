@@ -6,14 +6,15 @@
 //! (blocking mode) or fails with `WouldBlock` (non-blocking mode), like a socket. Reads map
 //! `EIO` to end of file: that is how a pty master reports that its slave closed.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serial2::{KeepSettings, SerialPort};
+use serial2::SerialPort;
 
 use crate::error::TransportError;
 use crate::sys;
@@ -52,15 +53,32 @@ pub struct VirtioLink {
 /// line) and pins `VMIN=1, VTIME=0`: with `VMIN=0` a blocking read returns 0 when no byte
 /// is there yet, a spurious EOF that broke every other connection of the C executor.
 pub(crate) fn open_serial_port(path: &Path, baud: u32) -> Result<SerialPort, TransportError> {
-    let mut port = SerialPort::open(path, KeepSettings).map_err(|source| TransportError::Open {
-        what: "serial device",
-        path: path.to_owned(),
-        source,
-    })?;
-    configure_raw(&mut port, baud).map_err(|source| TransportError::Configure {
-        path: path.to_owned(),
-        baud,
-        source,
+    // O_NONBLOCK: opening a tty without CLOCAL would otherwise wait for carrier detect.
+    // O_NOCTTY: the agent must not acquire the line as its controlling terminal.
+    // std adds O_CLOEXEC, so commands the agent runs do not inherit the line.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| TransportError::Open {
+            what: "serial device",
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut port = SerialPort::from(OwnedFd::from(file));
+    configure_raw(&mut port, baud).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ENOTTY) {
+            TransportError::NotATty {
+                path: path.to_owned(),
+            }
+        } else {
+            TransportError::Configure {
+                path: path.to_owned(),
+                baud,
+                source,
+            }
+        }
     })?;
     Ok(port)
 }

@@ -63,6 +63,12 @@ pub enum TransportError {
         /// The device path.
         path: PathBuf,
     },
+    /// A serial target names something that is not a terminal.
+    #[error("{path} is not a terminal device (serial targets need a tty)")]
+    NotATty {
+        /// The path.
+        path: PathBuf,
+    },
     /// Setting raw 8N1 mode and the baud rate failed.
     #[error("cannot configure {path} as raw 8N1 at {baud} baud: {source}")]
     Configure {

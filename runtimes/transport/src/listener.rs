@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -416,8 +416,8 @@ fn remove_stale_socket(path: &Path) -> Result<(), TransportError> {
             path: path.to_owned(),
         });
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(TransportError::SocketInUse {
+    match probe_unix_socket(path) {
+        Ok(()) => Err(TransportError::SocketInUse {
             path: path.to_owned(),
         }),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
@@ -433,6 +433,25 @@ fn remove_stale_socket(path: &Path) -> Result<(), TransportError> {
             endpoint: format!("unix:{}", path.display()),
             source,
         }),
+    }
+}
+
+/// Connects to `path` without waiting: `Ok` (or `EAGAIN`, a full backlog) means a process
+/// accepts there; `ConnectionRefused` means the file is stale. A blocking connect could hang
+/// on a live agent whose backlog is full.
+fn probe_unix_socket(path: &Path) -> io::Result<()> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(path)?;
+    match rustix::net::connect(&fd, &addr) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INPROGRESS => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
