@@ -278,7 +278,8 @@ macro_rules! device_io {
                 self.io.as_raw_fd()
             }
         }
-        /// The I/O fd; any other handle the link held is closed.
+        /// The I/O fd; any other handle the link held is closed. The listener that handed
+        /// out the link no longer counts this fd as a live session.
         impl From<$ty> for OwnedFd {
             fn from(link: $ty) -> OwnedFd {
                 OwnedFd::from(link.io)

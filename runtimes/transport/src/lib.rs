@@ -102,3 +102,15 @@ pub use vm_sockets::{VSOCK_CID_LOCAL, VSOCK_PORT_ANY, vsock_loopback_available};
 
 /// The dialect type targets select, re-exported so callers need not name the core crate.
 pub use tuppence::wire::Dialect;
+
+// Adapters move transports and listeners between threads and share them across a
+// reader and a writer thread; keep that possible.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Transport>();
+    send_sync::<Listener>();
+    send_sync::<VirtioPort>();
+    send_sync::<Target>();
+    send_sync::<TransportError>();
+    send_sync::<ParseTargetError>();
+};

@@ -62,14 +62,17 @@ impl VirtioPort {
     /// How often an event loop should check for a host while none is connected.
     pub const RETRY_INTERVAL: Duration = sys::BACKOFF_MAX;
 
-    /// Opens the port read-write (`O_NOCTTY`, close-on-exec). `EBUSY` becomes
+    /// Opens the port read-write (`O_NOCTTY`, close-on-exec). Open it once and keep it: the
+    /// kernel refuses a second opener. `EBUSY` becomes
     /// [`TransportError::PortBusy`]: another process (an agent already running) has it.
     pub fn open(path: impl AsRef<Path>) -> Result<VirtioPort, TransportError> {
         let path = path.as_ref();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_NOCTTY)
+            // O_NONBLOCK only so that open itself can never wait (were the path a tty without
+            // CLOCAL); sessions switch their mode themselves and waiting here uses poll.
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(path)
             .map_err(|source| {
                 if source.raw_os_error() == Some(libc::EBUSY) {
