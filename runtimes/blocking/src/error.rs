@@ -8,6 +8,9 @@ use tuppence::link::{LinkError, UsageError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The target could not be opened or connected.
+    #[error(transparent)]
+    Connect(#[from] tuppence_transport::TransportError),
     /// The transport failed.
     #[error("transport: {0}")]
     Io(#[from] io::Error),

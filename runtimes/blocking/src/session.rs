@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tuppence::link::{Client, ClientConfig, ClientEvent, LinkError, Outcome};
 
+use tuppence_transport::Target;
+
 use crate::{Error, Stream};
 
 /// Events buffered per transaction before the reader thread waits for the consumer.
@@ -115,6 +117,17 @@ impl Session {
         }
         drop(st);
         Ok(session)
+    }
+
+    /// Connects to `target` (any form but `local`, which needs an embedded agent) and
+    /// starts a session in the target's dialect.
+    pub fn connect(target: &Target, connect_timeout: Duration) -> Result<Session, Error> {
+        let transport = target.connect()?;
+        let config = ClientConfig {
+            dialect: target.dialect,
+            ..ClientConfig::default()
+        };
+        Session::new(transport, config, connect_timeout)
     }
 
     /// The hello reply.
@@ -373,10 +386,7 @@ impl Shared {
                     .unwrap_or(Duration::from_secs(1))
                     .min(Duration::from_secs(1)),
             );
-            if stream.set_read_timeout_for(timeout).is_err() {
-                // Not every stream supports it; reads then block until data.
-            }
-            match stream.read(&mut buf) {
+            match stream.read_timeout(&mut buf, timeout) {
                 Ok(0) => {
                     self.end(None);
                     break;

@@ -1,28 +1,36 @@
 //! What the blocking adapter needs from a transport: a byte stream that can be split into
-//! a reading and a writing handle, and whose reads can time out (for keepalive timers).
+//! a reading and a writing handle, and whose reads can be bounded in time (for keepalive
+//! timers).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use tuppence_transport::Transport;
+
 /// A byte stream the blocking session can drive from its reader thread and its callers.
-pub trait Stream: Read + Write + Send + 'static {
+pub trait Stream: Write + Send + 'static {
     /// A second handle on the same stream (one reads, one writes).
     fn try_clone_stream(&self) -> io::Result<Self>
     where
         Self: Sized;
-    /// Bounds how long a read waits; `None` = forever. A timed-out read returns
-    /// `WouldBlock` or `TimedOut`, both of which the session treats as "no data yet".
-    fn set_read_timeout_for(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Reads, waiting at most `timeout` (`None` = until data or EOF). A read that timed
+    /// out returns `WouldBlock` or `TimedOut`; the session treats both as "no data yet".
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize>;
+}
+
+fn at_least_1ms(t: Option<Duration>) -> Option<Duration> {
+    t.map(|t| t.max(Duration::from_millis(1)))
 }
 
 impl Stream for UnixStream {
     fn try_clone_stream(&self) -> io::Result<Self> {
         self.try_clone()
     }
-    fn set_read_timeout_for(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1))))
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
+        self.set_read_timeout(at_least_1ms(timeout))?;
+        self.read(buf)
     }
 }
 
@@ -30,8 +38,9 @@ impl Stream for TcpStream {
     fn try_clone_stream(&self) -> io::Result<Self> {
         self.try_clone()
     }
-    fn set_read_timeout_for(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1))))
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
+        self.set_read_timeout(at_least_1ms(timeout))?;
+        self.read(buf)
     }
 }
 
@@ -41,7 +50,22 @@ impl Stream for serial2::SerialPort {
     fn try_clone_stream(&self) -> io::Result<Self> {
         self.try_clone()
     }
-    fn set_read_timeout_for(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(timeout.unwrap_or(Duration::from_secs(3600)))
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
+        self.set_read_timeout(at_least_1ms(timeout).unwrap_or(Duration::from_secs(3600)))?;
+        self.read(buf)
+    }
+}
+
+/// Any transport of `tuppence-transport` (sockets, serial lines, virtio ports, vsock):
+/// waits with `poll(2)`, which works the same for every kind of fd.
+impl Stream for Transport {
+    fn try_clone_stream(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
+        if !self.wait_readable(timeout)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.read(buf)
     }
 }
