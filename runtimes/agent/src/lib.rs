@@ -22,6 +22,7 @@ pub mod fdio;
 pub mod files;
 pub mod procinfo;
 mod pty;
+pub mod serve;
 pub mod sources;
 pub mod spawn;
 pub mod status;

@@ -1,0 +1,49 @@
+//! What `tuppence serve` can be told.
+
+use std::time::Duration;
+
+/// Agent settings. Every per-connection resource has a bound here.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Connections served at once; more are accepted and closed at once (logged).
+    pub max_clients: usize,
+    /// Live transactions per connection.
+    pub max_transactions: usize,
+    /// Timeout for commands that ask for 0.
+    pub default_timeout: Duration,
+    /// Keepalive offered on socket connections (unix, TCP, vsock), seconds; 0 = off.
+    pub socket_keepalive: u16,
+    /// Keepalive offered on serial and virtio ports, seconds; 0 = off (a tty has no
+    /// disconnect, so silence is normal there).
+    pub port_keepalive: u16,
+    /// Users commands and transfers may run as; `None` = any.
+    pub allow_users: Option<Vec<Vec<u8>>>,
+    /// Whether a client's `q` stops the agent.
+    pub allow_quit: bool,
+    /// Log every command, inject and extract (as `tracing` info events).
+    pub audit: bool,
+    /// Child output is not read while a connection has more than this queued to send.
+    pub transmit_limit: usize,
+    /// The link is not read while a connection has more than this much stdin unwritten.
+    pub stdin_limit: usize,
+    /// Return from `run` when no listener and no connection is left (embedded use).
+    pub exit_when_idle: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            max_clients: 64,
+            max_transactions: 1024,
+            default_timeout: Duration::from_secs(60),
+            socket_keepalive: 60,
+            port_keepalive: 0,
+            allow_users: None,
+            allow_quit: true,
+            audit: true,
+            transmit_limit: 1 << 20,
+            stdin_limit: 1 << 20,
+            exit_when_idle: false,
+        }
+    }
+}

@@ -1,0 +1,1160 @@
+//! `tuppence serve`: one thread, one mio loop, many connections.
+//!
+//! The loop: wait for readiness or the next deadline → handle ready fds (listeners,
+//! child pipes, pidfds, event sources) → drain every connection's [`Server`] events and
+//! act on them → move data (child output while the link can take it, stdin while the child
+//! takes it, extract reads, monitor lines) → let the driver write → clean up connections
+//! that failed. Children are reaped through their pidfds the moment they exit; the status
+//! goes out once their output has drained, or at the command's timeout at the latest.
+
+mod config;
+mod tx;
+
+pub use config::AgentConfig;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mio::Interest;
+use tracing::{debug, info, warn};
+use tuppence::link::{Limits, Server, ServerConfig, ServerEvent};
+use tuppence::wire::ProcInfoField;
+use tuppence_mio::{ConnId, Driver, ExtraId, ExtraReady, LinkIo};
+use tuppence_transport::{Listener, Transport, TransportKind};
+
+use crate::fdio::{self, ReadOutcome};
+use crate::sources::{AUDIT_CAPACITY, AuditEvent, AuditTrail, CommandEnd, open_source};
+use crate::spawn::{ExitStatus, SpawnSpec, signal_from_name, spawn_command, tty_eof_sequence};
+use crate::{ExtractFile, InjectFile, read_procinfo, status};
+use tx::{CommandTx, MonitorTx, OutPipe, Tx};
+
+/// Bytes read from a child pipe or a file per call.
+const CHUNK: usize = 64 * 1024;
+/// Lines taken from an event source per call.
+const LINES: usize = 64;
+
+/// Why [`Agent::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// A client sent `q` (and quitting is allowed).
+    Quit,
+    /// [`StopHandle::stop`] was called.
+    Stopped,
+    /// `exit_when_idle` and nothing is left to serve.
+    Idle,
+}
+
+/// Stops a running agent from another thread (e.g. a signal handler thread).
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<mio::Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+enum Owner {
+    Listener(usize),
+    Exit(ConnId, u16),
+    Out(ConnId, u16, usize),
+    Stdin(ConnId, u16),
+    Source(ConnId, u16),
+}
+
+struct ListenerSlot {
+    listener: Listener,
+    /// Device listeners (serial, virtio): when to try `accept` next, and their one link.
+    retry_at: Option<Instant>,
+    device_conn: Option<ConnId>,
+}
+
+struct Conn {
+    cid: u16,
+    peer: String,
+    listener: Option<usize>,
+    txs: HashMap<u16, Tx>,
+}
+
+/// The agent. Build it, add listeners or connections, then [`Agent::run`].
+pub struct Agent {
+    config: AgentConfig,
+    driver: Driver<Transport, Server>,
+    listeners: Vec<ListenerSlot>,
+    conns: HashMap<ConnId, Conn>,
+    owners: HashMap<ExtraId, Owner>,
+    trail: AuditTrail,
+    next_cid: u16,
+    quit: bool,
+    stop: Arc<AtomicBool>,
+    buf: BytesMut,
+    /// Something can progress without a new readiness event: poll without waiting.
+    busy: bool,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> io::Result<Agent> {
+        Ok(Agent {
+            config,
+            driver: Driver::new()?,
+            listeners: Vec::new(),
+            conns: HashMap::new(),
+            owners: HashMap::new(),
+            trail: AuditTrail::new(AUDIT_CAPACITY),
+            next_cid: 1,
+            quit: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            buf: BytesMut::with_capacity(CHUNK),
+            busy: false,
+        })
+    }
+
+    /// A handle that makes `run` return [`RunEnd::Stopped`].
+    pub fn stop_handle(&mut self) -> io::Result<StopHandle> {
+        Ok(StopHandle {
+            flag: self.stop.clone(),
+            waker: self.driver.waker()?,
+        })
+    }
+
+    /// Serves clients of `listener`. Socket listeners are polled; serial and virtio ports
+    /// are opened again (on a timer, without spinning) whenever their client goes away.
+    pub fn add_listener(&mut self, listener: Listener) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let idx = self.listeners.len();
+        let retry_at = match listener.accept_interval() {
+            Some(_) => Some(Instant::now()),
+            None => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+                let extra = self.driver.add_extra(fd, Interest::READABLE)?;
+                self.owners.insert(extra, Owner::Listener(idx));
+                None
+            }
+        };
+        self.listeners.push(ListenerSlot {
+            listener,
+            retry_at,
+            device_conn: None,
+        });
+        Ok(())
+    }
+
+    /// Serves one already-connected transport (e.g. one end of a socket pair).
+    pub fn add_connection(&mut self, transport: Transport, peer: &str) -> io::Result<()> {
+        self.add_conn(transport, peer.to_owned(), None).map(|_| ())
+    }
+
+    /// Serves until a client quits, [`StopHandle::stop`] is called, or (with
+    /// `exit_when_idle`) nothing is left. Kills what it started before returning.
+    pub fn run(&mut self) -> io::Result<RunEnd> {
+        loop {
+            let deadline = if self.busy {
+                Some(Instant::now())
+            } else {
+                self.next_deadline()
+            };
+            self.busy = false;
+            let ready = self.driver.wait(deadline)?;
+            let now = Instant::now();
+            for r in ready {
+                self.on_ready(r, now);
+            }
+            self.accept_devices(now);
+            for id in self.driver.ids() {
+                self.handle_events(id, now);
+            }
+            for id in self.driver.ids() {
+                self.pump(id, now);
+            }
+            self.driver.flush();
+            self.reap_failed(now);
+            let end = if self.quit {
+                Some(RunEnd::Quit)
+            } else if self.stop.load(Ordering::SeqCst) {
+                Some(RunEnd::Stopped)
+            } else if self.config.exit_when_idle
+                && self.listeners.is_empty()
+                && self.conns.is_empty()
+            {
+                Some(RunEnd::Idle)
+            } else {
+                None
+            };
+            if let Some(end) = end {
+                self.shutdown();
+                return Ok(end);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let cmds = self
+            .conns
+            .values()
+            .flat_map(|c| c.txs.values())
+            .filter_map(|t| match t {
+                Tx::Command(c) => c.deadline,
+                Tx::Monitor(m) => m.next_poll,
+                _ => None,
+            });
+        let devices = self.listeners.iter().filter_map(|l| match l.device_conn {
+            None => l.retry_at,
+            Some(_) => None,
+        });
+        cmds.chain(devices).min()
+    }
+
+    // ---- connections ----
+
+    fn add_conn(
+        &mut self,
+        transport: Transport,
+        peer: String,
+        listener: Option<usize>,
+    ) -> io::Result<ConnId> {
+        transport.set_nonblocking(true)?;
+        let kind = transport.kind();
+        let cid = self.allocate_cid();
+        let keepalive = match kind {
+            TransportKind::Serial | TransportKind::Virtio => self.config.port_keepalive,
+            _ => self.config.socket_keepalive,
+        };
+        let server = Server::new(
+            ServerConfig {
+                cid,
+                dialect: None,
+                keepalive,
+                default_command_timeout: self.config.default_timeout,
+                limits: Limits {
+                    max_transactions: self.config.max_transactions,
+                    max_transmit_buffer: self.config.transmit_limit,
+                    ..Limits::default()
+                },
+            },
+            Instant::now(),
+        );
+        let id = self.driver.add(LinkIo::new(transport, server))?;
+        self.trail.push(&AuditEvent::Connect { cid, peer: &peer });
+        if self.config.audit {
+            info!(cid, %peer, transport = kind.as_str(), "client connected");
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                cid,
+                peer,
+                listener,
+                txs: HashMap::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn allocate_cid(&mut self) -> u16 {
+        loop {
+            let cid = self.next_cid;
+            self.next_cid = self.next_cid.checked_add(1).unwrap_or(1);
+            if cid != 0 && !self.conns.values().any(|c| c.cid == cid) {
+                return cid;
+            }
+        }
+    }
+
+    fn accept_sockets(&mut self, idx: usize) {
+        loop {
+            let Some(slot) = self.listeners.get(idx) else {
+                return;
+            };
+            match slot.listener.accept() {
+                Ok((transport, peer)) => {
+                    if self.conns.len() >= self.config.max_clients {
+                        warn!(%peer, max = self.config.max_clients, "too many clients; connection closed");
+                        continue;
+                    }
+                    if let Err(e) = self.add_conn(transport, peer.to_string(), Some(idx)) {
+                        warn!(%peer, error = %e, "cannot serve connection");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serial and virtio ports: (re)open the session when nobody is connected.
+    fn accept_devices(&mut self, now: Instant) {
+        for idx in 0..self.listeners.len() {
+            let Some(slot) = self.listeners.get_mut(idx) else {
+                continue;
+            };
+            let (Some(at), None) = (slot.retry_at, slot.device_conn) else {
+                continue;
+            };
+            if now < at {
+                continue;
+            }
+            let interval = slot
+                .listener
+                .accept_interval()
+                .unwrap_or(Duration::from_millis(250));
+            match slot.listener.accept() {
+                Ok((transport, peer)) => {
+                    match self.add_conn(transport, peer.to_string(), Some(idx)) {
+                        Ok(id) => {
+                            if let Some(slot) = self.listeners.get_mut(idx) {
+                                slot.device_conn = Some(id);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(%peer, error = %e, "cannot serve port");
+                            if let Some(slot) = self.listeners.get_mut(idx) {
+                                slot.retry_at = Some(now + interval);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::ResourceBusy
+                            | io::ErrorKind::NotConnected
+                    ) {
+                        debug!(error = %e, "port not ready");
+                    }
+                    slot.retry_at = Some(now + interval);
+                }
+            }
+        }
+    }
+
+    fn reap_failed(&mut self, now: Instant) {
+        for (id, _link, err) in self.driver.take_failed() {
+            let Some(conn) = self.conns.remove(&id) else {
+                continue;
+            };
+            if self.config.audit {
+                info!(cid = conn.cid, peer = %conn.peer, reason = %err, "client disconnected");
+            }
+            self.trail.push(&AuditEvent::Disconnect { cid: conn.cid });
+            self.drop_txs(conn.txs);
+            if let Some(slot) = conn.listener.and_then(|i| self.listeners.get_mut(i))
+                && slot.device_conn == Some(id)
+            {
+                slot.device_conn = None;
+                slot.retry_at = Some(now);
+            }
+        }
+    }
+
+    /// Kills and reaps what transactions started, removes partial files.
+    fn drop_txs(&mut self, txs: HashMap<u16, Tx>) {
+        for (_, tx) in txs {
+            self.drop_tx(tx);
+        }
+    }
+
+    fn drop_tx(&mut self, tx: Tx) {
+        match tx {
+            Tx::Command(mut c) => {
+                let _ = c.child.kill_group(libc::SIGKILL);
+                for extra in [c.exit_extra.take(), c.stdin_extra.take()]
+                    .into_iter()
+                    .flatten()
+                    .chain(c.out.iter_mut().filter_map(|o| o.take().map(|o| o.extra)))
+                {
+                    self.driver.remove_extra(extra);
+                    self.owners.remove(&extra);
+                }
+                // Dropping the child reaps it (now or at the next spawn).
+            }
+            Tx::Monitor(m) => {
+                if let Some(extra) = m.extra {
+                    self.driver.remove_extra(extra);
+                    self.owners.remove(&extra);
+                }
+            }
+            // Dropping an unfinished inject removes its temporary file.
+            Tx::Inject(..) | Tx::Extract(..) => {}
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(conn) = self.conns.remove(&id) {
+                self.drop_txs(conn.txs);
+            }
+            if let Some(mut link) = self.driver.remove(id) {
+                let _ = link.flush_blocking(Instant::now(), Duration::from_secs(1));
+            }
+        }
+    }
+
+    // ---- readiness ----
+
+    fn on_ready(&mut self, r: ExtraReady, now: Instant) {
+        let Some(owner) = self.owners.get(&r.id) else {
+            return;
+        };
+        match *owner {
+            Owner::Listener(idx) => self.accept_sockets(idx),
+            Owner::Exit(id, xid) => {
+                if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
+                    match c.child.try_wait() {
+                        Ok(Some(st)) => c.status = Some(st),
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(error = %e, "waiting for a child failed");
+                            c.status = Some(ExitStatus::Signaled(libc::SIGKILL));
+                        }
+                    }
+                    if c.status.is_some()
+                        && let Some(extra) = c.exit_extra.take()
+                    {
+                        self.driver.remove_extra(extra);
+                        self.owners.remove(&extra);
+                    }
+                }
+            }
+            Owner::Out(id, xid, slot) => {
+                if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
+                    if let Some(Some(p)) = c.out.get_mut(slot) {
+                        p.readable |= r.readable || r.closed;
+                    }
+                    // The pty master also takes stdin.
+                    if c.tty && (r.writable || r.closed) {
+                        c.stdin_writable = true;
+                    }
+                }
+            }
+            Owner::Stdin(id, xid) => {
+                if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
+                    c.stdin_writable |= r.writable || r.closed;
+                }
+            }
+            Owner::Source(id, xid) => {
+                if let Some(Tx::Monitor(m)) = self.tx_mut(id, xid) {
+                    m.readable = true;
+                }
+            }
+        }
+        let _ = now;
+    }
+
+    fn tx_mut(&mut self, id: ConnId, xid: u16) -> Option<&mut Tx> {
+        self.conns.get_mut(&id)?.txs.get_mut(&xid)
+    }
+
+    fn register(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        interest: Interest,
+        owner: Owner,
+    ) -> Option<ExtraId> {
+        match self.driver.add_extra(fd, interest) {
+            Ok(extra) => {
+                self.owners.insert(extra, owner);
+                Some(extra)
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch fd");
+                None
+            }
+        }
+    }
+
+    // ---- requests ----
+
+    fn handle_events(&mut self, id: ConnId, now: Instant) {
+        let mut events = Vec::new();
+        if let Some(link) = self.driver.get_mut(id) {
+            while let Some(ev) = link.machine_mut().poll_event() {
+                events.push(ev);
+            }
+        }
+        for ev in events {
+            self.on_event(id, ev, now);
+        }
+    }
+
+    fn server(&mut self, id: ConnId) -> Option<&mut Server> {
+        self.driver.get_mut(id).map(|l| l.machine_mut())
+    }
+
+    fn user_allowed(&self, user: &[u8]) -> bool {
+        self.config
+            .allow_users
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|u| u == user))
+    }
+
+    fn on_event(&mut self, id: ConnId, ev: ServerEvent, now: Instant) {
+        let cid = self.conns.get(&id).map_or(0, |c| c.cid);
+        match ev {
+            ServerEvent::Hello {
+                client_version,
+                keepalive,
+            } => {
+                debug!(cid, ?client_version, keepalive, "hello");
+            }
+            ServerEvent::RunCommand {
+                xid,
+                user,
+                command,
+                timeout,
+                tty,
+                env,
+            } => {
+                self.start_command(id, cid, xid, user, command, timeout, tty, env, now);
+            }
+            ServerEvent::Stdin { xid, data } => {
+                if let Some(Tx::Command(c)) = self.tx_mut(id, xid)
+                    && !c.stdin_closed
+                {
+                    c.stdin_bytes += data.len();
+                    if let Some(last) = data.last() {
+                        c.at_line_start = *last == b'\n';
+                    }
+                    c.stdin.push_back(data);
+                }
+            }
+            ServerEvent::StdinEnd { xid } => {
+                if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
+                    if c.tty && !c.stdin_closed {
+                        c.stdin
+                            .push_back(Bytes::from_static(tty_eof_sequence(c.at_line_start)));
+                        c.stdin_closed = true;
+                    }
+                    c.stdin_eof = true;
+                }
+            }
+            ServerEvent::Interrupt { xid, signal } => {
+                let Some(signo) = signal_from_name(&signal) else {
+                    warn!(cid, xid, signal = %String::from_utf8_lossy(&signal), "unknown signal name; ignored");
+                    return;
+                };
+                if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
+                    let _ = c.child.kill_group(signo);
+                }
+            }
+            ServerEvent::Inject {
+                xid,
+                user,
+                path,
+                mode,
+            } => {
+                let result = if self.user_allowed(&user) {
+                    InjectFile::create(&user, &path, mode).map_err(|e| e.errno())
+                } else {
+                    Err(status::EACCES)
+                };
+                let Some(server) = self.server(id) else {
+                    return;
+                };
+                match result {
+                    Ok(file) => {
+                        let _ = server.inject_ready(xid);
+                        if let Some(conn) = self.conns.get_mut(&id) {
+                            conn.txs.insert(xid, Tx::Inject(file, user.to_vec()));
+                        }
+                    }
+                    Err(errno) => {
+                        let _ = server.fail(xid, errno);
+                        self.audit_inject(cid, xid, &user, &path, mode, 0, errno);
+                    }
+                }
+            }
+            ServerEvent::InjectData { xid, data } => {
+                let failed = match self.tx_mut(id, xid) {
+                    Some(Tx::Inject(file, _)) => file.write(&data).err().map(|e| e.errno()),
+                    _ => None,
+                };
+                if let Some(errno) = failed {
+                    self.remove_tx(id, xid);
+                    if let Some(server) = self.server(id) {
+                        let _ = server.inject_done(xid, Err(errno));
+                    }
+                }
+            }
+            ServerEvent::InjectEnd { xid } => {
+                if let Some(Tx::Inject(file, user)) = self.take_tx(id, xid) {
+                    let path = file.path().as_os_str().as_encoded_bytes().to_vec();
+                    let result = file.finish().map_err(|e| e.errno());
+                    let (bytes, errno) = match result {
+                        Ok(n) => (n, 0),
+                        Err(e) => (0, e),
+                    };
+                    self.audit_inject(cid, xid, &user, &path, 0, bytes, errno);
+                    if let Some(server) = self.server(id) {
+                        let _ = server.inject_done(xid, result.map(|_| ()));
+                    }
+                }
+            }
+            ServerEvent::Extract { xid, user, path } => {
+                let result = if self.user_allowed(&user) {
+                    ExtractFile::open(&user, &path).map_err(|e| e.errno())
+                } else {
+                    Err(status::EACCES)
+                };
+                match result {
+                    Ok(file) => {
+                        if let Some(server) = self.server(id) {
+                            let _ = server.extract_ready(xid);
+                        }
+                        if let Some(conn) = self.conns.get_mut(&id) {
+                            conn.txs.insert(xid, Tx::Extract(file, user.to_vec()));
+                        }
+                    }
+                    Err(errno) => {
+                        if let Some(server) = self.server(id) {
+                            let _ = server.fail(xid, errno);
+                        }
+                        self.audit_extract(cid, xid, &user, &path, 0, errno);
+                    }
+                }
+            }
+            ServerEvent::TransferAborted { xid } => {
+                // Dropping an inject removes its temporary file.
+                self.remove_tx(id, xid);
+            }
+            ServerEvent::Monitor { xid, source } => match open_source(&source, &self.trail) {
+                Ok(src) => {
+                    let extra = src
+                        .poll_fd()
+                        .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd))
+                        .and_then(|fd| {
+                            self.register(fd, Interest::READABLE, Owner::Source(id, xid))
+                        });
+                    let next_poll = src.poll_interval().map(|i| now + i);
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.txs.insert(
+                            xid,
+                            Tx::Monitor(Box::new(MonitorTx {
+                                source: src,
+                                extra,
+                                readable: true,
+                                next_poll,
+                                stash: VecDeque::new(),
+                                settles: VecDeque::new(),
+                            })),
+                        );
+                    }
+                }
+                Err(e) => {
+                    if let Some(server) = self.server(id) {
+                        let _ = server.fail(xid, e.errno());
+                    }
+                }
+            },
+            ServerEvent::Settle { xid, seq } => {
+                if let Some(Tx::Monitor(m)) = self.tx_mut(id, xid) {
+                    m.settles.push_back(seq);
+                    m.readable = true;
+                }
+            }
+            ServerEvent::MonitorEnd { xid } => self.remove_tx(id, xid),
+            ServerEvent::ProcInfo { xid, mask } => {
+                let pid = match self.tx_mut(id, xid) {
+                    Some(Tx::Command(c)) if c.status.is_none() => Some(c.child.pid()),
+                    _ => None,
+                };
+                let fields: Vec<ProcInfoField> = pid
+                    .and_then(|pid| read_procinfo(pid, mask).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(kind, value)| ProcInfoField {
+                        kind,
+                        value: value.into(),
+                    })
+                    .collect();
+                if let Some(server) = self.server(id) {
+                    let _ = server.procinfo(xid, fields);
+                }
+            }
+            ServerEvent::Quit => {
+                if self.config.allow_quit {
+                    info!(cid, "quit requested by client");
+                    self.quit = true;
+                } else {
+                    info!(cid, "quit requested by client; ignored (--no-quit)");
+                }
+            }
+            ServerEvent::LinkDead => info!(cid, "link dead: keepalive expired"),
+            ServerEvent::ProtocolViolation(v) => warn!(cid, "protocol violation: {v}"),
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_command(
+        &mut self,
+        id: ConnId,
+        cid: u16,
+        xid: u16,
+        user: Bytes,
+        command: Bytes,
+        timeout: Duration,
+        tty: bool,
+        env: Vec<Bytes>,
+        now: Instant,
+    ) {
+        if !self.user_allowed(&user) {
+            if let Some(server) = self.server(id) {
+                let _ = server.fail(xid, status::EACCES);
+            }
+            return;
+        }
+        let mut spec = SpawnSpec::new(user.to_vec(), command.to_vec());
+        spec.env = env.iter().map(|e| e.to_vec()).collect();
+        spec.tty = tty;
+        let mut child = match spawn_command(&spec) {
+            Ok(child) => child,
+            Err(e) => {
+                let errno = e.errno();
+                if self.config.audit {
+                    info!(cid, xid, user = %String::from_utf8_lossy(&user), error = %e, "command failed to start");
+                }
+                self.trail.push(&AuditEvent::CommandEnd {
+                    cid,
+                    xid,
+                    pid: 0,
+                    end: CommandEnd::SpawnFailed(errno),
+                });
+                if let Some(server) = self.server(id) {
+                    let _ = server.fail(xid, errno);
+                }
+                return;
+            }
+        };
+        let pid = child.pid();
+        if self.config.audit {
+            info!(cid, xid, pid, user = %String::from_utf8_lossy(&user), tty, command = %String::from_utf8_lossy(&command), "run");
+        }
+        self.trail.push(&AuditEvent::CommandStart {
+            cid,
+            xid,
+            pid,
+            user: &user,
+            command: &command,
+            tty,
+        });
+        use std::os::fd::AsRawFd;
+        let exit_extra = self.register(
+            child.pidfd().as_raw_fd(),
+            Interest::READABLE,
+            Owner::Exit(id, xid),
+        );
+        let mut out: [Option<OutPipe>; 2] = [None, None];
+        let mut stdin_extra = None;
+        if tty {
+            if let Some(fd) = child.stdout_fd().map(|f| f.as_raw_fd()) {
+                out[0] = self
+                    .register(
+                        fd,
+                        Interest::READABLE | Interest::WRITABLE,
+                        Owner::Out(id, xid, 0),
+                    )
+                    .map(|extra| OutPipe {
+                        extra,
+                        readable: true,
+                    });
+            }
+        } else {
+            for (slot, fd) in [child.stdout_fd(), child.stderr_fd()]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(fd) = fd.map(|f| f.as_raw_fd()) {
+                    out[slot] = self
+                        .register(fd, Interest::READABLE, Owner::Out(id, xid, slot))
+                        .map(|extra| OutPipe {
+                            extra,
+                            readable: true,
+                        });
+                }
+            }
+            if let Some(fd) = child.stdin_fd().map(|f| f.as_raw_fd()) {
+                stdin_extra = self.register(fd, Interest::WRITABLE, Owner::Stdin(id, xid));
+            }
+        }
+        if tty {
+            // Nothing else holds the master's other end: without output the pipe slots
+            // would stay empty and the status could go out before the output.
+            child.close_stderr();
+        }
+        let tx = CommandTx {
+            child,
+            tty,
+            exit_extra,
+            out,
+            stdin_extra,
+            stdin_writable: true,
+            stdin: VecDeque::new(),
+            stdin_bytes: 0,
+            stdin_eof: false,
+            stdin_closed: false,
+            at_line_start: true,
+            status: None,
+            deadline: now.checked_add(timeout),
+            timed_out: false,
+        };
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.txs.insert(xid, Tx::Command(Box::new(tx)));
+        }
+        self.busy = true;
+    }
+
+    fn take_tx(&mut self, id: ConnId, xid: u16) -> Option<Tx> {
+        self.conns.get_mut(&id)?.txs.remove(&xid)
+    }
+
+    fn remove_tx(&mut self, id: ConnId, xid: u16) {
+        if let Some(tx) = self.take_tx(id, xid) {
+            self.drop_tx(tx);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit_inject(
+        &self,
+        cid: u16,
+        xid: u16,
+        user: &[u8],
+        path: &[u8],
+        mode: u32,
+        bytes: u64,
+        errno: u32,
+    ) {
+        if self.config.audit {
+            info!(cid, xid, user = %String::from_utf8_lossy(user), path = %String::from_utf8_lossy(path), bytes, status = errno, "inject");
+        }
+        self.trail.push(&AuditEvent::Inject {
+            cid,
+            xid,
+            user,
+            path,
+            mode,
+            bytes,
+            status: errno,
+        });
+    }
+
+    fn audit_extract(&self, cid: u16, xid: u16, user: &[u8], path: &[u8], bytes: u64, errno: u32) {
+        if self.config.audit {
+            info!(cid, xid, user = %String::from_utf8_lossy(user), path = %String::from_utf8_lossy(path), bytes, status = errno, "extract");
+        }
+        self.trail.push(&AuditEvent::Extract {
+            cid,
+            xid,
+            user,
+            path,
+            bytes,
+            status: errno,
+        });
+    }
+
+    // ---- moving data ----
+
+    fn pump(&mut self, id: ConnId, now: Instant) {
+        let xids: Vec<u16> = match self.conns.get(&id) {
+            Some(c) => c.txs.keys().copied().collect(),
+            None => return,
+        };
+        let mut stdin_backlog = 0usize;
+        for xid in xids {
+            match self.tx_mut(id, xid) {
+                Some(Tx::Command(_)) => stdin_backlog += self.pump_command(id, xid, now),
+                Some(Tx::Extract(..)) => self.pump_extract(id, xid),
+                Some(Tx::Monitor(_)) => self.pump_monitor(id, xid, now),
+                _ => {}
+            }
+        }
+        let limit = self.config.stdin_limit;
+        if let Some(link) = self.driver.get_mut(id) {
+            if stdin_backlog > limit {
+                link.set_read_paused(true);
+            } else if stdin_backlog <= limit / 2 {
+                link.set_read_paused(false);
+            }
+        }
+    }
+
+    /// Returns the command's unwritten stdin bytes.
+    fn pump_command(&mut self, id: ConnId, xid: u16, now: Instant) -> usize {
+        let Some(Tx::Command(mut c)) = self.take_tx(id, xid) else {
+            return 0;
+        };
+        // Timeout: kill the group; `T` if the shell was still running, else its status.
+        if c.deadline.is_some_and(|d| now >= d) {
+            c.deadline = None;
+            let _ = c.child.kill_group(libc::SIGKILL);
+            c.timed_out = c.status.is_none();
+            for slot in 0..2 {
+                self.close_out(&mut c, slot);
+            }
+        }
+        // Output, while the link can take it.
+        for slot in 0..2 {
+            while let Some(p) = c.out.get(slot).and_then(Option::as_ref) {
+                if !p.readable {
+                    break;
+                }
+                let can_send = self.server(id).is_some_and(|s| s.can_send());
+                if !can_send {
+                    break;
+                }
+                let fd = match (c.tty, slot) {
+                    (_, 0) => c.child.stdout_fd(),
+                    _ => c.child.stderr_fd(),
+                };
+                let Some(fd) = fd else {
+                    self.close_out(&mut c, slot);
+                    break;
+                };
+                let r = if c.tty {
+                    fdio::read_pty_into(fd, &mut self.buf, CHUNK)
+                } else {
+                    fdio::read_into(fd, &mut self.buf, CHUNK)
+                };
+                match r {
+                    Ok(ReadOutcome::Data(_)) => {
+                        let data = self.buf.split().freeze();
+                        if let Some(server) = self.server(id) {
+                            let _ = server.output(xid, u16::try_from(slot + 1).unwrap_or(1), data);
+                        }
+                    }
+                    Ok(ReadOutcome::WouldBlock) => {
+                        if let Some(Some(p)) = c.out.get_mut(slot) {
+                            p.readable = false;
+                        }
+                    }
+                    Ok(ReadOutcome::Eof) | Err(_) => {
+                        self.buf.clear();
+                        self.close_out(&mut c, slot);
+                        if let Some(server) = self.server(id) {
+                            let _ = server.output_end(xid, u16::try_from(slot + 1).unwrap_or(1));
+                        }
+                    }
+                }
+            }
+            if c.out
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|p| p.readable)
+                && self.server(id).is_some_and(|s| s.can_send())
+            {
+                self.busy = true;
+            }
+        }
+        // Stdin, while the child takes it.
+        while c.stdin_writable && !c.stdin.is_empty() {
+            let fd = c.child.stdin_fd();
+            let Some(fd) = fd else {
+                c.stdin.clear();
+                c.stdin_bytes = 0;
+                break;
+            };
+            let Some(front) = c.stdin.front_mut() else {
+                break;
+            };
+            match fdio::write_some(fd, front) {
+                Ok(Some(n)) => {
+                    bytes::Buf::advance(front, n);
+                    c.stdin_bytes = c.stdin_bytes.saturating_sub(n);
+                    if front.is_empty() {
+                        c.stdin.pop_front();
+                    }
+                }
+                Ok(None) => c.stdin_writable = false,
+                Err(_) => {
+                    // The command closed its stdin (EPIPE): what is left has nowhere to go.
+                    c.stdin.clear();
+                    c.stdin_bytes = 0;
+                    c.stdin_eof = true;
+                }
+            }
+        }
+        if c.stdin.is_empty() && c.stdin_eof && !c.tty && c.stdin_extra.is_some() {
+            if let Some(extra) = c.stdin_extra.take() {
+                self.driver.remove_extra(extra);
+                self.owners.remove(&extra);
+            }
+            c.child.close_stdin();
+        }
+        // Done: status after output.
+        if c.finished() {
+            let cid = self.conns.get(&id).map_or(0, |c| c.cid);
+            let pid = c.child.pid();
+            let end = if c.timed_out {
+                if let Some(server) = self.server(id) {
+                    let _ = server.timed_out(xid);
+                }
+                CommandEnd::TimedOut
+            } else {
+                let st = c.status.unwrap_or(ExitStatus::Signaled(libc::SIGKILL));
+                if let Some(server) = self.server(id) {
+                    let _ = match st {
+                        ExitStatus::Exited(code) => {
+                            server.command_exited(xid, u32::try_from(code).unwrap_or(0))
+                        }
+                        ExitStatus::Signaled(sig) => {
+                            server.command_killed(xid, u32::try_from(sig).unwrap_or(0))
+                        }
+                    };
+                }
+                match st {
+                    ExitStatus::Exited(code) => CommandEnd::Exited(code),
+                    ExitStatus::Signaled(sig) => CommandEnd::Signaled(sig),
+                }
+            };
+            if self.config.audit {
+                info!(cid, xid, pid, end = ?end, "command ended");
+            }
+            self.trail
+                .push(&AuditEvent::CommandEnd { cid, xid, pid, end });
+            self.drop_tx(Tx::Command(c));
+            self.busy = true;
+            return 0;
+        }
+        let backlog = c.stdin_bytes;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.txs.insert(xid, Tx::Command(c));
+        }
+        backlog
+    }
+
+    fn close_out(&mut self, c: &mut CommandTx, slot: usize) {
+        let Some(p) = c.out.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.driver.remove_extra(p.extra);
+        self.owners.remove(&p.extra);
+        if c.tty {
+            if let Some(extra) = c.stdin_extra.take() {
+                self.driver.remove_extra(extra);
+                self.owners.remove(&extra);
+            }
+            drop(c.child.take_pty());
+            c.stdin.clear();
+            c.stdin_bytes = 0;
+        } else if slot == 0 {
+            c.child.close_stdout();
+        } else {
+            c.child.close_stderr();
+        }
+    }
+
+    /// One chunk per call: many transfers on one link take turns.
+    fn pump_extract(&mut self, id: ConnId, xid: u16) {
+        {
+            if !self.server(id).is_some_and(|s| s.can_send()) {
+                return;
+            }
+            let Some(Tx::Extract(file, _)) =
+                self.conns.get_mut(&id).and_then(|c| c.txs.get_mut(&xid))
+            else {
+                return;
+            };
+            let r = file.read_chunk(&mut self.buf, CHUNK);
+            let data = self.buf.split().freeze();
+            match r {
+                Ok(0) => {
+                    let cid = self.conns.get(&id).map_or(0, |c| c.cid);
+                    if let Some(Tx::Extract(file, user)) = self.take_tx(id, xid) {
+                        let path = file.path().as_os_str().as_encoded_bytes().to_vec();
+                        self.audit_extract(cid, xid, &user, &path, file.read_so_far(), 0);
+                    }
+                    if let Some(server) = self.server(id) {
+                        let _ = server.extract_done(xid, Ok(()));
+                    }
+                }
+                Ok(_) => {
+                    if let Some(server) = self.server(id) {
+                        let _ = server.output(xid, 0, data);
+                    }
+                    self.busy = true;
+                }
+                Err(e) => {
+                    let cid = self.conns.get(&id).map_or(0, |c| c.cid);
+                    if let Some(Tx::Extract(file, user)) = self.take_tx(id, xid) {
+                        let path = file.path().as_os_str().as_encoded_bytes().to_vec();
+                        self.audit_extract(cid, xid, &user, &path, file.read_so_far(), e.errno());
+                    }
+                    if let Some(server) = self.server(id) {
+                        let _ = server.extract_done(xid, Err(e.errno()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn pump_monitor(&mut self, id: ConnId, xid: u16, now: Instant) {
+        let Some(Tx::Monitor(mut m)) = self.take_tx(id, xid) else {
+            return;
+        };
+        let due = m.next_poll.is_some_and(|t| now >= t);
+        let trail = m.extra.is_none() && m.next_poll.is_none();
+        if due || trail {
+            m.readable = true;
+        }
+        loop {
+            // First what was read but not yet sent.
+            while let Some(line) = m.stash.front() {
+                let Some(server) = self.server(id) else { break };
+                if !server.can_send() {
+                    break;
+                }
+                let _ = server.output(xid, 0, line.clone());
+                m.stash.pop_front();
+            }
+            if !m.stash.is_empty() || !m.readable {
+                break;
+            }
+            let batch = if m.settles.is_empty() {
+                m.source.read_new(LINES)
+            } else {
+                m.source.flush(LINES)
+            };
+            match batch {
+                Ok(batch) => {
+                    m.stash.extend(batch.lines);
+                    if batch.drained {
+                        m.readable = false;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "event source failed");
+                    m.readable = false;
+                }
+            }
+        }
+        if m.stash.is_empty() && !m.readable {
+            while let Some(seq) = m.settles.pop_front() {
+                if let Some(server) = self.server(id) {
+                    let _ = server.settled(xid, seq);
+                }
+            }
+        } else if self.server(id).is_some_and(|s| s.can_send()) {
+            self.busy = true;
+        }
+        if due {
+            m.next_poll = m.source.poll_interval().map(|i| now + i);
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.txs.insert(xid, Tx::Monitor(m));
+        }
+    }
+}
