@@ -11,7 +11,10 @@
 //! `tuppence-blocking`) wire it to real transports.
 //!
 //! * [`wire`] — the link protocol codec (4.0 and the C executor's 3.0 dialect).
+//! * [`sniff`] — the sniff task protocol: framing, messages, pluggable task types, the
+//!   `Agent` and `Requester` machines.
 
+pub mod sniff;
 pub mod wire;
 
 #[cfg(fuzzing)]
