@@ -1,45 +1,4 @@
-//! The agent machine: runs on the system under test, owns the task table and the order of
-//! answers. It never starts or kills anything itself; it tells the runtime what to do.
-//!
-//! # Driving it (quinn-proto style)
-//!
-//! * **Inputs** (`handle_*`): [`Agent::handle_bytes`] for a framed byte stream (any
-//!   chunking; returns the bytes consumed), or [`Agent::handle_request`] for one unframed
-//!   message from a transport that frames itself; [`Agent::task_finished`] when a process's
-//!   stdout reached EOF (or it failed); [`Agent::handle_timeout`] when [`Agent::poll_timeout`]
-//!   has passed. Time is always passed in and clamped never to go backwards.
-//! * **Outputs** (`poll_*`), drained after every input: [`Agent::poll_action`] first
-//!   ([`Action::Start`]/[`Action::Abort`], in order), then [`Agent::poll_transmit`] (framed
-//!   answers appended to the caller's buffer) or [`Agent::poll_answer`] (unframed), then
-//!   [`Agent::poll_timeout`]; [`Agent::poll_error`] reports malformed messages that were
-//!   dropped.
-//!
-//! # Rules (DESIGN §5, the C plugin's order)
-//!
-//! * Unknown type → `U`; a task running under that id keeps running.
-//! * Known type under a running id → the old task is aborted ([`Action::Abort`], its output
-//!   discarded, `A` queued), then the new one starts or is answered at once (NOP, bad
-//!   parameters). So `A` always precedes the new task's answer.
-//! * Each task gets exactly one answer, or `A` if it was aborted, never both. A completion
-//!   for a task that is no longer in the table (aborted, timed out, unknown handle) is
-//!   ignored: handles carry a run number, so a late completion of an aborted task can never
-//!   be mistaken for the new task under the same id.
-//! * A request shorter than 5 bytes is dropped and reported (the C plugin crashed on it); an
-//!   over-long frame is a fatal, sticky error: the stream cannot be resynchronised.
-//!
-//! # Limits
-//!
-//! * At most [`AgentConfig::max_tasks`] processes at once; a request over the limit is
-//!   answered at once with its type's [`TaskOutput::TooManyTasks`] failure (built-ins: `F Q`).
-//!   `F` rather than `U`, because `U` tells a server the type is unsupported, which it is not.
-//! * Output is capped ([`AgentConfig::output_cap`], the runtime stops the task: `F L`), tasks
-//!   time out ([`AgentConfig::default_timeout`], the agent aborts them: `F T`), and an answer
-//!   too large for one frame becomes the type's `OutputTooLarge` failure.
-//! * Queues are bounded: while undrained answers exceed [`AgentConfig::max_queued_bytes`] or
-//!   undrained actions exceed [`AgentConfig::max_queued_actions`], `handle_bytes` consumes
-//!   nothing more and `handle_request` returns [`RequestError::QueueFull`] (backpressure on
-//!   the peer). Completions and timeouts are always accepted; their number is bounded by
-//!   `max_tasks`, so the queues overshoot by at most that many answers.
+//! The sniff agent machine (see [`Agent`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -153,7 +112,48 @@ struct Running {
     finish: Box<dyn TaskFinish>,
 }
 
-/// The sniff agent state machine. See the [module docs](self) for the contract.
+/// The agent machine: runs on the system under test, owns the task table and the order of
+/// answers. It never starts or kills anything itself; it tells the runtime what to do.
+///
+/// # Driving it (quinn-proto style)
+///
+/// * **Inputs** (`handle_*`): [`Agent::handle_bytes`] for a framed byte stream (any
+///   chunking; returns the bytes consumed), or [`Agent::handle_request`] for one unframed
+///   message from a transport that frames itself; [`Agent::task_finished`] when a process's
+///   stdout reached EOF (or it failed); [`Agent::handle_timeout`] when [`Agent::poll_timeout`]
+///   has passed. Time is always passed in and clamped never to go backwards.
+/// * **Outputs** (`poll_*`), drained after every input: [`Agent::poll_action`] first
+///   ([`Action::Start`]/[`Action::Abort`], in order), then [`Agent::poll_transmit`] (framed
+///   answers appended to the caller's buffer) or [`Agent::poll_answer`] (unframed), then
+///   [`Agent::poll_timeout`]; [`Agent::poll_error`] reports malformed messages that were
+///   dropped.
+///
+/// # Rules (DESIGN §5, the C plugin's order)
+///
+/// * Unknown type → `U`; a task running under that id keeps running.
+/// * Known type under a running id → the old task is aborted ([`Action::Abort`], its output
+///   discarded, `A` queued), then the new one starts or is answered at once (NOP, bad
+///   parameters). So `A` always precedes the new task's answer.
+/// * Each task gets exactly one answer, or `A` if it was aborted, never both. A completion
+///   for a task that is no longer in the table (aborted, timed out, unknown handle) is
+///   ignored: handles carry a run number, so a late completion of an aborted task can never
+///   be mistaken for the new task under the same id.
+/// * A request shorter than 5 bytes is dropped and reported (the C plugin crashed on it); an
+///   over-long frame is a fatal, sticky error: the stream cannot be resynchronised.
+///
+/// # Limits
+///
+/// * At most [`AgentConfig::max_tasks`] processes at once; a request over the limit is
+///   answered at once with its type's [`TaskOutput::TooManyTasks`] failure (built-ins: `F Q`).
+///   `F` rather than `U`, because `U` tells a server the type is unsupported, which it is not.
+/// * Output is capped ([`AgentConfig::output_cap`], the runtime stops the task: `F L`), tasks
+///   time out ([`AgentConfig::default_timeout`], the agent aborts them: `F T`), and an answer
+///   too large for one frame becomes the type's `OutputTooLarge` failure.
+/// * Queues are bounded: while undrained answers exceed [`AgentConfig::max_queued_bytes`] or
+///   undrained actions exceed [`AgentConfig::max_queued_actions`], `handle_bytes` consumes
+///   nothing more and `handle_request` returns [`RequestError::QueueFull`] (backpressure on
+///   the peer). Completions and timeouts are always accepted; their number is bounded by
+///   `max_tasks`, so the queues overshoot by at most that many answers.
 pub struct Agent {
     config: AgentConfig,
     /// Task types indexed by type byte (256 slots, so lookup is a bounds-checked `get`).

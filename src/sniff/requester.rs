@@ -1,27 +1,4 @@
-//! The requester machine: the server side. It allocates task ids, encodes typed requests and
-//! decodes answers into typed results. It has no timers: a server that wants to give up on a
-//! task calls [`Requester::cancel`] (a NOP under the task's id, as the Python server did).
-//!
-//! # Driving it
-//!
-//! * **Intents**: [`Requester::nop`], [`Requester::ping`], [`Requester::cert`],
-//!   [`Requester::nat`], [`Requester::request`] (any type, raw parameters) return the new
-//!   task's id; [`Requester::cancel`] aborts a task in flight.
-//! * **Inputs**: [`Requester::handle_bytes`] (framed stream, any chunking, returns the bytes
-//!   consumed) or [`Requester::handle_answer`] (one unframed answer).
-//! * **Outputs**: [`Requester::poll_transmit`] (framed requests appended to the caller's
-//!   buffer) and [`Requester::poll_event`].
-//!
-//! # Matching answers to requests
-//!
-//! Answers are not self-describing (a ping answer needs each host's count, a certificate
-//! answer each service's flags), so the requester remembers what it asked under each id, in
-//! order. The agent answers the requests under one id in order, except that `A` answers the
-//! oldest one (it was aborted by a newer one). With the ids this machine allocates, the only
-//! way to have two requests under one id is `cancel`, whose NOP every agent knows, so: `A`
-//! retires the oldest request and the next `O`/`F`/`U` answers the oldest remaining one.
-//! An answer for an id with nothing pending (e.g. from a task of a previous connection:
-//! agent tasks outlive connections) is reported as [`Event::Unsolicited`].
+//! The sniff requester machine (see [`Requester`]).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -130,7 +107,30 @@ pub enum Event {
     Malformed(DecodeError),
 }
 
-/// The sniff requester state machine. See the [module docs](self).
+/// The requester machine: the server side. It allocates task ids, encodes typed requests and
+/// decodes answers into typed results. It has no timers: a server that wants to give up on a
+/// task calls [`Requester::cancel`] (a NOP under the task's id, as the Python server did).
+///
+/// # Driving it
+///
+/// * **Intents**: [`Requester::nop`], [`Requester::ping`], [`Requester::cert`],
+///   [`Requester::nat`], [`Requester::request`] (any type, raw parameters) return the new
+///   task's id; [`Requester::cancel`] aborts a task in flight.
+/// * **Inputs**: [`Requester::handle_bytes`] (framed stream, any chunking, returns the bytes
+///   consumed) or [`Requester::handle_answer`] (one unframed answer).
+/// * **Outputs**: [`Requester::poll_transmit`] (framed requests appended to the caller's
+///   buffer) and [`Requester::poll_event`].
+///
+/// # Matching answers to requests
+///
+/// Answers are not self-describing (a ping answer needs each host's count, a certificate
+/// answer each service's flags), so the requester remembers what it asked under each id, in
+/// order. The agent answers the requests under one id in order, except that `A` answers the
+/// oldest one (it was aborted by a newer one). With the ids this machine allocates, the only
+/// way to have two requests under one id is `cancel`, whose NOP every agent knows, so: `A`
+/// retires the oldest request and the next `O`/`F`/`U` answers the oldest remaining one.
+/// An answer for an id with nothing pending (e.g. from a task of a previous connection:
+/// agent tasks outlive connections) is reported as [`Event::Unsolicited`].
 #[derive(Debug)]
 pub struct Requester {
     config: RequesterConfig,
