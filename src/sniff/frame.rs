@@ -130,6 +130,40 @@ impl FrameDecoder {
     }
 }
 
+/// A machine that reads a framed stream through its own [`FrameDecoder`] and can refuse
+/// input while its outputs are undrained. Both sniff machines feed bytes the same way.
+pub(crate) trait FramedInput {
+    fn decoder(&mut self) -> &mut FrameDecoder;
+    /// False while the machine's output queues are over their bounds (backpressure).
+    fn wants_input(&self) -> bool;
+    /// One whole message, prefix stripped.
+    fn on_message(&mut self, message: Bytes);
+}
+
+/// Feeds `data` to `m`: handles every whole frame while `m` wants input, and buffers at
+/// most the rest of the current frame, so the decoder never holds more than one frame.
+/// Returns the bytes consumed (fewer than `data.len()` only under backpressure); `Err` is the
+/// fatal, sticky framing error.
+pub(crate) fn feed(m: &mut impl FramedInput, data: &[u8]) -> Result<usize, DecodeError> {
+    let mut used = 0usize;
+    loop {
+        while m.wants_input() {
+            match m.decoder().next_frame()? {
+                Some(msg) => m.on_message(msg),
+                None => break,
+            }
+        }
+        let rest = data.get(used..).unwrap_or_default();
+        if rest.is_empty() || !m.wants_input() {
+            return Ok(used);
+        }
+        let d = m.decoder();
+        let take = d.bytes_needed().clamp(1, rest.len());
+        d.push(rest.get(..take).unwrap_or_default());
+        used = used.saturating_add(take);
+    }
+}
+
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,

@@ -20,22 +20,24 @@
 //! ```
 //! use std::time::Instant;
 //! use bytes::BytesMut;
-//! use tuppence::sniff::{Action, Agent, AgentConfig, Event, Requester, RequesterConfig, TaskResult};
+//! use tuppence::sniff::{Agent, AgentConfig, Event, Requester, RequesterConfig, TaskResult};
 //!
-//! let now = Instant::now();
-//! let mut server = Requester::new(RequesterConfig::default());
-//! let mut agent = Agent::new(AgentConfig::default());
-//! let id = server.nop().unwrap();
+//! // The caller owns the clock: `now` comes from the runtime's event loop.
+//! fn nop_round_trip(now: Instant) {
+//!     let mut server = Requester::new(RequesterConfig::default());
+//!     let mut agent = Agent::new(AgentConfig::default());
+//!     let id = server.nop().unwrap();
 //!
-//! let mut wire = BytesMut::new();
-//! server.poll_transmit(&mut wire);
-//! agent.handle_bytes(now, &wire).unwrap();
-//! assert!(agent.poll_action().is_none()); // a NOP runs nothing
+//!     let mut wire = BytesMut::new();
+//!     server.poll_transmit(&mut wire);
+//!     agent.handle_bytes(now, &wire).unwrap();
+//!     assert!(agent.poll_action().is_none()); // a NOP runs nothing
 //!
-//! let mut back = BytesMut::new();
-//! agent.poll_transmit(&mut back);
-//! server.handle_bytes(&back).unwrap();
-//! assert_eq!(server.poll_event(), Some(Event::Finished { id, result: TaskResult::Nop }));
+//!     let mut back = BytesMut::new();
+//!     agent.poll_transmit(&mut back);
+//!     server.handle_bytes(&back).unwrap();
+//!     assert_eq!(server.poll_event(), Some(Event::Finished { id, result: TaskResult::Nop }));
+//! }
 //! ```
 #![deny(
     clippy::indexing_slicing,

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cert::{CertReply, CertRequest};
+use super::frame::{FramedInput, feed};
 use super::nat::{NatReply, TYPE as NAT};
 use super::nop::TYPE as NOP;
 use super::ping::{PingReply, PingRequest};
@@ -271,25 +272,7 @@ impl Requester {
     /// that do not decode become [`Event::Malformed`]; `Err` is only the fatal, sticky
     /// [`DecodeError::FrameTooLong`].
     pub fn handle_bytes(&mut self, data: &[u8]) -> Result<usize, DecodeError> {
-        let mut used = 0usize;
-        loop {
-            while self.wants_input() {
-                match self.decoder.next_frame()? {
-                    Some(msg) => match Answer::decode(msg) {
-                        Ok(a) => self.answer(a),
-                        Err(e) => self.events.push_back(Event::Malformed(e)),
-                    },
-                    None => break,
-                }
-            }
-            let rest = data.get(used..).unwrap_or_default();
-            if rest.is_empty() || !self.wants_input() {
-                return Ok(used);
-            }
-            let take = self.decoder.bytes_needed().clamp(1, rest.len());
-            self.decoder.push(rest.get(..take).unwrap_or_default());
-            used = used.saturating_add(take);
-        }
+        feed(self, data)
     }
 
     /// Handles one unframed answer (for transports that frame messages themselves).
@@ -347,6 +330,23 @@ impl Requester {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+}
+
+impl FramedInput for Requester {
+    fn decoder(&mut self) -> &mut FrameDecoder {
+        &mut self.decoder
+    }
+
+    fn wants_input(&self) -> bool {
+        Requester::wants_input(self)
+    }
+
+    fn on_message(&mut self, message: Bytes) {
+        match Answer::decode(message) {
+            Ok(a) => self.answer(a),
+            Err(e) => self.events.push_back(Event::Malformed(e)),
+        }
     }
 }
 
