@@ -275,7 +275,9 @@ impl Requester {
         feed(self, data)
     }
 
-    /// Handles one unframed answer (for transports that frame messages themselves).
+    /// Handles one unframed answer (for transports that frame messages themselves). It
+    /// always takes the answer; such callers bound events by checking
+    /// [`Requester::wants_input`] before reading more.
     pub fn handle_answer(&mut self, message: Bytes) -> Result<(), DecodeError> {
         self.answer(Answer::decode(message)?);
         Ok(())
