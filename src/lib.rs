@@ -12,8 +12,11 @@
 //!
 //! * [`wire`] — the link protocol codec (4.0 and the C executor's 3.0 dialect).
 //! * [`link`] — the link protocol's connection machines, [`link::Client`] and [`link::Server`].
+//! * [`sniff`] — the sniff task protocol: framing, messages, pluggable task types, the
+//!   `Agent` and `Requester` machines.
 
 pub mod link;
+pub mod sniff;
 pub mod wire;
 
 #[cfg(fuzzing)]

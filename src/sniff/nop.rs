@@ -1,0 +1,44 @@
+//! `N`: the no-op task. It ignores its parameters and answers `O` with no data at once, so a
+//! NOP under a running id is how a server cancels that task (`A`, then `O`).
+
+use bytes::Bytes;
+
+use super::{Outcome, TaskPlan, TaskType};
+
+/// The NOP type byte.
+pub const TYPE: u8 = b'N';
+
+/// The NOP task type.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Nop;
+
+impl TaskType for Nop {
+    fn type_byte(&self) -> u8 {
+        TYPE
+    }
+
+    fn start(&self, _params: Bytes) -> TaskPlan {
+        TaskPlan::Answer(Outcome::success(Bytes::new()))
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nop_answers_ok_empty_whatever_the_params() {
+        for params in [&b""[..], b"\x00\x01junk"] {
+            match Nop.start(Bytes::copy_from_slice(params)) {
+                TaskPlan::Answer(o) => assert_eq!(o, Outcome::success(Bytes::new())),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! A bounded cursor over sniff task parameters and answer data.
+//!
+//! Separate from the link codec's reader on purpose: sniff strings are a u32 big-endian
+//! length followed by the bytes (no NUL), and the errors are [`PayloadError`]s of this module.
+//! Every accessor checks what is left before reading, so no wire length can make it read out
+//! of bounds or allocate: strings are zero-copy slices of the message.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::{EncodeError, PayloadError};
+
+pub(crate) struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    pub(crate) fn new(buf: Bytes) -> Self {
+        Reader { buf }
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.remaining()
+    }
+
+    fn need(&self, field: &'static str, need: usize) -> Result<(), PayloadError> {
+        let have = self.buf.remaining();
+        if have < need {
+            return Err(PayloadError::Truncated { field, need, have });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, PayloadError> {
+        self.need(field, 1)?;
+        Ok(self.buf.get_u8())
+    }
+
+    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, PayloadError> {
+        self.need(field, 2)?;
+        Ok(self.buf.get_u16())
+    }
+
+    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, PayloadError> {
+        self.need(field, 4)?;
+        Ok(self.buf.get_u32())
+    }
+
+    /// A u32-length-prefixed string (zero-copy). The length is checked against what is left
+    /// before anything is taken, so a huge prefix is a `Truncated` error, not an allocation.
+    pub(crate) fn string(&mut self, field: &'static str) -> Result<Bytes, PayloadError> {
+        let len = self.u32(field)?;
+        let len = usize::try_from(len).map_err(|_| PayloadError::Invalid {
+            field,
+            why: "string length does not fit in memory",
+        })?;
+        self.need(field, len)?;
+        Ok(self.buf.split_to(len))
+    }
+
+    /// Fails if anything is left after the last field.
+    pub(crate) fn finish(self) -> Result<(), PayloadError> {
+        match self.buf.remaining() {
+            0 => Ok(()),
+            extra => Err(PayloadError::TrailingBytes { extra }),
+        }
+    }
+}
+
+/// Appends a u32-length-prefixed string.
+pub(crate) fn put_string(
+    out: &mut BytesMut,
+    field: &'static str,
+    s: &[u8],
+) -> Result<(), EncodeError> {
+    let len = u32::try_from(s.len()).map_err(|_| EncodeError::FieldTooLong {
+        field,
+        len: s.len(),
+        max: u32::MAX as usize,
+    })?;
+    out.put_u32(len);
+    out.put_slice(s);
+    Ok(())
+}
+
+/// Bytes a u32-length-prefixed string takes on the wire (saturating: callers compare the
+/// sum with a frame limit, and a saturated sum is simply "too long").
+pub(crate) fn string_len(s: &[u8]) -> usize {
+    s.len().saturating_add(4)
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_bounded_by_what_is_left() {
+        let mut r = Reader::new(Bytes::from_static(b"\x00\x00\x00\x03abcd"));
+        assert_eq!(r.string("s").unwrap(), Bytes::from_static(b"abc"));
+        assert_eq!(r.remaining(), 1);
+        assert_eq!(r.finish(), Err(PayloadError::TrailingBytes { extra: 1 }));
+
+        let mut r = Reader::new(Bytes::from_static(b"\xff\xff\xff\xffab"));
+        assert_eq!(
+            r.string("host"),
+            Err(PayloadError::Truncated {
+                field: "host",
+                need: 0xffff_ffff,
+                have: 2
+            })
+        );
+        let mut r = Reader::new(Bytes::from_static(b"\x00\x01"));
+        assert!(matches!(
+            r.u32("n"),
+            Err(PayloadError::Truncated {
+                field: "n",
+                need: 4,
+                have: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn put_string_writes_length_then_bytes() {
+        let mut out = BytesMut::new();
+        put_string(&mut out, "s", b"xy").unwrap();
+        assert_eq!(&out[..], b"\x00\x00\x00\x02xy");
+        assert_eq!(string_len(b"xy"), 6);
+    }
+}

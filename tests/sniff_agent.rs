@@ -1,0 +1,195 @@
+//! Unit-level checks of the sniff `Agent` machine alone (limits, timeouts, backpressure,
+//! registration); `sniff_machine.rs` pairs it with a `Requester`.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tuppence::sniff::{
+    Action, Agent, AgentConfig, Outcome, Request, RequestError, TaskId, TaskOutput, TaskPlan,
+    TaskType, encode_frame,
+};
+fn req(id: u32, kind: u8, params: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    Request {
+        id: TaskId::from(id),
+        task_type: kind,
+        params: Bytes::copy_from_slice(params),
+    }
+    .encode(&mut b);
+    b.freeze()
+}
+
+const NAT: &[u8] = b"";
+
+fn answers(a: &mut Agent) -> Vec<(u32, u8, Vec<u8>)> {
+    std::iter::from_fn(|| a.poll_answer())
+        .map(|a| (a.id.get(), a.status.byte(), a.data.to_vec()))
+        .collect()
+}
+
+#[test]
+fn nop_answers_at_once() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig::default());
+    a.handle_request(now, req(1, b'N', b"")).unwrap();
+    assert_eq!(a.poll_action(), None);
+    assert_eq!(answers(&mut a), vec![(1, b'O', vec![])]);
+}
+
+#[test]
+fn withdrawn_start_needs_no_abort() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig::default());
+    a.handle_request(now, req(5, b'n', NAT)).unwrap();
+    a.handle_request(now, req(5, b'N', b"")).unwrap();
+    assert_eq!(
+        a.poll_action(),
+        None,
+        "the Start was still queued: withdrawn"
+    );
+    assert_eq!(answers(&mut a), vec![(5, b'A', vec![]), (5, b'O', vec![])]);
+}
+
+#[test]
+fn timeout_aborts_and_answers_t() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig {
+        default_timeout: Some(Duration::from_secs(5)),
+        ..AgentConfig::default()
+    });
+    a.handle_request(now, req(2, b'n', NAT)).unwrap();
+    let Some(Action::Start { handle, spec }) = a.poll_action() else {
+        panic!()
+    };
+    assert_eq!(spec.timeout, Some(Duration::from_secs(5)));
+    assert_eq!(a.poll_timeout(), Some(now + Duration::from_secs(5)));
+    a.handle_timeout(now + Duration::from_secs(4));
+    assert_eq!(a.poll_action(), None);
+    a.handle_timeout(now + Duration::from_secs(5));
+    assert_eq!(a.poll_action(), Some(Action::Abort { handle }));
+    assert_eq!(answers(&mut a), vec![(2, b'F', b"T".to_vec())]);
+    assert_eq!(a.poll_timeout(), None);
+    a.handle_timeout(now + Duration::from_secs(6));
+    assert!(!a.task_finished(now, handle, TaskOutput::Complete(Bytes::new())));
+    assert_eq!(a.stats().timed_out, 1);
+}
+
+#[test]
+fn huge_timeouts_do_not_overflow() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig {
+        default_timeout: Some(Duration::MAX),
+        ..AgentConfig::default()
+    });
+    a.handle_request(now, req(2, b'n', NAT)).unwrap();
+    assert_eq!(a.poll_timeout(), None);
+    assert_eq!(a.running(), 1);
+}
+
+#[test]
+fn output_over_the_cap_is_l() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig {
+        output_cap: 4,
+        ..AgentConfig::default()
+    });
+    a.handle_request(now, req(2, b'n', NAT)).unwrap();
+    let Some(Action::Start { handle, spec }) = a.poll_action() else {
+        panic!()
+    };
+    assert_eq!(spec.output_cap, 4);
+    assert!(a.task_finished(
+        now,
+        handle,
+        TaskOutput::Complete(Bytes::from_static(b"NAT\nNAT\n"))
+    ));
+    assert_eq!(answers(&mut a), vec![(2, b'F', b"L".to_vec())]);
+}
+
+#[test]
+fn answers_too_large_for_a_frame_become_l() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig {
+        max_frame: 40,
+        ..AgentConfig::default()
+    });
+    // A ping of 255 lost replies makes 4 + 7 + 1020 bytes of data.
+    let p = b"\x00\x014\xff\x00\x38\x00\x00\x00\x01h";
+    a.handle_request(now, req(3, b'P', p)).unwrap();
+    let Some(Action::Start { handle, .. }) = a.poll_action() else {
+        panic!()
+    };
+    a.task_finished(
+        now,
+        handle,
+        TaskOutput::Complete(Bytes::from_static(b"1.2.3.4 END\n")),
+    );
+    assert_eq!(answers(&mut a), vec![(3, b'F', b"L".to_vec())]);
+}
+
+#[test]
+fn backpressure_stops_consuming() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig {
+        max_queued_bytes: 20,
+        ..AgentConfig::default()
+    });
+    let mut wire = BytesMut::new();
+    for id in 0..10 {
+        let r = req(id, b'N', b"");
+        encode_frame(&r, 100, &mut wire).unwrap();
+    }
+    let used = a.handle_bytes(now, &wire).unwrap();
+    assert!(used < wire.len());
+    assert!(!a.wants_input());
+    assert_eq!(
+        a.handle_request(now, req(99, b'N', b"")),
+        Err(RequestError::QueueFull)
+    );
+    let mut out = BytesMut::new();
+    let mut total = answers(&mut a).len();
+    let mut rest = &wire[used..];
+    while !rest.is_empty() {
+        let n = a.handle_bytes(now, rest).unwrap();
+        rest = &rest[n..];
+        total += a.poll_transmit(&mut out) / 9;
+    }
+    assert_eq!(total, 10);
+}
+
+#[test]
+fn register_replaces_a_type() {
+    #[derive(Debug)]
+    struct Echo;
+    impl TaskType for Echo {
+        fn type_byte(&self) -> u8 {
+            b'N'
+        }
+        fn start(&self, params: Bytes) -> TaskPlan {
+            TaskPlan::Answer(Outcome::success(params))
+        }
+    }
+    let now = Instant::now();
+    let mut a = Agent::without_task_types(AgentConfig::default());
+    a.handle_request(now, req(1, b'N', b"x")).unwrap();
+    assert!(a.register(Box::new(Echo)).is_none());
+    a.handle_request(now, req(1, b'N', b"x")).unwrap();
+    assert_eq!(
+        answers(&mut a),
+        vec![(1, b'U', vec![]), (1, b'O', b"x".to_vec())]
+    );
+    let mut b = Agent::new(AgentConfig::default());
+    assert!(b.register(Box::new(Echo)).is_some());
+}
+
+#[test]
+fn time_never_goes_backwards() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig {
+        default_timeout: Some(Duration::from_secs(1)),
+        ..AgentConfig::default()
+    });
+    a.handle_timeout(now + Duration::from_secs(10));
+    a.handle_request(now, req(1, b'n', NAT)).unwrap();
+    assert_eq!(a.poll_timeout(), Some(now + Duration::from_secs(11)));
+}
