@@ -41,9 +41,9 @@ pub mod field {
     pub const PGID: u8 = 2;
     /// State letter as in `/proc/PID/stat`, u8.
     pub const STATE: u8 = 3;
-    /// Real uid, u32.
+    /// Effective uid, u32.
     pub const UID: u8 = 4;
-    /// Real gid, u32.
+    /// Effective gid, u32.
     pub const GID: u8 = 5;
     /// Resident set size in KiB, u32.
     pub const RSS_KIB: u8 = 6;

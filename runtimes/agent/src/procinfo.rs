@@ -29,33 +29,11 @@ use std::io;
 
 use crate::status;
 
-/// Field type numbers.
-pub mod field {
-    /// Process id.
-    pub const PID: u8 = 1;
-    /// Process group id.
-    pub const PGID: u8 = 2;
-    /// State letter.
-    pub const STATE: u8 = 3;
-    /// Effective user id.
-    pub const UID: u8 = 4;
-    /// Effective group id.
-    pub const GID: u8 = 5;
-    /// Resident set size in KiB.
-    pub const RSS_KIB: u8 = 6;
-    /// User CPU time in ms.
-    pub const UTIME_MS: u8 = 7;
-    /// System CPU time in ms.
-    pub const STIME_MS: u8 = 8;
-    /// Time since the process started, in ms.
-    pub const ELAPSED_MS: u8 = 9;
-    /// Number of threads.
-    pub const THREADS: u8 = 10;
-    /// Command name (`comm`).
-    pub const COMM: u8 = 11;
-    /// The highest type this agent knows.
-    pub const MAX: u8 = 11;
-}
+/// Field type numbers: the core's, so agent and client cannot disagree.
+pub use tuppence::wire::field;
+
+/// The highest field type this agent knows.
+pub const MAX_FIELD: u8 = field::COMM;
 
 /// A failed procinfo query.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +187,7 @@ pub fn read_procinfo(pid: u32, mask: u32) -> Result<Vec<(u8, Vec<u8>)>, ProcInfo
     };
     let hz = rustix::param::clock_ticks_per_second();
     let mut out = Vec::new();
-    for t in 1..=field::MAX {
+    for t in 1..=MAX_FIELD {
         if !wants(t) {
             continue;
         }
