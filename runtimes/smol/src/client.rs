@@ -335,7 +335,7 @@ impl Session {
     /// Requests made before the reply are queued and sent once it arrives.
     pub fn with_driver<S>(io: S, config: ClientConfig) -> (Session, Driver<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let (shared, pump) = Session::build(io, config);
         let session = Session {
@@ -434,6 +434,12 @@ impl Session {
 
     /// Opens a transaction with `f` (retried while the transmit queue is full) and
     /// registers its inbox under the same lock, so no event of it can be missed.
+    ///
+    /// Inboxes are keyed by xid. The machine reuses an xid once its transaction finished,
+    /// even if that `Finished` still waits behind a full inbox; but only after wrapping
+    /// through every other xid, which needs ~65535 later transactions to finish — more
+    /// than the machine's event queue (`Limits::max_events`) can take while routing is
+    /// stalled.
     pub(crate) async fn open(
         &self,
         mut f: impl FnMut(&mut Client) -> Result<u16, UsageError>,

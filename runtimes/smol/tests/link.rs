@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use bytes::BytesMut;
-use common::{ToyAgent, connect, guard, pattern};
+use common::{ToyAgent, connect, guard, pattern, reaches};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt, future};
 use tuppence::link::{ClientConfig, Command, Limits, LinkError, Outcome, ServerConfig, Signal};
 use tuppence::wire::{Dialect, Hello, Packet};
@@ -71,8 +71,11 @@ async fn exercise(session: &Session) {
         &fields[0].value[..],
         &(1000 + u32::from(run.xid())).to_be_bytes()
     );
+    let control = run.control();
     run.interrupt(Signal::TERM).await.unwrap();
     assert_eq!(run.wait().await, Outcome::Signaled(15));
+    let err = control.procinfo(1 << 1).await.unwrap_err();
+    assert!(matches!(err, Error::Remote { errno: 3, .. }), "{err:?}");
 
     let content = pattern(1_500_000);
     let mut last = 0;
@@ -463,5 +466,59 @@ fn connect_times_out_against_a_mute_peer() {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::ConnectTimeout(_)), "{err:?}");
+    }));
+}
+
+#[test]
+fn legacy_dialect_is_spoken_when_the_client_asks_for_it() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let config = ClientConfig {
+            dialect: Dialect::Legacy3,
+            ..ClientConfig::default()
+        };
+        let (session, _server) = connect(a, b, ToyAgent::new(), config).await;
+        assert_eq!(session.info().unwrap().server_version, (3, 0));
+        let out = session.output(Command::new("exit 4")).await.unwrap();
+        assert_eq!(out.outcome, Outcome::Exited(4));
+        assert_eq!(out.stderr, b"bye\n");
+        echo_round_trip(&session, pattern(100_000)).await;
+        let err = session.monitor("lines").await.unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err:?}");
+    }));
+}
+
+#[test]
+fn dropped_monitors_and_transfers_are_ended_on_the_agent() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let agent = ToyAgent::new();
+        let (ended, aborted) = (
+            agent.monitors_ended.clone(),
+            agent.transfers_aborted.clone(),
+        );
+        let (session, _server) = connect(a, b, agent, ClientConfig::default()).await;
+
+        let monitor = session.monitor("lines").await.unwrap();
+        monitor.settle(1).await.unwrap();
+        drop(monitor);
+        reaches(&ended, 1).await;
+
+        // An inject whose source stalls, abandoned by its caller.
+        let (mut feed, source) = Async::<UnixStream>::pair().unwrap();
+        feed.write_all(&pattern(100_000)).await.unwrap();
+        let inject = session.inject("root", "/tmp/never", 0o600, source, |_| {});
+        let timed_out = future::or(async { Some(inject.await) }, async {
+            Timer::after(Duration::from_millis(200)).await;
+            None
+        })
+        .await;
+        assert!(timed_out.is_none());
+        reaches(&aborted, 1).await;
+
+        // The session is still fine.
+        let out = session.output(Command::new("exit 0")).await.unwrap();
+        assert_eq!(out.outcome, Outcome::Exited(0));
+        drop(feed);
     }));
 }

@@ -33,6 +33,9 @@ pub struct ToyAgent {
     pub flood_sent: Arc<AtomicU64>,
     /// Close the connection once this many inject bytes arrived.
     pub close_after_inject: Option<usize>,
+    /// Monitors the client ended, transfers it aborted.
+    pub monitors_ended: Arc<AtomicU64>,
+    pub transfers_aborted: Arc<AtomicU64>,
     waiting: HashMap<u16, Vec<u8>>,
     incoming: HashMap<u16, (Vec<u8>, Vec<u8>)>,
     monitors: HashMap<u16, u32>,
@@ -44,6 +47,8 @@ impl ToyAgent {
             files: Files::default(),
             flood_sent: Arc::new(AtomicU64::new(0)),
             close_after_inject: None,
+            monitors_ended: Arc::default(),
+            transfers_aborted: Arc::default(),
             waiting: HashMap::new(),
             incoming: HashMap::new(),
             monitors: HashMap::new(),
@@ -146,6 +151,7 @@ impl ToyAgent {
             }
             ServerEvent::TransferAborted { xid } => {
                 self.incoming.remove(&xid);
+                self.transfers_aborted.fetch_add(1, Ordering::SeqCst);
             }
             ServerEvent::Extract { xid, path, .. } => {
                 let midway = &path[..] == b"/close-midway";
@@ -198,6 +204,7 @@ impl ToyAgent {
             }
             ServerEvent::MonitorEnd { xid } => {
                 self.monitors.remove(&xid);
+                self.monitors_ended.fetch_add(1, Ordering::SeqCst);
             }
             ServerEvent::Quit => agent.close(),
             _ => {}
@@ -234,6 +241,13 @@ where
     ));
     let session = Session::new(client_io, config).await.expect("hello reply");
     (session, server)
+}
+
+/// Waits (polling briefly) until `counter` reaches `n`; the caller's `guard` bounds it.
+pub async fn reaches(counter: &AtomicU64, n: u64) {
+    while counter.load(Ordering::SeqCst) < n {
+        Timer::after(Duration::from_millis(5)).await;
+    }
 }
 
 /// `len` bytes in which every byte value occurs (for `len` ≥ 256), in an order that is
