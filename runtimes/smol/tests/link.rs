@@ -164,18 +164,30 @@ fn tcp_loopback() {
     }));
 }
 
+/// serial2 configures the port (raw); the I/O goes through a dup'd fd, because a
+/// `SerialPort`'s own reads wait for their timeout. The port itself is closed here, so
+/// the returned `File` is the only open handle (its close is the "cable" hanging up).
+fn serial_io(port: serial2::SerialPort) -> Async<File> {
+    let fd = port.as_fd().try_clone_to_owned().unwrap();
+    drop(port);
+    Async::new(File::from(fd)).unwrap()
+}
+
 #[test]
 fn pty_pair_as_serial_cable_carries_one_mebibyte_of_every_byte_value() {
     smol::block_on(guard(60, async {
         let (host, guest) = serial2::SerialPort::pair().unwrap();
-        // serial2 configures the ports (raw); the I/O goes through dup'd fds, because a
-        // SerialPort's own reads wait for their timeout.
-        let host = Async::new(File::from(host.as_fd().try_clone_to_owned().unwrap())).unwrap();
-        let guest = Async::new(File::from(guest.as_fd().try_clone_to_owned().unwrap())).unwrap();
-        let (session, _server) =
+        let (host, guest) = (serial_io(host), serial_io(guest));
+        let (session, server) =
             connect(host, guest, ToyAgent::new(), ClientConfig::default()).await;
         echo_round_trip(&session, pattern(1 << 20)).await;
         exercise(&session).await;
+        // The agent hangs up its end of the "cable": the host side reads EIO or EOF,
+        // and a running command learns the link is gone.
+        let run = session.run(Command::new("sleep")).await.unwrap();
+        session.quit().await.unwrap();
+        assert_eq!(server.await.map_err(|e| e.to_string()), Ok(()));
+        assert_eq!(run.wait().await, Outcome::LinkLost(LinkError::Closed));
     }));
 }
 
