@@ -10,8 +10,13 @@
 //!   `Client` machine; the cloneable [`Session`] runs commands ([`RunHandle`], a `Stream`
 //!   of [`RunEvent`]s), transfers files ([`Session::inject`], [`Session::extract`]),
 //!   subscribes to event sources ([`Monitor`]) and quits the agent — many at once.
+//!   [`Session::with_driver`] returns the driver future instead, for another executor.
 //! * **Server**: [`serve`] runs one agent connection, handing requests to an [`App`] that
-//!   answers through a [`Responder`].
+//!   answers through a [`Responder`]; [`Responder::output`] waits while the link is
+//!   congested.
+//!
+//! `examples/run.rs` runs one command over a unix socket; `examples/agent.rs` is a small
+//! shell-running agent to try it against.
 //!
 //! ```no_run
 //! use async_io::Async;
@@ -47,6 +52,13 @@
 //!   wake every waiter: commands finish with `Outcome::LinkLost`, other operations fail
 //!   with a typed [`Error`].
 //! * **No panics** on any input: peer garbage is the machine's typed error.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod client;
 mod error;
