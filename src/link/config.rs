@@ -36,7 +36,9 @@ impl Default for Limits {
         Limits {
             max_send_packet: DEFAULT_SEND_PACKET_LEN,
             max_receive_packet: MAX_PACKET_LEN,
-            max_events: 1024,
+            // Each event may hold a packet's payload: 64 × 64 KiB bounds what an
+            // undrained machine keeps.
+            max_events: 64,
             max_transmit_buffer: 1 << 20,
             max_transactions: 1024,
             min_keepalive: MIN_KEEPALIVE,

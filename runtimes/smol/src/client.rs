@@ -1,0 +1,589 @@
+//! The async client session: a driver future that owns the transport and the `Client`
+//! machine, and a cheap cloneable [`Session`] handle that callers use from any task.
+//!
+//! Events are routed to one bounded inbox per transaction. When an inbox is full the
+//! event waits in a single "held" slot, routing stops, the machine's own event queue fills
+//! and `handle_bytes` consumes less, and the pump stops reading the transport: a consumer
+//! that stops reading stops the link (and, through flow control, the agent) instead of
+//! growing memory. The bound is per connection, so a stalled transaction also stalls the
+//! others behind it — one byte stream cannot do better without unbounded buffering.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite, future};
+use tuppence::link::{Client, ClientConfig, ClientEvent, LinkError, Outcome, Signal, UsageError};
+use tuppence::wire::ProcInfoField;
+
+use crate::Error;
+use crate::pump::{End, LinkState, Pump, Shared, Wake};
+
+/// Events buffered per transaction before routing stops.
+pub(crate) const INBOX_EVENTS: usize = 256;
+/// Data bytes buffered per transaction before routing stops.
+pub(crate) const INBOX_BYTES: usize = 1 << 20;
+/// Largest piece of stdin or file data handed to the machine in one intent, so the
+/// machine's transmit buffer overshoots its limit by at most this much.
+pub(crate) const SEND_PIECE: usize = 64 * 1024;
+/// How long [`Session::new`] waits for the hello reply.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the server said in its hello reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// The connection id the agent assigned.
+    pub cid: u16,
+    pub server_version: (u8, u8),
+    /// Negotiated keepalive in seconds (0 = off).
+    pub keepalive: u16,
+    /// Time from creating the session to receiving the reply.
+    pub latency: Duration,
+}
+
+#[derive(Default)]
+pub(crate) struct Inbox {
+    events: VecDeque<ClientEvent>,
+    bytes: usize,
+    waker: Option<std::task::Waker>,
+    /// The handle was dropped: events are discarded until `Finished`.
+    detached: bool,
+    /// Callers waiting for procinfo answers, in the order their queries were sent.
+    procinfo: VecDeque<async_channel::Sender<Vec<ProcInfoField>>>,
+}
+
+impl Inbox {
+    fn is_full(&self) -> bool {
+        self.events.len() >= INBOX_EVENTS || self.bytes >= INBOX_BYTES
+    }
+
+    fn push(&mut self, ev: ClientEvent) {
+        self.bytes = self.bytes.saturating_add(data_len(&ev));
+        self.events.push_back(ev);
+    }
+
+    fn pop(&mut self) -> Option<ClientEvent> {
+        let ev = self.events.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(data_len(&ev));
+        Some(ev)
+    }
+}
+
+fn data_len(ev: &ClientEvent) -> usize {
+    match ev {
+        ClientEvent::Output { data, .. } | ClientEvent::MonitorData { data, .. } => data.len(),
+        _ => 0,
+    }
+}
+
+fn event_xid(ev: &ClientEvent) -> Option<u16> {
+    match ev {
+        ClientEvent::Output { xid, .. }
+        | ClientEvent::OutputEnd { xid, .. }
+        | ClientEvent::InjectReady { xid }
+        | ClientEvent::MonitorData { xid, .. }
+        | ClientEvent::Settled { xid, .. }
+        | ClientEvent::ProcInfo { xid, .. }
+        | ClientEvent::Finished { xid, .. } => Some(*xid),
+        _ => None,
+    }
+}
+
+/// The client half of the state behind the session's mutex.
+pub(crate) struct ClientState {
+    pub(crate) client: Client,
+    inboxes: HashMap<u16, Inbox>,
+    /// The next event, whose inbox was full when it was routed.
+    held: Option<ClientEvent>,
+    connected: Option<ConnectInfo>,
+    started: Instant,
+    violations: u64,
+    /// Requests from `Drop` impls that met a full transmit queue; retried by the driver.
+    deferred: Vec<(u16, Deferred)>,
+}
+
+/// A request a dropped handle still owes the agent.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deferred {
+    /// A dropped monitor: end the subscription.
+    EndMonitor,
+    /// A dropped transfer: abort it so the agent removes its temporary file.
+    Abort,
+}
+
+impl Deferred {
+    fn apply(self, client: &mut Client, xid: u16) -> Result<(), UsageError> {
+        match self {
+            Deferred::EndMonitor => client.end_monitor(xid),
+            Deferred::Abort => client.interrupt(xid, Signal::KILL),
+        }
+    }
+}
+
+impl LinkState for ClientState {
+    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
+        self.client.handle_bytes(now, data)
+    }
+    fn handle_eof(&mut self, now: Instant) {
+        self.client.handle_eof(now)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.client.handle_timeout(now)
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
+        self.client.poll_transmit(now, buf)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.client.poll_timeout()
+    }
+    fn transmit_buffered(&self) -> usize {
+        self.client.transmit_buffered()
+    }
+    fn error(&self) -> Option<&LinkError> {
+        self.client.error()
+    }
+
+    fn route(&mut self, ended: bool, wake: &mut Wake) -> bool {
+        if !ended && !self.deferred.is_empty() {
+            let client = &mut self.client;
+            self.deferred.retain(|(xid, d)| {
+                matches!(d.apply(client, *xid), Err(UsageError::QueueFull { .. }))
+            });
+        }
+        let mut moved = false;
+        loop {
+            let ev = match self.held.take() {
+                Some(ev) => ev,
+                None => match self.client.poll_event() {
+                    Some(ev) => {
+                        moved = true;
+                        ev
+                    }
+                    None => break,
+                },
+            };
+            match ev {
+                ClientEvent::Connected {
+                    cid,
+                    server_version,
+                    keepalive,
+                } => {
+                    self.connected = Some(ConnectInfo {
+                        cid,
+                        server_version,
+                        keepalive,
+                        latency: self.started.elapsed(),
+                    });
+                    wake.changed = true;
+                    continue;
+                }
+                ClientEvent::ProcInfo { xid, fields } => {
+                    // Answers bypass the bound: there is at most one per query sent.
+                    if let Some(waiter) = self
+                        .inboxes
+                        .get_mut(&xid)
+                        .and_then(|i| i.procinfo.pop_front())
+                    {
+                        let _ = waiter.try_send(fields);
+                    }
+                    continue;
+                }
+                ClientEvent::ProtocolViolation(_) => {
+                    self.violations = self.violations.saturating_add(1);
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(xid) = event_xid(&ev) else {
+                // LinkDead: the Finished events that follow say it per transaction.
+                continue;
+            };
+            let finished = matches!(ev, ClientEvent::Finished { .. });
+            let Some(inbox) = self.inboxes.get_mut(&xid) else {
+                continue;
+            };
+            if inbox.detached {
+                if finished {
+                    self.inboxes.remove(&xid);
+                }
+                continue;
+            }
+            if !ended && inbox.is_full() {
+                self.held = Some(ev);
+                break;
+            }
+            if finished {
+                // Pending procinfo queries see their channel close: the command is over.
+                inbox.procinfo.clear();
+            }
+            inbox.push(ev);
+            wake.push(inbox.waker.take());
+        }
+        if ended {
+            for inbox in self.inboxes.values_mut() {
+                inbox.procinfo.clear();
+                wake.push(inbox.waker.take());
+            }
+        }
+        moved
+    }
+}
+
+/// A connection to an agent. Cheap to clone; every clone, and every [`crate::RunHandle`]
+/// and [`crate::Monitor`], shares one driver. Operations on different transactions run
+/// concurrently from any number of tasks.
+///
+/// The connection closes when the last handle is dropped: the driver writes what is still
+/// queued (for at most a few seconds) and stops. Use [`Session::quit`] to stop the agent
+/// itself.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared<ClientState>>,
+    task: Option<smol::Task<Result<(), Error>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.close();
+        if let Some(task) = self.task.take() {
+            // Let it finish writing on its own; it stops within the close grace period.
+            task.detach();
+        }
+    }
+}
+
+/// The future that drives a session's transport; returned by [`Session::with_driver`]
+/// for callers that want to run it on an executor of their choice.
+///
+/// It resolves to `Ok(())` once every session handle was dropped and what they queued
+/// was written, or to the error that ended the link (`Error::Link(LinkError::Closed)` if
+/// the peer closed it). Dropping it ends the session: every waiter sees
+/// [`Error::Closed`].
+#[must_use = "the session does nothing unless its driver is polled"]
+pub struct Driver<S> {
+    pump: Pump<S, ClientState>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.pump).poll(cx).map(|end| match end {
+            End::Local => Ok(()),
+            other => Err(other.error()),
+        })
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.shared().lock();
+        f.debug_struct("Session")
+            .field("client", &g.link.client)
+            .field("inboxes", &g.link.inboxes.len())
+            .field("end", &g.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Starts a session over `io`, spawning its driver on smol's global executor, and
+    /// waits (up to [`DEFAULT_CONNECT_TIMEOUT`]) for the agent's hello reply.
+    pub async fn new<S>(io: S, config: ClientConfig) -> Result<Session, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Session::with_timeout(io, config, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// [`Session::new`] with a chosen connect timeout.
+    pub async fn with_timeout<S>(
+        io: S,
+        config: ClientConfig,
+        connect_timeout: Duration,
+    ) -> Result<Session, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (session, driver) = Session::build(io, config);
+        let task = smol::spawn(driver);
+        let session = Session {
+            inner: Arc::new(Inner {
+                shared: session,
+                task: Some(task),
+            }),
+        };
+        future::or(session.connected(), async {
+            async_io::Timer::after(connect_timeout).await;
+            Err(Error::ConnectTimeout(connect_timeout))
+        })
+        .await?;
+        Ok(session)
+    }
+
+    /// A session and its driver, without spawning anything and without waiting: run the
+    /// driver on any executor (it needs the async-io reactor, which runs on its own when
+    /// no `block_on` drives it) and await [`Session::connected`] if you need the reply.
+    /// Requests made before the reply are queued and sent once it arrives.
+    pub fn with_driver<S>(io: S, config: ClientConfig) -> (Session, Driver<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (shared, pump) = Session::build(io, config);
+        let session = Session {
+            inner: Arc::new(Inner { shared, task: None }),
+        };
+        (session, pump)
+    }
+
+    fn build<S>(io: S, config: ClientConfig) -> (Arc<Shared<ClientState>>, Driver<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let shared = Arc::new(Shared::new(ClientState {
+            client: Client::new(config, started),
+            inboxes: HashMap::new(),
+            held: None,
+            connected: None,
+            started,
+            violations: 0,
+            deferred: Vec::new(),
+        }));
+        let pump = Pump::new(io, shared.clone());
+        (shared, Driver { pump })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared<ClientState> {
+        &self.inner.shared
+    }
+
+    /// Waits for the hello reply (returns at once if it already came).
+    pub async fn connected(&self) -> Result<ConnectInfo, Error> {
+        loop {
+            let listener = {
+                let g = self.shared().lock();
+                if let Some(info) = &g.link.connected {
+                    return Ok(info.clone());
+                }
+                if let Some(e) = g.link.client.error() {
+                    return Err(Error::Link(e.clone()));
+                }
+                g.check()?;
+                self.shared().changed.listen()
+            };
+            listener.await;
+        }
+    }
+
+    /// The hello reply, once it arrived.
+    pub fn info(&self) -> Option<ConnectInfo> {
+        self.shared().lock().link.connected.clone()
+    }
+
+    /// True once the connection has ended (peer closed, keepalive expired, I/O error).
+    pub fn is_closed(&self) -> bool {
+        self.shared().lock().end.is_some()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn error(&self) -> Option<Error> {
+        self.shared().lock().end.as_ref().map(|e| e.error())
+    }
+
+    /// Waits until the connection ends and returns why.
+    pub async fn closed(&self) -> Error {
+        loop {
+            let listener = {
+                let g = self.shared().lock();
+                if let Some(end) = &g.end {
+                    return end.error();
+                }
+                self.shared().changed.listen()
+            };
+            listener.await;
+        }
+    }
+
+    /// Packets dropped because they made no sense (for diagnostics).
+    pub fn protocol_violations(&self) -> u64 {
+        self.shared().lock().link.violations
+    }
+
+    /// Waits until everything requested so far has been written to the transport.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.shared().flushed().await
+    }
+
+    /// Asks the agent to stop (it kills what it started and exits), and waits until the
+    /// request has been written. The agent then closes the connection.
+    pub async fn quit(&self) -> Result<(), Error> {
+        self.shared().intent(|s| s.client.quit()).await?;
+        self.flush().await
+    }
+
+    // ---- used by the operations ----
+
+    /// Opens a transaction with `f` (retried while the transmit queue is full) and
+    /// registers its inbox under the same lock, so no event of it can be missed.
+    ///
+    /// Inboxes are keyed by xid. The machine reuses an xid once its transaction finished,
+    /// even if that `Finished` still waits behind a full inbox; but only after wrapping
+    /// through every other xid, which needs ~65535 later transactions to finish — more
+    /// than the machine's event queue (`Limits::max_events`) can take while routing is
+    /// stalled.
+    pub(crate) async fn open(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<u16, UsageError>,
+    ) -> Result<u16, Error> {
+        self.shared()
+            .intent(|s| {
+                let xid = f(&mut s.client)?;
+                s.inboxes.insert(xid, Inbox::default());
+                Ok(xid)
+            })
+            .await
+    }
+
+    /// Runs an intent on an existing transaction.
+    pub(crate) async fn act(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<(), UsageError>,
+    ) -> Result<(), Error> {
+        self.shared().intent(|s| f(&mut s.client)).await
+    }
+
+    /// Sends data in pieces, waiting for transmit room between them, so the machine's
+    /// buffer stays bounded whatever the caller passes.
+    pub(crate) async fn send_data(
+        &self,
+        mut data: Bytes,
+        f: impl Fn(&mut Client, Bytes) -> Result<(), UsageError>,
+    ) -> Result<(), Error> {
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(SEND_PIECE));
+            self.act(|c| f(c, piece.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a procinfo query and registers for its answer under one lock, so answers
+    /// match queries in order.
+    pub(crate) async fn procinfo_query(
+        &self,
+        xid: u16,
+        mask: u32,
+    ) -> Result<async_channel::Receiver<Vec<ProcInfoField>>, Error> {
+        self.shared()
+            .intent(|s| {
+                s.client.procinfo(xid, mask)?;
+                let (tx, rx) = async_channel::bounded(1);
+                if let Some(inbox) = s.inboxes.get_mut(&xid) {
+                    inbox.procinfo.push_back(tx);
+                }
+                Ok(rx)
+            })
+            .await
+    }
+
+    /// The next event of `xid`. With a context, registers for a wake-up when none is
+    /// there; without, only looks. After the link ended an empty inbox yields
+    /// `Finished(LinkLost)`, so a waiter can never hang on a dead link.
+    pub(crate) fn poll_inbox(&self, xid: u16, cx: Option<&mut Context<'_>>) -> Poll<ClientEvent> {
+        let shared = self.shared();
+        let mut g = shared.lock();
+        let lost = |end: Option<&End>| ClientEvent::Finished {
+            xid,
+            outcome: Outcome::LinkLost(end.map_or(LinkError::Closed, End::link_error)),
+        };
+        let held = g.link.held.is_some() || g.stalled;
+        let end = g.end.clone();
+        let Some(inbox) = g.link.inboxes.get_mut(&xid) else {
+            return Poll::Ready(lost(end.as_ref()));
+        };
+        if let Some(ev) = inbox.pop() {
+            if matches!(ev, ClientEvent::Finished { .. }) {
+                g.link.inboxes.remove(&xid);
+            }
+            // Room in an inbox may let the driver route (and read) again.
+            let w = if held { g.take_driver() } else { None };
+            drop(g);
+            if let Some(w) = w {
+                w.wake();
+            }
+            return Poll::Ready(ev);
+        }
+        if end.is_some() {
+            g.link.inboxes.remove(&xid);
+            return Poll::Ready(lost(end.as_ref()));
+        }
+        if let Some(cx) = cx
+            && !inbox
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inbox.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Stops delivering events of `xid` (its handle was dropped): what is buffered is
+    /// discarded and the driver may read again.
+    pub(crate) fn detach(&self, xid: u16) {
+        let shared = self.shared();
+        let mut g = shared.lock();
+        let ended = g.end.is_some();
+        if let Some(inbox) = g.link.inboxes.get_mut(&xid) {
+            let finished = inbox
+                .events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Finished { .. }));
+            // After the end every event was routed: nothing more will come for it.
+            if finished || ended {
+                g.link.inboxes.remove(&xid);
+            } else {
+                inbox.detached = true;
+                inbox.events.clear();
+                inbox.bytes = 0;
+                inbox.waker = None;
+            }
+        }
+        let w = g.take_driver();
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Sends what a dropped handle owes the agent without waiting (`Drop` cannot await);
+    /// if the transmit queue is full the driver sends it once there is room.
+    pub(crate) fn act_or_defer(&self, xid: u16, what: Deferred) {
+        let shared = self.shared();
+        let mut g = shared.lock();
+        if g.end.is_some() {
+            return;
+        }
+        if let Err(UsageError::QueueFull { .. }) = what.apply(&mut g.link.client, xid) {
+            g.link.deferred.push((xid, what));
+        }
+        let w = g.take_driver();
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// The next event of `xid`, waiting for it.
+    pub(crate) async fn next_event(&self, xid: u16) -> ClientEvent {
+        future::poll_fn(|cx| self.poll_inbox(xid, Some(cx))).await
+    }
+}

@@ -1,0 +1,72 @@
+//! # tuppence-smol — async client and server drivers on smol / async-io
+//!
+//! Drives the sans-IO [`tuppence::link`] machines over any
+//! `AsyncRead + AsyncWrite + Unpin + Send` byte stream: `Async<UnixStream>`,
+//! `Async<TcpStream>`, or `Async<File>` on a pty or serial fd (configure a serial port
+//! with serial2, then wrap a dup'd `File` of its fd — never `Async<SerialPort>`, whose
+//! reads block for up to their timeout).
+//!
+//! * **Client**: [`Session::new`] spawns a driver task that owns the stream and the
+//!   `Client` machine; the cloneable [`Session`] runs commands ([`RunHandle`], a `Stream`
+//!   of [`RunEvent`]s), transfers files ([`Session::inject`], [`Session::extract`]),
+//!   subscribes to event sources ([`Monitor`]) and quits the agent — many at once.
+//!   [`Session::with_driver`] returns the driver future instead, for another executor.
+//! * **Server**: [`serve`] runs one agent connection, handing requests to an [`App`] that
+//!   answers through a [`Responder`]; [`Responder::output`] waits while the link is
+//!   congested.
+//!
+//! `examples/run.rs` runs one command over a unix socket; `examples/agent.rs` is a small
+//! shell-running agent to try it against.
+//!
+//! ```no_run
+//! use async_io::Async;
+//! use std::os::unix::net::UnixStream;
+//! use tuppence::link::{ClientConfig, Command, Outcome};
+//! use tuppence_smol::{RunEvent, Session};
+//!
+//! smol::block_on(async {
+//!     let stream = Async::<UnixStream>::connect("/run/tuppence.sock").await?;
+//!     let session = Session::new(stream, ClientConfig::default()).await?;
+//!     let mut run = session.run(Command::new("uname -a")).await?;
+//!     run.close_stdin().await?;
+//!     while let Some(event) = run.next().await {
+//!         match event {
+//!             RunEvent::Stdout(data) => print!("{}", String::from_utf8_lossy(&data)),
+//!             RunEvent::Stderr(data) => eprint!("{}", String::from_utf8_lossy(&data)),
+//!             RunEvent::Finished(outcome) => assert_eq!(outcome, Outcome::Exited(0)),
+//!         }
+//!     }
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Guarantees
+//!
+//! * **Bounded memory.** Each transaction buffers at most 256 events or 1 MiB of data
+//!   (plus the machine's own bounded queues, see [`tuppence::link::Limits`]); a consumer
+//!   that stops reading makes the driver stop reading the transport. Writers wait while
+//!   the machine's transmit buffer is over its limit.
+//! * **No hangs on a dead link.** End of stream, an I/O error, keepalive expiry (detected
+//!   by an `async_io::Timer` at the machine's `poll_timeout`), or the driver being dropped
+//!   wake every waiter: commands finish with `Outcome::LinkLost`, other operations fail
+//!   with a typed [`Error`].
+//! * **No panics** on any input: peer garbage is the machine's typed error.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod client;
+mod error;
+mod ops;
+mod pump;
+mod server;
+
+pub use client::{ConnectInfo, DEFAULT_CONNECT_TIMEOUT, Driver, Session};
+pub use error::{Error, errno_text};
+pub use ops::{Monitor, MonitorEvent, Output, RunControl, RunEvent, RunHandle};
+pub use server::{App, Responder, serve};

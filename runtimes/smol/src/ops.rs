@@ -1,0 +1,495 @@
+//! The operations of a session: commands, transfers, monitors.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream};
+use tuppence::link::{ClientEvent, Command, Outcome, Signal, UsageError};
+use tuppence::wire::ProcInfoField;
+
+use crate::client::{Deferred, SEND_PIECE};
+use crate::{Error, Session};
+
+/// errno the agent uses for "no such process".
+const ESRCH: u32 = 3;
+
+/// One piece of a running command's output, or its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// The command ended; nothing follows. A lost link ends with
+    /// `Finished(Outcome::LinkLost(_))`.
+    Finished(Outcome),
+}
+
+/// Everything a finished command printed, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub outcome: Outcome,
+}
+
+/// What a monitor delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorEvent {
+    /// One event of the source (for line sources, one or more lines).
+    Data(Bytes),
+    /// Everything pending when `settle(seq)` arrived has been delivered.
+    Settled(u32),
+    /// The subscription is over (`Completed` after [`Monitor::end`]).
+    Finished(Outcome),
+}
+
+impl Session {
+    /// Starts a command. Its output is read from the returned handle; stdin stays open
+    /// until [`RunHandle::close_stdin`].
+    pub async fn run(&self, cmd: Command) -> Result<RunHandle, Error> {
+        let xid = self.open(|c| c.run(cmd.clone())).await?;
+        Ok(RunHandle {
+            control: RunControl {
+                session: self.clone(),
+                xid,
+            },
+            done: false,
+        })
+    }
+
+    /// Runs a command with empty stdin and collects its output.
+    pub async fn output(&self, cmd: Command) -> Result<Output, Error> {
+        let run = self.run(cmd).await?;
+        // A failure here means the link is gone or the command already ended; the outcome
+        // collected below says which.
+        let _ = run.close_stdin().await;
+        Ok(run.output().await)
+    }
+
+    /// Copies `source` to `path` on the system under test, created as `user` with exactly
+    /// `mode` and renamed into place only when complete. `progress` is called with the
+    /// bytes sent so far. Returns the number of bytes sent.
+    ///
+    /// If the future is dropped, or reading `source` fails, the transfer is aborted and
+    /// the agent removes its temporary file.
+    pub async fn inject<R: AsyncRead + Unpin>(
+        &self,
+        user: impl AsRef<[u8]>,
+        path: impl AsRef<[u8]>,
+        mode: u32,
+        mut source: R,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        const WHAT: &str = "inject";
+        let user = Bytes::copy_from_slice(user.as_ref());
+        let path = Bytes::copy_from_slice(path.as_ref());
+        let xid = self
+            .open(|c| c.inject(user.clone(), path.clone(), mode))
+            .await?;
+        let mut guard = Transfer::new(self, xid);
+        loop {
+            match self.next_event(xid).await {
+                ClientEvent::InjectReady { .. } => break,
+                ClientEvent::Finished { outcome, .. } => {
+                    guard.disarm();
+                    return Err(Error::from_outcome(WHAT, outcome));
+                }
+                _ => {}
+            }
+        }
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; SEND_PIECE];
+        loop {
+            let n = match source.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::local("read", e)),
+            };
+            let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+            let r = self.send_data(piece, |c, d| c.send_file_data(xid, d)).await;
+            if let Err(e) = r {
+                return Err(guard.ended_early(e).await);
+            }
+            sent = sent.saturating_add(n as u64);
+            progress(sent);
+            // The agent may have given up mid-way (disk full, …): stop sending then.
+            if let Poll::Ready(ev) = self.poll_inbox(xid, None)
+                && let ClientEvent::Finished { outcome, .. } = ev
+            {
+                guard.disarm();
+                return Err(Error::from_outcome(WHAT, outcome));
+            }
+        }
+        if let Err(e) = self.act(|c| c.finish_file(xid)).await {
+            return Err(guard.ended_early(e).await);
+        }
+        let outcome = guard.finished().await;
+        match outcome {
+            Outcome::Completed => Ok(sent),
+            other => Err(Error::from_outcome(WHAT, other)),
+        }
+    }
+
+    /// Copies `path` from the system under test (read as `user`) into `sink`; `progress`
+    /// is called with the bytes received so far. Returns the number of bytes received.
+    ///
+    /// A slow sink slows the link down rather than buffering the file. On error the sink
+    /// may hold part of the file: write to a temporary and rename. If the future is
+    /// dropped, or writing the sink fails, the transfer is aborted on the agent.
+    pub async fn extract<W: AsyncWrite + Unpin>(
+        &self,
+        user: impl AsRef<[u8]>,
+        path: impl AsRef<[u8]>,
+        mut sink: W,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        const WHAT: &str = "extract";
+        let user = Bytes::copy_from_slice(user.as_ref());
+        let path = Bytes::copy_from_slice(path.as_ref());
+        let xid = self.open(|c| c.extract(user.clone(), path.clone())).await?;
+        let mut guard = Transfer::new(self, xid);
+        let mut received = 0u64;
+        loop {
+            match self.next_event(xid).await {
+                ClientEvent::Output { data, .. } => {
+                    sink.write_all(&data)
+                        .await
+                        .map_err(|e| Error::local("write", e))?;
+                    received = received.saturating_add(data.len() as u64);
+                    progress(received);
+                }
+                ClientEvent::Finished { outcome, .. } => {
+                    guard.disarm();
+                    sink.flush().await.map_err(|e| Error::local("write", e))?;
+                    return match outcome {
+                        Outcome::Completed => Ok(received),
+                        other => Err(Error::from_outcome(WHAT, other)),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscribes to an event source of the agent (`agent`, `kmsg`, `file:PATH`).
+    pub async fn monitor(&self, source: impl AsRef<[u8]>) -> Result<Monitor, Error> {
+        let source = Bytes::copy_from_slice(source.as_ref());
+        let xid = self.open(|c| c.monitor(source.clone())).await?;
+        Ok(Monitor {
+            session: self.clone(),
+            xid,
+            done: false,
+        })
+    }
+}
+
+/// The control side of a running command: stdin, signals, process information. Cheap to
+/// clone, so one task can feed stdin while another reads the output.
+#[derive(Clone, Debug)]
+pub struct RunControl {
+    session: Session,
+    xid: u16,
+}
+
+impl RunControl {
+    /// The transaction id on the wire.
+    pub fn xid(&self) -> u16 {
+        self.xid
+    }
+
+    /// Sends bytes to the command's stdin, waiting while the transmit queue is full.
+    pub async fn write_stdin(&self, data: impl Into<Bytes>) -> Result<(), Error> {
+        let xid = self.xid;
+        self.session
+            .send_data(data.into(), |c, d| c.send_stdin(xid, d))
+            .await
+    }
+
+    /// Closes the command's stdin. A command that has already ended is not an error (its
+    /// `Finished` may simply not have been read yet).
+    pub async fn close_stdin(&self) -> Result<(), Error> {
+        let xid = self.xid;
+        match self.session.act(|c| c.close_stdin(xid)).await {
+            Err(Error::Usage(UsageError::UnknownTransaction(_))) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Sends a signal to the command's process group (always KILL in protocol 3.0).
+    pub async fn interrupt(&self, signal: Signal) -> Result<(), Error> {
+        let xid = self.xid;
+        self.session.act(|c| c.interrupt(xid, signal.clone())).await
+    }
+
+    /// Asks for process information (bit *n* of `mask` asks for field type *n*, see
+    /// [`tuppence::wire::field`]) and waits for the answer. Output arriving meanwhile
+    /// stays in the command's stream. A command that ended first gives
+    /// `Error::Remote { errno: 3 }` (no such process).
+    pub async fn procinfo(&self, mask: u32) -> Result<Vec<ProcInfoField>, Error> {
+        const WHAT: &str = "procinfo";
+        let rx = match self.session.procinfo_query(self.xid, mask).await {
+            Ok(rx) => rx,
+            Err(Error::Usage(UsageError::UnknownTransaction(_))) => {
+                return Err(Error::Remote {
+                    what: WHAT,
+                    errno: ESRCH,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        match rx.recv().await {
+            Ok(fields) => Ok(fields),
+            Err(_) => Err(self.session.error().unwrap_or(Error::Remote {
+                what: WHAT,
+                errno: ESRCH,
+            })),
+        }
+    }
+}
+
+/// A running command: a stream of [`RunEvent`]s ending with `Finished`, plus the control
+/// operations of [`RunControl`].
+///
+/// Output is buffered up to a bound; a handle that is not read stops the driver from
+/// reading the transport. Dropping the handle discards further output (the command keeps
+/// running until it ends or the session closes).
+#[derive(Debug)]
+pub struct RunHandle {
+    control: RunControl,
+    done: bool,
+}
+
+impl RunHandle {
+    pub fn xid(&self) -> u16 {
+        self.control.xid
+    }
+
+    /// A cloneable handle for stdin, signals and procinfo, usable from another task.
+    pub fn control(&self) -> RunControl {
+        self.control.clone()
+    }
+
+    /// See [`RunControl::write_stdin`].
+    pub async fn write_stdin(&self, data: impl Into<Bytes>) -> Result<(), Error> {
+        self.control.write_stdin(data).await
+    }
+
+    /// See [`RunControl::close_stdin`].
+    pub async fn close_stdin(&self) -> Result<(), Error> {
+        self.control.close_stdin().await
+    }
+
+    /// See [`RunControl::interrupt`].
+    pub async fn interrupt(&self, signal: Signal) -> Result<(), Error> {
+        self.control.interrupt(signal).await
+    }
+
+    /// See [`RunControl::procinfo`].
+    pub async fn procinfo(&self, mask: u32) -> Result<Vec<ProcInfoField>, Error> {
+        self.control.procinfo(mask).await
+    }
+
+    /// The next piece of output, or the end; `None` after `Finished`.
+    pub async fn next(&mut self) -> Option<RunEvent> {
+        futures_lite::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// Waits for the end, collecting all output.
+    pub async fn output(mut self) -> Output {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(ev) = self.next().await {
+            match ev {
+                RunEvent::Stdout(d) => stdout.extend_from_slice(&d),
+                RunEvent::Stderr(d) => stderr.extend_from_slice(&d),
+                RunEvent::Finished(outcome) => {
+                    return Output {
+                        stdout,
+                        stderr,
+                        outcome,
+                    };
+                }
+            }
+        }
+        // `next` yields `Finished` before `None`; reaching here means it was taken before.
+        Output {
+            stdout,
+            stderr,
+            outcome: Outcome::LinkLost(tuppence::link::LinkError::Closed),
+        }
+    }
+
+    /// Waits for the end, discarding output.
+    pub async fn wait(self) -> Outcome {
+        self.output().await.outcome
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<RunEvent>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let ev = match self.control.session.poll_inbox(self.control.xid, Some(cx)) {
+                Poll::Ready(ev) => ev,
+                Poll::Pending => return Poll::Pending,
+            };
+            match ev {
+                ClientEvent::Output {
+                    channel: 2, data, ..
+                } => return Poll::Ready(Some(RunEvent::Stderr(data))),
+                ClientEvent::Output { data, .. } => {
+                    return Poll::Ready(Some(RunEvent::Stdout(data)));
+                }
+                ClientEvent::Finished { outcome, .. } => {
+                    self.done = true;
+                    return Poll::Ready(Some(RunEvent::Finished(outcome)));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Stream for RunHandle {
+    type Item = RunEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RunEvent>> {
+        self.get_mut().poll_event(cx)
+    }
+}
+
+impl Drop for RunHandle {
+    fn drop(&mut self) {
+        if !self.done {
+            self.control.session.detach(self.control.xid);
+        }
+    }
+}
+
+/// A subscription to an event source of the agent: a stream of [`MonitorEvent`]s.
+/// Dropping it ends the subscription on the agent.
+#[derive(Debug)]
+pub struct Monitor {
+    session: Session,
+    xid: u16,
+    done: bool,
+}
+
+impl Monitor {
+    pub fn xid(&self) -> u16 {
+        self.xid
+    }
+
+    /// Asks the source to flush what it has pending; `Settled(seq)` follows those events.
+    pub async fn settle(&self, seq: u32) -> Result<(), Error> {
+        let xid = self.xid;
+        self.session.act(|c| c.settle(xid, seq)).await
+    }
+
+    /// Ends the subscription; the stream then yields `Finished(Completed)`.
+    pub async fn end(&self) -> Result<(), Error> {
+        let xid = self.xid;
+        self.session.act(|c| c.end_monitor(xid)).await
+    }
+
+    /// The next event; `None` after `Finished`.
+    pub async fn next(&mut self) -> Option<MonitorEvent> {
+        futures_lite::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<MonitorEvent>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let ev = match self.session.poll_inbox(self.xid, Some(cx)) {
+                Poll::Ready(ev) => ev,
+                Poll::Pending => return Poll::Pending,
+            };
+            match ev {
+                ClientEvent::MonitorData { data, .. } => {
+                    return Poll::Ready(Some(MonitorEvent::Data(data)));
+                }
+                ClientEvent::Settled { seq, .. } => {
+                    return Poll::Ready(Some(MonitorEvent::Settled(seq)));
+                }
+                ClientEvent::Finished { outcome, .. } => {
+                    self.done = true;
+                    return Poll::Ready(Some(MonitorEvent::Finished(outcome)));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Stream for Monitor {
+    type Item = MonitorEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MonitorEvent>> {
+        self.get_mut().poll_event(cx)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if !self.done {
+            // An already-ending monitor refuses a second end; that is fine.
+            self.session.act_or_defer(self.xid, Deferred::EndMonitor);
+            self.session.detach(self.xid);
+        }
+    }
+}
+
+/// A transfer in progress: aborted on the agent (which removes its temporary file) if the
+/// operation stops before the transaction finished.
+struct Transfer<'s> {
+    session: &'s Session,
+    xid: u16,
+    armed: bool,
+}
+
+impl<'s> Transfer<'s> {
+    fn new(session: &'s Session, xid: u16) -> Self {
+        Transfer {
+            session,
+            xid,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Waits for the transaction's `Finished`.
+    async fn finished(&mut self) -> Outcome {
+        loop {
+            if let ClientEvent::Finished { outcome, .. } = self.session.next_event(self.xid).await {
+                self.disarm();
+                return outcome;
+            }
+        }
+    }
+
+    /// A send failed. If the transaction is gone the agent ended it (its `Finished`
+    /// explains why); otherwise report the send error.
+    async fn ended_early(&mut self, e: Error) -> Error {
+        match e {
+            Error::Usage(UsageError::UnknownTransaction(_) | UsageError::WrongState { .. }) => {
+                let outcome = self.finished().await;
+                Error::from_outcome("transfer", outcome)
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for Transfer<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.session.act_or_defer(self.xid, Deferred::Abort);
+            self.session.detach(self.xid);
+        }
+    }
+}

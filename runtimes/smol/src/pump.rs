@@ -1,0 +1,527 @@
+//! The I/O pump shared by the client driver and [`crate::serve`]: one future that owns the
+//! transport and moves bytes between it and a sans-IO machine kept behind a mutex.
+//!
+//! Why one hand-written future instead of a reader task and a writer task: the machine is
+//! a single state (input, timers and output all touch it), so one poll function that does
+//! "feed input, fire timers, route events, pull output, write, read, arm the timer" in a
+//! fixed order needs no split of the stream, no extra tasks and no channel between them,
+//! and its backpressure is explicit: a new read is issued only once every byte of the
+//! previous read has been consumed by the machine, and the machine stops consuming when
+//! its consumers stop draining events.
+//!
+//! Locking: the mutex is a `std` mutex held only for short, non-async sections (an intent,
+//! a routing pass). It is never held across an `.await` or an I/O call, and wakers are
+//! woken after it is released.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use bytes::{Buf, BytesMut};
+use event_listener::Event;
+use futures_lite::{AsyncRead, AsyncWrite, Stream};
+use tuppence::link::{LinkError, UsageError};
+
+use crate::Error;
+
+/// Size of the reused receive buffer.
+const READ_BUF: usize = 64 * 1024;
+/// Steps one poll may take before yielding to the executor, so a connection that always
+/// has work (a fast peer) cannot starve the other tasks of its thread.
+const BUDGET: usize = 64;
+/// How long a closing connection may take to write what is still queued. Bounded so a
+/// peer that stopped reading cannot keep a dropped session's task alive forever.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What the pump needs from the state behind the mutex: the machine's inputs and outputs,
+/// plus `route`, which hands the machine's events to whoever consumes them.
+pub(crate) trait LinkState: Send + 'static {
+    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError>;
+    fn handle_eof(&mut self, now: Instant);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn transmit_buffered(&self) -> usize;
+    fn error(&self) -> Option<&LinkError>;
+    /// Moves events from the machine towards their consumers, collecting the wakers to
+    /// wake. With `ended` the link is over: deliver everything regardless of bounds (no
+    /// more input can arrive, so this is bounded by the machine's own queue) and wake
+    /// every waiter. Returns true if an event left the machine (which may let it consume
+    /// more input).
+    fn route(&mut self, ended: bool, wake: &mut Wake) -> bool;
+}
+
+/// Wake-ups collected under the lock and delivered after it is released.
+#[derive(Default)]
+pub(crate) struct Wake {
+    wakers: Vec<Waker>,
+    /// Connection-level state changed (connected, ended): notify `Shared::changed`.
+    pub(crate) changed: bool,
+}
+
+impl Wake {
+    pub(crate) fn push(&mut self, waker: Option<Waker>) {
+        if let Some(w) = waker {
+            self.wakers.push(w);
+        }
+    }
+
+    fn run(self, shared_changed: &Event) {
+        for w in self.wakers {
+            w.wake();
+        }
+        if self.changed {
+            shared_changed.notify(usize::MAX);
+        }
+    }
+}
+
+/// Why a pump stopped.
+#[derive(Clone, Debug)]
+pub(crate) enum End {
+    /// This side closed: handles dropped, `close()` called, or the driver future dropped.
+    Local,
+    /// The machine failed (peer EOF, keepalive expiry, framing, version mismatch).
+    Link(LinkError),
+    /// The transport returned an I/O error.
+    Transport(Arc<io::Error>),
+}
+
+impl End {
+    pub(crate) fn error(&self) -> Error {
+        match self {
+            End::Local => Error::Closed,
+            End::Link(e) => Error::Link(e.clone()),
+            End::Transport(e) => Error::Transport(e.clone()),
+        }
+    }
+
+    /// What a transaction cut short by this end reports in `Outcome::LinkLost`.
+    pub(crate) fn link_error(&self) -> LinkError {
+        match self {
+            End::Link(e) => e.clone(),
+            End::Local | End::Transport(_) => LinkError::Closed,
+        }
+    }
+}
+
+/// The state behind the mutex: the role-specific part plus what the pump and the handles
+/// coordinate through.
+pub(crate) struct Guarded<L> {
+    pub(crate) link: L,
+    /// The pump's waker; taken (and woken) by whoever gives it work.
+    driver: Option<Waker>,
+    /// Set by the handles' owner: finish writing, then stop.
+    pub(crate) closing: bool,
+    /// Set once, when the pump stops; every later operation fails with it.
+    pub(crate) end: Option<End>,
+    /// Bytes not yet written (machine buffer plus the pump's write buffer).
+    unsent: usize,
+    /// The pump holds input the machine would not take: a consumer must drain first.
+    pub(crate) stalled: bool,
+}
+
+impl<L> Guarded<L> {
+    /// The pump's waker, to wake after releasing the lock.
+    pub(crate) fn take_driver(&mut self) -> Option<Waker> {
+        self.driver.take()
+    }
+
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        match &self.end {
+            Some(end) => Err(end.error()),
+            None => Ok(()),
+        }
+    }
+}
+
+pub(crate) struct Shared<L> {
+    state: Mutex<Guarded<L>>,
+    /// Notified when transmit room may have appeared, when everything was written, and
+    /// when the link ended.
+    pub(crate) room: Event,
+    /// Notified on connection-level changes (connected, ended).
+    pub(crate) changed: Event,
+}
+
+impl<L: LinkState> Shared<L> {
+    pub(crate) fn new(link: L) -> Self {
+        Shared {
+            state: Mutex::new(Guarded {
+                link,
+                driver: None,
+                closing: false,
+                end: None,
+                unsent: 0,
+                stalled: false,
+            }),
+            room: Event::new(),
+            changed: Event::new(),
+        }
+    }
+
+    /// The lock, recovering from poisoning: the guarded state is only ever changed by
+    /// machine calls that cannot leave it half-updated.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Guarded<L>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs an intent on the machine; while it answers `QueueFull`, waits for the pump to
+    /// drain the transmit buffer and tries again. `f` may therefore run several times.
+    pub(crate) async fn intent<T>(
+        &self,
+        mut f: impl FnMut(&mut L) -> Result<T, UsageError>,
+    ) -> Result<T, Error> {
+        loop {
+            let listener = {
+                let mut g = self.lock();
+                g.check()?;
+                match f(&mut g.link) {
+                    Ok(v) => {
+                        let w = g.take_driver();
+                        drop(g);
+                        if let Some(w) = w {
+                            w.wake();
+                        }
+                        return Ok(v);
+                    }
+                    // Registered under the lock, so the pump's notification after it
+                    // drains cannot be missed.
+                    Err(UsageError::QueueFull { .. }) => self.room.listen(),
+                    Err(e) => return Err(Error::from(e)),
+                }
+            };
+            listener.await;
+        }
+    }
+
+    /// Runs an intent that the machine never refuses for a full queue (status packets).
+    pub(crate) fn intent_now<T>(
+        &self,
+        f: impl FnOnce(&mut L) -> Result<T, UsageError>,
+    ) -> Result<T, Error> {
+        let mut g = self.lock();
+        g.check()?;
+        let v = f(&mut g.link)?;
+        let w = g.take_driver();
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Ok(v)
+    }
+
+    /// Waits until the transmit buffer is below its limit (`ok` says so), or the end.
+    pub(crate) async fn wait_room(&self, ok: impl Fn(&L) -> bool) -> Result<(), Error> {
+        loop {
+            let listener = {
+                let g = self.lock();
+                g.check()?;
+                if ok(&g.link) {
+                    return Ok(());
+                }
+                self.room.listen()
+            };
+            listener.await;
+        }
+    }
+
+    /// Waits until everything queued so far has been handed to the transport.
+    pub(crate) async fn flushed(&self) -> Result<(), Error> {
+        loop {
+            let listener = {
+                let g = self.lock();
+                // Checked before the end: a peer that closes right after reading the last
+                // request (`quit`) must not turn a completed flush into an error.
+                if g.unsent == 0 && g.link.transmit_buffered() == 0 {
+                    return Ok(());
+                }
+                g.check()?;
+                self.room.listen()
+            };
+            listener.await;
+        }
+    }
+
+    /// Asks the pump to write what is queued and stop.
+    pub(crate) fn close(&self) {
+        let mut g = self.lock();
+        g.closing = true;
+        let w = g.take_driver();
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+/// The future that owns the transport. Resolves to why it stopped; if dropped before
+/// that, it ends the link as a local close so that no waiter hangs.
+pub(crate) struct Pump<S, L: LinkState> {
+    io: S,
+    shared: Arc<Shared<L>>,
+    rx: Box<[u8]>,
+    rx_start: usize,
+    rx_end: usize,
+    tx: BytesMut,
+    timer: Timer,
+    timer_at: Option<Instant>,
+    /// The machine deadline already handled; not fired again if the machine keeps it.
+    fired: Option<Instant>,
+    close_by: Option<Instant>,
+    eof: bool,
+    eof_fed: bool,
+    end: Option<End>,
+}
+
+impl<S, L> Pump<S, L>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    L: LinkState,
+{
+    pub(crate) fn new(io: S, shared: Arc<Shared<L>>) -> Self {
+        Pump {
+            io,
+            shared,
+            rx: vec![0; READ_BUF].into_boxed_slice(),
+            rx_start: 0,
+            rx_end: 0,
+            tx: BytesMut::new(),
+            timer: Timer::never(),
+            timer_at: None,
+            fired: None,
+            close_by: None,
+            eof: false,
+            eof_fed: false,
+            end: None,
+        }
+    }
+
+    /// One pass. `Ok(true)` if anything moved (another pass may move more), `Ok(false)`
+    /// when every source of work has registered the waker.
+    fn step(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        let now = Instant::now();
+        let mut progress = false;
+        let mut wake = Wake::default();
+        let mut room = false;
+        let mut stop = None;
+        let deadline;
+        {
+            let mut g = self.shared.lock();
+            if !g.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                g.driver = Some(cx.waker().clone());
+            }
+            if g.closing && self.close_by.is_none() {
+                self.close_by = Some(now.checked_add(CLOSE_GRACE).unwrap_or(now));
+            }
+            if let Some(t) = g.link.poll_timeout()
+                && now >= t
+                && self.fired != Some(t)
+            {
+                self.fired = Some(t);
+                g.link.handle_timeout(now);
+                progress = true;
+            }
+            if let Some(data) = self.rx.get(self.rx_start..self.rx_end)
+                && !data.is_empty()
+                && let Ok(n) = g.link.handle_bytes(now, data)
+            {
+                self.rx_start = self.rx_start.saturating_add(n);
+                progress |= n > 0;
+            }
+            if self.eof && self.rx_start >= self.rx_end && !self.eof_fed {
+                self.eof_fed = true;
+                g.link.handle_eof(now);
+                progress = true;
+            }
+            // A failed machine is left to `finish`, which routes its last events and
+            // records the end under one lock: a waiter woken by a `LinkLost` outcome
+            // then also sees why the session ended.
+            let failed = g.link.error().is_some();
+            if !failed {
+                progress |= g.link.route(false, &mut wake);
+            }
+            g.stalled = self.rx_start < self.rx_end;
+            if self.tx.is_empty() && g.link.poll_transmit(now, &mut self.tx) > 0 {
+                room = true;
+                progress = true;
+            }
+            let unsent = self.tx.len().saturating_add(g.link.transmit_buffered());
+            if unsent == 0 && g.unsent != 0 {
+                room = true;
+            }
+            g.unsent = unsent;
+            if let Some(e) = g.link.error() {
+                stop = Some(End::Link(e.clone()));
+            } else if (g.closing && unsent == 0) || self.close_by.is_some_and(|d| now >= d) {
+                stop = Some(End::Local);
+            }
+            if let Some(end) = &stop {
+                end_locked(&mut g, end, &mut wake);
+                room = true;
+            }
+            deadline = earliest(
+                g.link.poll_timeout().filter(|t| Some(*t) != self.fired),
+                self.close_by,
+            );
+        }
+        wake.run(&self.shared.changed);
+        if room {
+            self.shared.room.notify(usize::MAX);
+        }
+        if let Some(end) = stop {
+            if !self.tx.is_empty() {
+                // Best effort for what the machine queued before failing (status words).
+                let _ = Pin::new(&mut self.io).poll_write(cx, &self.tx);
+            }
+            self.end = Some(end.clone());
+            return Err(end);
+        }
+
+        // Write everything the machine produced.
+        let mut wrote = false;
+        while !self.tx.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.tx) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(End::Transport(Arc::new(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.tx.advance(n.min(self.tx.len()));
+                    wrote = true;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) if is_hangup(&e) => {
+                    // The peer is gone; the read side reports it as end of stream.
+                    self.tx.clear();
+                    self.eof = true;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Err(End::Transport(Arc::new(e))),
+                Poll::Pending => break,
+            }
+        }
+        if wrote && self.tx.is_empty() {
+            // Sockets and files do not buffer; a buffering stream reports errors on the
+            // next write, so a pending or failed flush is not acted on here.
+            let _ = Pin::new(&mut self.io).poll_flush(cx);
+        }
+
+        // Read only when the machine took all of the previous read: backpressure.
+        while !self.eof && self.rx_start >= self.rx_end {
+            match Pin::new(&mut self.io).poll_read(cx, &mut self.rx) {
+                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(n)) => {
+                    self.rx_start = 0;
+                    self.rx_end = n.min(self.rx.len());
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(e)) if is_hangup(&e) => self.eof = true,
+                Poll::Ready(Err(e)) => return Err(End::Transport(Arc::new(e))),
+                Poll::Pending => break,
+            }
+            progress = true;
+        }
+
+        // Keepalive timers and the close deadline.
+        if deadline != self.timer_at {
+            self.timer_at = deadline;
+            match deadline {
+                Some(t) => self.timer.set_at(t),
+                None => self.timer = Timer::never(),
+            }
+        }
+        if deadline.is_some() && Pin::new(&mut self.timer).poll_next(cx).is_ready() {
+            progress = true;
+        }
+        Ok(progress)
+    }
+}
+
+impl<S, L: LinkState> Pump<S, L> {
+    /// Ends the link: the machine turns every live transaction into `LinkLost`, and every
+    /// waiter is woken to see it.
+    fn finish(&mut self, end: End) -> End {
+        let mut wake = Wake::default();
+        end_locked(&mut self.shared.lock(), &end, &mut wake);
+        wake.run(&self.shared.changed);
+        self.shared.room.notify(usize::MAX);
+        self.end = Some(end.clone());
+        end
+    }
+}
+
+impl<S, L> Future for Pump<S, L>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    L: LinkState,
+{
+    type Output = End;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let this = self.get_mut();
+        if let Some(end) = &this.end {
+            return Poll::Ready(end.clone());
+        }
+        for _ in 0..BUDGET {
+            match this.step(cx) {
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+                Err(end) if this.end.is_some() => return Poll::Ready(end),
+                Err(end) => return Poll::Ready(this.finish(end)),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<S, L: LinkState> Drop for Pump<S, L> {
+    fn drop(&mut self) {
+        if self.end.is_none() {
+            // Dropped by its executor or its owner: nobody will ever read again, so make
+            // every waiter see the end now rather than hang.
+            self.finish(End::Local);
+        }
+    }
+}
+
+/// The end of a link, recorded under the lock in one step with the machine's last events
+/// (every live transaction becomes `LinkLost`), so that a waiter woken by either sees
+/// both.
+fn end_locked<L: LinkState>(g: &mut Guarded<L>, end: &End, wake: &mut Wake) {
+    if g.link.error().is_none() {
+        g.link.handle_eof(Instant::now());
+    }
+    g.end = Some(end.clone());
+    g.driver = None;
+    g.stalled = false;
+    g.link.route(true, wake);
+    wake.changed = true;
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Errors that mean the peer went away rather than that the transport broke: a pty
+/// master reads `EIO` once the other side closed (DESIGN §2), sockets report resets and
+/// broken pipes.
+fn is_hangup(e: &io::Error) -> bool {
+    const EIO: i32 = 5;
+    e.raw_os_error() == Some(EIO)
+        || matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof
+        )
+}

@@ -1,0 +1,536 @@
+//! tuppence-smol end to end: the async client `Session` against `serve` with a toy agent,
+//! over a unix socket pair, a unix listener, TCP on loopback and a pty pair standing in
+//! for a serial cable; plus disconnects, keepalive expiry and backpressure.
+
+mod common;
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use bytes::BytesMut;
+use common::{ToyAgent, connect, guard, pattern, reaches};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt, future};
+use tuppence::link::{ClientConfig, Command, Limits, LinkError, Outcome, ServerConfig, Signal};
+use tuppence::wire::{Dialect, Hello, Packet};
+use tuppence_smol::{Error, MonitorEvent, RunEvent, Session};
+
+/// Runs a command on stdin `data` through the `echo` command and checks the round trip.
+async fn echo_round_trip(session: &Session, data: Vec<u8>) {
+    let mut run = session.run(Command::new("echo")).await.unwrap();
+    let control = run.control();
+    let writer = smol::spawn({
+        let data = data.clone();
+        async move {
+            control.write_stdin(data).await.unwrap();
+            control.close_stdin().await.unwrap();
+        }
+    });
+    let mut back = Vec::with_capacity(data.len());
+    let mut outcome = None;
+    while let Some(ev) = run.next().await {
+        match ev {
+            RunEvent::Stdout(d) => back.extend_from_slice(&d),
+            RunEvent::Stderr(d) => panic!("unexpected stderr {d:?}"),
+            RunEvent::Finished(o) => outcome = Some(o),
+        }
+    }
+    writer.await;
+    assert_eq!(outcome, Some(Outcome::Exited(0)));
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echoed bytes differ");
+}
+
+/// Every operation once: commands, stdin, signals, procinfo, files, monitors.
+async fn exercise(session: &Session) {
+    let info = session.connected().await.unwrap();
+    assert_eq!(info.server_version, (4, 0));
+
+    let out = session.output(Command::new("exit 3")).await.unwrap();
+    assert_eq!(out.outcome, Outcome::Exited(3));
+    assert_eq!(out.stderr, b"bye\n");
+    assert!(out.stdout.is_empty());
+
+    let out = session.output(Command::new("count 5")).await.unwrap();
+    assert_eq!(out.stdout, b"0\n1\n2\n3\n4\n");
+
+    let out = session.output(Command::new("no-such-thing")).await.unwrap();
+    assert_eq!(out.outcome, Outcome::Failed { errno: 2 });
+
+    echo_round_trip(session, pattern(200_000)).await;
+
+    let run = session.run(Command::new("sleep")).await.unwrap();
+    let fields = run.procinfo(1 << 1).await.unwrap();
+    assert_eq!(fields.len(), 1);
+    assert_eq!(fields[0].kind, 1);
+    assert_eq!(
+        &fields[0].value[..],
+        &(1000 + u32::from(run.xid())).to_be_bytes()
+    );
+    let control = run.control();
+    run.interrupt(Signal::TERM).await.unwrap();
+    assert_eq!(run.wait().await, Outcome::Signaled(15));
+    let err = control.procinfo(1 << 1).await.unwrap_err();
+    assert!(matches!(err, Error::Remote { errno: 3, .. }), "{err:?}");
+
+    let content = pattern(1_500_000);
+    let mut last = 0;
+    let sent = session
+        .inject("root", "/tmp/x", 0o640, &content[..], |n| last = n)
+        .await
+        .unwrap();
+    assert_eq!(sent, content.len() as u64);
+    assert_eq!(last, sent);
+    let mut back = Vec::new();
+    let got = session
+        .extract("root", "/tmp/x", &mut back, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(got, content.len() as u64);
+    assert!(back == content, "extracted bytes differ");
+    let err = session
+        .extract("root", "/nope", Vec::new(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Remote { errno: 2, .. }), "{err}");
+    assert!(err.to_string().contains("No such file"), "{err}");
+
+    let mut monitor = session.monitor("lines").await.unwrap();
+    monitor.settle(7).await.unwrap();
+    let mut lines = Vec::new();
+    loop {
+        match monitor.next().await.unwrap() {
+            MonitorEvent::Data(d) => lines.push(String::from_utf8_lossy(&d).into_owned()),
+            MonitorEvent::Settled(seq) => {
+                assert_eq!(seq, 7);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(lines, ["event 1\n", "event 2\n", "event 3\n"]);
+    monitor.end().await.unwrap();
+    let rest: Vec<MonitorEvent> = (&mut monitor).collect().await;
+    assert_eq!(rest, [MonitorEvent::Finished(Outcome::Completed)]);
+    let err = session.monitor("nope").await.unwrap();
+    let rest: Vec<MonitorEvent> = err.collect().await;
+    assert_eq!(rest, [MonitorEvent::Finished(Outcome::Failed { errno: 2 })]);
+}
+
+#[test]
+fn unix_socket_pair() {
+    smol::block_on(guard(30, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let (session, _server) = connect(a, b, ToyAgent::new(), ClientConfig::default()).await;
+        exercise(&session).await;
+        echo_round_trip(&session, pattern(1 << 20)).await;
+    }));
+}
+
+#[test]
+fn unix_listener() {
+    smol::block_on(guard(30, async {
+        let dir = std::env::temp_dir().join(format!("tuppence-smol-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = Async::<UnixListener>::bind(&path).unwrap();
+        let accept = smol::spawn(async move { listener.accept().await.unwrap().0 });
+        let client = Async::<UnixStream>::connect(&path).await.unwrap();
+        let server = accept.await;
+        let (session, _server) =
+            connect(client, server, ToyAgent::new(), ClientConfig::default()).await;
+        exercise(&session).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }));
+}
+
+#[test]
+fn tcp_loopback() {
+    smol::block_on(guard(30, async {
+        let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).unwrap();
+        let addr = listener.get_ref().local_addr().unwrap();
+        let accept = smol::spawn(async move { listener.accept().await.unwrap().0 });
+        let client = Async::<TcpStream>::connect(addr).await.unwrap();
+        let server = accept.await;
+        let (session, _server) =
+            connect(client, server, ToyAgent::new(), ClientConfig::default()).await;
+        exercise(&session).await;
+        echo_round_trip(&session, pattern(1 << 20)).await;
+    }));
+}
+
+/// serial2 configures the port (raw); the I/O goes through a dup'd fd, because a
+/// `SerialPort`'s own reads wait for their timeout. The port itself is closed here, so
+/// the returned `File` is the only open handle (its close is the "cable" hanging up).
+fn serial_io(port: serial2::SerialPort) -> Async<File> {
+    let fd = port.as_fd().try_clone_to_owned().unwrap();
+    drop(port);
+    Async::new(File::from(fd)).unwrap()
+}
+
+#[test]
+fn pty_pair_as_serial_cable_carries_one_mebibyte_of_every_byte_value() {
+    smol::block_on(guard(60, async {
+        let (host, guest) = serial2::SerialPort::pair().unwrap();
+        let (host, guest) = (serial_io(host), serial_io(guest));
+        let (session, server) =
+            connect(host, guest, ToyAgent::new(), ClientConfig::default()).await;
+        echo_round_trip(&session, pattern(1 << 20)).await;
+        exercise(&session).await;
+        // The agent hangs up its end of the "cable": the host side reads EIO or EOF,
+        // and a running command learns the link is gone.
+        let run = session.run(Command::new("sleep")).await.unwrap();
+        session.quit().await.unwrap();
+        assert_eq!(server.await.map_err(|e| e.to_string()), Ok(()));
+        assert_eq!(run.wait().await, Outcome::LinkLost(LinkError::Closed));
+    }));
+}
+
+#[test]
+fn fifty_concurrent_commands_on_one_session() {
+    smol::block_on(guard(30, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let (session, _server) = connect(a, b, ToyAgent::new(), ClientConfig::default()).await;
+        let tasks: Vec<_> = (0..50u32)
+            .map(|i| {
+                let session = session.clone();
+                smol::spawn(async move {
+                    match i % 3 {
+                        0 => {
+                            let out = session
+                                .output(Command::new(format!("exit {i}")))
+                                .await
+                                .unwrap();
+                            assert_eq!(out.outcome, Outcome::Exited(i));
+                            assert_eq!(out.stderr, b"bye\n");
+                        }
+                        1 => {
+                            let out = session
+                                .output(Command::new(format!("count {i}")))
+                                .await
+                                .unwrap();
+                            let want: String = (0..i).map(|n| format!("{n}\n")).collect();
+                            assert_eq!(out.stdout, want.as_bytes());
+                            assert_eq!(out.outcome, Outcome::Exited(0));
+                        }
+                        _ => {
+                            let data = format!("stdin of command {i}\n").repeat(i as usize * 100);
+                            echo_round_trip(&session, data.into_bytes()).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+    }));
+}
+
+#[test]
+fn disconnect_mid_inject_is_a_typed_error_not_a_hang() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let mut agent = ToyAgent::new();
+        agent.close_after_inject = Some(100_000);
+        let (session, server) = connect(a, b, agent, ClientConfig::default()).await;
+        let content = pattern(8 << 20);
+        let err = session
+            .inject("root", "/tmp/big", 0o600, &content[..], |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Link(LinkError::Closed) | Error::Transport(_)),
+            "{err:?}"
+        );
+        assert_eq!(server.await.map_err(|e| e.to_string()), Ok(()));
+        assert!(session.is_closed());
+        let err = session.run(Command::new("echo")).await.unwrap_err();
+        assert!(matches!(err, Error::Link(LinkError::Closed)), "{err:?}");
+    }));
+}
+
+#[test]
+fn disconnect_mid_extract_is_a_typed_error_not_a_hang() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let (session, _server) = connect(a, b, ToyAgent::new(), ClientConfig::default()).await;
+        let running = session.run(Command::new("sleep")).await.unwrap();
+        let mut got = 0;
+        let err = session
+            .extract("root", "/close-midway", futures_lite::io::sink(), |n| {
+                got = n
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Link(LinkError::Closed)), "{err:?}");
+        assert!(got > 0 && got < 4 << 20, "{got}");
+        // Every other waiter learns it too.
+        assert_eq!(running.wait().await, Outcome::LinkLost(LinkError::Closed));
+        assert!(matches!(
+            session.closed().await,
+            Error::Link(LinkError::Closed)
+        ));
+    }));
+}
+
+#[test]
+fn quit_stops_the_agent_and_running_commands_see_the_link_lost() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let (session, server) = connect(a, b, ToyAgent::new(), ClientConfig::default()).await;
+        let run = session.run(Command::new("sleep")).await.unwrap();
+        session.quit().await.unwrap();
+        assert_eq!(server.await.map_err(|e| e.to_string()), Ok(()));
+        assert_eq!(run.wait().await, Outcome::LinkLost(LinkError::Closed));
+    }));
+}
+
+/// A peer that answers the hello with `keepalive` and then never sends another byte
+/// (while still reading, so nothing but the timer can notice).
+async fn silent_server(mut io: Async<UnixStream>, keepalive: u16) {
+    let mut hello = [0u8; 12];
+    io.read_exact(&mut hello).await.unwrap();
+    let mut reply = BytesMut::new();
+    Packet::Hello(Hello {
+        major: 4,
+        minor: 0,
+        keepalive,
+    })
+    .encode(Dialect::V4, 2, 0, &mut reply)
+    .unwrap();
+    io.write_all(&reply).await.unwrap();
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = io.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[test]
+fn client_detects_keepalive_expiry_with_a_real_timer() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let _peer = smol::spawn(silent_server(b, 1));
+        let config = ClientConfig {
+            keepalive: 1,
+            limits: Limits {
+                min_keepalive: Duration::from_millis(500),
+                ..Limits::default()
+            },
+            ..ClientConfig::default()
+        };
+        let session = Session::new(a, config).await.unwrap();
+        let connected = Instant::now();
+        assert_eq!(session.info().unwrap().keepalive, 1);
+        let run = session.run(Command::new("sleep")).await.unwrap();
+        let outcome = run.wait().await;
+        let elapsed = connected.elapsed();
+        assert_eq!(
+            outcome,
+            Outcome::LinkLost(LinkError::KeepaliveExpired(Duration::from_secs(1)))
+        );
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(1800),
+            "{elapsed:?}"
+        );
+        assert!(matches!(
+            session.error(),
+            Some(Error::Link(LinkError::KeepaliveExpired(_)))
+        ));
+    }));
+}
+
+#[test]
+fn server_detects_a_silent_client_with_a_real_timer() {
+    smol::block_on(guard(10, async {
+        let (mut a, b) = Async::<UnixStream>::pair().unwrap();
+        let config = ServerConfig {
+            keepalive: 1,
+            limits: Limits {
+                min_keepalive: Duration::from_millis(500),
+                ..Limits::default()
+            },
+            ..ServerConfig::default()
+        };
+        let start = Instant::now();
+        let server = smol::spawn(tuppence_smol::serve(b, config, ToyAgent::new()));
+        let mut hello = BytesMut::new();
+        Packet::Hello(Hello {
+            major: 4,
+            minor: 0,
+            keepalive: 1,
+        })
+        .encode(Dialect::V4, 0, 0, &mut hello)
+        .unwrap();
+        a.write_all(&hello).await.unwrap();
+        let result = server.await;
+        let elapsed = start.elapsed();
+        assert!(
+            matches!(result, Err(Error::Link(LinkError::KeepaliveExpired(_)))),
+            "{result:?}"
+        );
+        assert!(elapsed < Duration::from_millis(1800), "{elapsed:?}");
+    }));
+}
+
+#[test]
+fn a_consumer_that_stops_reading_stops_the_transport() {
+    smol::block_on(guard(30, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let agent = ToyAgent::new();
+        let produced = agent.flood_sent.clone();
+        // Few machine events, so the bound is the inbox (1 MiB) plus a few packets.
+        let config = ClientConfig {
+            limits: Limits {
+                max_events: 32,
+                ..Limits::default()
+            },
+            ..ClientConfig::default()
+        };
+        let (session, _server) = connect(a, b, agent, config).await;
+        let mut run = session.run(Command::new("flood 64")).await.unwrap();
+        Timer::after(Duration::from_millis(300)).await;
+        let stalled_at = produced.load(Ordering::SeqCst);
+        assert!(stalled_at > 0, "nothing flowed");
+        assert!(
+            stalled_at < 8 << 20,
+            "the agent produced {stalled_at} bytes while nobody read"
+        );
+        Timer::after(Duration::from_millis(100)).await;
+        assert!(produced.load(Ordering::SeqCst) - stalled_at < 128 << 10);
+        let mut total = 0usize;
+        let mut outcome = None;
+        while let Some(ev) = run.next().await {
+            match ev {
+                RunEvent::Stdout(d) => total += d.len(),
+                RunEvent::Finished(o) => outcome = Some(o),
+                RunEvent::Stderr(_) => {}
+            }
+        }
+        assert_eq!(outcome, Some(Outcome::Exited(0)));
+        assert_eq!(total, 64 << 20);
+    }));
+}
+
+#[test]
+fn dropping_every_handle_closes_the_connection() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let server = smol::spawn(tuppence_smol::serve(
+            b,
+            ServerConfig::default(),
+            ToyAgent::new(),
+        ));
+        let (session, driver) = Session::with_driver(a, ClientConfig::default());
+        let driver = smol::spawn(driver);
+        let out = session.output(Command::new("exit 0")).await.unwrap();
+        assert_eq!(out.outcome, Outcome::Exited(0));
+        // A stdin close queued just before the drop is still delivered.
+        let run = session.run(Command::new("echo")).await.unwrap();
+        let control = run.control();
+        drop(run);
+        control.close_stdin().await.unwrap();
+        drop(control);
+        drop(session);
+        assert_eq!(driver.await.map_err(|e| e.to_string()), Ok(()));
+        assert_eq!(server.await.map_err(|e| e.to_string()), Ok(()));
+    }));
+}
+
+#[test]
+fn a_dropped_driver_wakes_every_waiter() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let _server = smol::spawn(tuppence_smol::serve(
+            b,
+            ServerConfig::default(),
+            ToyAgent::new(),
+        ));
+        let (session, driver) = Session::with_driver(a, ClientConfig::default());
+        let driver = smol::spawn(driver);
+        session.connected().await.unwrap();
+        let mut run = session.run(Command::new("sleep")).await.unwrap();
+        let waiter = future::poll_once(run.next()).await;
+        assert!(waiter.is_none());
+        assert!(driver.cancel().await.is_none());
+        assert_eq!(
+            run.next().await,
+            Some(RunEvent::Finished(Outcome::LinkLost(LinkError::Closed)))
+        );
+        assert_eq!(run.next().await, None);
+        let err = session.run(Command::new("echo")).await.unwrap_err();
+        assert!(matches!(err, Error::Closed), "{err:?}");
+    }));
+}
+
+#[test]
+fn connect_times_out_against_a_mute_peer() {
+    smol::block_on(guard(10, async {
+        let (a, _b) = Async::<UnixStream>::pair().unwrap();
+        let err = Session::with_timeout(a, ClientConfig::default(), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ConnectTimeout(_)), "{err:?}");
+    }));
+}
+
+#[test]
+fn legacy_dialect_is_spoken_when_the_client_asks_for_it() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let config = ClientConfig {
+            dialect: Dialect::Legacy3,
+            ..ClientConfig::default()
+        };
+        let (session, _server) = connect(a, b, ToyAgent::new(), config).await;
+        assert_eq!(session.info().unwrap().server_version, (3, 0));
+        let out = session.output(Command::new("exit 4")).await.unwrap();
+        assert_eq!(out.outcome, Outcome::Exited(4));
+        assert_eq!(out.stderr, b"bye\n");
+        echo_round_trip(&session, pattern(100_000)).await;
+        let err = session.monitor("lines").await.unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err:?}");
+    }));
+}
+
+#[test]
+fn dropped_monitors_and_transfers_are_ended_on_the_agent() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let agent = ToyAgent::new();
+        let (ended, aborted) = (
+            agent.monitors_ended.clone(),
+            agent.transfers_aborted.clone(),
+        );
+        let (session, _server) = connect(a, b, agent, ClientConfig::default()).await;
+
+        let monitor = session.monitor("lines").await.unwrap();
+        monitor.settle(1).await.unwrap();
+        drop(monitor);
+        reaches(&ended, 1).await;
+
+        // An inject whose source stalls, abandoned by its caller.
+        let (mut feed, source) = Async::<UnixStream>::pair().unwrap();
+        feed.write_all(&pattern(100_000)).await.unwrap();
+        let inject = session.inject("root", "/tmp/never", 0o600, source, |_| {});
+        let timed_out = future::or(async { Some(inject.await) }, async {
+            Timer::after(Duration::from_millis(200)).await;
+            None
+        })
+        .await;
+        assert!(timed_out.is_none());
+        reaches(&aborted, 1).await;
+
+        // The session is still fine.
+        let out = session.output(Command::new("exit 0")).await.unwrap();
+        assert_eq!(out.outcome, Outcome::Exited(0));
+        drop(feed);
+    }));
+}
