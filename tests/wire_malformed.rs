@@ -723,3 +723,56 @@ fn encode_data_writes_one_packet_per_chunk() {
     assert!(out.is_empty());
     assert_eq!(HEADER_LEN, 8);
 }
+
+#[test]
+fn header_only_packets_obey_the_limit_and_the_dialect() {
+    use tuppence::wire::decode_frame;
+    // decode_frame takes the limit as given (only Decoder clamps it).
+    for (max, want) in [
+        (0, Err(DecodeError::LengthTooLong { len: 8, max: 0 })),
+        (7, Err(DecodeError::LengthTooLong { len: 8, max: 7 })),
+        (8, Ok(Some(keepalive_frame()))),
+    ] {
+        let mut buf = BytesMut::from(&hex(KEEPALIVE_V4)[..]);
+        assert_eq!(
+            decode_frame(V4, Sender::Client, &mut buf, max),
+            want,
+            "max {max}"
+        );
+        assert_eq!(buf.len(), if want.is_ok() { 0 } else { 8 });
+    }
+    // Every header-only packet, in each dialect, including those that need a payload.
+    for d in DIALECTS {
+        for code in 0..=255u8 {
+            let (r, rest) = decode_first(d, Sender::Server, &header(d, code, 8, 3, 4));
+            assert!(
+                rest.is_empty(),
+                "{code:#04x}: an 8-byte packet is consumed whole"
+            );
+            let want = match (code, d) {
+                (b'K', _) => Ok(Packet::Keepalive),
+                (b'q', _) => Ok(Packet::Quit),
+                (b'T', _) => Ok(Packet::Timeout),
+                (b'I', Legacy3) => Ok(Packet::Interrupt {
+                    signal: Bytes::new(),
+                }),
+                _ => Err(()),
+            };
+            match (r, want) {
+                (Ok(Some(f)), Ok(p)) => assert_eq!((f.cid, f.xid, f.packet), (3, 4, p)),
+                (
+                    Err(
+                        DecodeError::UnknownType { header } | DecodeError::Malformed { header, .. },
+                    ),
+                    Err(()),
+                ) => {
+                    assert_eq!(
+                        (header.kind, header.cid, header.xid, header.len),
+                        (code, 3, 4, 8)
+                    );
+                }
+                (r, want) => panic!("{code:#04x} in {d}: got {r:?}, want {want:?}"),
+            }
+        }
+    }
+}

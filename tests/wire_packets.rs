@@ -675,3 +675,21 @@ fn decoded_payloads_are_slices_of_the_input_buffer() {
     assert_eq!(cmd.command, b("c"));
     assert!(buf.is_empty());
 }
+
+#[test]
+fn type_codes_map_both_ways_for_every_byte() {
+    for d in common::DIALECTS {
+        let mut known = 0;
+        for code in 0..=255u8 {
+            let want = PacketType::ALL
+                .into_iter()
+                .find(|t| t.exists_in(d) && t.code(d) == code);
+            assert_eq!(PacketType::from_code(code, d), want, "{code:#04x} in {d}");
+            known += usize::from(want.is_some());
+        }
+        assert_eq!(known, if d == V4 { 15 } else { 12 }, "{d}");
+    }
+    assert_eq!(PacketType::from_code(b'X', Legacy3), None);
+    assert_eq!(PacketType::from_code(b'E', V4), None);
+    assert_eq!(PacketType::from_code(b'E', Legacy3), Some(PacketType::Eof));
+}

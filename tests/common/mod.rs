@@ -7,7 +7,10 @@ use tuppence::wire::{DecodeError, Decoder, Dialect, Frame, MAX_PACKET_LEN, Packe
 /// Parses hex written with optional whitespace: `"68 00 00 0c"`.
 pub fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len().is_multiple_of(2), "odd number of hex digits in {s:?}");
+    assert!(
+        digits.len().is_multiple_of(2),
+        "odd number of hex digits in {s:?}"
+    );
     digits
         .chunks(2)
         .map(|p| {
