@@ -1,27 +1,75 @@
 //! Incremental framing: bytes in any chunking in, whole typed packets out.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
-use super::{DecodeError, Dialect, Frame, HEADER_LEN, Header, MAX_PACKET_LEN, Packet, Sender};
+use super::{
+    DecodeError, Dialect, Frame, HEADER_LEN, Header, MAX_PACKET_LEN, Packet, PacketType, Sender,
+};
 
 /// Takes one whole packet off the front of `buf`, tokio-`Decoder` style.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole packet (nothing is consumed).
 /// The payload of the returned packet is a zero-copy slice of `buf`'s storage.
 /// On `UnknownType`/`Malformed` the packet *has* been consumed; framing errors consume nothing.
+//
+// Performance: keepalives (and quit, timeout) are header-only and the most frequent small
+// packets. They take an inlined fast path that builds the frame directly in the caller and
+// advances the buffer without splitting it (a split costs two atomic reference-count
+// updates, the bulk of a header-only decode). Everything else goes to `decode_general`.
+#[inline(always)]
 pub fn decode_frame(
     dialect: Dialect,
     sender: Sender,
     buf: &mut BytesMut,
     max_packet_len: usize,
 ) -> Result<Option<Frame>, DecodeError> {
-    let Some(head) = buf.get(..HEADER_LEN) else {
-        return Ok(None);
-    };
-    let Ok(head) = <&[u8; HEADER_LEN]>::try_from(head) else {
+    let Some(Ok(head)) = buf.get(..HEADER_LEN).map(<&[u8; HEADER_LEN]>::try_from) else {
         return Ok(None);
     };
     let header = Header::decode(dialect, head);
+    if usize::from(header.len) != HEADER_LEN || max_packet_len < HEADER_LEN {
+        return decode_general(dialect, sender, buf, max_packet_len, header);
+    }
+    let kind = PacketType::from_code(header.kind, dialect);
+    if !matches!(
+        kind,
+        Some(PacketType::Keepalive | PacketType::Quit | PacketType::Timeout)
+    ) {
+        return decode_general(dialect, sender, buf, max_packet_len, header);
+    }
+    buf.advance(HEADER_LEN);
+    let (cid, xid) = (header.cid, header.xid);
+    // One return per variant: a `Packet` value chosen by a `match` and then moved into the
+    // frame makes the compiler copy the whole (largely uninitialised) enum.
+    match kind {
+        Some(PacketType::Keepalive) => Ok(Some(Frame {
+            cid,
+            xid,
+            packet: Packet::Keepalive,
+        })),
+        Some(PacketType::Quit) => Ok(Some(Frame {
+            cid,
+            xid,
+            packet: Packet::Quit,
+        })),
+        // Only `Timeout` is left (checked above).
+        _ => Ok(Some(Frame {
+            cid,
+            xid,
+            packet: Packet::Timeout,
+        })),
+    }
+}
+
+/// [`decode_frame`] after the header has been read from `buf`'s first 8 bytes.
+#[inline(never)]
+fn decode_general(
+    dialect: Dialect,
+    sender: Sender,
+    buf: &mut BytesMut,
+    max_packet_len: usize,
+    header: Header,
+) -> Result<Option<Frame>, DecodeError> {
     let len = usize::from(header.len);
     if len < HEADER_LEN {
         return Err(DecodeError::LengthTooShort { len: header.len });
@@ -36,9 +84,15 @@ pub fn decode_frame(
         buf.reserve(len.saturating_sub(buf.len()));
         return Ok(None);
     }
-    let mut packet = buf.split_to(len);
-    packet.advance(HEADER_LEN);
-    let packet = Packet::decode(dialect, sender, &header, packet.freeze())?;
+    let payload = if len == HEADER_LEN {
+        buf.advance(HEADER_LEN);
+        Bytes::new()
+    } else {
+        let mut packet = buf.split_to(len);
+        packet.advance(HEADER_LEN);
+        packet.freeze()
+    };
+    let packet = Packet::decode(dialect, sender, &header, payload)?;
     Ok(Some(Frame {
         cid: header.cid,
         xid: header.xid,

@@ -73,9 +73,26 @@ impl PacketType {
 
     /// The packet type for a wire byte, or `None` if the dialect has no such packet.
     pub fn from_code(code: u8, dialect: Dialect) -> Option<PacketType> {
-        PacketType::ALL
-            .into_iter()
-            .find(|t| t.code(dialect) == code && t.exists_in(dialect))
+        // A direct match rather than a search of `ALL`: this runs once per packet.
+        let kind = match (code, dialect) {
+            (b'h', _) => PacketType::Hello,
+            (b'c', _) => PacketType::Command,
+            (b'i', _) => PacketType::Inject,
+            (b'e', _) => PacketType::Extract,
+            (b'q', _) => PacketType::Quit,
+            (b'I', _) => PacketType::Interrupt,
+            (b'M', _) => PacketType::Major,
+            (b'm', _) => PacketType::Minor,
+            (b'T', _) => PacketType::Timeout,
+            (b'D', _) => PacketType::Data,
+            (b'X', Dialect::V4) | (b'E', Dialect::Legacy3) => PacketType::Eof,
+            (b'K', _) => PacketType::Keepalive,
+            (b'O', Dialect::V4) => PacketType::Monitor,
+            (b'P', Dialect::V4) => PacketType::ProcInfo,
+            (b'S', Dialect::V4) => PacketType::Settle,
+            _ => return None,
+        };
+        Some(kind)
     }
 
     /// Whether the dialect has this packet at all.

@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::reader::Reader;
 use super::{
     DecodeError, Dialect, EncodeError, HEADER_LEN, Header, MAX_ENV_ENTRIES, MAX_PACKET_LEN,
-    PacketType, PayloadError, ProcInfoField, Sender,
+    MAX_PROCINFO_FIELDS, PacketType, PayloadError, ProcInfoField, Sender,
 };
 
 /// `h`: version and requested (client) or negotiated (server) keepalive in seconds.
@@ -246,6 +246,14 @@ impl Packet {
             }
             Packet::Monitor { source } => no_nul("source", source)?,
             Packet::ProcInfoResponse { fields } => {
+                // The decoder accepts at most this many; refusing more here keeps every
+                // encodable packet decodable.
+                if let Some(extra) = fields.get(MAX_PROCINFO_FIELDS) {
+                    return Err(EncodeError::BadProcInfo {
+                        kind: extra.kind,
+                        why: "more than 255 fields",
+                    });
+                }
                 for f in fields {
                     if f.kind == 0 {
                         return Err(EncodeError::BadProcInfo {
