@@ -151,7 +151,7 @@ impl Server {
             if rest.is_empty() || self.events.len() >= self.config.limits.max_events {
                 return Ok(consumed);
             }
-            consumed = consumed.saturating_add(self.core.feed(rest));
+            consumed = consumed.saturating_add(self.core.feed(rest, self.detected));
         }
     }
 
