@@ -41,6 +41,7 @@ both_dialects!(
     extract_failures,
     interrupt_each_signal,
     interrupt_aborts_transfers,
+    abort_answer_follows_agent_answers,
     quit_carries_cid,
     keepalive_exchange,
     keepalive_suppressed_by_traffic,
@@ -1034,6 +1035,49 @@ fn interrupt_aborts_transfers(dialect: Dialect) {
     );
 }
 
+/// The request and its interrupt arrive in one read, before the agent saw the request:
+/// the agent's answer to the request still goes out, and the abort's `m`=4 follows it.
+fn abort_answer_follows_agent_answers(dialect: Dialect) {
+    let mut p = Pair::new(dialect);
+    p.connect();
+    let inj = p.client.inject("root", "/tmp/i", 0o600).unwrap();
+    p.client.interrupt(inj, Signal::INT).unwrap();
+    let ext = p.client.extract("root", "/gen/10").unwrap();
+    p.client.interrupt(ext, Signal::INT).unwrap();
+    p.drive();
+    assert!(p.agent.errors.is_empty(), "{:?}", p.agent.errors);
+    assert_eq!(
+        p.server_packets(inj),
+        vec![Packet::Major(0), Packet::Minor(4)]
+    );
+    // The agent sent the whole (small) file before it saw the abort: that was terminal.
+    let mut want = if v4(dialect) {
+        vec![Packet::Major(0)]
+    } else {
+        vec![]
+    };
+    want.extend([
+        d(0, b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09"),
+        x(0),
+        Packet::Minor(0),
+    ]);
+    assert_eq!(p.server_packets(ext), want);
+    assert_eq!(
+        p.transaction_events(),
+        vec![
+            ClientEvent::InjectReady { xid: inj },
+            finished(inj, Outcome::Failed { errno: 4 }),
+            output(ext, 0, b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09"),
+            ClientEvent::OutputEnd {
+                xid: ext,
+                channel: 0
+            },
+            finished(ext, Outcome::Completed),
+        ]
+    );
+    assert_eq!(p.server.transactions(), 0);
+}
+
 fn quit_carries_cid(dialect: Dialect) {
     let mut p = Pair::new(dialect);
     p.connect();
@@ -1826,6 +1870,101 @@ fn monitor_data_settle_end() {
     // The client's end is `X` ch 0.
     let last = p.client_frames().pop().unwrap();
     assert_eq!((last.xid, last.packet), (xid, x(0)));
+}
+
+/// Settle and end in one read: the agent answers the settle before the machine ends
+/// the monitor, so the client sees `Settled` and then `Finished`.
+#[test]
+fn monitor_end_follows_pending_settle() {
+    let mut p = Pair::new(Dialect::V4);
+    p.connect();
+    let xid = p.client.monitor("agent").unwrap();
+    p.client.settle(xid, 3).unwrap();
+    p.client.end_monitor(xid).unwrap();
+    p.drive();
+    assert!(p.agent.errors.is_empty(), "{:?}", p.agent.errors);
+    assert_eq!(
+        p.transaction_events(),
+        vec![
+            ClientEvent::MonitorData {
+                xid,
+                data: "event-3".into()
+            },
+            ClientEvent::Settled { xid, seq: 3 },
+            finished(xid, Outcome::Completed),
+        ]
+    );
+    assert_eq!(
+        p.server_packets(xid),
+        vec![
+            d(0, b"event-3"),
+            Packet::Settle { seq: 3 },
+            x(0),
+            Packet::Major(0),
+            Packet::Minor(0)
+        ]
+    );
+}
+
+/// Packets after the client's end of a monitor are late, even while the end's answer
+/// waits for the agent to poll it.
+#[test]
+fn monitor_packets_after_end_are_late() {
+    let now = std::time::Instant::now();
+    let mut server = Server::new(ServerConfig::default(), now);
+    let v = Dialect::V4;
+    let bytes = [
+        packet(
+            v,
+            0,
+            0,
+            Packet::Hello(Hello {
+                major: 4,
+                minor: 0,
+                keepalive: 60,
+            }),
+        ),
+        packet(
+            v,
+            1,
+            9,
+            Packet::Monitor {
+                source: "agent".into(),
+            },
+        ),
+        packet(v, 1, 9, x(0)),
+        packet(v, 1, 9, Packet::Settle { seq: 1 }),
+        packet(v, 1, 9, x(0)),
+    ]
+    .concat();
+    assert_eq!(server.handle_bytes(now, &bytes), Ok(bytes.len()));
+    assert_eq!(server.stats().unknown_xid_dropped, 2);
+    let mut out = bytes::BytesMut::new();
+    server.poll_transmit(now, &mut out);
+    assert_eq!(
+        out.len(),
+        12,
+        "only the hello reply before the events are polled"
+    );
+    let events: Vec<ServerEvent> = std::iter::from_fn(|| server.poll_event()).collect();
+    assert_eq!(
+        events[1..],
+        [
+            ServerEvent::Monitor {
+                xid: 9,
+                source: "agent".into()
+            },
+            ServerEvent::MonitorEnd { xid: 9 },
+        ]
+    );
+    out.clear();
+    server.poll_transmit(now, &mut out);
+    let got: Vec<Packet> = common::pair::decode_all(v, Sender::Server, &out)
+        .into_iter()
+        .map(|f| f.packet)
+        .collect();
+    assert_eq!(got, vec![x(0), Packet::Major(0), Packet::Minor(0)]);
+    assert!(!server.is_live(9));
 }
 
 #[test]

@@ -83,6 +83,8 @@ struct Running {
     rest: VecDeque<String>,
     /// `cat`: stdin is echoed on channel 1 until its EOF.
     echo: bool,
+    /// On a tty, stderr goes to channel 1 too.
+    tty: bool,
 }
 
 /// A fake agent driven by scripts written in the request itself, so that random tests can
@@ -148,7 +150,7 @@ impl ScriptedAgent {
     }
 
     /// Carries out script tokens until a terminal or suspending one.
-    fn run_script(&mut self, server: &mut Server, xid: u16, mut rest: VecDeque<String>) {
+    fn run_script(&mut self, server: &mut Server, xid: u16, tty: bool, mut rest: VecDeque<String>) {
         while let Some(tok) = rest.pop_front() {
             let (key, val) = match tok.split_once('=') {
                 Some((k, v)) => (k.to_string(), v.to_string()),
@@ -156,8 +158,8 @@ impl ScriptedAgent {
             };
             let num = || val.parse::<u32>().unwrap_or(0);
             let r = match key.as_str() {
-                "out" => server.output(xid, 1, Bytes::from(val.clone().into_bytes())),
-                "err" => server.output(xid, 2, Bytes::from(val.clone().into_bytes())),
+                "out" => server.output(xid, 1, Bytes::from(val.into_bytes())),
+                "err" => server.output(xid, if tty { 1 } else { 2 }, Bytes::from(val.into_bytes())),
                 "exit" => return self.end(server.command_exited(xid, num()), xid),
                 "kill" => return self.end(server.command_killed(xid, num()), xid),
                 "fail" => return self.end(server.fail(xid, num()), xid),
@@ -168,6 +170,7 @@ impl ScriptedAgent {
                         Running {
                             rest,
                             echo: key == "cat",
+                            tty,
                         },
                     );
                     return;
@@ -189,14 +192,16 @@ impl ScriptedAgent {
 impl Agent for ScriptedAgent {
     fn on_event(&mut self, server: &mut Server, _now: Instant, event: &ServerEvent) {
         match event {
-            ServerEvent::RunCommand { xid, command, .. } => {
+            ServerEvent::RunCommand {
+                xid, command, tty, ..
+            } => {
                 let text = String::from_utf8_lossy(command).into_owned();
                 let tokens = text
                     .split(';')
                     .filter(|t| !t.is_empty())
                     .map(str::to_string)
                     .collect();
-                self.run_script(server, *xid, tokens);
+                self.run_script(server, *xid, *tty, tokens);
             }
             ServerEvent::Stdin { xid, data } if self.running.get(xid).is_some_and(|r| r.echo) => {
                 let r = server.output(*xid, 1, data.clone());
@@ -204,9 +209,9 @@ impl Agent for ScriptedAgent {
             }
             ServerEvent::StdinEnd { xid } => {
                 if let Some(run) = self.running.get(xid).filter(|r| r.echo) {
-                    let rest = run.rest.clone();
+                    let (rest, tty) = (run.rest.clone(), run.tty);
                     self.running.remove(xid);
-                    self.run_script(server, *xid, rest);
+                    self.run_script(server, *xid, tty, rest);
                 }
             }
             ServerEvent::Interrupt { xid, signal } if server.is_live(*xid) => {
