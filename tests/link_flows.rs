@@ -63,6 +63,8 @@ both_dialects!(
     settle_on_non_monitor_answered_at_once,
     procinfo_on_unknown_xid,
     hello_repeated_answered_again,
+    requests_without_hello_served_with_own_cid,
+    time_passed_backwards_is_clamped,
     chunking_does_not_change_events,
 );
 
@@ -425,6 +427,75 @@ fn hello_repeated_answered_again(dialect: Dialect) {
     }
 }
 
+/// As the C executor: a client that never says hello but uses the connection's cid is
+/// served; `q` carries the cid and any xid.
+fn requests_without_hello_served_with_own_cid(dialect: Dialect) {
+    let now = std::time::Instant::now();
+    let mut server = Server::new(
+        ServerConfig {
+            cid: 2,
+            dialect: Some(dialect),
+            ..ServerConfig::default()
+        },
+        now,
+    );
+    let bytes = [
+        packet(
+            dialect,
+            2,
+            5,
+            Packet::Extract {
+                user: "root".into(),
+                path: "/f".into(),
+            },
+        ),
+        packet(dialect, 2, 777, Packet::Quit),
+    ]
+    .concat();
+    assert_eq!(server.handle_bytes(now, &bytes), Ok(bytes.len()));
+    assert_eq!(
+        std::iter::from_fn(|| server.poll_event()).collect::<Vec<_>>(),
+        vec![
+            ServerEvent::Extract {
+                xid: 5,
+                user: "root".into(),
+                path: "/f".into()
+            },
+            ServerEvent::Quit,
+        ]
+    );
+    server.fail(5, 2).unwrap();
+    let mut out = bytes::BytesMut::new();
+    server.poll_transmit(now, &mut out);
+    assert_eq!(raw_headers(dialect, &out), vec![(b'M', 2, 5, 12)]);
+}
+
+/// A caller passing an earlier instant changes nothing: the machines clamp time.
+fn time_passed_backwards_is_clamped(dialect: Dialect) {
+    let mut p = with_keepalive(dialect, 20, 60);
+    p.run_for(Duration::from_secs(4));
+    p.connect();
+    let client_next = p.client.poll_timeout();
+    let server_next = p.server.poll_timeout();
+    let past = p.epoch;
+    p.client.handle_timeout(past);
+    p.server.handle_timeout(past);
+    let mut out = bytes::BytesMut::new();
+    assert_eq!(p.client.poll_transmit(past, &mut out), 0);
+    assert_eq!(p.server.poll_transmit(past, &mut out), 0);
+    assert_eq!(p.client.poll_timeout(), client_next);
+    assert_eq!(p.server.poll_timeout(), server_next);
+    // A keepalive fired "in the past" still counts from the machine's own now.
+    p.advance(Duration::from_secs(5));
+    p.client.handle_timeout(p.now);
+    p.client.handle_timeout(past);
+    assert_eq!(p.client.poll_transmit(past, &mut out), 8, "one K, once");
+    assert_eq!(
+        p.client.poll_timeout(),
+        Some(p.now + Duration::from_secs(5))
+    );
+}
+
 // ---------------------------------------------------------------- commands
 
 fn concurrent_transactions_interleave(dialect: Dialect) {
@@ -709,6 +780,15 @@ fn stdin_forwarding_with_eof(dialect: Dialect) {
         .skip(1)
         .collect();
     assert_eq!(client_wire, vec![d(0, b"abc"), d(0, b"def"), x(0)]);
+    let raw_eof = raw_headers(dialect, &p.c2s_log)
+        .into_iter()
+        .rfind(|h| h.2 == xid)
+        .unwrap();
+    assert_eq!(
+        raw_eof.0,
+        eof_byte(dialect),
+        "stdin EOF is X in 4.0, E in 3.0"
+    );
     let mut want = vec![
         output(xid, 1, b"abc"),
         output(xid, 1, b"def"),
