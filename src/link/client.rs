@@ -10,9 +10,7 @@ use super::{
     ClientConfig, ClientEvent, Command, LinkError, Outcome, Signal, UsageError, Violation,
     effective_keepalive,
 };
-use crate::wire::{
-    CommandRequest, DEFAULT_MAX_CHUNK, Dialect, Frame, HEADER_LEN, Hello, Packet, Sender, chunks,
-};
+use crate::wire::{CommandRequest, Dialect, Frame, Hello, Packet, Sender, chunks};
 
 /// errno 71: the agent did not understand the request. Terminal whatever the request.
 const EPROTO: u32 = 71;
@@ -177,7 +175,7 @@ impl Client {
             if rest.is_empty() || self.events.len() >= self.config.limits.max_events {
                 return Ok(consumed);
             }
-            consumed = consumed.saturating_add(self.core.feed(rest));
+            consumed = consumed.saturating_add(self.core.feed(rest, true));
         }
     }
 
@@ -475,6 +473,12 @@ impl Client {
 
     fn send(&mut self, xid: u16, packet: Packet) -> Result<(), UsageError> {
         self.check_room()?;
+        self.enqueue(xid, packet)
+    }
+
+    /// Queues a packet, or holds it until the hello reply assigns our cid. No room check:
+    /// callers check once per intent, so an intent is queued whole or not at all.
+    fn enqueue(&mut self, xid: u16, packet: Packet) -> Result<(), UsageError> {
         match self.cid {
             Some(cid) => self.core.queue(cid, xid, &packet)?,
             None => {
@@ -494,14 +498,8 @@ impl Client {
         match self.cid {
             Some(cid) => self.core.queue_data(cid, xid, 0, data)?,
             None => {
-                let max = self
-                    .config
-                    .limits
-                    .max_send_packet
-                    .saturating_sub(HEADER_LEN + 2)
-                    .min(DEFAULT_MAX_CHUNK.max(1));
-                for piece in chunks(data, max) {
-                    self.send(
+                for piece in chunks(data, self.core.max_chunk()) {
+                    self.enqueue(
                         xid,
                         Packet::Data {
                             channel: 0,

@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::{Limits, LinkError, UsageError};
-use crate::wire::{Decoder, Dialect, EncodeError, Frame, HEADER_LEN, Packet, Sender, chunks};
+use crate::wire::{
+    Decoder, Dialect, EncodeError, Frame, HEADER_LEN, Header, Packet, Sender, chunks,
+};
 
-/// Bytes the decoder may hold beyond the packet it is completing; larger pushes are split.
-const RX_WINDOW: usize = 128 * 1024;
+/// Receive buffer allocation granularity: decoded payloads are zero-copy slices of it.
+const RX_ALLOC: usize = 128 * 1024;
 
 /// Counters for observability; never used for decisions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,23 +100,37 @@ impl Core {
         self.last_rx = self.now;
     }
 
-    /// Copies as much of `data` into the decoder as the receive window allows.
-    pub(crate) fn feed(&mut self, data: &[u8]) -> usize {
-        let room = RX_WINDOW
-            .saturating_sub(self.decoder.buffered())
-            .max(self.decoder.bytes_needed());
-        let take = room.min(data.len());
-        if let Some(chunk) = data.get(..take) {
-            let buf = self.decoder.buffer_mut();
-            if buf.capacity() - buf.len() < take {
-                buf.reserve(take.max(RX_WINDOW));
-            }
-            buf.extend_from_slice(chunk);
-            self.stats.bytes_received += take as u64;
-            take
-        } else {
-            0
+    /// Copies into the decoder the bytes that complete the packet at its front: the rest
+    /// of the header, or the rest of the packet once its length is known (a whole packet
+    /// at once when the decoder is empty and `data` starts with a header).
+    ///
+    /// One packet at a time, so that every complete packet is decoded before more input
+    /// is taken: when the event queue fills, the bytes not taken are exactly those
+    /// `handle_bytes` reports as not consumed, and nothing decodable is left waiting in
+    /// the buffer for input that may never come. `header_known` is false while the
+    /// dialect (and so the header layout) is still unknown: then only the first 8 bytes
+    /// are taken.
+    pub(crate) fn feed(&mut self, data: &[u8], header_known: bool) -> usize {
+        let buffered = self.decoder.buffered();
+        let whole = match data.get(..HEADER_LEN) {
+            Some(head) if buffered == 0 && header_known => <&[u8; HEADER_LEN]>::try_from(head)
+                .ok()
+                .map(|head| usize::from(Header::decode(self.dialect, head).len).max(HEADER_LEN)),
+            _ => None,
+        };
+        // Never 0: a call always makes progress.
+        let want = whole.unwrap_or_else(|| self.decoder.bytes_needed()).max(1);
+        let take = want.min(data.len());
+        let Some(chunk) = data.get(..take) else {
+            return 0;
+        };
+        let buf = self.decoder.buffer_mut();
+        if buf.capacity() - buf.len() < take {
+            buf.reserve(take.max(RX_ALLOC));
         }
+        buf.extend_from_slice(chunk);
+        self.stats.bytes_received += take as u64;
+        take
     }
 
     pub(crate) fn transmit_buffered(&self) -> usize {
@@ -142,6 +158,11 @@ impl Core {
     }
 
     /// Encodes channel data as packets of at most `max_send_packet` bytes.
+    /// Largest data payload of one packet this side sends.
+    pub(crate) fn max_chunk(&self) -> usize {
+        self.limits.max_send_packet.saturating_sub(HEADER_LEN + 2)
+    }
+
     pub(crate) fn queue_data(
         &mut self,
         cid: u16,
@@ -149,8 +170,7 @@ impl Core {
         channel: u16,
         data: Bytes,
     ) -> Result<(), EncodeError> {
-        let max_chunk = self.limits.max_send_packet.saturating_sub(HEADER_LEN + 2);
-        for piece in chunks(data, max_chunk) {
+        for piece in chunks(data, self.max_chunk()) {
             self.queue(
                 cid,
                 xid,

@@ -123,8 +123,9 @@ pub enum ServerEvent {
         user: Bytes,
         path: Bytes,
     },
-    /// The client interrupted a transfer; the machine already answered `m`=EINTR.
-    /// Remove the temporary file / stop reading.
+    /// The client interrupted a transfer. Remove the temporary file / stop reading. The
+    /// machine answers `m`=EINTR when this event is polled (after the application's
+    /// answers to earlier events), unless the application ended the transfer first.
     TransferAborted {
         xid: u16,
     },
@@ -139,7 +140,9 @@ pub enum ServerEvent {
         xid: u16,
         seq: u32,
     },
-    /// The client ended the monitor; the machine already answered. Stop the source.
+    /// The client ended the monitor. Stop the source. The machine answers `X`, `M`=0,
+    /// `m`=0 when this event is polled (after the application's answers to earlier
+    /// events, e.g. a pending settle).
     MonitorEnd {
         xid: u16,
     },

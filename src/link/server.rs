@@ -1,6 +1,6 @@
 //! The server (agent) side of a link connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -58,6 +58,9 @@ pub struct Server {
     config: ServerConfig,
     detected: bool,
     transactions: HashMap<u16, Kind>,
+    /// Live transactions the client ended (monitor) or aborted (transfer) whose answer
+    /// waits until the application polls the event: see [`Server::poll_event`].
+    closing: HashSet<u16>,
     events: VecDeque<ServerEvent>,
 }
 
@@ -75,6 +78,7 @@ impl Server {
             detected: config.dialect.is_some(),
             config,
             transactions: HashMap::new(),
+            closing: HashSet::new(),
             events: VecDeque::new(),
         }
     }
@@ -154,7 +158,7 @@ impl Server {
             if rest.is_empty() || self.events.len() >= self.config.limits.max_events {
                 return Ok(consumed);
             }
-            consumed = consumed.saturating_add(self.core.feed(rest));
+            consumed = consumed.saturating_add(self.core.feed(rest, self.detected));
         }
     }
 
@@ -256,7 +260,7 @@ impl Server {
             matches!(k, Kind::Command { .. })
         })?;
         self.send(xid, Packet::Timeout)?;
-        self.transactions.remove(&xid);
+        self.end(xid);
         Ok(())
     }
 
@@ -277,7 +281,7 @@ impl Server {
         for p in packets {
             self.send(xid, p)?;
         }
-        self.transactions.remove(&xid);
+        self.end(xid);
         Ok(())
     }
 
@@ -303,7 +307,7 @@ impl Server {
                     matches!(k, Kind::Inject { ready: true })
                 })?;
                 self.send(xid, Packet::Minor(0))?;
-                self.transactions.remove(&xid);
+                self.end(xid);
                 Ok(())
             }
             Err(errno) => self.fail(xid, errno),
@@ -341,7 +345,7 @@ impl Server {
                 }
                 self.output_end(xid, 0)?;
                 self.send(xid, Packet::Minor(0))?;
-                self.transactions.remove(&xid);
+                self.end(xid);
                 Ok(())
             }
             Err(errno) => self.fail(xid, errno),
@@ -370,8 +374,26 @@ impl Server {
         self.core.poll_transmit(now, buf)
     }
 
+    /// The next event. Polling a [`ServerEvent::MonitorEnd`] or
+    /// [`ServerEvent::TransferAborted`] also sends the machine's terminal answer for it,
+    /// so that it follows the application's answers to the events queued before it.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front()?;
+        match event {
+            ServerEvent::MonitorEnd { xid } => self.close_deferred(
+                xid,
+                &[
+                    Packet::Eof { channel: 0 },
+                    Packet::Major(0),
+                    Packet::Minor(0),
+                ],
+            ),
+            ServerEvent::TransferAborted { xid } => {
+                self.close_deferred(xid, &[Packet::Minor(status::EINTR)])
+            }
+            _ => {}
+        }
+        Some(event)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -409,7 +431,7 @@ impl Server {
         }
         self.send(xid, Packet::Major(major))?;
         self.send(xid, Packet::Minor(minor))?;
-        self.transactions.remove(&xid);
+        self.end(xid);
         Ok(())
     }
 
@@ -424,6 +446,26 @@ impl Server {
     fn die(&mut self, error: LinkError) {
         self.core.error = Some(error);
         self.transactions.clear();
+        self.closing.clear();
+    }
+
+    /// The transaction's terminal packet was sent.
+    fn end(&mut self, xid: u16) {
+        self.transactions.remove(&xid);
+        self.closing.remove(&xid);
+    }
+
+    /// Sends the machine's own terminal answer to a monitor end or a transfer abort, now
+    /// that the application has polled the event for it (and so has already answered
+    /// every earlier event). Nothing if the application ended the transaction itself.
+    fn close_deferred(&mut self, xid: u16, packets: &[Packet]) {
+        if !self.closing.contains(&xid) {
+            return;
+        }
+        for p in packets {
+            let _ = self.send(xid, p.clone());
+        }
+        self.end(xid);
     }
 
     fn violation(&mut self, v: Violation) {
@@ -581,6 +623,11 @@ impl Server {
     }
 
     fn on_live(&mut self, xid: u16, packet: Packet) {
+        if self.closing.contains(&xid) {
+            // The client already ended or aborted it: what follows is late.
+            self.core.stats.unknown_xid_dropped += 1;
+            return;
+        }
         let Some(kind) = self.transactions.get_mut(&xid) else {
             return;
         };
@@ -615,20 +662,14 @@ impl Server {
                 Some(ServerEvent::InjectEnd { xid })
             }
             (Kind::Inject { .. } | Kind::Extract { .. }, Packet::Interrupt { .. }) => {
-                let _ = self.send(xid, Packet::Minor(status::EINTR));
-                self.transactions.remove(&xid);
+                // Answered `m`=EINTR when the application polls the event.
+                self.closing.insert(xid);
                 Some(ServerEvent::TransferAborted { xid })
             }
             (Kind::Monitor, Packet::Settle { seq }) => Some(ServerEvent::Settle { xid, seq }),
             (Kind::Monitor, Packet::Eof { channel: 0 }) => {
-                for p in [
-                    Packet::Eof { channel: 0 },
-                    Packet::Major(0),
-                    Packet::Minor(0),
-                ] {
-                    let _ = self.send(xid, p);
-                }
-                self.transactions.remove(&xid);
+                // Answered `X`, `M`=0, `m`=0 when the application polls the event.
+                self.closing.insert(xid);
                 Some(ServerEvent::MonitorEnd { xid })
             }
             (

@@ -87,3 +87,6 @@ pub fn raw_packet(dialect: Dialect, kind: u8, cid: u16, xid: u16, payload: &[u8]
     p.extend_from_slice(payload);
     p
 }
+
+/// The in-memory client/server harness of the link tests.
+pub mod pair;
