@@ -76,6 +76,8 @@ impl Client {
         });
         // A 4-byte hello always encodes.
         let _ = core.queue(0, 0, &hello);
+        // Until the reply, the handshake timeout bounds the wait (no `K` before a cid).
+        core.set_keepalive(config.handshake_timeout, false);
         Client {
             core,
             config,
@@ -197,6 +199,7 @@ impl Client {
                     let _ = self.core.queue(cid, 0, &Packet::Keepalive);
                 }
             }
+            Timeout::Dead(k) if self.cid.is_none() => self.fail(LinkError::HandshakeTimeout(k)),
             Timeout::Dead(k) => {
                 self.events.push_back(ClientEvent::LinkDead);
                 self.fail(LinkError::KeepaliveExpired(k));

@@ -53,6 +53,9 @@ pub struct ClientConfig {
     pub dialect: Dialect,
     /// Requested keepalive in seconds (0 = off, 0xFFFF = the server's default).
     pub keepalive: u16,
+    /// How long to wait for the server's hello reply (`None` = forever, e.g. for a serial
+    /// line whose agent may start later).
+    pub handshake_timeout: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -61,6 +64,7 @@ impl Default for ClientConfig {
         ClientConfig {
             dialect: Dialect::V4,
             keepalive: KEEPALIVE_SERVER_DEFAULT,
+            handshake_timeout: Some(Duration::from_secs(60)),
             limits: Limits::default(),
         }
     }

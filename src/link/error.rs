@@ -19,6 +19,9 @@ pub enum LinkError {
     /// The first packet from the server was not a hello.
     #[error("handshake failed: expected a hello from the server, got a {0} packet")]
     Handshake(&'static str),
+    /// The server did not answer the hello in time.
+    #[error("no hello reply from the server within {0:?}")]
+    HandshakeTimeout(Duration),
     /// Nothing arrived from the peer within the negotiated keepalive interval.
     #[error("link dead: nothing received for {0:?} (keepalive expired)")]
     KeepaliveExpired(Duration),

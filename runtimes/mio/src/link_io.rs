@@ -13,6 +13,10 @@ use crate::Machine;
 
 /// Size of the reused receive buffer.
 const READ_BUF: usize = 256 * 1024;
+/// Bytes taken from the machine but not yet written before we stop taking more. Keeping
+/// the rest in the machine is what makes its `can_send()` (and so the application's
+/// backpressure, e.g. the agent pausing a child's output) reflect a slow peer.
+const TX_HIGH_WATER: usize = 256 * 1024;
 
 /// Why a connection stopped.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +156,19 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
 
     /// Collects what the machine wants to send and writes as much as the transport takes.
     pub fn pump_write(&mut self, now: Instant) -> Result<(), LinkIoError> {
-        self.machine.poll_transmit(now, &mut self.tx);
+        loop {
+            if self.tx.len() < TX_HIGH_WATER {
+                self.machine.poll_transmit(now, &mut self.tx);
+            }
+            if self.tx.is_empty() || !self.writable {
+                return Ok(());
+            }
+            self.write_some()?;
+        }
+    }
+
+    /// Writes from `tx` until it is empty or the transport would block.
+    fn write_some(&mut self) -> Result<(), LinkIoError> {
         while !self.tx.is_empty() && self.writable {
             match self.io.write(&self.tx) {
                 Ok(0) => {

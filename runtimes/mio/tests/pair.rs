@@ -233,3 +233,59 @@ fn disconnect_mid_command_fails_the_transaction_not_hangs() {
     );
     peer.join().unwrap();
 }
+
+#[test]
+fn a_peer_that_does_not_read_pushes_back_into_the_machine() {
+    use std::os::fd::AsRawFd;
+    let (a, _b) = UnixStream::pair().unwrap();
+    // Small socket buffers so the stall shows quickly.
+    let size: libc::c_int = 64 * 1024;
+    // SAFETY: valid fd and option value for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            a.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    a.set_nonblocking(true).unwrap();
+    let mut server = Server::new(
+        ServerConfig {
+            dialect: Some(Dialect::V4),
+            ..ServerConfig::default()
+        },
+        Instant::now(),
+    );
+    let cmd = Packet::Command(tuppence::wire::CommandRequest {
+        user: "root".into(),
+        command: "yes".into(),
+        timeout: 0,
+        request_tty: 0,
+        reserved: [0, 0],
+        env: vec![],
+    });
+    let bytes = cmd.to_bytes(Dialect::V4, 1, 1).unwrap();
+    server.handle_bytes(Instant::now(), &bytes).unwrap();
+    while server.poll_event().is_some() {}
+    let mut link = LinkIo::new(a, server);
+    // Produce output as long as the machine says it can take more, like the agent does.
+    let chunk = Bytes::from(vec![b'y'; 64 * 1024]);
+    let mut produced = 0usize;
+    for _ in 0..1000 {
+        if !link.machine().can_send() {
+            break;
+        }
+        link.machine_mut().output(1, 1, chunk.clone()).unwrap();
+        produced += chunk.len();
+        link.pump_write(Instant::now()).unwrap();
+    }
+    assert!(!link.machine().can_send(), "the machine never pushed back");
+    // Memory stays bounded: the machine's limit, one chunk over it, and the high-water mark.
+    assert!(
+        produced < 4 << 20,
+        "produced {produced} bytes for a peer that reads nothing"
+    );
+    assert!(link.unwritten() <= 512 * 1024, "{}", link.unwritten());
+}
