@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::core::{Core, Stats, Timeout};
+use super::core::{self, Core, Input, Stats, Timeout};
 use super::{
     ClientConfig, ClientEvent, Command, LinkError, Outcome, Signal, UsageError, Violation,
     effective_keepalive,
@@ -150,35 +150,7 @@ impl Client {
     /// Feeds bytes read from the transport. Returns how many were consumed: fewer than
     /// given when the event queue is full (drain `poll_event`, then offer the rest again).
     pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
-        if let Some(e) = &self.core.error {
-            return Err(e.clone());
-        }
-        self.core.tick(now);
-        let mut consumed = 0usize;
-        loop {
-            while self.events.len() < self.config.limits.max_events {
-                match self.core.next_frame() {
-                    Ok(Some(frame)) => self.on_frame(frame),
-                    Ok(None) => break,
-                    Err(e) if e.is_fatal() => {
-                        self.fail(LinkError::Framing(e));
-                        break;
-                    }
-                    Err(e) => self.violation(Violation::Decode(e)),
-                }
-                if self.core.error.is_some() {
-                    break;
-                }
-            }
-            if let Some(e) = &self.core.error {
-                return Err(e.clone());
-            }
-            let rest = data.get(consumed..).unwrap_or_default();
-            if rest.is_empty() || self.events.len() >= self.config.limits.max_events {
-                return Ok(consumed);
-            }
-            consumed = consumed.saturating_add(self.core.feed(rest, true));
-        }
+        core::handle_bytes(self, now, data)
     }
 
     /// The transport reached end of stream.
@@ -663,6 +635,24 @@ impl Client {
                 self.unexpected(xid, &packet, "not valid for this transaction now");
             }
         }
+    }
+}
+
+impl Input for Client {
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+    fn has_room(&self) -> bool {
+        self.events.len() < self.config.limits.max_events
+    }
+    fn on_frame(&mut self, frame: Frame) {
+        Client::on_frame(self, frame)
+    }
+    fn on_bad_packet(&mut self, error: crate::wire::DecodeError) {
+        self.violation(Violation::Decode(error))
+    }
+    fn on_fatal(&mut self, error: LinkError) {
+        self.fail(error)
     }
 }
 

@@ -246,3 +246,54 @@ impl Core {
         r
     }
 }
+
+/// What the shared input loop needs from a role (client or server).
+pub(crate) trait Input {
+    fn core(&mut self) -> &mut Core;
+    /// Whether the event queue can take more.
+    fn has_room(&self) -> bool;
+    /// Called before decoding; returns whether the dialect (and so the header layout) is
+    /// known. The server detects it here from the first bytes.
+    fn prepare(&mut self) -> bool {
+        true
+    }
+    fn on_frame(&mut self, frame: Frame);
+    /// A packet that did not decode; the stream continues.
+    fn on_bad_packet(&mut self, error: crate::wire::DecodeError);
+    /// The stream cannot continue.
+    fn on_fatal(&mut self, error: LinkError);
+}
+
+/// The input loop of both machines: decode what is buffered while the event queue has
+/// room, then take more bytes (one packet at a time, so what is consumed is exactly what
+/// was decoded or is needed to complete the next packet).
+pub(crate) fn handle_bytes<M: Input>(
+    m: &mut M,
+    now: Instant,
+    data: &[u8],
+) -> Result<usize, LinkError> {
+    if let Some(e) = &m.core().error {
+        return Err(e.clone());
+    }
+    m.core().tick(now);
+    let mut consumed = 0usize;
+    loop {
+        let header_known = m.prepare();
+        while header_known && m.has_room() && m.core().error.is_none() {
+            match m.core().next_frame() {
+                Ok(Some(frame)) => m.on_frame(frame),
+                Ok(None) => break,
+                Err(e) if e.is_fatal() => m.on_fatal(LinkError::Framing(e)),
+                Err(e) => m.on_bad_packet(e),
+            }
+        }
+        if let Some(e) = &m.core().error {
+            return Err(e.clone());
+        }
+        let rest = data.get(consumed..).unwrap_or_default();
+        if rest.is_empty() || !m.has_room() {
+            return Ok(consumed);
+        }
+        consumed = consumed.saturating_add(m.core().feed(rest, header_known));
+    }
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::core::{Core, Stats, Timeout};
+use super::core::{self, Core, Input, Stats, Timeout};
 use super::{
     LinkError, ServerConfig, ServerEvent, UsageError, Violation, effective_keepalive,
     negotiate_keepalive,
@@ -128,38 +128,7 @@ impl Server {
     /// Feeds bytes read from the transport; returns how many were consumed (fewer when
     /// the event queue is full).
     pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
-        if let Some(e) = &self.core.error {
-            return Err(e.clone());
-        }
-        self.core.tick(now);
-        let mut consumed = 0usize;
-        loop {
-            if !self.detected
-                && let Some(d) = detect_dialect(self.core.decoder.peek())
-            {
-                self.core.set_dialect(d);
-                self.detected = true;
-            }
-            while self.detected && self.events.len() < self.config.limits.max_events {
-                match self.core.next_frame() {
-                    Ok(Some(frame)) => self.on_frame(frame),
-                    Ok(None) => break,
-                    Err(e) if e.is_fatal() => {
-                        self.die(LinkError::Framing(e));
-                        break;
-                    }
-                    Err(e) => self.on_decode_error(e),
-                }
-            }
-            if let Some(e) = &self.core.error {
-                return Err(e.clone());
-            }
-            let rest = data.get(consumed..).unwrap_or_default();
-            if rest.is_empty() || self.events.len() >= self.config.limits.max_events {
-                return Ok(consumed);
-            }
-            consumed = consumed.saturating_add(self.core.feed(rest, self.detected));
-        }
+        core::handle_bytes(self, now, data)
     }
 
     /// The transport reached end of stream (the client went away).
@@ -691,6 +660,34 @@ impl Server {
         if let Some(e) = event {
             self.events.push_back(e);
         }
+    }
+}
+
+impl Input for Server {
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+    fn has_room(&self) -> bool {
+        self.events.len() < self.config.limits.max_events
+    }
+    /// Detects the dialect from the client's first 8 bytes.
+    fn prepare(&mut self) -> bool {
+        if !self.detected
+            && let Some(d) = detect_dialect(self.core.decoder.peek())
+        {
+            self.core.set_dialect(d);
+            self.detected = true;
+        }
+        self.detected
+    }
+    fn on_frame(&mut self, frame: Frame) {
+        Server::on_frame(self, frame)
+    }
+    fn on_bad_packet(&mut self, error: DecodeError) {
+        self.on_decode_error(error)
+    }
+    fn on_fatal(&mut self, error: LinkError) {
+        self.die(error)
     }
 }
 
