@@ -171,11 +171,17 @@ impl Agent {
             for id in self.driver.ids() {
                 self.handle_events(id, now);
             }
+            // Records pushed from here on (a command's end, a disconnect) may be after the
+            // `agent` monitors were served in this turn: serve them again without waiting.
+            let trail_mark = self.trail.end_seq();
             for id in self.driver.ids() {
                 self.pump(id, now);
             }
             self.driver.flush();
             self.reap_failed(now);
+            if self.trail.end_seq() != trail_mark {
+                self.busy = true;
+            }
             let end = if self.quit {
                 Some(RunEnd::Quit)
             } else if self.stop.load(Ordering::SeqCst) {
