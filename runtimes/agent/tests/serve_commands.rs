@@ -259,10 +259,15 @@ fn interrupt_int_term_kill() {
 fn tty_mode_interrupt_reaches_the_command() {
     let agent = TestAgent::start();
     let s = agent.session();
-    let script = "trap 'echo caught; exit 7' INT; tty; echo ready; sleep 100";
+    // A loop of short sleeps: whenever SIGINT lands (in a sleep or between two), the trap
+    // runs at once. (With one long foreground sleep, a signal landing just before the fork
+    // would leave the trap pending until the sleep ends.)
+    let script = "trap 'echo caught; exit 7' INT; tty; echo ready; while :; do sleep 0.1; done";
 
     // `I INT` from the client.
-    let mut run = s.run(Command::new(script).tty(true)).unwrap();
+    let mut run = s
+        .run(Command::new(script).tty(true).timeout(PATIENCE))
+        .unwrap();
     let mut seen = read_until(&mut run, b"ready");
     assert!(seen.starts_with(b"/dev/pts/"), "{}", text(&seen));
     run.interrupt(Signal::INT).unwrap();
@@ -274,7 +279,9 @@ fn tty_mode_interrupt_reaches_the_command() {
 
     // ^C typed on the terminal: the pty is the controlling terminal, so the line
     // discipline turns it into SIGINT for the foreground group.
-    let mut run = s.run(Command::new(script).tty(true)).unwrap();
+    let mut run = s
+        .run(Command::new(script).tty(true).timeout(PATIENCE))
+        .unwrap();
     let mut seen = read_until(&mut run, b"ready");
     run.write_stdin(b"\x03").unwrap();
     let out = run.collect().unwrap();
@@ -326,14 +333,18 @@ fn procinfo_of_a_running_sleep() {
     let mut run = s.run(Command::new("echo $$; exec sleep 100")).unwrap();
     let pid = first_line_pid(&read_until(&mut run, b"\n"));
     let mask = (1u32 << field::PID) | (1 << field::STATE) | (1 << field::COMM);
-    // The shell execs sleep right after the echo: ask until it has.
+    // The shell execs sleep right after the echo, and sleep then goes to sleep: ask until
+    // both have happened.
     let mut fields = Vec::new();
     assert!(
         eventually(PATIENCE, || {
             fields = run.procinfo(mask).unwrap();
-            fields
-                .iter()
-                .any(|f| f.kind == field::COMM && f.value.as_ref() == b"sleep")
+            let has = |kind, value: &[u8]| {
+                fields
+                    .iter()
+                    .any(|f| f.kind == kind && f.value.as_ref() == value)
+            };
+            has(field::COMM, b"sleep") && has(field::STATE, b"S")
         }),
         "{fields:?}"
     );

@@ -28,7 +28,9 @@ use tuppence_transport::{Listener, Transport, TransportKind};
 
 use crate::fdio::{self, ReadOutcome};
 use crate::sources::{AUDIT_CAPACITY, AuditEvent, AuditTrail, CommandEnd, open_source};
-use crate::spawn::{ExitStatus, SpawnSpec, signal_from_name, spawn_command, tty_eof_sequence};
+use crate::spawn::{
+    Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command, tty_eof_sequence,
+};
 use crate::{ExtractFile, InjectFile, read_procinfo, status};
 use tx::{CommandTx, MonitorTx, OutPipe, Tx};
 
@@ -68,6 +70,8 @@ enum Owner {
     Out(ConnId, u16, usize),
     Stdin(ConnId, u16),
     Source(ConnId, u16),
+    /// The pidfd of a command killed because its transaction was dropped (see `dying`).
+    Dying,
 }
 
 struct ListenerSlot {
@@ -91,6 +95,9 @@ pub struct Agent {
     listeners: Vec<ListenerSlot>,
     conns: HashMap<ConnId, Conn>,
     owners: HashMap<ExtraId, Owner>,
+    /// Commands killed when their connection went away (or was dropped), reaped as soon as
+    /// their pidfd says they are gone, so no zombie is left behind.
+    dying: HashMap<ExtraId, Child>,
     trail: AuditTrail,
     next_cid: u16,
     quit: bool,
@@ -108,6 +115,7 @@ impl Agent {
             listeners: Vec::new(),
             conns: HashMap::new(),
             owners: HashMap::new(),
+            dying: HashMap::new(),
             trail: AuditTrail::new(AUDIT_CAPACITY),
             next_cid: 1,
             quit: false,
@@ -281,7 +289,10 @@ impl Agent {
             };
             match slot.listener.accept() {
                 Ok((transport, peer)) => {
-                    if self.conns.len() >= self.config.max_clients {
+                    // Connections that ended in this turn (and are cleaned up at its end)
+                    // no longer count: a client may leave and another arrive at once.
+                    let live = self.conns.len().saturating_sub(self.driver.failed().len());
+                    if live >= self.config.max_clients {
                         warn!(%peer, max = self.config.max_clients, "too many clients; connection closed");
                         continue;
                     }
@@ -376,7 +387,7 @@ impl Agent {
         match tx {
             Tx::Command(mut c) => {
                 let _ = c.child.kill_group(libc::SIGKILL);
-                for extra in [c.exit_extra.take(), c.stdin_extra.take()]
+                for extra in [c.stdin_extra.take()]
                     .into_iter()
                     .flatten()
                     .chain(c.out.iter_mut().filter_map(|o| o.take().map(|o| o.extra)))
@@ -384,7 +395,30 @@ impl Agent {
                     self.driver.remove_extra(extra);
                     self.owners.remove(&extra);
                 }
-                // Dropping the child reaps it (now or at the next spawn).
+                let CommandTx {
+                    mut child,
+                    exit_extra,
+                    ..
+                } = *c;
+                child.close_stdin();
+                child.close_stdout();
+                child.close_stderr();
+                drop(child.take_pty());
+                match exit_extra {
+                    // Not reaped yet: keep watching the pidfd and reap it when it fires.
+                    Some(extra) if matches!(child.try_wait(), Ok(None)) => {
+                        self.owners.insert(extra, Owner::Dying);
+                        self.dying.insert(extra, child);
+                    }
+                    other => {
+                        if let Some(extra) = other {
+                            self.driver.remove_extra(extra);
+                            self.owners.remove(&extra);
+                        }
+                        // Reaped (or unwatchable: then its drop parks it for later).
+                        drop(child);
+                    }
+                }
             }
             Tx::Monitor(m) => {
                 if let Some(extra) = m.extra {
@@ -406,6 +440,24 @@ impl Agent {
             if let Some(mut link) = self.driver.remove(id) {
                 let _ = link.flush_blocking(Instant::now(), Duration::from_secs(1));
             }
+        }
+        // SIGKILL takes a moment: reap the killed commands rather than leave zombies.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.dying.is_empty() && Instant::now() < deadline {
+            let Ok(ready) = self.driver.wait(Some(deadline)) else {
+                break;
+            };
+            for r in ready {
+                if matches!(self.owners.get(&r.id), Some(Owner::Dying)) {
+                    self.on_ready(r, Instant::now());
+                }
+            }
+        }
+        // Whatever is still dying is left to `Child`'s drop (reaped at a later spawn).
+        for (extra, child) in std::mem::take(&mut self.dying) {
+            self.driver.remove_extra(extra);
+            self.owners.remove(&extra);
+            drop(child);
         }
     }
 
@@ -454,6 +506,17 @@ impl Agent {
             Owner::Source(id, xid) => {
                 if let Some(Tx::Monitor(m)) = self.tx_mut(id, xid) {
                     m.readable = true;
+                }
+            }
+            Owner::Dying => {
+                let reaped = self
+                    .dying
+                    .get_mut(&r.id)
+                    .is_none_or(|child| !matches!(child.try_wait(), Ok(None)));
+                if reaped {
+                    self.driver.remove_extra(r.id);
+                    self.owners.remove(&r.id);
+                    self.dying.remove(&r.id);
                 }
             }
         }
