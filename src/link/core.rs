@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Limits, LinkError, UsageError};
 use crate::wire::{Decoder, Dialect, EncodeError, Frame, HEADER_LEN, Packet, Sender, chunks};
 
-/// Bytes the decoder may hold beyond the packet it is completing; larger pushes are split.
+/// Capacity the decoder's buffer grows by at a time (packets are fed one by one into it).
 const RX_WINDOW: usize = 128 * 1024;
 
 /// Counters for observability; never used for decisions.
@@ -98,11 +98,15 @@ impl Core {
         self.last_rx = self.now;
     }
 
-    /// Copies as much of `data` into the decoder as the receive window allows.
+    /// Copies into the decoder what it needs to complete its current packet, and no more.
+    ///
+    /// Taking more could leave whole packets in the decoder when the caller stops decoding
+    /// because its event queue is full; `handle_bytes` would still count them as consumed,
+    /// so an I/O loop would see nothing left to feed and those packets would wait for the
+    /// peer's next bytes (with keepalives off: forever). Bytes not taken stay with the
+    /// caller, who offers them again once the events are drained.
     pub(crate) fn feed(&mut self, data: &[u8]) -> usize {
-        let room = RX_WINDOW
-            .saturating_sub(self.decoder.buffered())
-            .max(self.decoder.bytes_needed());
+        let room = self.decoder.bytes_needed().max(1);
         let take = room.min(data.len());
         if let Some(chunk) = data.get(..take) {
             let buf = self.decoder.buffer_mut();

@@ -277,3 +277,39 @@ fn stop_handle_stops_and_kills_children() {
     }
     assert!(eventually(Duration::from_secs(1), || dead(grandchild)));
 }
+
+#[test]
+fn a_burst_of_many_small_packets_is_served_without_waiting_for_more_input() {
+    // More packets in one write than the machine queues events for at once: the rest must
+    // be decoded in the next turns, not when the client happens to send something again
+    // (this client sends nothing more and has keepalives off).
+    let agent = TestAgent::start();
+    let mut raw = Raw::connect(&agent.sock);
+    let cid = raw.hello();
+    raw.send_packet(1, &command("cat"));
+    const N: usize = 3000;
+    let mut burst = Vec::new();
+    for i in 0..N {
+        burst.extend_from_slice(&raw_packet(b'D', cid, 1, &[0, 0, b'a' + (i % 26) as u8]));
+    }
+    burst.extend_from_slice(&raw_packet(b'X', cid, 1, &[0, 0]));
+    raw.send(&burst);
+    let mut echoed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let frame = raw
+            .next_frame(left)
+            .unwrap_or_else(|| panic!("stalled after {} of {N} bytes", echoed.len()));
+        match frame.packet {
+            Packet::Data { channel: 1, data } => echoed.extend_from_slice(&data),
+            Packet::Minor(code) => {
+                assert_eq!(code, 0);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let expected: Vec<u8> = (0..N).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(echoed, expected);
+}
