@@ -12,7 +12,7 @@ mod tx;
 
 pub use config::AgentConfig;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,6 +105,8 @@ pub struct Agent {
     buf: BytesMut,
     /// Something can progress without a new readiness event: poll without waiting.
     busy: bool,
+    /// Connections whose output stopped in this turn because their link was full.
+    link_full: HashSet<ConnId>,
 }
 
 impl Agent {
@@ -122,6 +124,7 @@ impl Agent {
             stop: Arc::new(AtomicBool::new(false)),
             buf: BytesMut::with_capacity(CHUNK),
             busy: false,
+            link_full: HashSet::new(),
         })
     }
 
@@ -182,12 +185,19 @@ impl Agent {
             // Records pushed from here on (a command's end, a disconnect) may be after the
             // `agent` monitors were served in this turn: serve them again without waiting.
             let trail_mark = self.trail.end_seq();
+            self.link_full.clear();
             for id in self.driver.ids() {
                 self.pump(id, now);
             }
             self.driver.flush();
             self.reap_failed(now);
             if self.trail.end_seq() != trail_mark {
+                self.busy = true;
+            }
+            // Output held back for a full link can go on if the flush made room (otherwise
+            // the link's next writable event brings the loop back here).
+            let full: Vec<ConnId> = self.link_full.drain().collect();
+            if full.into_iter().any(|id| self.link_has_room(id)) {
                 self.busy = true;
             }
             let end = if self.quit {
@@ -250,6 +260,7 @@ impl Agent {
                 limits: Limits {
                     max_transactions: self.config.max_transactions,
                     max_transmit_buffer: self.config.transmit_limit,
+                    max_events: self.max_events(),
                     ..Limits::default()
                 },
             },
@@ -270,6 +281,15 @@ impl Agent {
             },
         );
         Ok(id)
+    }
+
+    /// Events a connection's machine may queue before it stops consuming input. The loop
+    /// can only pause reading a link between turns, and everything read in one turn becomes
+    /// events first: with the machine's default (1024 events of up to 64 KiB) one turn
+    /// could queue 32 MiB or more of stdin. This keeps a turn's intake near `stdin_limit`.
+    fn max_events(&self) -> usize {
+        let defaults = Limits::default();
+        (self.config.stdin_limit / defaults.max_receive_packet).clamp(16, defaults.max_events)
     }
 
     fn allocate_cid(&mut self) -> u16 {
@@ -561,6 +581,20 @@ impl Agent {
 
     fn server(&mut self, id: ConnId) -> Option<&mut Server> {
         self.driver.get_mut(id).map(|l| l.machine_mut())
+    }
+
+    /// Whether more output may be queued for the connection: what its machine holds plus
+    /// what the transport has not taken yet stays within `transmit_limit`. (The machine
+    /// alone is not enough: every flush moves its queue into the link's write buffer.)
+    /// A connection found full is remembered, to be pumped again once it has drained.
+    fn link_has_room(&mut self, id: ConnId) -> bool {
+        let room = self.driver.get(id).is_some_and(|l| {
+            l.unwritten() + l.machine().transmit_buffered() <= self.config.transmit_limit
+        });
+        if !room {
+            self.link_full.insert(id);
+        }
+        room
     }
 
     fn user_allowed(&self, user: &[u8]) -> bool {
@@ -981,8 +1015,7 @@ impl Agent {
                 if !p.readable {
                     break;
                 }
-                let can_send = self.server(id).is_some_and(|s| s.can_send());
-                if !can_send {
+                if !self.link_has_room(id) {
                     break;
                 }
                 let fd = match (c.tty, slot) {
@@ -1023,7 +1056,7 @@ impl Agent {
                 .get(slot)
                 .and_then(Option::as_ref)
                 .is_some_and(|p| p.readable)
-                && self.server(id).is_some_and(|s| s.can_send())
+                && self.link_has_room(id)
             {
                 self.busy = true;
             }
@@ -1129,7 +1162,7 @@ impl Agent {
     /// One chunk per call: many transfers on one link take turns.
     fn pump_extract(&mut self, id: ConnId, xid: u16) {
         {
-            if !self.server(id).is_some_and(|s| s.can_send()) {
+            if !self.link_has_room(id) {
                 return;
             }
             let Some(Tx::Extract(file, _)) =
@@ -1182,10 +1215,10 @@ impl Agent {
         loop {
             // First what was read but not yet sent.
             while let Some(line) = m.stash.front() {
-                let Some(server) = self.server(id) else { break };
-                if !server.can_send() {
+                if !self.link_has_room(id) {
                     break;
                 }
+                let Some(server) = self.server(id) else { break };
                 let _ = server.output(xid, 0, line.clone());
                 m.stash.pop_front();
             }
@@ -1216,7 +1249,7 @@ impl Agent {
                     let _ = server.settled(xid, seq);
                 }
             }
-        } else if self.server(id).is_some_and(|s| s.can_send()) {
+        } else if self.link_has_room(id) {
             self.busy = true;
         }
         if due {

@@ -164,26 +164,34 @@ impl Drop for TestAgent {
 pub struct Raw {
     pub stream: UnixStream,
     dec: Decoder,
+    dialect: Dialect,
     pub cid: u16,
 }
 
 impl Raw {
     pub fn connect(sock: &Path) -> Raw {
+        Raw::connect_as(sock, Dialect::V4)
+    }
+
+    pub fn connect_as(sock: &Path, dialect: Dialect) -> Raw {
         let stream = UnixStream::connect(sock).unwrap();
         Raw {
             stream,
-            dec: Decoder::new(Dialect::V4, Sender::Server),
+            dec: Decoder::new(dialect, Sender::Server),
+            dialect,
             cid: 0,
         }
     }
 
-    /// Sends a 4.0 hello (keepalive off) and reads the reply; remembers the cid.
+    /// Sends a hello in the connection's dialect (keepalive off) and reads the reply;
+    /// remembers the cid.
     pub fn hello(&mut self) -> u16 {
+        let (major, minor) = self.dialect.version();
         self.send_packet(
             0,
             &Packet::Hello(Hello {
-                major: 4,
-                minor: 0,
+                major,
+                minor,
                 keepalive: 0,
             }),
         );
@@ -198,7 +206,7 @@ impl Raw {
     }
 
     pub fn send_packet(&mut self, xid: u16, packet: &Packet) {
-        let bytes = packet.to_bytes(Dialect::V4, self.cid, xid).unwrap();
+        let bytes = packet.to_bytes(self.dialect, self.cid, xid).unwrap();
         self.send(&bytes);
     }
 
