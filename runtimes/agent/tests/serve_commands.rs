@@ -249,10 +249,15 @@ fn interrupt_int_term_kill() {
             proc_state(pid)
         );
     }
-    // Signal names with SIG prefix and numbers work too.
-    let run = s.run(Command::new("exec sleep 100")).unwrap();
+    // Signal names with the SIG prefix and numbers work too; an unknown name is ignored.
+    let mut run = s.run(Command::new("echo go; exec sleep 100")).unwrap();
+    read_until(&mut run, b"go\n");
+    run.interrupt(Signal::named("NOSUCHSIGNAL")).unwrap();
     run.interrupt(Signal::named("SIGHUP")).unwrap();
     assert_eq!(run.collect().unwrap().outcome, Outcome::Signaled(1));
+    let run = s.run(Command::new("exec sleep 100")).unwrap();
+    run.interrupt(Signal::named("10")).unwrap();
+    assert_eq!(run.collect().unwrap().outcome, Outcome::Signaled(10));
 }
 
 #[test]

@@ -308,3 +308,52 @@ fn extract_byte_exact_and_failures() {
         assert_eq!(remote_errno(&e), Some(13), "{e}");
     }
 }
+
+#[test]
+fn interrupting_an_extract_ends_it_with_eintr() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let files = TempDir::new("extract-int");
+    let path = files.join("big.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut raw = Raw::connect(&agent.sock);
+    raw.hello();
+    raw.send_packet(
+        1,
+        &Packet::Extract {
+            user: Bytes::from_static(b"root"),
+            path: Bytes::from(path.to_str().unwrap().to_owned()),
+        },
+    );
+    // Wait for data to flow, then interrupt.
+    let first = raw.frames_until(1, |p| matches!(p, Packet::Data { .. }));
+    assert_eq!(first[0], Packet::Major(0));
+    raw.send_packet(
+        1,
+        &Packet::Interrupt {
+            signal: Bytes::new(),
+        },
+    );
+    let rest = raw.frames_until(1, |p| matches!(p, Packet::Minor(_) | Packet::Major(_)));
+    assert_eq!(rest.last(), Some(&Packet::Minor(4)), "{:?}", rest.last());
+    let data: usize = rest
+        .iter()
+        .map(|p| match p {
+            Packet::Data { data, .. } => data.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(data < 64 << 20, "the whole file was sent anyway");
+    // The connection goes on.
+    raw.send_packet(
+        2,
+        &Packet::Extract {
+            user: Bytes::from_static(b"root"),
+            path: Bytes::from_static(b"/nonexistent"),
+        },
+    );
+    assert_eq!(raw.frames_until(2, |_| true), vec![Packet::Major(2)]);
+}

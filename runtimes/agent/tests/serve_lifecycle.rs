@@ -313,3 +313,55 @@ fn a_burst_of_many_small_packets_is_served_without_waiting_for_more_input() {
     let expected: Vec<u8> = (0..N).map(|i| b'a' + (i % 26) as u8).collect();
     assert_eq!(echoed, expected);
 }
+
+#[test]
+fn embedded_connection_and_exit_when_idle() {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut agent = tuppence_agent::serve::Agent::new(AgentConfig {
+        exit_when_idle: true,
+        ..quiet_config()
+    })
+    .unwrap();
+    agent
+        .add_connection(tuppence_transport::Transport::Unix(theirs), "pair")
+        .unwrap();
+    let handle = std::thread::spawn(move || agent.run());
+    let keep = ours.try_clone().unwrap();
+    let s = Session::new(ours, ClientConfig::default(), PATIENCE).unwrap();
+    assert_eq!(
+        s.output(Command::new("echo pair")).unwrap().stdout,
+        b"pair\n"
+    );
+    let mut run = s.run(Command::new("echo $$; exec sleep 100")).unwrap();
+    let pid = printed_pid(&mut run);
+    keep.shutdown(Shutdown::Both).unwrap();
+    assert!(eventually(PATIENCE, || handle.is_finished()));
+    assert_eq!(handle.join().unwrap().unwrap(), RunEnd::Idle);
+    assert!(
+        eventually(Duration::from_secs(1), || gone(pid)),
+        "{:?}",
+        proc_state(pid)
+    );
+}
+
+#[test]
+fn many_clients_at_once() {
+    let agent = TestAgent::start();
+    std::thread::scope(|sc| {
+        for t in 0..12 {
+            let agent = &agent;
+            sc.spawn(move || {
+                let s = agent.session();
+                for i in 0..5 {
+                    let run = s.run(Command::new("cat; echo \" $$\" >&2")).unwrap();
+                    let line = format!("client {t} command {i}\n").repeat(1000);
+                    run.write_stdin(line.as_bytes()).unwrap();
+                    run.close_stdin().unwrap();
+                    let out = run.collect().unwrap();
+                    assert_eq!(out.outcome, Outcome::Exited(0));
+                    assert!(out.stdout == line.as_bytes(), "client {t} command {i}");
+                }
+            });
+        }
+    });
+}

@@ -150,3 +150,33 @@ fn unknown_source_is_enoent() {
         Some(MonitorEvent::Finished(Outcome::Failed { errno: 21 }))
     );
 }
+
+#[test]
+fn agent_trail_records_transfers() {
+    let agent = TestAgent::start();
+    let watcher = agent.session();
+    let mut m = watcher.monitor("agent").unwrap();
+    let worker = agent.session();
+    let cid = worker.info().cid;
+    let dir = TempDir::new("trail-files");
+    let path = dir.join_str("f.txt");
+    worker
+        .inject("root", &path, 0o640, &b"12345"[..], |_| {})
+        .unwrap();
+    worker.extract("root", &path, Vec::new(), |_| {}).unwrap();
+    let missing = dir.join_str("missing");
+    assert!(
+        worker
+            .extract("root", &missing, Vec::new(), |_| {})
+            .is_err()
+    );
+    let text = settle(&mut m, 1);
+    let expect = [
+        format!("cid={cid} xid=1 inject user=\"root\" path=\"{path}\" mode=0640 bytes=5 status=0"),
+        format!("cid={cid} xid=2 extract user=\"root\" path=\"{path}\" bytes=5 status=0"),
+        format!("cid={cid} xid=3 extract user=\"root\" path=\"{missing}\" bytes=0 status=2"),
+    ];
+    for line in expect {
+        assert!(text.contains(&line), "no {line:?} in {text:?}");
+    }
+}

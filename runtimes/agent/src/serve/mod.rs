@@ -695,12 +695,13 @@ impl Agent {
             ServerEvent::InjectEnd { xid } => {
                 if let Some(Tx::Inject(file, user)) = self.take_tx(id, xid) {
                     let path = file.path().as_os_str().as_encoded_bytes().to_vec();
+                    let mode = file.mode();
                     let result = file.finish().map_err(|e| e.errno());
                     let (bytes, errno) = match result {
                         Ok(n) => (n, 0),
                         Err(e) => (0, e),
                     };
-                    self.audit_inject(cid, xid, &user, &path, 0, bytes, errno);
+                    self.audit_inject(cid, xid, &user, &path, mode, bytes, errno);
                     if let Some(server) = self.server(id) {
                         let _ = server.inject_done(xid, result.map(|_| ()));
                     }
