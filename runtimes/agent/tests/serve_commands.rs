@@ -111,6 +111,26 @@ fn runs_as_another_user() {
 }
 
 #[test]
+fn commands_inherit_no_agent_fds() {
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let _other = agent.session();
+    // Another command is running, so the agent holds pipes, a pidfd and sockets.
+    let busy = s.run(Command::new("exec sleep 100")).unwrap();
+    // `ls` lists the fds of the shell, which waits for it holding only its own.
+    let out = s.output(Command::new("ls /proc/$$/fd")).unwrap();
+    assert_eq!(out.outcome, Outcome::Exited(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "0\n1\n2\n");
+    let out = s.output(Command::new("ls /proc/$$/fd").tty(true)).unwrap();
+    let fds: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(fds, ["0", "1", "2"], "on a tty");
+    busy.interrupt(Signal::KILL).unwrap();
+}
+
+#[test]
 fn unknown_user_is_enoent() {
     let agent = TestAgent::start();
     let s = agent.session();
@@ -311,6 +331,37 @@ fn tty_mode_stdin_and_eof() {
     let t = text(&out.stdout);
     assert!(t.contains("line one\r\npartial"), "{t:?}");
     assert!(t.ends_with("end\r\n"), "{t:?}");
+}
+
+#[test]
+fn tty_mode_volume_both_ways() {
+    let agent = TestAgent::start();
+    let s = agent.session();
+    // 200 kB of input in short lines (a terminal's line buffer is 4 KiB), echo off.
+    let mut run = s
+        .run(
+            Command::new("stty -echo; echo go; wc -c; seq 1 20000")
+                .tty(true)
+                .timeout(PATIENCE),
+        )
+        .unwrap();
+    read_until(&mut run, b"go");
+    let line = format!("{}\n", "x".repeat(99));
+    let input = line.repeat(2000);
+    run.write_stdin(input.as_bytes()).unwrap();
+    run.close_stdin().unwrap();
+    let out = run.collect().unwrap();
+    assert_eq!(out.outcome, Outcome::Exited(0));
+    let t = text(&out.stdout);
+    // (The end of the "go" line may come here too.)
+    let mut lines = t
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty());
+    assert_eq!(lines.next(), Some("200000"), "{}", &t[..t.len().min(200)]);
+    let numbers: Vec<&str> = lines.collect();
+    assert_eq!(numbers.len(), 20000);
+    assert_eq!(numbers[19999], "20000");
 }
 
 #[test]
