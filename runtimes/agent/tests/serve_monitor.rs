@@ -180,3 +180,29 @@ fn agent_trail_records_transfers() {
         assert!(text.contains(&line), "no {line:?} in {text:?}");
     }
 }
+
+#[test]
+fn agent_trail_ends_the_commands_of_a_client_that_left() {
+    let agent = TestAgent::start();
+    let watcher = agent.session();
+    let mut m = watcher.monitor("agent").unwrap();
+    let (worker, handle) = agent.session_with_handle();
+    let cid = worker.info().cid;
+    let mut run = worker.run(Command::new("echo $$; exec sleep 100")).unwrap();
+    let mut first = Vec::new();
+    while !first.contains(&b'\n') {
+        match run.next_timeout(Some(PATIENCE)).unwrap() {
+            Some(tuppence_blocking::RunEvent::Stdout(d)) => first.extend_from_slice(&d),
+            other => panic!("{other:?}"),
+        }
+    }
+    let pid = String::from_utf8_lossy(&first).trim().to_owned();
+    handle.shutdown(std::net::Shutdown::Both).unwrap();
+    let disconnect = format!("cid={cid} disconnect");
+    let text = wait_for(&mut m, &disconnect, PATIENCE).unwrap_or_else(|t| panic!("{t:?}"));
+    let end = format!("cid={cid} xid=1 end pid={pid} killed signal=9");
+    let at = text
+        .find(&end)
+        .unwrap_or_else(|| panic!("no {end:?} in {text:?}"));
+    assert!(at < text.find(&disconnect).unwrap(), "{text}");
+}

@@ -385,6 +385,26 @@ impl Agent {
             if self.config.audit {
                 info!(cid = conn.cid, peer = %conn.peer, reason = %err, "client disconnected");
             }
+            // Every command's start record gets its end: these are killed now.
+            for (&xid, tx) in &conn.txs {
+                if let Tx::Command(c) = tx {
+                    let end = match c.status {
+                        Some(ExitStatus::Exited(code)) => CommandEnd::Exited(code),
+                        Some(ExitStatus::Signaled(sig)) => CommandEnd::Signaled(sig),
+                        None => CommandEnd::Signaled(libc::SIGKILL),
+                    };
+                    let pid = c.child.pid();
+                    if self.config.audit {
+                        info!(cid = conn.cid, xid, pid, end = ?end, "command ended with its connection");
+                    }
+                    self.trail.push(&AuditEvent::CommandEnd {
+                        cid: conn.cid,
+                        xid,
+                        pid,
+                        end,
+                    });
+                }
+            }
             self.trail.push(&AuditEvent::Disconnect { cid: conn.cid });
             self.drop_txs(conn.txs);
             if let Some(slot) = conn.listener.and_then(|i| self.listeners.get_mut(i))
