@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tuppence::link::ClientConfig;
 use tuppence::wire::{Decoder, Dialect, Frame, Hello, Packet, Sender};
 use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
@@ -295,10 +294,6 @@ pub fn raw_packet(kind: u8, cid: u16, xid: u16, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-pub fn data(bytes: &'static [u8]) -> Bytes {
-    Bytes::from_static(bytes)
-}
-
 // ---- processes ----
 
 /// The process's state letter from /proc (`None` once it is gone).
@@ -316,29 +311,6 @@ pub fn gone(pid: u32) -> bool {
 /// Not running: gone or a zombie waiting for a parent that is not the agent.
 pub fn dead(pid: u32) -> bool {
     matches!(proc_state(pid), None | Some(b'Z') | Some(b'X'))
-}
-
-/// The pids of processes whose command line is exactly `argv` (NUL-separated in /proc).
-pub fn pids_with_cmdline(argv: &[&str]) -> Vec<u32> {
-    let mut want = Vec::new();
-    for a in argv {
-        want.extend_from_slice(a.as_bytes());
-        want.push(0);
-    }
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == want) && !dead(pid) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes.
