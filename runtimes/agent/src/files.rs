@@ -175,6 +175,11 @@ impl InjectFile {
         self.tmp_name.to_bytes()
     }
 
+    /// The permission bits [`InjectFile::finish`] applies.
+    pub fn mode(&self) -> u32 {
+        self.mode
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written

@@ -12,7 +12,7 @@ mod tx;
 
 pub use config::AgentConfig;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +28,9 @@ use tuppence_transport::{Listener, Transport, TransportKind};
 
 use crate::fdio::{self, ReadOutcome};
 use crate::sources::{AUDIT_CAPACITY, AuditEvent, AuditTrail, CommandEnd, open_source};
-use crate::spawn::{ExitStatus, SpawnSpec, signal_from_name, spawn_command, tty_eof_sequence};
+use crate::spawn::{
+    Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command, tty_eof_sequence,
+};
 use crate::{ExtractFile, InjectFile, read_procinfo, status};
 use tx::{CommandTx, MonitorTx, OutPipe, Tx};
 
@@ -68,6 +70,8 @@ enum Owner {
     Out(ConnId, u16, usize),
     Stdin(ConnId, u16),
     Source(ConnId, u16),
+    /// The pidfd of a command killed because its transaction was dropped (see `dying`).
+    Dying,
 }
 
 struct ListenerSlot {
@@ -91,6 +95,9 @@ pub struct Agent {
     listeners: Vec<ListenerSlot>,
     conns: HashMap<ConnId, Conn>,
     owners: HashMap<ExtraId, Owner>,
+    /// Commands killed when their connection went away (or was dropped), reaped as soon as
+    /// their pidfd says they are gone, so no zombie is left behind.
+    dying: HashMap<ExtraId, Child>,
     trail: AuditTrail,
     next_cid: u16,
     quit: bool,
@@ -98,6 +105,8 @@ pub struct Agent {
     buf: BytesMut,
     /// Something can progress without a new readiness event: poll without waiting.
     busy: bool,
+    /// Connections whose output stopped in this turn because their link was full.
+    link_full: HashSet<ConnId>,
 }
 
 impl Agent {
@@ -108,12 +117,14 @@ impl Agent {
             listeners: Vec::new(),
             conns: HashMap::new(),
             owners: HashMap::new(),
+            dying: HashMap::new(),
             trail: AuditTrail::new(AUDIT_CAPACITY),
             next_cid: 1,
             quit: false,
             stop: Arc::new(AtomicBool::new(false)),
             buf: BytesMut::with_capacity(CHUNK),
             busy: false,
+            link_full: HashSet::new(),
         })
     }
 
@@ -171,11 +182,24 @@ impl Agent {
             for id in self.driver.ids() {
                 self.handle_events(id, now);
             }
+            // Records pushed from here on (a command's end, a disconnect) may be after the
+            // `agent` monitors were served in this turn: serve them again without waiting.
+            let trail_mark = self.trail.end_seq();
+            self.link_full.clear();
             for id in self.driver.ids() {
                 self.pump(id, now);
             }
             self.driver.flush();
             self.reap_failed(now);
+            if self.trail.end_seq() != trail_mark {
+                self.busy = true;
+            }
+            // Output held back for a full link can go on if the flush made room (otherwise
+            // the link's next writable event brings the loop back here).
+            let full: Vec<ConnId> = self.link_full.drain().collect();
+            if full.into_iter().any(|id| self.link_has_room(id)) {
+                self.busy = true;
+            }
             let end = if self.quit {
                 Some(RunEnd::Quit)
             } else if self.stop.load(Ordering::SeqCst) {
@@ -236,6 +260,7 @@ impl Agent {
                 limits: Limits {
                     max_transactions: self.config.max_transactions,
                     max_transmit_buffer: self.config.transmit_limit,
+                    max_events: self.max_events(),
                     ..Limits::default()
                 },
             },
@@ -258,6 +283,15 @@ impl Agent {
         Ok(id)
     }
 
+    /// Events a connection's machine may queue before it stops consuming input. The loop
+    /// can only pause reading a link between turns, and everything read in one turn becomes
+    /// events first: with the machine's default (1024 events of up to 64 KiB) one turn
+    /// could queue 32 MiB or more of stdin. This keeps a turn's intake near `stdin_limit`.
+    fn max_events(&self) -> usize {
+        let defaults = Limits::default();
+        (self.config.stdin_limit / defaults.max_receive_packet).clamp(16, defaults.max_events)
+    }
+
     fn allocate_cid(&mut self) -> u16 {
         loop {
             let cid = self.next_cid;
@@ -275,7 +309,10 @@ impl Agent {
             };
             match slot.listener.accept() {
                 Ok((transport, peer)) => {
-                    if self.conns.len() >= self.config.max_clients {
+                    // Connections that ended in this turn (and are cleaned up at its end)
+                    // no longer count: a client may leave and another arrive at once.
+                    let live = self.conns.len().saturating_sub(self.driver.failed().len());
+                    if live >= self.config.max_clients {
                         warn!(%peer, max = self.config.max_clients, "too many clients; connection closed");
                         continue;
                     }
@@ -348,6 +385,26 @@ impl Agent {
             if self.config.audit {
                 info!(cid = conn.cid, peer = %conn.peer, reason = %err, "client disconnected");
             }
+            // Every command's start record gets its end: these are killed now.
+            for (&xid, tx) in &conn.txs {
+                if let Tx::Command(c) = tx {
+                    let end = match c.status {
+                        Some(ExitStatus::Exited(code)) => CommandEnd::Exited(code),
+                        Some(ExitStatus::Signaled(sig)) => CommandEnd::Signaled(sig),
+                        None => CommandEnd::Signaled(libc::SIGKILL),
+                    };
+                    let pid = c.child.pid();
+                    if self.config.audit {
+                        info!(cid = conn.cid, xid, pid, end = ?end, "command ended with its connection");
+                    }
+                    self.trail.push(&AuditEvent::CommandEnd {
+                        cid: conn.cid,
+                        xid,
+                        pid,
+                        end,
+                    });
+                }
+            }
             self.trail.push(&AuditEvent::Disconnect { cid: conn.cid });
             self.drop_txs(conn.txs);
             if let Some(slot) = conn.listener.and_then(|i| self.listeners.get_mut(i))
@@ -370,7 +427,7 @@ impl Agent {
         match tx {
             Tx::Command(mut c) => {
                 let _ = c.child.kill_group(libc::SIGKILL);
-                for extra in [c.exit_extra.take(), c.stdin_extra.take()]
+                for extra in [c.stdin_extra.take()]
                     .into_iter()
                     .flatten()
                     .chain(c.out.iter_mut().filter_map(|o| o.take().map(|o| o.extra)))
@@ -378,7 +435,30 @@ impl Agent {
                     self.driver.remove_extra(extra);
                     self.owners.remove(&extra);
                 }
-                // Dropping the child reaps it (now or at the next spawn).
+                let CommandTx {
+                    mut child,
+                    exit_extra,
+                    ..
+                } = *c;
+                child.close_stdin();
+                child.close_stdout();
+                child.close_stderr();
+                drop(child.take_pty());
+                match exit_extra {
+                    // Not reaped yet: keep watching the pidfd and reap it when it fires.
+                    Some(extra) if matches!(child.try_wait(), Ok(None)) => {
+                        self.owners.insert(extra, Owner::Dying);
+                        self.dying.insert(extra, child);
+                    }
+                    other => {
+                        if let Some(extra) = other {
+                            self.driver.remove_extra(extra);
+                            self.owners.remove(&extra);
+                        }
+                        // Reaped (or unwatchable: then its drop parks it for later).
+                        drop(child);
+                    }
+                }
             }
             Tx::Monitor(m) => {
                 if let Some(extra) = m.extra {
@@ -400,6 +480,24 @@ impl Agent {
             if let Some(mut link) = self.driver.remove(id) {
                 let _ = link.flush_blocking(Instant::now(), Duration::from_secs(1));
             }
+        }
+        // SIGKILL takes a moment: reap the killed commands rather than leave zombies.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.dying.is_empty() && Instant::now() < deadline {
+            let Ok(ready) = self.driver.wait(Some(deadline)) else {
+                break;
+            };
+            for r in ready {
+                if matches!(self.owners.get(&r.id), Some(Owner::Dying)) {
+                    self.on_ready(r, Instant::now());
+                }
+            }
+        }
+        // Whatever is still dying is left to `Child`'s drop (reaped at a later spawn).
+        for (extra, child) in std::mem::take(&mut self.dying) {
+            self.driver.remove_extra(extra);
+            self.owners.remove(&extra);
+            drop(child);
         }
     }
 
@@ -450,6 +548,17 @@ impl Agent {
                     m.readable = true;
                 }
             }
+            Owner::Dying => {
+                let reaped = self
+                    .dying
+                    .get_mut(&r.id)
+                    .is_none_or(|child| !matches!(child.try_wait(), Ok(None)));
+                if reaped {
+                    self.driver.remove_extra(r.id);
+                    self.owners.remove(&r.id);
+                    self.dying.remove(&r.id);
+                }
+            }
         }
         let _ = now;
     }
@@ -492,6 +601,20 @@ impl Agent {
 
     fn server(&mut self, id: ConnId) -> Option<&mut Server> {
         self.driver.get_mut(id).map(|l| l.machine_mut())
+    }
+
+    /// Whether more output may be queued for the connection: what its machine holds plus
+    /// what the transport has not taken yet stays within `transmit_limit`. (The machine
+    /// alone is not enough: every flush moves its queue into the link's write buffer.)
+    /// A connection found full is remembered, to be pumped again once it has drained.
+    fn link_has_room(&mut self, id: ConnId) -> bool {
+        let room = self.driver.get(id).is_some_and(|l| {
+            l.unwritten() + l.machine().transmit_buffered() <= self.config.transmit_limit
+        });
+        if !room {
+            self.link_full.insert(id);
+        }
+        room
     }
 
     fn user_allowed(&self, user: &[u8]) -> bool {
@@ -592,12 +715,13 @@ impl Agent {
             ServerEvent::InjectEnd { xid } => {
                 if let Some(Tx::Inject(file, user)) = self.take_tx(id, xid) {
                     let path = file.path().as_os_str().as_encoded_bytes().to_vec();
+                    let mode = file.mode();
                     let result = file.finish().map_err(|e| e.errno());
                     let (bytes, errno) = match result {
                         Ok(n) => (n, 0),
                         Err(e) => (0, e),
                     };
-                    self.audit_inject(cid, xid, &user, &path, 0, bytes, errno);
+                    self.audit_inject(cid, xid, &user, &path, mode, bytes, errno);
                     if let Some(server) = self.server(id) {
                         let _ = server.inject_done(xid, result.map(|_| ()));
                     }
@@ -912,8 +1036,7 @@ impl Agent {
                 if !p.readable {
                     break;
                 }
-                let can_send = self.server(id).is_some_and(|s| s.can_send());
-                if !can_send {
+                if !self.link_has_room(id) {
                     break;
                 }
                 let fd = match (c.tty, slot) {
@@ -954,7 +1077,7 @@ impl Agent {
                 .get(slot)
                 .and_then(Option::as_ref)
                 .is_some_and(|p| p.readable)
-                && self.server(id).is_some_and(|s| s.can_send())
+                && self.link_has_room(id)
             {
                 self.busy = true;
             }
@@ -1060,7 +1183,7 @@ impl Agent {
     /// One chunk per call: many transfers on one link take turns.
     fn pump_extract(&mut self, id: ConnId, xid: u16) {
         {
-            if !self.server(id).is_some_and(|s| s.can_send()) {
+            if !self.link_has_room(id) {
                 return;
             }
             let Some(Tx::Extract(file, _)) =
@@ -1113,10 +1236,10 @@ impl Agent {
         loop {
             // First what was read but not yet sent.
             while let Some(line) = m.stash.front() {
-                let Some(server) = self.server(id) else { break };
-                if !server.can_send() {
+                if !self.link_has_room(id) {
                     break;
                 }
+                let Some(server) = self.server(id) else { break };
                 let _ = server.output(xid, 0, line.clone());
                 m.stash.pop_front();
             }
@@ -1147,7 +1270,7 @@ impl Agent {
                     let _ = server.settled(xid, seq);
                 }
             }
-        } else if self.server(id).is_some_and(|s| s.can_send()) {
+        } else if self.link_has_room(id) {
             self.busy = true;
         }
         if due {

@@ -197,6 +197,12 @@ impl AuditTrail {
         }
     }
 
+    /// The sequence number the next record will get: it changes exactly when a record is
+    /// pushed (a loop compares it to notice records made after it served its monitors).
+    pub fn end_seq(&self) -> u64 {
+        self.lock().end_seq()
+    }
+
     /// The number of lines currently kept.
     pub fn len(&self) -> usize {
         self.lock().lines.len()

@@ -1,0 +1,346 @@
+//! Helpers for the `serve_*` tests: an agent on a unix socket in a thread (or in a child
+//! process when its memory is measured), raw connections for hand-made packets, and /proc
+//! checks.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tuppence::link::ClientConfig;
+use tuppence::wire::{Decoder, Dialect, Frame, Hello, Packet, Sender};
+use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
+use tuppence_blocking::Session;
+use tuppence_transport::{Listener, Target};
+
+/// How long a test waits for something that should take milliseconds (a loaded 2-core
+/// machine can stall a thread for a while; nothing here should ever need this long).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A directory removed at drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("tuppence-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn join_str(&self, name: &str) -> String {
+        self.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The config the tests start from: defaults, without audit logging.
+pub fn quiet_config() -> AgentConfig {
+    AgentConfig {
+        audit: false,
+        ..AgentConfig::default()
+    }
+}
+
+/// An agent serving a unix socket from a thread of the test process. Dropping it stops the
+/// agent (which kills what it started) and waits for `run` to return.
+pub struct TestAgent {
+    pub dir: TempDir,
+    pub sock: PathBuf,
+    pub target: Target,
+    stop: StopHandle,
+    handle: Option<JoinHandle<io::Result<RunEnd>>>,
+}
+
+impl TestAgent {
+    pub fn start() -> TestAgent {
+        TestAgent::with_config(quiet_config())
+    }
+
+    pub fn with_config(config: AgentConfig) -> TestAgent {
+        let dir = TempDir::new("serve");
+        let sock = dir.join("agent.sock");
+        let listener = Listener::unix(&sock, 0o600).unwrap();
+        let mut agent = Agent::new(config).unwrap();
+        agent.add_listener(listener).unwrap();
+        let stop = agent.stop_handle().unwrap();
+        let handle = std::thread::Builder::new()
+            .name("agent".into())
+            .spawn(move || agent.run())
+            .unwrap();
+        let target: Target = format!("unix:{}", sock.display()).parse().unwrap();
+        TestAgent {
+            dir,
+            sock,
+            target,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// A 4.0 session through `tuppence-transport`'s target syntax.
+    pub fn session(&self) -> Session {
+        Session::connect(&self.target, PATIENCE).unwrap()
+    }
+
+    /// A session in the C executor's 3.0 dialect: the agent must detect it.
+    pub fn legacy_session(&self) -> Session {
+        let config = ClientConfig {
+            dialect: Dialect::Legacy3,
+            ..ClientConfig::default()
+        };
+        let session = Session::new(self.stream(), config, PATIENCE).unwrap();
+        assert_eq!(session.info().server_version, (3, 0));
+        session
+    }
+
+    /// A session on a stream the test keeps a handle of, to cut the connection at will
+    /// (`shutdown`) instead of waiting for the session's reader thread to let go.
+    pub fn session_with_handle(&self) -> (Session, UnixStream) {
+        let stream = self.stream();
+        let handle = stream.try_clone().unwrap();
+        let session = Session::new(stream, ClientConfig::default(), PATIENCE).unwrap();
+        (session, handle)
+    }
+
+    pub fn stream(&self) -> UnixStream {
+        UnixStream::connect(&self.sock).unwrap()
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Waits (bounded) for `run` to return by itself (after a quit).
+    pub fn join(mut self) -> RunEnd {
+        self.join_inner()
+    }
+
+    /// Stops the agent and returns what `run` said.
+    pub fn stop(mut self) -> RunEnd {
+        self.stop.stop();
+        self.join_inner()
+    }
+
+    fn join_inner(&mut self) -> RunEnd {
+        let handle = self.handle.take().expect("joined once");
+        assert!(
+            eventually(PATIENCE, || handle.is_finished()),
+            "the agent did not return from run"
+        );
+        handle.join().expect("agent thread panicked").expect("run")
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.stop.stop();
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A client connection speaking hand-made packets (4.0 unless told otherwise).
+pub struct Raw {
+    pub stream: UnixStream,
+    dec: Decoder,
+    dialect: Dialect,
+    pub cid: u16,
+}
+
+impl Raw {
+    pub fn connect(sock: &Path) -> Raw {
+        Raw::connect_as(sock, Dialect::V4)
+    }
+
+    pub fn connect_as(sock: &Path, dialect: Dialect) -> Raw {
+        let stream = UnixStream::connect(sock).unwrap();
+        Raw {
+            stream,
+            dec: Decoder::new(dialect, Sender::Server),
+            dialect,
+            cid: 0,
+        }
+    }
+
+    /// Sends a hello in the connection's dialect (keepalive off) and reads the reply;
+    /// remembers the cid.
+    pub fn hello(&mut self) -> u16 {
+        let (major, minor) = self.dialect.version();
+        self.send_packet(
+            0,
+            &Packet::Hello(Hello {
+                major,
+                minor,
+                keepalive: 0,
+            }),
+        );
+        let frame = self.next_frame(PATIENCE).expect("hello reply");
+        assert!(matches!(frame.packet, Packet::Hello(_)), "{frame:?}");
+        self.cid = frame.cid;
+        frame.cid
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn send_packet(&mut self, xid: u16, packet: &Packet) {
+        let bytes = packet.to_bytes(self.dialect, self.cid, xid).unwrap();
+        self.send(&bytes);
+    }
+
+    /// The next packet from the agent; `None` at EOF or after `limit`.
+    pub fn next_frame(&mut self, limit: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(frame) = self.dec.next_frame().expect("the agent sent a bad packet") {
+                return Some(frame);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.dec.push(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Packets for `xid` until one satisfies `stop` (returned with the ones before it).
+    pub fn frames_until(&mut self, xid: u16, stop: impl Fn(&Packet) -> bool) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        loop {
+            let frame = self
+                .next_frame(PATIENCE)
+                .unwrap_or_else(|| panic!("no answer for xid {xid}; got {seen:?}"));
+            if frame.xid != xid {
+                continue;
+            }
+            let done = stop(&frame.packet);
+            seen.push(frame.packet);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// True once the agent has closed the connection (within `limit`).
+    pub fn closed_by_agent(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// A raw 4.0 header: `type | 0 | len | cid | xid`.
+pub fn header(kind: u8, len: u16, cid: u16, xid: u16) -> Vec<u8> {
+    let mut h = vec![kind, 0];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&cid.to_be_bytes());
+    h.extend_from_slice(&xid.to_be_bytes());
+    h
+}
+
+/// A raw 4.0 packet with this payload (the length is computed).
+pub fn raw_packet(kind: u8, cid: u16, xid: u16, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + payload.len()).unwrap();
+    let mut p = header(kind, len, cid, xid);
+    p.extend_from_slice(payload);
+    p
+}
+
+// ---- processes ----
+
+/// The process's state letter from /proc (`None` once it is gone).
+pub fn proc_state(pid: u32) -> Option<u8> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(close + 2).copied()
+}
+
+/// No trace of the process at all (reaped, not even a zombie).
+pub fn gone(pid: u32) -> bool {
+    proc_state(pid).is_none()
+}
+
+/// Not running: gone or a zombie waiting for a parent that is not the agent.
+pub fn dead(pid: u32) -> bool {
+    matches!(proc_state(pid), None | Some(b'Z') | Some(b'X'))
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A field of /proc/PID/status in KiB (`VmHWM`, `VmRSS`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Parses the first line of command output as a pid.
+pub fn first_line_pid(out: &[u8]) -> u32 {
+    let text = String::from_utf8_lossy(out);
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"))
+}

@@ -1,0 +1,359 @@
+//! Inject and extract through the serve loop.
+//!
+//! Every test in this binary runs with umask 077, so a mode that comes out exact was set
+//! by the agent, not left to the umask.
+
+mod agent_harness;
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Once;
+use std::time::Duration;
+
+use agent_harness::{PATIENCE, Raw, TempDir, TestAgent, eventually};
+use bytes::Bytes;
+use tuppence::wire::Packet;
+use tuppence_blocking::Error;
+
+fn strict_umask() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: umask only sets the process's file creation mask.
+        unsafe { libc::umask(0o077) };
+    });
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Names in a directory, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn remote_errno(e: &Error) -> Option<u32> {
+    match e {
+        Error::Remote { errno, .. } => Some(*errno),
+        _ => None,
+    }
+}
+
+#[test]
+fn inject_content_and_exact_mode() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("inject");
+    let path = files.join("target.bin");
+    let p = path.to_str().unwrap();
+    let content = random_bytes(3_000_001, 7);
+    let mut progress = 0;
+    let sent = s
+        .inject("root", p, 0o640, &content[..], |n| progress = n)
+        .unwrap();
+    assert_eq!(sent, content.len() as u64);
+    assert_eq!(progress, sent);
+    assert!(std::fs::read(&path).unwrap() == content);
+    assert_eq!(mode_of(&path), 0o640, "umask 077 must not apply");
+
+    // Replacing: new content, new mode (wider than the umask allows), nothing left over.
+    s.inject("root", p, 0o666, &b"short\n"[..], |_| {}).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"short\n");
+    assert_eq!(mode_of(&path), 0o666);
+    // An empty file is a file too.
+    s.inject("root", p, 0o600, &b""[..], |_| {}).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"");
+    assert_eq!(entries(files.path()), vec!["target.bin".to_string()]);
+}
+
+#[test]
+fn inject_failures() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("inject-fail");
+    let e = s
+        .inject(
+            "root",
+            files.join_str("missing/dir/file").as_str(),
+            0o644,
+            &b"x"[..],
+            |_| {},
+        )
+        .unwrap_err();
+    assert_eq!(remote_errno(&e), Some(2), "{e}");
+    let e = s
+        .inject(
+            "root",
+            files.path().to_str().unwrap(),
+            0o644,
+            &b"x"[..],
+            |_| {},
+        )
+        .unwrap_err();
+    assert_eq!(remote_errno(&e), Some(21), "{e}");
+    let e = s
+        .inject("no-such-user-tuppence", "f", 0o644, &b"x"[..], |_| {})
+        .unwrap_err();
+    assert_eq!(remote_errno(&e), Some(2), "{e}");
+    assert!(entries(files.path()).is_empty());
+}
+
+#[test]
+fn inject_relative_name_as_another_user_lands_in_their_home() {
+    strict_umask();
+    let Some(user) = common::test_user() else {
+        return;
+    };
+    let account = tuppence_agent::User::lookup(user.as_bytes()).unwrap();
+    let name = format!("tuppence-inject-{}.txt", std::process::id());
+    let path = Path::new(std::ffi::OsStr::new(
+        &String::from_utf8_lossy(account.home()).into_owned(),
+    ))
+    .join(&name);
+    let _ = std::fs::remove_file(&path);
+    let agent = TestAgent::start();
+    let s = agent.session();
+    s.inject(user, &name, 0o604, &b"as the user\n"[..], |_| {})
+        .unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.uid(), account.uid());
+    assert_eq!(meta.mode() & 0o7777, 0o604);
+    assert_eq!(std::fs::read(&path).unwrap(), b"as the user\n");
+    // The user cannot write where only root may.
+    let root_only = TempDir::new("root-only");
+    std::fs::set_permissions(root_only.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = s
+        .inject(user, &root_only.join_str("f"), 0o644, &b"x"[..], |_| {})
+        .unwrap_err();
+    assert_eq!(remote_errno(&e), Some(13), "{e}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// The temporary beside `target` (`.NAME.tuppence-*`), if any.
+fn temporaries(dir: &Path, name: &str) -> Vec<String> {
+    let prefix = format!(".{name}.tuppence-");
+    entries(dir)
+        .into_iter()
+        .filter(|e| e.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn disconnect_mid_inject_leaves_nothing() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let files = TempDir::new("inject-cut");
+    let target = files.join("partial.bin");
+    let mut raw = Raw::connect(&agent.sock);
+    raw.hello();
+    raw.send_packet(
+        1,
+        &Packet::Inject {
+            user: Bytes::from_static(b"root"),
+            path: Bytes::from(target.to_str().unwrap().to_owned()),
+            mode: 0o644,
+        },
+    );
+    let answer = raw.frames_until(1, |p| matches!(p, Packet::Major(_)));
+    assert_eq!(answer.last(), Some(&Packet::Major(0)), "{answer:?}");
+    let chunk = Bytes::from(vec![0x5a; 30_000]);
+    for _ in 0..4 {
+        raw.send_packet(
+            1,
+            &Packet::Data {
+                channel: 0,
+                data: chunk.clone(),
+            },
+        );
+    }
+    // The agent has written the data so far into the temporary.
+    let mut tmp = Vec::new();
+    assert!(
+        eventually(PATIENCE, || {
+            tmp = temporaries(files.path(), "partial.bin");
+            tmp.len() == 1
+                && std::fs::metadata(files.path().join(&tmp[0])).is_ok_and(|m| m.len() == 120_000)
+        }),
+        "no temporary with the data: {:?}",
+        entries(files.path())
+    );
+    assert!(
+        !target.exists(),
+        "the target appeared before the end of the data"
+    );
+    drop(raw);
+    assert!(
+        eventually(Duration::from_secs(2), || entries(files.path()).is_empty()),
+        "left behind: {:?}",
+        entries(files.path())
+    );
+    // The agent still serves.
+    let s = agent.session();
+    assert_eq!(
+        s.output(tuppence::link::Command::new("echo ok"))
+            .unwrap()
+            .stdout,
+        b"ok\n"
+    );
+}
+
+#[test]
+fn aborted_inject_keeps_the_old_file() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("inject-abort");
+    let target = files.join("keep.txt");
+    std::fs::write(&target, b"old content\n").unwrap();
+
+    /// Gives one chunk, then fails like a broken local disk.
+    struct Failing(bool);
+    impl std::io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if std::mem::replace(&mut self.0, true) {
+                return Err(std::io::Error::other("local read failed"));
+            }
+            let n = buf.len().min(10_000);
+            buf[..n].fill(b'n');
+            Ok(n)
+        }
+    }
+    let e = s
+        .inject(
+            "root",
+            target.to_str().unwrap(),
+            0o600,
+            Failing(false),
+            |_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Local { .. }), "{e}");
+    assert!(
+        eventually(Duration::from_secs(2), || entries(files.path())
+            == vec!["keep.txt".to_string()]),
+        "{:?}",
+        entries(files.path())
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"old content\n");
+}
+
+#[test]
+fn extract_byte_exact_and_failures() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("extract");
+    let path = files.join("source.bin");
+    let content = random_bytes(5_000_003, 11);
+    std::fs::write(&path, &content).unwrap();
+    let mut back = Vec::new();
+    let n = s
+        .extract("root", path.to_str().unwrap(), &mut back, |_| {})
+        .unwrap();
+    assert_eq!(n, content.len() as u64);
+    assert!(back == content, "extracted bytes differ");
+
+    let empty = files.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let mut back = vec![1u8];
+    back.clear();
+    assert_eq!(
+        s.extract("root", empty.to_str().unwrap(), &mut back, |_| {})
+            .unwrap(),
+        0
+    );
+
+    let e = s
+        .extract(
+            "root",
+            files.join_str("missing").as_str(),
+            Vec::new(),
+            |_| {},
+        )
+        .unwrap_err();
+    assert_eq!(remote_errno(&e), Some(2), "{e}");
+    let e = s
+        .extract("root", files.path().to_str().unwrap(), Vec::new(), |_| {})
+        .unwrap_err();
+    assert_eq!(remote_errno(&e), Some(21), "{e}");
+
+    if let Some(user) = common::test_user() {
+        // Read as the user: a root-only file is refused.
+        let secret = files.join("secret");
+        std::fs::write(&secret, b"root only").unwrap();
+        std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = s
+            .extract(user, secret.to_str().unwrap(), Vec::new(), |_| {})
+            .unwrap_err();
+        assert_eq!(remote_errno(&e), Some(13), "{e}");
+    }
+}
+
+#[test]
+fn interrupting_an_extract_ends_it_with_eintr() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let files = TempDir::new("extract-int");
+    let path = files.join("big.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut raw = Raw::connect(&agent.sock);
+    raw.hello();
+    raw.send_packet(
+        1,
+        &Packet::Extract {
+            user: Bytes::from_static(b"root"),
+            path: Bytes::from(path.to_str().unwrap().to_owned()),
+        },
+    );
+    // Wait for data to flow, then interrupt.
+    let first = raw.frames_until(1, |p| matches!(p, Packet::Data { .. }));
+    assert_eq!(first[0], Packet::Major(0));
+    raw.send_packet(
+        1,
+        &Packet::Interrupt {
+            signal: Bytes::new(),
+        },
+    );
+    let rest = raw.frames_until(1, |p| matches!(p, Packet::Minor(_) | Packet::Major(_)));
+    assert_eq!(rest.last(), Some(&Packet::Minor(4)), "{:?}", rest.last());
+    let data: usize = rest
+        .iter()
+        .map(|p| match p {
+            Packet::Data { data, .. } => data.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(data < 64 << 20, "the whole file was sent anyway");
+    // The connection goes on.
+    raw.send_packet(
+        2,
+        &Packet::Extract {
+            user: Bytes::from_static(b"root"),
+            path: Bytes::from_static(b"/nonexistent"),
+        },
+    );
+    assert_eq!(raw.frames_until(2, |_| true), vec![Packet::Major(2)]);
+}

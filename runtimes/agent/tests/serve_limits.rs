@@ -1,0 +1,260 @@
+//! Memory stays bounded whatever the peer does: floods of stdin, and output or file data
+//! for a client that does not read.
+//!
+//! The agent runs in a child process here (this test binary started again, running only
+//! `agent_process`), so its peak memory (`VmHWM`) can be measured without the test's own
+//! buffers in it.
+
+mod agent_harness;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use agent_harness::{PATIENCE, TempDir, eventually, quiet_config, status_kib};
+use tuppence::link::{ClientConfig, Command, Outcome};
+use tuppence_agent::serve::{Agent, RunEnd};
+use tuppence_blocking::{RunEvent, Session};
+use tuppence_transport::Listener;
+
+const CHILD_SOCKET: &str = "TUPPENCE_TEST_AGENT_SOCKET";
+
+/// How much the agent's peak memory may grow during a flood. The agent holds about 1 MiB
+/// per direction per connection (`transmit_limit`, `stdin_limit`) plus fixed buffers; a
+/// flood that is buffered instead of pushed back grows it by the whole flood.
+const GROWTH_LIMIT_KIB: u64 = 16 * 1024;
+
+/// The agent of the tests below, when started by them (does nothing otherwise).
+#[test]
+#[ignore = "the agent process the memory tests start; not a test by itself"]
+fn agent_process() {
+    let Some(sock) = std::env::var_os(CHILD_SOCKET) else {
+        return;
+    };
+    // Die with the test thread that started us, whatever happens to it.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let listener = Listener::unix(PathBuf::from(sock), 0o600).unwrap();
+    let mut agent = Agent::new(quiet_config()).unwrap();
+    agent.add_listener(listener).unwrap();
+    assert_eq!(agent.run().unwrap(), RunEnd::Quit);
+}
+
+/// The agent in a child process; killed at drop.
+struct ChildAgent {
+    child: Child,
+    sock: PathBuf,
+    _dir: TempDir,
+}
+
+impl ChildAgent {
+    fn spawn() -> ChildAgent {
+        let dir = TempDir::new("child-agent");
+        let sock = dir.join("agent.sock");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "agent_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_SOCKET, &sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut agent = ChildAgent {
+            child,
+            sock,
+            _dir: dir,
+        };
+        assert!(
+            eventually(PATIENCE, || agent.sock.exists()
+                || agent.child.try_wait().unwrap().is_some()),
+            "the agent process did not start"
+        );
+        assert!(
+            agent.child.try_wait().unwrap().is_none(),
+            "the agent process exited"
+        );
+        agent
+    }
+
+    fn session(&self) -> Session {
+        // The socket file exists before `listen`: retry a refused connect briefly.
+        let mut stream = None;
+        assert!(eventually(PATIENCE, || {
+            stream = UnixStream::connect(&self.sock).ok();
+            stream.is_some()
+        }));
+        Session::new(stream.unwrap(), ClientConfig::default(), PATIENCE).unwrap()
+    }
+
+    fn peak_kib(&self) -> u64 {
+        status_kib(self.child.id(), "VmHWM")
+    }
+
+    /// Quits the agent and checks it exits cleanly.
+    fn quit(mut self, s: Session) {
+        s.quit().unwrap();
+        assert!(eventually(PATIENCE, || self
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()));
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for ChildAgent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a small command both ways so one-time allocations are in the baseline.
+fn warm_up(s: &Session) {
+    let run = s.run(Command::new("cat")).unwrap();
+    run.write_stdin(&vec![b'w'; 300_000]).unwrap();
+    run.close_stdin().unwrap();
+    let out = run.collect().unwrap();
+    assert_eq!(out.stdout.len(), 300_000);
+}
+
+fn assert_growth(what: &str, before: u64, after: u64) {
+    let growth = after.saturating_sub(before);
+    println!("{what}: agent peak memory {before} KiB -> {after} KiB (+{growth} KiB)");
+    assert!(
+        growth < GROWTH_LIMIT_KIB,
+        "{what}: the agent's peak memory grew by {growth} KiB (limit {GROWTH_LIMIT_KIB} KiB)"
+    );
+}
+
+#[test]
+fn stdin_flood_into_a_command_that_does_not_read() {
+    let agent = ChildAgent::spawn();
+    let s = agent.session();
+    warm_up(&s);
+    let before = agent.peak_kib();
+    let flood = vec![b'f'; 64 << 20];
+    let run = s.run(Command::new("sleep 2")).unwrap();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            // Fails once the command has ended and the rest has nowhere to go: fine.
+            let _ = run.write_stdin(&flood);
+        });
+    });
+    let after = agent.peak_kib();
+    assert_eq!(run.collect().unwrap().outcome, Outcome::Exited(0));
+    assert_growth("64 MiB of stdin into `sleep 2`", before, after);
+    // The connection is still in order.
+    assert_eq!(s.output(Command::new("echo ok")).unwrap().stdout, b"ok\n");
+    agent.quit(s);
+}
+
+/// Watches the agent's peak memory for `window` (while the client reads nothing); returns
+/// early once it is past the limit.
+fn peak_while_idle(agent: &ChildAgent, before: u64, window: Duration) -> u64 {
+    let end = Instant::now() + window;
+    loop {
+        let peak = agent.peak_kib();
+        if peak >= before + GROWTH_LIMIT_KIB || Instant::now() >= end {
+            return peak;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn output_for_a_client_that_does_not_read() {
+    const TOTAL: usize = 64_000_000;
+    let agent = ChildAgent::spawn();
+    let s = agent.session();
+    warm_up(&s);
+    let before = agent.peak_kib();
+    let mut run = s
+        .run(Command::new(format!("head -c {TOTAL} /dev/zero")))
+        .unwrap();
+    let mut received = 0usize;
+    match run.next_timeout(Some(PATIENCE)).unwrap() {
+        Some(RunEvent::Stdout(d)) => received += d.len(),
+        other => panic!("{other:?}"),
+    }
+    // The client stops reading; the command could write everything within this window.
+    let after = peak_while_idle(&agent, before, Duration::from_millis(1500));
+    // Nothing was lost meanwhile.
+    loop {
+        match run.next_timeout(Some(PATIENCE)).unwrap() {
+            Some(RunEvent::Stdout(d)) => received += d.len(),
+            Some(RunEvent::Finished(o)) => {
+                assert_eq!(o, Outcome::Exited(0));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(run);
+    assert_eq!(received, TOTAL);
+    assert_growth("64 MB of output, client not reading", before, after);
+    agent.quit(s);
+}
+
+/// A sink that takes nothing until released.
+struct Gated {
+    gate: Option<mpsc::Receiver<()>>,
+    len: u64,
+    nonzero: bool,
+}
+
+impl Write for Gated {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        self.len += buf.len() as u64;
+        self.nonzero |= buf.iter().any(|&b| b != 0);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn extract_for_a_client_that_does_not_read() {
+    const SIZE: u64 = 96 << 20;
+    let agent = ChildAgent::spawn();
+    let s = agent.session();
+    warm_up(&s);
+    let files = TempDir::new("sparse");
+    let path = files.join("sparse.img");
+    // Sparse: costs no disk, reads as zeros.
+    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    let before = agent.peak_kib();
+    let (release, gate) = mpsc::channel();
+    let mut sink = Gated {
+        gate: Some(gate),
+        len: 0,
+        nonzero: false,
+    };
+    let after = std::thread::scope(|sc| {
+        let extract = sc.spawn(|| {
+            s.extract("root", path.to_str().unwrap(), &mut sink, |_| {})
+                .unwrap()
+        });
+        let after = peak_while_idle(&agent, before, Duration::from_millis(1500));
+        release.send(()).unwrap();
+        assert_eq!(extract.join().unwrap(), SIZE);
+        after
+    });
+    assert_eq!(sink.len, SIZE);
+    assert!(!sink.nonzero);
+    assert_growth("96 MiB extract, client not reading", before, after);
+    agent.quit(s);
+}
