@@ -78,7 +78,7 @@ fn timeout_with_a_grandchild_holding_the_pipes() {
 fn interrupt_and_stdin_and_tty() {
     let (_dir, target, _agent) = start_agent();
     let s = Session::connect(&target, Duration::from_secs(5)).unwrap();
-    let mut run = s.run(Command::new("sleep 100")).unwrap();
+    let run = s.run(Command::new("sleep 100")).unwrap();
     run.interrupt(Signal::TERM).unwrap();
     assert_eq!(
         run.next().unwrap(),
