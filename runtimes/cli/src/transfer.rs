@@ -2,9 +2,13 @@
 //!
 //! Both ends write atomically: the agent writes an injected file to a temporary and renames
 //! it into place, and so does `extract` locally, so a failed or interrupted transfer never
-//! leaves a truncated file where a test expects a whole one. Ctrl-C is noticed between
-//! chunks (the transfer is aborted, the temporary removed, status 130); a second Ctrl-C
-//! removes the local temporary and exits at once.
+//! leaves a truncated file where a test expects a whole one.
+//!
+//! Ctrl-C during `inject` is noticed between chunks: the transfer is aborted with an
+//! interrupt, so the agent removes its temporary (this matters for `local`, whose agent
+//! dies with us), and the status is 130; a second Ctrl-C exits at once. During `extract`
+//! nothing remote needs cleaning up, so the first Ctrl-C removes the local temporary and
+//! exits at once, even while the agent is silent.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Write};
@@ -67,7 +71,7 @@ pub fn inject(args: InjectArgs) -> Result<u8, Failure> {
     let conn = args.target.connect()?;
     let ctx = conn.target.to_string();
     let user = args.user.clone().unwrap_or_else(|| conn.default_user());
-    let watch = Interrupts::watch(None)?;
+    let watch = Interrupts::watch(None, false)?;
     let bar = progress_bar(size);
     let reader = Watched {
         inner: source,
@@ -121,7 +125,7 @@ pub fn extract(args: ExtractArgs) -> Result<u8, Failure> {
     let conn = args.target.connect()?;
     let ctx = conn.target.to_string();
     let user = args.user.clone().unwrap_or_else(|| conn.default_user());
-    let watch = Interrupts::watch(temp.as_ref().map(|t| t.path.clone()))?;
+    let watch = Interrupts::watch(temp.as_ref().map(|t| t.path.clone()), true)?;
     let bar = progress_bar(None);
     let sink: Box<dyn Write> = match &temp {
         Some(t) => Box::new(&t.file),
@@ -205,15 +209,16 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
     bar
 }
 
-/// Ctrl-C (and TERM, HUP) during a transfer: the first sets a flag the data path checks;
-/// the second removes the local temporary and exits.
+/// Ctrl-C (and TERM, HUP) during a transfer: the first sets a flag the data path checks
+/// (or, with `at_once`, acts like the second); the second removes the local temporary and
+/// exits.
 struct Interrupts {
     flag: Arc<AtomicBool>,
     handle: signal_hook::iterator::Handle,
 }
 
 impl Interrupts {
-    fn watch(cleanup: Option<PathBuf>) -> Result<Interrupts, Failure> {
+    fn watch(cleanup: Option<PathBuf>, at_once: bool) -> Result<Interrupts, Failure> {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
             .map_err(|e| Failure::local("signal handlers", &e))?;
         let handle = signals.handle();
@@ -224,7 +229,7 @@ impl Interrupts {
             .name("tuppence-signals".into())
             .spawn(move || {
                 for _ in signals.forever() {
-                    if seen.swap(true, Ordering::SeqCst) {
+                    if seen.swap(true, Ordering::SeqCst) || at_once {
                         if let Some(p) = cleanup.lock().unwrap_or_else(|e| e.into_inner()).take() {
                             let _ = std::fs::remove_file(p);
                         }
