@@ -157,8 +157,8 @@ pub struct InjectArgs {
     /// User who owns the remote file [default: root; on the local target, yourself].
     #[arg(short, long)]
     pub user: Option<String>,
-    /// Permission bits of the remote file, in octal [default: the local file's, 0644 for
-    /// stdin].
+    /// Permission bits of the remote file, in octal [default: the local file's rwx bits,
+    /// 0644 for stdin].
     #[arg(short, long, value_name = "OCTAL", value_parser = parse_mode)]
     pub mode: Option<u32>,
     /// Local file to send; - for stdin.

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tuppence::link::{Command, Outcome, Signal};
-use tuppence::wire::{ProcInfoField, field};
+use tuppence::wire::{Dialect, ProcInfoField, field};
 use tuppence_blocking::{MonitorEvent, RunEvent, errno_text};
 
-use crate::cli::{Field, InterruptArgs, MonitorArgs, PingArgs, ProcinfoArgs, QuitArgs};
+use crate::cli::{Field, InterruptArgs, MonitorArgs, PingArgs, ProcinfoArgs, QuitArgs, TargetArgs};
 use crate::exit::{self, Failure};
 use crate::run::{join_command, outcome_status};
 
@@ -21,7 +21,7 @@ pub fn ping(args: PingArgs) -> Result<u8, Failure> {
         0 => "off".to_owned(),
         k => format!("{k} s"),
     };
-    println!(
+    let line = format!(
         "{}: protocol {}.{}, cid {}, keepalive {}, hello round trip {:.3} ms",
         conn.target,
         info.server_version.0,
@@ -30,6 +30,10 @@ pub fn ping(args: PingArgs) -> Result<u8, Failure> {
         keepalive,
         info.latency.as_secs_f64() * 1000.0
     );
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::local("stdout", &e))?;
     Ok(0)
 }
 
@@ -68,6 +72,7 @@ pub fn interrupt(args: InterruptArgs) -> Result<u8, Failure> {
 }
 
 pub fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
+    refuse_legacy(&args.target, "monitor")?;
     let conn = args.target.connect()?;
     let ctx = conn.target.to_string();
     let session = conn.session();
@@ -90,7 +95,7 @@ pub fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
         scope.spawn(move || {
             for _ in signals.forever() {
                 if ended.swap(true, Ordering::SeqCst) {
-                    eprintln!("tuppence: interrupted");
+                    exit::say("tuppence: interrupted");
                     std::process::exit(i32::from(exit::INTERRUPTED));
                 }
                 // The agent answers with the end of the subscription, which ends the loop.
@@ -241,6 +246,7 @@ pub fn procinfo(args: ProcinfoArgs) -> Result<u8, Failure> {
     let mask = wanted
         .iter()
         .fold(0u32, |m, f| m | field::mask_bit(f.kind()));
+    refuse_legacy(&args.target, "procinfo")?;
     let conn = args.target.connect()?;
     let ctx = conn.target.to_string();
     let user = args.user.clone().unwrap_or_else(|| conn.default_user());
@@ -326,6 +332,19 @@ pub fn procinfo(args: ProcinfoArgs) -> Result<u8, Failure> {
     drop(run);
     drop(conn);
     result.map_err(|f| f.at(&ctx))
+}
+
+/// Monitors and procinfo do not exist in protocol 3.0: say so before connecting (and, for
+/// procinfo, before starting a command for nothing).
+fn refuse_legacy(target: &TargetArgs, what: &str) -> Result<(), Failure> {
+    let t = target.target()?;
+    if t.dialect == Dialect::Legacy3 {
+        return Err(Failure::usage(format!(
+            "{what} is not available in protocol 3.0 (the legacy+ dialect)"
+        ))
+        .at(t));
+    }
+    Ok(())
 }
 
 fn ended_too_soon(outcome: Outcome, user: &str) -> Failure {

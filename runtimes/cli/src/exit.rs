@@ -160,6 +160,14 @@ pub fn io_text(e: &io::Error) -> String {
     clean(&e.to_string())
 }
 
+/// Writes one line to stderr. Unlike `eprintln!`, which panics when stderr is a closed
+/// pipe (`tuppence serve 2>&1 | head -1`), a failed write is ignored: there is nowhere
+/// left to report it.
+pub fn say(line: impl fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
 /// Removes every ` (os error N)` from a message.
 pub fn clean(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("{failure}");
+            exit::say(&failure);
             ExitCode::from(failure.code)
         }
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -31,6 +31,8 @@ const STDIN_CHUNK: usize = 64 * 1024;
 const STDIN_QUEUE: usize = 4;
 /// How often the stdin forwarder checks whether the command has ended.
 const FORWARDER_POLL: Duration = Duration::from_millis(100);
+/// How long a command that ignores SIGPIPE may keep writing into a closed pipe.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
 
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let command = join_command(&args.command);
@@ -286,7 +288,7 @@ fn forward_signals(run: &Run<'_>, mut signals: Signals) {
             (2, _) | (1, _) => Signal::KILL,
             _ => {
                 term::restore();
-                eprintln!("tuppence: interrupted; not waiting for the remote command any longer");
+                exit::say("tuppence: interrupted; not waiting for the remote command any longer");
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
         };
@@ -305,6 +307,8 @@ fn pump_output(
 ) -> Result<(Outcome, Option<Failure>), tuppence_blocking::Error> {
     let mut local_failure = None;
     let mut discard = false;
+    // When the remote command was sent SIGPIPE, and whether it was then sent KILL.
+    let mut piped: Option<(Instant, bool)> = None;
     loop {
         let event = run.next()?;
         let (data, to_stderr) = match event {
@@ -319,6 +323,14 @@ fn pump_output(
             }
         };
         if discard {
+            // A command that ignores SIGPIPE never sees EPIPE (the agent still reads its
+            // output): it would run to its timeout. Give it a moment, then KILL it.
+            if let Some((since, false)) = piped
+                && since.elapsed() > PIPE_GRACE
+            {
+                let _ = run.interrupt(Signal::KILL);
+                piped = Some((since, true));
+            }
             continue;
         }
         if let Err(e) = outputs.write(to_stderr, &data) {
@@ -327,6 +339,7 @@ fn pump_output(
                 // Whoever reads us went away (`| head`): give the remote command the
                 // SIGPIPE a local one would get, and report its death as a shell would.
                 let _ = run.interrupt(Signal::named("PIPE"));
+                piped = Some((Instant::now(), false));
             } else {
                 let _ = run.interrupt(Signal::KILL);
                 local_failure = Some(Failure::local(outputs.name(to_stderr), &e));

@@ -86,7 +86,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
             for sig in signals.forever() {
                 if stopping {
                     // A second signal while the agent winds down: the user means it.
-                    eprintln!("tuppence serve: killed while stopping");
+                    exit::say("tuppence serve: killed while stopping");
                     std::process::exit(128 + sig);
                 }
                 stopping = true;
@@ -96,7 +96,10 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         })
         .map_err(cannot)?;
 
-    eprintln!("tuppence serve: ready on {}", shown.join(", "));
+    exit::say(format_args!(
+        "tuppence serve: ready on {}",
+        shown.join(", ")
+    ));
     let end = agent.run().map_err(cannot)?;
     signal_handle.close();
     match end {

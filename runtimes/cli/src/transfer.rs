@@ -46,7 +46,9 @@ pub fn inject(args: InjectArgs) -> Result<u8, Failure> {
             )));
         }
         let size = meta.is_file().then_some(meta.len());
-        (Box::new(f), size, meta.permissions().mode() & 0o7777)
+        // Permission bits only: a local setuid or setgid bit must not turn into a remote
+        // root-owned setuid file by accident (`--mode` can still ask for one).
+        (Box::new(f), size, meta.permissions().mode() & 0o777)
     };
     let remote = if args.remote.ends_with('/') {
         let name = args
@@ -233,7 +235,7 @@ impl Interrupts {
                         if let Some(p) = cleanup.lock().unwrap_or_else(|e| e.into_inner()).take() {
                             let _ = std::fs::remove_file(p);
                         }
-                        eprintln!("tuppence: interrupted");
+                        exit::say("tuppence: interrupted");
                         std::process::exit(i32::from(exit::INTERRUPTED));
                     }
                 }
