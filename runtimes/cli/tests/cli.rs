@@ -301,6 +301,10 @@ fn legacy_dialect_against_the_agent() {
     let out = run(&["run", "-t", &legacy, "--", "echo legacy; exit 4"]);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     assert_eq!(out.stdout, b"legacy\n");
+    // Monitors do not exist in 3.0: refused before anything is sent.
+    let out = run(&["monitor", "-t", &legacy, "agent"]);
+    assert_eq!(code(&out), USAGE, "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1);
     let out = run(&["run", "-t", "legacy+local", "--", "echo embedded"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(out.stdout, b"embedded\n");
