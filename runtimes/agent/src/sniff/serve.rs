@@ -57,6 +57,14 @@ const CHUNK: usize = 64 * 1024;
 /// Answers are taken from an agent only while fewer bytes than this wait for the socket.
 pub const TX_HIGH: usize = 256 * 1024;
 
+/// Reads per connection per turn, so one client sending without pause cannot starve the
+/// others (the loop comes back at once to a connection that still has input).
+const READS_PER_TURN: usize = 16;
+
+/// When accepting fails for a reason that may pass (`EMFILE`), try again after this long:
+/// the client waits in the backlog, and an edge-triggered listener would not report it again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 const RUNNER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const WAKER: Token = Token(2);
@@ -169,11 +177,19 @@ impl Conn {
         None
     }
 
-    /// Does everything that can be done now without waiting.
+    /// Whether input may be waiting that no readiness event will announce again (the turn
+    /// stopped reading at its budget).
+    fn has_more(&self) -> bool {
+        self.readable && !self.read_closed && self.rx.is_empty() && self.io_error.is_none()
+    }
+
+    /// Does everything that can be done now without waiting (reading at most
+    /// [`READS_PER_TURN`] chunks).
     fn turn(&mut self, cid: u64, now: Instant, runner: &mut TaskRunner<Key>) {
         if self.agent.poll_timeout().is_some_and(|t| t <= now) {
             self.agent.handle_timeout(now);
         }
+        let mut reads = 0usize;
         loop {
             let mut progress = self.apply_actions(cid, now, runner);
             progress |= self.flush();
@@ -197,7 +213,8 @@ impl Conn {
                 while let Some(e) = self.agent.poll_error() {
                     warn!(peer = %self.peer, error = %e, "malformed sniff request dropped");
                 }
-            } else if self.readable && !self.read_closed {
+            } else if self.readable && !self.read_closed && reads < READS_PER_TURN {
+                reads += 1;
                 progress |= self.read();
             }
             if !progress {
@@ -352,7 +369,11 @@ impl Engine {
             .filter_map(|c| c.agent.poll_timeout())
             .chain(deadline)
             .min();
-        let timeout = next.map(|t| t.saturating_duration_since(now));
+        let timeout = if self.conns.values().any(Conn::has_more) {
+            Some(Duration::ZERO)
+        } else {
+            next.map(|t| t.saturating_duration_since(now))
+        };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
@@ -457,7 +478,8 @@ pub struct ListenServer<F> {
     listener: Listener,
     new_agent: F,
     max_connections: usize,
-    /// Device listeners: when to try `accept` next.
+    /// When to try `accept` next: device listeners poll on a timer, socket listeners only
+    /// after an accept error.
     accept_at: Option<Instant>,
     stop: Arc<AtomicBool>,
     waker: Option<Arc<Waker>>,
@@ -528,18 +550,13 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
     fn serve_until_stopped(&mut self) -> Result<(), ServeError> {
         while !self.stop.load(Ordering::SeqCst) {
             let ready = self.engine.wait(self.accept_at).map_err(ServeError::Poll)?;
-            if ready.contains(&LISTENER) {
-                self.accept();
-            }
-            if let Some(at) = self.accept_at
-                && at <= Instant::now()
-            {
-                self.accept();
-                let every = self
+            let due = self.accept_at.is_some_and(|at| at <= Instant::now());
+            if ready.contains(&LISTENER) || due {
+                self.accept_at = self
                     .listener
                     .accept_interval()
-                    .unwrap_or(Duration::from_secs(1));
-                self.accept_at = Some(Instant::now() + every);
+                    .map(|every| Instant::now() + every);
+                self.accept();
             }
             for (_, peer, stats, end) in self.engine.step() {
                 match end {
@@ -569,8 +586,10 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // E.g. EMFILE: the client stays in the backlog; retry on the next event.
+                    // E.g. EMFILE: the client stays in the backlog; retry soon.
                     warn!(error = %e, "accepting a sniff connection");
+                    let retry = Instant::now() + ACCEPT_RETRY;
+                    self.accept_at = Some(self.accept_at.map_or(retry, |at| at.min(retry)));
                     return;
                 }
             };
