@@ -1,5 +1,5 @@
-//! The requesting side of sniff, blocking: a [`Transport`] and a
-//! [`Requester`](tuppence::sniff::Requester), nothing else.
+//! The requesting side of sniff, blocking: a [`Transport`] and a [`Requester`], nothing
+//! else.
 //!
 //! Blocking is enough here: a requester sends a few requests and waits for their answers,
 //! and [`Transport::wait_readable`] bounds every wait, so a silent agent costs a timeout, not

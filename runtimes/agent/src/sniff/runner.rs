@@ -22,8 +22,9 @@
 //!   reaps them.
 //! * **Bounded.** Output is read straight into the task's buffer and never beyond
 //!   [`ProcessSpec::output_cap`] + 1 bytes: the one extra byte proves the cap was exceeded.
-//!   How many tasks run at once is the agent's [`AgentConfig::max_tasks`]
-//!   (tuppence::sniff::AgentConfig), so a runner holds at most `max_tasks × output_cap` bytes.
+//!   How many tasks run at once is the agent's
+//!   [`AgentConfig::max_tasks`](tuppence::sniff::AgentConfig::max_tasks), so a runner holds
+//!   at most `max_tasks × output_cap` bytes per agent.
 //! * **Timeouts are not the runner's business**: the agent tracks them (`poll_timeout` /
 //!   `handle_timeout`) and turns an expired task into an [`Action::Abort`].
 //!
