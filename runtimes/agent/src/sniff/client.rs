@@ -5,7 +5,7 @@
 //! and [`Transport::wait_readable`] bounds every wait, so a silent agent costs a timeout, not
 //! a hang.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -18,6 +18,8 @@ use tuppence::sniff::{
     UsageError,
 };
 use tuppence_transport::{Target, Transport, TransportError};
+
+use crate::fdio::{self, ReadOutcome};
 
 /// Bytes read per call.
 const CHUNK: usize = 64 * 1024;
@@ -192,25 +194,13 @@ impl Client {
     }
 
     fn read(&mut self) -> Result<(), ClientError> {
-        let start = self.rx.len();
-        self.rx.resize(start + CHUNK, 0);
-        let n = loop {
-            match (&self.transport).read(&mut self.rx[start..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        match n {
-            Ok(n) => {
-                self.rx.truncate(start + n);
-                self.closed |= n == 0;
-                Ok(())
-            }
-            Err(e) => {
-                self.rx.truncate(start);
-                Err(e.into())
-            }
+        match fdio::read_from(&self.transport, &mut self.rx, CHUNK)? {
+            ReadOutcome::Data(_) => {}
+            ReadOutcome::Eof => self.closed = true,
+            // A spurious wake-up: the caller waits again.
+            ReadOutcome::WouldBlock => {}
         }
+        Ok(())
     }
 }
 

@@ -36,7 +36,7 @@
 //! A short (malformed) message is dropped and logged; the connection goes on.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +50,7 @@ use tuppence::sniff::{Action, Agent, AgentStats, DecodeError, TaskHandle};
 use tuppence_transport::{Listener, Transport};
 
 use super::runner::{RunnerConfig, TaskRunner};
+use crate::fdio::{self, ReadOutcome};
 
 /// Bytes read from a connection per call, and so the most buffered in front of an agent.
 const CHUNK: usize = 64 * 1024;
@@ -224,32 +225,18 @@ impl Conn {
     }
 
     fn read(&mut self) -> bool {
-        let start = self.rx.len();
-        self.rx.resize(start + CHUNK, 0);
-        let result = loop {
-            match (&self.transport).read(&mut self.rx[start..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        match result {
-            Ok(0) => {
-                self.rx.truncate(start);
+        match fdio::read_from(&self.transport, &mut self.rx, CHUNK) {
+            Ok(ReadOutcome::Data(_)) => true,
+            Ok(ReadOutcome::Eof) => {
                 debug!(peer = %self.peer, "sniff peer closed the stream");
                 self.read_closed = true;
                 true
             }
-            Ok(n) => {
-                self.rx.truncate(start + n);
-                true
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.rx.truncate(start);
+            Ok(ReadOutcome::WouldBlock) => {
                 self.readable = false;
                 false
             }
             Err(e) => {
-                self.rx.truncate(start);
                 self.io_error = Some(e);
                 true
             }
