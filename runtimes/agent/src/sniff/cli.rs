@@ -367,7 +367,8 @@ fn parse_request(args: &mut Args) -> Result<RequestArgs, ArgError> {
     };
     let rest: Vec<OsString> = positional.collect();
     let allowed: &[&str] = match task.as_bytes() {
-        b"nop" | b"nat" => &["--url"],
+        b"nop" => &[],
+        b"nat" => &["--url"],
         b"ping" => &["-4", "-6", "--count", "--size"],
         b"cert" => &["--full", "--chain", "--details", "--params", "--starttls"],
         other => {
@@ -377,12 +378,7 @@ fn parse_request(args: &mut Args) -> Result<RequestArgs, ArgError> {
             ));
         }
     };
-    let is_nat = task.as_bytes() == b"nat";
-    if let Some(bad) = o
-        .given
-        .iter()
-        .find(|g| !allowed.contains(&g.as_str()) || (g.as_str() == "--url" && !is_nat))
-    {
+    if let Some(bad) = o.given.iter().find(|g| !allowed.contains(&g.as_str())) {
         return err(format!(
             "{bad} does not apply to {}",
             task.to_string_lossy()
