@@ -77,6 +77,9 @@ pub enum Command {
     /// Be the agent: serve clients on the given ports and sockets.
     #[command(after_help = SERVE_AFTER)]
     Serve(ServeArgs),
+    /// The sniff background-task protocol: `sniff serve` (agent) and `sniff request`.
+    #[command(disable_help_flag = true)]
+    Sniff(SniffArgs),
     /// Print a shell completion script to stdout.
     Completions(CompletionsArgs),
 }
@@ -370,6 +373,13 @@ pub struct ServeArgs {
     /// Do not log commands, injects and extracts.
     #[arg(long, overrides_with = "audit")]
     pub no_audit: bool,
+}
+
+/// Everything after `sniff` goes to the sniff parser (`tuppence sniff --help` for its usage).
+#[derive(Debug, Args)]
+pub struct SniffArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ mod control;
 mod exit;
 mod run;
 mod serve;
+mod sniff;
 mod term;
 mod transfer;
 
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         Command::Quit(a) => control::quit(a),
         Command::Ping(a) => control::ping(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Sniff(a) => sniff::sniff(a.args),
         Command::Completions(a) => {
             let mut cmd = Cli::command();
             clap_complete::generate(a.shell, &mut cmd, "tuppence", &mut std::io::stdout());

@@ -539,3 +539,34 @@ fn procinfo_monitor_and_interrupt() {
     let st = runner.wait().expect("wait");
     assert_eq!(st.code(), Some(128 + 15));
 }
+
+#[test]
+fn sniff_serve_and_request_through_the_cli() {
+    let dir = TempDir::new("sniff");
+    let sock = dir.path().join("sniff.sock");
+    let target = format!("unix:{}", sock.display());
+    let mut agent = tuppence()
+        .args(["sniff", "serve", "--listen", &target])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start sniff agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run(&["sniff", "request", &target, "--id", "7", "--json", "nop"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"id\":7") && text.contains("\"status\":\"ok\""),
+        "{text}"
+    );
+
+    let out = run(&["sniff", "request", &target, "nop"]);
+    assert_eq!(code(&out), 202, "agent gone: {}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let out = run(&["sniff", "frobnicate"]);
+    assert_eq!(code(&out), 204);
+}
