@@ -345,12 +345,45 @@ fn cert_script_output_parses_with_real_x509() {
         println!("SKIP: openssl cannot make test certificates here");
         return;
     };
-    // s_client is faked (no network); everything else goes to the real openssl.
-    let transcript = format!(
+    // s_client is faked (no network); everything else goes to the real openssl. Two
+    // transcripts as openssl 3 prints them: TLS 1.3 has no SSL-Session block before the first
+    // ticket (only the "New, …, Cipher is …" line), TLS 1.2 has one.
+    let chain = format!(
         "CONNECTED(00000003)\n---\nCertificate chain\n 0 s:CN = leaf.example\n{leaf} 1 s:CN = Test CA\n{ca}---\n\
-         SSL handshake has read 2000 bytes\n---\nNew, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384\n\
-         SSL-Session:\n    Protocol  : TLSv1.3\n    Cipher    : TLS_AES_256_GCM_SHA384\n    Session-ID: AB\n---\n"
+         SSL handshake has read 2000 bytes\n---\n"
     );
+    for (tail, cipher, protocol) in [
+        (
+            "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384\nServer public key is 2048 bit\n---\n",
+            "TLS_AES_256_GCM_SHA384",
+            "TLSv1.3",
+        ),
+        (
+            "New, TLSv1.2, Cipher is ECDHE-RSA-AES256-GCM-SHA384\nSSL-Session:\n    \
+             Protocol  : TLSv1.2\n    Cipher    : ECDHE-RSA-AES256-GCM-SHA384\n    Session-ID: AB\n---\n",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "TLSv1.2",
+        ),
+    ] {
+        cert_transcript_parses(
+            &dir,
+            &leaf,
+            &ca,
+            &format!("{chain}{tail}"),
+            cipher,
+            protocol,
+        );
+    }
+}
+
+fn cert_transcript_parses(
+    dir: &Dir,
+    leaf: &str,
+    ca: &str,
+    transcript: &str,
+    cipher: &str,
+    protocol: &str,
+) {
     std::fs::write(dir.0.join("transcript"), transcript).unwrap();
     let fake = dir.script(
         "fakeopenssl",
@@ -417,11 +450,11 @@ fn cert_script_output_parses_with_real_x509() {
 
     let r = &replies[0];
     let tls = r.tls.as_ref().unwrap();
-    assert_eq!(&tls.cipher[..], b"TLS_AES_256_GCM_SHA384");
-    assert_eq!(&tls.protocol[..], b"TLSv1.3");
+    assert_eq!(&tls.cipher[..], cipher.as_bytes());
+    assert_eq!(&tls.protocol[..], protocol.as_bytes());
     assert_eq!(r.count(), 2);
-    assert_eq!(String::from_utf8_lossy(&r.certs[0].value), body(&leaf));
-    assert_eq!(String::from_utf8_lossy(&r.certs[1].value), body(&ca));
+    assert_eq!(String::from_utf8_lossy(&r.certs[0].value), body(leaf));
+    assert_eq!(String::from_utf8_lossy(&r.certs[1].value), body(ca));
     let d = r.certs[0].details.as_ref().unwrap();
     assert_eq!(&d.names[..], b"leaf.example\nwww.leaf.example");
     assert_eq!(String::from_utf8_lossy(&d.expiry), expiry);

@@ -1,21 +1,29 @@
 //! `n`: is this system behind NAT, per address family?
 //!
-//! No parameters (anything sent is ignored, as in C). Success data is two bytes, IPv4 then
-//! IPv6, each [`NatStatus`]: `'0'` no connectivity, `'N'` NAT, `'D'` direct. Failure data is
-//! one code byte, see [`fail`].
+//! Parameters: none, as the C plugin's server sent; or, an extension, one `url` string
+//! ([`NatParams`]) naming the address service to ask instead of the agent's configured one.
+//! Success data is two bytes, IPv4 then IPv6, each [`NatStatus`]: `'0'` no connectivity,
+//! `'N'` NAT, `'D'` direct. Failure data is one code byte, see [`fail`].
 //!
 //! The C plugin dropped this task in 2017; the format is the one of its last version. The
 //! script asks a URL for the address the world sees and compares it with the local
 //! addresses; the URL is configurable ([`NatConfig::url`]) because the historical default
-//! service may not answer any more.
+//! service may not answer any more, and a server may name its own per request because only
+//! it knows which service its network can reach (a test rig's, say).
+//!
+//! Differences from the C plugin, on purpose: C ignored any parameters. Here parameters
+//! that are not exactly one acceptable URL string ([`NatParams::decode`]) are refused with
+//! `I`, so a mistyped URL never silently falls back to the default service. Servers of the C
+//! era sent no parameters, and C agents ignore the URL, so both directions stay compatible.
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
+use super::reader::{Reader, put_string};
 use super::{
-    DEFAULT_OUTPUT_CAP, Outcome, PayloadError, ProcessSpec, TaskFinish, TaskOutput, TaskPlan,
-    TaskType, code,
+    DEFAULT_OUTPUT_CAP, EncodeError, Outcome, PayloadError, ProcessSpec, TaskFinish, TaskOutput,
+    TaskPlan, TaskType, code,
 };
 
 /// The NAT type byte.
@@ -25,12 +33,18 @@ pub const TYPE: u8 = b'n';
 /// caller's address as plain text; point [`NatConfig::url`] at your own if it does not.
 pub const DEFAULT_URL: &str = "https://api.turris.cz/getip.cgi";
 
+/// Longest URL accepted in [`NatParams`].
+pub const MAX_URL_LEN: usize = 2048;
+
 /// The script run for a NAT task (POSIX sh, `ip`, `curl`): `sh -c SCRIPT tuppence-sniff-nat
 /// CURL URL`. It prints two lines, IPv4 then IPv6: `NONE`, `NAT` or `DIRECT`.
 pub const SCRIPT: &str = include_str!("scripts/nat.sh");
 
-/// NAT failure codes (the C plugin's `S M U`, plus the agent's limits from [`code`]).
+/// NAT failure codes (the C plugin's `S M U`, `I` for the URL extension, plus the agent's
+/// limits from [`code`]).
 pub mod fail {
+    /// `I`: the parameters are not one acceptable URL (answered at once, nothing runs).
+    pub const BAD_PARAMS: u8 = b'I';
     /// `S`: the process could not be started.
     pub const SPAWN: u8 = b'S';
     /// `M`: a line is missing (also used when reading the output failed: the C plugin had
@@ -137,7 +151,60 @@ impl NatReply {
     }
 }
 
-/// The parameters of a NAT request (there are none; kept so the finish state has a type).
+/// The parameters of a NAT request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatParams {
+    /// The address service to ask; `None` (no parameters on the wire) = the agent's
+    /// [`NatConfig::url`].
+    pub url: Option<Bytes>,
+}
+
+/// Why a URL is refused: it goes to curl as an argument, so it must not look like an option
+/// or hide a second word, and only HTTP(S) services answer the way the script expects.
+fn check_url(url: &[u8]) -> Result<(), &'static str> {
+    if url.len() > MAX_URL_LEN {
+        return Err("longer than MAX_URL_LEN");
+    }
+    let scheme_ok = [&b"http://"[..], b"https://"].iter().any(|p| {
+        url.get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    });
+    if !scheme_ok {
+        return Err("not an http:// or https:// URL");
+    }
+    if url.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err("contains a space or control character");
+    }
+    Ok(())
+}
+
+impl NatParams {
+    /// Parses NAT parameters: nothing, or exactly one `url` string that starts with
+    /// `http://` or `https://` (any case), holds no space or control byte and is at most
+    /// [`MAX_URL_LEN`] bytes. Unlike ping and certificate parameters, trailing bytes are an
+    /// error: this layout is new, so there is no old sender to be lenient with.
+    pub fn decode(params: Bytes) -> Result<NatParams, PayloadError> {
+        if params.is_empty() {
+            return Ok(NatParams::default());
+        }
+        let mut r = Reader::new(params);
+        let url = r.string("url")?;
+        r.finish()?;
+        check_url(&url).map_err(|why| PayloadError::Invalid { field: "url", why })?;
+        Ok(NatParams { url: Some(url) })
+    }
+
+    /// Appends the parameters (nothing without a URL), refusing a URL the agent would reject.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        check_url(url).map_err(|why| EncodeError::Invalid { field: "url", why })?;
+        put_string(out, "url", url)
+    }
+}
+
+/// The finish state of a NAT task (the answer depends on nothing from the request).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatRequest;
 
@@ -196,14 +263,19 @@ impl Nat {
         Nat { config }
     }
 
-    /// The process that runs the check.
+    /// The process that runs the check against the configured URL.
     pub fn spec(&self) -> ProcessSpec {
+        self.spec_for(&self.config.url)
+    }
+
+    /// The process that runs the check against `url`.
+    pub fn spec_for(&self, url: &Bytes) -> ProcessSpec {
         let args = vec![
             Bytes::from_static(b"-c"),
             Bytes::from_static(SCRIPT.as_bytes()),
             Bytes::from_static(b"tuppence-sniff-nat"),
             self.config.curl.clone(),
-            self.config.url.clone(),
+            url.clone(),
         ];
         ProcessSpec {
             timeout: self.config.timeout,
@@ -218,9 +290,14 @@ impl TaskType for Nat {
         TYPE
     }
 
-    fn start(&self, _params: Bytes) -> TaskPlan {
+    fn start(&self, params: Bytes) -> TaskPlan {
+        let spec = match NatParams::decode(params) {
+            Ok(NatParams { url: Some(url) }) => self.spec_for(&url),
+            Ok(NatParams { url: None }) => self.spec(),
+            Err(_) => return TaskPlan::Answer(Outcome::failure_code(fail::BAD_PARAMS)),
+        };
         TaskPlan::Run {
-            spec: self.spec(),
+            spec,
             finish: Box::new(NatRequest),
         }
     }
@@ -302,16 +379,66 @@ mod tests {
     }
 
     #[test]
-    fn params_are_ignored_and_the_url_is_configurable() {
+    fn the_url_is_configurable_and_a_request_may_name_its_own() {
         let nat = Nat::new(NatConfig {
             url: Bytes::from_static(b"http://192.0.2.1/ip"),
             ..NatConfig::default()
         });
-        let TaskPlan::Run { spec, .. } = nat.start(Bytes::from_static(b"whatever")) else {
+        let TaskPlan::Run { spec, .. } = nat.start(Bytes::new()) else {
             panic!()
         };
         assert_eq!(&spec.args[3][..], b"curl");
         assert_eq!(&spec.args[4][..], b"http://192.0.2.1/ip");
         assert_eq!(&Nat::default().spec().args[4][..], DEFAULT_URL.as_bytes());
+
+        let mut p = BytesMut::new();
+        NatParams {
+            url: Some(Bytes::from_static(b"HTTPS://127.0.0.1:8080/getip")),
+        }
+        .encode(&mut p)
+        .unwrap();
+        assert_eq!(&p[..4], b"\x00\x00\x00\x1c");
+        let TaskPlan::Run { spec, .. } = nat.start(p.freeze()) else {
+            panic!()
+        };
+        assert_eq!(&spec.args[4][..], b"HTTPS://127.0.0.1:8080/getip");
+    }
+
+    #[test]
+    fn bad_params_answer_i() {
+        let string = |s: &[u8]| {
+            let mut b = (s.len() as u32).to_be_bytes().to_vec();
+            b.extend_from_slice(s);
+            b
+        };
+        let mut trailing = string(b"http://a/");
+        trailing.push(0);
+        let long = string(&[b"http://".as_slice(), &[b'a'; MAX_URL_LEN]].concat());
+        for bad in [
+            b"whatever".to_vec(),
+            b"\x00\x00\x00\x05http".to_vec(),
+            trailing,
+            string(b"ftp://a/"),
+            string(b"-o/etc/passwd"),
+            string(b"http://a/ b"),
+            string(b"http://a/\nb"),
+            string(b"http://a/\x7f"),
+            long,
+        ] {
+            match Nat::default().start(Bytes::from(bad.clone())) {
+                TaskPlan::Answer(o) => assert_eq!(o, Outcome::failure_code(b'I'), "{bad:?}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        for bad in [&b"ftp://a/"[..], b"http://a b"] {
+            let p = NatParams {
+                url: Some(Bytes::copy_from_slice(bad)),
+            };
+            assert!(p.encode(&mut BytesMut::new()).is_err());
+        }
+        let mut none = BytesMut::new();
+        NatParams::default().encode(&mut none).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(NatParams::decode(Bytes::new()), Ok(NatParams::default()));
     }
 }

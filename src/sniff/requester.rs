@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::cert::{CertReply, CertRequest};
 use super::frame::{FramedInput, feed};
-use super::nat::{NatReply, TYPE as NAT};
+use super::nat::{NatParams, NatReply, TYPE as NAT};
 use super::nop::TYPE as NOP;
 use super::ping::{PingReply, PingRequest};
 use super::{
@@ -196,15 +196,35 @@ impl Requester {
         self.send(None, TaskKind::Cert(req), p.freeze())
     }
 
-    /// Sends a NAT request.
+    /// Sends a NAT request (no parameters: the agent asks its configured URL).
     pub fn nat(&mut self) -> Result<TaskId, UsageError> {
         self.send(None, TaskKind::Nat, Bytes::new())
+    }
+
+    /// Sends a NAT request with parameters, e.g. the URL of the address service to ask.
+    pub fn nat_with(&mut self, params: &NatParams) -> Result<TaskId, UsageError> {
+        let mut p = BytesMut::new();
+        params.encode(&mut p)?;
+        self.send(None, TaskKind::Nat, p.freeze())
     }
 
     /// Sends a request of any type with raw parameters; its `O` data comes back as
     /// [`TaskResult::Other`] whatever the type byte.
     pub fn request(&mut self, task_type: u8, params: Bytes) -> Result<TaskId, UsageError> {
         self.send(None, TaskKind::Other(task_type), params)
+    }
+
+    /// Sends a request under an id the caller chose instead of an allocated one: for a
+    /// command line's `--id`, or a server that keeps its own ids. `params` must be what the
+    /// agent expects for `kind` (e.g. from [`PingRequest::encode`]); the answer is decoded
+    /// as `kind` whatever they hold, so a deliberately bad parameter block still comes back
+    /// as the type's failure.
+    ///
+    /// A request already pending under `id` stays pending and this one queues behind it: the
+    /// agent aborts the older task (`A`, [`Event::Aborted`]) and then answers this one. An id
+    /// this machine might also allocate is not reserved; mix the two only with care.
+    pub fn send_as(&mut self, id: TaskId, kind: TaskKind, params: Bytes) -> Result<(), UsageError> {
+        self.send(Some(id), kind, params).map(drop)
     }
 
     /// Cancels the task under `id`: sends a NOP under the same id. Expect
@@ -463,6 +483,39 @@ mod tests {
         // A late or stray answer is unsolicited.
         r.handle_answer(answer(1, b'O', b"N0")).unwrap();
         assert!(matches!(r.poll_event(), Some(Event::Unsolicited(_))));
+    }
+
+    #[test]
+    fn send_as_uses_the_given_id_and_decodes_by_kind() {
+        let mut r = Requester::new(RequesterConfig::default());
+        let id = TaskId::from(0xdead_beef);
+        r.send_as(id, TaskKind::Nat, Bytes::new()).unwrap();
+        r.send_as(id, TaskKind::Other(b'Z'), Bytes::from_static(b"xy"))
+            .unwrap();
+        let mut out = BytesMut::new();
+        r.poll_transmit(&mut out);
+        assert_eq!(
+            &out[..],
+            b"\x00\x00\x00\x05\xde\xad\xbe\xefn\x00\x00\x00\x07\xde\xad\xbe\xefZxy"
+        );
+        r.handle_answer(answer(0xdead_beef, b'A', b"")).unwrap();
+        r.handle_answer(answer(0xdead_beef, b'O', b"raw")).unwrap();
+        assert_eq!(
+            r.poll_event(),
+            Some(Event::Aborted {
+                id,
+                task: TaskKind::Nat
+            })
+        );
+        assert_eq!(
+            r.poll_event(),
+            Some(Event::Finished {
+                id,
+                result: TaskResult::Other(Bytes::from_static(b"raw"))
+            })
+        );
+        // The allocator is untouched.
+        assert_eq!(r.nop().unwrap(), TaskId::from(1));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! read until it sees [`ReadOutcome::WouldBlock`]; these helpers make the three outcomes of a
 //! non-blocking read explicit so nobody mistakes `EAGAIN` for an error or 0 for "try again".
 
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 
 use bytes::BytesMut;
@@ -45,6 +45,27 @@ fn read_impl<Fd: AsFd>(
     max: usize,
     eio_is_eof: bool,
 ) -> io::Result<ReadOutcome> {
+    fill(buf, max, |room| match rustix::io::read(fd.as_fd(), room) {
+        Ok(n) => Ok(n),
+        Err(e) if eio_is_eof && e == rustix::io::Errno::IO => Ok(0),
+        Err(e) => Err(e.into()),
+    })
+}
+
+/// Like [`read_into`], through a [`Read`] implementation: for streams whose own `read` knows
+/// better than a raw `read(2)` (a `Transport` maps a serial or virtio port's `EIO` to end of
+/// file). `Interrupted` is retried; `WouldBlock` becomes [`ReadOutcome::WouldBlock`].
+pub fn read_from(mut reader: impl Read, buf: &mut BytesMut, max: usize) -> io::Result<ReadOutcome> {
+    fill(buf, max, |room| reader.read(room))
+}
+
+/// Appends at most `max` bytes that `read` puts into the room it is given, mapping the
+/// outcomes of a non-blocking read.
+fn fill(
+    buf: &mut BytesMut,
+    max: usize,
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+) -> io::Result<ReadOutcome> {
     if max == 0 {
         return Ok(ReadOutcome::Data(0));
     }
@@ -52,8 +73,8 @@ fn read_impl<Fd: AsFd>(
     // Zero-filling the spare room costs a memset but keeps this free of `unsafe`.
     buf.resize(start + max, 0);
     let result = loop {
-        match rustix::io::read(fd.as_fd(), &mut buf[start..]) {
-            Err(rustix::io::Errno::INTR) => continue,
+        match read(&mut buf[start..]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => break other,
         }
     };
@@ -68,12 +89,10 @@ fn read_impl<Fd: AsFd>(
         }
         Err(e) => {
             buf.truncate(start);
-            if e == rustix::io::Errno::AGAIN {
+            if e.kind() == io::ErrorKind::WouldBlock {
                 Ok(ReadOutcome::WouldBlock)
-            } else if eio_is_eof && e == rustix::io::Errno::IO {
-                Ok(ReadOutcome::Eof)
             } else {
-                Err(e.into())
+                Err(e)
             }
         }
     }

@@ -10,6 +10,8 @@
 //! * [`status`] — the status words (errno values) the protocol reports.
 //! * [`user`] — account lookup and acting as a user for file access.
 //! * [`fdio`] — non-blocking read/write helpers.
+//! * [`sniff`] — the sniff task protocol over processes and transports: task runner, serve
+//!   loops, blocking client, command line.
 //!
 //! Linux only. Nothing here blocks or starts threads: every fd handed out is
 //! `O_NONBLOCK|O_CLOEXEC` so a readiness loop (mio) can poll it, and sources that cannot be
@@ -23,6 +25,7 @@ pub mod files;
 pub mod procinfo;
 mod pty;
 pub mod serve;
+pub mod sniff;
 pub mod sources;
 pub mod spawn;
 pub mod status;

@@ -532,9 +532,23 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
     unsafe {
         cmd.pre_exec(move || setup.run());
     }
+    launch(cmd, master, spec.tty)
+}
+
+/// Spawns a fully prepared `cmd` (stdio chosen, `pre_exec` hook installed) and wraps it in a
+/// [`Child`] with a pidfd and non-blocking pipes. The one place that turns a `Command` into a
+/// `Child`, shared by [`spawn_command`] and the sniff task runner, so both get the same
+/// pidfd, kill-on-failure and `O_NONBLOCK` handling.
+///
+/// `pty` is the master of a pty whose slave `cmd` uses (then `tty` is true). `cmd` is
+/// consumed and dropped right after the fork: it holds the pty slave, and the parent must
+/// not keep that open, or the master would never report the end of the command's output.
+pub(crate) fn launch(
+    mut cmd: Command,
+    pty: Option<OwnedFd>,
+    tty: bool,
+) -> Result<Child, SpawnError> {
     let spawned = cmd.spawn();
-    // The Command still holds the pty slave; the parent must not keep it open, or the master
-    // would never report the end of the command's output.
     drop(cmd);
     let mut std_child = spawned.map_err(SpawnError::Spawn)?;
     let pid = std_child.id();
@@ -554,8 +568,8 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         stdin: std_child.stdin.take().map(OwnedFd::from),
         stdout: std_child.stdout.take().map(OwnedFd::from),
         stderr: std_child.stderr.take().map(OwnedFd::from),
-        pty: master,
-        tty: spec.tty,
+        pty,
+        tty,
         status: None,
     };
     // From here on `child` owns the process (its Drop kills it on error).
@@ -569,7 +583,10 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
     Ok(child)
 }
 
-fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
+/// A pidfd for child `pid` (`O_NONBLOCK` where the kernel supports it): readable once the
+/// process has exited, and a handle `waitid(P_PIDFD)` reaps without the pid-reuse race of
+/// `waitpid(pid)`.
+pub fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
     let raw = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     let pid = Pid::from_raw(raw).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
     match rustix::process::pidfd_open(pid, PidfdFlags::NONBLOCK) {
@@ -628,10 +645,14 @@ const KERNEL_SIGSET_SIZE: usize = if cfg!(any(target_arch = "mips", target_arch 
 
 /// Sets every signal's disposition to the default and empties the mask.
 ///
+/// For `pre_exec` hooks: async-signal-safe (raw syscalls only). The agent ignores SIGPIPE and
+/// may block signals for its own loop; a child must not inherit either. Called anywhere else
+/// it resets the calling process's own signal handling.
+///
 /// Raw `rt_sigaction` rather than the C library's `sigaction`, which refuses the signals it
 /// reserves for itself (32 and 33 in glibc) even though they can be inherited as ignored and
 /// survive `exec` that way (the Rust test harness, for one, runs with signal 32 ignored).
-fn reset_signals() {
+pub fn reset_signals() {
     // All zeroes is SIG_DFL with no flags and an empty mask in every architecture's kernel
     // `struct sigaction`; 64 bytes is larger than any of them.
     let dfl = [0u64; 8];
@@ -665,8 +686,12 @@ fn reset_signals() {
     }
 }
 
-/// Marks every fd ≥ 3 close-on-exec.
-fn mark_fds_cloexec() -> io::Result<()> {
+/// Marks every fd ≥ 3 close-on-exec, so a child keeps none of the agent's sockets, pipes or
+/// pidfds.
+///
+/// For `pre_exec` hooks: async-signal-safe, no allocation. (Close-on-exec rather than
+/// closing: the standard library's exec-error pipe must survive until `exec`.)
+pub fn mark_fds_cloexec() -> io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds; raw syscall so
     // that no glibc ≥ 2.34 symbol is needed.

@@ -54,7 +54,7 @@ fn legacy_client_core_operations() {
     assert!(matches!(e, Error::Remote { errno: 2, .. }), "{e}");
 
     // interrupt: 3.0 has no signal names, it is always KILL
-    let mut run = s.run(Command::new("echo $$; exec sleep 100")).unwrap();
+    let run = s.run(Command::new("echo $$; exec sleep 100")).unwrap();
     let mut first = Vec::new();
     while !first.contains(&b'\n') {
         match run.next_timeout(Some(PATIENCE)).unwrap() {

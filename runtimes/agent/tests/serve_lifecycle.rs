@@ -69,7 +69,7 @@ fn malformed_packets_hurt_only_their_own_connection() {
     let agent = TestAgent::start();
     // A client in the middle of a command while the others misbehave.
     let bystander = agent.session();
-    let mut waiting = bystander
+    let waiting = bystander
         .run(Command::new("read line; echo \"got $line\""))
         .unwrap();
 

@@ -178,7 +178,7 @@ fn output_for_a_client_that_does_not_read() {
     let s = agent.session();
     warm_up(&s);
     let before = agent.peak_kib();
-    let mut run = s
+    let run = s
         .run(Command::new(format!("head -c {TOTAL} /dev/zero")))
         .unwrap();
     let mut received = 0usize;

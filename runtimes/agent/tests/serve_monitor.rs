@@ -135,14 +135,14 @@ fn followed_file_shows_appended_lines() {
 fn unknown_source_is_enoent() {
     let agent = TestAgent::start();
     let s = agent.session();
-    let mut m = s.monitor("no-such-source").unwrap();
+    let m = s.monitor("no-such-source").unwrap();
     assert_eq!(
         m.next_timeout(Some(PATIENCE)).unwrap(),
         Some(MonitorEvent::Finished(Outcome::Failed { errno: 2 }))
     );
     // A directory cannot be followed (a missing file can: it is waited for).
     let dir = TempDir::new("follow-dir");
-    let mut m = s
+    let m = s
         .monitor(&format!("file:{}", dir.path().display()))
         .unwrap();
     assert_eq!(
@@ -188,7 +188,7 @@ fn agent_trail_ends_the_commands_of_a_client_that_left() {
     let mut m = watcher.monitor("agent").unwrap();
     let (worker, handle) = agent.session_with_handle();
     let cid = worker.info().cid;
-    let mut run = worker.run(Command::new("echo $$; exec sleep 100")).unwrap();
+    let run = worker.run(Command::new("echo $$; exec sleep 100")).unwrap();
     let mut first = Vec::new();
     while !first.contains(&b'\n') {
         match run.next_timeout(Some(PATIENCE)).unwrap() {

@@ -1,6 +1,7 @@
 //! The operations of a session: commands, transfers, monitors.
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,10 +29,15 @@ pub struct Output {
 
 /// A running command. Dropping it stops delivery of its output (the command keeps running
 /// until it ends or the session closes).
+///
+/// Every method takes `&self`, so one thread can wait for output with [`next`](Self::next)
+/// while others feed stdin and send signals through the same `&Run` (a CLI forwarding its
+/// own stdin and Ctrl-C). Only [`procinfo`](Self::procinfo) must not race with `next`: both
+/// take events of the same transaction.
 pub struct Run<'s> {
     session: &'s Session,
     xid: u16,
-    done: bool,
+    done: AtomicBool,
 }
 
 impl Session {
@@ -41,7 +47,7 @@ impl Session {
         Ok(Run {
             session: self,
             xid,
-            done: false,
+            done: AtomicBool::new(false),
         })
     }
 
@@ -162,7 +168,7 @@ impl Session {
         Ok(Monitor {
             session: self,
             xid,
-            done: false,
+            done: AtomicBool::new(false),
         })
     }
 }
@@ -197,7 +203,7 @@ impl Run<'_> {
 
     /// Asks for process information (bit *n* of `mask` asks for field type *n*).
     /// Waits for the answer, keeping any output that arrives meanwhile for `next`.
-    pub fn procinfo(&mut self, mask: u32) -> Result<Vec<ProcInfoField>, Error> {
+    pub fn procinfo(&self, mask: u32) -> Result<Vec<ProcInfoField>, Error> {
         let xid = self.xid;
         self.session.act(|c| c.procinfo(xid, mask))?;
         let mut held = Vec::new();
@@ -220,8 +226,8 @@ impl Run<'_> {
     }
 
     /// The next piece of output, or the end. `Ok(None)` when `timeout` passed first.
-    pub fn next_timeout(&mut self, timeout: Option<Duration>) -> Result<Option<RunEvent>, Error> {
-        if self.done {
+    pub fn next_timeout(&self, timeout: Option<Duration>) -> Result<Option<RunEvent>, Error> {
+        if self.done.load(Ordering::SeqCst) {
             return Ok(None);
         }
         loop {
@@ -234,7 +240,7 @@ impl Run<'_> {
                 } => return Ok(Some(RunEvent::Stderr(data))),
                 ClientEvent::Output { data, .. } => return Ok(Some(RunEvent::Stdout(data))),
                 ClientEvent::Finished { outcome, .. } => {
-                    self.done = true;
+                    self.done.store(true, Ordering::SeqCst);
                     return Ok(Some(RunEvent::Finished(outcome)));
                 }
                 _ => {}
@@ -244,12 +250,12 @@ impl Run<'_> {
 
     /// The next piece of output, or the end; `None` after the end.
     #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<RunEvent>, Error> {
+    pub fn next(&self) -> Result<Option<RunEvent>, Error> {
         self.next_timeout(None)
     }
 
     /// Waits for the end, collecting all output.
-    pub fn collect(mut self) -> Result<Output, Error> {
+    pub fn collect(self) -> Result<Output, Error> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
             match self.next()? {
@@ -276,17 +282,19 @@ impl Run<'_> {
 
 impl Drop for Run<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done.load(Ordering::SeqCst) {
             self.session.detach(self.xid);
         }
     }
 }
 
-/// A subscription to an agent event source.
+/// A subscription to an agent event source. Like [`Run`], every method takes `&self`, so
+/// another thread may [`end`](Self::end) it while one waits in
+/// [`next_timeout`](Self::next_timeout).
 pub struct Monitor<'s> {
     session: &'s Session,
     xid: u16,
-    done: bool,
+    done: AtomicBool,
 }
 
 /// What a monitor delivers.
@@ -299,11 +307,8 @@ pub enum MonitorEvent {
 
 impl Monitor<'_> {
     /// The next event; `Ok(None)` on timeout or after the end.
-    pub fn next_timeout(
-        &mut self,
-        timeout: Option<Duration>,
-    ) -> Result<Option<MonitorEvent>, Error> {
-        if self.done {
+    pub fn next_timeout(&self, timeout: Option<Duration>) -> Result<Option<MonitorEvent>, Error> {
+        if self.done.load(Ordering::SeqCst) {
             return Ok(None);
         }
         loop {
@@ -314,7 +319,7 @@ impl Monitor<'_> {
                 ClientEvent::MonitorData { data, .. } => return Ok(Some(MonitorEvent::Data(data))),
                 ClientEvent::Settled { seq, .. } => return Ok(Some(MonitorEvent::Settled(seq))),
                 ClientEvent::Finished { outcome, .. } => {
-                    self.done = true;
+                    self.done.store(true, Ordering::SeqCst);
                     return Ok(Some(MonitorEvent::Finished(outcome)));
                 }
                 _ => {}
@@ -337,7 +342,7 @@ impl Monitor<'_> {
 
 impl Drop for Monitor<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done.load(Ordering::SeqCst) {
             let xid = self.xid;
             let _ = self.session.act(|c| c.end_monitor(xid));
             self.session.detach(xid);

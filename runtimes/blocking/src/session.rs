@@ -199,6 +199,10 @@ impl Session {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.shared.lock();
         loop {
+            // Events the reader left in the machine because an inbox was full: the reader
+            // moves them only after its next read, which can be a second away once the peer
+            // has sent everything (the tail of a large extract stalled for seconds).
+            self.shared.dispatch(&mut st);
             if let Some(inbox) = st.inboxes.get_mut(&xid) {
                 if let Some(ev) = inbox.events.pop_front() {
                     if matches!(ev, ClientEvent::Finished { .. }) {

@@ -150,7 +150,7 @@ fn concurrent_commands_on_one_session() {
 #[test]
 fn interrupt_reports_the_signal() {
     let session = unix_session();
-    let mut run = session.run(Command::new("sleep")).unwrap();
+    let run = session.run(Command::new("sleep")).unwrap();
     run.interrupt(Signal::TERM).unwrap();
     assert_eq!(
         run.next().unwrap(),

@@ -25,10 +25,16 @@ while [ "$#" -ge 3 ]; do
 		</dev/null >"$dir/out" 2>/dev/null
 	echo '-----BEGIN HOST-----'
 	if [ -s "$dir/out" ]; then
+		# The SSL-Session block (TLS <= 1.2) names both; with TLS 1.3 openssl 3 prints no
+		# session before the first ticket, only "New, TLSv1.3, Cipher is NAME".
+		cipher=$(sed -n 's/^ *Cipher *: *//p' "$dir/out" | head -n 1)
+		[ -n "$cipher" ] || cipher=$(sed -n 's/^New, [^,]*, Cipher is //p' "$dir/out" | head -n 1)
+		protocol=$(sed -n 's/^ *Protocol *: *//p' "$dir/out" | head -n 1)
+		[ -n "$protocol" ] || protocol=$(sed -n 's/^New, \([^,]*\), Cipher is .*/\1/p' "$dir/out" | head -n 1)
 		echo '-----CIPHER-----'
-		sed -n 's/^ *Cipher *: *//p' "$dir/out" | head -n 1
+		printf '%s\n' "$cipher"
 		echo '-----PROTOCOL-----'
-		sed -n 's/^ *Protocol *: *//p' "$dir/out" | head -n 1
+		printf '%s\n' "$protocol"
 		awk -v dir="$dir" '
 			/^-----BEGIN CERTIFICATE-----/ { n++; f = sprintf("%s/%05d.pem", dir, n) }
 			f != "" { print > f }

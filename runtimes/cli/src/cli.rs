@@ -1,0 +1,450 @@
+//! The command line, as clap derive structures. Every option's help says what it does and
+//! what the default is, because `--help` is the manual.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tuppence_transport::DEFAULT_VIRTIO_PORT;
+
+const TARGET_HELP: &str = "\
+Where the agent is: virtio:/HOST/SOCKET (QEMU's unix socket of the guest's virtio-serial \
+channel), serial:/dev/ttyX[@BAUD], vsock:CID:PORT, unix:/PATH, tcp:HOST:PORT, or local (an \
+agent embedded in this process; no setup). Prefix legacy+ to speak protocol 3.0, the C \
+twopence executor's.";
+
+const ABOUT: &str =
+    "Drive a system under test (VM, serial board, container) over a byte link with no network";
+
+const LONG_ABOUT: &str = "\
+Drive a system under test (VM, serial board, container) over a byte link with no network.
+
+tuppence talks to an agent (`tuppence serve`, or the C twopence_test_server with a legacy+ \
+target) over a virtio-serial channel, a serial line, vsock, a unix socket or TCP. It runs \
+commands with live stdin/stdout/stderr, copies files in and out, watches event sources and \
+samples running commands. The default target, `local`, runs an agent inside this process, \
+so `tuppence run -- uname -a` works with nothing set up.
+
+Logging goes to stderr: -v for more, -q for less, or TUPPENCE_LOG=debug (a tracing \
+filter).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tuppence",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = crate::exit::TABLE,
+    propagate_version = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output on stderr (-q errors only, -qq nothing but the final error line).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command on the target, streaming its output; exit with its status.
+    #[command(after_help = RUN_AFTER, override_usage = "tuppence run [OPTIONS] -- COMMAND...")]
+    Run(RunArgs),
+    /// Copy a local file (or stdin) to the target.
+    Inject(InjectArgs),
+    /// Copy a file from the target to a local file (or stdout).
+    Extract(ExtractArgs),
+    /// Send a signal to a process group on the target (by its id, not by transaction).
+    #[command(after_help = INTERRUPT_AFTER)]
+    Interrupt(InterruptArgs),
+    /// Print the events of an agent event source until Ctrl-C.
+    Monitor(MonitorArgs),
+    /// Start a command and print its process information (pid, rss, CPU time, ...).
+    #[command(
+        after_help = PROCINFO_AFTER,
+        override_usage = "tuppence procinfo [OPTIONS] -- COMMAND..."
+    )]
+    Procinfo(ProcinfoArgs),
+    /// Ask the agent to exit (it kills what it started first).
+    Quit(QuitArgs),
+    /// Connect, print the agent's protocol version, connection id, keepalive and latency.
+    Ping(PingArgs),
+    /// Be the agent: serve clients on the given ports and sockets.
+    #[command(after_help = SERVE_AFTER)]
+    Serve(ServeArgs),
+    /// The sniff background-task protocol: `sniff serve` (agent) and `sniff request`.
+    #[command(disable_help_flag = true)]
+    Sniff(SniffArgs),
+    /// Print a shell completion script to stdout.
+    Completions(CompletionsArgs),
+}
+
+/// Options of every command that talks to an agent.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    #[arg(short, long, env = "TUPPENCE_TARGET", default_value = "local", help = TARGET_HELP, value_name = "TARGET")]
+    pub target: String,
+    /// Seconds to wait for the agent's answer to the hello.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub connect_timeout: f64,
+    /// Keepalive to ask for, in seconds (0 = off); default: the agent's setting. The link is
+    /// declared dead after this long without hearing from the agent.
+    #[arg(short = 'k', long, value_name = "SECS")]
+    pub keepalive: Option<u16>,
+}
+
+const RUN_AFTER: &str = "\
+The COMMAND words are joined with spaces and run by /bin/sh -c on the target, as ssh does: \
+quote what the remote shell should see, e.g. tuppence run -- 'echo $HOME'.
+
+Ctrl-C sends INT to the remote command's process group (TERM, HUP and QUIT are forwarded \
+as themselves); a second signal sends KILL; a third gives up waiting and exits with 130.
+
+Exit status: the remote exit code, 128+N if signal N killed it, 200 if the agent killed it \
+at its timeout, 201 if it could not be started, 202 connection failure, 203 protocol \
+failure, 204 bad usage, 205 local output file failure.";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// User to run as [default: root; on the local target, yourself].
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Seconds after which the agent kills the command (rounded up); 0 = the agent's
+    /// default (60 s unless `serve --default-timeout` says otherwise).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
+    pub timeout: f64,
+    /// Run on a pseudo-terminal: stdout and stderr arrive merged, Ctrl-C and other keys go
+    /// to the remote terminal (our terminal is switched to raw mode meanwhile).
+    #[arg(long)]
+    pub tty: bool,
+    /// Forward stdin even when it is a terminal (a file or pipe on stdin is always
+    /// forwarded; a terminal is left alone unless -i or --tty).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Set NAME=VALUE in the command's environment; NAME alone takes the value from ours
+    /// (skipped with a warning when unset). Repeatable.
+    #[arg(short, long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<OsString>,
+    /// Write the command's stdout to FILE (truncated) instead of our stdout.
+    #[arg(long, value_name = "FILE")]
+    pub stdout: Option<PathBuf>,
+    /// Write the command's stderr to FILE (truncated) instead of our stderr; may be the
+    /// same file as --stdout.
+    #[arg(long, value_name = "FILE")]
+    pub stderr: Option<PathBuf>,
+    /// The command and its arguments (after --).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 done, 201 the agent could not write the file, 202 \
+connection failure, 204 bad usage, 205 the local file could not be read, 130 Ctrl-C."
+)]
+pub struct InjectArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// User who owns the remote file [default: root; on the local target, yourself].
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Permission bits of the remote file, in octal [default: the local file's rwx bits,
+    /// 0644 for stdin].
+    #[arg(short, long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub mode: Option<u32>,
+    /// Local file to send; - for stdin.
+    pub local: PathBuf,
+    /// Remote path (relative paths are under the user's home; a trailing / appends the
+    /// local file's name). The agent writes a temporary beside it and renames it into
+    /// place only when complete.
+    pub remote: String,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The file is written to a temporary beside LOCAL and renamed into \
+place only when the transfer succeeded, so a failure never leaves an empty or partial file. \
+An existing LOCAL keeps its permission bits; a new one gets 0666 minus the umask.
+
+Exit status: 0 done, 201 the agent could not read the file, 202 connection failure, 204 \
+bad usage, 205 the local file could not be written, 130 Ctrl-C."
+)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// User to read the remote file as [default: root; on the local target, yourself].
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Remote file (relative paths are under the user's home).
+    pub remote: String,
+    /// Local destination; - for stdout; an existing directory receives the remote file's
+    /// name.
+    pub local: PathBuf,
+}
+
+const INTERRUPT_AFTER: &str = "\
+Why a process group and not a transaction id: transaction ids (xids) belong to one \
+connection, and the agent gives every new connection its own. A second tuppence process \
+therefore cannot reach the xid of a command that `tuppence run` started; that run forwards \
+Ctrl-C itself. What another process can do is signal the command's process group: the agent \
+starts every command in its own group, whose id `tuppence run -v` logs and `tuppence \
+procinfo` prints (pgid). This runs `kill -s SIGNAL -- -PGID` on the target and exits with \
+kill's status.";
+
+#[derive(Debug, Args)]
+pub struct InterruptArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// User to send the signal as [default: root; on the local target, yourself].
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Signal name (INT, TERM, KILL, HUP, USR1, ...; with or without SIG) or number.
+    #[arg(short, long, default_value = "INT", value_parser = parse_signal_name)]
+    pub signal: String,
+    /// Process-group id of the remote command.
+    pub pgid: u32,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Sources: agent (the agent's audit trail: commands, injects, \
+extracts), kmsg (new kernel log lines), file:PATH (lines appended to a file). Events are \
+written to stdout as they arrive. Ctrl-C ends the subscription cleanly and exits 0. Not \
+available over the legacy 3.0 dialect."
+)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print the events already pending, then exit instead of waiting for more.
+    #[arg(long)]
+    pub settle: bool,
+    /// Event source: agent, kmsg or file:PATH.
+    pub source: String,
+}
+
+const PROCINFO_AFTER: &str = "\
+Process information is only available about a command started on the same connection, so \
+this starts COMMAND itself (its stdin closed, its output copied to our stderr), waits \
+--after seconds, and prints one line of NAME=VALUE pairs to stdout. Then it kills the \
+command, unless --wait or --every let it run to its end (and mirror its exit status). Not \
+available over the legacy 3.0 dialect.
+
+Fields: pid pgid state uid gid rss_kib utime_ms stime_ms elapsed_ms threads comm";
+
+#[derive(Debug, Args)]
+pub struct ProcinfoArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// User to run as [default: root; on the local target, yourself].
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Seconds after which the agent kills the command; 0 = the agent's default.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
+    pub timeout: f64,
+    /// Fields to print (repeatable or comma-separated) [default: all].
+    #[arg(short, long, value_enum, value_delimiter = ',', value_name = "NAME")]
+    pub field: Vec<Field>,
+    /// Seconds to let the command run before the (first) sample.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
+    pub after: f64,
+    /// Sample again every SECS seconds until the command ends; exit with its status.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub every: Option<f64>,
+    /// Let the command finish after the sample and exit with its status, instead of
+    /// killing it.
+    #[arg(long)]
+    pub wait: bool,
+    /// The command and its arguments (after --), run by /bin/sh -c.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// Procinfo fields by name (DESIGN §3 types 1..=11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Field {
+    Pid,
+    Pgid,
+    State,
+    Uid,
+    Gid,
+    RssKib,
+    UtimeMs,
+    StimeMs,
+    ElapsedMs,
+    Threads,
+    Comm,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "With --no-quit on the agent the request is ignored; this command \
+cannot tell and exits 0 once the request is sent."
+)]
+pub struct QuitArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+const SERVE_AFTER: &str = "\
+Listeners may be combined; with none, --virtio is assumed (what the C \
+twopence_test_server does). Once every listener is open a line `tuppence serve: ready on \
+TARGET, ...` is printed to stderr. SIGTERM or SIGINT stop the agent cleanly: commands it \
+started are killed and reaped, partial injected files removed. It also exits, with status \
+0, when a client sends quit (unless --no-quit). Audit lines (commands, injects, extracts) \
+are logged at info level.
+
+The protocol has no authentication: whoever can reach a listener can run commands as any \
+user the agent may switch to. Unix sockets are created mode 0600; TCP is opened only on the \
+address given.
+
+Exit status: 0 after quit or a signal, 202 a listener could not be opened, 204 bad usage.";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve on a virtio-serial port of this guest [PATH default:
+    /// /dev/virtio-ports/org.opensuse.twopence.0].
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = DEFAULT_VIRTIO_PORT)]
+    pub virtio: Vec<PathBuf>,
+    /// Serve on a serial tty, raw 8N1 (BAUD default 115200).
+    #[arg(long, value_name = "DEV[@BAUD]")]
+    pub serial: Vec<String>,
+    /// Listen on this AF_VSOCK port, from any CID.
+    #[arg(long, value_name = "PORT")]
+    pub vsock: Vec<u32>,
+    /// Listen on a unix socket (a stale socket file is replaced).
+    #[arg(long, value_name = "PATH")]
+    pub unix: Vec<PathBuf>,
+    /// Permission bits of --unix sockets, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_mode)]
+    pub unix_mode: u32,
+    /// Listen on TCP at an explicit address (HOST:PORT or [V6]:PORT; port 0 = any free
+    /// port, shown in the ready line). Unauthenticated: bind loopback or a private link.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub tcp: Vec<String>,
+    /// Clients served at once; more are accepted and closed.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_clients: usize,
+    /// Live transactions per client.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_transactions: usize,
+    /// Timeout in seconds for commands that ask for 0.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub default_timeout: f64,
+    /// Keepalive offered on sockets (unix, TCP, vsock), seconds; 0 = off.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub keepalive: u16,
+    /// Keepalive offered on serial and virtio ports, seconds; 0 = off (a tty has no
+    /// disconnect, so silence is normal there).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub port_keepalive: u16,
+    /// Only these users may be run as or act as (repeatable) [default: any].
+    #[arg(long = "allow-user", value_name = "USER")]
+    pub allow_users: Vec<String>,
+    /// Ignore clients' quit requests.
+    #[arg(long)]
+    pub no_quit: bool,
+    /// Log every command, inject and extract (the default).
+    #[arg(long, overrides_with = "no_audit")]
+    pub audit: bool,
+    /// Do not log commands, injects and extracts.
+    #[arg(long, overrides_with = "audit")]
+    pub no_audit: bool,
+}
+
+/// Everything after `sniff` goes to the sniff parser (`tuppence sniff --help` for its usage).
+#[derive(Debug, Args)]
+pub struct SniffArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate completions for.
+    pub shell: clap_complete::Shell,
+}
+
+/// Seconds as a non-negative finite decimal (`1`, `0.5`).
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=f64::from(u32::MAX)).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds (expected e.g. 10 or 0.5)"
+        )),
+    }
+}
+
+/// Permission bits in octal, with or without a leading 0 (`644`, `0644`, `0o644`).
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not an octal mode (expected e.g. 0644 or 755)"
+        )),
+    }
+}
+
+/// Signal names travel as text and end up in a remote shell command: only letters and
+/// digits are accepted.
+fn parse_signal_name(s: &str) -> Result<String, String> {
+    let upper = s.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if !bare.is_empty() && bare.len() <= 16 && bare.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Ok(bare.to_owned());
+    }
+    Err(format!(
+        "{s:?} is not a signal name (expected e.g. INT, TERM, KILL or 9)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn modes_and_seconds() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("0988").is_err());
+        assert!(parse_mode("").is_err());
+        assert!(parse_mode("17777").is_err());
+        assert_eq!(parse_seconds("0.5"), Ok(0.5));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("inf").is_err());
+        assert_eq!(parse_signal_name("sigterm"), Ok("TERM".into()));
+        assert_eq!(parse_signal_name("9"), Ok("9".into()));
+        assert!(parse_signal_name("INT; rm").is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! Opening a session on a target, including `local`: an agent embedded in this process.
+//!
+//! `local` exists so that `tuppence run -- uname -a` works on a fresh machine with nothing
+//! installed or started: the same agent code `tuppence serve` runs is started on a thread
+//! and spoken to over one end of a unix socket pair. The commands it starts are therefore
+//! children of this process, and are killed when it stops.
+
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tuppence::link::{ClientConfig, KEEPALIVE_SERVER_DEFAULT};
+use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
+use tuppence_blocking::Session;
+use tuppence_transport::{Endpoint, Target, Transport};
+
+use crate::cli::TargetArgs;
+use crate::exit::{self, Failure};
+
+/// How long [`Connection::close`] waits for an embedded agent to kill and reap what it
+/// started before the process exits anyway.
+const LOCAL_SHUTDOWN: Duration = Duration::from_secs(3);
+
+/// A session and, for `local`, the agent thread behind it.
+///
+/// Dropping it closes the session first and then, for `local`, stops the agent so that no
+/// command outlives this process (fields drop in declaration order).
+pub struct Connection {
+    pub target: Target,
+    session: Session,
+    local: Option<LocalAgent>,
+}
+
+struct LocalAgent {
+    stop: StopHandle,
+    thread: Option<JoinHandle<std::io::Result<RunEnd>>>,
+}
+
+impl TargetArgs {
+    /// The target to use: `-t`, else `$TUPPENCE_TARGET` (clap reads it), else `local`.
+    /// Parsed here rather than by clap so a bad target is one line and the usage status.
+    pub fn target(&self) -> Result<Target, Failure> {
+        self.target
+            .parse::<Target>()
+            .map_err(|e| Failure::usage(format!("bad target {:?}: {e}", self.target)))
+    }
+
+    fn client_config(&self, target: &Target) -> ClientConfig {
+        ClientConfig {
+            dialect: target.dialect,
+            keepalive: self.keepalive.unwrap_or(KEEPALIVE_SERVER_DEFAULT),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// Opens the target and waits for the agent's hello.
+    pub fn connect(&self) -> Result<Connection, Failure> {
+        let target = self.target()?;
+        let timeout = Duration::from_secs_f64(self.connect_timeout);
+        let config = self.client_config(&target);
+        let context = target.to_string();
+        if target.endpoint == Endpoint::Local {
+            return connect_local(target, config, timeout).map_err(|f| f.at(&context));
+        }
+        tracing::debug!(%target, "connecting");
+        let transport = target
+            .connect()
+            .map_err(|e| exit::transport(e).at(&context))?;
+        let session = Session::new(transport, config, timeout)
+            .map_err(|e| Failure::session(e).at(&context))?;
+        log_hello(&session);
+        Ok(Connection {
+            target,
+            session,
+            local: None,
+        })
+    }
+}
+
+fn connect_local(
+    target: Target,
+    config: ClientConfig,
+    timeout: Duration,
+) -> Result<Connection, Failure> {
+    let cannot = |e: std::io::Error| {
+        Failure::new(
+            exit::CONNECTION,
+            format!("cannot start the embedded agent: {}", exit::io_text(&e)),
+        )
+    };
+    let (ours, theirs) = UnixStream::pair().map_err(cannot)?;
+    let mut agent = Agent::new(AgentConfig {
+        // The agent lives as long as our end of the pair: when the session closes it has
+        // nothing left to serve and returns.
+        exit_when_idle: true,
+        // Its audit lines would only repeat what the user just typed.
+        audit: false,
+        ..AgentConfig::default()
+    })
+    .map_err(cannot)?;
+    agent
+        .add_connection(Transport::Unix(theirs), "local")
+        .map_err(cannot)?;
+    let stop = agent.stop_handle().map_err(cannot)?;
+    let thread = std::thread::Builder::new()
+        .name("tuppence-local-agent".into())
+        .spawn(move || agent.run())
+        .map_err(cannot)?;
+    let local = LocalAgent {
+        stop,
+        thread: Some(thread),
+    };
+    match Session::new(ours, config, timeout) {
+        Ok(session) => {
+            log_hello(&session);
+            Ok(Connection {
+                target,
+                session,
+                local: Some(local),
+            })
+        }
+        Err(e) => {
+            drop(local);
+            Err(Failure::session(e))
+        }
+    }
+}
+
+fn log_hello(session: &Session) {
+    let info = session.info();
+    tracing::debug!(
+        cid = info.cid,
+        version = %format_args!("{}.{}", info.server_version.0, info.server_version.1),
+        keepalive = info.keepalive,
+        latency = ?info.latency,
+        "connected"
+    );
+}
+
+impl Drop for LocalAgent {
+    /// Stops the agent (which kills and reaps every command it started and removes partial
+    /// injected files) and waits a bounded time for it.
+    fn drop(&mut self) {
+        self.stop.stop();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + LOCAL_SHUTDOWN;
+        while !thread.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!("the embedded agent did not stop in time");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match thread.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the embedded agent failed"),
+            Err(_) => tracing::warn!("the embedded agent panicked"),
+        }
+    }
+}
+
+impl Connection {
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The user to act as when `-u` is not given: `root` on a real target, as the C
+    /// executor; on `local`, whoever runs this command, since an unprivileged user cannot
+    /// switch to root and the embedded agent runs with our own credentials.
+    pub fn default_user(&self) -> String {
+        if self.local.is_some() {
+            match tuppence_agent::User::current() {
+                Ok(u) => String::from_utf8_lossy(u.name()).into_owned(),
+                Err(_) => "root".to_owned(),
+            }
+        } else {
+            "root".to_owned()
+        }
+    }
+
+    /// Sends `q`. The session is closed afterwards; an embedded agent quits by itself.
+    pub fn quit(self) -> Result<(), tuppence_blocking::Error> {
+        let Connection { session, local, .. } = self;
+        let r = session.quit();
+        drop(local);
+        r
+    }
+}

@@ -1,0 +1,154 @@
+//! `tuppence serve`: the agent, on the listeners the command line names.
+//!
+//! Every listener is opened before the agent starts, so a typo or a busy port fails at
+//! once with one line instead of after the VM has booted. Then one line, `tuppence serve:
+//! ready on ...`, goes to stderr: test harnesses (the QEMU test among them) wait for it
+//! instead of polling for a socket file. SIGTERM and SIGINT go to a thread that asks the
+//! agent loop to stop, so it kills and reaps its commands and removes partial files
+//! before the process exits.
+
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tuppence_agent::serve::{Agent, AgentConfig, RunEnd};
+use tuppence_transport::{
+    DEFAULT_VIRTIO_PORT, Endpoint, ListenOptions, Listener, Target, TransportError, VSOCK_CID_ANY,
+};
+
+use crate::cli::ServeArgs;
+use crate::exit::{self, Failure};
+
+pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
+    let targets = listen_targets(&args)?;
+    let options = ListenOptions {
+        unix_mode: args.unix_mode,
+    };
+    let mut listeners = Vec::with_capacity(targets.len());
+    for target in &targets {
+        if matches!(target.endpoint, Endpoint::Tcp { .. }) {
+            tracing::warn!(
+                %target,
+                "listening on TCP: the protocol has no authentication; anyone who can reach this address can run commands as any allowed user"
+            );
+        }
+        let listener = Listener::bind(target, &options).map_err(listen_failure)?;
+        listeners.push(listener);
+    }
+    let shown: Vec<String> = listeners
+        .iter()
+        .zip(&targets)
+        .map(|(l, t)| match l.local_endpoint() {
+            Ok(e) => e.to_string(),
+            Err(_) => t.to_string(),
+        })
+        .collect();
+
+    let config = AgentConfig {
+        max_clients: args.max_clients.max(1),
+        max_transactions: args.max_transactions.max(1),
+        default_timeout: Duration::from_secs_f64(args.default_timeout),
+        socket_keepalive: args.keepalive,
+        port_keepalive: args.port_keepalive,
+        allow_users: if args.allow_users.is_empty() {
+            None
+        } else {
+            Some(
+                args.allow_users
+                    .iter()
+                    .map(|u| u.as_bytes().to_vec())
+                    .collect(),
+            )
+        },
+        allow_quit: !args.no_quit,
+        audit: !args.no_audit,
+        exit_when_idle: false,
+        ..AgentConfig::default()
+    };
+    let cannot = |e: std::io::Error| {
+        Failure::new(
+            exit::CONNECTION,
+            format!("cannot start the agent: {}", exit::io_text(&e)),
+        )
+    };
+    let mut agent = Agent::new(config).map_err(cannot)?;
+    for l in listeners {
+        agent.add_listener(l).map_err(cannot)?;
+    }
+    let stop = agent.stop_handle().map_err(cannot)?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::local("signal handlers", &e))?;
+    let signal_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("tuppence-signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            for sig in signals.forever() {
+                if stopping {
+                    // A second signal while the agent winds down: the user means it.
+                    exit::say("tuppence serve: killed while stopping");
+                    std::process::exit(128 + sig);
+                }
+                stopping = true;
+                tracing::info!(signal = sig, "stopping");
+                stop.stop();
+            }
+        })
+        .map_err(cannot)?;
+
+    exit::say(format_args!(
+        "tuppence serve: ready on {}",
+        shown.join(", ")
+    ));
+    let end = agent.run().map_err(cannot)?;
+    signal_handle.close();
+    match end {
+        RunEnd::Quit => tracing::info!("quit by a client"),
+        RunEnd::Stopped => tracing::info!("stopped by a signal"),
+        RunEnd::Idle => tracing::info!("nothing left to serve"),
+    }
+    Ok(0)
+}
+
+/// The listeners in a fixed order: virtio, serial, vsock, unix, tcp; with none given, the
+/// default virtio port, as the C agent does.
+fn listen_targets(args: &ServeArgs) -> Result<Vec<Target>, Failure> {
+    let mut targets = Vec::new();
+    for path in &args.virtio {
+        targets.push(Target::new(Endpoint::Virtio { path: path.clone() }));
+    }
+    for spec in &args.serial {
+        targets.push(parse_as("serial", spec)?);
+    }
+    for &port in &args.vsock {
+        targets.push(Target::new(Endpoint::Vsock {
+            cid: VSOCK_CID_ANY,
+            port,
+        }));
+    }
+    for path in &args.unix {
+        targets.push(Target::new(Endpoint::Unix { path: path.clone() }));
+    }
+    for spec in &args.tcp {
+        targets.push(parse_as("tcp", spec)?);
+    }
+    if targets.is_empty() {
+        tracing::info!("no listener given; serving the virtio-serial port {DEFAULT_VIRTIO_PORT}");
+        targets.push(Target::new(Endpoint::Virtio {
+            path: DEFAULT_VIRTIO_PORT.into(),
+        }));
+    }
+    Ok(targets)
+}
+
+/// `--serial DEV[@BAUD]` and `--tcp ADDR:PORT` use the target syntax without the prefix.
+fn parse_as(transport: &str, spec: &str) -> Result<Target, Failure> {
+    format!("{transport}:{spec}")
+        .parse::<Target>()
+        .map_err(|e| Failure::usage(format!("--{transport} {spec:?}: {e}")))
+}
+
+/// The transport's message names the endpoint already.
+fn listen_failure(e: TransportError) -> Failure {
+    Failure::new(exit::CONNECTION, exit::clean(&e.to_string())).at("serve")
+}

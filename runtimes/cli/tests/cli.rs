@@ -1,0 +1,572 @@
+//! The `tuppence` binary end to end: against `local` (the embedded agent) and against a
+//! `tuppence serve --unix` this test starts in a temporary directory.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tuppence");
+
+/// The documented exit statuses (see `tuppence --help`).
+const TIMEOUT: i32 = 200;
+const REMOTE_FAILURE: i32 = 201;
+const CONNECTION: i32 = 202;
+const USAGE: i32 = 204;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("tuppence-cli-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tuppence() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("TUPPENCE_TARGET").env_remove("TUPPENCE_LOG");
+    c
+}
+
+/// Runs the binary with `stdin` as its input; output collected.
+fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = tuppence()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tuppence");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
+}
+
+fn run(args: &[&str]) -> Output {
+    tuppence()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tuppence")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `tuppence serve --unix DIR/agent.sock`, waited for through its ready line.
+struct Server {
+    child: Child,
+    target: String,
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let dir = TempDir::new("serve");
+        let sock = dir.path().join("agent.sock");
+        let mut child = tuppence()
+            .arg("serve")
+            .arg("--no-audit")
+            .arg("--unix")
+            .arg(&sock)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        // Reads the ready line, then keeps draining so the agent never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { return };
+                if line.contains("ready on") {
+                    let _ = tx.send(line.clone());
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("serve printed its ready line");
+        assert_eq!(
+            line,
+            format!("tuppence serve: ready on unix:{}", sock.display())
+        );
+        Server {
+            child,
+            target: format!("unix:{}", sock.display()),
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) for the agent process to exit.
+    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Both kinds of target every behaviour is checked against.
+fn with_targets(check: impl Fn(&str)) {
+    check("local");
+    let server = Server::start(&[]);
+    check(&server.target);
+}
+
+#[test]
+fn exit_status_mirrors_the_remote_command() {
+    with_targets(|t| {
+        assert_eq!(code(&run(&["run", "-t", t, "--", "true"])), 0, "{t}");
+        assert_eq!(code(&run(&["run", "-t", t, "--", "exit 3"])), 3, "{t}");
+        assert_eq!(
+            code(&run(&["run", "-t", t, "--", "kill -TERM $$"])),
+            128 + 15,
+            "{t}"
+        );
+        let start = Instant::now();
+        let out = run(&["run", "-t", t, "--timeout", "1", "--", "sleep", "5"]);
+        assert_eq!(code(&out), TIMEOUT, "{t}: {}", stderr(&out));
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("tuppence: {t}: command timed out")),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate() {
+    with_targets(|t| {
+        let out = run(&["run", "-t", t, "--", "echo out; echo err >&2; echo out2"]);
+        assert_eq!(code(&out), 0);
+        assert_eq!(out.stdout, b"out\nout2\n");
+        assert_eq!(out.stderr, b"err\n");
+    });
+}
+
+#[test]
+fn stdin_passes_every_byte_value() {
+    let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 256) as u8).collect();
+    with_targets(|t| {
+        let out = run_with_input(&["run", "-t", t, "--", "cat"], &data);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(out.stdout == data, "{t}: {} bytes back", out.stdout.len());
+        // EOF on our stdin is EOF for the command.
+        let out = run_with_input(&["run", "-t", t, "--", "wc", "-c"], &data);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65536");
+    });
+}
+
+#[test]
+fn inject_and_extract_round_trip_20_mb() {
+    let data: Vec<u8> = (0..20_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    with_targets(|t| {
+        let dir = TempDir::new("xfer");
+        let local = dir.path().join("local.bin");
+        let remote = dir.path().join("remote.bin");
+        let back = dir.path().join("back.bin");
+        std::fs::write(&local, &data).expect("write");
+        let out = run(&[
+            "inject",
+            "-t",
+            t,
+            "--mode",
+            "0640",
+            local.to_str().expect("utf-8"),
+            remote.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(
+            out.stderr.is_empty(),
+            "no progress bar off a terminal: {}",
+            stderr(&out)
+        );
+        let meta = std::fs::metadata(&remote).expect("injected");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+            0o640
+        );
+        let out = run(&[
+            "extract",
+            "-t",
+            t,
+            remote.to_str().expect("utf-8"),
+            back.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(std::fs::read(&back).expect("extracted") == data);
+        assert_eq!(dir.entries(), ["back.bin", "local.bin", "remote.bin"]);
+    });
+}
+
+#[test]
+fn inject_from_stdin_and_extract_to_stdout() {
+    let server = Server::start(&[]);
+    let dir = TempDir::new("stdio");
+    let remote = dir.path().join("r.txt");
+    let r = remote.to_str().expect("utf-8");
+    let out = run_with_input(&["inject", "-t", &server.target, "-", r], b"from stdin\n");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(&["extract", "-t", &server.target, r, "-"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(out.stdout, b"from stdin\n");
+}
+
+#[test]
+fn failed_extract_leaves_no_local_file() {
+    with_targets(|t| {
+        let dir = TempDir::new("nofile");
+        let dest = dir.path().join("out.bin");
+        let missing = dir.path().join("does-not-exist");
+        let out = run(&[
+            "extract",
+            "-t",
+            t,
+            missing.to_str().expect("utf-8"),
+            dest.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(code(&out), REMOTE_FAILURE, "{}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("No such file or directory"), "{err}");
+        assert!(dir.entries().is_empty(), "left behind: {:?}", dir.entries());
+    });
+}
+
+#[test]
+fn legacy_dialect_against_the_agent() {
+    let server = Server::start(&[]);
+    let legacy = format!("legacy+{}", server.target);
+    let out = run(&["ping", "-t", &legacy]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("protocol 3.0"), "{text}");
+    let out = run(&["run", "-t", &legacy, "--", "echo legacy; exit 4"]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_eq!(out.stdout, b"legacy\n");
+    // Monitors do not exist in 3.0: refused before anything is sent.
+    let out = run(&["monitor", "-t", &legacy, "agent"]);
+    assert_eq!(code(&out), USAGE, "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1);
+    let out = run(&["run", "-t", "legacy+local", "--", "echo embedded"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(out.stdout, b"embedded\n");
+}
+
+#[test]
+fn ping_prints_the_version() {
+    with_targets(|t| {
+        let out = run(&["ping", "-t", t]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with(&format!("{t}: protocol 4.0, cid ")),
+            "{text}"
+        );
+        assert!(text.contains("keepalive") && text.contains(" ms"), "{text}");
+    });
+}
+
+#[test]
+fn bad_targets_are_one_line_errors() {
+    let out = run(&["ping", "-t", "foo:bar"]);
+    assert_eq!(code(&out), USAGE);
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("tuppence: bad target \"foo:bar\": unknown transport"),
+        "{err}"
+    );
+
+    let out = tuppence()
+        .args(["run", "--", "true"])
+        .env("TUPPENCE_TARGET", "tcp:nohost")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(code(&out), USAGE, "{}", stderr(&out));
+
+    let dir = TempDir::new("noconn");
+    let sock = dir.path().join("nobody.sock");
+    let target = format!("unix:{}", sock.display());
+    let out = run(&["run", "-t", &target, "--", "true"]);
+    assert_eq!(code(&out), CONNECTION);
+    assert_eq!(
+        stderr(&out),
+        format!("tuppence: {target}: cannot connect: No such file or directory\n")
+    );
+}
+
+#[test]
+fn usage_errors_use_the_usage_status() {
+    assert_eq!(code(&run(&["run"])), USAGE);
+    assert_eq!(code(&run(&["no-such-command"])), USAGE);
+    assert_eq!(
+        code(&run(&["run", "--timeout", "soon", "--", "true"])),
+        USAGE
+    );
+    assert_eq!(code(&run(&["inject", "--mode", "999", "a", "b"])), USAGE);
+    assert_eq!(code(&run(&[])), USAGE);
+}
+
+#[test]
+fn serve_exits_0_on_quit_and_on_sigterm() {
+    let mut server = Server::start(&[]);
+    let out = run(&["quit", "-t", &server.target]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let st = server
+        .wait(Duration::from_secs(5))
+        .expect("serve exited after quit");
+    assert_eq!(st.code(), Some(0));
+
+    let mut server = Server::start(&[]);
+    // A command still running when the agent is stopped must not survive it.
+    let dir = TempDir::new("term");
+    let pidfile = dir.path().join("pid");
+    let cmd = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let mut runner = tuppence()
+        .args(["run", "-t", &server.target, "--", &cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pid = loop {
+        if let Ok(s) = std::fs::read_to_string(&pidfile)
+            && let Ok(pid) = s.trim().parse::<u32>()
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the command did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let st = server
+        .wait(Duration::from_secs(5))
+        .expect("serve exited after SIGTERM");
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true),
+        "the agent's command {pid} outlived it"
+    );
+    let _ = runner.kill();
+    let _ = runner.wait();
+}
+
+#[test]
+fn help_of_every_subcommand() {
+    for sub in [
+        "run",
+        "inject",
+        "extract",
+        "interrupt",
+        "monitor",
+        "procinfo",
+        "quit",
+        "ping",
+        "serve",
+        "completions",
+    ] {
+        let out = run(&[sub, "--help"]);
+        assert_eq!(code(&out), 0, "{sub} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: tuppence "), "{sub}: {text}");
+    }
+    let out = run(&["--help"]);
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Exit status:"));
+    let out = run(&["--version"]);
+    assert_eq!(code(&out), 0);
+    let out = run(&["completions", "bash"]);
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tuppence"));
+}
+
+#[test]
+fn output_files_environment_and_user_errors() {
+    let dir = TempDir::new("files");
+    let both = dir.path().join("both.txt");
+    let b = both.to_str().expect("utf-8");
+    let out = tuppence()
+        .args([
+            "run",
+            "-e",
+            "GREETING=hello",
+            "-e",
+            "FROM_HERE",
+            "--stdout",
+            b,
+            "--stderr",
+            b,
+            "--",
+            "echo $GREETING; echo $FROM_HERE >&2",
+        ])
+        .env("FROM_HERE", "passed")
+        .env_remove("TUPPENCE_TARGET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&both).expect("read"),
+        "hello\npassed\n"
+    );
+
+    let out = run(&["run", "-u", "no-such-user-here", "--", "true"]);
+    assert_eq!(code(&out), REMOTE_FAILURE, "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1);
+}
+
+#[test]
+fn broken_pipe_gives_the_remote_command_sigpipe() {
+    let mut child = tuppence()
+        .args(["run", "--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut buf = [0u8; 4];
+    stdout.read_exact(&mut buf).expect("some output");
+    drop(stdout);
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(128 + 13));
+}
+
+#[test]
+fn procinfo_monitor_and_interrupt() {
+    let server = Server::start(&[]);
+    let t = server.target.as_str();
+    let out = run(&["procinfo", "-t", t, "-f", "pid,pgid,comm", "--", "sleep 10"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        line.starts_with("pid=") && line.contains(" pgid=") && line.contains(" comm="),
+        "{line}"
+    );
+
+    let out = run(&["monitor", "-t", t, "--settle", "agent"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(&["monitor", "-t", t, "no-such-source"]);
+    assert_eq!(code(&out), REMOTE_FAILURE, "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1);
+
+    // A command started by one client, signalled from another through its process group.
+    let mut runner = tuppence()
+        .args(["run", "-v", "-t", t, "--", "sleep 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let err = runner.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(err).lines();
+    let pgid = loop {
+        let line = lines.next().expect("a log line").expect("utf-8");
+        if let Some(rest) = line.split("pgid=").nth(1) {
+            break rest.split_whitespace().next().expect("pgid").to_owned();
+        }
+    };
+    let out = run(&["interrupt", "-t", t, "--signal", "TERM", &pgid]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let st = runner.wait().expect("wait");
+    assert_eq!(st.code(), Some(128 + 15));
+}
+
+#[test]
+fn sniff_serve_and_request_through_the_cli() {
+    let dir = TempDir::new("sniff");
+    let sock = dir.path().join("sniff.sock");
+    let target = format!("unix:{}", sock.display());
+    let mut agent = tuppence()
+        .args(["sniff", "serve", "--listen", &target])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start sniff agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run(&["sniff", "request", &target, "--id", "7", "--json", "nop"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"id\":7") && text.contains("\"status\":\"ok\""),
+        "{text}"
+    );
+
+    let out = run(&["sniff", "request", &target, "nop"]);
+    assert_eq!(code(&out), 202, "agent gone: {}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let out = run(&["sniff", "frobnicate"]);
+    assert_eq!(code(&out), 204);
+}
