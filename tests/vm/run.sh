@@ -24,9 +24,9 @@
 #   TUPPENCE_VM_KERNEL    kernel image (default: the newest /boot/vmlinuz-* with virtio modules)
 #   TUPPENCE_VM_TIMEOUT   seconds for the whole run after the build (default 300)
 #   TUPPENCE_VM_BYTES     size of the big transfers (default 10485760)
-#   TUPPENCE_VM_SERIAL_BYTES  size of the big transfers over the serial port (default 1048576:
-#                         an emulated 8250 under TCG moves about 0.2 MB/s, so 10 MiB there
-#                         would take almost two minutes)
+#   TUPPENCE_VM_SERIAL_BYTES  size of the big transfers over the serial port (default 524288:
+#                         through an emulated 8250 under TCG extract moves about 0.2 MB/s and
+#                         inject 0.03-0.06 MB/s, so 10 MiB there would take minutes)
 #   TUPPENCE_VM_KEEP=1    keep the work directory (it is kept anyway when a check failed)
 set -uo pipefail
 
@@ -41,7 +41,7 @@ WATCHDOG_PID=""
 BG_PIDS=()
 FINISHED=0
 BYTES=${TUPPENCE_VM_BYTES:-10485760}
-SERIAL_BYTES=${TUPPENCE_VM_SERIAL_BYTES:-1048576}
+SERIAL_BYTES=${TUPPENCE_VM_SERIAL_BYTES:-524288}
 OVERALL=${TUPPENCE_VM_TIMEOUT:-300}
 PORT_NAME=org.opensuse.twopence.0
 
@@ -431,7 +431,7 @@ suite() { # NAME TARGET BYTES UPLOAD-FILE
   step; kill -KILL "$pid"; wait "$pid" 2>/dev/null
   # The agent must have killed the vanished client's sleep, and serve the new client.
   # (a killed sleep may still be a zombie the agent reaps a moment later: those do not count)
-  out=$(tp run -t "$t" -- 'echo back; for p in $(pidof sleep); do s=$(cut -d" " -f3 /proc/$p/stat 2>/dev/null); [ -z "$s" ] || [ "$s" = Z ] || echo "sleep $p is alive ($s)"; done; echo checked' 2>"$WORK/err" </dev/null); rc=$?
+  out=$(TP_TIMEOUT=20 tp run -t "$t" -- 'echo back; for p in $(pidof sleep); do s=$(cut -d" " -f3 /proc/$p/stat 2>/dev/null); [ -z "$s" ] || [ "$s" = Z ] || echo "sleep $p is alive ($s)"; done; echo checked' 2>"$WORK/err" </dev/null); rc=$?
   [ "$rc" = 0 ] && [ "$out" = $'back\nchecked' ]
   check "$n: new client after one vanished" $? "rc=$rc out='$(echo "$out" | tr '\n' '|')' $(head -c 200 "$WORK/err")"
 }
