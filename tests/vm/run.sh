@@ -194,8 +194,13 @@ fi
 
 # The run's watchdog: after OVERALL seconds kill QEMU (which ends any client waiting on
 # it), then stop the script.
+# (The sleep holds no copy of our stdout: a stray sleep would keep a pipe such as
+# `run.sh | tee` or cargo's captured output open long after the script ended.)
 (
-  sleep "$OVERALL"
+  trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+  sleep "$OVERALL" </dev/null >/dev/null 2>&1 &
+  sp=$!
+  wait "$sp" || exit 0
   echo "TIMEOUT: the VM test ran longer than ${OVERALL}s"
   [ -f "$WORK/qemu.pid" ] && kill -KILL "$(cat "$WORK/qemu.pid")" 2>/dev/null
   kill -TERM $$
@@ -331,7 +336,7 @@ if [ -z "$BOOTED" ]; then
     *) bad "boot (TCG)" "no init marker within 90 s"; finish ;;
   esac
 fi
-ok "boot to /init ($BOOTED)" "$(grep -a -m1 'TUPPENCE-VM: init' "$CONSOLE" | tr -d '\r')"
+ok "boot to /init ($BOOTED)" "$(grep -ao -m1 'TUPPENCE-VM: init.*' "$CONSOLE" | tr -d '\r')"
 
 # --- 4a. AF_VSOCK inside the guest ---------------------------------------------------------
 step
