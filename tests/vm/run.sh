@@ -442,25 +442,27 @@ suite() { # NAME TARGET BYTES UPLOAD-FILE
 }
 
 # A client killed in the middle of an inject (it waits for more stdin): the agent must
-# remove its partial file. Only over virtio, whose host side reports the disconnect.
-partial_inject() { # NAME TARGET
-  local n=$1 t=$2 pid out rc
+# remove its partial file. Over virtio, whose host side reports the disconnect; the other
+# agent (serial) shows that the temporary file existed while the inject was under way.
+partial_inject() { # NAME TARGET OTHER-TARGET
+  local n=$1 t=$2 other=$3 pid out rc during
   step; rm -f "$WORK/fifo"; mkfifo "$WORK/fifo"
   "$BIN" inject -t "$t" - "/tmp/partial.$n" <"$WORK/fifo" >/dev/null 2>&1 &
   pid=$!; BG_PIDS+=("$pid")
   exec 9>"$WORK/fifo"
   head -c 1048576 /dev/urandom >&9
   sleep 1
+  during=$(tp run -t "$other" -- "ls -a /tmp | grep partial.$n" 2>/dev/null </dev/null | tr '\n' ' ')
   kill -KILL "$pid"; wait "$pid" 2>/dev/null
   exec 9>&-
   out=$(tp run -t "$t" -- "ls -a /tmp | grep partial.$n || echo none" 2>"$WORK/err" </dev/null); rc=$?
-  [ "$rc" = 0 ] && [ "$out" = none ]
-  check "$n: partial inject removed" $? "rc=$rc left in /tmp: '$(echo "$out" | tr '\n' ' ')' $(head -c 200 "$WORK/err")"
+  [ "$rc" = 0 ] && [ "$out" = none ] && [ -n "$during" ]
+  check "$n: partial inject removed" $? "rc=$rc during: '$during' after: '$(echo "$out" | tr '\n' ' ')' $(head -c 200 "$WORK/err")"
 }
 
 step; STEP_SUITE=$(now)
 suite virtio "virtio:$VSOCK_HOST" "$BYTES" "$WORK/up.bin"
-partial_inject virtio "virtio:$VSOCK_HOST"
+partial_inject virtio "virtio:$VSOCK_HOST" "unix:$SER_HOST"
 timing "virtio suite (all)" "$(since "$STEP_SUITE")"
 STEP_SUITE=$(now)
 suite serial "unix:$SER_HOST" "$SERIAL_BYTES" "$WORK/up-serial.bin"
