@@ -27,6 +27,7 @@
 #   TUPPENCE_VM_SERIAL_BYTES  size of the big transfers over the serial port (default 524288:
 #                         through an emulated 8250 under TCG extract moves about 0.2 MB/s and
 #                         inject 0.03-0.06 MB/s, so 10 MiB there would take minutes)
+#   TUPPENCE_VM_SMP       guest CPUs (default 1)
 #   TUPPENCE_VM_KEEP=1    keep the work directory (it is kept anyway when a check failed)
 set -uo pipefail
 
@@ -275,7 +276,7 @@ CONSOLE=$WORK/console.log      # ttyS0
 
 boot() { # ACCEL-ARGS...
   rm -f "$VSOCK_HOST" "$SER_HOST" "$CONSOLE"
-  "$QEMU" -name tuppence-vm-test "$@" -m 512 -smp 1 \
+  "$QEMU" -name tuppence-vm-test "$@" -m 512 -smp "${TUPPENCE_VM_SMP:-1}" \
     -nographic -monitor none -nic none -no-reboot \
     -kernel "$KERNEL" -initrd "$WORK/initramfs.cpio" \
     -append "console=ttyS0 loglevel=4 panic=-1" \
