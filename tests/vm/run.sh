@@ -9,10 +9,13 @@
 #   3. boots it with qemu-system-x86_64 (KVM when it works, else TCG), no network device,
 #      a virtio-serial port org.opensuse.twopence.0 and ttyS1 each behind a host unix
 #      socket, the console (ttyS0) in a log file;
-#   4. checks AF_VSOCK inside the guest (init prints the results), then drives the guest's
-#      agents from the host over virtio-serial and the serial port: ping, uname -r, exit
-#      codes, stdin, user lookup, 10 MiB extract and inject (sha256), Ctrl-C forwarding,
-#      a client that vanishes mid-command followed by a new client, and quit;
+#   4. checks AF_VSOCK inside the guest (init runs an agent on vsock_loopback and prints the
+#      results: echo, exit code, user lookup, 1 MiB both ways, a second client's
+#      `tuppence interrupt`, quit), then drives the guest's agents from the host over
+#      virtio-serial and the serial port: ping, uname -r, exit codes, stdin/stdout/stderr,
+#      user lookup, extract and inject checked by sha256 (10 MiB over virtio, 512 KiB over
+#      serial), Ctrl-C forwarding, a client that vanishes mid-command followed by a new
+#      client, a partial inject removed after its client vanished (virtio), and quit;
 #   5. always tears the VM down, prints timings and ends with `vm: N passed, M failed`.
 #
 # Exit status: 0 all passed, 1 something failed, 77 skipped (the reason is printed as
@@ -52,6 +55,8 @@ log() { echo "[$(since "$T0")s] $*"; }
 timing() { TIMINGS+=("$(printf '%-48s %7ss' "$1" "$2")"); }
 
 skip() {
+  cleanup
+  [ -n "${WORK:-}" ] && rm -rf "$WORK"
   echo "SKIPPED: $*"
   echo "vm: 0 passed, 0 failed, 1 skipped"
   FINISHED=1
