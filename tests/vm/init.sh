@@ -148,7 +148,9 @@ say "vsock checks done uptime=$(up)"
 # They log at warn by default; their audit lines (info) are useful in the console log.
 TUPPENCE_LOG=info tuppence serve --virtio &
 virtio_pid=$!
-TUPPENCE_LOG=info tuppence serve --serial /dev/ttyS1 &
+# A tty has no hang-up: the port keepalive is how the serial agent notices a vanished host.
+# (10 s: the link's minimum; a smaller value is raised to it)
+TUPPENCE_LOG=info tuppence serve --serial /dev/ttyS1 --port-keepalive 10 &
 serial_pid=$!
 say "agents started virtio=$virtio_pid serial=$serial_pid uptime=$(up)"
 

@@ -434,17 +434,51 @@ suite() { # NAME TARGET BYTES UPLOAD-FILE
     [ "$rc" = 130 ]; check "$n: interrupt sleep 100 -> 130" $? "rc=$rc $(head -c 200 "$WORK/err")"
   fi
 
-  # The host goes away mid-command (client killed), then a new client must be served.
+  # The serial agent runs with --port-keepalive: a tty has no hang-up, so the keepalive is
+  # how it notices a host that went away. Give it that time first, then check that a
+  # client coming back at once is served too.
+  if [ "$n" = serial ]; then
+    vanish "$n" "$t" "new client after keepalive expiry" "client disconnected cid=[0-9]* peer=serial" ""
+    vanish "$n" "$t" "new client right after one vanished" "" "client disconnected cid=[0-9]* peer=serial"
+  else
+    vanish "$n" "$t" "new client right after one vanished" "" ""
+  fi
+}
+
+# console_count REGEX: lines of the console log matching REGEX, colours stripped (the
+# agents' log lines carry ANSI escapes: the console is a terminal).
+console_count() { sed 's/\x1b\[[0-9;]*m//g' "$CONSOLE" | grep -ac -- "$1"; }
+
+# vanish NAME TARGET CHECK-NAME NOTICE-PATTERN SETTLE-PATTERN: a client runs `sleep 100`
+# and is killed (SIGKILL: the host goes away mid-command). With NOTICE-PATTERN, wait (15 s
+# at most) until the console has one more line matching it (the agent noticed) before the
+# next client. The next client must be served, and the vanished client's sleep must be
+# gone. With SETTLE-PATTERN, a failed check waits (15 s at most) for one more such line,
+# so that the checks after it start on a link the agent has reset.
+vanish() {
+  local n=$1 t=$2 what=$3 pattern=$4 settle=$5 pid out rc i before noticed="" ok_rc
   step; : >"$WORK/gone.out"
   "$BIN" run -t "$t" -- 'echo started; exec sleep 100' >"$WORK/gone.out" 2>/dev/null </dev/null &
   pid=$!; BG_PIDS+=("$pid")
   for i in $(seq 150); do grep -q started "$WORK/gone.out" && break; sleep 0.1; done
+  [ -n "$pattern" ] && before=$(console_count "$pattern")
   step; kill -KILL "$pid"; wait "$pid" 2>/dev/null
-  # The agent must have killed the vanished client's sleep, and serve the new client.
+  if [ -n "$pattern" ]; then
+    noticed="not noticed within 15 s"
+    for i in $(seq 150); do
+      if [ "$(console_count "$pattern")" -gt "$before" ]; then noticed="noticed after $(since "$STEP_T") s"; break; fi
+      sleep 0.1
+    done
+  fi
   # (a killed sleep may still be a zombie the agent reaps a moment later: those do not count)
   out=$(TP_TIMEOUT=20 tp run -t "$t" -- 'echo back; for p in $(pidof sleep); do s=$(cut -d" " -f3 /proc/$p/stat 2>/dev/null); [ -z "$s" ] || [ "$s" = Z ] || echo "sleep $p is alive ($s)"; done; echo checked' 2>"$WORK/err" </dev/null); rc=$?
-  [ "$rc" = 0 ] && [ "$out" = $'back\nchecked' ]
-  check "$n: new client after one vanished" $? "rc=$rc out='$(echo "$out" | tr '\n' '|')' $(head -c 200 "$WORK/err")"
+  [ "$rc" = 0 ] && [ "$out" = $'back\nchecked' ]; ok_rc=$?
+  check "$n: $what" $ok_rc "$noticed rc=$rc out='$(echo "$out" | tr '\n' '|')' $(head -c 200 "$WORK/err")"
+  if [ "$ok_rc" != 0 ] && [ -n "$settle" ]; then
+    before=$(console_count "$settle")
+    for i in $(seq 150); do [ "$(console_count "$settle")" -gt "$before" ] && break; sleep 0.1; done
+    log "$n: waited $(since "$STEP_T") s in all for the agent to reset the link"
+  fi
 }
 
 # A client killed in the middle of an inject (it waits for more stdin): the agent must
