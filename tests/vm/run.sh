@@ -105,7 +105,7 @@ finish() {
     if [ "$FAILED" -gt 0 ] || [ "${TUPPENCE_VM_KEEP:-0}" = 1 ]; then
       if [ "$FAILED" -gt 0 ] && [ -f "$WORK/console.log" ]; then
         echo "--- last 40 lines of the guest console ($WORK/console.log) ---"
-        tail -n 40 "$WORK/console.log" | tr -d '\r'
+        tail -n 40 "$WORK/console.log" | sed 's/\x1b\[[0-9;]*m//g' | tr -d '\r'
         echo "---"
       fi
       echo "work directory kept: $WORK"
