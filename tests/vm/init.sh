@@ -145,14 +145,30 @@ vsock_checks
 say "vsock checks done uptime=$(up)"
 
 # --- the agents the host drives ---
+# Each logs to its own file (two agents writing to the console at once interleave their
+# ready lines); a tail relays every line to the console with the agent's name in front.
 # They log at warn by default; their audit lines (info) are useful in the console log.
-TUPPENCE_LOG=info tuppence serve --virtio &
-virtio_pid=$!
+# start_agent NAME ARGS...: starts it, waits for its ready line, prints that line.
+start_agent() {
+  name=$1
+  shift
+  : >"/tmp/$name-serve.log"
+  TUPPENCE_LOG=info tuppence serve "$@" 2>>"/tmp/$name-serve.log" &
+  pid=$!
+  tail -f "/tmp/$name-serve.log" | sed "s/^/[$name] /" &
+  if wait_ready "/tmp/$name-serve.log" 100; then
+    say "$name agent pid=$pid $(grep -m1 'tuppence serve: ready' "/tmp/$name-serve.log")"
+  else
+    say "$name agent pid=$pid: no ready line within 10 s"
+  fi
+}
+start_agent virtio --virtio
+virtio_pid=$pid
 # A tty has no hang-up: the port keepalive is how the serial agent notices a vanished host.
 # (10 s: the link's minimum; a smaller value is raised to it)
-TUPPENCE_LOG=info tuppence serve --serial /dev/ttyS1 --port-keepalive 10 &
-serial_pid=$!
-say "agents started virtio=$virtio_pid serial=$serial_pid uptime=$(up)"
+start_agent serial --serial /dev/ttyS1 --port-keepalive 10
+serial_pid=$pid
+say "agents started uptime=$(up)"
 
 wait $virtio_pid; rc=$?
 say "virtio agent exited rc=$rc"

@@ -366,10 +366,10 @@ fi
 
 # --- 4b. the host drives the guest's agents -----------------------------------------------
 step
-wait_console "tuppence serve: ready on virtio:" 60 && ok "virtio agent ready" "$(grep -a -m1 'ready on virtio:' "$CONSOLE" | tr -d '\r')" \
+wait_console "tuppence serve: ready on virtio:" 60 && ok "virtio agent ready" "$(grep -ao -m1 'tuppence serve: ready on virtio:.*' "$CONSOLE" | tr -d '\r')" \
   || bad "virtio agent ready" "no ready line within 60 s"
 step
-wait_console "tuppence serve: ready on serial:" 60 && ok "serial agent ready" "$(grep -a -m1 'ready on serial:' "$CONSOLE" | tr -d '\r')" \
+wait_console "tuppence serve: ready on serial:" 60 && ok "serial agent ready" "$(grep -ao -m1 'tuppence serve: ready on serial:.*' "$CONSOLE" | tr -d '\r')" \
   || bad "serial agent ready" "no ready line within 60 s"
 timing "boot to both agents ready" "$(since "$BOOT_T")"
 
@@ -381,29 +381,35 @@ head -c "$BYTES" /dev/urandom >"$WORK/up.bin"
 
 suite() { # NAME TARGET BYTES UPLOAD-FILE
   local n=$1 t=$2 size=$3 up=$4 out rc want got d pid i
+  # Over serial these clients ask for no keepalive (-k 0): a keepalive the client sends
+  # just before it exits can reach the port cut short once it has hung up, and the agent
+  # then reads the next client's hello as the rest of that packet (framing error, and the
+  # hello is lost; seen after serial injects). The vanish checks keep the keepalive.
+  local k=()
+  [ "$n" = serial ] && k=(-k 0)
 
-  step; out=$(tp ping -t "$t" 2>&1 </dev/null); rc=$?
+  step; out=$(tp ping "${k[@]}" -t "$t" 2>&1 </dev/null); rc=$?
   check "$n: ping" "$rc" "rc=$rc $(echo "$out" | tr '\n' ' ' | cut -c1-120)"
 
-  step; out=$(tp run -t "$t" -- uname -r 2>"$WORK/err" </dev/null); rc=$?
+  step; out=$(tp run "${k[@]}" -t "$t" -- uname -r 2>"$WORK/err" </dev/null); rc=$?
   [ "$rc" = 0 ] && [ "$out" = "$KVER" ]; check "$n: run uname -r" $? "rc=$rc got '$out' want '$KVER' $(head -c 200 "$WORK/err")"
 
-  step; tp run -t "$t" -- 'exit 3' >/dev/null 2>"$WORK/err" </dev/null; rc=$?
+  step; tp run "${k[@]}" -t "$t" -- 'exit 3' >/dev/null 2>"$WORK/err" </dev/null; rc=$?
   [ "$rc" = 3 ]; check "$n: exit 3 -> 3" $? "rc=$rc $(head -c 200 "$WORK/err")"
 
-  step; out=$(printf 'hello\nworld\n' | tp run -t "$t" -- 'tr a-z A-Z; echo err >&2' 2>"$WORK/err"); rc=$?
+  step; out=$(printf 'hello\nworld\n' | tp run "${k[@]}" -t "$t" -- 'tr a-z A-Z; echo err >&2' 2>"$WORK/err"); rc=$?
   [ "$rc" = 0 ] && [ "$out" = $'HELLO\nWORLD' ] && [ "$(cat "$WORK/err")" = err ]; check "$n: stdin, stdout, stderr" $? "rc=$rc out='$(echo "$out" | tr '\n' ' ')' err='$(head -c 200 "$WORK/err")'"
 
-  step; out=$(tp run -t "$t" -u tp -- 'id; echo "$HOME $USER $(pwd)"' 2>"$WORK/err" </dev/null); rc=$?
+  step; out=$(tp run "${k[@]}" -t "$t" -u tp -- 'id; echo "$HOME $USER $(pwd)"' 2>"$WORK/err" </dev/null); rc=$?
   [ "$rc" = 0 ] && [ "$out" = $'uid=1000(tp) gid=1000(tp) groups=1000(tp),1001(tpextra)\n/home/tp tp /home/tp' ]
   check "$n: run -u tp (getpwnam, groups)" $? "rc=$rc out='$(echo "$out" | tr '\n' '|')' $(head -c 200 "$WORK/err")"
 
-  step; out=$(tp run -t "$t" -- 'id -un; echo $HOME' 2>"$WORK/err" </dev/null); rc=$?
+  step; out=$(tp run "${k[@]}" -t "$t" -- 'id -un; echo $HOME' 2>"$WORK/err" </dev/null); rc=$?
   [ "$rc" = 0 ] && [ "$out" = $'root\n/root' ]; check "$n: run as root" $? "rc=$rc out='$(echo "$out" | tr '\n' '|')' $(head -c 200 "$WORK/err")"
 
   # Extract: the guest makes SIZE random bytes; the host's copy must hash the same.
-  step; want=$(tp run -t "$t" -- "head -c $size /dev/urandom >/tmp/big.$n && sha256sum /tmp/big.$n" 2>"$WORK/err" </dev/null | cut -d' ' -f1)
-  step; tp extract -t "$t" "/tmp/big.$n" "$WORK/big.$n" 2>"$WORK/err" </dev/null; rc=$?
+  step; want=$(tp run "${k[@]}" -t "$t" -- "head -c $size /dev/urandom >/tmp/big.$n && sha256sum /tmp/big.$n" 2>"$WORK/err" </dev/null | cut -d' ' -f1)
+  step; tp extract "${k[@]}" -t "$t" "/tmp/big.$n" "$WORK/big.$n" 2>"$WORK/err" </dev/null; rc=$?
   d=$(since "$STEP_T")
   got=$(sha256sum <"$WORK/big.$n" 2>/dev/null | cut -d' ' -f1)
   [ "$rc" = 0 ] && [ -n "$want" ] && [ "$got" = "$want" ]
@@ -411,9 +417,9 @@ suite() { # NAME TARGET BYTES UPLOAD-FILE
 
   # Inject: the host's SIZE random bytes, mode 0640; the guest's copy must hash the same.
   want=$(sha256sum <"$up" | cut -d' ' -f1)
-  step; tp inject -t "$t" -m 0640 "$up" "/tmp/up.$n" 2>"$WORK/err" </dev/null; rc=$?
+  step; tp inject "${k[@]}" -t "$t" -m 0640 "$up" "/tmp/up.$n" 2>"$WORK/err" </dev/null; rc=$?
   d=$(since "$STEP_T")
-  got=$(tp run -t "$t" -- "sha256sum /tmp/up.$n | cut -d' ' -f1; stat -c %a /tmp/up.$n; rm -f /tmp/up.$n /tmp/big.$n" 2>>"$WORK/err" </dev/null | tr '\n' ' ')
+  got=$(tp run "${k[@]}" -t "$t" -- "sha256sum /tmp/up.$n | cut -d' ' -f1; stat -c %a /tmp/up.$n; rm -f /tmp/up.$n /tmp/big.$n" 2>>"$WORK/err" </dev/null | tr '\n' ' ')
   STEP_T=$(awk -v n="$(now)" -v d="$d" 'BEGIN { printf "%.6f", n - d }')
   [ "$rc" = 0 ] && [ "$got" = "$want 640 " ]
   check "$n: inject $size bytes" $? "rc=$rc $(awk -v b="$size" -v d="$d" 'BEGIN { if (d > 0) printf "%.2f MB/s", b / d / 1e6 }') guest: $got(want $want 640) $(head -c 200 "$WORK/err")"
@@ -421,7 +427,7 @@ suite() { # NAME TARGET BYTES UPLOAD-FILE
   # Ctrl-C: SIGINT to the client is forwarded; the remote sleep dies of it: 128+2.
   step; : >"$WORK/int.out"
   # (the client itself in the background, not a function's subshell: $! must be its pid)
-  "$BIN" run -t "$t" -- 'echo started; exec sleep 100' >"$WORK/int.out" 2>"$WORK/err" </dev/null &
+  "$BIN" run "${k[@]}" -t "$t" -- 'echo started; exec sleep 100' >"$WORK/int.out" 2>"$WORK/err" </dev/null &
   pid=$!; BG_PIDS+=("$pid")
   for i in $(seq 150); do grep -q started "$WORK/int.out" && break; sleep 0.1; done
   kill -INT "$pid"
