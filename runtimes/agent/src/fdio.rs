@@ -94,3 +94,11 @@ pub fn write_some<Fd: AsFd>(fd: Fd, data: &[u8]) -> io::Result<Option<usize>> {
         }
     }
 }
+
+/// Asks for a pipe buffer of `size` bytes (`F_SETPIPE_SZ`); returns the size granted.
+/// Fails when `size` is over `/proc/sys/fs/pipe-max-size` for an unprivileged process, or
+/// when the user's pipe pages are over their limit: callers treat failure as "keep the
+/// size it has".
+pub fn set_pipe_size<Fd: AsFd>(fd: Fd, size: usize) -> io::Result<usize> {
+    Ok(rustix::pipe::fcntl_setpipe_size(fd, size)?)
+}

@@ -34,11 +34,20 @@ use crate::spawn::{
 use crate::{ExtractFile, InjectFile, read_procinfo, status};
 use tx::{CommandTx, MonitorTx, OutPipe, Tx};
 
-/// Bytes read from a child pipe or a file per call.
+/// Bytes read from a child pipe per call (a default pipe holds 64 KiB).
 const CHUNK: usize = 64 * 1024;
-/// The read buffer is carved into the chunks handed to the link (which keeps them, without
-/// copying, until they are written): a new one is allocated when the rest is too short.
-const ARENA: usize = 4 * CHUNK;
+/// Bytes read per call from a file, or from a pipe grown for bulk output.
+const BULK_CHUNK: usize = 256 * 1024;
+/// A child's stdout/stderr pipe that is found full is grown to this, so the command runs
+/// ahead while the loop is busy and each read takes more (fewer wakeups and turns). Only
+/// pipes with bulk output are grown: pipe pages count against the user's limit
+/// (`/proc/sys/fs/pipe-user-pages-soft`).
+const BULK_PIPE: usize = 1024 * 1024;
+/// The read buffers are carved into the chunks handed to the link (which keeps them,
+/// without copying, until they are written).
+const ARENA: usize = 2 * BULK_CHUNK;
+/// Read buffers kept for reuse once everything carved from them has been written.
+const ARENAS: usize = 3;
 /// Lines taken from an event source per call.
 const LINES: usize = 64;
 
@@ -105,7 +114,9 @@ pub struct Agent {
     next_cid: u16,
     quit: bool,
     stop: Arc<AtomicBool>,
+    /// The read buffer in use, and earlier ones waiting for their chunks to be written.
     buf: BytesMut,
+    old_bufs: VecDeque<BytesMut>,
     /// Something can progress without a new readiness event: poll without waiting.
     busy: bool,
     /// Connections whose output stopped in this turn because their link was full.
@@ -126,6 +137,7 @@ impl Agent {
             quit: false,
             stop: Arc::new(AtomicBool::new(false)),
             buf: BytesMut::with_capacity(ARENA),
+            old_bufs: VecDeque::new(),
             busy: false,
             link_full: HashSet::new(),
         })
@@ -897,6 +909,7 @@ impl Agent {
                     .map(|extra| OutPipe {
                         extra,
                         readable: true,
+                        bulk: false,
                     });
             }
         } else {
@@ -910,6 +923,7 @@ impl Agent {
                         .map(|extra| OutPipe {
                             extra,
                             readable: true,
+                            bulk: false,
                         });
                 }
             }
@@ -1050,14 +1064,25 @@ impl Agent {
                     self.close_out(&mut c, slot);
                     break;
                 };
-                self.arena();
+                let bulk = p.bulk;
+                let max = if bulk { BULK_CHUNK } else { CHUNK };
+                self.arena(max);
                 let r = if c.tty {
-                    fdio::read_pty_into(fd, &mut self.buf, CHUNK)
+                    fdio::read_pty_into(fd, &mut self.buf, max)
                 } else {
-                    fdio::read_into(fd, &mut self.buf, CHUNK)
+                    fdio::read_into(fd, &mut self.buf, max)
                 };
                 match r {
-                    Ok(ReadOutcome::Data(_)) => {
+                    Ok(ReadOutcome::Data(n)) => {
+                        if n == max
+                            && !bulk
+                            && !c.tty
+                            && let Some(Some(p)) = c.out.get_mut(slot)
+                        {
+                            // The pipe was full: bulk output. Failing to grow it is fine.
+                            p.bulk = true;
+                            let _ = fdio::set_pipe_size(fd, BULK_PIPE);
+                        }
                         let data = self.buf.split().freeze();
                         if let Some(server) = self.server(id) {
                             let _ = server.output(xid, u16::try_from(slot + 1).unwrap_or(1), data);
@@ -1163,11 +1188,28 @@ impl Agent {
         backlog
     }
 
-    /// Room for a chunk in the read buffer (a fresh one if the rest is too short).
-    fn arena(&mut self) {
-        if self.buf.capacity() - self.buf.len() < CHUNK {
-            self.buf = BytesMut::with_capacity(ARENA);
+    /// Room for `want` bytes in the read buffer.
+    fn arena(&mut self, want: usize) {
+        Self::arena_of(&mut self.buf, &mut self.old_bufs, want);
+    }
+
+    /// Room for `want` bytes in `buf`: when the rest is too short, the buffer is set aside
+    /// and one whose chunks have all been written is reused (a new one otherwise). Fresh
+    /// buffers of this size come from `mmap`: page faults and zeroing, every time.
+    fn arena_of(buf: &mut BytesMut, old: &mut VecDeque<BytesMut>, want: usize) {
+        if buf.capacity() - buf.len() >= want {
+            return;
         }
+        let reusable = old.iter_mut().position(|b| b.try_reclaim(ARENA));
+        let next = match reusable.and_then(|i| old.remove(i)) {
+            Some(b) => b,
+            None => BytesMut::with_capacity(ARENA.max(want)),
+        };
+        let full = std::mem::replace(buf, next);
+        if old.len() >= ARENAS {
+            old.pop_front();
+        }
+        old.push_back(full);
     }
 
     fn close_out(&mut self, c: &mut CommandTx, slot: usize) {
@@ -1202,10 +1244,8 @@ impl Agent {
             else {
                 return;
             };
-            if self.buf.capacity() - self.buf.len() < CHUNK {
-                self.buf = BytesMut::with_capacity(ARENA);
-            }
-            let r = file.read_chunk(&mut self.buf, CHUNK);
+            Self::arena_of(&mut self.buf, &mut self.old_bufs, BULK_CHUNK);
+            let r = file.read_chunk(&mut self.buf, BULK_CHUNK);
             let data = self.buf.split().freeze();
             match r {
                 Ok(0) => {

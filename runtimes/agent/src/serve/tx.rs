@@ -15,6 +15,8 @@ use crate::{ExtractFile, InjectFile};
 pub(crate) struct OutPipe {
     pub extra: ExtraId,
     pub readable: bool,
+    /// The pipe was grown for bulk output (see `serve::BULK_PIPE`).
+    pub bulk: bool,
 }
 
 pub(crate) struct CommandTx {
