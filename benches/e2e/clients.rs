@@ -78,19 +78,23 @@ impl MioClient {
     /// Turns of the loop, every event to `on_event`, until it returned true (the events
     /// of that turn are all handed over).
     pub fn until(&mut self, on_event: impl FnMut(&mut Client, ClientEvent) -> bool) {
-        self.drive(|_| {}, on_event);
+        self.drive(|_| false, on_event);
     }
 
-    /// As `until`, calling `feed` before each wait (to queue more data while the
-    /// machine takes it).
+    /// As `until`, with `feed` queueing more data while the machine takes it (it returns
+    /// whether it queued anything). It is called again after every flush, since a flush
+    /// can make room without any event coming to wake the loop.
     pub fn drive(
         &mut self,
-        mut feed: impl FnMut(&mut Client),
+        mut feed: impl FnMut(&mut Client) -> bool,
         mut on_event: impl FnMut(&mut Client, ClientEvent) -> bool,
     ) {
         loop {
-            feed(self.client());
+            // Flush, then feed what the flush made room for, until nothing more fits.
             self.driver.flush();
+            while feed(self.client()) {
+                self.driver.flush();
+            }
             if let Some((_, _, e)) = self.driver.take_failed().pop() {
                 panic!("mio: the link failed: {e}");
             }
@@ -177,7 +181,9 @@ impl Adapter for MioClient {
         let mut outcome = None;
         self.drive(
             |client| {
+                let mut queued = false;
                 while !eof && client.can_send() {
+                    queued = true;
                     buf.reserve(PIECE);
                     let start = buf.len();
                     buf.resize(start + PIECE, 0);
@@ -193,6 +199,7 @@ impl Adapter for MioClient {
                             .expect("file data");
                     }
                 }
+                queued
             },
             |_, ev| match ev {
                 ClientEvent::Finished { xid: x, outcome: o } if x == xid => {
@@ -217,8 +224,9 @@ impl Adapter for MioClient {
     }
 }
 
-/// Bytes read from a local file per piece of inject data.
-const PIECE: usize = 64 * 1024;
+/// Bytes read from a local file per piece of inject data: whole packets (a piece of
+/// 64 KiB would be sent as two full packets and one of 20 bytes).
+const PIECE: usize = 8 * tuppence::wire::DEFAULT_MAX_CHUNK;
 
 // ---------------------------------------------------------------------------------------
 // smol

@@ -716,7 +716,9 @@ fn memory(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
         let start = Instant::now();
         c.drive(
             |client| {
+                let mut queued = false;
                 while !finished.get() && sent.get() < flood.len() && client.can_send() {
+                    queued = true;
                     let at = sent.get();
                     let end = (at + 64 * 1024).min(flood.len());
                     if client.send_stdin(xid, flood.slice(at..end)).is_err() {
@@ -728,6 +730,7 @@ fn memory(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
                         let _ = client.close_stdin(xid);
                     }
                 }
+                queued
             },
             |_, ev| match ev {
                 ClientEvent::Finished { xid: x, outcome: o } if x == xid => {

@@ -32,7 +32,7 @@ use crate::spawn::{
     Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command, tty_eof_sequence,
 };
 use crate::{ExtractFile, InjectFile, read_procinfo, status};
-use tx::{CommandTx, MonitorTx, OutPipe, Tx};
+use tx::{CommandTx, InjectTx, MonitorTx, OutPipe, Tx};
 
 /// Bytes read from a child pipe per call (a default pipe holds 64 KiB).
 const CHUNK: usize = 64 * 1024;
@@ -48,6 +48,8 @@ const BULK_PIPE: usize = 1024 * 1024;
 const ARENA: usize = 2 * BULK_CHUNK;
 /// Read buffers kept for reuse once everything carved from them has been written.
 const ARENAS: usize = 3;
+/// Inject data is written once per loop turn, or as soon as this much is waiting.
+const INJECT_BATCH: usize = 1024 * 1024;
 /// Lines taken from an event source per call.
 const LINES: usize = 64;
 
@@ -121,6 +123,8 @@ pub struct Agent {
     busy: bool,
     /// Connections whose output stopped in this turn because their link was full.
     link_full: HashSet<ConnId>,
+    /// Injects that received data in this turn (written at the end of its events).
+    unwritten_injects: Vec<(ConnId, u16)>,
 }
 
 impl Agent {
@@ -140,6 +144,7 @@ impl Agent {
             old_bufs: VecDeque::new(),
             busy: false,
             link_full: HashSet::new(),
+            unwritten_injects: Vec::new(),
         })
     }
 
@@ -612,6 +617,29 @@ impl Agent {
         for ev in events {
             self.on_event(id, ev, now);
         }
+        let unwritten = std::mem::take(&mut self.unwritten_injects);
+        for (id, xid) in unwritten {
+            self.write_inject(id, xid);
+        }
+    }
+
+    /// Writes the data an inject has received so far; a failure ends the transfer.
+    fn write_inject(&mut self, id: ConnId, xid: u16) {
+        let failed = match self.tx_mut(id, xid) {
+            Some(Tx::Inject(t)) if !t.pending.is_empty() => {
+                let r = t.file.write_bufs(&t.pending);
+                t.pending.clear();
+                t.pending_len = 0;
+                r.err().map(|e| e.errno())
+            }
+            _ => None,
+        };
+        if let Some(errno) = failed {
+            self.remove_tx(id, xid);
+            if let Some(server) = self.server(id) {
+                let _ = server.inject_done(xid, Err(errno));
+            }
+        }
     }
 
     fn server(&mut self, id: ConnId) -> Option<&mut Server> {
@@ -706,7 +734,15 @@ impl Agent {
                     Ok(file) => {
                         let _ = server.inject_ready(xid);
                         if let Some(conn) = self.conns.get_mut(&id) {
-                            conn.txs.insert(xid, Tx::Inject(file, user.to_vec()));
+                            conn.txs.insert(
+                                xid,
+                                Tx::Inject(Box::new(InjectTx {
+                                    file,
+                                    user: user.to_vec(),
+                                    pending: Vec::new(),
+                                    pending_len: 0,
+                                })),
+                            );
                         }
                     }
                     Err(errno) => {
@@ -716,19 +752,24 @@ impl Agent {
                 }
             }
             ServerEvent::InjectData { xid, data } => {
-                let failed = match self.tx_mut(id, xid) {
-                    Some(Tx::Inject(file, _)) => file.write(&data).err().map(|e| e.errno()),
-                    _ => None,
-                };
-                if let Some(errno) = failed {
-                    self.remove_tx(id, xid);
-                    if let Some(server) = self.server(id) {
-                        let _ = server.inject_done(xid, Err(errno));
+                let full = match self.tx_mut(id, xid) {
+                    Some(Tx::Inject(t)) => {
+                        t.pending_len += data.len();
+                        t.pending.push(data);
+                        t.pending_len >= INJECT_BATCH
                     }
+                    _ => return,
+                };
+                if full {
+                    self.write_inject(id, xid);
+                } else if self.unwritten_injects.last() != Some(&(id, xid)) {
+                    self.unwritten_injects.push((id, xid));
                 }
             }
             ServerEvent::InjectEnd { xid } => {
-                if let Some(Tx::Inject(file, user)) = self.take_tx(id, xid) {
+                self.write_inject(id, xid);
+                if let Some(Tx::Inject(t)) = self.take_tx(id, xid) {
+                    let InjectTx { file, user, .. } = *t;
                     let path = file.path().as_os_str().as_encoded_bytes().to_vec();
                     let mode = file.mode();
                     let result = file.finish().map_err(|e| e.errno());
