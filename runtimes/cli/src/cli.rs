@@ -200,7 +200,7 @@ connection, and the agent gives every new connection its own. A second tuppence 
 therefore cannot reach the xid of a command that `tuppence run` started; that run forwards \
 Ctrl-C itself. What another process can do is signal the command's process group: the agent \
 starts every command in its own group, whose id `tuppence run -v` logs and `tuppence \
-procinfo` prints (pgid). This runs `kill -s SIGNAL -- -PGID` on the target and exits with \
+procinfo` prints (pgid). This runs `kill -SIGNAL -PGID` on the target and exits with \
 kill's status.";
 
 #[derive(Debug, Args)]

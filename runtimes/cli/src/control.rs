@@ -54,11 +54,10 @@ pub fn interrupt(args: InterruptArgs) -> Result<u8, Failure> {
         )));
     }
     // `parse_signal_name` admitted only letters and digits: safe inside a shell command.
-    let command = if args.signal.bytes().all(|b| b.is_ascii_digit()) {
-        format!("kill -{} -- -{}", args.signal, args.pgid)
-    } else {
-        format!("kill -s {} -- -{}", args.signal, args.pgid)
-    };
+    // `kill -SIG -PGID` is the one form busybox, dash and bash all take, for names and
+    // numbers alike: dash rejects `kill -15 -- -PGID` ("Illegal number: -") and busybox
+    // `kill -s INT -- -PGID` ("invalid number '--'", status 1), as found in the QEMU test.
+    let command = format!("kill -{} -{}", args.signal, args.pgid);
     let conn = args.target.connect()?;
     let ctx = conn.target.to_string();
     let user = args.user.clone().unwrap_or_else(|| conn.default_user());

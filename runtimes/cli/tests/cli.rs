@@ -518,26 +518,30 @@ fn procinfo_monitor_and_interrupt() {
     assert_eq!(code(&out), REMOTE_FAILURE, "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1);
 
-    // A command started by one client, signalled from another through its process group.
-    let mut runner = tuppence()
-        .args(["run", "-v", "-t", t, "--", "sleep 30"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
-    let err = runner.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(err).lines();
-    let pgid = loop {
-        let line = lines.next().expect("a log line").expect("utf-8");
-        if let Some(rest) = line.split("pgid=").nth(1) {
-            break rest.split_whitespace().next().expect("pgid").to_owned();
-        }
-    };
-    let out = run(&["interrupt", "-t", t, "--signal", "TERM", &pgid]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let st = runner.wait().expect("wait");
-    assert_eq!(st.code(), Some(128 + 15));
+    // A command started by one client, signalled from another through its process group,
+    // by name and by number (the remote shell here is /bin/sh: dash on Debian, whose kill
+    // rejects `kill -15 -- -PGID`; busybox's rejects `kill -s TERM -- -PGID`).
+    for (signal, want) in [("TERM", 128 + 15), ("10", 128 + 10)] {
+        let mut runner = tuppence()
+            .args(["run", "-v", "-t", t, "--", "sleep 30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn run");
+        let err = runner.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(err).lines();
+        let pgid = loop {
+            let line = lines.next().expect("a log line").expect("utf-8");
+            if let Some(rest) = line.split("pgid=").nth(1) {
+                break rest.split_whitespace().next().expect("pgid").to_owned();
+            }
+        };
+        let out = run(&["interrupt", "-t", t, "--signal", signal, &pgid]);
+        assert_eq!(code(&out), 0, "signal {signal}: {}", stderr(&out));
+        let st = runner.wait().expect("wait");
+        assert_eq!(st.code(), Some(want), "signal {signal}");
+    }
 }
 
 #[test]
