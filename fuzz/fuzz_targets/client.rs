@@ -298,6 +298,7 @@ fuzz_target!(|input: Input| {
             ClientConfig {
                 dialect,
                 keepalive: c.keepalive,
+                handshake_timeout: Some(Duration::from_secs(u64::from(c.keepalive % 120) + 1)),
                 limits: limits.clone(),
             },
             epoch,

@@ -25,15 +25,25 @@ enum Ending {
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// A well-framed request; the type is picked among the built-ins and a few others.
-    Request { id: u8, kind: u8, params: Vec<u8> },
+    Request {
+        id: u8,
+        kind: u8,
+        params: Vec<u8>,
+    },
     /// Raw bytes on the stream (may break framing for good).
     Bytes(Vec<u8>),
     /// An unframed message.
     Message(Vec<u8>),
     /// Completion of the n-th run ever started (live, aborted or finished).
-    Finish { run: u8, ending: Ending },
+    Finish {
+        run: u8,
+        ending: Ending,
+    },
     /// Completion for a handle the agent never issued.
-    Bogus { id: u8, run: u64 },
+    Bogus {
+        id: u8,
+        run: u64,
+    },
     Advance(u16),
     Timeout,
     /// Drain outputs (otherwise they pile up and backpressure kicks in).

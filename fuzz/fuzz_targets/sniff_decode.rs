@@ -27,7 +27,11 @@ fn deframe(stream: &[u8], cuts: &[u16]) -> (Vec<Bytes>, bool) {
     let mut at = 0usize;
     let mut sizes = cuts.iter().map(|&c| usize::from(c) % 64 + 1).cycle();
     while at < stream.len() {
-        let n = if cuts.is_empty() { stream.len() - at } else { sizes.next().unwrap_or(1) };
+        let n = if cuts.is_empty() {
+            stream.len() - at
+        } else {
+            sizes.next().unwrap_or(1)
+        };
         let end = (at + n).min(stream.len());
         d.push(&stream[at..end]);
         at = end;

@@ -375,6 +375,14 @@ impl Client {
         self.core.poll_transmit(now, buf)
     }
 
+    /// Like [`Self::poll_transmit`], without copying data payloads: appends what is
+    /// queued to `out` as segments whose concatenation is the byte stream (whole packets).
+    /// A large data payload is a segment of its own, sharing the `Bytes` given to the
+    /// intent. Write them with vectored I/O (`writev`). Returns the number of bytes.
+    pub fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize {
+        self.core.poll_transmit_segments(now, out)
+    }
+
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }

@@ -1,17 +1,72 @@
 //! What both machines share: the clamped clock, the decoder feeding, the transmit buffer
 //! and the keepalive timers. Kept separate so the role-specific code reads as protocol only.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Limits, LinkError, UsageError};
 use crate::wire::{
-    Decoder, Dialect, EncodeError, Frame, HEADER_LEN, Header, Packet, Sender, chunks,
+    Decoder, Dialect, EncodeError, Frame, HEADER_LEN, Header, Packet, PacketType, Sender, chunks,
 };
 
 /// Receive buffer allocation granularity: decoded payloads are zero-copy slices of it.
 const RX_ALLOC: usize = 128 * 1024;
+/// Data payloads at least this long are queued without copying: their header goes into the
+/// byte buffer and the payload stays the caller's `Bytes`, a segment of its own.
+const ZERO_COPY_MIN: usize = 1024;
+
+/// The transmit queue: whole packets in order. Their concatenation is `segs` followed by
+/// `tail`; small packets (and the headers of large data packets) are appended to `tail`,
+/// large data payloads are kept as segments.
+#[derive(Default)]
+struct TxQueue {
+    segs: VecDeque<Bytes>,
+    /// Bytes in `segs`.
+    seg_len: usize,
+    tail: BytesMut,
+}
+
+impl TxQueue {
+    fn len(&self) -> usize {
+        self.seg_len.saturating_add(self.tail.len())
+    }
+
+    fn push_segment(&mut self, seg: Bytes) {
+        if !self.tail.is_empty() {
+            let head = self.tail.split().freeze();
+            self.seg_len = self.seg_len.saturating_add(head.len());
+            self.segs.push_back(head);
+        }
+        self.seg_len = self.seg_len.saturating_add(seg.len());
+        self.segs.push_back(seg);
+    }
+
+    /// Appends everything to `buf` (copying segments) and empties the queue.
+    fn take_into(&mut self, buf: &mut BytesMut) {
+        if self.segs.is_empty() && buf.is_empty() {
+            *buf = self.tail.split();
+            return;
+        }
+        buf.reserve(self.len());
+        for seg in self.segs.drain(..) {
+            buf.extend_from_slice(&seg);
+        }
+        self.seg_len = 0;
+        buf.extend_from_slice(&self.tail);
+        self.tail.clear();
+    }
+
+    /// Moves everything to `out` as segments, without copying.
+    fn take_segments(&mut self, out: &mut VecDeque<Bytes>) {
+        out.extend(self.segs.drain(..));
+        self.seg_len = 0;
+        if !self.tail.is_empty() {
+            out.push_back(self.tail.split().freeze());
+        }
+    }
+}
 
 /// Counters for observability; never used for decisions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,7 +92,7 @@ pub(crate) enum Timeout {
 pub(crate) struct Core {
     pub(crate) dialect: Dialect,
     pub(crate) decoder: Decoder,
-    out: BytesMut,
+    out: TxQueue,
     pub(crate) limits: Limits,
     now: Instant,
     keepalive: Option<Duration>,
@@ -54,7 +109,7 @@ impl Core {
         Core {
             dialect,
             decoder,
-            out: BytesMut::new(),
+            out: TxQueue::default(),
             limits,
             now,
             keepalive: None,
@@ -151,7 +206,7 @@ impl Core {
     /// Encodes one packet into the transmit buffer. Requests are not chunked, so only the
     /// 16-bit length limits them; data goes through `queue_data`.
     pub(crate) fn queue(&mut self, cid: u16, xid: u16, packet: &Packet) -> Result<(), EncodeError> {
-        packet.encode(self.dialect, cid, xid, &mut self.out)?;
+        packet.encode(self.dialect, cid, xid, &mut self.out.tail)?;
         self.stats.packets_sent += 1;
         self.last_tx = self.now;
         Ok(())
@@ -171,14 +226,38 @@ impl Core {
         data: Bytes,
     ) -> Result<(), EncodeError> {
         for piece in chunks(data, self.max_chunk()) {
-            self.queue(
+            if piece.len() < ZERO_COPY_MIN {
+                self.queue(
+                    cid,
+                    xid,
+                    &Packet::Data {
+                        channel,
+                        data: piece,
+                    },
+                )?;
+                continue;
+            }
+            // The header and channel as `Packet::encode` writes them, then the payload
+            // as its own segment. `chunks` keeps pieces within a packet's length limit.
+            let len = piece.len().saturating_add(HEADER_LEN + 2);
+            let len16 = u16::try_from(len).map_err(|_| EncodeError::TooLong {
+                kind: PacketType::Data.name(),
+                len,
+                max: crate::wire::MAX_PACKET_LEN,
+            })?;
+            let tail = &mut self.out.tail;
+            tail.reserve(HEADER_LEN + 2);
+            Header {
+                kind: PacketType::Data.code(self.dialect),
+                len: len16,
                 cid,
                 xid,
-                &Packet::Data {
-                    channel,
-                    data: piece,
-                },
-            )?;
+            }
+            .encode(self.dialect, tail);
+            tail.put_u16(channel);
+            self.out.push_segment(piece);
+            self.stats.packets_sent += 1;
+            self.last_tx = self.now;
         }
         Ok(())
     }
@@ -189,12 +268,22 @@ impl Core {
         if n == 0 {
             return 0;
         }
-        if buf.is_empty() {
-            *buf = self.out.split();
-        } else {
-            buf.extend_from_slice(&self.out);
-            self.out.clear();
+        self.out.take_into(buf);
+        self.stats.bytes_sent += n as u64;
+        n
+    }
+
+    pub(crate) fn poll_transmit_segments(
+        &mut self,
+        now: Instant,
+        out: &mut VecDeque<Bytes>,
+    ) -> usize {
+        self.tick(now);
+        let n = self.out.len();
+        if n == 0 {
+            return 0;
         }
+        self.out.take_segments(out);
         self.stats.bytes_sent += n as u64;
         n
     }

@@ -45,35 +45,54 @@ fn read_impl<Fd: AsFd>(
     max: usize,
     eio_is_eof: bool,
 ) -> io::Result<ReadOutcome> {
-    fill(buf, max, |room| match rustix::io::read(fd.as_fd(), room) {
-        Ok(n) => Ok(n),
-        Err(e) if eio_is_eof && e == rustix::io::Errno::IO => Ok(0),
-        Err(e) => Err(e.into()),
-    })
+    if max == 0 {
+        return Ok(ReadOutcome::Data(0));
+    }
+    let start = buf.len();
+    // Read straight into the spare capacity: no zero-filling (a memset of every chunk
+    // showed as 3 % of the agent's time when streaming output).
+    buf.reserve(max);
+    let result = loop {
+        let spare = buf.spare_capacity_mut();
+        let take = spare.len().min(max);
+        let spare = spare.get_mut(..take).unwrap_or_default();
+        match rustix::io::read(fd.as_fd(), spare) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other.map(|(init, _)| init.len()),
+        }
+    };
+    match result {
+        Ok(0) => Ok(ReadOutcome::Eof),
+        Ok(n) => {
+            // SAFETY: `read` initialised the first `n` bytes of the spare capacity, and
+            // `n <= max <= capacity - start`.
+            unsafe { buf.set_len(start + n) };
+            Ok(ReadOutcome::Data(n))
+        }
+        Err(e) => {
+            if e == rustix::io::Errno::AGAIN {
+                Ok(ReadOutcome::WouldBlock)
+            } else if eio_is_eof && e == rustix::io::Errno::IO {
+                Ok(ReadOutcome::Eof)
+            } else {
+                Err(e.into())
+            }
+        }
+    }
 }
 
 /// Like [`read_into`], through a [`Read`] implementation: for streams whose own `read` knows
 /// better than a raw `read(2)` (a `Transport` maps a serial or virtio port's `EIO` to end of
 /// file). `Interrupted` is retried; `WouldBlock` becomes [`ReadOutcome::WouldBlock`].
 pub fn read_from(mut reader: impl Read, buf: &mut BytesMut, max: usize) -> io::Result<ReadOutcome> {
-    fill(buf, max, |room| reader.read(room))
-}
-
-/// Appends at most `max` bytes that `read` puts into the room it is given, mapping the
-/// outcomes of a non-blocking read.
-fn fill(
-    buf: &mut BytesMut,
-    max: usize,
-    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
-) -> io::Result<ReadOutcome> {
     if max == 0 {
         return Ok(ReadOutcome::Data(0));
     }
     let start = buf.len();
-    // Zero-filling the spare room costs a memset but keeps this free of `unsafe`.
+    // A `Read` may look at the buffer, so it gets initialised bytes.
     buf.resize(start + max, 0);
     let result = loop {
-        match read(&mut buf[start..]) {
+        match reader.read(&mut buf[start..]) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => break other,
         }
@@ -110,4 +129,12 @@ pub fn write_some<Fd: AsFd>(fd: Fd, data: &[u8]) -> io::Result<Option<usize>> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Asks for a pipe buffer of `size` bytes (`F_SETPIPE_SZ`); returns the size granted.
+/// Fails when `size` is over `/proc/sys/fs/pipe-max-size` for an unprivileged process, or
+/// when the user's pipe pages are over their limit: callers treat failure as "keep the
+/// size it has".
+pub fn set_pipe_size<Fd: AsFd>(fd: Fd, size: usize) -> io::Result<usize> {
+    Ok(rustix::pipe::fcntl_setpipe_size(fd, size)?)
 }

@@ -195,6 +195,56 @@ impl InjectFile {
         Ok(())
     }
 
+    /// Appends several pieces with as few `writev` calls as the kernel allows (packets of
+    /// file data arrive in pieces of at most 64 KiB; writing each on its own costs a
+    /// syscall per packet).
+    pub fn write_bufs(&mut self, bufs: &[bytes::Bytes]) -> Result<(), FileError> {
+        const IOV: usize = 64;
+        let total: usize = bufs.iter().map(bytes::Bytes::len).sum();
+        let (mut idx, mut off) = (0usize, 0usize);
+        while idx < bufs.len() {
+            let mut iov = [io::IoSlice::new(&[]); IOV];
+            let mut k = 0;
+            for (slot, (i, b)) in iov.iter_mut().zip(bufs.iter().enumerate().skip(idx)) {
+                let from = if i == idx { off } else { 0 };
+                *slot = io::IoSlice::new(b.get(from..).unwrap_or_default());
+                k += 1;
+            }
+            let n = match self.file.write_vectored(iov.get(..k).unwrap_or_default()) {
+                Ok(0) => {
+                    return Err(FileError::io(
+                        "write",
+                        &self.path,
+                        io::Error::from(io::ErrorKind::WriteZero),
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(FileError::io("write", &self.path, e)),
+            };
+            // Advance over what was written.
+            let mut left = n;
+            while left > 0 && idx < bufs.len() {
+                let rest = bufs.get(idx).map_or(0, bytes::Bytes::len) - off;
+                if left < rest {
+                    off += left;
+                    left = 0;
+                } else {
+                    left -= rest;
+                    idx += 1;
+                    off = 0;
+                }
+            }
+            // Skip empty pieces.
+            while bufs.get(idx).is_some_and(|b| b.len() == off) {
+                idx += 1;
+                off = 0;
+            }
+        }
+        self.written += total as u64;
+        Ok(())
+    }
+
     /// Applies the mode, flushes the data to disk and renames the temporary over the target.
     /// Returns the number of bytes written. On failure the temporary is removed.
     pub fn finish(mut self) -> Result<u64, FileError> {

@@ -112,6 +112,34 @@ fn inject_writes_content_with_the_exact_mode() {
 }
 
 #[test]
+fn inject_writes_many_pieces_at_once() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    let target = dir.join("pieces");
+    // More pieces than one writev takes, empty ones among them, large and small.
+    let pieces: Vec<bytes::Bytes> = (0..200usize)
+        .map(|i| {
+            let len = match i % 5 {
+                0 => 0,
+                1 => 1,
+                2 => 32_758,
+                3 => 7,
+                _ => 100_000,
+            };
+            bytes::Bytes::from(vec![(i % 251) as u8; len])
+        })
+        .collect();
+    let expected: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o644).expect("create");
+    file.write_bufs(&pieces[..3]).expect("write");
+    file.write_bufs(&[]).expect("write nothing");
+    file.write_bufs(&pieces[3..]).expect("write");
+    assert_eq!(file.written(), expected.len() as u64);
+    assert_eq!(file.finish().expect("finish"), expected.len() as u64);
+    assert_eq!(fs::read(&target).expect("read"), expected);
+}
+
+#[test]
 fn inject_is_atomic() {
     let me = me();
     let dir = Scratch::new(0o755);

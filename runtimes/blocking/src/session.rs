@@ -216,6 +216,13 @@ impl Session {
                     tuppence::link::UsageError::UnknownTransaction(xid),
                 ));
             }
+            // The reader stops moving events at a full inbox and goes back to reading;
+            // what is left in the machine (the end of a transfer, say) must not wait for
+            // more input to arrive: move it now.
+            if self.shared.dispatch(&mut st) {
+                self.shared.cond.notify_all();
+                continue;
+            }
             if st.reader_done {
                 // The reader finished every transaction before exiting; an empty inbox
                 // here means the link died without a word for this xid.
@@ -327,15 +334,18 @@ impl Shared {
 
     /// Moves the machine's events into the per-transaction inboxes. Stops at an inbox that
     /// is full, leaving the rest in the machine (which then stops consuming input).
-    fn dispatch(&self, st: &mut State) {
+    /// Returns whether any event was taken from the machine.
+    fn dispatch(&self, st: &mut State) -> bool {
+        let mut moved = false;
         loop {
             let full = st.inboxes.values().any(|i| i.events.len() >= INBOX_EVENTS);
             if full {
-                return;
+                return moved;
             }
             let Some(ev) = st.client.poll_event() else {
-                return;
+                return moved;
             };
+            moved = true;
             let xid = match &ev {
                 ClientEvent::Connected {
                     cid,

@@ -181,6 +181,49 @@ fn inject_then_extract_is_byte_exact_and_missing_file_is_enoent() {
     assert!(err.to_string().contains("No such file"), "{err}");
 }
 
+/// A sink that takes its time with the first write.
+struct SlowStart(bool);
+
+impl Write for SlowStart {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.0 {
+            self.0 = true;
+            thread::sleep(Duration::from_millis(300));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A transfer of more events than an inbox holds (256) but fewer than the inbox and the
+/// machine's queue together: while the consumer is busy, the reader takes every byte, moves
+/// what fits into the inbox and goes back to reading, leaving the end in the machine.
+/// Nothing more arrives, so the consumer must take it from there. (It used to wait for the
+/// reader's 1 s read timeout: three extracts took over 3 s.)
+#[test]
+fn the_end_of_a_large_transfer_does_not_wait_for_more_input() {
+    let session = unix_session();
+    // 275 data packets.
+    let content: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
+    session
+        .inject("root", "/tmp/big", 0o600, &content[..], |_| {})
+        .unwrap();
+    let start = Instant::now();
+    for _ in 0..3 {
+        let got = session
+            .extract("root", "/tmp/big", SlowStart(false), |_| {})
+            .unwrap();
+        assert_eq!(got, content.len() as u64);
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "3 extracts took {took:?}"
+    );
+}
+
 #[test]
 fn peer_hangup_fails_waiters_instead_of_hanging() {
     let (a, b) = UnixStream::pair().unwrap();

@@ -1,11 +1,13 @@
 //! One link connection on a non-blocking fd: reads into a reused buffer, feeds the
-//! machine, writes what it transmits, and remembers readiness (mio is edge-triggered).
+//! machine, writes what it transmits with vectored writes (data payloads are not copied
+//! on the way out), and remembers readiness (mio is edge-triggered).
 
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes};
 use mio::Interest;
 use tuppence::link::LinkError;
 
@@ -17,6 +19,9 @@ const READ_BUF: usize = 256 * 1024;
 /// the rest in the machine is what makes its `can_send()` (and so the application's
 /// backpressure, e.g. the agent pausing a child's output) reflect a slow peer.
 const TX_HIGH_WATER: usize = 256 * 1024;
+/// Segments per `writev` (headers and payloads alternate, so this is 32 data packets;
+/// well under the kernel's `IOV_MAX` of 1024).
+const MAX_IOV: usize = 64;
 
 /// Why a connection stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +45,9 @@ pub struct LinkIo<T, M> {
     rx: Box<[u8]>,
     rx_start: usize,
     rx_end: usize,
-    tx: BytesMut,
+    /// Bytes taken from the machine, not yet written: segments in order.
+    tx: VecDeque<Bytes>,
+    tx_len: usize,
     readable: bool,
     writable: bool,
     read_paused: bool,
@@ -56,7 +63,8 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
             rx: vec![0; READ_BUF].into_boxed_slice(),
             rx_start: 0,
             rx_end: 0,
-            tx: BytesMut::new(),
+            tx: VecDeque::new(),
+            tx_len: 0,
             readable: true,
             writable: true,
             read_paused: false,
@@ -98,12 +106,12 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
 
     /// Bytes handed out by the machine but not yet accepted by the transport.
     pub fn unwritten(&self) -> usize {
-        self.tx.len()
+        self.tx_len
     }
 
     /// The interest to register: always readable, writable while output is pending.
     pub fn interest(&self) -> Interest {
-        if self.tx.is_empty() {
+        if self.tx_len == 0 {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
@@ -157,10 +165,11 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     /// Collects what the machine wants to send and writes as much as the transport takes.
     pub fn pump_write(&mut self, now: Instant) -> Result<(), LinkIoError> {
         loop {
-            if self.tx.len() < TX_HIGH_WATER {
-                self.machine.poll_transmit(now, &mut self.tx);
+            if self.tx_len < TX_HIGH_WATER {
+                let n = self.machine.poll_transmit_segments(now, &mut self.tx);
+                self.tx_len = self.tx_len.saturating_add(n);
             }
-            if self.tx.is_empty() || !self.writable {
+            if self.tx_len == 0 || !self.writable {
                 return Ok(());
             }
             self.write_some()?;
@@ -169,8 +178,17 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
 
     /// Writes from `tx` until it is empty or the transport would block.
     fn write_some(&mut self) -> Result<(), LinkIoError> {
-        while !self.tx.is_empty() && self.writable {
-            match self.io.write(&self.tx) {
+        while self.tx_len > 0 && self.writable {
+            let r = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut k = 0;
+                for (slot, seg) in iov.iter_mut().zip(self.tx.iter()) {
+                    *slot = IoSlice::new(seg);
+                    k += 1;
+                }
+                self.io.write_vectored(iov.get(..k).unwrap_or_default())
+            };
+            match r {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -178,13 +196,29 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
                     )
                     .into());
                 }
-                Ok(n) => self.tx.advance(n),
+                Ok(n) => self.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+
+    /// Drops `n` written bytes from the front of `tx`.
+    fn consume(&mut self, mut n: usize) {
+        self.tx_len = self.tx_len.saturating_sub(n);
+        while n > 0 {
+            let Some(front) = self.tx.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.tx.pop_front();
+        }
     }
 
     /// Fires the machine's timers if due.
@@ -215,7 +249,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         loop {
             self.writable = true;
             self.pump_write(now)?;
-            if self.tx.is_empty() {
+            if self.tx_len == 0 {
                 return Ok(());
             }
             let wait = end.map(|e| e.saturating_duration_since(std::time::Instant::now()));

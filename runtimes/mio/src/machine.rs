@@ -1,8 +1,9 @@
 //! The common surface of `link::Client` and `link::Server` that a loop needs to drive either.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tuppence::link::{Client, LinkError, Server};
 
 /// A sans-IO link machine as seen by an I/O loop.
@@ -11,6 +12,16 @@ pub trait Machine {
     fn handle_eof(&mut self, now: Instant);
     fn handle_timeout(&mut self, now: Instant);
     fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize;
+    /// What `poll_transmit` gives, as segments to write with vectored I/O (the machines
+    /// of the core crate hand large data payloads over without copying them).
+    fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize {
+        let mut buf = BytesMut::new();
+        let n = self.poll_transmit(now, &mut buf);
+        if n > 0 {
+            out.push_back(buf.freeze());
+        }
+        n
+    }
     fn poll_timeout(&self) -> Option<Instant>;
     fn error(&self) -> Option<&LinkError>;
 }
@@ -29,6 +40,9 @@ macro_rules! impl_machine {
             }
             fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
                 <$t>::poll_transmit(self, now, buf)
+            }
+            fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize {
+                <$t>::poll_transmit_segments(self, now, out)
             }
             fn poll_timeout(&self) -> Option<Instant> {
                 <$t>::poll_timeout(self)

@@ -24,7 +24,11 @@ fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {why}");
 }
 
+/// Counted as ignored, never as passed: most hosts (this one included) have no vsock
+/// loopback. Run with `cargo test -- --ignored` where `vsock_loopback` is loaded; the QEMU
+/// guest test (tests/vm) exercises real AF_VSOCK through the CLI.
 #[test]
+#[ignore = "needs AF_VSOCK loopback (the vsock_loopback module); real vsock runs in the QEMU guest test"]
 fn vsock_loopback_end_to_end() {
     if !vsock_loopback_available() {
         skipped("no vsock loopback on this host (real test runs in the QEMU guest)");

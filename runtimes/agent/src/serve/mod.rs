@@ -32,10 +32,24 @@ use crate::spawn::{
     Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command, tty_eof_sequence,
 };
 use crate::{ExtractFile, InjectFile, read_procinfo, status};
-use tx::{CommandTx, MonitorTx, OutPipe, Tx};
+use tx::{CommandTx, InjectTx, MonitorTx, OutPipe, Tx};
 
-/// Bytes read from a child pipe or a file per call.
+/// Bytes read from a child pipe per call (a default pipe holds 64 KiB).
 const CHUNK: usize = 64 * 1024;
+/// Bytes read per call from a file, or from a pipe grown for bulk output.
+const BULK_CHUNK: usize = 256 * 1024;
+/// A child's stdout/stderr pipe that is found full is grown to this, so the command runs
+/// ahead while the loop is busy and each read takes more (fewer wakeups and turns). Only
+/// pipes with bulk output are grown: pipe pages count against the user's limit
+/// (`/proc/sys/fs/pipe-user-pages-soft`).
+const BULK_PIPE: usize = 1024 * 1024;
+/// The read buffers are carved into the chunks handed to the link (which keeps them,
+/// without copying, until they are written).
+const ARENA: usize = 2 * BULK_CHUNK;
+/// Read buffers kept for reuse once everything carved from them has been written.
+const ARENAS: usize = 3;
+/// Inject data is written once per loop turn, or as soon as this much is waiting.
+const INJECT_BATCH: usize = 1024 * 1024;
 /// Lines taken from an event source per call.
 const LINES: usize = 64;
 
@@ -102,11 +116,15 @@ pub struct Agent {
     next_cid: u16,
     quit: bool,
     stop: Arc<AtomicBool>,
+    /// The read buffer in use, and earlier ones waiting for their chunks to be written.
     buf: BytesMut,
+    old_bufs: VecDeque<BytesMut>,
     /// Something can progress without a new readiness event: poll without waiting.
     busy: bool,
     /// Connections whose output stopped in this turn because their link was full.
     link_full: HashSet<ConnId>,
+    /// Injects that received data in this turn (written at the end of its events).
+    unwritten_injects: Vec<(ConnId, u16)>,
 }
 
 impl Agent {
@@ -122,9 +140,11 @@ impl Agent {
             next_cid: 1,
             quit: false,
             stop: Arc::new(AtomicBool::new(false)),
-            buf: BytesMut::with_capacity(CHUNK),
+            buf: BytesMut::with_capacity(ARENA),
+            old_bufs: VecDeque::new(),
             busy: false,
             link_full: HashSet::new(),
+            unwritten_injects: Vec::new(),
         })
     }
 
@@ -597,6 +617,29 @@ impl Agent {
         for ev in events {
             self.on_event(id, ev, now);
         }
+        let unwritten = std::mem::take(&mut self.unwritten_injects);
+        for (id, xid) in unwritten {
+            self.write_inject(id, xid);
+        }
+    }
+
+    /// Writes the data an inject has received so far; a failure ends the transfer.
+    fn write_inject(&mut self, id: ConnId, xid: u16) {
+        let failed = match self.tx_mut(id, xid) {
+            Some(Tx::Inject(t)) if !t.pending.is_empty() => {
+                let r = t.file.write_bufs(&t.pending);
+                t.pending.clear();
+                t.pending_len = 0;
+                r.err().map(|e| e.errno())
+            }
+            _ => None,
+        };
+        if let Some(errno) = failed {
+            self.remove_tx(id, xid);
+            if let Some(server) = self.server(id) {
+                let _ = server.inject_done(xid, Err(errno));
+            }
+        }
     }
 
     fn server(&mut self, id: ConnId) -> Option<&mut Server> {
@@ -691,7 +734,15 @@ impl Agent {
                     Ok(file) => {
                         let _ = server.inject_ready(xid);
                         if let Some(conn) = self.conns.get_mut(&id) {
-                            conn.txs.insert(xid, Tx::Inject(file, user.to_vec()));
+                            conn.txs.insert(
+                                xid,
+                                Tx::Inject(Box::new(InjectTx {
+                                    file,
+                                    user: user.to_vec(),
+                                    pending: Vec::new(),
+                                    pending_len: 0,
+                                })),
+                            );
                         }
                     }
                     Err(errno) => {
@@ -701,19 +752,24 @@ impl Agent {
                 }
             }
             ServerEvent::InjectData { xid, data } => {
-                let failed = match self.tx_mut(id, xid) {
-                    Some(Tx::Inject(file, _)) => file.write(&data).err().map(|e| e.errno()),
-                    _ => None,
-                };
-                if let Some(errno) = failed {
-                    self.remove_tx(id, xid);
-                    if let Some(server) = self.server(id) {
-                        let _ = server.inject_done(xid, Err(errno));
+                let full = match self.tx_mut(id, xid) {
+                    Some(Tx::Inject(t)) => {
+                        t.pending_len += data.len();
+                        t.pending.push(data);
+                        t.pending_len >= INJECT_BATCH
                     }
+                    _ => return,
+                };
+                if full {
+                    self.write_inject(id, xid);
+                } else if self.unwritten_injects.last() != Some(&(id, xid)) {
+                    self.unwritten_injects.push((id, xid));
                 }
             }
             ServerEvent::InjectEnd { xid } => {
-                if let Some(Tx::Inject(file, user)) = self.take_tx(id, xid) {
+                self.write_inject(id, xid);
+                if let Some(Tx::Inject(t)) = self.take_tx(id, xid) {
+                    let InjectTx { file, user, .. } = *t;
                     let path = file.path().as_os_str().as_encoded_bytes().to_vec();
                     let mode = file.mode();
                     let result = file.finish().map_err(|e| e.errno());
@@ -894,6 +950,7 @@ impl Agent {
                     .map(|extra| OutPipe {
                         extra,
                         readable: true,
+                        bulk: false,
                     });
             }
         } else {
@@ -907,6 +964,7 @@ impl Agent {
                         .map(|extra| OutPipe {
                             extra,
                             readable: true,
+                            bulk: false,
                         });
                 }
             }
@@ -1047,13 +1105,25 @@ impl Agent {
                     self.close_out(&mut c, slot);
                     break;
                 };
+                let bulk = p.bulk;
+                let max = if bulk { BULK_CHUNK } else { CHUNK };
+                self.arena(max);
                 let r = if c.tty {
-                    fdio::read_pty_into(fd, &mut self.buf, CHUNK)
+                    fdio::read_pty_into(fd, &mut self.buf, max)
                 } else {
-                    fdio::read_into(fd, &mut self.buf, CHUNK)
+                    fdio::read_into(fd, &mut self.buf, max)
                 };
                 match r {
-                    Ok(ReadOutcome::Data(_)) => {
+                    Ok(ReadOutcome::Data(n)) => {
+                        if n == max
+                            && !bulk
+                            && !c.tty
+                            && let Some(Some(p)) = c.out.get_mut(slot)
+                        {
+                            // The pipe was full: bulk output. Failing to grow it is fine.
+                            p.bulk = true;
+                            let _ = fdio::set_pipe_size(fd, BULK_PIPE);
+                        }
                         let data = self.buf.split().freeze();
                         if let Some(server) = self.server(id) {
                             let _ = server.output(xid, u16::try_from(slot + 1).unwrap_or(1), data);
@@ -1159,6 +1229,30 @@ impl Agent {
         backlog
     }
 
+    /// Room for `want` bytes in the read buffer.
+    fn arena(&mut self, want: usize) {
+        Self::arena_of(&mut self.buf, &mut self.old_bufs, want);
+    }
+
+    /// Room for `want` bytes in `buf`: when the rest is too short, the buffer is set aside
+    /// and one whose chunks have all been written is reused (a new one otherwise). Fresh
+    /// buffers of this size come from `mmap`: page faults and zeroing, every time.
+    fn arena_of(buf: &mut BytesMut, old: &mut VecDeque<BytesMut>, want: usize) {
+        if buf.capacity() - buf.len() >= want {
+            return;
+        }
+        let reusable = old.iter_mut().position(|b| b.try_reclaim(ARENA));
+        let next = match reusable.and_then(|i| old.remove(i)) {
+            Some(b) => b,
+            None => BytesMut::with_capacity(ARENA.max(want)),
+        };
+        let full = std::mem::replace(buf, next);
+        if old.len() >= ARENAS {
+            old.pop_front();
+        }
+        old.push_back(full);
+    }
+
     fn close_out(&mut self, c: &mut CommandTx, slot: usize) {
         let Some(p) = c.out.get_mut(slot).and_then(Option::take) else {
             return;
@@ -1191,7 +1285,8 @@ impl Agent {
             else {
                 return;
             };
-            let r = file.read_chunk(&mut self.buf, CHUNK);
+            Self::arena_of(&mut self.buf, &mut self.old_bufs, BULK_CHUNK);
+            let r = file.read_chunk(&mut self.buf, BULK_CHUNK);
             let data = self.buf.split().freeze();
             match r {
                 Ok(0) => {

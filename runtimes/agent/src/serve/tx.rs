@@ -15,6 +15,8 @@ use crate::{ExtractFile, InjectFile};
 pub(crate) struct OutPipe {
     pub extra: ExtraId,
     pub readable: bool,
+    /// The pipe was grown for bulk output (see `serve::BULK_PIPE`).
+    pub bulk: bool,
 }
 
 pub(crate) struct CommandTx {
@@ -57,9 +59,18 @@ pub(crate) struct MonitorTx {
     pub settles: VecDeque<u32>,
 }
 
+/// An inject: the temporary file and the data received but not yet written (written
+/// once per loop turn, with `writev`).
+pub(crate) struct InjectTx {
+    pub file: InjectFile,
+    pub user: Vec<u8>,
+    pub pending: Vec<Bytes>,
+    pub pending_len: usize,
+}
+
 pub(crate) enum Tx {
     Command(Box<CommandTx>),
-    Inject(InjectFile, Vec<u8>),
+    Inject(Box<InjectTx>),
     Extract(ExtractFile, Vec<u8>),
     Monitor(Box<MonitorTx>),
 }
