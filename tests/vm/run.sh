@@ -29,7 +29,7 @@
 #   TUPPENCE_VM_BYTES     size of the big transfers (default 10485760)
 #   TUPPENCE_VM_SERIAL_BYTES  size of the big transfers over the serial port (default 524288:
 #                         through an emulated 8250 under TCG extract moves about 0.2 MB/s and
-#                         inject 0.03-0.06 MB/s, so 10 MiB there would take minutes)
+#                         inject about 0.13 MB/s, so 10 MiB there would take two minutes)
 #   TUPPENCE_VM_SMP       guest CPUs (default 1)
 #   TUPPENCE_VM_KEEP=1    keep the work directory (it is kept anyway when a check failed)
 set -uo pipefail
