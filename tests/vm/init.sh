@@ -155,7 +155,9 @@ start_agent() {
   : >"/tmp/$name-serve.log"
   TUPPENCE_LOG=info tuppence serve "$@" 2>>"/tmp/$name-serve.log" &
   pid=$!
-  tail -f "/tmp/$name-serve.log" | sed "s/^/[$name] /" &
+  # (a shell loop, not sed: busybox sed buffers its output, which delayed lines by seconds;
+  # tail -f itself checks once a second, and "-s 0.2" made it much slower under TCG)
+  tail -f "/tmp/$name-serve.log" | while IFS= read -r line; do echo "[$name] $line"; done &
   if wait_ready "/tmp/$name-serve.log" 100; then
     say "$name agent pid=$pid $(grep -m1 'tuppence serve: ready' "/tmp/$name-serve.log")"
   else
