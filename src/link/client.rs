@@ -12,10 +12,7 @@ use super::{
 };
 use crate::wire::{CommandRequest, Dialect, Frame, Hello, Packet, Sender, chunks};
 
-/// errno 71: the agent did not understand the request. Terminal whatever the request.
-const EPROTO: u32 = 71;
-/// Major status for "killed by a signal".
-const EFAULT: u32 = 14;
+use super::status::{EFAULT, EPROTO};
 
 #[derive(Debug)]
 enum Kind {

@@ -50,6 +50,7 @@ mod core;
 mod error;
 mod event;
 mod server;
+pub mod status;
 
 pub use client::Client;
 pub use command::{Command, Signal};
@@ -60,4 +61,5 @@ pub use config::{
 pub use core::Stats;
 pub use error::{LinkError, UsageError, Violation};
 pub use event::{ClientEvent, Outcome, ServerEvent};
-pub use server::{Server, status};
+pub use server::Server;
+pub use status::errno_text;

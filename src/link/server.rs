@@ -8,27 +8,11 @@ use bytes::{Bytes, BytesMut};
 use super::core::{self, Core, Input, Stats, Timeout};
 use super::{
     LinkError, ServerConfig, ServerEvent, UsageError, Violation, effective_keepalive,
-    negotiate_keepalive,
+    negotiate_keepalive, status,
 };
 use crate::wire::{
     DecodeError, Dialect, Frame, Hello, Packet, ProcInfoField, Sender, detect_dialect,
 };
-
-/// Status words the machine itself sends (errno values of Linux, as the C executor).
-pub mod status {
-    /// No such user / file / event source.
-    pub const ENOENT: u32 = 2;
-    /// Procinfo for a transaction that is not a running command.
-    pub const ESRCH: u32 = 3;
-    /// A transfer was interrupted by the client.
-    pub const EINTR: u32 = 4;
-    /// Too many transactions on this connection.
-    pub const EAGAIN: u32 = 11;
-    /// Major status of a command killed by a signal (minor = signal number).
-    pub const EFAULT: u32 = 14;
-    /// The request was not understood.
-    pub const EPROTO: u32 = 71;
-}
 
 #[derive(Debug)]
 enum Kind {

@@ -35,30 +35,4 @@ pub enum Error {
     },
 }
 
-/// `errno 2 (No such file or directory)` — the status words are Linux errno values.
-pub fn errno_text(errno: u32) -> String {
-    let text = match errno {
-        1 => "Operation not permitted",
-        2 => "No such file or directory",
-        3 => "No such process",
-        4 => "Interrupted",
-        5 => "Input/output error",
-        11 => "Resource temporarily unavailable",
-        12 => "Out of memory",
-        13 => "Permission denied",
-        17 => "File exists",
-        20 => "Not a directory",
-        21 => "Is a directory",
-        22 => "Invalid argument",
-        28 => "No space left on device",
-        30 => "Read-only file system",
-        36 => "File name too long",
-        71 => "Protocol error (request not understood)",
-        _ => "",
-    };
-    if text.is_empty() {
-        format!("errno {errno}")
-    } else {
-        format!("errno {errno} ({text})")
-    }
-}
+pub use tuppence::link::errno_text;

@@ -87,27 +87,4 @@ impl Error {
     }
 }
 
-/// `errno 2 (No such file or directory)`: the agent's status words are Linux errno values,
-/// shown with their meaning so a log line is readable without a lookup table.
-pub fn errno_text(errno: u32) -> String {
-    let text = match errno {
-        1 => "Operation not permitted",
-        2 => "No such file or directory",
-        3 => "No such process",
-        4 => "Interrupted",
-        5 => "Input/output error",
-        11 => "Resource temporarily unavailable",
-        12 => "Out of memory",
-        13 => "Permission denied",
-        17 => "File exists",
-        20 => "Not a directory",
-        21 => "Is a directory",
-        22 => "Invalid argument",
-        28 => "No space left on device",
-        30 => "Read-only file system",
-        36 => "File name too long",
-        71 => "Protocol error (request not understood)",
-        _ => return format!("errno {errno}"),
-    };
-    format!("errno {errno} ({text})")
-}
+pub use tuppence::link::errno_text;
