@@ -49,6 +49,9 @@ struct State {
     failure: Option<LinkError>,
     io_failure: Option<String>,
     reader_done: bool,
+    /// Threads blocked on the condition variable: notifying costs a syscall, so it is
+    /// skipped when nobody waits (every event used to cost one, twice).
+    waiting: usize,
 }
 
 pub(crate) struct Shared {
@@ -84,6 +87,7 @@ impl Session {
                 failure: None,
                 io_failure: None,
                 reader_done: false,
+                waiting: 0,
             }),
             cond: Condvar::new(),
             writer: Mutex::new(Box::new(writer)),
@@ -204,7 +208,7 @@ impl Session {
                     if matches!(ev, ClientEvent::Finished { .. }) {
                         st.inboxes.remove(&xid);
                     }
-                    self.shared.cond.notify_all();
+                    self.shared.notify(&st);
                     return Ok(Some(ev));
                 }
             } else {
@@ -216,7 +220,7 @@ impl Session {
             // what is left in the machine (the end of a transfer, say) must not wait for
             // more input to arrive: move it now.
             if self.shared.dispatch(&mut st) {
-                self.shared.cond.notify_all();
+                self.shared.notify(&st);
                 continue;
             }
             if st.reader_done {
@@ -229,7 +233,7 @@ impl Session {
                 }));
             }
             match deadline {
-                None => st = self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                None => st = self.shared.wait(st),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
@@ -251,7 +255,7 @@ impl Session {
         for ev in events.into_iter().rev() {
             inbox.events.push_front(ev);
         }
-        self.shared.cond.notify_all();
+        self.shared.notify(&st);
     }
 
     /// Stops delivering events of `xid` (its handle was dropped); they are discarded.
@@ -261,7 +265,7 @@ impl Session {
             inbox.detached = true;
             inbox.events.clear();
         }
-        self.shared.cond.notify_all();
+        self.shared.notify(&st);
     }
 
     /// Asks the agent to exit, and closes this session.
@@ -290,10 +294,28 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait_timeout<'a>(&self, g: MutexGuard<'a, State>, d: Duration) -> MutexGuard<'a, State> {
-        match self.cond.wait_timeout(g, d) {
+    fn wait_timeout<'a>(&self, mut g: MutexGuard<'a, State>, d: Duration) -> MutexGuard<'a, State> {
+        g.waiting += 1;
+        let mut g = match self.cond.wait_timeout(g, d) {
             Ok((g, _)) => g,
             Err(e) => e.into_inner().0,
+        };
+        g.waiting -= 1;
+        g
+    }
+
+    fn wait<'a>(&self, mut g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        g.waiting += 1;
+        let mut g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        g.waiting -= 1;
+        g
+    }
+
+    /// Wakes every waiter, if there is one. Call with the lock held (waiters register
+    /// under it), after changing what they wait for.
+    fn notify(&self, st: &State) {
+        if st.waiting > 0 {
+            self.cond.notify_all();
         }
     }
 
@@ -322,7 +344,7 @@ impl Shared {
         if let Err(e) = r {
             let mut st = self.lock();
             st.io_failure.get_or_insert_with(|| e.to_string());
-            self.cond.notify_all();
+            self.notify(&st);
             return Err(Error::Io(e));
         }
         Ok(())
@@ -433,16 +455,16 @@ impl Shared {
                 if let Some(e) = st.client.error().cloned() {
                     st.failure.get_or_insert(e);
                     st.reader_done = true;
-                    self.cond.notify_all();
+                    self.notify(&st);
                     break;
                 }
-                self.cond.notify_all();
+                self.notify(&st);
             }
             let _ = self.flush();
         }
         let mut st = self.lock();
         st.reader_done = true;
-        self.cond.notify_all();
+        self.notify(&st);
     }
 
     /// Offers received bytes to the machine, waiting for consumers when it pushes back.
@@ -458,12 +480,12 @@ impl Shared {
                     self.dispatch(&mut st);
                     st.failure.get_or_insert(e);
                     st.reader_done = true;
-                    self.cond.notify_all();
+                    self.notify(&st);
                     return false;
                 }
             }
             self.dispatch(&mut st);
-            self.cond.notify_all();
+            self.notify(&st);
             if offset < data.len() {
                 if self.closing.load(Ordering::SeqCst) {
                     return false;
@@ -484,6 +506,6 @@ impl Shared {
         }
         st.failure.get_or_insert(LinkError::Closed);
         st.reader_done = true;
-        self.cond.notify_all();
+        self.notify(&st);
     }
 }
