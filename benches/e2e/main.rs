@@ -333,8 +333,14 @@ fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
 }
 
-/// CPU seconds per run: (server side, client side).
-type CpuRuns = (Vec<f64>, Vec<f64>);
+/// Per run: CPU seconds (server side, client side) and context switches (server, client).
+#[derive(Clone, Default)]
+struct CpuRuns {
+    server: Vec<f64>,
+    client: Vec<f64>,
+    server_cs: Vec<f64>,
+    client_cs: Vec<f64>,
+}
 
 fn throughput(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
     let size = plan.size;
@@ -377,7 +383,7 @@ fn throughput(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
     let mut head_raw = Vec::new();
     for f in figures {
         res.insert(f, vec![Vec::new(); 1 + adapters.len()]);
-        cpu.insert(f, vec![(Vec::new(), Vec::new()); 1 + adapters.len()]);
+        cpu.insert(f, vec![CpuRuns::default(); 1 + adapters.len()]);
     }
     for rep in 0..plan.reps {
         for f in figures {
@@ -389,6 +395,7 @@ fn throughput(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
                 let m = (k + rep) % methods;
                 let server = if m == 0 { &raw } else { &agent };
                 let (server_cpu, client_cpu) = (server.cpu(), procs::self_cpu());
+                let (server_cs, client_cs) = (server.switches(), procs::self_switches());
                 let start = Instant::now();
                 let n = match (f, m) {
                     ("extract", 0) => {
@@ -408,8 +415,12 @@ fn throughput(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
                 };
                 let took = start.elapsed();
                 let c = &mut cpu.get_mut(f).expect("figure")[m];
-                c.0.push((server.cpu() - server_cpu).as_secs_f64());
-                c.1.push((procs::self_cpu() - client_cpu).as_secs_f64());
+                c.server.push((server.cpu() - server_cpu).as_secs_f64());
+                c.client
+                    .push((procs::self_cpu() - client_cpu).as_secs_f64());
+                c.server_cs.push((server.switches() - server_cs) as f64);
+                c.client_cs
+                    .push((procs::self_switches() - client_cs) as f64);
                 assert_eq!(n, size, "{f} method {m}: wrong size");
                 res.get_mut(f).expect("figure")[m].push(mbps(n, took));
                 let _ = std::fs::remove_file(&dest);
@@ -433,16 +444,20 @@ fn throughput(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
         let reference = &r[0];
         let c = &cpu[f];
         progress(format!(
-            "{f}: CPU s per run, server / client: raw {} / {}",
-            spread(&c[0].0, 3),
-            spread(&c[0].1, 3)
+            "{f}: CPU s per run, server / client: raw {} / {}; context switches {} / {}",
+            spread(&c[0].server, 3),
+            spread(&c[0].client, 3),
+            spread(&c[0].server_cs, 0),
+            spread(&c[0].client_cs, 0)
         ));
         for (i, name) in names.iter().enumerate() {
             let v = &r[i + 1];
             progress(format!(
-                "{f}: CPU s per run, server / client: {name} {} / {}",
-                spread(&c[i + 1].0, 3),
-                spread(&c[i + 1].1, 3)
+                "{f}: CPU s per run, server / client: {name} {} / {}; context switches {} / {}",
+                spread(&c[i + 1].server, 3),
+                spread(&c[i + 1].client, 3),
+                spread(&c[i + 1].server_cs, 0),
+                spread(&c[i + 1].client_cs, 0)
             ));
             let ratios: Vec<f64> = v.iter().zip(reference).map(|(a, b)| a / b).collect();
             let what = match f {

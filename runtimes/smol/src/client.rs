@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, future};
 use tuppence::link::{Client, ClientConfig, ClientEvent, LinkError, Outcome, Signal, UsageError};
 use tuppence::wire::ProcInfoField;
@@ -134,8 +134,8 @@ impl LinkState for ClientState {
     fn handle_timeout(&mut self, now: Instant) {
         self.client.handle_timeout(now)
     }
-    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
-        self.client.poll_transmit(now, buf)
+    fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize {
+        self.client.poll_transmit_segments(now, out)
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.client.poll_timeout()
