@@ -30,18 +30,19 @@
 //! * **Reaping**: a pidfd, readable as soon as the shell exits, independent of its pipes; a
 //!   grandchild that keeps stdout open no longer delays the exit status (research §8).
 //!
-//! Spawning uses `std::process::Command` with a `pre_exec` hook (fork + exec): std builds
-//! argv/envp before forking, reports exec and hook errors through its own pipe, and the hook
-//! does only raw syscalls on memory prepared by the parent.
+//! Spawning uses `clone(CLONE_VM | CLONE_VFORK)` like `posix_spawn` (see `vfork.rs` for why
+//! not `std::process::Command` with a `pre_exec` hook, which forks): the parent builds argv,
+//! envp and everything the child's setup needs; the child does only raw syscalls on that
+//! memory and reports a failure of its setup or of `exec` through a shared word.
+
+mod vfork;
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, c_char};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::ptr;
 use std::sync::{Mutex, PoisonError};
 
 use rustix::process::{Gid, Pid, PidfdFlags, Uid, WaitId, WaitIdOptions};
@@ -58,7 +59,7 @@ use crate::user::{User, UserError};
 pub const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The shell every command runs in, as in the C executor (never the user's login shell).
-const SHELL: &str = "/bin/sh";
+const SHELL: &CStr = c"/bin/sh";
 
 /// The terminal's end-of-file character (`VEOF`, Ctrl-D) in the default line discipline.
 pub const TTY_EOF: u8 = 0x04;
@@ -495,27 +496,59 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         Vec::new()
     };
 
-    let mut cmd = Command::new(SHELL);
-    cmd.arg("-c").arg(OsStr::from_bytes(&spec.command));
-    cmd.env_clear();
-    for (name, value) in build_env(&spec.env, &user) {
-        cmd.env(OsStr::from_bytes(&name), OsStr::from_bytes(&value));
-    }
+    let command = CString::new(spec.command.clone()).map_err(|_| SpawnError::InvalidCommand)?;
+    let env: Vec<CString> = build_env(&spec.env, &user)
+        .into_iter()
+        .filter_map(|(mut name, value)| {
+            name.push(b'=');
+            name.extend_from_slice(&value);
+            // build_env drops entries with a NUL.
+            CString::new(name).ok()
+        })
+        .collect();
+    let argv: [*const c_char; 4] = [
+        SHELL.as_ptr(),
+        c"-c".as_ptr(),
+        command.as_ptr(),
+        ptr::null(),
+    ];
+    let envp: Vec<*const c_char> = env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect();
 
+    // The child's ends of its stdio, and the agent's. Everything is O_CLOEXEC; the child's
+    // copies on 0/1/2 are made by dup2, which clears the flag.
     let mut master = None;
-    if spec.tty {
+    let (stdio, ours): ([OwnedFd; 3], [Option<OwnedFd>; 3]) = if spec.tty {
         let pair = pty::open_pty(switch.then_some(user.uid())).map_err(SpawnError::Pty)?;
         let slave_in = pair.slave.try_clone().map_err(SpawnError::Pty)?;
         let slave_out = pair.slave.try_clone().map_err(SpawnError::Pty)?;
-        cmd.stdin(Stdio::from(slave_in));
-        cmd.stdout(Stdio::from(slave_out));
-        cmd.stderr(Stdio::from(pair.slave));
         master = Some(pair.master);
+        ([slave_in, slave_out, pair.slave], [None, None, None])
     } else {
-        cmd.stdin(Stdio::piped());
-        cmd.stdout(Stdio::piped());
-        cmd.stderr(Stdio::piped());
-    }
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+        let (in_r, in_w) = pipe().map_err(|e| SpawnError::Spawn(e.into()))?;
+        let (out_r, out_w) = pipe().map_err(|e| SpawnError::Spawn(e.into()))?;
+        let (err_r, err_w) = pipe().map_err(|e| SpawnError::Spawn(e.into()))?;
+        ([in_r, out_w, err_w], [Some(in_w), Some(out_r), Some(err_r)])
+    };
+    let [stdin, stdout, stderr] = ours;
+    // The child moves its ends onto 0, 1 and 2: none may already be one of those (only
+    // possible if this process was started with them closed).
+    let stdio = stdio
+        .map(|fd| {
+            if fd.as_raw_fd() < 3 {
+                rustix::io::fcntl_dupfd_cloexec(&fd, 3)
+            } else {
+                Ok(fd)
+            }
+        })
+        .into_iter()
+        .collect::<Result<Vec<OwnedFd>, _>>()
+        .map_err(|e| SpawnError::Spawn(e.into()))?;
+    let stdio_raw = [0, 1, 2].map(|i| stdio.get(i).map_or(-1, AsRawFd::as_raw_fd));
 
     let setup = ChildSetup {
         tty: spec.tty,
@@ -525,41 +558,36 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         groups,
         home: user.home_cstr_if_absolute().map(ToOwned::to_owned),
     };
-    // SAFETY: the hook runs in the forked child before exec. `ChildSetup::run` makes only
-    // raw system calls (rustix's linux_raw backend, `libc::syscall` for rt_sigaction,
-    // rt_sigprocmask and close_range, `libc::fcntl`), all async-signal-safe, on data the
-    // parent prepared; it does not allocate, lock or touch state shared with other threads.
-    unsafe {
-        cmd.pre_exec(move || setup.run());
-    }
-    let spawned = cmd.spawn();
-    // The Command still holds the pty slave; the parent must not keep it open, or the master
-    // would never report the end of the command's output.
-    drop(cmd);
-    let mut std_child = spawned.map_err(SpawnError::Spawn)?;
-    let pid = std_child.id();
+    let spawned = vfork::spawn(&vfork::Exec {
+        path: SHELL,
+        argv: &argv,
+        envp: &envp,
+        stdio: stdio_raw,
+        setup: &setup,
+    });
+    // The parent must not keep the child's ends (a pty master would never report the end
+    // of the command's output while a slave is open here).
+    drop(stdio);
+    let pid = spawned.map_err(SpawnError::Spawn)?;
 
     let pidfd = match open_pidfd(pid) {
         Ok(fd) => fd,
         Err(e) => {
-            let _ = std_child.kill();
-            // The child was just SIGKILLed, so this wait is short; it avoids leaving a zombie.
-            let _ = std_child.wait();
+            kill_and_reap(pid);
             return Err(SpawnError::Pidfd(e));
         }
     };
     let child = Child {
         pid,
         pidfd,
-        stdin: std_child.stdin.take().map(OwnedFd::from),
-        stdout: std_child.stdout.take().map(OwnedFd::from),
-        stderr: std_child.stderr.take().map(OwnedFd::from),
+        stdin,
+        stdout,
+        stderr,
         pty: master,
         tty: spec.tty,
         status: None,
     };
     // From here on `child` owns the process (its Drop kills it on error).
-    drop(std_child);
     for fd in [&child.stdin, &child.stdout, &child.stderr]
         .into_iter()
         .flatten()
@@ -567,6 +595,21 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         fdio::set_nonblocking(fd).map_err(SpawnError::Spawn)?;
     }
     Ok(child)
+}
+
+/// Kills a child that cannot be watched and reaps it (short: SIGKILL), so no zombie is left.
+fn kill_and_reap(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill and waitpid on our own child's pid, with a valid status pointer.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+    }
 }
 
 fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
@@ -802,6 +845,45 @@ mod tests {
             let flags = rustix::io::fcntl_getfd(fd).expect("getfd");
             assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
         }
+    }
+
+    #[test]
+    fn a_failed_exec_is_reported_with_its_errno() {
+        let setup = ChildSetup {
+            tty: false,
+            switch: false,
+            uid: rustix::process::getuid(),
+            gid: rustix::process::getgid(),
+            groups: Vec::new(),
+            home: None,
+        };
+        let null = || {
+            rustix::fs::open(
+                c"/dev/null",
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .expect("/dev/null")
+        };
+        let fds = [null(), null(), null()];
+        let argv = [c"/nonexistent/program".as_ptr(), ptr::null()];
+        let envp = [ptr::null()];
+        let exec = vfork::Exec {
+            path: c"/nonexistent/program",
+            argv: &argv,
+            envp: &envp,
+            stdio: fds.each_ref().map(AsRawFd::as_raw_fd),
+            setup: &setup,
+        };
+        let err = vfork::spawn(&exec).expect_err("no such program");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        // Arrays without their terminator are refused before anything starts.
+        let exec = vfork::Exec {
+            argv: &argv[..1],
+            ..exec
+        };
+        let err = vfork::spawn(&exec).expect_err("unterminated argv");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     }
 
     #[test]
