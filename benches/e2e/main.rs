@@ -528,6 +528,7 @@ fn sleeps(plan: &Plan, scratch: &Scratch) -> Row {
         }
         refs.push(start.elapsed().as_secs_f64());
 
+        let agent_cpu = agent.cpu();
         let start = Instant::now();
         let mut live = std::collections::HashSet::new();
         for _ in 0..n {
@@ -550,9 +551,10 @@ fn sleeps(plan: &Plan, scratch: &Scratch) -> Row {
         });
         let wall = start.elapsed().as_secs_f64();
         progress(format!(
-            "rep {}: all done {wall:.3} s (first {:.3} s); bare spawns {:.3} s",
+            "rep {}: all done {wall:.3} s (first {:.3} s), agent CPU {:.3} s; bare spawns {:.3} s",
             rep + 1,
             first.unwrap_or_default().as_secs_f64(),
+            (agent.cpu() - agent_cpu).as_secs_f64(),
             refs[rep]
         ));
         walls.push(wall);
