@@ -79,7 +79,7 @@ impl Plan {
             rt_block: 50,
             size: 32 << 20,
             reps: 2,
-            sleeps: 1000,
+            sleeps: 200,
             sleep_reps: 1,
             conns: 100,
             per_conn: 5,
@@ -106,6 +106,9 @@ impl Plan {
         if want("smol") {
             v.push(Box::new(SmolClient::connect(sock)));
         }
+        if want("smol1") {
+            v.push(Box::new(SmolClient::connect_local(sock)));
+        }
         if want("blocking") {
             v.push(Box::new(BlockingClient::connect(sock)));
         }
@@ -120,7 +123,7 @@ impl Plan {
 }
 
 const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,sleep,conns,mem] \
-                     [--adapters mio,smol,blocking] [--reps N] [--size MIB] [--rt N]";
+                     [--adapters mio,smol,smol1,blocking] [--reps N] [--size MIB] [--rt N]";
 
 fn parse_args() -> Result<Plan, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -472,19 +475,28 @@ fn throughput(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
                     spread(&head_raw, 0)
                 ));
             }
-            let mut judged_text = spread(&ratios, 2);
-            if f == "output" {
+            // Command output is judged against the same command writing straight into a
+            // raw socket: `head -c` writes 4 KiB at a time and cannot produce bytes as fast
+            // as a file copy moves them (its own CPU caps it near 1 GB/s here), so a ratio
+            // to the file copy measures `head`, not the link. Both ratios are shown.
+            let (judged, judged_text) = if f == "output" {
                 let vs_head: Vec<f64> = v.iter().zip(&head_raw).map(|(a, b)| a / b).collect();
-                judged_text.push_str(&format!(
-                    " (vs `head` into the socket {})",
-                    spread(&vs_head, 2)
-                ));
-            }
+                (
+                    median(&vs_head),
+                    format!(
+                        "{} vs `head` into the socket ({} vs the file copy)",
+                        spread(&vs_head, 2),
+                        spread(&ratios, 2)
+                    ),
+                )
+            } else {
+                (median(&ratios), spread(&ratios, 2))
+            };
             rows.push(Row {
                 figure: format!("{what}, {name}"),
                 value: format!("{} MB/s", spread(v, 0)),
                 reference: reference_text,
-                judged: median(&ratios),
+                judged,
                 judged_text,
                 target: Target::AtLeast(0.8),
                 unit: "",

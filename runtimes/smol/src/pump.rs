@@ -440,15 +440,22 @@ where
             progress = true;
         }
 
-        // Keepalive timers and the close deadline.
-        if deadline != self.timer_at {
-            self.timer_at = deadline;
-            match deadline {
-                Some(t) => self.timer.set_at(t),
-                None => self.timer = Timer::never(),
-            }
+        // Keepalive timers and the close deadline. Keepalive deadlines move with every
+        // packet, and every `set_at` wakes the reactor (async-io notifies it of each new
+        // timer): the timer is only moved when the deadline comes sooner. One armed for a
+        // deadline that has since moved later fires early, finds nothing due, and is
+        // re-armed for the new one.
+        let rearm = match (deadline, self.timer_at) {
+            (Some(d), Some(at)) => d < at,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if rearm && let Some(t) = deadline {
+            self.timer_at = Some(t);
+            self.timer.set_at(t);
         }
-        if deadline.is_some() && Pin::new(&mut self.timer).poll_next(cx).is_ready() {
+        if self.timer_at.is_some() && Pin::new(&mut self.timer).poll_next(cx).is_ready() {
+            self.timer_at = None;
             progress = true;
         }
         Ok(progress)
