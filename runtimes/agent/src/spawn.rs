@@ -38,11 +38,10 @@
 mod vfork;
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::ptr;
 use std::sync::{Mutex, PoisonError};
 
 use rustix::process::{Gid, Pid, PidfdFlags, Uid, WaitId, WaitIdOptions};
@@ -184,6 +183,11 @@ pub struct Child {
     pty: Option<OwnedFd>,
     tty: bool,
     status: Option<ExitStatus>,
+    /// Started by [`spawn_command_nowait`] and not yet known to have exec'd: the memory
+    /// the child reads until then.
+    exec: Option<vfork::Pending>,
+    /// Why the child could not exec, learnt once it exited (0: it did).
+    exec_errno: i32,
 }
 
 impl Child {
@@ -300,7 +304,32 @@ impl Child {
             ));
         };
         self.status = Some(status);
+        // Reaped: the process is gone, and so is any use of the exec block.
+        if let Some(p) = self.exec.take() {
+            self.exec_errno = p.error();
+        }
         Ok(Some(status))
+    }
+
+    /// For a child of [`spawn_command_nowait`]: the error that kept it from running the
+    /// command (its setup, e.g. switching to the user, or `exec` failed), once it has been
+    /// reaped; the owner reports it as a failed start rather than as exit status 127.
+    /// `None` while the child runs, and for children that ran the command.
+    pub fn exec_error(&self) -> Option<io::Error> {
+        (self.status.is_some() && self.exec_errno != 0)
+            .then(|| io::Error::from_raw_os_error(self.exec_errno))
+    }
+
+    /// For a child of [`spawn_command_nowait`]: frees the memory it needed to start (its
+    /// stack and arguments, ~10 KiB resident) once it has exec'd. Returns whether anything
+    /// is still held. Call it now and then after spawning; reaping frees it too.
+    pub fn settle_exec(&mut self) -> bool {
+        if self.exec.as_ref().is_some_and(vfork::Pending::settled)
+            && let Some(p) = self.exec.take()
+        {
+            self.exec_errno = p.error();
+        }
+        self.exec.is_some()
     }
 
     /// The status, if [`Child::try_wait`] has reaped the shell.
@@ -320,6 +349,19 @@ impl Child {
         };
         if pgid <= 1 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if self.exec.as_ref().is_some_and(|p| !p.settled()) {
+            // Started without waiting and not exec'd yet: its setsid may not have happened,
+            // so there may be no group yet. The process itself gets the signal (blocked
+            // until its setup has reset every disposition, then acted on).
+            // SAFETY: kill takes plain integers; pgid > 1 is our child's pid.
+            let rc = unsafe { libc::kill(pgid, signal) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as below.
+            unsafe { libc::kill(-pgid, signal) };
+            return Ok(());
         }
         // SAFETY: kill takes plain integers; -pgid with pgid > 1 addresses exactly that
         // process group.
@@ -347,23 +389,36 @@ impl Drop for Child {
         match self.try_wait() {
             Ok(Some(_)) => {}
             Ok(None) => {
-                // Still dying (SIGKILL is not instantaneous): reap it later.
+                // Still dying (SIGKILL is not instantaneous): reap it later. Its exec block
+                // goes along, as it may still be reading it.
                 match self.pidfd.try_clone() {
-                    Ok(pidfd) => graveyard().push(pidfd),
+                    Ok(pidfd) => graveyard().push((pidfd, self.exec.take())),
                     Err(e) => {
-                        tracing::warn!(pid = self.pid, error = %e, "a dropped command will stay a zombie")
+                        tracing::warn!(pid = self.pid, error = %e, "a dropped command will stay a zombie");
+                        if let Some(p) = self.exec.take() {
+                            // Never freed: the child may use it until it dies.
+                            std::mem::forget(p);
+                        }
                     }
                 }
             }
-            Err(e) => tracing::debug!(pid = self.pid, error = %e, "reaping a dropped command"),
+            Err(e) => {
+                tracing::debug!(pid = self.pid, error = %e, "reaping a dropped command");
+                if let Some(p) = self.exec.take()
+                    && !p.settled()
+                {
+                    std::mem::forget(p);
+                }
+            }
         }
     }
 }
 
-/// Pidfds of dropped, killed but not yet reaped commands.
-static GRAVEYARD: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+/// Pidfds of dropped, killed but not yet reaped commands, with the exec blocks they may
+/// still be reading.
+static GRAVEYARD: Mutex<Vec<(OwnedFd, Option<vfork::Pending>)>> = Mutex::new(Vec::new());
 
-fn graveyard() -> std::sync::MutexGuard<'static, Vec<OwnedFd>> {
+fn graveyard() -> std::sync::MutexGuard<'static, Vec<(OwnedFd, Option<vfork::Pending>)>> {
     GRAVEYARD.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -371,7 +426,7 @@ fn graveyard() -> std::sync::MutexGuard<'static, Vec<OwnedFd>> {
 /// many are still waiting. Called by [`spawn_command`]; a loop may also call it on a timer.
 pub fn reap_dropped() -> usize {
     let mut parked = graveyard();
-    parked.retain(|pidfd| {
+    parked.retain(|(pidfd, _)| {
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
         // Keep it while the process has not exited; an error (ECHILD: someone else reaped
         // it) also ends our responsibility.
@@ -478,8 +533,23 @@ pub(crate) fn build_env(client: &[Vec<u8>], user: &User) -> BTreeMap<Vec<u8>, Ve
 ///
 /// Returns once `exec` has succeeded (or failed: then the error carries its errno). Costs in the
 /// agent: one passwd lookup, a group lookup when switching users, three pipes or a pty, one
-/// fork, one pidfd.
+/// `clone(CLONE_VM | CLONE_VFORK)` (this thread waits for the child's setup and exec), one
+/// pidfd.
 pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
+    spawn_with(spec, vfork::Mode::Wait)
+}
+
+/// Like [`spawn_command`], but returns without waiting for the child's setup and `exec`,
+/// so that a loop starting many commands is not held up by each one. Errors found before
+/// the child starts (unknown user, no pty, …) are returned as before; a failure of the
+/// child's setup or of `exec` ends it with status 127 and is then reported by
+/// [`Child::exec_error`] (check it when the child has been reaped, before reporting its
+/// status). Until it has exec'd, [`Child::kill_group`] also signals the process itself.
+pub fn spawn_command_nowait(spec: &SpawnSpec) -> Result<Child, SpawnError> {
+    spawn_with(spec, vfork::Mode::NoWait)
+}
+
+fn spawn_with(spec: &SpawnSpec, mode: vfork::Mode) -> Result<Child, SpawnError> {
     reap_dropped();
     if spec.command.contains(&0) {
         return Err(SpawnError::InvalidCommand);
@@ -505,17 +575,6 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
             // build_env drops entries with a NUL.
             CString::new(name).ok()
         })
-        .collect();
-    let argv: [*const c_char; 4] = [
-        SHELL.as_ptr(),
-        c"-c".as_ptr(),
-        command.as_ptr(),
-        ptr::null(),
-    ];
-    let envp: Vec<*const c_char> = env
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain(std::iter::once(ptr::null()))
         .collect();
 
     // The child's ends of its stdio, and the agent's. Everything is O_CLOEXEC; the child's
@@ -558,22 +617,26 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         groups,
         home: user.home_cstr_if_absolute().map(ToOwned::to_owned),
     };
-    let spawned = vfork::spawn(&vfork::Exec {
-        path: SHELL,
-        argv: &argv,
-        envp: &envp,
-        stdio: stdio_raw,
-        setup: &setup,
-    });
+    let prepared = vfork::Prepared::new(
+        SHELL,
+        vec![c"-c".to_owned(), command],
+        env,
+        stdio_raw,
+        setup,
+    );
+    let spawned = vfork::spawn(prepared, mode);
     // The parent must not keep the child's ends (a pty master would never report the end
-    // of the command's output while a slave is open here).
+    // of the command's output while a slave is open here). The child has its own copies
+    // (its fd table was copied by clone).
     drop(stdio);
-    let pid = spawned.map_err(SpawnError::Spawn)?;
+    let (pid, exec) = spawned.map_err(SpawnError::Spawn)?;
 
     let pidfd = match open_pidfd(pid) {
         Ok(fd) => fd,
         Err(e) => {
             kill_and_reap(pid);
+            // Reaped: the exec block is no longer in use.
+            drop(exec);
             return Err(SpawnError::Pidfd(e));
         }
     };
@@ -586,6 +649,8 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         pty: master,
         tty: spec.tty,
         status: None,
+        exec,
+        exec_errno: 0,
     };
     // From here on `child` owns the process (its Drop kills it on error).
     for fd in [&child.stdin, &child.stdout, &child.stderr]
@@ -849,7 +914,7 @@ mod tests {
 
     #[test]
     fn a_failed_exec_is_reported_with_its_errno() {
-        let setup = ChildSetup {
+        let setup = || ChildSetup {
             tty: false,
             switch: false,
             uid: rustix::process::getuid(),
@@ -866,24 +931,29 @@ mod tests {
             .expect("/dev/null")
         };
         let fds = [null(), null(), null()];
-        let argv = [c"/nonexistent/program".as_ptr(), ptr::null()];
-        let envp = [ptr::null()];
-        let exec = vfork::Exec {
-            path: c"/nonexistent/program",
-            argv: &argv,
-            envp: &envp,
-            stdio: fds.each_ref().map(AsRawFd::as_raw_fd),
-            setup: &setup,
+        let raw = fds.each_ref().map(AsRawFd::as_raw_fd);
+        let prepared = || {
+            vfork::Prepared::new(
+                c"/nonexistent/program",
+                Vec::new(),
+                Vec::new(),
+                raw,
+                setup(),
+            )
         };
-        let err = vfork::spawn(&exec).expect_err("no such program");
+        let err = vfork::spawn(prepared(), vfork::Mode::Wait).expect_err("no such program");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
-        // Arrays without their terminator are refused before anything starts.
-        let exec = vfork::Exec {
-            argv: &argv[..1],
-            ..exec
-        };
-        let err = vfork::spawn(&exec).expect_err("unterminated argv");
-        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+
+        // Without waiting: the child exits 127 and the errno is in the block.
+        let (pid, pending) = vfork::spawn(prepared(), vfork::Mode::NoWait).expect("started");
+        let pending = pending.expect("a pending block");
+        let pid = libc::pid_t::try_from(pid).expect("pid");
+        let mut status = 0;
+        // SAFETY: waitpid on the child just started, with a valid status pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 127);
+        assert!(pending.settled());
+        assert_eq!(pending.error(), libc::ENOENT);
     }
 
     #[test]
