@@ -281,12 +281,12 @@ fn round_trips(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
     };
     let reference = mean(&times[0]);
     let fork = mean(&times[1]);
-    progress(format!("bare spawn (std): {}", describe(&times[0])));
-    progress(format!("bare fork+exec:   {}", describe(&times[1])));
+    progress(format!("{:<18}{}", "bare spawn (std):", describe(&times[0])));
+    progress(format!("{:<18}{}", "bare fork+exec:", describe(&times[1])));
     let mut rows = Vec::new();
     for (i, a) in adapters.iter().enumerate() {
         let v = &times[i + 2];
-        progress(format!("{:<8}          {}", a.name(), describe(v)));
+        progress(format!("{:<18}{}", format!("{}:", a.name()), describe(v)));
         let ratio = mean(v) / reference;
         rows.push(Row {
             figure: format!("round trip, {} × `true`, {}", plan.rt_n, a.name()),

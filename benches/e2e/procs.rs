@@ -47,8 +47,9 @@ pub fn run_role_if_asked() {
             let listener = Listener::unix(&sock, 0o600).expect("agent listener");
             let mut agent = Agent::new(agent_config()).expect("agent");
             agent.add_listener(listener).expect("add listener");
-            let end = agent.run();
-            eprintln!("agent: {end:?}");
+            if let Err(e) = agent.run() {
+                eprintln!("agent: {e}");
+            }
         }
         Some("raw") => crate::raw::serve(&sock),
         other => panic!("unknown role {other:?}"),
