@@ -281,7 +281,11 @@ fn round_trips(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
     };
     let reference = mean(&times[0]);
     let fork = mean(&times[1]);
-    progress(format!("{:<18}{}", "bare spawn (std):", describe(&times[0])));
+    progress(format!(
+        "{:<18}{}",
+        "bare spawn (std):",
+        describe(&times[0])
+    ));
     progress(format!("{:<18}{}", "bare fork+exec:", describe(&times[1])));
     let mut rows = Vec::new();
     for (i, a) in adapters.iter().enumerate() {

@@ -78,7 +78,9 @@ impl Session {
             }
         }
         let mut sent = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
+        // Whole default-sized packets per read (256 KiB went out as eight full packets and
+        // one of 80 bytes).
+        let mut buf = vec![0u8; 8 * tuppence::wire::DEFAULT_MAX_CHUNK];
         loop {
             let n = match source.read(&mut buf) {
                 Ok(0) => break,

@@ -184,7 +184,7 @@ impl Session {
         data: Bytes,
         f: impl Fn(&mut Client, Bytes) -> Result<(), tuppence::link::UsageError>,
     ) -> Result<(), Error> {
-        const PIECE: usize = 256 * 1024;
+        const PIECE: usize = 8 * tuppence::wire::DEFAULT_MAX_CHUNK;
         let mut rest = data;
         while !rest.is_empty() {
             let piece = rest.split_to(rest.len().min(PIECE));

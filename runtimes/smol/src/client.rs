@@ -29,7 +29,8 @@ pub(crate) const INBOX_EVENTS: usize = 256;
 pub(crate) const INBOX_BYTES: usize = 1 << 20;
 /// Largest piece of stdin or file data handed to the machine in one intent, so the
 /// machine's transmit buffer overshoots its limit by at most this much.
-pub(crate) const SEND_PIECE: usize = 64 * 1024;
+/// Whole default-sized packets (64 KiB went out as two full packets and one of 20 bytes).
+pub(crate) const SEND_PIECE: usize = 2 * tuppence::wire::DEFAULT_MAX_CHUNK;
 /// How long [`Session::new`] waits for the hello reply.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
