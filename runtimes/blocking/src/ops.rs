@@ -1,5 +1,6 @@
 //! The operations of a session: commands, transfers, monitors.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub struct Run<'s> {
     session: &'s Session,
     xid: u16,
     done: bool,
+    /// Events taken from the inbox in a batch, not yet returned.
+    batch: VecDeque<ClientEvent>,
 }
 
 impl Session {
@@ -42,6 +45,7 @@ impl Session {
             session: self,
             xid,
             done: false,
+            batch: VecDeque::new(),
         })
     }
 
@@ -132,8 +136,12 @@ impl Session {
         let xid = self.open(|c| c.extract(user.to_owned(), path.to_owned()))?;
         let mut guard = Detach { session: self, xid };
         let mut received = 0u64;
+        let mut batch = VecDeque::new();
         loop {
-            match self.next_event(xid, None)? {
+            if batch.is_empty() {
+                self.take_events(xid, None, usize::MAX, &mut batch)?;
+            }
+            match batch.pop_front() {
                 Some(ClientEvent::Output { data, .. }) => {
                     sink.write_all(&data).map_err(|e| Error::Local {
                         what: "write",
@@ -227,8 +235,15 @@ impl Run<'_> {
             return Ok(None);
         }
         loop {
-            let Some(ev) = self.session.next_event(self.xid, timeout)? else {
+            if self.batch.is_empty()
+                && !self
+                    .session
+                    .take_events(self.xid, timeout, usize::MAX, &mut self.batch)?
+            {
                 return Ok(None);
+            }
+            let Some(ev) = self.batch.pop_front() else {
+                continue;
             };
             match ev {
                 ClientEvent::Output {

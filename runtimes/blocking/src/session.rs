@@ -200,16 +200,41 @@ impl Session {
         xid: u16,
         timeout: Option<Duration>,
     ) -> Result<Option<ClientEvent>, Error> {
+        let mut out = VecDeque::with_capacity(1);
+        self.take_events(xid, timeout, 1, &mut out)?;
+        Ok(out.pop_front())
+    }
+
+    /// Like `next_event`, taking up to `max` events at once (one lock for a batch: the
+    /// reader delivers up to eight data events per read). Returns false on timeout.
+    pub(crate) fn take_events(
+        &self,
+        xid: u16,
+        timeout: Option<Duration>,
+        max: usize,
+        out: &mut VecDeque<ClientEvent>,
+    ) -> Result<bool, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.shared.lock();
         loop {
             if let Some(inbox) = st.inboxes.get_mut(&xid) {
-                if let Some(ev) = inbox.events.pop_front() {
-                    if matches!(ev, ClientEvent::Finished { .. }) {
+                if !inbox.events.is_empty() {
+                    let mut finished = false;
+                    for _ in 0..max.max(1) {
+                        let Some(ev) = inbox.events.pop_front() else {
+                            break;
+                        };
+                        finished = matches!(ev, ClientEvent::Finished { .. });
+                        out.push_back(ev);
+                        if finished {
+                            break;
+                        }
+                    }
+                    if finished {
                         st.inboxes.remove(&xid);
                     }
                     self.shared.notify(&st);
-                    return Ok(Some(ev));
+                    return Ok(true);
                 }
             } else {
                 return Err(Error::Usage(
@@ -227,17 +252,18 @@ impl Session {
                 // The reader finished every transaction before exiting; an empty inbox
                 // here means the link died without a word for this xid.
                 st.inboxes.remove(&xid);
-                return Ok(Some(ClientEvent::Finished {
+                out.push_back(ClientEvent::Finished {
                     xid,
                     outcome: Outcome::LinkLost(st.failure.clone().unwrap_or(LinkError::Closed)),
-                }));
+                });
+                return Ok(true);
             }
             match deadline {
                 None => st = self.shared.wait(st),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     st = self.shared.wait_timeout(st, d - now);
                 }
