@@ -58,7 +58,7 @@ impl Plan {
             rt_n: 1000,
             rt_block: 100,
             size: 256 << 20,
-            reps: 5,
+            reps: 9,
             sleeps: 1000,
             sleep_reps: 3,
             conns: 100,
