@@ -511,11 +511,14 @@ impl Session {
             return Poll::Ready(lost(end.as_ref()));
         };
         if let Some(ev) = inbox.pop() {
+            // Room in an inbox may let the driver route (and read) again. Not at every
+            // event: woken for each, the driver refilled the inbox one event at a time,
+            // two thread switches per event (up to 19 000 per 256 MiB of output).
+            let low = inbox.events.len() <= INBOX_EVENTS / 2 && inbox.bytes <= INBOX_BYTES / 2;
             if matches!(ev, ClientEvent::Finished { .. }) {
                 g.link.inboxes.remove(&xid);
             }
-            // Room in an inbox may let the driver route (and read) again.
-            let w = if held { g.take_driver() } else { None };
+            let w = if held && low { g.take_driver() } else { None };
             drop(g);
             if let Some(w) = w {
                 w.wake();
