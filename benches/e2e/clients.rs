@@ -231,8 +231,15 @@ const PIECE: usize = 8 * tuppence::wire::DEFAULT_MAX_CHUNK;
 // ---------------------------------------------------------------------------------------
 // smol
 
+type SmolDriver = Pin<Box<tuppence_smol::Driver<Async<UnixStream>>>>;
+
+/// The smol session, either as documented (`Session::new`: its driver is a task on smol's
+/// global executor, a thread of its own) or with its driver polled by the caller's own
+/// `block_on` (`Session::with_driver`: one thread for the driver, the reactor and the
+/// caller, no cross-thread wakeups).
 pub struct SmolClient {
     session: tuppence_smol::Session,
+    driver: Option<SmolDriver>,
     user: String,
 }
 
@@ -247,7 +254,34 @@ impl SmolClient {
         .expect("smol session");
         SmolClient {
             session,
+            driver: None,
             user: me(),
+        }
+    }
+
+    pub fn connect_local(sock: &Path) -> SmolClient {
+        let stream = smol::block_on(Async::<UnixStream>::connect(sock)).expect("connect");
+        let (session, driver) =
+            tuppence_smol::Session::with_driver(stream, ClientConfig::default());
+        let mut c = SmolClient {
+            session,
+            driver: Some(Box::pin(driver)),
+            user: me(),
+        };
+        let s = c.session.clone();
+        c.block_on(async move { s.connected().await })
+            .expect("smol hello");
+        c
+    }
+
+    /// Runs `fut` to completion, polling the driver too when it is ours.
+    fn block_on<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+        match &mut self.driver {
+            None => smol::block_on(fut),
+            Some(driver) => smol::block_on(futures_lite::future::or(fut, async {
+                let end = driver.as_mut().await;
+                panic!("the smol driver ended: {end:?}")
+            })),
         }
     }
 
@@ -288,13 +322,18 @@ impl AsyncRead for InPlace {
 
 impl Adapter for SmolClient {
     fn name(&self) -> &'static str {
-        "smol"
+        if self.driver.is_some() {
+            "smol, 1 thread"
+        } else {
+            "smol"
+        }
     }
 
     fn round_trip(&mut self) -> Duration {
         let cmd = self.command("true");
+        let session = self.session.clone();
         let start = Instant::now();
-        let out = smol::block_on(self.session.output(cmd)).expect("run");
+        let out = self.block_on(session.output(cmd)).expect("run");
         let took = start.elapsed();
         assert_eq!(out.outcome, Outcome::Exited(0));
         took
@@ -302,19 +341,16 @@ impl Adapter for SmolClient {
 
     fn extract(&mut self, path: &Path, dest: &Path) -> u64 {
         let sink = InPlace(File::create(dest).expect("create dest"));
-        smol::block_on(self.session.extract(
-            &self.user,
-            path.to_str().expect("utf-8 path"),
-            sink,
-            |_| {},
-        ))
-        .expect("extract")
+        let (session, user) = (self.session.clone(), self.user.clone());
+        self.block_on(session.extract(user, path.to_str().expect("utf-8 path"), sink, |_| {}))
+            .expect("extract")
     }
 
     fn inject(&mut self, src: &Path, path: &Path) -> u64 {
         let source = InPlace(File::open(src).expect("open source"));
-        smol::block_on(self.session.inject(
-            &self.user,
+        let (session, user) = (self.session.clone(), self.user.clone());
+        self.block_on(session.inject(
+            user,
             path.to_str().expect("utf-8 path"),
             0o644,
             source,
@@ -325,8 +361,9 @@ impl Adapter for SmolClient {
 
     fn output(&mut self, command: &str) -> u64 {
         let cmd = self.command(command);
-        smol::block_on(async {
-            let mut run = self.session.run(cmd).await.expect("run");
+        let session = self.session.clone();
+        self.block_on(async move {
+            let mut run = session.run(cmd).await.expect("run");
             run.close_stdin().await.expect("close stdin");
             let mut n = 0u64;
             while let Some(ev) = run.next().await {

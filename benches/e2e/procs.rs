@@ -47,8 +47,9 @@ pub fn run_role_if_asked() {
             let listener = Listener::unix(&sock, 0o600).expect("agent listener");
             let mut agent = Agent::new(agent_config()).expect("agent");
             agent.add_listener(listener).expect("add listener");
-            let end = agent.run();
-            eprintln!("agent: {end:?}");
+            if let Err(e) = agent.run() {
+                eprintln!("agent: {e}");
+            }
         }
         Some("raw") => crate::raw::serve(&sock),
         other => panic!("unknown role {other:?}"),
@@ -145,6 +146,20 @@ impl Helper {
     pub fn status_kib(&self, field: &str) -> u64 {
         status_kib(self.pid(), field)
     }
+
+    /// Context switches of the helper's main thread (its only one).
+    pub fn switches(&self) -> u64 {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let rest = l
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))?;
+                rest.trim().parse::<u64>().ok()
+            })
+            .sum()
+    }
 }
 
 impl Drop for Helper {
@@ -206,6 +221,15 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Context switches (voluntary + involuntary) of this process, every thread.
+pub fn self_switches() -> u64 {
+    // SAFETY: getrusage fills a local struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    (ru.ru_nvcsw + ru.ru_nivcsw) as u64
 }
 
 /// CPU time (user + system) of this process, every thread.

@@ -33,6 +33,8 @@ pub mod user;
 
 pub use files::{ExtractFile, FileError, InjectFile};
 pub use procinfo::{ProcInfoError, read_procinfo};
-pub use spawn::{Child, ExitStatus, SpawnError, SpawnSpec, signal_from_name, spawn_command};
+pub use spawn::{
+    Child, ExitStatus, SpawnError, SpawnSpec, signal_from_name, spawn_command, spawn_command_nowait,
+};
 pub use status::errno_of;
 pub use user::{User, UserError};

@@ -30,18 +30,19 @@
 //! * **Reaping**: a pidfd, readable as soon as the shell exits, independent of its pipes; a
 //!   grandchild that keeps stdout open no longer delays the exit status (research §8).
 //!
-//! Spawning uses `std::process::Command` with a `pre_exec` hook (fork + exec): std builds
-//! argv/envp before forking, reports exec and hook errors through its own pipe, and the hook
-//! does only raw syscalls on memory prepared by the parent.
+//! Spawning uses `clone(CLONE_VM | CLONE_VFORK)` like `posix_spawn` (see `vfork.rs` for why
+//! not `std::process::Command` with a `pre_exec` hook, which forks): the parent builds argv,
+//! envp and everything the child's setup needs; the child does only raw syscalls on that
+//! memory and reports a failure of its setup or of `exec` through a shared word.
+
+mod vfork;
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, PoisonError};
 
 use rustix::process::{Gid, Pid, PidfdFlags, Uid, WaitId, WaitIdOptions};
@@ -58,7 +59,7 @@ use crate::user::{User, UserError};
 pub const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The shell every command runs in, as in the C executor (never the user's login shell).
-const SHELL: &str = "/bin/sh";
+const SHELL: &CStr = c"/bin/sh";
 
 /// The terminal's end-of-file character (`VEOF`, Ctrl-D) in the default line discipline.
 pub const TTY_EOF: u8 = 0x04;
@@ -183,6 +184,11 @@ pub struct Child {
     pty: Option<OwnedFd>,
     tty: bool,
     status: Option<ExitStatus>,
+    /// Started by [`spawn_command_nowait`] and not yet known to have exec'd: the memory
+    /// the child reads until then.
+    exec: Option<vfork::Pending>,
+    /// Why the child could not exec, learnt once it exited (0: it did).
+    exec_errno: i32,
 }
 
 impl Child {
@@ -299,7 +305,32 @@ impl Child {
             ));
         };
         self.status = Some(status);
+        // Reaped: the process is gone, and so is any use of the exec block.
+        if let Some(p) = self.exec.take() {
+            self.exec_errno = p.error();
+        }
         Ok(Some(status))
+    }
+
+    /// For a child of [`spawn_command_nowait`]: the error that kept it from running the
+    /// command (its setup, e.g. switching to the user, or `exec` failed), once it has been
+    /// reaped; the owner reports it as a failed start rather than as exit status 127.
+    /// `None` while the child runs, and for children that ran the command.
+    pub fn exec_error(&self) -> Option<io::Error> {
+        (self.status.is_some() && self.exec_errno != 0)
+            .then(|| io::Error::from_raw_os_error(self.exec_errno))
+    }
+
+    /// For a child of [`spawn_command_nowait`]: frees the memory it needed to start (its
+    /// stack and arguments, ~10 KiB resident) once it has exec'd. Returns whether anything
+    /// is still held. Call it now and then after spawning; reaping frees it too.
+    pub fn settle_exec(&mut self) -> bool {
+        if self.exec.as_ref().is_some_and(vfork::Pending::settled)
+            && let Some(p) = self.exec.take()
+        {
+            self.exec_errno = p.error();
+        }
+        self.exec.is_some()
     }
 
     /// The status, if [`Child::try_wait`] has reaped the shell.
@@ -319,6 +350,19 @@ impl Child {
         };
         if pgid <= 1 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if self.exec.as_ref().is_some_and(|p| !p.settled()) {
+            // Started without waiting and not exec'd yet: its setsid may not have happened,
+            // so there may be no group yet. The process itself gets the signal (blocked
+            // until its setup has reset every disposition, then acted on).
+            // SAFETY: kill takes plain integers; pgid > 1 is our child's pid.
+            let rc = unsafe { libc::kill(pgid, signal) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as below.
+            unsafe { libc::kill(-pgid, signal) };
+            return Ok(());
         }
         // SAFETY: kill takes plain integers; -pgid with pgid > 1 addresses exactly that
         // process group.
@@ -346,23 +390,36 @@ impl Drop for Child {
         match self.try_wait() {
             Ok(Some(_)) => {}
             Ok(None) => {
-                // Still dying (SIGKILL is not instantaneous): reap it later.
+                // Still dying (SIGKILL is not instantaneous): reap it later. Its exec block
+                // goes along, as it may still be reading it.
                 match self.pidfd.try_clone() {
-                    Ok(pidfd) => graveyard().push(pidfd),
+                    Ok(pidfd) => graveyard().push((pidfd, self.exec.take())),
                     Err(e) => {
-                        tracing::warn!(pid = self.pid, error = %e, "a dropped command will stay a zombie")
+                        tracing::warn!(pid = self.pid, error = %e, "a dropped command will stay a zombie");
+                        if let Some(p) = self.exec.take() {
+                            // Never freed: the child may use it until it dies.
+                            std::mem::forget(p);
+                        }
                     }
                 }
             }
-            Err(e) => tracing::debug!(pid = self.pid, error = %e, "reaping a dropped command"),
+            Err(e) => {
+                tracing::debug!(pid = self.pid, error = %e, "reaping a dropped command");
+                if let Some(p) = self.exec.take()
+                    && !p.settled()
+                {
+                    std::mem::forget(p);
+                }
+            }
         }
     }
 }
 
-/// Pidfds of dropped, killed but not yet reaped commands.
-static GRAVEYARD: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+/// Pidfds of dropped, killed but not yet reaped commands, with the exec blocks they may
+/// still be reading.
+static GRAVEYARD: Mutex<Vec<(OwnedFd, Option<vfork::Pending>)>> = Mutex::new(Vec::new());
 
-fn graveyard() -> std::sync::MutexGuard<'static, Vec<OwnedFd>> {
+fn graveyard() -> std::sync::MutexGuard<'static, Vec<(OwnedFd, Option<vfork::Pending>)>> {
     GRAVEYARD.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -370,7 +427,7 @@ fn graveyard() -> std::sync::MutexGuard<'static, Vec<OwnedFd>> {
 /// many are still waiting. Called by [`spawn_command`]; a loop may also call it on a timer.
 pub fn reap_dropped() -> usize {
     let mut parked = graveyard();
-    parked.retain(|pidfd| {
+    parked.retain(|(pidfd, _)| {
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
         // Keep it while the process has not exited; an error (ECHILD: someone else reaped
         // it) also ends our responsibility.
@@ -477,8 +534,23 @@ pub(crate) fn build_env(client: &[Vec<u8>], user: &User) -> BTreeMap<Vec<u8>, Ve
 ///
 /// Returns once `exec` has succeeded (or failed: then the error carries its errno). Costs in the
 /// agent: one passwd lookup, a group lookup when switching users, three pipes or a pty, one
-/// fork, one pidfd.
+/// `clone(CLONE_VM | CLONE_VFORK)` (this thread waits for the child's setup and exec), one
+/// pidfd.
 pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
+    spawn_with(spec, vfork::Mode::Wait)
+}
+
+/// Like [`spawn_command`], but returns without waiting for the child's setup and `exec`,
+/// so that a loop starting many commands is not held up by each one. Errors found before
+/// the child starts (unknown user, no pty, …) are returned as before; a failure of the
+/// child's setup or of `exec` ends it with status 127 and is then reported by
+/// [`Child::exec_error`] (check it when the child has been reaped, before reporting its
+/// status). Until it has exec'd, [`Child::kill_group`] also signals the process itself.
+pub fn spawn_command_nowait(spec: &SpawnSpec) -> Result<Child, SpawnError> {
+    spawn_with(spec, vfork::Mode::NoWait)
+}
+
+fn spawn_with(spec: &SpawnSpec, mode: vfork::Mode) -> Result<Child, SpawnError> {
     reap_dropped();
     if spec.command.contains(&0) {
         return Err(SpawnError::InvalidCommand);
@@ -495,27 +567,48 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         Vec::new()
     };
 
-    let mut cmd = Command::new(SHELL);
-    cmd.arg("-c").arg(OsStr::from_bytes(&spec.command));
-    cmd.env_clear();
-    for (name, value) in build_env(&spec.env, &user) {
-        cmd.env(OsStr::from_bytes(&name), OsStr::from_bytes(&value));
-    }
+    let command = CString::new(spec.command.clone()).map_err(|_| SpawnError::InvalidCommand)?;
+    let env: Vec<CString> = build_env(&spec.env, &user)
+        .into_iter()
+        .filter_map(|(mut name, value)| {
+            name.push(b'=');
+            name.extend_from_slice(&value);
+            // build_env drops entries with a NUL.
+            CString::new(name).ok()
+        })
+        .collect();
 
+    // The child's ends of its stdio, and the agent's. Everything is O_CLOEXEC; the child's
+    // copies on 0/1/2 are made by dup2, which clears the flag.
     let mut master = None;
-    if spec.tty {
+    let (stdio, ours): ([OwnedFd; 3], [Option<OwnedFd>; 3]) = if spec.tty {
         let pair = pty::open_pty(switch.then_some(user.uid())).map_err(SpawnError::Pty)?;
         let slave_in = pair.slave.try_clone().map_err(SpawnError::Pty)?;
         let slave_out = pair.slave.try_clone().map_err(SpawnError::Pty)?;
-        cmd.stdin(Stdio::from(slave_in));
-        cmd.stdout(Stdio::from(slave_out));
-        cmd.stderr(Stdio::from(pair.slave));
         master = Some(pair.master);
+        ([slave_in, slave_out, pair.slave], [None, None, None])
     } else {
-        cmd.stdin(Stdio::piped());
-        cmd.stdout(Stdio::piped());
-        cmd.stderr(Stdio::piped());
-    }
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+        let (in_r, in_w) = pipe().map_err(|e| SpawnError::Spawn(e.into()))?;
+        let (out_r, out_w) = pipe().map_err(|e| SpawnError::Spawn(e.into()))?;
+        let (err_r, err_w) = pipe().map_err(|e| SpawnError::Spawn(e.into()))?;
+        ([in_r, out_w, err_w], [Some(in_w), Some(out_r), Some(err_r)])
+    };
+    let [stdin, stdout, stderr] = ours;
+    // The child moves its ends onto 0, 1 and 2: none may already be one of those (only
+    // possible if this process was started with them closed).
+    let stdio = stdio
+        .map(|fd| {
+            if fd.as_raw_fd() < 3 {
+                rustix::io::fcntl_dupfd_cloexec(&fd, 3)
+            } else {
+                Ok(fd)
+            }
+        })
+        .into_iter()
+        .collect::<Result<Vec<OwnedFd>, _>>()
+        .map_err(|e| SpawnError::Spawn(e.into()))?;
+    let stdio_raw = [0, 1, 2].map(|i| stdio.get(i).map_or(-1, AsRawFd::as_raw_fd));
 
     let setup = ChildSetup {
         tty: spec.tty,
@@ -525,20 +618,26 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
         groups,
         home: user.home_cstr_if_absolute().map(ToOwned::to_owned),
     };
-    // SAFETY: the hook runs in the forked child before exec. `ChildSetup::run` makes only
-    // raw system calls (rustix's linux_raw backend, `libc::syscall` for rt_sigaction,
-    // rt_sigprocmask and close_range, `libc::fcntl`), all async-signal-safe, on data the
-    // parent prepared; it does not allocate, lock or touch state shared with other threads.
-    unsafe {
-        cmd.pre_exec(move || setup.run());
-    }
-    launch(cmd, master, spec.tty)
+    let prepared = vfork::Prepared::new(
+        SHELL,
+        vec![c"-c".to_owned(), command],
+        env,
+        stdio_raw,
+        setup,
+    );
+    let spawned = vfork::spawn(prepared, mode);
+    // The parent must not keep the child's ends (a pty master would never report the end
+    // of the command's output while a slave is open here). The child has its own copies
+    // (its fd table was copied by clone).
+    drop(stdio);
+    let (pid, exec) = spawned.map_err(SpawnError::Spawn)?;
+    adopt(pid, exec, [stdin, stdout, stderr], master, spec.tty)
 }
 
 /// Spawns a fully prepared `cmd` (stdio chosen, `pre_exec` hook installed) and wraps it in a
-/// [`Child`] with a pidfd and non-blocking pipes. The one place that turns a `Command` into a
-/// `Child`, shared by [`spawn_command`] and the sniff task runner, so both get the same
-/// pidfd, kill-on-failure and `O_NONBLOCK` handling.
+/// [`Child`] with a pidfd and non-blocking pipes. Used by the sniff task runner, whose
+/// scripts are rare and long-lived enough that std's fork path costs nothing that matters;
+/// commands go through the vfork-style [`spawn_command`].
 ///
 /// `pty` is the master of a pty whose slave `cmd` uses (then `tty` is true). `cmd` is
 /// consumed and dropped right after the fork: it holds the pty slave, and the parent must
@@ -551,29 +650,47 @@ pub(crate) fn launch(
     let spawned = cmd.spawn();
     drop(cmd);
     let mut std_child = spawned.map_err(SpawnError::Spawn)?;
-    let pid = std_child.id();
+    let stdio = [
+        std_child.stdin.take().map(OwnedFd::from),
+        std_child.stdout.take().map(OwnedFd::from),
+        std_child.stderr.take().map(OwnedFd::from),
+    ];
+    // Dropping a std child neither kills nor waits: `adopt` takes over the process.
+    adopt(std_child.id(), None, stdio, pty, tty)
+}
 
+/// Wraps a freshly started process in a [`Child`]: opens its pidfd (or kills and reaps it,
+/// so no zombie is left) and makes the agent's ends of its pipes non-blocking. The one
+/// place both spawn paths share, so both get the same pidfd and kill-on-failure handling.
+fn adopt(
+    pid: u32,
+    exec: Option<vfork::Pending>,
+    [stdin, stdout, stderr]: [Option<OwnedFd>; 3],
+    pty: Option<OwnedFd>,
+    tty: bool,
+) -> Result<Child, SpawnError> {
     let pidfd = match open_pidfd(pid) {
         Ok(fd) => fd,
         Err(e) => {
-            let _ = std_child.kill();
-            // The child was just SIGKILLed, so this wait is short; it avoids leaving a zombie.
-            let _ = std_child.wait();
+            kill_and_reap(pid);
+            // Reaped: the exec block is no longer in use.
+            drop(exec);
             return Err(SpawnError::Pidfd(e));
         }
     };
     let child = Child {
         pid,
         pidfd,
-        stdin: std_child.stdin.take().map(OwnedFd::from),
-        stdout: std_child.stdout.take().map(OwnedFd::from),
-        stderr: std_child.stderr.take().map(OwnedFd::from),
+        stdin,
+        stdout,
+        stderr,
         pty,
         tty,
         status: None,
+        exec,
+        exec_errno: 0,
     };
     // From here on `child` owns the process (its Drop kills it on error).
-    drop(std_child);
     for fd in [&child.stdin, &child.stdout, &child.stderr]
         .into_iter()
         .flatten()
@@ -581,6 +698,21 @@ pub(crate) fn launch(
         fdio::set_nonblocking(fd).map_err(SpawnError::Spawn)?;
     }
     Ok(child)
+}
+
+/// Kills a child that cannot be watched and reaps it (short: SIGKILL), so no zombie is left.
+fn kill_and_reap(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill and waitpid on our own child's pid, with a valid status pointer.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+    }
 }
 
 /// A pidfd for child `pid` (`O_NONBLOCK` where the kernel supports it): readable once the
@@ -827,6 +959,50 @@ mod tests {
             let flags = rustix::io::fcntl_getfd(fd).expect("getfd");
             assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
         }
+    }
+
+    #[test]
+    fn a_failed_exec_is_reported_with_its_errno() {
+        let setup = || ChildSetup {
+            tty: false,
+            switch: false,
+            uid: rustix::process::getuid(),
+            gid: rustix::process::getgid(),
+            groups: Vec::new(),
+            home: None,
+        };
+        let null = || {
+            rustix::fs::open(
+                c"/dev/null",
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .expect("/dev/null")
+        };
+        let fds = [null(), null(), null()];
+        let raw = fds.each_ref().map(AsRawFd::as_raw_fd);
+        let prepared = || {
+            vfork::Prepared::new(
+                c"/nonexistent/program",
+                Vec::new(),
+                Vec::new(),
+                raw,
+                setup(),
+            )
+        };
+        let err = vfork::spawn(prepared(), vfork::Mode::Wait).expect_err("no such program");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+
+        // Without waiting: the child exits 127 and the errno is in the block.
+        let (pid, pending) = vfork::spawn(prepared(), vfork::Mode::NoWait).expect("started");
+        let pending = pending.expect("a pending block");
+        let pid = libc::pid_t::try_from(pid).expect("pid");
+        let mut status = 0;
+        // SAFETY: waitpid on the child just started, with a valid status pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 127);
+        assert!(pending.settled());
+        assert_eq!(pending.error(), libc::ENOENT);
     }
 
     #[test]

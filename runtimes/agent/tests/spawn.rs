@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use common::{eventually, is_dead, me, run, run_tty, test_user, wait_readable};
 use tuppence_agent::fdio::{self, ReadOutcome};
 use tuppence_agent::spawn::{DEFAULT_PATH, tty_eof_sequence};
-use tuppence_agent::{ExitStatus, SpawnSpec, User, spawn_command, status};
+use tuppence_agent::{ExitStatus, SpawnSpec, User, spawn_command, spawn_command_nowait, status};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -365,4 +365,38 @@ fn a_home_that_is_missing_falls_back_to_root_dir() {
     let out = run(&mut child, b"", LIMIT);
     assert_eq!(out.stdout, b"/\n");
     assert_eq!(out.status, ExitStatus::Exited(0));
+}
+
+#[test]
+fn nowait_spawns_run_the_command() {
+    let mut child = spawn_command_nowait(&spec("echo out; echo err >&2; exit 3")).expect("spawn");
+    assert_eq!(child.pgid(), child.pid());
+    let out = run(&mut child, b"in", LIMIT);
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.status, ExitStatus::Exited(3));
+    assert!(child.exec_error().is_none());
+    assert!(!child.settle_exec(), "reaped: nothing left to free");
+}
+
+/// A signal sent at once, before or after the child's exec (there is no process group
+/// before its setsid), ends it.
+#[test]
+fn nowait_spawns_can_be_killed_before_their_exec() {
+    for _ in 0..20 {
+        let mut child = spawn_command_nowait(&spec("sleep 30")).expect("spawn");
+        child.kill_group(libc::SIGKILL).expect("kill");
+        let out = run(&mut child, b"", LIMIT);
+        assert_eq!(out.status, ExitStatus::Signaled(libc::SIGKILL));
+        assert!(child.exec_error().is_none());
+    }
+    for _ in 0..20 {
+        let child = spawn_command_nowait(&spec("sleep 30")).expect("spawn");
+        let pid = child.pid();
+        drop(child);
+        assert!(eventually(Duration::from_secs(3), || {
+            tuppence_agent::spawn::reap_dropped();
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }));
+    }
 }

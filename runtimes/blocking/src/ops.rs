@@ -1,6 +1,8 @@
 //! The operations of a session: commands, transfers, monitors.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -38,6 +40,9 @@ pub struct Run<'s> {
     session: &'s Session,
     xid: u16,
     done: AtomicBool,
+    /// Events taken from the inbox in one go, not yet returned (taking them one at a time
+    /// contended with the reader thread on the session lock).
+    batch: Mutex<VecDeque<ClientEvent>>,
 }
 
 impl Session {
@@ -48,6 +53,7 @@ impl Session {
             session: self,
             xid,
             done: AtomicBool::new(false),
+            batch: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -84,7 +90,9 @@ impl Session {
             }
         }
         let mut sent = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
+        // Whole default-sized packets per read (256 KiB went out as eight full packets and
+        // one of 80 bytes).
+        let mut buf = vec![0u8; 8 * tuppence::wire::DEFAULT_MAX_CHUNK];
         loop {
             let n = match source.read(&mut buf) {
                 Ok(0) => break,
@@ -136,8 +144,12 @@ impl Session {
         let xid = self.open(|c| c.extract(user.to_owned(), path.to_owned()))?;
         let mut guard = Detach { session: self, xid };
         let mut received = 0u64;
+        let mut batch = VecDeque::new();
         loop {
-            match self.next_event(xid, None)? {
+            if batch.is_empty() {
+                self.take_events(xid, None, usize::MAX, &mut batch)?;
+            }
+            match batch.pop_front() {
                 Some(ClientEvent::Output { data, .. }) => {
                     sink.write_all(&data).map_err(|e| Error::Local {
                         what: "write",
@@ -230,9 +242,18 @@ impl Run<'_> {
         if self.done.load(Ordering::SeqCst) {
             return Ok(None);
         }
+        // One waiter at a time: a second thread calling `next` waits here for the first.
+        let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let Some(ev) = self.session.next_event(self.xid, timeout)? else {
+            if batch.is_empty()
+                && !self
+                    .session
+                    .take_events(self.xid, timeout, usize::MAX, &mut batch)?
+            {
                 return Ok(None);
+            }
+            let Some(ev) = batch.pop_front() else {
+                continue;
             };
             match ev {
                 ClientEvent::Output {

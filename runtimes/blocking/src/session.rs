@@ -49,6 +49,9 @@ struct State {
     failure: Option<LinkError>,
     io_failure: Option<String>,
     reader_done: bool,
+    /// Threads blocked on the condition variable: notifying costs a syscall, so it is
+    /// skipped when nobody waits (every event used to cost one, twice).
+    waiting: usize,
 }
 
 pub(crate) struct Shared {
@@ -84,6 +87,7 @@ impl Session {
                 failure: None,
                 io_failure: None,
                 reader_done: false,
+                waiting: 0,
             }),
             cond: Condvar::new(),
             writer: Mutex::new(Box::new(writer)),
@@ -180,7 +184,7 @@ impl Session {
         data: Bytes,
         f: impl Fn(&mut Client, Bytes) -> Result<(), tuppence::link::UsageError>,
     ) -> Result<(), Error> {
-        const PIECE: usize = 256 * 1024;
+        const PIECE: usize = 8 * tuppence::wire::DEFAULT_MAX_CHUNK;
         let mut rest = data;
         while !rest.is_empty() {
             let piece = rest.split_to(rest.len().min(PIECE));
@@ -196,6 +200,20 @@ impl Session {
         xid: u16,
         timeout: Option<Duration>,
     ) -> Result<Option<ClientEvent>, Error> {
+        let mut out = VecDeque::with_capacity(1);
+        self.take_events(xid, timeout, 1, &mut out)?;
+        Ok(out.pop_front())
+    }
+
+    /// Like `next_event`, taking up to `max` events at once (one lock for a batch: the
+    /// reader delivers up to eight data events per read). Returns false on timeout.
+    pub(crate) fn take_events(
+        &self,
+        xid: u16,
+        timeout: Option<Duration>,
+        max: usize,
+        out: &mut VecDeque<ClientEvent>,
+    ) -> Result<bool, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.shared.lock();
         loop {
@@ -204,12 +222,23 @@ impl Session {
             // has sent everything (the tail of a large extract stalled for seconds).
             self.shared.dispatch(&mut st);
             if let Some(inbox) = st.inboxes.get_mut(&xid) {
-                if let Some(ev) = inbox.events.pop_front() {
-                    if matches!(ev, ClientEvent::Finished { .. }) {
+                if !inbox.events.is_empty() {
+                    let mut finished = false;
+                    for _ in 0..max.max(1) {
+                        let Some(ev) = inbox.events.pop_front() else {
+                            break;
+                        };
+                        finished = matches!(ev, ClientEvent::Finished { .. });
+                        out.push_back(ev);
+                        if finished {
+                            break;
+                        }
+                    }
+                    if finished {
                         st.inboxes.remove(&xid);
                     }
-                    self.shared.cond.notify_all();
-                    return Ok(Some(ev));
+                    self.shared.notify(&st);
+                    return Ok(true);
                 }
             } else {
                 return Err(Error::Usage(
@@ -220,24 +249,25 @@ impl Session {
             // what is left in the machine (the end of a transfer, say) must not wait for
             // more input to arrive: move it now.
             if self.shared.dispatch(&mut st) {
-                self.shared.cond.notify_all();
+                self.shared.notify(&st);
                 continue;
             }
             if st.reader_done {
                 // The reader finished every transaction before exiting; an empty inbox
                 // here means the link died without a word for this xid.
                 st.inboxes.remove(&xid);
-                return Ok(Some(ClientEvent::Finished {
+                out.push_back(ClientEvent::Finished {
                     xid,
                     outcome: Outcome::LinkLost(st.failure.clone().unwrap_or(LinkError::Closed)),
-                }));
+                });
+                return Ok(true);
             }
             match deadline {
-                None => st = self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                None => st = self.shared.wait(st),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     st = self.shared.wait_timeout(st, d - now);
                 }
@@ -255,7 +285,7 @@ impl Session {
         for ev in events.into_iter().rev() {
             inbox.events.push_front(ev);
         }
-        self.shared.cond.notify_all();
+        self.shared.notify(&st);
     }
 
     /// Stops delivering events of `xid` (its handle was dropped); they are discarded.
@@ -265,7 +295,7 @@ impl Session {
             inbox.detached = true;
             inbox.events.clear();
         }
-        self.shared.cond.notify_all();
+        self.shared.notify(&st);
     }
 
     /// Asks the agent to exit, and closes this session.
@@ -294,10 +324,28 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait_timeout<'a>(&self, g: MutexGuard<'a, State>, d: Duration) -> MutexGuard<'a, State> {
-        match self.cond.wait_timeout(g, d) {
+    fn wait_timeout<'a>(&self, mut g: MutexGuard<'a, State>, d: Duration) -> MutexGuard<'a, State> {
+        g.waiting += 1;
+        let mut g = match self.cond.wait_timeout(g, d) {
             Ok((g, _)) => g,
             Err(e) => e.into_inner().0,
+        };
+        g.waiting -= 1;
+        g
+    }
+
+    fn wait<'a>(&self, mut g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        g.waiting += 1;
+        let mut g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        g.waiting -= 1;
+        g
+    }
+
+    /// Wakes every waiter, if there is one. Call with the lock held (waiters register
+    /// under it), after changing what they wait for.
+    fn notify(&self, st: &State) {
+        if st.waiting > 0 {
+            self.cond.notify_all();
         }
     }
 
@@ -326,7 +374,7 @@ impl Shared {
         if let Err(e) = r {
             let mut st = self.lock();
             st.io_failure.get_or_insert_with(|| e.to_string());
-            self.cond.notify_all();
+            self.notify(&st);
             return Err(Error::Io(e));
         }
         Ok(())
@@ -437,16 +485,16 @@ impl Shared {
                 if let Some(e) = st.client.error().cloned() {
                     st.failure.get_or_insert(e);
                     st.reader_done = true;
-                    self.cond.notify_all();
+                    self.notify(&st);
                     break;
                 }
-                self.cond.notify_all();
+                self.notify(&st);
             }
             let _ = self.flush();
         }
         let mut st = self.lock();
         st.reader_done = true;
-        self.cond.notify_all();
+        self.notify(&st);
     }
 
     /// Offers received bytes to the machine, waiting for consumers when it pushes back.
@@ -462,12 +510,12 @@ impl Shared {
                     self.dispatch(&mut st);
                     st.failure.get_or_insert(e);
                     st.reader_done = true;
-                    self.cond.notify_all();
+                    self.notify(&st);
                     return false;
                 }
             }
             self.dispatch(&mut st);
-            self.cond.notify_all();
+            self.notify(&st);
             if offset < data.len() {
                 if self.closing.load(Ordering::SeqCst) {
                     return false;
@@ -488,6 +536,6 @@ impl Shared {
         }
         st.failure.get_or_insert(LinkError::Closed);
         st.reader_done = true;
-        self.cond.notify_all();
+        self.notify(&st);
     }
 }

@@ -49,6 +49,8 @@ pub struct Driver<T, M> {
     events: Events,
     links: Vec<Option<Slot<T, M>>>,
     extras: Vec<Option<RawFd>>,
+    /// Free slots of `extras` (a scan for one cost O(n) per registration).
+    free_extras: Vec<usize>,
     waker: Option<std::sync::Arc<Waker>>,
 }
 
@@ -59,6 +61,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> Driver<T, M> {
             events: Events::with_capacity(256),
             links: Vec::new(),
             extras: Vec::new(),
+            free_extras: Vec::new(),
             waker: None,
         })
     }
@@ -135,17 +138,20 @@ impl<T: Read + Write + AsRawFd, M: Machine> Driver<T, M> {
     /// open until [`Driver::remove_extra`].
     pub fn add_extra(&mut self, fd: RawFd, interest: Interest) -> io::Result<ExtraId> {
         let idx = self
-            .extras
-            .iter()
-            .position(Option::is_none)
+            .free_extras
+            .last()
+            .copied()
             .unwrap_or(self.extras.len());
         self.poll
             .registry()
             .register(&mut SourceFd(&fd), Token(idx * 2 + 1), interest)?;
         if idx == self.extras.len() {
             self.extras.push(Some(fd));
-        } else if let Some(s) = self.extras.get_mut(idx) {
-            *s = Some(fd);
+        } else {
+            self.free_extras.pop();
+            if let Some(s) = self.extras.get_mut(idx) {
+                *s = Some(fd);
+            }
         }
         Ok(ExtraId(idx))
     }
@@ -166,6 +172,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> Driver<T, M> {
             && let Some(fd) = slot.take()
         {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            self.free_extras.push(id.0);
         }
     }
 

@@ -98,7 +98,9 @@ impl Session {
             }
         }
         let mut sent = 0u64;
-        let mut buf = vec![0u8; SEND_PIECE];
+        // Several pieces per read of the source: fewer reads, and each piece is sent as
+        // whole packets.
+        let mut buf = vec![0u8; 4 * SEND_PIECE];
         loop {
             let n = match source.read(&mut buf).await {
                 Ok(0) => break,

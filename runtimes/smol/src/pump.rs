@@ -13,23 +13,26 @@
 //! a routing pass). It is never held across an `.await` or an I/O call, and wakers are
 //! woken after it is released.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes};
 use event_listener::Event;
 use futures_lite::{AsyncRead, AsyncWrite, Stream};
 use tuppence::link::{LinkError, UsageError};
 
 use crate::Error;
 
-/// Size of the reused receive buffer.
-const READ_BUF: usize = 64 * 1024;
+/// Size of the reused receive buffer (eight full data packets).
+const READ_BUF: usize = 256 * 1024;
+/// Segments per vectored write: headers and payloads alternate, so 32 data packets.
+const MAX_IOV: usize = 64;
 /// Steps one poll may take before yielding to the executor, so a connection that always
 /// has work (a fast peer) cannot starve the other tasks of its thread.
 const BUDGET: usize = 64;
@@ -43,7 +46,9 @@ pub(crate) trait LinkState: Send + 'static {
     fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError>;
     fn handle_eof(&mut self, now: Instant);
     fn handle_timeout(&mut self, now: Instant);
-    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize;
+    /// Queued bytes as segments (data payloads are not copied); see
+    /// `Client::poll_transmit_segments`.
+    fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize;
     fn poll_timeout(&self) -> Option<Instant>;
     fn transmit_buffered(&self) -> usize;
     fn error(&self) -> Option<&LinkError>;
@@ -267,7 +272,9 @@ pub(crate) struct Pump<S, L: LinkState> {
     rx: Box<[u8]>,
     rx_start: usize,
     rx_end: usize,
-    tx: BytesMut,
+    /// Bytes taken from the machine, not yet written: segments in order.
+    tx: VecDeque<Bytes>,
+    tx_len: usize,
     timer: Timer,
     timer_at: Option<Instant>,
     /// The machine deadline already handled; not fired again if the machine keeps it.
@@ -290,7 +297,8 @@ where
             rx: vec![0; READ_BUF].into_boxed_slice(),
             rx_start: 0,
             rx_end: 0,
-            tx: BytesMut::new(),
+            tx: VecDeque::new(),
+            tx_len: 0,
             timer: Timer::never(),
             timer_at: None,
             fired: None,
@@ -346,11 +354,15 @@ where
                 progress |= g.link.route(false, &mut wake);
             }
             g.stalled = self.rx_start < self.rx_end;
-            if self.tx.is_empty() && g.link.poll_transmit(now, &mut self.tx) > 0 {
-                room = true;
-                progress = true;
+            if self.tx_len == 0 {
+                let n = g.link.poll_transmit_segments(now, &mut self.tx);
+                if n > 0 {
+                    self.tx_len = n;
+                    room = true;
+                    progress = true;
+                }
             }
-            let unsent = self.tx.len().saturating_add(g.link.transmit_buffered());
+            let unsent = self.tx_len.saturating_add(g.link.transmit_buffered());
             if unsent == 0 && g.unsent != 0 {
                 room = true;
             }
@@ -374,9 +386,9 @@ where
             self.shared.room.notify(usize::MAX);
         }
         if let Some(end) = stop {
-            if !self.tx.is_empty() {
+            if self.tx_len > 0 {
                 // Best effort for what the machine queued before failing (status words).
-                let _ = Pin::new(&mut self.io).poll_write(cx, &self.tx);
+                let _ = self.poll_write_tx(cx);
             }
             self.end = Some(end.clone());
             return Err(end);
@@ -384,13 +396,13 @@ where
 
         // Write everything the machine produced.
         let mut wrote = false;
-        while !self.tx.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.tx) {
+        while self.tx_len > 0 {
+            match self.poll_write_tx(cx) {
                 Poll::Ready(Ok(0)) => {
                     return Err(End::Transport(Arc::new(io::ErrorKind::WriteZero.into())));
                 }
                 Poll::Ready(Ok(n)) => {
-                    self.tx.advance(n.min(self.tx.len()));
+                    self.consume(n);
                     wrote = true;
                     progress = true;
                 }
@@ -398,6 +410,7 @@ where
                 Poll::Ready(Err(e)) if is_hangup(&e) => {
                     // The peer is gone; the read side reports it as end of stream.
                     self.tx.clear();
+                    self.tx_len = 0;
                     self.eof = true;
                     progress = true;
                 }
@@ -405,7 +418,7 @@ where
                 Poll::Pending => break,
             }
         }
-        if wrote && self.tx.is_empty() {
+        if wrote && self.tx_len == 0 {
             // Sockets and files do not buffer; a buffering stream reports errors on the
             // next write, so a pending or failed flush is not acted on here.
             let _ = Pin::new(&mut self.io).poll_flush(cx);
@@ -427,18 +440,58 @@ where
             progress = true;
         }
 
-        // Keepalive timers and the close deadline.
-        if deadline != self.timer_at {
-            self.timer_at = deadline;
-            match deadline {
-                Some(t) => self.timer.set_at(t),
-                None => self.timer = Timer::never(),
-            }
+        // Keepalive timers and the close deadline. Keepalive deadlines move with every
+        // packet, and every `set_at` wakes the reactor (async-io notifies it of each new
+        // timer): the timer is only moved when the deadline comes sooner. One armed for a
+        // deadline that has since moved later fires early, finds nothing due, and is
+        // re-armed for the new one.
+        let rearm = match (deadline, self.timer_at) {
+            (Some(d), Some(at)) => d < at,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if rearm && let Some(t) = deadline {
+            self.timer_at = Some(t);
+            self.timer.set_at(t);
         }
-        if deadline.is_some() && Pin::new(&mut self.timer).poll_next(cx).is_ready() {
+        if self.timer_at.is_some() && Pin::new(&mut self.timer).poll_next(cx).is_ready() {
+            self.timer_at = None;
             progress = true;
         }
         Ok(progress)
+    }
+}
+
+impl<S, L> Pump<S, L>
+where
+    S: AsyncWrite + Unpin,
+    L: LinkState,
+{
+    /// One vectored write of the front of `tx`.
+    fn poll_write_tx(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let mut k = 0;
+        for (slot, seg) in iov.iter_mut().zip(self.tx.iter()) {
+            *slot = IoSlice::new(seg);
+            k += 1;
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, iov.get(..k).unwrap_or_default())
+    }
+
+    /// Drops `n` written bytes from the front of `tx`.
+    fn consume(&mut self, mut n: usize) {
+        self.tx_len = self.tx_len.saturating_sub(n);
+        while n > 0 {
+            let Some(front) = self.tx.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.tx.pop_front();
+        }
     }
 }
 

@@ -6,12 +6,13 @@
 //! separate so that an `App` awaiting transmit room in [`Responder::output`] does not stop
 //! the pump from writing — which is what makes that room appear.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, future};
 use tuppence::link::{LinkError, Server, ServerConfig, ServerEvent};
 use tuppence::wire::{Dialect, ProcInfoField};
@@ -79,8 +80,8 @@ impl LinkState for ServerState {
     fn handle_timeout(&mut self, now: Instant) {
         self.server.handle_timeout(now)
     }
-    fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
-        self.server.poll_transmit(now, buf)
+    fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize {
+        self.server.poll_transmit_segments(now, out)
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.server.poll_timeout()

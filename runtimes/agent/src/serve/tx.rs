@@ -46,6 +46,16 @@ impl CommandTx {
     pub fn finished(&self) -> bool {
         self.status.is_some() && self.out.iter().all(Option::is_none)
     }
+
+    /// Whether `pump_command` has anything to do: a timeout to apply, output to read,
+    /// stdin to write or to close, or a status to send.
+    pub fn has_work(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+            || self.out.iter().flatten().any(|p| p.readable)
+            || (self.stdin_writable && !self.stdin.is_empty())
+            || (self.stdin.is_empty() && self.stdin_eof && !self.tty && self.stdin_extra.is_some())
+            || self.finished()
+    }
 }
 
 pub(crate) struct MonitorTx {
