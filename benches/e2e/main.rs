@@ -78,7 +78,7 @@ impl Plan {
             rt_n: 200,
             rt_block: 50,
             size: 32 << 20,
-            reps: 2,
+            reps: 3,
             sleeps: 200,
             sleep_reps: 1,
             conns: 100,
