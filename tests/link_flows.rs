@@ -63,6 +63,7 @@ both_dialects!(
     settle_on_non_monitor_answered_at_once,
     procinfo_on_unknown_xid,
     hello_repeated_answered_again,
+    answers_to_a_request_flood_are_bounded,
     requests_without_hello_served_with_own_cid,
     time_passed_backwards_is_clamped,
     chunking_does_not_change_events,
@@ -425,6 +426,46 @@ fn hello_repeated_answered_again(dialect: Dialect) {
             })
         );
     }
+}
+
+/// A peer that floods bad requests and never reads its answers: the server stops taking
+/// input once twice the transmit limit is unread, and resumes when the peer reads.
+fn answers_to_a_request_flood_are_bounded(dialect: Dialect) {
+    let now = std::time::Instant::now();
+    let limit = 4096;
+    let mut server = Server::new(
+        ServerConfig {
+            dialect: Some(dialect),
+            limits: Limits {
+                max_transmit_buffer: limit,
+                ..Limits::default()
+            },
+            ..ServerConfig::default()
+        },
+        now,
+    );
+    let mut unknown = packet(dialect, 1, 9, Packet::Quit).to_vec();
+    unknown[0] = b'Z';
+    let flood = unknown.repeat(10_000);
+    let mut offered = &flood[..];
+    // Drain events (as any runtime does) but never the transmit buffer.
+    for _ in 0..10_000 {
+        let n = server.handle_bytes(now, offered).unwrap();
+        while server.poll_event().is_some() {}
+        offered = &offered[n..];
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(!offered.is_empty(), "the whole flood was taken");
+    let unread = server.transmit_buffered();
+    assert!(unread > 2 * limit, "stopped early at {unread}");
+    assert!(unread <= 2 * limit + 64, "transmit grew to {unread}");
+    // The peer reads: input flows again.
+    let mut out = bytes::BytesMut::new();
+    server.poll_transmit(now, &mut out);
+    let n = server.handle_bytes(now, offered).unwrap();
+    assert!(n > 0);
 }
 
 /// As the C executor: a client that never says hello but uses the connection's cid is

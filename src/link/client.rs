@@ -142,6 +142,13 @@ impl Client {
         self.core.keepalive()
     }
 
+    /// Whether [`handle_bytes`](Self::handle_bytes) would take bytes now (false while
+    /// events wait to be polled): a loop holding unconsumed input should wait for that to
+    /// change instead of retrying.
+    pub fn accepts_input(&self) -> bool {
+        self.core.error.is_none() && Input::has_room(self)
+    }
+
     // ---- inputs ----
 
     /// Feeds bytes read from the transport. Returns how many were consumed: fewer than

@@ -107,10 +107,17 @@ impl Server {
         &self.core.stats
     }
 
+    /// Whether [`handle_bytes`](Self::handle_bytes) would take bytes now. False while
+    /// events wait to be polled or the peer leaves too many answers unread: a loop holding
+    /// unconsumed input should wait for one of those to change instead of retrying.
+    pub fn accepts_input(&self) -> bool {
+        self.core.error.is_none() && core::Input::has_room(self)
+    }
+
     // ---- inputs ----
 
     /// Feeds bytes read from the transport; returns how many were consumed (fewer when
-    /// the event queue is full).
+    /// the event queue is full or the peer leaves twice the transmit limit unread).
     pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
         core::handle_bytes(self, now, data)
     }
@@ -659,8 +666,14 @@ impl Input for Server {
     fn core(&mut self) -> &mut Core {
         &mut self.core
     }
+    /// Input waits while events are undrained, and also while the peer leaves twice the
+    /// transmit limit unread: every request may be answered (71, `S`, `EAGAIN`, …), so a
+    /// peer that floods requests and never reads would otherwise grow the transmit buffer
+    /// without bound. Output alone never gets there (it stops at the limit).
     fn has_room(&self) -> bool {
         self.events.len() < self.config.limits.max_events
+            && self.core.transmit_buffered()
+                <= self.config.limits.max_transmit_buffer.saturating_mul(2)
     }
     /// Detects the dialect from the client's first 8 bytes.
     fn prepare(&mut self) -> bool {

@@ -258,3 +258,91 @@ fn extract_for_a_client_that_does_not_read() {
     assert_growth("96 MiB extract, client not reading", before, after);
     agent.quit(s);
 }
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 of `rest`.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn request_flood_from_a_client_that_does_not_read() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tuppence::wire::{Dialect, Hello, Packet};
+
+    let agent = ChildAgent::spawn();
+    let s = agent.session();
+    warm_up(&s);
+    let before = agent.peak_kib();
+
+    // A raw client: hello, then settles on an xid that is no monitor, each answered at once
+    // with a 12-byte `S`, written as fast as the agent takes them; it never reads.
+    let mut flooder = UnixStream::connect(&agent.sock).unwrap();
+    let mut hello = bytes::BytesMut::new();
+    let (major, minor) = Dialect::V4.version();
+    Packet::Hello(Hello {
+        major,
+        minor,
+        keepalive: 0,
+    })
+    .encode(Dialect::V4, 0, 0, &mut hello)
+    .unwrap();
+    flooder.write_all(&hello).unwrap();
+    // The reply's header (`type res len cid xid`) carries this connection's cid.
+    let mut reply = [0u8; 12];
+    std::io::Read::read_exact(&mut flooder, &mut reply).unwrap();
+    let cid = u16::from_be_bytes([reply[4], reply[5]]);
+    let mut one = bytes::BytesMut::new();
+    Packet::Settle { seq: 7 }
+        .encode(Dialect::V4, cid, 9, &mut one)
+        .unwrap();
+    let flood = one.repeat((64 << 20) / one.len());
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let mut w = flooder.try_clone().unwrap();
+        let written = written.clone();
+        std::thread::spawn(move || {
+            for piece in flood.chunks(64 << 10) {
+                // Fails once the test shuts the socket down: the end of the flood.
+                if w.write_all(piece).is_err() {
+                    return;
+                }
+                written.fetch_add(piece.len(), Ordering::Relaxed);
+            }
+        })
+    };
+    // Wait until the agent stops taking the flood.
+    let mut last = usize::MAX;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = written.load(Ordering::Relaxed);
+            std::mem::replace(&mut last, now) == now
+        }),
+        "the agent kept taking requests"
+    );
+    assert!(
+        last < 32 << 20,
+        "the agent took {last} bytes of requests whose answers nobody reads"
+    );
+    // Pushing back costs no CPU: the agent waits for the peer instead of retrying.
+    let ticks = cpu_ticks(agent.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(agent.child.id()) - ticks;
+    assert!(
+        spent < 30,
+        "the agent used {spent} ticks in 1 s while pushed back"
+    );
+    // Others are served meanwhile.
+    assert_eq!(s.output(Command::new("echo ok")).unwrap().stdout, b"ok\n");
+    let after = agent.peak_kib();
+    flooder.shutdown(std::net::Shutdown::Both).unwrap();
+    writer.join().unwrap();
+    assert_growth("64 MiB of requests, client not reading", before, after);
+    agent.quit(s);
+}

@@ -229,8 +229,11 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     }
 
     /// Whether another `pump_read` could make progress without a new readiness event.
+    /// False while the machine pushes back: its events must be drained, or (a server) its
+    /// peer must read its answers, before input can move; retrying sooner would spin.
     pub fn can_read_more(&self) -> bool {
-        self.rx_start < self.rx_end || (self.readable && !self.read_paused && !self.eof)
+        self.machine.accepts_input()
+            && (self.rx_start < self.rx_end || (self.readable && !self.read_paused && !self.eof))
     }
 
     /// The machine's next deadline.

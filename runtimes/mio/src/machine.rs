@@ -24,6 +24,11 @@ pub trait Machine {
     }
     fn poll_timeout(&self) -> Option<Instant>;
     fn error(&self) -> Option<&LinkError>;
+    /// Whether `handle_bytes` would take bytes now. A loop holding unconsumed input waits
+    /// while this is false instead of spinning on a machine that pushes back.
+    fn accepts_input(&self) -> bool {
+        true
+    }
 }
 
 macro_rules! impl_machine {
@@ -49,6 +54,9 @@ macro_rules! impl_machine {
             }
             fn error(&self) -> Option<&LinkError> {
                 <$t>::error(self)
+            }
+            fn accepts_input(&self) -> bool {
+                <$t>::accepts_input(self)
             }
         }
     };
