@@ -44,6 +44,11 @@ struct Slot<T, M> {
 /// bytes to the machines; the caller then drains each machine's events, reacts, and calls
 /// [`Driver::flush`] to write what the machines want to send. A connection that fails is
 /// parked with its error (see [`Driver::take_failed`]); the others keep working.
+///
+/// Feeding data (stdin, file data) outside events: a machine that answered `QueueFull`
+/// gets room back when [`Driver::flush`] hands its bytes to the socket, and no event says
+/// so. Offer more after every `flush` while the machine's `can_send()` is true, before the
+/// next `wait`; otherwise the loop can sleep with room available until a keepalive.
 pub struct Driver<T, M> {
     poll: Poll,
     events: Events,
@@ -242,7 +247,8 @@ impl<T: Read + Write + AsRawFd, M: Machine> Driver<T, M> {
     }
 
     /// Writes what every machine wants to send and updates fd interests. Call after the
-    /// application has reacted to the machines' events.
+    /// application has reacted to the machines' events. This can make room in a machine
+    /// that was full (see the type's notes on feeding data).
     pub fn flush(&mut self) {
         let now = Instant::now();
         for (i, slot) in self.links.iter_mut().enumerate() {
