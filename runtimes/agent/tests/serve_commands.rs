@@ -413,6 +413,27 @@ fn procinfo_of_a_running_sleep() {
     assert_eq!(run.collect().unwrap().outcome, Outcome::Signaled(9));
 }
 
+/// Asked at once after the start (the agent does not wait for a command's exec), the
+/// process group is the command's own, never the agent's: a client that signals the group
+/// it was told must not hit the agent.
+#[test]
+fn procinfo_right_after_the_start_gives_the_command_s_own_group() {
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let own_group = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+    for _ in 0..50 {
+        let run = s.run(Command::new("exec sleep 100")).unwrap();
+        let fields = run
+            .procinfo((1u32 << field::PID) | (1 << field::PGID))
+            .unwrap();
+        let (pid, pgid) = (fields[0].as_u32().unwrap(), fields[1].as_u32().unwrap());
+        assert_eq!(pgid, pid, "{fields:?}");
+        assert_ne!(pgid, own_group);
+        run.interrupt(Signal::KILL).unwrap();
+        assert_eq!(run.collect().unwrap().outcome, Outcome::Signaled(9));
+    }
+}
+
 #[test]
 fn allow_users_refuses_other_users_with_eacces() {
     let agent = TestAgent::with_config(AgentConfig {

@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use mio::Interest;
 use tracing::{debug, info, warn};
 use tuppence::link::{Limits, Server, ServerConfig, ServerEvent};
-use tuppence::wire::ProcInfoField;
+use tuppence::wire::{ProcInfoField, field};
 use tuppence_mio::{ConnId, Driver, ExtraId, ExtraReady, LinkIo};
 use tuppence_transport::{Listener, Transport, TransportKind};
 
@@ -853,12 +853,28 @@ impl Agent {
             }
             ServerEvent::MonitorEnd { xid } => self.remove_tx(id, xid),
             ServerEvent::ProcInfo { xid, mask } => {
-                let pid = match self.tx_mut(id, xid) {
-                    Some(Tx::Command(c)) if c.status.is_none() => Some(c.child.pid()),
+                let probe = match self.tx_mut(id, xid) {
+                    Some(Tx::Command(c)) if c.status.is_none() => {
+                        Some((c.child.pid(), c.child.settle_exec()))
+                    }
                     _ => None,
                 };
-                let fields: Vec<ProcInfoField> = pid
-                    .and_then(|pid| read_procinfo(pid, mask).ok())
+                let fields: Vec<ProcInfoField> = probe
+                    .and_then(|(pid, before_exec)| {
+                        let mut fields = read_procinfo(pid, mask).ok()?;
+                        if before_exec {
+                            // Started without waiting and not exec'd yet: its setsid may
+                            // still be ahead, so /proc shows the agent's own group. The
+                            // command's group is its pid; a client signalling the group
+                            // must never reach the agent's.
+                            for (kind, value) in &mut fields {
+                                if *kind == field::PGID {
+                                    *value = pid.to_be_bytes().to_vec();
+                                }
+                            }
+                        }
+                        Some(fields)
+                    })
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(kind, value)| ProcInfoField {
