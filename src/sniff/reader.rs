@@ -1,50 +1,29 @@
-//! A bounded cursor over sniff task parameters and answer data.
+//! The bounded cursor over sniff task parameters and answer data.
 //!
-//! Separate from the link codec's reader on purpose: sniff strings are a u32 big-endian
-//! length followed by the bytes (no NUL), and the errors are [`PayloadError`]s of this module.
-//! Every accessor checks what is left before reading, so no wire length can make it read out
-//! of bounds or allocate: strings are zero-copy slices of the message.
+//! It is the link codec's cursor ([`crate::cursor`]) failing with this module's
+//! [`PayloadError`]; what differs from the link is the string encoding: a u32 big-endian
+//! length followed by the bytes (no NUL). Every accessor checks what is left before reading,
+//! so no wire length can make it read out of bounds or allocate: strings are zero-copy slices
+//! of the message.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{EncodeError, PayloadError};
+use crate::cursor::{Cursor, CursorError};
 
-pub(crate) struct Reader {
-    buf: Bytes,
+pub(crate) type Reader = Cursor<PayloadError>;
+
+impl CursorError for PayloadError {
+    fn truncated(field: &'static str, need: usize, have: usize) -> Self {
+        PayloadError::Truncated { field, need, have }
+    }
+
+    fn trailing_bytes(extra: usize) -> Self {
+        PayloadError::TrailingBytes { extra }
+    }
 }
 
 impl Reader {
-    pub(crate) fn new(buf: Bytes) -> Self {
-        Reader { buf }
-    }
-
-    pub(crate) fn remaining(&self) -> usize {
-        self.buf.remaining()
-    }
-
-    fn need(&self, field: &'static str, need: usize) -> Result<(), PayloadError> {
-        let have = self.buf.remaining();
-        if have < need {
-            return Err(PayloadError::Truncated { field, need, have });
-        }
-        Ok(())
-    }
-
-    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, PayloadError> {
-        self.need(field, 1)?;
-        Ok(self.buf.get_u8())
-    }
-
-    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, PayloadError> {
-        self.need(field, 2)?;
-        Ok(self.buf.get_u16())
-    }
-
-    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, PayloadError> {
-        self.need(field, 4)?;
-        Ok(self.buf.get_u32())
-    }
-
     /// A u32-length-prefixed string (zero-copy). The length is checked against what is left
     /// before anything is taken, so a huge prefix is a `Truncated` error, not an allocation.
     pub(crate) fn string(&mut self, field: &'static str) -> Result<Bytes, PayloadError> {
@@ -53,16 +32,7 @@ impl Reader {
             field,
             why: "string length does not fit in memory",
         })?;
-        self.need(field, len)?;
-        Ok(self.buf.split_to(len))
-    }
-
-    /// Fails if anything is left after the last field.
-    pub(crate) fn finish(self) -> Result<(), PayloadError> {
-        match self.buf.remaining() {
-            0 => Ok(()),
-            extra => Err(PayloadError::TrailingBytes { extra }),
-        }
+        self.bytes(field, len)
     }
 }
 
