@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::reader::{Reader, put_string};
+use super::task::ShellScript;
 use super::{
     DEFAULT_OUTPUT_CAP, EncodeError, Outcome, PayloadError, ProcessSpec, TaskFinish, TaskOutput,
     TaskPlan, TaskType, code,
@@ -210,18 +211,12 @@ pub struct NatRequest;
 
 impl TaskFinish for NatRequest {
     fn finish(&self, output: TaskOutput) -> Outcome {
-        let code = match output {
-            TaskOutput::Complete(out) => match NatReply::parse_output(&out) {
-                Ok(reply) => return Outcome::success(Bytes::copy_from_slice(&reply.encode())),
-                Err(code) => code,
-            },
-            TaskOutput::SpawnFailed => fail::SPAWN,
-            TaskOutput::ReadFailed => fail::MISSING,
-            TaskOutput::TimedOut => code::TIMEOUT,
-            TaskOutput::OutputTooLarge => code::OUTPUT_TOO_LARGE,
-            TaskOutput::TooManyTasks => code::TOO_MANY_TASKS,
-        };
-        Outcome::failure_code(code)
+        Outcome::from_result(
+            output
+                .complete_or(fail::SPAWN, fail::MISSING)
+                .and_then(|out| NatReply::parse_output(&out))
+                .map(|reply| Bytes::copy_from_slice(&reply.encode())),
+        )
     }
 }
 
@@ -270,18 +265,16 @@ impl Nat {
 
     /// The process that runs the check against `url`.
     pub fn spec_for(&self, url: &Bytes) -> ProcessSpec {
-        let args = vec![
-            Bytes::from_static(b"-c"),
-            Bytes::from_static(SCRIPT.as_bytes()),
-            Bytes::from_static(b"tuppence-sniff-nat"),
-            self.config.curl.clone(),
-            url.clone(),
-        ];
-        ProcessSpec {
-            timeout: self.config.timeout,
-            output_cap: self.config.output_cap,
-            ..ProcessSpec::new(self.config.shell.clone(), args)
+        let c = &self.config;
+        ShellScript {
+            shell: &c.shell,
+            script: SCRIPT,
+            argv0: "tuppence-sniff-nat",
+            tool: &c.curl,
+            timeout: c.timeout,
+            output_cap: c.output_cap,
         }
+        .spec([url.clone()])
     }
 }
 

@@ -34,6 +34,34 @@ impl Reader {
         })?;
         self.bytes(field, len)
     }
+
+    /// A u16 item count, then that many items read by `item` (the target lists of ping and
+    /// certificate parameters). The preallocation is bounded by what is left, `min_len` being
+    /// an item's smallest wire size, so a claimed count cannot make us allocate more than the
+    /// message could hold.
+    pub(crate) fn counted<T>(
+        &mut self,
+        field: &'static str,
+        min_len: usize,
+        mut item: impl FnMut(&mut Reader) -> Result<T, PayloadError>,
+    ) -> Result<Vec<T>, PayloadError> {
+        let n = self.u16(field)?;
+        let fits = self.remaining().checked_div(min_len).unwrap_or(usize::MAX);
+        let mut items = Vec::with_capacity(usize::from(n).min(fits));
+        for _ in 0..n {
+            items.push(item(self)?);
+        }
+        Ok(items)
+    }
+}
+
+/// The u16 count of a list of `len` items, or `FieldTooLong` when the count cannot say it.
+pub(crate) fn u16_count(field: &'static str, len: usize) -> Result<u16, EncodeError> {
+    u16::try_from(len).map_err(|_| EncodeError::FieldTooLong {
+        field,
+        len,
+        max: u16::MAX.into(),
+    })
 }
 
 /// Appends a u32-length-prefixed string.
