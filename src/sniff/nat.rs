@@ -305,6 +305,7 @@ impl TaskType for Nat {
 )]
 mod tests {
     use super::*;
+    use crate::sniff::test_support::{answered, assert_endings, spec_of};
 
     #[test]
     fn output_parses_like_strtok() {
@@ -345,14 +346,10 @@ mod tests {
             f(TaskOutput::Complete(Bytes::from_static(b"NAT\nNONE\n"))),
             Outcome::success(Bytes::from_static(b"N0"))
         );
+        assert_endings(&NatRequest, b'S', b'M');
         for (o, c) in [
-            (TaskOutput::SpawnFailed, b'S'),
-            (TaskOutput::ReadFailed, b'M'),
             (TaskOutput::Complete(Bytes::new()), b'M'),
             (TaskOutput::Complete(Bytes::from_static(b"X\nY\n")), b'U'),
-            (TaskOutput::TimedOut, b'T'),
-            (TaskOutput::OutputTooLarge, b'L'),
-            (TaskOutput::TooManyTasks, b'Q'),
         ] {
             assert_eq!(f(o), Outcome::failure_code(c));
         }
@@ -377,9 +374,7 @@ mod tests {
             url: Bytes::from_static(b"http://192.0.2.1/ip"),
             ..NatConfig::default()
         });
-        let TaskPlan::Run { spec, .. } = nat.start(Bytes::new()) else {
-            panic!()
-        };
+        let spec = spec_of(nat.start(Bytes::new()));
         assert_eq!(&spec.args[3][..], b"curl");
         assert_eq!(&spec.args[4][..], b"http://192.0.2.1/ip");
         assert_eq!(&Nat::default().spec().args[4][..], DEFAULT_URL.as_bytes());
@@ -391,9 +386,7 @@ mod tests {
         .encode(&mut p)
         .unwrap();
         assert_eq!(&p[..4], b"\x00\x00\x00\x1c");
-        let TaskPlan::Run { spec, .. } = nat.start(p.freeze()) else {
-            panic!()
-        };
+        let spec = spec_of(nat.start(p.freeze()));
         assert_eq!(&spec.args[4][..], b"HTTPS://127.0.0.1:8080/getip");
     }
 
@@ -418,10 +411,8 @@ mod tests {
             string(b"http://a/\x7f"),
             long,
         ] {
-            match Nat::default().start(Bytes::from(bad.clone())) {
-                TaskPlan::Answer(o) => assert_eq!(o, Outcome::failure_code(b'I'), "{bad:?}"),
-                other => panic!("{bad:?}: {other:?}"),
-            }
+            let plan = Nat::default().start(Bytes::from(bad.clone()));
+            assert_eq!(answered(plan), Outcome::failure_code(b'I'), "{bad:?}");
         }
         for bad in [&b"ftp://a/"[..], b"http://a b"] {
             let p = NatParams {

@@ -440,6 +440,7 @@ impl TaskFinish for PingRequest {
 )]
 mod tests {
     use super::*;
+    use crate::sniff::test_support::{answered, assert_endings, spec_of};
 
     fn target(family: Family, count: u8, host: &'static [u8]) -> PingTarget {
         PingTarget {
@@ -507,10 +508,8 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
-            match Ping::default().start(Bytes::copy_from_slice(p)) {
-                TaskPlan::Answer(o) => assert_eq!(o, Outcome::failure_code(b'I')),
-                other => panic!("{other:?}"),
-            }
+            let plan = Ping::default().start(Bytes::copy_from_slice(p));
+            assert_eq!(answered(plan), Outcome::failure_code(b'I'), "{p:?}");
         }
         // A string longer than the message.
         let e = PingRequest::decode(Bytes::from_static(
@@ -539,13 +538,9 @@ mod tests {
     #[test]
     fn spec_runs_the_script_with_one_quadruple_per_host() {
         let r = req(vec![target(Family::Any, 2, b"it's.example")]);
-        let TaskPlan::Run { spec, .. } = Ping::default().start({
-            let mut b = BytesMut::new();
-            r.encode(&mut b).unwrap();
-            b.freeze()
-        }) else {
-            panic!()
-        };
+        let mut b = BytesMut::new();
+        r.encode(&mut b).unwrap();
+        let spec = spec_of(Ping::default().start(b.freeze()));
         assert_eq!(&spec.program[..], b"/bin/sh");
         let args: Vec<&[u8]> = spec.args.iter().map(|a| &a[..]).collect();
         assert_eq!(args[0], b"-c");
@@ -634,14 +629,10 @@ mod tests {
     #[test]
     fn finish_maps_every_ending_to_its_code() {
         let r = req(vec![target(Family::V4, 1, b"a")]);
+        assert_endings(&r, b'F', b'P');
         let cases = [
-            (TaskOutput::SpawnFailed, b'F'),
-            (TaskOutput::ReadFailed, b'P'),
             (TaskOutput::Complete(Bytes::new()), b'R'),
             (TaskOutput::Complete(out("x\n")), b'O'),
-            (TaskOutput::TimedOut, b'T'),
-            (TaskOutput::OutputTooLarge, b'L'),
-            (TaskOutput::TooManyTasks, b'Q'),
         ];
         for (o, c) in cases {
             assert_eq!(r.finish(o), Outcome::failure_code(c));
