@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::pair::{Chunking, NoAgent, Pair, ScriptedAgent, packet, raw_headers, signo};
+use common::pair::{Agent, Chunking, NoAgent, Pair, ScriptedAgent, packet, raw_headers, signo};
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, Limits, LinkError, Outcome, Server, ServerConfig,
     ServerEvent, Signal, UsageError, Violation,
@@ -101,13 +101,40 @@ fn x(channel: u16) -> Packet {
 }
 
 fn manual(dialect: Dialect) -> Pair<NoAgent> {
+    with_server(dialect, ServerConfig::default(), NoAgent)
+}
+
+/// A pair whose client speaks `dialect` with default settings and whose server has `server`.
+fn with_server<A: Agent>(dialect: Dialect, server: ServerConfig, agent: A) -> Pair<A> {
     Pair::with_agent(
         ClientConfig {
             dialect,
             ..ClientConfig::default()
         },
+        server,
+        agent,
+    )
+}
+
+/// A pair whose server has `limits` (and default settings otherwise).
+fn server_limited<A: Agent>(dialect: Dialect, limits: Limits, agent: A) -> Pair<A> {
+    let server = ServerConfig {
+        limits,
+        ..ServerConfig::default()
+    };
+    with_server(dialect, server, agent)
+}
+
+/// A pair whose client speaks `dialect` with `limits`; the server has default settings.
+fn client_limited<A: Agent>(dialect: Dialect, limits: Limits, agent: A) -> Pair<A> {
+    Pair::with_agent(
+        ClientConfig {
+            dialect,
+            limits,
+            ..ClientConfig::default()
+        },
         ServerConfig::default(),
-        NoAgent,
+        agent,
     )
 }
 
@@ -182,17 +209,11 @@ fn hello_connected(dialect: Dialect) {
 }
 
 fn hello_with_assigned_cid(dialect: Dialect) {
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            ..ClientConfig::default()
-        },
-        ServerConfig {
-            cid: 0x1234,
-            ..ServerConfig::default()
-        },
-        ScriptedAgent::default(),
-    );
+    let server = ServerConfig {
+        cid: 0x1234,
+        ..ServerConfig::default()
+    };
+    let mut p = with_server(dialect, server, ScriptedAgent::default());
     p.drive();
     assert!(matches!(
         p.client_events[0],
@@ -1515,17 +1536,7 @@ fn queue_full_on_transmit_limit(dialect: Dialect) {
         max_transmit_buffer: 100,
         ..Limits::default()
     };
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            ..ClientConfig::default()
-        },
-        ServerConfig {
-            limits,
-            ..ServerConfig::default()
-        },
-        NoAgent,
-    );
+    let mut p = server_limited(dialect, limits, NoAgent);
     p.connect();
     let xid = p.client.run(Command::new("x")).unwrap();
     p.drive();
@@ -1572,15 +1583,7 @@ fn client_queue_full_queues_nothing(dialect: Dialect) {
         ..Limits::default()
     };
     for connected in [false, true] {
-        let mut p = Pair::with_agent(
-            ClientConfig {
-                dialect,
-                limits: limits.clone(),
-                ..ClientConfig::default()
-            },
-            ServerConfig::default(),
-            NoAgent,
-        );
+        let mut p = client_limited(dialect, limits.clone(), NoAgent);
         if connected {
             p.connect();
         }
@@ -1694,15 +1697,7 @@ fn client_handle_bytes_consumes_less_when_events_full(dialect: Dialect) {
         max_events: 3,
         ..Limits::default()
     };
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            limits,
-            ..ClientConfig::default()
-        },
-        ServerConfig::default(),
-        ScriptedAgent::default(),
-    );
+    let mut p = client_limited(dialect, limits, ScriptedAgent::default());
     p.connect();
     let script = (0..20).map(|i| format!("out={i};")).collect::<String>() + "exit=4";
     let xid = p.client.run(Command::new(script)).unwrap();
@@ -1730,15 +1725,7 @@ fn xids_from_one_never_zero_never_reused(dialect: Dialect) {
         max_transactions: 4,
         ..Limits::default()
     };
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            limits,
-            ..ClientConfig::default()
-        },
-        ServerConfig::default(),
-        ScriptedAgent::default(),
-    );
+    let mut p = client_limited(dialect, limits, ScriptedAgent::default());
     p.connect();
     let held: Vec<u16> = (0..4)
         .map(|_| p.client.run(Command::new("hold")).unwrap())
@@ -1795,17 +1782,7 @@ fn server_limits_transactions(dialect: Dialect) {
         max_transactions: 1,
         ..Limits::default()
     };
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            ..ClientConfig::default()
-        },
-        ServerConfig {
-            limits,
-            ..ServerConfig::default()
-        },
-        ScriptedAgent::default(),
-    );
+    let mut p = server_limited(dialect, limits, ScriptedAgent::default());
     p.connect();
     let a = p.client.run(Command::new("hold")).unwrap();
     let b = p.client.run(Command::new("exit=0")).unwrap();
