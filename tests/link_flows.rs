@@ -81,6 +81,20 @@ fn finished(xid: u16, outcome: Outcome) -> ClientEvent {
     ClientEvent::Finished { xid, outcome }
 }
 
+/// How a command's transaction ends on the client: end of stdout and stderr (4.0 only, 3.0
+/// has no output end), then the outcome.
+fn command_end(dialect: Dialect, xid: u16, outcome: Outcome) -> Vec<ClientEvent> {
+    let mut events = Vec::new();
+    if v4(dialect) {
+        events.extend([
+            ClientEvent::OutputEnd { xid, channel: 1 },
+            ClientEvent::OutputEnd { xid, channel: 2 },
+        ]);
+    }
+    events.push(finished(xid, outcome));
+    events
+}
+
 fn output(xid: u16, channel: u16, data: &'static [u8]) -> ClientEvent {
     ClientEvent::Output {
         xid,
@@ -587,28 +601,10 @@ fn concurrent_transactions_interleave(dialect: Dialect) {
     s.command_killed(a, 15).unwrap();
     p.drive();
     let mut want = vec![output(b, 1, b"B1"), output(a, 1, b"A1")];
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid: b, channel: 1 },
-            ClientEvent::OutputEnd { xid: b, channel: 2 },
-        ]);
-    }
-    want.push(finished(b, Outcome::Exited(0)));
+    want.extend(command_end(dialect, b, Outcome::Exited(0)));
     want.extend([output(c, 2, b"C2"), output(a, 2, b"A2")]);
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid: c, channel: 1 },
-            ClientEvent::OutputEnd { xid: c, channel: 2 },
-        ]);
-    }
-    want.push(finished(c, Outcome::Exited(7)));
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid: a, channel: 1 },
-            ClientEvent::OutputEnd { xid: a, channel: 2 },
-        ]);
-    }
-    want.push(finished(a, Outcome::Signaled(15)));
+    want.extend(command_end(dialect, c, Outcome::Exited(7)));
+    want.extend(command_end(dialect, a, Outcome::Signaled(15)));
     assert_eq!(p.take_client_events(), want);
     assert_eq!(p.client.transactions(), 0);
     assert_eq!(p.server.transactions(), 0);
@@ -627,13 +623,7 @@ fn stdout_stderr_separation(dialect: Dialect) {
         output(xid, 2, b"b"),
         output(xid, 1, b"c"),
     ];
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid, channel: 1 },
-            ClientEvent::OutputEnd { xid, channel: 2 },
-        ]);
-    }
-    want.push(finished(xid, Outcome::Exited(3)));
+    want.extend(command_end(dialect, xid, Outcome::Exited(3)));
     assert_eq!(p.transaction_events(), want);
     let mut wire = vec![d(1, b"a"), d(2, b"b"), d(1, b"c")];
     if v4(dialect) {
@@ -856,13 +846,7 @@ fn stdin_forwarding_with_eof(dialect: Dialect) {
         output(xid, 1, b"def"),
         output(xid, 1, b"bye"),
     ];
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid, channel: 1 },
-            ClientEvent::OutputEnd { xid, channel: 2 },
-        ]);
-    }
-    want.push(finished(xid, Outcome::Exited(0)));
+    want.extend(command_end(dialect, xid, Outcome::Exited(0)));
     assert_eq!(p.transaction_events(), want);
 }
 
