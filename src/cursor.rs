@@ -27,6 +27,23 @@ pub(crate) trait CursorError {
     fn trailing_bytes(extra: usize) -> Self;
 }
 
+/// Implements [`CursorError`] for a module's `PayloadError`: the link's and the sniff's both
+/// spell the two failures `Truncated { field, need, have }` and `TrailingBytes { extra }`.
+macro_rules! impl_cursor_error {
+    ($error:ty) => {
+        impl $crate::cursor::CursorError for $error {
+            fn truncated(field: &'static str, need: usize, have: usize) -> Self {
+                Self::Truncated { field, need, have }
+            }
+
+            fn trailing_bytes(extra: usize) -> Self {
+                Self::TrailingBytes { extra }
+            }
+        }
+    };
+}
+pub(crate) use impl_cursor_error;
+
 /// A bounded cursor over one payload whose failures are `E`s. Every accessor checks what is
 /// left first and names the field when it fails; taken bytes are zero-copy slices.
 pub(crate) struct Cursor<E> {

@@ -9,19 +9,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{EncodeError, PayloadError};
-use crate::cursor::{Cursor, CursorError};
+use crate::cursor::{Cursor, impl_cursor_error};
 
 pub(crate) type Reader = Cursor<PayloadError>;
 
-impl CursorError for PayloadError {
-    fn truncated(field: &'static str, need: usize, have: usize) -> Self {
-        PayloadError::Truncated { field, need, have }
-    }
-
-    fn trailing_bytes(extra: usize) -> Self {
-        PayloadError::TrailingBytes { extra }
-    }
-}
+impl_cursor_error!(PayloadError);
 
 impl Reader {
     /// A u32-length-prefixed string (zero-copy). The length is checked against what is left

@@ -4,19 +4,11 @@
 use bytes::Bytes;
 
 use super::PayloadError;
-use crate::cursor::{Cursor, CursorError};
+use crate::cursor::{Cursor, impl_cursor_error};
 
 pub(crate) type Reader = Cursor<PayloadError>;
 
-impl CursorError for PayloadError {
-    fn truncated(field: &'static str, need: usize, have: usize) -> Self {
-        PayloadError::Truncated { field, need, have }
-    }
-
-    fn trailing_bytes(extra: usize) -> Self {
-        PayloadError::TrailingBytes { extra }
-    }
-}
+impl_cursor_error!(PayloadError);
 
 impl Reader {
     /// A NUL-terminated string; returns it without the NUL (zero-copy).
