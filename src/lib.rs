@@ -15,6 +15,7 @@
 //! * [`sniff`] — the sniff task protocol: framing, messages, pluggable task types, the
 //!   `Agent` and `Requester` machines.
 
+mod cursor;
 pub mod link;
 pub mod sniff;
 pub mod wire;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::pair::{Chunking, NoAgent, Pair, ScriptedAgent, packet, raw_headers, signo};
+use common::pair::{Agent, Chunking, NoAgent, Pair, ScriptedAgent, packet, raw_headers, signo};
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, Limits, LinkError, Outcome, Server, ServerConfig,
     ServerEvent, Signal, UsageError, Violation,
@@ -81,6 +81,20 @@ fn finished(xid: u16, outcome: Outcome) -> ClientEvent {
     ClientEvent::Finished { xid, outcome }
 }
 
+/// How a command's transaction ends on the client: end of stdout and stderr (4.0 only, 3.0
+/// has no output end), then the outcome.
+fn command_end(dialect: Dialect, xid: u16, outcome: Outcome) -> Vec<ClientEvent> {
+    let mut events = Vec::new();
+    if v4(dialect) {
+        events.extend([
+            ClientEvent::OutputEnd { xid, channel: 1 },
+            ClientEvent::OutputEnd { xid, channel: 2 },
+        ]);
+    }
+    events.push(finished(xid, outcome));
+    events
+}
+
 fn output(xid: u16, channel: u16, data: &'static [u8]) -> ClientEvent {
     ClientEvent::Output {
         xid,
@@ -101,13 +115,40 @@ fn x(channel: u16) -> Packet {
 }
 
 fn manual(dialect: Dialect) -> Pair<NoAgent> {
+    with_server(dialect, ServerConfig::default(), NoAgent)
+}
+
+/// A pair whose client speaks `dialect` with default settings and whose server has `server`.
+fn with_server<A: Agent>(dialect: Dialect, server: ServerConfig, agent: A) -> Pair<A> {
     Pair::with_agent(
         ClientConfig {
             dialect,
             ..ClientConfig::default()
         },
+        server,
+        agent,
+    )
+}
+
+/// A pair whose server has `limits` (and default settings otherwise).
+fn server_limited<A: Agent>(dialect: Dialect, limits: Limits, agent: A) -> Pair<A> {
+    let server = ServerConfig {
+        limits,
+        ..ServerConfig::default()
+    };
+    with_server(dialect, server, agent)
+}
+
+/// A pair whose client speaks `dialect` with `limits`; the server has default settings.
+fn client_limited<A: Agent>(dialect: Dialect, limits: Limits, agent: A) -> Pair<A> {
+    Pair::with_agent(
+        ClientConfig {
+            dialect,
+            limits,
+            ..ClientConfig::default()
+        },
         ServerConfig::default(),
-        NoAgent,
+        agent,
     )
 }
 
@@ -182,17 +223,11 @@ fn hello_connected(dialect: Dialect) {
 }
 
 fn hello_with_assigned_cid(dialect: Dialect) {
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            ..ClientConfig::default()
-        },
-        ServerConfig {
-            cid: 0x1234,
-            ..ServerConfig::default()
-        },
-        ScriptedAgent::default(),
-    );
+    let server = ServerConfig {
+        cid: 0x1234,
+        ..ServerConfig::default()
+    };
+    let mut p = with_server(dialect, server, ScriptedAgent::default());
     p.drive();
     assert!(matches!(
         p.client_events[0],
@@ -566,28 +601,10 @@ fn concurrent_transactions_interleave(dialect: Dialect) {
     s.command_killed(a, 15).unwrap();
     p.drive();
     let mut want = vec![output(b, 1, b"B1"), output(a, 1, b"A1")];
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid: b, channel: 1 },
-            ClientEvent::OutputEnd { xid: b, channel: 2 },
-        ]);
-    }
-    want.push(finished(b, Outcome::Exited(0)));
+    want.extend(command_end(dialect, b, Outcome::Exited(0)));
     want.extend([output(c, 2, b"C2"), output(a, 2, b"A2")]);
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid: c, channel: 1 },
-            ClientEvent::OutputEnd { xid: c, channel: 2 },
-        ]);
-    }
-    want.push(finished(c, Outcome::Exited(7)));
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid: a, channel: 1 },
-            ClientEvent::OutputEnd { xid: a, channel: 2 },
-        ]);
-    }
-    want.push(finished(a, Outcome::Signaled(15)));
+    want.extend(command_end(dialect, c, Outcome::Exited(7)));
+    want.extend(command_end(dialect, a, Outcome::Signaled(15)));
     assert_eq!(p.take_client_events(), want);
     assert_eq!(p.client.transactions(), 0);
     assert_eq!(p.server.transactions(), 0);
@@ -606,13 +623,7 @@ fn stdout_stderr_separation(dialect: Dialect) {
         output(xid, 2, b"b"),
         output(xid, 1, b"c"),
     ];
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid, channel: 1 },
-            ClientEvent::OutputEnd { xid, channel: 2 },
-        ]);
-    }
-    want.push(finished(xid, Outcome::Exited(3)));
+    want.extend(command_end(dialect, xid, Outcome::Exited(3)));
     assert_eq!(p.transaction_events(), want);
     let mut wire = vec![d(1, b"a"), d(2, b"b"), d(1, b"c")];
     if v4(dialect) {
@@ -835,13 +846,7 @@ fn stdin_forwarding_with_eof(dialect: Dialect) {
         output(xid, 1, b"def"),
         output(xid, 1, b"bye"),
     ];
-    if v4(dialect) {
-        want.extend([
-            ClientEvent::OutputEnd { xid, channel: 1 },
-            ClientEvent::OutputEnd { xid, channel: 2 },
-        ]);
-    }
-    want.push(finished(xid, Outcome::Exited(0)));
+    want.extend(command_end(dialect, xid, Outcome::Exited(0)));
     assert_eq!(p.transaction_events(), want);
 }
 
@@ -1515,17 +1520,7 @@ fn queue_full_on_transmit_limit(dialect: Dialect) {
         max_transmit_buffer: 100,
         ..Limits::default()
     };
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            ..ClientConfig::default()
-        },
-        ServerConfig {
-            limits,
-            ..ServerConfig::default()
-        },
-        NoAgent,
-    );
+    let mut p = server_limited(dialect, limits, NoAgent);
     p.connect();
     let xid = p.client.run(Command::new("x")).unwrap();
     p.drive();
@@ -1572,15 +1567,7 @@ fn client_queue_full_queues_nothing(dialect: Dialect) {
         ..Limits::default()
     };
     for connected in [false, true] {
-        let mut p = Pair::with_agent(
-            ClientConfig {
-                dialect,
-                limits: limits.clone(),
-                ..ClientConfig::default()
-            },
-            ServerConfig::default(),
-            NoAgent,
-        );
+        let mut p = client_limited(dialect, limits.clone(), NoAgent);
         if connected {
             p.connect();
         }
@@ -1694,15 +1681,7 @@ fn client_handle_bytes_consumes_less_when_events_full(dialect: Dialect) {
         max_events: 3,
         ..Limits::default()
     };
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            limits,
-            ..ClientConfig::default()
-        },
-        ServerConfig::default(),
-        ScriptedAgent::default(),
-    );
+    let mut p = client_limited(dialect, limits, ScriptedAgent::default());
     p.connect();
     let script = (0..20).map(|i| format!("out={i};")).collect::<String>() + "exit=4";
     let xid = p.client.run(Command::new(script)).unwrap();
@@ -1730,15 +1709,7 @@ fn xids_from_one_never_zero_never_reused(dialect: Dialect) {
         max_transactions: 4,
         ..Limits::default()
     };
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            limits,
-            ..ClientConfig::default()
-        },
-        ServerConfig::default(),
-        ScriptedAgent::default(),
-    );
+    let mut p = client_limited(dialect, limits, ScriptedAgent::default());
     p.connect();
     let held: Vec<u16> = (0..4)
         .map(|_| p.client.run(Command::new("hold")).unwrap())
@@ -1795,17 +1766,7 @@ fn server_limits_transactions(dialect: Dialect) {
         max_transactions: 1,
         ..Limits::default()
     };
-    let mut p = Pair::with_agent(
-        ClientConfig {
-            dialect,
-            ..ClientConfig::default()
-        },
-        ServerConfig {
-            limits,
-            ..ServerConfig::default()
-        },
-        ScriptedAgent::default(),
-    );
+    let mut p = server_limited(dialect, limits, ScriptedAgent::default());
     p.connect();
     let a = p.client.run(Command::new("hold")).unwrap();
     let b = p.client.run(Command::new("exit=0")).unwrap();

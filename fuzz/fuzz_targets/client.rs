@@ -10,17 +10,18 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Limits, Signal, UsageError};
-use tuppence::wire::{Decoder, Dialect, Hello, Packet, ProcInfoField, Sender};
+use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Signal, UsageError};
+use tuppence::wire::{Decoder, Dialect, Hello, Packet, Sender};
+
+#[path = "../common/link_machine.rs"]
+mod link_machine;
+use link_machine::{LimitsInput, feed, no_nul, procinfo_fields};
 
 #[derive(Arbitrary, Debug)]
 struct Config {
     v4: bool,
     keepalive: u16,
-    max_events: u8,
-    max_transmit_buffer: u16,
-    max_transactions: u8,
-    max_send_packet: u16,
+    limits: LimitsInput,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -144,18 +145,8 @@ impl Harness {
     }
 
     fn feed(&mut self) {
-        match self.client.handle_bytes(self.now, &self.inbox) {
-            Ok(n) => {
-                assert!(n <= self.inbox.len());
-                self.inbox.drain(..n);
-            }
-            Err(e) => {
-                assert_eq!(self.client.error(), Some(&e));
-                assert_eq!(self.client.handle_bytes(self.now, b"x"), Err(e));
-                assert_eq!(self.client.poll_timeout(), None);
-                assert!(!self.client.is_connected());
-                self.inbox.clear();
-            }
+        if feed(&mut self.client, self.now, &mut self.inbox) {
+            assert!(!self.client.is_connected());
         }
     }
 
@@ -242,11 +233,6 @@ impl Harness {
     }
 }
 
-fn no_nul(mut v: Vec<u8>) -> Bytes {
-    v.retain(|b| *b != 0);
-    Bytes::from(v)
-}
-
 fn to_packet(p: ServerPacket, ours: (u8, u8)) -> Packet {
     match p {
         ServerPacket::Hello {
@@ -269,14 +255,7 @@ fn to_packet(p: ServerPacket, ours: (u8, u8)) -> Packet {
         ServerPacket::Keepalive => Packet::Keepalive,
         ServerPacket::Settle { seq } => Packet::Settle { seq },
         ServerPacket::ProcInfo { fields } => Packet::ProcInfoResponse {
-            fields: fields
-                .into_iter()
-                .take(16)
-                .map(|(kind, value)| ProcInfoField {
-                    kind,
-                    value: Bytes::from(value),
-                })
-                .collect(),
+            fields: procinfo_fields(fields),
         },
         ServerPacket::Quit => Packet::Quit,
     }
@@ -285,13 +264,7 @@ fn to_packet(p: ServerPacket, ours: (u8, u8)) -> Packet {
 fuzz_target!(|input: Input| {
     let c = input.config;
     let dialect = if c.v4 { Dialect::V4 } else { Dialect::Legacy3 };
-    let limits = Limits {
-        max_events: usize::from(c.max_events % 16),
-        max_transmit_buffer: usize::from(c.max_transmit_buffer),
-        max_transactions: usize::from(c.max_transactions % 32),
-        max_send_packet: usize::from(c.max_send_packet),
-        ..Limits::default()
-    };
+    let limits = c.limits.limits();
     let epoch = Instant::now();
     let mut h = Harness {
         client: Client::new(

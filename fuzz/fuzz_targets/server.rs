@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use tuppence::link::{Limits, Server, ServerConfig};
-use tuppence::wire::{CommandRequest, Decoder, Dialect, Hello, Packet, ProcInfoField, Sender};
+use tuppence::link::{Server, ServerConfig};
+use tuppence::wire::{CommandRequest, Decoder, Dialect, Hello, Packet, Sender};
+
+#[path = "../common/link_machine.rs"]
+mod link_machine;
+use link_machine::{LimitsInput, feed, no_nul, procinfo_fields};
 
 #[derive(Arbitrary, Debug)]
 struct Config {
@@ -17,10 +21,7 @@ struct Config {
     dialect: Option<bool>,
     cid: u16,
     keepalive: u16,
-    max_events: u8,
-    max_transmit_buffer: u16,
-    max_transactions: u8,
-    max_send_packet: u16,
+    limits: LimitsInput,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -144,11 +145,6 @@ struct Input {
     ops: Vec<Op>,
 }
 
-fn no_nul(mut v: Vec<u8>) -> Bytes {
-    v.retain(|b| *b != 0);
-    Bytes::from(v)
-}
-
 fn to_packet(p: ClientPacket) -> Packet {
     match p {
         ClientPacket::Hello {
@@ -222,19 +218,7 @@ struct Harness {
 
 impl Harness {
     fn feed(&mut self) {
-        match self.server.handle_bytes(self.now, &self.inbox) {
-            Ok(n) => {
-                assert!(n <= self.inbox.len());
-                self.inbox.drain(..n);
-            }
-            Err(e) => {
-                // Sticky: the same error again, and the machine says so.
-                assert_eq!(self.server.error(), Some(&e));
-                assert_eq!(self.server.handle_bytes(self.now, b"x"), Err(e));
-                assert_eq!(self.server.poll_timeout(), None);
-                self.inbox.clear();
-            }
-        }
+        feed(&mut self.server, self.now, &mut self.inbox);
     }
 
     fn poll(&mut self) {
@@ -305,13 +289,7 @@ fn refused(s: &mut Server, f: impl FnOnce(&mut Server) -> Result<(), tuppence::l
 fuzz_target!(|input: Input| {
     let c = input.config;
     let cid = c.cid.max(1);
-    let limits = Limits {
-        max_events: usize::from(c.max_events % 16),
-        max_transmit_buffer: usize::from(c.max_transmit_buffer),
-        max_transactions: usize::from(c.max_transactions % 32),
-        max_send_packet: usize::from(c.max_send_packet),
-        ..Limits::default()
-    };
+    let limits = c.limits.limits();
     let dialect = c
         .dialect
         .map(|v4| if v4 { Dialect::V4 } else { Dialect::Legacy3 });
@@ -449,14 +427,7 @@ fuzz_target!(|input: Input| {
                 h.budget += 64;
             }
             Op::ProcInfo { xid, fields } => {
-                let fields: Vec<ProcInfoField> = fields
-                    .into_iter()
-                    .take(16)
-                    .map(|(kind, v)| ProcInfoField {
-                        kind,
-                        value: Bytes::from(v),
-                    })
-                    .collect();
+                let fields = procinfo_fields(fields);
                 h.budget += fields.iter().map(|f| f.value.len() + 2).sum::<usize>() + 64;
                 refused(s, |s| s.procinfo(xid_of(xid), fields));
             }

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::reader::{Reader, put_string, string_len};
+use super::reader::{Reader, put_string, string_len, u16_count};
+use super::task::{ShellScript, check_host};
 use super::{
     DEFAULT_OUTPUT_CAP, EncodeError, Outcome, PayloadError, ProcessSpec, TaskFinish, TaskOutput,
     TaskPlan, TaskType, code,
@@ -208,13 +209,6 @@ struct HostBlock {
 /// Smallest wire size of one target: bounds the preallocation for a claimed count.
 const MIN_TARGET_LEN: usize = 7;
 
-fn check_host(host: &[u8]) -> Result<(), &'static str> {
-    if host.contains(&0) {
-        return Err("host contains a NUL byte");
-    }
-    Ok(())
-}
-
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let first = *needle.first()?;
     let mut at = from;
@@ -247,9 +241,7 @@ impl CertRequest {
     /// Parses certificate parameters. Bytes after the last target are ignored (as in C).
     pub fn decode(params: Bytes) -> Result<CertRequest, PayloadError> {
         let mut r = Reader::new(params);
-        let n = r.u16("target count")?;
-        let mut targets = Vec::with_capacity(usize::from(n).min(r.remaining() / MIN_TARGET_LEN));
-        for _ in 0..n {
+        let targets = r.counted("target count", MIN_TARGET_LEN, |r| {
             let f = r.u8("flags")?;
             let port = r.u16("port")?;
             let host = r.string("host")?;
@@ -265,7 +257,7 @@ impl CertRequest {
                     why: "unknown STARTTLS protocol",
                 })?;
             check_host(&host).map_err(|why| PayloadError::Invalid { field: "host", why })?;
-            targets.push(CertTarget {
+            Ok(CertTarget {
                 starttls,
                 want_cert: f & flags::WANT_CERT != 0,
                 want_chain: f & flags::WANT_CHAIN != 0,
@@ -273,18 +265,14 @@ impl CertRequest {
                 want_params: f & flags::WANT_PARAMS != 0,
                 port,
                 host,
-            });
-        }
+            })
+        })?;
         Ok(CertRequest { targets })
     }
 
     /// Appends the parameters, refusing what the agent would reject.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
-        let n = u16::try_from(self.targets.len()).map_err(|_| EncodeError::FieldTooLong {
-            field: "targets",
-            len: self.targets.len(),
-            max: u16::MAX.into(),
-        })?;
+        let n = u16_count("targets", self.targets.len())?;
         for t in &self.targets {
             check_host(&t.host).map_err(|why| EncodeError::Invalid { field: "host", why })?;
         }
@@ -571,21 +559,22 @@ impl Cert {
 
     /// The process that inspects `req`'s services.
     pub fn spec(&self, req: &CertRequest) -> ProcessSpec {
-        let mut args = Vec::with_capacity(req.targets.len().saturating_mul(3).saturating_add(4));
-        args.push(Bytes::from_static(b"-c"));
-        args.push(Bytes::from_static(SCRIPT.as_bytes()));
-        args.push(Bytes::from_static(b"tuppence-sniff-cert"));
-        args.push(self.config.openssl.clone());
-        for t in &req.targets {
-            args.push(t.host.clone());
-            args.push(Bytes::from(t.port.to_string()));
-            args.push(Bytes::from_static(t.starttls.name().as_bytes()));
+        let c = &self.config;
+        ShellScript {
+            shell: &c.shell,
+            script: SCRIPT,
+            argv0: "tuppence-sniff-cert",
+            tool: &c.openssl,
+            timeout: c.timeout,
+            output_cap: c.output_cap,
         }
-        ProcessSpec {
-            timeout: self.config.timeout,
-            output_cap: self.config.output_cap,
-            ..ProcessSpec::new(self.config.shell.clone(), args)
-        }
+        .spec(req.targets.iter().flat_map(|t| {
+            [
+                t.host.clone(),
+                Bytes::from(t.port.to_string()),
+                Bytes::from_static(t.starttls.name().as_bytes()),
+            ]
+        }))
     }
 }
 
@@ -595,36 +584,25 @@ impl TaskType for Cert {
     }
 
     fn start(&self, params: Bytes) -> TaskPlan {
-        match CertRequest::decode(params) {
-            Ok(req) => TaskPlan::Run {
-                spec: self.spec(&req),
-                finish: Box::new(req),
-            },
-            Err(_) => TaskPlan::Answer(Outcome::failure_code(fail::BAD_PARAMS)),
-        }
+        TaskPlan::run_or_refuse(CertRequest::decode(params), fail::BAD_PARAMS, |req| {
+            self.spec(req)
+        })
     }
 }
 
 impl TaskFinish for CertRequest {
     fn finish(&self, output: TaskOutput) -> Outcome {
-        let code = match output {
-            TaskOutput::Complete(out) => match self.parse_output(&out) {
-                Ok(replies) => {
+        Outcome::from_result(
+            output
+                .complete_or(fail::SPAWN, fail::READ)
+                .and_then(|out| self.parse_output(&out))
+                .and_then(|replies| {
                     let mut data = BytesMut::new();
-                    return match self.encode_answer(&replies, &mut data) {
-                        Ok(()) => Outcome::success(data.freeze()),
-                        Err(_) => Outcome::failure_code(fail::BLOCK),
-                    };
-                }
-                Err(code) => code,
-            },
-            TaskOutput::SpawnFailed => fail::SPAWN,
-            TaskOutput::ReadFailed => fail::READ,
-            TaskOutput::TimedOut => code::TIMEOUT,
-            TaskOutput::OutputTooLarge => code::OUTPUT_TOO_LARGE,
-            TaskOutput::TooManyTasks => code::TOO_MANY_TASKS,
-        };
-        Outcome::failure_code(code)
+                    self.encode_answer(&replies, &mut data)
+                        .map_err(|_| fail::BLOCK)?;
+                    Ok(data.freeze())
+                }),
+        )
     }
 }
 
@@ -637,6 +615,7 @@ impl TaskFinish for CertRequest {
 )]
 mod tests {
     use super::*;
+    use crate::sniff::test_support::{answered, assert_endings};
 
     fn target(f: u8, host: &'static [u8]) -> CertTarget {
         CertTarget {
@@ -705,10 +684,8 @@ mod tests {
                 CertRequest::decode(Bytes::copy_from_slice(p)).is_err(),
                 "{p:?}"
             );
-            match Cert::default().start(Bytes::copy_from_slice(p)) {
-                TaskPlan::Answer(o) => assert_eq!(o, Outcome::failure_code(b'I')),
-                other => panic!("{other:?}"),
-            }
+            let plan = Cert::default().start(Bytes::copy_from_slice(p));
+            assert_eq!(answered(plan), Outcome::failure_code(b'I'), "{p:?}");
         }
     }
 
@@ -874,14 +851,10 @@ mod tests {
     #[test]
     fn finish_maps_every_ending_to_its_code() {
         let r = req(&[0]);
+        assert_endings(&r, b'F', b'P');
         for (o, c) in [
-            (TaskOutput::SpawnFailed, b'F'),
-            (TaskOutput::ReadFailed, b'P'),
             (TaskOutput::Complete(Bytes::new()), b'R'),
             (TaskOutput::Complete(b("x")), b'E'),
-            (TaskOutput::TimedOut, b'T'),
-            (TaskOutput::OutputTooLarge, b'L'),
-            (TaskOutput::TooManyTasks, b'Q'),
         ] {
             assert_eq!(r.finish(o), Outcome::failure_code(c));
         }

@@ -58,6 +58,8 @@ pub mod ping;
 mod reader;
 mod requester;
 mod task;
+#[cfg(test)]
+mod test_support;
 
 pub use agent::{Action, Agent, AgentConfig, AgentStats, RequestError, TaskHandle};
 pub use error::{DecodeError, EncodeError, PayloadError, UsageError};

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::reader::{Reader, put_string};
+use super::task::ShellScript;
 use super::{
     DEFAULT_OUTPUT_CAP, EncodeError, Outcome, PayloadError, ProcessSpec, TaskFinish, TaskOutput,
     TaskPlan, TaskType, code,
@@ -210,18 +211,12 @@ pub struct NatRequest;
 
 impl TaskFinish for NatRequest {
     fn finish(&self, output: TaskOutput) -> Outcome {
-        let code = match output {
-            TaskOutput::Complete(out) => match NatReply::parse_output(&out) {
-                Ok(reply) => return Outcome::success(Bytes::copy_from_slice(&reply.encode())),
-                Err(code) => code,
-            },
-            TaskOutput::SpawnFailed => fail::SPAWN,
-            TaskOutput::ReadFailed => fail::MISSING,
-            TaskOutput::TimedOut => code::TIMEOUT,
-            TaskOutput::OutputTooLarge => code::OUTPUT_TOO_LARGE,
-            TaskOutput::TooManyTasks => code::TOO_MANY_TASKS,
-        };
-        Outcome::failure_code(code)
+        Outcome::from_result(
+            output
+                .complete_or(fail::SPAWN, fail::MISSING)
+                .and_then(|out| NatReply::parse_output(&out))
+                .map(|reply| Bytes::copy_from_slice(&reply.encode())),
+        )
     }
 }
 
@@ -270,18 +265,16 @@ impl Nat {
 
     /// The process that runs the check against `url`.
     pub fn spec_for(&self, url: &Bytes) -> ProcessSpec {
-        let args = vec![
-            Bytes::from_static(b"-c"),
-            Bytes::from_static(SCRIPT.as_bytes()),
-            Bytes::from_static(b"tuppence-sniff-nat"),
-            self.config.curl.clone(),
-            url.clone(),
-        ];
-        ProcessSpec {
-            timeout: self.config.timeout,
-            output_cap: self.config.output_cap,
-            ..ProcessSpec::new(self.config.shell.clone(), args)
+        let c = &self.config;
+        ShellScript {
+            shell: &c.shell,
+            script: SCRIPT,
+            argv0: "tuppence-sniff-nat",
+            tool: &c.curl,
+            timeout: c.timeout,
+            output_cap: c.output_cap,
         }
+        .spec([url.clone()])
     }
 }
 
@@ -312,6 +305,7 @@ impl TaskType for Nat {
 )]
 mod tests {
     use super::*;
+    use crate::sniff::test_support::{answered, assert_endings, spec_of};
 
     #[test]
     fn output_parses_like_strtok() {
@@ -352,14 +346,10 @@ mod tests {
             f(TaskOutput::Complete(Bytes::from_static(b"NAT\nNONE\n"))),
             Outcome::success(Bytes::from_static(b"N0"))
         );
+        assert_endings(&NatRequest, b'S', b'M');
         for (o, c) in [
-            (TaskOutput::SpawnFailed, b'S'),
-            (TaskOutput::ReadFailed, b'M'),
             (TaskOutput::Complete(Bytes::new()), b'M'),
             (TaskOutput::Complete(Bytes::from_static(b"X\nY\n")), b'U'),
-            (TaskOutput::TimedOut, b'T'),
-            (TaskOutput::OutputTooLarge, b'L'),
-            (TaskOutput::TooManyTasks, b'Q'),
         ] {
             assert_eq!(f(o), Outcome::failure_code(c));
         }
@@ -384,9 +374,7 @@ mod tests {
             url: Bytes::from_static(b"http://192.0.2.1/ip"),
             ..NatConfig::default()
         });
-        let TaskPlan::Run { spec, .. } = nat.start(Bytes::new()) else {
-            panic!()
-        };
+        let spec = spec_of(nat.start(Bytes::new()));
         assert_eq!(&spec.args[3][..], b"curl");
         assert_eq!(&spec.args[4][..], b"http://192.0.2.1/ip");
         assert_eq!(&Nat::default().spec().args[4][..], DEFAULT_URL.as_bytes());
@@ -398,9 +386,7 @@ mod tests {
         .encode(&mut p)
         .unwrap();
         assert_eq!(&p[..4], b"\x00\x00\x00\x1c");
-        let TaskPlan::Run { spec, .. } = nat.start(p.freeze()) else {
-            panic!()
-        };
+        let spec = spec_of(nat.start(p.freeze()));
         assert_eq!(&spec.args[4][..], b"HTTPS://127.0.0.1:8080/getip");
     }
 
@@ -425,10 +411,8 @@ mod tests {
             string(b"http://a/\x7f"),
             long,
         ] {
-            match Nat::default().start(Bytes::from(bad.clone())) {
-                TaskPlan::Answer(o) => assert_eq!(o, Outcome::failure_code(b'I'), "{bad:?}"),
-                other => panic!("{bad:?}: {other:?}"),
-            }
+            let plan = Nat::default().start(Bytes::from(bad.clone()));
+            assert_eq!(answered(plan), Outcome::failure_code(b'I'), "{bad:?}");
         }
         for bad in [&b"ftp://a/"[..], b"http://a b"] {
             let p = NatParams {

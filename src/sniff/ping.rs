@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::reader::{Reader, put_string, string_len};
+use super::reader::{Reader, put_string, string_len, u16_count};
+use super::task::{ShellScript, check_host};
 use super::{
     DEFAULT_OUTPUT_CAP, EncodeError, Outcome, PayloadError, ProcessSpec, TaskFinish, TaskOutput,
     TaskPlan, TaskType, code,
@@ -124,20 +125,11 @@ impl PingReply {
 /// preallocation for a claimed target count.
 const MIN_TARGET_LEN: usize = 8;
 
-fn check_host(host: &[u8]) -> Result<(), &'static str> {
-    if host.contains(&0) {
-        return Err("host contains a NUL byte");
-    }
-    Ok(())
-}
-
 impl PingRequest {
     /// Parses ping parameters. Bytes after the last target are ignored (as the C plugin does).
     pub fn decode(params: Bytes) -> Result<PingRequest, PayloadError> {
         let mut r = Reader::new(params);
-        let n = r.u16("target count")?;
-        let mut targets = Vec::with_capacity(usize::from(n).min(r.remaining() / MIN_TARGET_LEN));
-        for _ in 0..n {
+        let targets = r.counted("target count", MIN_TARGET_LEN, |r| {
             let family = r.u8("family")?;
             let count = r.u8("count")?;
             let size = r.u16("size")?;
@@ -153,23 +145,19 @@ impl PingRequest {
                 });
             }
             check_host(&host).map_err(|why| PayloadError::Invalid { field: "host", why })?;
-            targets.push(PingTarget {
+            Ok(PingTarget {
                 family,
                 count,
                 size,
                 host,
-            });
-        }
+            })
+        })?;
         Ok(PingRequest { targets })
     }
 
     /// Appends the parameters, refusing what the agent would reject.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
-        let n = u16::try_from(self.targets.len()).map_err(|_| EncodeError::FieldTooLong {
-            field: "targets",
-            len: self.targets.len(),
-            max: u16::MAX.into(),
-        })?;
+        let n = u16_count("targets", self.targets.len())?;
         for t in &self.targets {
             if t.count == 0 {
                 return Err(EncodeError::Invalid {
@@ -395,22 +383,23 @@ impl Ping {
 
     /// The process that pings `req`'s targets.
     pub fn spec(&self, req: &PingRequest) -> ProcessSpec {
-        let mut args = Vec::with_capacity(req.targets.len().saturating_mul(4).saturating_add(4));
-        args.push(Bytes::from_static(b"-c"));
-        args.push(Bytes::from_static(SCRIPT.as_bytes()));
-        args.push(Bytes::from_static(b"tuppence-sniff-ping"));
-        args.push(self.config.ping.clone());
-        for t in &req.targets {
-            args.push(Bytes::copy_from_slice(&[t.family.byte()]));
-            args.push(Bytes::from(t.count.to_string()));
-            args.push(Bytes::from(t.size.to_string()));
-            args.push(t.host.clone());
+        let c = &self.config;
+        ShellScript {
+            shell: &c.shell,
+            script: SCRIPT,
+            argv0: "tuppence-sniff-ping",
+            tool: &c.ping,
+            timeout: c.timeout,
+            output_cap: c.output_cap,
         }
-        ProcessSpec {
-            timeout: self.config.timeout,
-            output_cap: self.config.output_cap,
-            ..ProcessSpec::new(self.config.shell.clone(), args)
-        }
+        .spec(req.targets.iter().flat_map(|t| {
+            [
+                Bytes::copy_from_slice(&[t.family.byte()]),
+                Bytes::from(t.count.to_string()),
+                Bytes::from(t.size.to_string()),
+                t.host.clone(),
+            ]
+        }))
     }
 }
 
@@ -420,36 +409,25 @@ impl TaskType for Ping {
     }
 
     fn start(&self, params: Bytes) -> TaskPlan {
-        match PingRequest::decode(params) {
-            Ok(req) => TaskPlan::Run {
-                spec: self.spec(&req),
-                finish: Box::new(req),
-            },
-            Err(_) => TaskPlan::Answer(Outcome::failure_code(fail::BAD_PARAMS)),
-        }
+        TaskPlan::run_or_refuse(PingRequest::decode(params), fail::BAD_PARAMS, |req| {
+            self.spec(req)
+        })
     }
 }
 
 impl TaskFinish for PingRequest {
     fn finish(&self, output: TaskOutput) -> Outcome {
-        let code = match output {
-            TaskOutput::Complete(out) => match self.parse_output(&out) {
-                Ok(replies) => {
+        Outcome::from_result(
+            output
+                .complete_or(fail::SPAWN, fail::READ)
+                .and_then(|out| self.parse_output(&out))
+                .and_then(|replies| {
                     let mut data = BytesMut::new();
-                    return match self.encode_answer(&replies, &mut data) {
-                        Ok(()) => Outcome::success(data.freeze()),
-                        Err(_) => Outcome::failure_code(fail::MALFORMED),
-                    };
-                }
-                Err(code) => code,
-            },
-            TaskOutput::SpawnFailed => fail::SPAWN,
-            TaskOutput::ReadFailed => fail::READ,
-            TaskOutput::TimedOut => code::TIMEOUT,
-            TaskOutput::OutputTooLarge => code::OUTPUT_TOO_LARGE,
-            TaskOutput::TooManyTasks => code::TOO_MANY_TASKS,
-        };
-        Outcome::failure_code(code)
+                    self.encode_answer(&replies, &mut data)
+                        .map_err(|_| fail::MALFORMED)?;
+                    Ok(data.freeze())
+                }),
+        )
     }
 }
 
@@ -462,6 +440,7 @@ impl TaskFinish for PingRequest {
 )]
 mod tests {
     use super::*;
+    use crate::sniff::test_support::{answered, assert_endings, spec_of};
 
     fn target(family: Family, count: u8, host: &'static [u8]) -> PingTarget {
         PingTarget {
@@ -529,10 +508,8 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
-            match Ping::default().start(Bytes::copy_from_slice(p)) {
-                TaskPlan::Answer(o) => assert_eq!(o, Outcome::failure_code(b'I')),
-                other => panic!("{other:?}"),
-            }
+            let plan = Ping::default().start(Bytes::copy_from_slice(p));
+            assert_eq!(answered(plan), Outcome::failure_code(b'I'), "{p:?}");
         }
         // A string longer than the message.
         let e = PingRequest::decode(Bytes::from_static(
@@ -561,13 +538,9 @@ mod tests {
     #[test]
     fn spec_runs_the_script_with_one_quadruple_per_host() {
         let r = req(vec![target(Family::Any, 2, b"it's.example")]);
-        let TaskPlan::Run { spec, .. } = Ping::default().start({
-            let mut b = BytesMut::new();
-            r.encode(&mut b).unwrap();
-            b.freeze()
-        }) else {
-            panic!()
-        };
+        let mut b = BytesMut::new();
+        r.encode(&mut b).unwrap();
+        let spec = spec_of(Ping::default().start(b.freeze()));
         assert_eq!(&spec.program[..], b"/bin/sh");
         let args: Vec<&[u8]> = spec.args.iter().map(|a| &a[..]).collect();
         assert_eq!(args[0], b"-c");
@@ -656,14 +629,10 @@ mod tests {
     #[test]
     fn finish_maps_every_ending_to_its_code() {
         let r = req(vec![target(Family::V4, 1, b"a")]);
+        assert_endings(&r, b'F', b'P');
         let cases = [
-            (TaskOutput::SpawnFailed, b'F'),
-            (TaskOutput::ReadFailed, b'P'),
             (TaskOutput::Complete(Bytes::new()), b'R'),
             (TaskOutput::Complete(out("x\n")), b'O'),
-            (TaskOutput::TimedOut, b'T'),
-            (TaskOutput::OutputTooLarge, b'L'),
-            (TaskOutput::TooManyTasks, b'Q'),
         ];
         for (o, c) in cases {
             assert_eq!(r.finish(o), Outcome::failure_code(c));

@@ -1,50 +1,21 @@
-//! A bounded cursor over sniff task parameters and answer data.
+//! The bounded cursor over sniff task parameters and answer data.
 //!
-//! Separate from the link codec's reader on purpose: sniff strings are a u32 big-endian
-//! length followed by the bytes (no NUL), and the errors are [`PayloadError`]s of this module.
-//! Every accessor checks what is left before reading, so no wire length can make it read out
-//! of bounds or allocate: strings are zero-copy slices of the message.
+//! It is the link codec's cursor ([`crate::cursor`]) failing with this module's
+//! [`PayloadError`]; what differs from the link is the string encoding: a u32 big-endian
+//! length followed by the bytes (no NUL). Every accessor checks what is left before reading,
+//! so no wire length can make it read out of bounds or allocate: strings are zero-copy slices
+//! of the message.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{EncodeError, PayloadError};
+use crate::cursor::{Cursor, impl_cursor_error};
 
-pub(crate) struct Reader {
-    buf: Bytes,
-}
+pub(crate) type Reader = Cursor<PayloadError>;
+
+impl_cursor_error!(PayloadError);
 
 impl Reader {
-    pub(crate) fn new(buf: Bytes) -> Self {
-        Reader { buf }
-    }
-
-    pub(crate) fn remaining(&self) -> usize {
-        self.buf.remaining()
-    }
-
-    fn need(&self, field: &'static str, need: usize) -> Result<(), PayloadError> {
-        let have = self.buf.remaining();
-        if have < need {
-            return Err(PayloadError::Truncated { field, need, have });
-        }
-        Ok(())
-    }
-
-    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, PayloadError> {
-        self.need(field, 1)?;
-        Ok(self.buf.get_u8())
-    }
-
-    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, PayloadError> {
-        self.need(field, 2)?;
-        Ok(self.buf.get_u16())
-    }
-
-    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, PayloadError> {
-        self.need(field, 4)?;
-        Ok(self.buf.get_u32())
-    }
-
     /// A u32-length-prefixed string (zero-copy). The length is checked against what is left
     /// before anything is taken, so a huge prefix is a `Truncated` error, not an allocation.
     pub(crate) fn string(&mut self, field: &'static str) -> Result<Bytes, PayloadError> {
@@ -53,17 +24,36 @@ impl Reader {
             field,
             why: "string length does not fit in memory",
         })?;
-        self.need(field, len)?;
-        Ok(self.buf.split_to(len))
+        self.bytes(field, len)
     }
 
-    /// Fails if anything is left after the last field.
-    pub(crate) fn finish(self) -> Result<(), PayloadError> {
-        match self.buf.remaining() {
-            0 => Ok(()),
-            extra => Err(PayloadError::TrailingBytes { extra }),
+    /// A u16 item count, then that many items read by `item` (the target lists of ping and
+    /// certificate parameters). The preallocation is bounded by what is left, `min_len` being
+    /// an item's smallest wire size, so a claimed count cannot make us allocate more than the
+    /// message could hold.
+    pub(crate) fn counted<T>(
+        &mut self,
+        field: &'static str,
+        min_len: usize,
+        mut item: impl FnMut(&mut Reader) -> Result<T, PayloadError>,
+    ) -> Result<Vec<T>, PayloadError> {
+        let n = self.u16(field)?;
+        let fits = self.remaining().checked_div(min_len).unwrap_or(usize::MAX);
+        let mut items = Vec::with_capacity(usize::from(n).min(fits));
+        for _ in 0..n {
+            items.push(item(self)?);
         }
+        Ok(items)
     }
+}
+
+/// The u16 count of a list of `len` items, or `FieldTooLong` when the count cannot say it.
+pub(crate) fn u16_count(field: &'static str, len: usize) -> Result<u16, EncodeError> {
+    u16::try_from(len).map_err(|_| EncodeError::FieldTooLong {
+        field,
+        len,
+        max: u16::MAX.into(),
+    })
 }
 
 /// Appends a u32-length-prefixed string.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::PayloadError;
+
 /// Default cap on a task's stdout (DESIGN §5): past it the runtime stops the task and
 /// reports [`TaskOutput::OutputTooLarge`].
 pub const DEFAULT_OUTPUT_CAP: usize = 16 * 1024 * 1024;
@@ -46,6 +48,22 @@ pub enum TaskOutput {
     TooManyTasks,
 }
 
+impl TaskOutput {
+    /// The stdout of a completed task, or the failure code of any other ending: `spawn` and
+    /// `read` are the task type's own codes (the C plugin's types chose differently), the
+    /// agent's limits are the shared [`code`]s. Every built-in type ends this way.
+    pub(crate) fn complete_or(self, spawn: u8, read: u8) -> Result<Bytes, u8> {
+        match self {
+            TaskOutput::Complete(out) => Ok(out),
+            TaskOutput::SpawnFailed => Err(spawn),
+            TaskOutput::ReadFailed => Err(read),
+            TaskOutput::TimedOut => Err(code::TIMEOUT),
+            TaskOutput::OutputTooLarge => Err(code::OUTPUT_TOO_LARGE),
+            TaskOutput::TooManyTasks => Err(code::TOO_MANY_TASKS),
+        }
+    }
+}
+
 /// The status and data of an `O`/`F` answer, before the id is put in front.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -68,6 +86,14 @@ impl Outcome {
     /// `F` with a single code byte, the form every built-in failure takes.
     pub fn failure_code(code: u8) -> Outcome {
         Outcome::failure(Bytes::copy_from_slice(&[code]))
+    }
+
+    /// `O` with the data, or `F` with the code: how a built-in type's finish ends.
+    pub(crate) fn from_result(result: Result<Bytes, u8>) -> Outcome {
+        match result {
+            Ok(data) => Outcome::success(data),
+            Err(code) => Outcome::failure_code(code),
+        }
     }
 }
 
@@ -105,6 +131,48 @@ impl ProcessSpec {
             output_cap: DEFAULT_OUTPUT_CAP,
         }
     }
+}
+
+/// How a built-in type runs its script: `shell -c script argv0 tool args…` under the type's
+/// timeout and output cap. Everything from the wire goes in as separate arguments after the
+/// script, never into its text, so the shell parses none of it.
+pub(crate) struct ShellScript<'a> {
+    pub(crate) shell: &'a Bytes,
+    pub(crate) script: &'static str,
+    /// `$0` of the script, naming it in `ps` and in the shell's own messages.
+    pub(crate) argv0: &'static str,
+    /// The command the script drives (`ping`, `openssl`, `curl`), split into words by it.
+    pub(crate) tool: &'a Bytes,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) output_cap: usize,
+}
+
+impl ShellScript<'_> {
+    /// The process that runs the script with `args` after the tool.
+    pub(crate) fn spec(self, args: impl IntoIterator<Item = Bytes>) -> ProcessSpec {
+        let args = args.into_iter();
+        let mut all = Vec::with_capacity(args.size_hint().0.saturating_add(4));
+        all.push(Bytes::from_static(b"-c"));
+        all.push(Bytes::from_static(self.script.as_bytes()));
+        all.push(Bytes::from_static(self.argv0.as_bytes()));
+        all.push(self.tool.clone());
+        all.extend(args);
+        ProcessSpec {
+            timeout: self.timeout,
+            output_cap: self.output_cap,
+            ..ProcessSpec::new(self.shell.clone(), all)
+        }
+    }
+}
+
+/// Why a host name cannot be a script argument: an argument ends at its first NUL, so the
+/// script would look up another host than the one asked for (the C plugin silently cut it
+/// there). Ping and certificate targets are refused for it, when decoded and when encoded.
+pub(crate) fn check_host(host: &[u8]) -> Result<(), &'static str> {
+    if host.contains(&0) {
+        return Err("host contains a NUL byte");
+    }
+    Ok(())
 }
 
 impl fmt::Debug for ProcessSpec {
@@ -146,6 +214,24 @@ pub enum TaskPlan {
     },
     /// Answer at once without running anything (NOP, parameters that do not parse).
     Answer(Outcome),
+}
+
+impl TaskPlan {
+    /// Runs the process `spec` makes for parameters that parsed, keeping them to judge the
+    /// output; parameters that did not are answered at once with the `bad_params` code.
+    pub(crate) fn run_or_refuse<R: TaskFinish + 'static>(
+        params: Result<R, PayloadError>,
+        bad_params: u8,
+        spec: impl FnOnce(&R) -> ProcessSpec,
+    ) -> TaskPlan {
+        match params {
+            Ok(req) => TaskPlan::Run {
+                spec: spec(&req),
+                finish: Box::new(req),
+            },
+            Err(_) => TaskPlan::Answer(Outcome::failure_code(bad_params)),
+        }
+    }
 }
 
 /// A kind of task the agent can run, keyed by its type byte. Implement it to add task types.

@@ -443,64 +443,65 @@ impl<A: Agent> Pair<A> {
 
     fn deliver_to_server(&mut self) {
         let data = std::mem::take(&mut self.c2s);
-        let mut at = 0;
-        for n in self.cuts(data.len()) {
-            let piece = &data[at..at + n];
-            at += n;
-            let mut off = 0;
-            while off < piece.len() {
-                match self.server.handle_bytes(self.now, &piece[off..]) {
-                    Ok(used) => {
-                        if used < piece.len() - off {
-                            self.short_reads += 1;
-                        }
-                        off += used;
-                        let drained = self.drain_server();
-                        assert!(
-                            used > 0 || drained > 0,
-                            "server consumed nothing and had no events to drain"
-                        );
-                    }
-                    Err(e) => {
-                        self.drain_server();
-                        self.server_error.get_or_insert(e);
-                        return;
-                    }
-                }
-            }
-        }
-        self.drain_server();
+        self.deliver(
+            &data,
+            "server",
+            |p, bytes| p.server.handle_bytes(p.now, bytes),
+            Self::drain_server,
+            |p| &mut p.server_error,
+        );
     }
 
     fn deliver_to_client(&mut self) {
         let data = std::mem::take(&mut self.s2c);
+        self.deliver(
+            &data,
+            "client",
+            |p, bytes| p.client.handle_bytes(p.now, bytes),
+            Self::drain_client,
+            |p| &mut p.client_error,
+        );
+    }
+
+    /// Offers `data` to one side in the pair's cuts, re-offering what a short read left after
+    /// draining that side's events, and counts the short reads. A fatal error is kept in
+    /// that side's `error` slot (the first one wins) and ends the delivery. The two sides
+    /// differ only in the machine, its drain and its error slot, hence the three functions.
+    fn deliver(
+        &mut self,
+        data: &[u8],
+        side: &str,
+        handle: impl Fn(&mut Self, &[u8]) -> Result<usize, LinkError>,
+        drain: impl Fn(&mut Self) -> usize,
+        error: impl Fn(&mut Self) -> &mut Option<LinkError>,
+    ) {
         let mut at = 0;
         for n in self.cuts(data.len()) {
             let piece = &data[at..at + n];
             at += n;
             let mut off = 0;
             while off < piece.len() {
-                match self.client.handle_bytes(self.now, &piece[off..]) {
+                match handle(self, &piece[off..]) {
                     Ok(used) => {
                         if used < piece.len() - off {
                             self.short_reads += 1;
                         }
                         off += used;
-                        let drained = self.drain_client();
+                        let drained = drain(self);
                         assert!(
                             used > 0 || drained > 0,
-                            "client consumed nothing and had no events to drain"
+                            "{side} consumed nothing and had no events to drain"
                         );
                     }
                     Err(e) => {
-                        self.drain_client();
-                        self.client_error.get_or_insert(e);
+                        drain(self);
+                        error(self).get_or_insert(e);
                         return;
                     }
                 }
             }
         }
-        self.drain_client();
+        drain(self);
     }
 
     /// One round: client transmits, server reads, server transmits, client reads.

@@ -37,11 +37,10 @@ fn unknown_type_answers_u_and_the_running_task_still_answers() {
 #[test]
 fn a_second_request_under_a_running_id_aborts_the_first_and_kills_its_group() {
     let server = Server::start();
-    let pidfile = server.dir.path("pid1");
     let mut c = server.raw();
     // A shell with a child (`sleep` in the background, then `wait`), so the group has more
     // than the leader.
-    let script = format!("echo $$ > {}; sleep 30 & wait", pidfile.display());
+    let (script, pidfile) = pid_script(&server.dir, "sleep 30 & wait");
     c.send(2, b's', script.as_bytes());
     let pid = read_pid(&pidfile);
     let (_, pgrp, session) = proc_stat(pid).expect("the task runs");
@@ -59,10 +58,9 @@ fn a_second_request_under_a_running_id_aborts_the_first_and_kills_its_group() {
 #[test]
 fn nop_cancels_a_running_task() {
     let server = Server::start();
-    let pidfile = server.dir.path("pid");
     let mut client = Client::connect(&server.target).unwrap();
     let id = TaskId::from(3);
-    let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let (script, pidfile) = pid_script(&server.dir, "exec sleep 30");
     client
         .send(id, &SniffRequest::raw(b's', Bytes::from(script)))
         .unwrap();
@@ -125,13 +123,9 @@ fn a_hundred_tasks_run_at_once() {
 #[test]
 fn output_over_the_cap_is_l_and_the_task_is_killed() {
     let server = Server::start();
-    let pidfile = server.dir.path("pid");
     let mut c = server.raw();
     // Writes 5000 bytes, then would sleep: the cap (1000) must stop it, not its end.
-    let script = format!(
-        "echo $$ > {}; head -c 5000 /dev/zero; exec sleep 30",
-        pidfile.display()
-    );
+    let (script, pidfile) = pid_script(&server.dir, "head -c 5000 /dev/zero; exec sleep 30");
     c.send(4, b'l', script.as_bytes());
     c.expect(4, b'F', b"L");
     assert_group_gone(read_pid(&pidfile));
@@ -144,10 +138,9 @@ fn output_over_the_cap_is_l_and_the_task_is_killed() {
 #[test]
 fn a_task_past_its_timeout_is_t_and_killed() {
     let server = Server::start();
-    let pidfile = server.dir.path("pid");
     let mut c = server.raw();
     let started = Instant::now();
-    let script = format!("echo $$ > {}; sleep 30 & wait", pidfile.display());
+    let (script, pidfile) = pid_script(&server.dir, "sleep 30 & wait");
     c.send(6, b't', script.as_bytes());
     c.expect(6, b'F', b"T");
     let took = started.elapsed();
@@ -214,9 +207,8 @@ fn an_over_long_frame_closes_only_that_connection() {
 #[test]
 fn closing_the_connection_kills_its_tasks() {
     let server = Server::start();
-    let pidfile = server.dir.path("pid");
     let mut c = server.raw();
-    let script = format!("echo $$ > {}; sleep 30 & wait", pidfile.display());
+    let (script, pidfile) = pid_script(&server.dir, "sleep 30 & wait");
     c.send(13, b's', script.as_bytes());
     let pid = read_pid(&pidfile);
     drop(c);

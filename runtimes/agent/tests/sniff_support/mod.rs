@@ -275,6 +275,13 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A task script that first writes its pid to a file in `dir`, so that the test can find the
+/// task's process group (see [`read_pid`]), then runs `rest`. Returns the script and the file.
+pub fn pid_script(dir: &TempDir, rest: &str) -> (String, PathBuf) {
+    let pidfile = dir.path("pid");
+    (format!("echo $$ > {}; {rest}", pidfile.display()), pidfile)
+}
+
 /// Waits for a task to write its pid to `file`, and returns it.
 pub fn read_pid(file: &Path) -> u32 {
     let mut pid = None;

@@ -1,0 +1,103 @@
+//! What the `client` and `server` fuzz targets share: the limits both machines take from the
+//! input, the conversions of arbitrary values into well-formed packet fields, and the check
+//! that feeding bytes consumes at most what was given and that an error is sticky.
+
+use std::time::Instant;
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use tuppence::link::{Client, Limits, LinkError, Server};
+use tuppence::wire::ProcInfoField;
+
+/// The machine limits an input picks, kept small so that they are actually reached.
+///
+/// `arbitrary` reads a nested struct field by field, exactly as if its fields stood in the
+/// outer one, so the committed corpora still mean what they meant.
+#[derive(Arbitrary, Debug)]
+pub struct LimitsInput {
+    max_events: u8,
+    max_transmit_buffer: u16,
+    max_transactions: u8,
+    max_send_packet: u16,
+}
+
+impl LimitsInput {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_events: usize::from(self.max_events % 16),
+            max_transmit_buffer: usize::from(self.max_transmit_buffer),
+            max_transactions: usize::from(self.max_transactions % 32),
+            max_send_packet: usize::from(self.max_send_packet),
+            ..Limits::default()
+        }
+    }
+}
+
+/// A string field without NUL bytes, so that the packet encodes.
+pub fn no_nul(mut v: Vec<u8>) -> Bytes {
+    v.retain(|b| *b != 0);
+    Bytes::from(v)
+}
+
+/// At most 16 procinfo fields, as one response may carry.
+pub fn procinfo_fields(fields: Vec<(u8, Vec<u8>)>) -> Vec<ProcInfoField> {
+    fields
+        .into_iter()
+        .take(16)
+        .map(|(kind, value)| ProcInfoField {
+            kind,
+            value: Bytes::from(value),
+        })
+        .collect()
+}
+
+/// The byte intake both machines have, so that [`feed`] checks them alike.
+pub trait Machine {
+    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError>;
+    fn error(&self) -> Option<&LinkError>;
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+impl Machine for Client {
+    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
+        Client::handle_bytes(self, now, data)
+    }
+    fn error(&self) -> Option<&LinkError> {
+        Client::error(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Client::poll_timeout(self)
+    }
+}
+
+impl Machine for Server {
+    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
+        Server::handle_bytes(self, now, data)
+    }
+    fn error(&self) -> Option<&LinkError> {
+        Server::error(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Server::poll_timeout(self)
+    }
+}
+
+/// Feeds `inbox` to `m` and drops what it consumed (backpressure keeps the rest). On an
+/// error: sticky (the same error again, and the machine says so), no more timers, and the
+/// inbox is discarded. Returns whether the machine failed.
+pub fn feed(m: &mut impl Machine, now: Instant, inbox: &mut Vec<u8>) -> bool {
+    match m.handle_bytes(now, inbox) {
+        Ok(n) => {
+            assert!(n <= inbox.len());
+            inbox.drain(..n);
+            false
+        }
+        Err(e) => {
+            assert_eq!(m.error(), Some(&e));
+            assert_eq!(m.handle_bytes(now, b"x"), Err(e));
+            assert_eq!(m.poll_timeout(), None);
+            inbox.clear();
+            true
+        }
+    }
+}
