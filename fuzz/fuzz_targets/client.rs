@@ -21,6 +21,8 @@ struct Config {
     max_transmit_buffer: u16,
     max_transactions: u8,
     max_send_packet: u16,
+    /// A device link: hello retry, resync before the hello reply.
+    device: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -295,11 +297,19 @@ fuzz_target!(|input: Input| {
     let epoch = Instant::now();
     let mut h = Harness {
         client: Client::new(
-            ClientConfig {
-                dialect,
-                keepalive: c.keepalive,
-                handshake_timeout: Some(Duration::from_secs(u64::from(c.keepalive % 120) + 1)),
-                limits: limits.clone(),
+            {
+                let config = ClientConfig {
+                    dialect,
+                    keepalive: c.keepalive,
+                    handshake_timeout: Some(Duration::from_secs(u64::from(c.keepalive % 120) + 1)),
+                    limits: limits.clone(),
+                    ..ClientConfig::default()
+                };
+                if c.device {
+                    config.for_device_link()
+                } else {
+                    config
+                }
             },
             epoch,
         ),

@@ -277,6 +277,7 @@ impl Agent {
                 dialect: None,
                 keepalive,
                 default_command_timeout: self.config.default_timeout,
+                hello_resets_session: false,
                 limits: Limits {
                     max_transactions: self.config.max_transactions,
                     max_transmit_buffer: self.config.transmit_limit,
