@@ -97,8 +97,9 @@ pub struct Stats {
     /// Client: bytes skipped before the hello reply (see
     /// `ClientConfig::resync_before_hello`).
     pub skipped_before_hello: u64,
-    /// Server: hellos that reset the session (see `ServerConfig::hello_resets_session`),
-    /// and the bytes of the old session's output they discarded from the transmit queue.
+    /// Server: hellos that ended a session with live transactions (see
+    /// `ServerConfig::hello_resets_session`), and the bytes of old output that hellos
+    /// discarded from the transmit queue.
     pub session_resets: u64,
     pub discarded_bytes: u64,
 }
