@@ -22,6 +22,8 @@ struct Config {
     v4: bool,
     keepalive: u16,
     limits: LimitsInput,
+    /// A device link: hello retry, resync before the hello reply.
+    device: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -268,11 +270,19 @@ fuzz_target!(|input: Input| {
     let epoch = Instant::now();
     let mut h = Harness {
         client: Client::new(
-            ClientConfig {
-                dialect,
-                keepalive: c.keepalive,
-                handshake_timeout: Some(Duration::from_secs(u64::from(c.keepalive % 120) + 1)),
-                limits: limits.clone(),
+            {
+                let config = ClientConfig {
+                    dialect,
+                    keepalive: c.keepalive,
+                    handshake_timeout: Some(Duration::from_secs(u64::from(c.keepalive % 120) + 1)),
+                    limits: limits.clone(),
+                    ..ClientConfig::default()
+                };
+                if c.device {
+                    config.for_device_link()
+                } else {
+                    config
+                }
             },
             epoch,
         ),

@@ -10,9 +10,14 @@ use super::{
     ClientConfig, ClientEvent, Command, LinkError, Outcome, Signal, UsageError, Violation,
     effective_keepalive,
 };
-use crate::wire::{CommandRequest, Dialect, Frame, Hello, Packet, Sender, chunks};
+use crate::wire::{
+    CommandRequest, Dialect, Frame, HEADER_LEN, Header, Hello, Packet, PacketType, Sender, chunks,
+};
 
 use super::status::{EFAULT, EPROTO};
+
+/// Length of a hello packet: the header and `major, minor, keepalive u16`.
+const HELLO_LEN: u16 = HEADER_LEN as u16 + 4;
 
 #[derive(Debug)]
 enum Kind {
@@ -59,6 +64,9 @@ pub struct Client {
     transactions: HashMap<u16, Transaction>,
     next_xid: u16,
     events: VecDeque<ClientEvent>,
+    /// When the hello is said again if no reply came (see `ClientConfig::hello_retry`);
+    /// `None` once it has been, or when it never is.
+    hello_retry_at: Option<Instant>,
 }
 
 impl Client {
@@ -73,6 +81,7 @@ impl Client {
         });
         // A 4-byte hello always encodes.
         let _ = core.queue(0, 0, &hello);
+        let hello_retry_at = config.hello_retry.and_then(|t| now.checked_add(t));
         // Until the reply, the handshake timeout bounds the wait (no `K` before a cid).
         core.set_keepalive(config.handshake_timeout, false);
         Client {
@@ -85,6 +94,7 @@ impl Client {
             transactions: HashMap::new(),
             next_xid: 1,
             events: VecDeque::new(),
+            hello_retry_at,
         }
     }
 
@@ -165,9 +175,29 @@ impl Client {
         }
     }
 
-    /// Fires due timers (keepalive send, dead-link detection). Spurious calls are no-ops.
+    /// The runtime stops reading the transport for a while: the silence until the next
+    /// `handle_bytes` is not the agent's (see [`super::Limits::stale_partial_after`]).
+    pub fn handle_input_paused(&mut self) {
+        self.core.input_paused();
+    }
+
+    /// Fires due timers (hello retry, keepalive send, dead-link detection). Spurious calls
+    /// are no-ops.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.core.tick(now);
+        let now = self.core.tick(now);
+        if self.cid.is_none()
+            && self.core.error.is_none()
+            && self.hello_retry_at.is_some_and(|t| now >= t)
+        {
+            self.hello_retry_at = None;
+            let (major, minor) = self.config.dialect.version();
+            let hello = Packet::Hello(Hello {
+                major,
+                minor,
+                keepalive: self.config.keepalive,
+            });
+            let _ = self.core.queue(0, 0, &hello);
+        }
         match self.core.due() {
             Timeout::Nothing => {}
             Timeout::SendKeepalive => {
@@ -393,7 +423,14 @@ impl Client {
 
     /// When to call `handle_timeout` next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.core.poll_timeout()
+        let core = self.core.poll_timeout();
+        let retry = self
+            .hello_retry_at
+            .filter(|_| self.cid.is_none() && self.core.error.is_none());
+        match (core, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---- internals ----
@@ -546,6 +583,44 @@ impl Client {
         }
     }
 
+    /// Before the hello reply, with `resync_before_hello`: drops buffered bytes up to the
+    /// first place where a hello reply could start (type `h`, length 12, xid 0, any cid),
+    /// so that stale output of a previous session, even from the middle of a packet, is
+    /// skipped. Bytes at the end that could still become one are kept.
+    fn skip_to_hello_reply(&mut self) {
+        if self.cid.is_some() || !self.config.resync_before_hello {
+            return;
+        }
+        let dialect = self.config.dialect;
+        let reply = |cid| {
+            let mut b = bytes::BytesMut::with_capacity(HEADER_LEN);
+            Header {
+                kind: PacketType::Hello.code(dialect),
+                len: HELLO_LEN,
+                cid,
+                xid: 0,
+            }
+            .encode(dialect, &mut b);
+            b
+        };
+        // Bytes that differ between two cids are the cid: any value matches there.
+        let (a, b) = (reply(0), reply(0xFFFF));
+        let fits = |window: &[u8]| {
+            window
+                .iter()
+                .zip(a.iter().zip(b.iter()))
+                .all(|(&w, (&x, &y))| x != y || w == x)
+        };
+        let buf = self.core.decoder.peek();
+        let skip = (0..buf.len())
+            .find(|&i| buf.get(i..).is_some_and(&fits))
+            .unwrap_or(buf.len());
+        if skip > 0 {
+            bytes::Buf::advance(self.core.decoder.buffer_mut(), skip);
+            self.core.stats.skipped_before_hello += skip as u64;
+        }
+    }
+
     fn on_handshake(&mut self, frame: Frame) {
         let Packet::Hello(hello) = frame.packet else {
             return self.fail(LinkError::Handshake(frame.packet.packet_type().name()));
@@ -660,8 +735,16 @@ impl Input for Client {
     fn on_frame(&mut self, frame: Frame) {
         Client::on_frame(self, frame)
     }
+    /// Skips what cannot start the hello reply (only with `resync_before_hello`).
+    fn prepare(&mut self) -> bool {
+        self.skip_to_hello_reply();
+        true
+    }
     fn on_bad_packet(&mut self, error: crate::wire::DecodeError) {
         self.violation(Violation::Decode(error))
+    }
+    fn on_violation(&mut self, violation: Violation) {
+        self.violation(violation)
     }
     fn on_fatal(&mut self, error: LinkError) {
         self.fail(error)

@@ -12,6 +12,15 @@ pub const DEFAULT_KEEPALIVE_SECS: u16 = 60;
 pub const MIN_KEEPALIVE: Duration = Duration::from_secs(10);
 /// Agent default for a command timeout of 0.
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u32 = 60;
+/// On a device link, a partial packet followed by this much silence is line noise (see
+/// [`Limits::stale_partial_after`]). A live sender writes a packet in one go: even at
+/// 9600 baud the bytes of a packet follow each other within a millisecond or so.
+pub const DEVICE_STALE_PARTIAL_AFTER: Duration = Duration::from_secs(1);
+/// On a device link, the client says hello again when no reply came within this long
+/// (see [`ClientConfig::hello_retry`]). Longer than [`DEVICE_STALE_PARTIAL_AFTER`], so
+/// that an agent that glued the first hello to a stale partial packet has dropped both
+/// by the time the second one arrives.
+pub const DEVICE_HELLO_RETRY: Duration = Duration::from_millis(1500);
 
 /// Limits shared by both machines.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +38,20 @@ pub struct Limits {
     /// Keepalive intervals below this are raised to it (10 s, as the C executor; tests
     /// lower it to exercise expiry on a real clock).
     pub min_keepalive: Duration,
+    /// `Some(gap)`: when new bytes arrive and the bytes already buffered are the start of a
+    /// packet whose last byte arrived more than `gap` ago, those bytes are dropped (counted
+    /// in [`super::Stats`], reported as [`super::Violation::StalePartial`]) before the new
+    /// ones are decoded.
+    ///
+    /// For device links (serial tty, virtio-serial port), where a client that dies in the
+    /// middle of a write leaves the start of a packet behind and the next client's hello
+    /// would otherwise be read as the rest of it (a framing error, or a hello swallowed by
+    /// a long packet). The gap is measured from the last byte received, not from the start
+    /// of the packet, so a slow line streaming a large packet is not cut. Time the runtime
+    /// spends not reading (see `handle_input_paused`) and bytes offered again after the
+    /// machine pushed back do not count as silence. `None` (the default, right for
+    /// sockets, which never carry a previous client's bytes) never drops anything.
+    pub stale_partial_after: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -42,6 +65,7 @@ impl Default for Limits {
             max_transmit_buffer: 1 << 20,
             max_transactions: 1024,
             min_keepalive: MIN_KEEPALIVE,
+            stale_partial_after: None,
         }
     }
 }
@@ -56,7 +80,37 @@ pub struct ClientConfig {
     /// How long to wait for the server's hello reply (`None` = forever, e.g. for a serial
     /// line whose agent may start later).
     pub handshake_timeout: Option<Duration>,
+    /// `Some(t)`: when no hello reply came within `t`, say hello once more. For device
+    /// links, where the first hello can be lost: the agent may have read it as the rest of
+    /// a packet a previous client left unfinished, and drops such a stale partial packet
+    /// only after a silence (see [`Limits::stale_partial_after`]). A repeated hello is
+    /// harmless: it always reaches the agent before any request of this client (requests
+    /// wait for the reply), and the agent answers it with the same cid. `None` (default)
+    /// never repeats it.
+    pub hello_retry: Option<Duration>,
+    /// Until the hello reply, skip whatever does not start a hello reply instead of
+    /// failing with [`super::LinkError::Handshake`]. For device links: the agent cannot
+    /// know that a new client is there until its hello arrives, so what it sent the
+    /// previous client in the meantime (output, keepalives, possibly starting in the
+    /// middle of a packet) reaches the new one first. Skipped bytes are counted in
+    /// [`super::Stats::skipped_before_hello`]. With it, a peer that is not an agent at
+    /// all is reported by the handshake timeout rather than at once. Default `false`.
+    pub resync_before_hello: bool,
     pub limits: Limits,
+}
+
+impl ClientConfig {
+    /// These settings for a device link (serial tty, virtio-serial port, or a socket in
+    /// front of one, such as QEMU's chardev sockets): [`Self::hello_retry`] after
+    /// [`DEVICE_HELLO_RETRY`] (4.0 only: a 3.0 agent may not expect a second hello) and
+    /// [`Self::resync_before_hello`].
+    pub fn for_device_link(mut self) -> Self {
+        if self.dialect == Dialect::V4 {
+            self.hello_retry = Some(DEVICE_HELLO_RETRY);
+        }
+        self.resync_before_hello = true;
+        self
+    }
 }
 
 impl Default for ClientConfig {
@@ -65,6 +119,8 @@ impl Default for ClientConfig {
             dialect: Dialect::V4,
             keepalive: KEEPALIVE_SERVER_DEFAULT,
             handshake_timeout: Some(Duration::from_secs(60)),
+            hello_retry: None,
+            resync_before_hello: false,
             limits: Limits::default(),
         }
     }
@@ -82,7 +138,37 @@ pub struct ServerConfig {
     pub keepalive: u16,
     /// Timeout applied to commands that ask for 0.
     pub default_command_timeout: Duration,
+    /// A hello ends the session in progress: the live transactions are dropped (announced
+    /// by [`super::ServerEvent::SessionReset`] before the hello's own event, so that the
+    /// application kills their processes, closes their monitors and removes partial
+    /// files, as after a disconnect) and output not yet transmitted is discarded (see
+    /// [`super::Server::poll_discard_unsent`]), so none of it reaches the new client. The
+    /// cid stays the same.
+    ///
+    /// For device links (serial tty, virtio-serial port): a tty has no disconnect and
+    /// keepalives are off there by default, so the agent may not see a client vanish, and
+    /// a hello is the only sign that a new one is there. Without this, the new client
+    /// would land in the old session: the old xids still live (its requests would collide
+    /// with them) and, e.g., its EOF committing the vanished client's half-sent inject.
+    /// Clients only repeat a hello before their first request (see
+    /// [`ClientConfig::hello_retry`]), so a repeated hello never ends their own session.
+    /// `false` (the default, right for sockets) answers a repeated hello and changes
+    /// nothing else, as DESIGN §3 says.
+    pub hello_resets_session: bool,
     pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// These settings for a device link (serial tty, virtio-serial port):
+    /// [`Self::hello_resets_session`] and [`Limits::stale_partial_after`] =
+    /// [`DEVICE_STALE_PARTIAL_AFTER`] (unless already set).
+    pub fn for_device_link(mut self) -> Self {
+        self.hello_resets_session = true;
+        if self.limits.stale_partial_after.is_none() {
+            self.limits.stale_partial_after = Some(DEVICE_STALE_PARTIAL_AFTER);
+        }
+        self
+    }
 }
 
 impl Default for ServerConfig {
@@ -92,6 +178,7 @@ impl Default for ServerConfig {
             dialect: None,
             keepalive: DEFAULT_KEEPALIVE_SECS,
             default_command_timeout: Duration::from_secs(u64::from(DEFAULT_COMMAND_TIMEOUT_SECS)),
+            hello_resets_session: false,
             limits: Limits::default(),
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Limits, LinkError, UsageError};
+use super::{Limits, LinkError, UsageError, Violation};
 use crate::wire::{
     Decoder, Dialect, EncodeError, Frame, HEADER_LEN, Header, Packet, PacketType, Sender, chunks,
 };
@@ -58,6 +58,15 @@ impl TxQueue {
         self.tail.clear();
     }
 
+    /// Drops everything queued; returns how many bytes that was.
+    fn clear(&mut self) -> usize {
+        let n = self.len();
+        self.segs.clear();
+        self.seg_len = 0;
+        self.tail.clear();
+        n
+    }
+
     /// Moves everything to `out` as segments, without copying.
     fn take_segments(&mut self, out: &mut VecDeque<Bytes>) {
         out.extend(self.segs.drain(..));
@@ -81,6 +90,18 @@ pub struct Stats {
     pub unknown_xid_dropped: u64,
     /// Packets dropped because they made no sense (see `Violation`).
     pub violations: u64,
+    /// Unfinished packets dropped after a silence (see `Limits::stale_partial_after`),
+    /// and their bytes.
+    pub stale_partials_dropped: u64,
+    pub stale_bytes_dropped: u64,
+    /// Client: bytes skipped before the hello reply (see
+    /// `ClientConfig::resync_before_hello`).
+    pub skipped_before_hello: u64,
+    /// Server: hellos that ended a session with live transactions (see
+    /// `ServerConfig::hello_resets_session`), and the bytes of old output that hellos
+    /// discarded from the transmit queue.
+    pub session_resets: u64,
+    pub discarded_bytes: u64,
 }
 
 pub(crate) enum Timeout {
@@ -99,6 +120,11 @@ pub(crate) struct Core {
     send_keepalives: bool,
     last_rx: Instant,
     last_tx: Instant,
+    /// When the decoder was last left holding an unfinished packet with all input
+    /// consumed, i.e. waiting for the peer (see `Limits::stale_partial_after`). `None`
+    /// while nothing is buffered, or when the wait is not the peer's doing (the machine
+    /// pushed back, or the runtime paused reading).
+    partial_since: Option<Instant>,
     pub(crate) error: Option<LinkError>,
     pub(crate) stats: Stats,
 }
@@ -116,6 +142,7 @@ impl Core {
             send_keepalives: false,
             last_rx: now,
             last_tx: now,
+            partial_since: None,
             error: None,
             stats: Stats::default(),
         }
@@ -190,6 +217,38 @@ impl Core {
 
     pub(crate) fn transmit_buffered(&self) -> usize {
         self.out.len()
+    }
+
+    /// Drops every queued packet (whole packets only: the queue never holds part of one);
+    /// returns the number of bytes dropped.
+    pub(crate) fn discard_transmit(&mut self) -> usize {
+        let n = self.out.clear();
+        self.stats.discarded_bytes += n as u64;
+        n
+    }
+
+    /// The runtime stops reading for a while: the silence until the next input is its own.
+    pub(crate) fn input_paused(&mut self) {
+        self.partial_since = None;
+    }
+
+    /// With new bytes in hand: drops an unfinished packet whose sender fell silent for
+    /// longer than `Limits::stale_partial_after`. Returns the number of bytes dropped.
+    fn drop_stale_partial(&mut self) -> Option<usize> {
+        let after = self.limits.stale_partial_after?;
+        let since = self.partial_since?;
+        if self.now.saturating_duration_since(since) <= after {
+            return None;
+        }
+        self.partial_since = None;
+        let n = self.decoder.buffered();
+        if n == 0 {
+            return None;
+        }
+        self.decoder.buffer_mut().clear();
+        self.stats.stale_partials_dropped += 1;
+        self.stats.stale_bytes_dropped += n as u64;
+        Some(n)
     }
 
     pub(crate) fn check_room(&self) -> Result<(), UsageError> {
@@ -349,6 +408,8 @@ pub(crate) trait Input {
     fn on_frame(&mut self, frame: Frame);
     /// A packet that did not decode; the stream continues.
     fn on_bad_packet(&mut self, error: crate::wire::DecodeError);
+    /// Something the peer sent was dropped (reported as an event and counted).
+    fn on_violation(&mut self, violation: Violation);
     /// The stream cannot continue.
     fn on_fatal(&mut self, error: LinkError);
 }
@@ -365,6 +426,26 @@ pub(crate) fn handle_bytes<M: Input>(
         return Err(e.clone());
     }
     m.core().tick(now);
+    if !data.is_empty()
+        && let Some(bytes) = m.core().drop_stale_partial()
+    {
+        m.on_violation(Violation::StalePartial { bytes });
+    }
+    let consumed = feed_and_decode(m, data)?;
+    if !data.is_empty() {
+        // Everything offered was taken and the buffer ends inside a packet: the machine
+        // waits for the peer, so silence from now on is the peer's. (When it pushed back,
+        // the bytes it left are already here: no silence can be measured.)
+        let core = m.core();
+        let waiting = consumed == data.len()
+            && core.decoder.buffered() > 0
+            && core.decoder.bytes_needed() > 0;
+        core.partial_since = waiting.then_some(core.now);
+    }
+    Ok(consumed)
+}
+
+fn feed_and_decode<M: Input>(m: &mut M, data: &[u8]) -> Result<usize, LinkError> {
     let mut consumed = 0usize;
     loop {
         let header_known = m.prepare();

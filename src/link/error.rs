@@ -45,6 +45,13 @@ pub enum Violation {
         packet: PacketType,
         why: &'static str,
     },
+    /// The start of a packet was followed by silence longer than
+    /// [`super::Limits::stale_partial_after`] and then by new bytes: line noise left by a
+    /// sender that died mid-write, dropped so that the new bytes decode from a packet start.
+    #[error(
+        "dropped {bytes} bytes of an unfinished packet after a silence (a sender died mid-write)"
+    )]
+    StalePartial { bytes: usize },
 }
 
 /// The caller asked a machine for something it cannot do. Nothing was queued.

@@ -71,6 +71,18 @@ pub enum ClientEvent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerEvent {
+    /// A hello ended the session in progress (only with
+    /// [`super::ServerConfig::hello_resets_session`], and only when transactions were
+    /// live): the machine has forgotten these transactions and discarded the output not
+    /// yet transmitted. Clean up exactly as after a disconnect: kill the commands'
+    /// process groups, stop the monitors, remove the injects' temporary files. Comes
+    /// before the [`ServerEvent::Hello`] that caused it; events queued before it still
+    /// belong to the old session (answering them is refused with `UnknownTransaction`,
+    /// and nothing of them is sent).
+    SessionReset {
+        /// The transactions that were live, in ascending order.
+        aborted: Vec<u16>,
+    },
     /// A (possibly repeated) hello; already answered by the machine.
     Hello {
         client_version: (u8, u8),

@@ -46,6 +46,9 @@ pub struct Server {
     /// waits until the application polls the event: see [`Server::poll_event`].
     closing: HashSet<u16>,
     events: VecDeque<ServerEvent>,
+    /// A hello reset the session: the runtime must drop what it took from
+    /// `poll_transmit` but has not written yet (see [`Server::poll_discard_unsent`]).
+    discard_unsent: bool,
 }
 
 impl Server {
@@ -64,6 +67,7 @@ impl Server {
             transactions: HashMap::new(),
             closing: HashSet::new(),
             events: VecDeque::new(),
+            discard_unsent: false,
         }
     }
 
@@ -128,6 +132,14 @@ impl Server {
         if self.core.error.is_none() {
             self.die(LinkError::Closed);
         }
+    }
+
+    /// The runtime stops reading the transport for a while (its own backpressure, e.g. a
+    /// child's stdin is backed up): the silence until the next `handle_bytes` is not the
+    /// client's, so it must not make a partial packet look stale (see
+    /// [`super::Limits::stale_partial_after`]). Call it when reading pauses.
+    pub fn handle_input_paused(&mut self) {
+        self.core.input_paused();
     }
 
     /// Fires due keepalive timers. Spurious calls are no-ops.
@@ -368,6 +380,18 @@ impl Server {
         self.core.poll_timeout()
     }
 
+    /// True once after a hello reset the session (see
+    /// [`ServerConfig::hello_resets_session`]): the runtime must drop the bytes it took
+    /// from `poll_transmit` but has not written yet, and what the transport still holds
+    /// if it can (e.g. `tcflush(TCOFLUSH)` on a tty): they belong to the old session. Check
+    /// it after every `handle_bytes`, before writing again. (The machine has already
+    /// dropped what it held; its hello reply comes after.) Cutting a packet short here is
+    /// fine: the new client skips anything before its hello reply (see
+    /// [`super::ClientConfig::resync_before_hello`]).
+    pub fn poll_discard_unsent(&mut self) -> bool {
+        std::mem::take(&mut self.discard_unsent)
+    }
+
     // ---- internals ----
 
     fn kind_mut(&mut self, xid: u16) -> Result<&mut Kind, UsageError> {
@@ -473,8 +497,27 @@ impl Server {
         }
     }
 
+    /// A hello on a device link: whoever sent it starts a new session (see
+    /// [`ServerConfig::hello_resets_session`]). Also run for a hello with nothing live, so
+    /// that queued keepalives or answers of the old session do not reach the new client.
+    fn reset_session(&mut self) {
+        let mut aborted: Vec<u16> = self.transactions.keys().copied().collect();
+        aborted.sort_unstable();
+        self.transactions.clear();
+        self.closing.clear();
+        self.core.discard_transmit();
+        self.discard_unsent = true;
+        if !aborted.is_empty() {
+            self.core.stats.session_resets += 1;
+            self.events.push_back(ServerEvent::SessionReset { aborted });
+        }
+    }
+
     fn on_hello(&mut self, hello: Hello) {
         self.core.saw_traffic();
+        if self.config.hello_resets_session {
+            self.reset_session();
+        }
         let keepalive = negotiate_keepalive(hello.keepalive, self.config.keepalive);
         let (major, minor) = self.core.dialect.version();
         let reply = Packet::Hello(Hello {
@@ -690,6 +733,9 @@ impl Input for Server {
     }
     fn on_bad_packet(&mut self, error: DecodeError) {
         self.on_decode_error(error)
+    }
+    fn on_violation(&mut self, violation: Violation) {
+        self.violation(violation)
     }
     fn on_fatal(&mut self, error: LinkError) {
         self.die(error)

@@ -301,6 +301,14 @@ impl Agent for ScriptedAgent {
                 self.check(r);
             }
             ServerEvent::Quit => self.quit = true,
+            // A new client on a device link: the old session's work is abandoned.
+            ServerEvent::SessionReset { aborted } => {
+                for xid in aborted {
+                    self.running.remove(xid);
+                    self.injects.remove(xid);
+                    self.monitors.retain(|m| m != xid);
+                }
+            }
             _ => {}
         }
     }
@@ -382,6 +390,18 @@ impl<A: Agent> Pair<A> {
             server_error: None,
             short_reads: 0,
         }
+    }
+
+    /// The client vanishes without a word and a new one takes its place on the same link,
+    /// as on a serial line: what the old client transmitted still reaches the server, and
+    /// what the server sent that the old one did not read reaches the new one. The byte
+    /// logs and the client's events start afresh.
+    pub fn replace_client(&mut self, config: ClientConfig) {
+        self.client = Client::new(config, self.now);
+        self.c2s_log.clear();
+        self.s2c_log.clear();
+        self.client_events.clear();
+        self.client_error = None;
     }
 
     pub fn chunked(mut self, chunking: Chunking) -> Self {

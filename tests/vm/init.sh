@@ -166,8 +166,9 @@ start_agent() {
 }
 start_agent virtio --virtio
 virtio_pid=$pid
-# A tty has no hang-up: the port keepalive is how the serial agent notices a vanished host.
-# (10 s: the link's minimum; a smaller value is raised to it)
+# A tty has no hang-up: the port keepalive is how the serial agent notices a vanished host
+# when no new client comes (a new client's hello ends the old session anyway).
+# (10 s: the link's minimum; tuppence serve refuses a smaller value)
 start_agent serial --serial /dev/ttyS1 --port-keepalive 10
 serial_pid=$pid
 say "agents started uptime=$(up)"

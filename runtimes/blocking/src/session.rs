@@ -127,10 +127,13 @@ impl Session {
     /// starts a session in the target's dialect.
     pub fn connect(target: &Target, connect_timeout: Duration) -> Result<Session, Error> {
         let transport = target.connect()?;
-        let config = ClientConfig {
+        let mut config = ClientConfig {
             dialect: target.dialect,
             ..ClientConfig::default()
         };
+        if target.endpoint.may_be_device_link() {
+            config = config.for_device_link();
+        }
         Session::new(transport, config, connect_timeout)
     }
 

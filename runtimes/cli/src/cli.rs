@@ -94,7 +94,7 @@ pub struct TargetArgs {
     pub connect_timeout: f64,
     /// Keepalive to ask for, in seconds (0 = off); default: the agent's setting. The link is
     /// declared dead after this long without hearing from the agent.
-    #[arg(short = 'k', long, value_name = "SECS")]
+    #[arg(short = 'k', long, value_name = "SECS", value_parser = parse_keepalive)]
     pub keepalive: Option<u16>,
 }
 
@@ -354,13 +354,20 @@ pub struct ServeArgs {
     /// Timeout in seconds for commands that ask for 0.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_seconds)]
     pub default_timeout: f64,
-    /// Keepalive offered on sockets (unix, TCP, vsock), seconds; 0 = off.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    /// Keepalive offered on sockets (unix, TCP, vsock), seconds; 0 = off, else at least 10.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = parse_keepalive)]
     pub keepalive: u16,
     /// Keepalive offered on serial and virtio ports, seconds; 0 = off (a tty has no
-    /// disconnect, so silence is normal there).
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    /// disconnect, so silence is normal there), else at least 10. A new client's hello
+    /// ends a vanished client's session on a port anyway: the keepalive only makes the
+    /// agent notice sooner when nobody comes.
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = parse_keepalive)]
     pub port_keepalive: u16,
+    /// On serial and virtio ports, the start of a packet followed by this much silence is
+    /// dropped as line noise when more bytes arrive (what a client that died mid-write
+    /// left behind must not eat the next client's hello); 0 = never.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_seconds)]
+    pub port_partial_timeout: f64,
     /// Only these users may be run as or act as (repeatable) [default: any].
     #[arg(long = "allow-user", value_name = "USER")]
     pub allow_users: Vec<String>,
@@ -394,6 +401,23 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && (0.0..=f64::from(u32::MAX)).contains(&v) => Ok(v),
         _ => Err(format!(
             "{s:?} is not a number of seconds (expected e.g. 10 or 0.5)"
+        )),
+    }
+}
+
+/// A keepalive in seconds: 0 (off) or at least the link's minimum. Shorter values are
+/// refused rather than silently raised to the minimum by both sides (which the hello
+/// reply, and so `tuppence ping`, would not show).
+fn parse_keepalive(s: &str) -> Result<u16, String> {
+    let min = tuppence::link::MIN_KEEPALIVE.as_secs();
+    match s.parse::<u16>() {
+        Ok(0) => Ok(0),
+        Ok(k) if u64::from(k) >= min => Ok(k),
+        Ok(k) => Err(format!(
+            "{k} s is below the keepalive minimum of {min} s (0 turns keepalives off)"
+        )),
+        Err(_) => Err(format!(
+            "{s:?} is not a keepalive in seconds (expected 0 for off, or {min} to 65535)"
         )),
     }
 }

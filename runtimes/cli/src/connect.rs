@@ -46,10 +46,18 @@ impl TargetArgs {
     }
 
     fn client_config(&self, target: &Target) -> ClientConfig {
-        ClientConfig {
+        let config = ClientConfig {
             dialect: target.dialect,
             keepalive: self.keepalive.unwrap_or(KEEPALIVE_SERVER_DEFAULT),
             ..ClientConfig::default()
+        };
+        // A serial or virtio port (or QEMU's socket in front of one) may still carry what
+        // the agent sent a previous client, and may have lost our hello in what that
+        // client left unfinished.
+        if target.endpoint.may_be_device_link() {
+            config.for_device_link()
+        } else {
+            config
         }
     }
 

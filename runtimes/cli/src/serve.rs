@@ -50,6 +50,8 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         default_timeout: Duration::from_secs_f64(args.default_timeout),
         socket_keepalive: args.keepalive,
         port_keepalive: args.port_keepalive,
+        port_stale_partial_after: (args.port_partial_timeout > 0.0)
+            .then(|| Duration::from_secs_f64(args.port_partial_timeout)),
         allow_users: if args.allow_users.is_empty() {
             None
         } else {

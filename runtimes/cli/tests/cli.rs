@@ -366,6 +366,49 @@ fn usage_errors_use_the_usage_status() {
     assert_eq!(code(&run(&[])), USAGE);
 }
 
+/// Both sides raise a keepalive below 10 s to 10 s, which the hello reply (and so `tuppence
+/// ping`) would not show: such values are refused with the reason, not reported as given
+/// and applied otherwise. 0 (off) and 10 are fine.
+#[test]
+fn keepalive_below_the_minimum_is_refused() {
+    for args in [
+        &[
+            "serve",
+            "--port-keepalive",
+            "3",
+            "--unix",
+            "/nonexistent/x.sock",
+        ][..],
+        &["serve", "--keepalive", "9", "--unix", "/nonexistent/x.sock"][..],
+        &["ping", "-k", "3"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(code(&out), USAGE, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("below the keepalive minimum of 10 s"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let mut server = Server::start(&["--keepalive", "10", "--port-keepalive", "0"]);
+    let out = run(&["ping", "-t", &server.target]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("keepalive 10 s"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(&["ping", "-k", "0", "-t", &server.target]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("keepalive off"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(&["quit", "-t", &server.target]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    server.wait(Duration::from_secs(5)).expect("serve exited");
+}
+
 #[test]
 fn serve_exits_0_on_quit_and_on_sigterm() {
     let mut server = Server::start(&[]);

@@ -95,8 +95,26 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     }
 
     /// Stops (or resumes) reading the transport, e.g. while a child's stdin is backed up.
+    /// The machine is told when reading stops, so that the pause does not count as the
+    /// peer's silence.
     pub fn set_read_paused(&mut self, paused: bool) {
+        if paused && !self.read_paused {
+            self.machine.handle_input_paused();
+        }
         self.read_paused = paused;
+    }
+
+    /// Drops everything taken from the machine but not yet written, and asks the kernel to
+    /// drop what a tty still holds in its output queue (`tcflush(TCOFLUSH)`; a no-op on
+    /// other fds). Returns the bytes dropped here. Done when the machine says so (a hello
+    /// reset the session on a device link): that output belongs to the old session.
+    pub fn discard_unsent(&mut self) -> usize {
+        let n = self.tx_len;
+        self.tx.clear();
+        self.tx_len = 0;
+        // SAFETY: tcflush on an fd we own; ENOTTY on sockets and other non-ttys is ignored.
+        unsafe { libc::tcflush(self.io.as_raw_fd(), libc::TCOFLUSH) };
+        n
     }
 
     /// The transport reached end of stream (already reported to the machine).
@@ -126,6 +144,9 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
             if self.rx_start < self.rx_end {
                 let pending = self.rx.get(self.rx_start..self.rx_end).unwrap_or_default();
                 let n = self.machine.handle_bytes(now, pending)?;
+                if self.machine.poll_discard_unsent() {
+                    self.discard_unsent();
+                }
                 fed |= n > 0;
                 self.rx_start = self.rx_start.saturating_add(n);
                 if self.rx_start < self.rx_end {

@@ -29,10 +29,17 @@ pub trait Machine {
     fn accepts_input(&self) -> bool {
         true
     }
+    /// The loop stops reading the transport for a while (see `Server::handle_input_paused`).
+    fn handle_input_paused(&mut self);
+    /// Whether bytes taken from `poll_transmit` but not yet written must be dropped (a
+    /// hello reset the session: see `Server::poll_discard_unsent`). Never for a client.
+    fn poll_discard_unsent(&mut self) -> bool {
+        false
+    }
 }
 
 macro_rules! impl_machine {
-    ($t:ty) => {
+    ($t:ty $(, $($extra:tt)*)?) => {
         impl Machine for $t {
             fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
                 <$t>::handle_bytes(self, now, data)
@@ -58,9 +65,18 @@ macro_rules! impl_machine {
             fn accepts_input(&self) -> bool {
                 <$t>::accepts_input(self)
             }
+            fn handle_input_paused(&mut self) {
+                <$t>::handle_input_paused(self)
+            }
+            $($($extra)*)?
         }
     };
 }
 
 impl_machine!(Client);
-impl_machine!(Server);
+impl_machine!(
+    Server,
+    fn poll_discard_unsent(&mut self) -> bool {
+        Server::poll_discard_unsent(self)
+    }
+);

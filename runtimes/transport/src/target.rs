@@ -193,6 +193,19 @@ impl Endpoint {
             Endpoint::Local => "local",
         }
     }
+
+    /// Whether a client's link to the agent may run over a device (serial tty or
+    /// virtio-serial port) that outlives its clients: `serial` and `virtio`, and `unix`,
+    /// since QEMU exposes a guest's serial and virtio-serial ports as unix sockets. On such
+    /// a link the agent cannot see one client leave and the next arrive, so a client
+    /// should use `ClientConfig::for_device_link` (skip a previous session's leftovers
+    /// before the hello reply; say hello again if the first one got lost).
+    pub fn may_be_device_link(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::Serial { .. } | Endpoint::Virtio { .. } | Endpoint::Unix { .. }
+        )
+    }
 }
 
 impl FromStr for Target {

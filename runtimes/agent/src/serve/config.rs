@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tuppence::link::DEVICE_STALE_PARTIAL_AFTER;
+
 /// Agent settings. Every per-connection resource has a bound here.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -16,6 +18,10 @@ pub struct AgentConfig {
     /// Keepalive offered on serial and virtio ports, seconds; 0 = off (a tty has no
     /// disconnect, so silence is normal there).
     pub port_keepalive: u16,
+    /// On serial and virtio ports, the start of a packet followed by this much silence is
+    /// dropped as line noise when new bytes arrive (a client that died mid-write must not
+    /// eat the next client's hello: see `Limits::stale_partial_after`). `None` = never.
+    pub port_stale_partial_after: Option<Duration>,
     /// Users commands and transfers may run as; `None` = any.
     pub allow_users: Option<Vec<Vec<u8>>>,
     /// Whether a client's `q` stops the agent.
@@ -38,6 +44,7 @@ impl Default for AgentConfig {
             default_timeout: Duration::from_secs(60),
             socket_keepalive: 60,
             port_keepalive: 0,
+            port_stale_partial_after: Some(DEVICE_STALE_PARTIAL_AFTER),
             allow_users: None,
             allow_quit: true,
             audit: true,

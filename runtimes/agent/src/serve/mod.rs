@@ -273,25 +273,32 @@ impl Agent {
         transport.set_nonblocking(true)?;
         let kind = transport.kind();
         let cid = self.allocate_cid();
-        let keepalive = match kind {
-            TransportKind::Serial | TransportKind::Virtio => self.config.port_keepalive,
-            _ => self.config.socket_keepalive,
+        let device = matches!(kind, TransportKind::Serial | TransportKind::Virtio);
+        let keepalive = if device {
+            self.config.port_keepalive
+        } else {
+            self.config.socket_keepalive
         };
-        let server = Server::new(
-            ServerConfig {
-                cid,
-                dialect: None,
-                keepalive,
-                default_command_timeout: self.config.default_timeout,
-                limits: Limits {
-                    max_transactions: self.config.max_transactions,
-                    max_transmit_buffer: self.config.transmit_limit,
-                    max_events: self.max_events(),
-                    ..Limits::default()
-                },
+        let mut server_config = ServerConfig {
+            cid,
+            dialect: None,
+            keepalive,
+            default_command_timeout: self.config.default_timeout,
+            hello_resets_session: false,
+            limits: Limits {
+                max_transactions: self.config.max_transactions,
+                max_transmit_buffer: self.config.transmit_limit,
+                max_events: self.max_events(),
+                ..Limits::default()
             },
-            Instant::now(),
-        );
+        };
+        if device {
+            // A port outlives its clients and cannot tell when one leaves: a hello starts
+            // a new session, and a vanished client's unfinished packet is line noise.
+            server_config.hello_resets_session = true;
+            server_config.limits.stale_partial_after = self.config.port_stale_partial_after;
+        }
+        let server = Server::new(server_config, Instant::now());
         let id = self.driver.add(LinkIo::new(transport, server))?;
         self.trail.push(&AuditEvent::Connect { cid, peer: &peer });
         if self.config.audit {
@@ -411,28 +418,7 @@ impl Agent {
             if self.config.audit {
                 info!(cid = conn.cid, peer = %conn.peer, reason = %err, "client disconnected");
             }
-            // Every command's start record gets its end: these are killed now.
-            for (&xid, tx) in &conn.txs {
-                if let Tx::Command(c) = tx {
-                    let end = match c.status {
-                        Some(ExitStatus::Exited(code)) => CommandEnd::Exited(code),
-                        Some(ExitStatus::Signaled(sig)) => CommandEnd::Signaled(sig),
-                        None => CommandEnd::Signaled(libc::SIGKILL),
-                    };
-                    let pid = c.child.pid();
-                    if self.config.audit {
-                        info!(cid = conn.cid, xid, pid, end = ?end, "command ended with its connection");
-                    }
-                    self.trail.push(&AuditEvent::CommandEnd {
-                        cid: conn.cid,
-                        xid,
-                        pid,
-                        end,
-                    });
-                }
-            }
-            self.trail.push(&AuditEvent::Disconnect { cid: conn.cid });
-            self.drop_txs(conn.txs);
+            self.end_session(conn.cid, conn.txs);
             if let Some(slot) = conn.listener.and_then(|i| self.listeners.get_mut(i))
                 && slot.device_conn == Some(id)
             {
@@ -440,6 +426,32 @@ impl Agent {
                 slot.retry_at = Some(now);
             }
         }
+    }
+
+    /// A client is gone (disconnected, or replaced on a device link by a new client's
+    /// hello): records the end of every command it had running, then kills and reaps
+    /// them, stops its monitors and removes its partial files.
+    fn end_session(&mut self, cid: u16, txs: HashMap<u16, Tx>) {
+        // Every command's start record gets its end: these are killed now.
+        let mut xids: Vec<u16> = txs.keys().copied().collect();
+        xids.sort_unstable();
+        for xid in xids {
+            if let Some(Tx::Command(c)) = txs.get(&xid) {
+                let end = match c.status {
+                    Some(ExitStatus::Exited(code)) => CommandEnd::Exited(code),
+                    Some(ExitStatus::Signaled(sig)) => CommandEnd::Signaled(sig),
+                    None => CommandEnd::Signaled(libc::SIGKILL),
+                };
+                let pid = c.child.pid();
+                if self.config.audit {
+                    info!(cid, xid, pid, end = ?end, "command ended with its connection");
+                }
+                self.trail
+                    .push(&AuditEvent::CommandEnd { cid, xid, pid, end });
+            }
+        }
+        self.trail.push(&AuditEvent::Disconnect { cid });
+        self.drop_txs(txs);
     }
 
     /// Kills and reaps what transactions started, removes partial files.
@@ -676,6 +688,21 @@ impl Agent {
     fn on_event(&mut self, id: ConnId, ev: ServerEvent, now: Instant) {
         let cid = self.conns.get(&id).map_or(0, |c| c.cid);
         match ev {
+            ServerEvent::SessionReset { aborted } => {
+                // A device link: the previous client vanished without a trace and a new
+                // one said hello. Everything still live belonged to the one that left
+                // (the machine has already forgotten it); clean up as on a disconnect.
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                let txs = std::mem::take(&mut conn.txs);
+                let peer = conn.peer.clone();
+                if self.config.audit {
+                    info!(cid, %peer, transactions = aborted.len(), "session reset: a new client said hello; the previous one is gone");
+                }
+                self.end_session(cid, txs);
+                self.trail.push(&AuditEvent::Connect { cid, peer: &peer });
+            }
             ServerEvent::Hello {
                 client_version,
                 keepalive,

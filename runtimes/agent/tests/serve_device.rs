@@ -1,0 +1,427 @@
+//! The agent on a serial line, with a pty pair standing in for the cable: the agent serves
+//! the slave as `--serial` does, the tests are the host on the master. A pty, like a real
+//! line, has no disconnect: a client that vanishes leaves no trace, and the next client's
+//! bytes arrive on the same line.
+
+mod agent_harness;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use agent_harness::{PATIENCE, TempDir, dead, eventually, first_line_pid, quiet_config};
+use bytes::Bytes;
+use rustix::event::{PollFd, PollFlags, poll};
+use tuppence::link::ClientConfig;
+use tuppence::wire::{CommandRequest, Decoder, Dialect, Frame, Hello, Packet, Sender};
+use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
+use tuppence_blocking::Session;
+use tuppence_transport::{Listener, SerialLink, Transport};
+
+/// The cable: a pty whose slave the agent serves. The master (the host's end) stays open
+/// for the whole test, as a real line stays plugged in between clients.
+struct Line {
+    master: OwnedFd,
+    slave: PathBuf,
+}
+
+impl Line {
+    fn open() -> Line {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let mut t = rustix::termios::tcgetattr(&master).expect("tcgetattr");
+        t.make_raw();
+        rustix::termios::tcsetattr(&master, rustix::termios::OptionalActions::Now, &t)
+            .expect("tcsetattr");
+        let name = ptsname(&master, Vec::new()).expect("ptsname");
+        let slave = PathBuf::from(name.to_str().expect("utf-8 pts name"));
+        Line { master, slave }
+    }
+
+    /// A client speaking hand-made 4.0 packets on the host's end.
+    fn raw_client(&self) -> RawClient {
+        RawClient {
+            fd: self.master.try_clone().expect("dup master"),
+            dec: Decoder::new(Dialect::V4, Sender::Server),
+            cid: 0,
+        }
+    }
+
+    /// The host's end as a transport for `tuppence_blocking::Session`.
+    fn transport(&self) -> Transport {
+        let port = serial2::SerialPort::from(self.master.try_clone().expect("dup master"));
+        Transport::Serial(SerialLink::from_serial_port(port).expect("serial link"))
+    }
+}
+
+struct RawClient {
+    fd: OwnedFd,
+    dec: Decoder,
+    cid: u16,
+}
+
+impl RawClient {
+    fn send(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = rustix::io::write(&self.fd, bytes).expect("write to the line");
+            bytes = &bytes[n..];
+        }
+    }
+
+    fn send_packet(&mut self, xid: u16, packet: &Packet) {
+        let bytes = packet.to_bytes(Dialect::V4, self.cid, xid).unwrap();
+        self.send(&bytes);
+    }
+
+    /// The next packet from the agent, `None` after `limit`.
+    fn next_frame(&mut self, limit: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(frame) = self.dec.next_frame().expect("the agent sent a bad packet") {
+                return Some(frame);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let ts = rustix::time::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&ts)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => panic!("poll: {e}"),
+            }
+            let n = rustix::io::read(&self.fd, &mut buf).expect("read the line");
+            self.dec.push(&buf[..n]);
+        }
+    }
+
+    /// Reads raw bytes up to and including `pattern` (which must come within PATIENCE);
+    /// what follows it is decoded as usual. Returns the bytes skipped before it.
+    fn skip_to(&mut self, pattern: &[u8]) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(at) = seen.windows(pattern.len()).position(|w| w == pattern) {
+                self.dec.push(&seen[at + pattern.len()..]);
+                return at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {pattern:02x?} within {PATIENCE:?}"
+            );
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            let ts = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            };
+            if matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
+                let n = rustix::io::read(&self.fd, &mut buf).expect("read the line");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+
+    /// Says hello; the very first packet back must be the reply (nothing stale before
+    /// it). Returns the cid.
+    fn hello(&mut self) -> u16 {
+        self.send_packet(
+            0,
+            &Packet::Hello(Hello {
+                major: 4,
+                minor: 0,
+                keepalive: 0,
+            }),
+        );
+        let frame = self.next_frame(PATIENCE).expect("hello reply");
+        assert!(
+            matches!(frame.packet, Packet::Hello(_)),
+            "the first packet on the line after a new hello was not its reply: {frame:?}"
+        );
+        self.cid = frame.cid;
+        frame.cid
+    }
+
+    fn run(&mut self, xid: u16, command: &str) {
+        self.send_packet(
+            xid,
+            &Packet::Command(CommandRequest {
+                user: Bytes::from(agent_harness_user()),
+                command: Bytes::copy_from_slice(command.as_bytes()),
+                timeout: 0,
+                request_tty: 0,
+                reserved: [0, 0],
+                env: Vec::new(),
+            }),
+        );
+    }
+
+    /// Every packet until (and with) the one `stop` accepts; panics on a packet for
+    /// another xid (a stale one) or after PATIENCE.
+    fn frames_until(&mut self, xid: u16, stop: impl Fn(&Packet) -> bool) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        loop {
+            let frame = self
+                .next_frame(PATIENCE)
+                .unwrap_or_else(|| panic!("no answer for xid {xid}; got {seen:?}"));
+            assert_eq!(
+                (frame.cid, frame.xid),
+                (self.cid, xid),
+                "a packet that is not ours: {frame:?} (after {seen:?})"
+            );
+            let done = stop(&frame.packet);
+            seen.push(frame.packet);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+fn agent_harness_user() -> Vec<u8> {
+    tuppence_agent::User::current()
+        .expect("the current user has a passwd entry")
+        .name()
+        .to_vec()
+}
+
+/// An agent serving the line from a thread; dropping it stops the agent.
+struct SerialAgent {
+    stop: StopHandle,
+    handle: Option<JoinHandle<std::io::Result<RunEnd>>>,
+}
+
+impl SerialAgent {
+    fn start(config: AgentConfig, slave: &Path) -> SerialAgent {
+        let listener = Listener::serial(slave, 115_200).expect("serve the pty slave");
+        let mut agent = Agent::new(config).unwrap();
+        agent.add_listener(listener).unwrap();
+        let stop = agent.stop_handle().unwrap();
+        let handle = std::thread::Builder::new()
+            .name("agent".into())
+            .spawn(move || agent.run())
+            .unwrap();
+        SerialAgent {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for SerialAgent {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The status sequence of `echo hi` in 4.0: exactly this, nothing stale in between.
+fn echo_hi(xid: u16, client: &mut RawClient) {
+    client.run(xid, "echo hi");
+    client.send_packet(xid, &Packet::Eof { channel: 0 });
+    let got = client.frames_until(xid, |p| matches!(p, Packet::Minor(_)));
+    let data = Packet::Data {
+        channel: 1,
+        data: Bytes::from_static(b"hi\n"),
+    };
+    // (stdout's data comes before its EOF; stderr's EOF may come first)
+    let eofs = [Packet::Eof { channel: 1 }, Packet::Eof { channel: 2 }];
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got[3..], [Packet::Major(0), Packet::Minor(0)], "{got:?}");
+    assert!(
+        eofs.iter().all(|e| got[..3].contains(e)) && got[..3].contains(&data),
+        "{got:?}"
+    );
+    let pos = |p: &Packet| got.iter().position(|g| g == p);
+    assert!(pos(&data) < pos(&eofs[0]), "{got:?}");
+}
+
+/// Client A starts `sleep 100` and an inject it never finishes, then vanishes without a
+/// word (on a pty the agent sees nothing). Client B's hello ends A's session: A's process
+/// group is killed, the partial file removed and not committed, and B's commands (the
+/// same xids as A's) work and see nothing of A's session.
+#[test]
+fn new_client_on_a_serial_line_ends_the_vanished_clients_session() {
+    let line = Line::open();
+    let files = TempDir::new("device");
+    let _agent = SerialAgent::start(quiet_config(), &line.slave);
+
+    let mut a = line.raw_client();
+    let cid = a.hello();
+    a.run(1, "echo $$; exec sleep 100");
+    let out = a.frames_until(1, |p| matches!(p, Packet::Data { channel: 1, .. }));
+    let Some(Packet::Data { data, .. }) = out.last() else {
+        unreachable!()
+    };
+    let pid = first_line_pid(data);
+    let target = files.join("target.bin");
+    a.send_packet(
+        2,
+        &Packet::Inject {
+            user: Bytes::from(agent_harness_user()),
+            path: Bytes::from(target.to_str().unwrap().to_owned()),
+            mode: 0o600,
+        },
+    );
+    assert_eq!(a.frames_until(2, |_| true), vec![Packet::Major(0)]);
+    a.send_packet(
+        2,
+        &Packet::Data {
+            channel: 0,
+            data: Bytes::from_static(b"the first half of a file"),
+        },
+    );
+    assert!(
+        eventually(PATIENCE, || entries(files.path()).len() == 1),
+        "no temporary file: {:?}",
+        entries(files.path())
+    );
+    // A vanishes: nothing is closed, nothing is said.
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!dead(pid), "the agent cannot know A is gone yet");
+
+    let mut b = line.raw_client();
+    assert_eq!(b.hello(), cid, "the same port session keeps its cid");
+    assert!(
+        eventually(PATIENCE, || dead(pid)),
+        "A's sleep survived B's hello"
+    );
+    assert!(
+        eventually(PATIENCE, || entries(files.path()).is_empty()),
+        "A's partial file is still there: {:?}",
+        entries(files.path())
+    );
+    // B's xids are A's: with A's session still live, 1 would be A's sleep and the EOF on
+    // 2 would commit A's half file.
+    echo_hi(1, &mut b);
+    b.send_packet(2, &Packet::Eof { channel: 0 });
+    echo_hi(3, &mut b);
+    assert!(!target.exists(), "A's half file was committed");
+    assert_eq!(
+        b.next_frame(Duration::from_millis(300)),
+        None,
+        "more packets than B asked for"
+    );
+}
+
+/// A client dies in the middle of writing a keepalive: its first 3 bytes stay in the
+/// agent's decoder. After a silence longer than the port's limit they are line noise: the
+/// next client's hello is answered (on the same session: no framing error, no reopen).
+#[test]
+fn stale_partial_packet_does_not_eat_the_next_hello() {
+    let line = Line::open();
+    let config = AgentConfig {
+        port_stale_partial_after: Some(Duration::from_millis(300)),
+        ..quiet_config()
+    };
+    let _agent = SerialAgent::start(config, &line.slave);
+    let mut a = line.raw_client();
+    let cid = a.hello();
+    let keepalive = Packet::Keepalive.to_bytes(Dialect::V4, cid, 0).unwrap();
+    a.send(&keepalive[..3]);
+    drop(a);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut b = line.raw_client();
+    assert_eq!(
+        b.hello(),
+        cid,
+        "the agent reopened the port (framing error?)"
+    );
+    echo_hi(1, &mut b);
+}
+
+/// The same leftover, and the next client comes at once: its hello is glued to the
+/// leftover and lost. The client's retry (after a silence longer than the agent's limit)
+/// gets it through; `Session` with the device-link settings, as the CLI uses it.
+#[test]
+fn client_hello_retry_recovers_a_hello_glued_to_a_leftover() {
+    let line = Line::open();
+    let _agent = SerialAgent::start(quiet_config(), &line.slave);
+    let mut a = line.raw_client();
+    let cid = a.hello();
+    let keepalive = Packet::Keepalive.to_bytes(Dialect::V4, cid, 0).unwrap();
+    a.send(&keepalive[..3]);
+    drop(a);
+
+    let t0 = Instant::now();
+    let session = Session::new(
+        line.transport(),
+        ClientConfig::default().for_device_link(),
+        PATIENCE,
+    )
+    .expect("connect through the retry");
+    assert!(
+        t0.elapsed() >= tuppence::link::DEVICE_HELLO_RETRY,
+        "connected before the retry: was the hello really glued? ({:?})",
+        t0.elapsed()
+    );
+    assert_eq!(session.info().cid, cid);
+    let out = session
+        .output(tuppence::link::Command::new("echo ok").user(agent_harness_user()))
+        .expect("run");
+    assert_eq!(out.stdout, b"ok\n");
+}
+
+/// A vanished client leaves a backlog: its command writes far more than the line takes
+/// (the agent's queues and the tty fill up). The new client's hello drops all of it (the
+/// machine's queue, the bytes the agent took but had not written, the tty's output queue):
+/// after the hello reply, nothing of the old output follows. What the line delivered
+/// before the agent read the hello cannot be taken back; the client skips it (see
+/// `ClientConfig::resync_before_hello`), as this test does by hand.
+#[test]
+fn old_output_backlog_does_not_reach_the_new_client() {
+    let line = Line::open();
+    let _agent = SerialAgent::start(quiet_config(), &line.slave);
+    let mut a = line.raw_client();
+    let cid = a.hello();
+    a.run(1, "exec yes old-output");
+    let first = a.frames_until(1, |p| matches!(p, Packet::Data { .. }));
+    assert!(!first.is_empty());
+    drop(a);
+    // Let the agent fill everything between the command and the line.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut b = line.raw_client();
+    let hello = Packet::Hello(Hello {
+        major: 4,
+        minor: 0,
+        keepalive: 0,
+    });
+    b.send_packet(0, &hello);
+    let reply = hello.to_bytes(Dialect::V4, cid, 0).unwrap();
+    let before = b.skip_to(&reply);
+    b.cid = cid;
+    echo_hi(1, &mut b);
+    assert_eq!(
+        b.next_frame(Duration::from_millis(300)),
+        None,
+        "more packets than B asked for"
+    );
+    println!("{before} bytes of the old session were on the line before the hello reply");
+    // What the pty itself buffers (tens of KiB); without the discard the agent's own
+    // backlog (256 KiB and more) came first too.
+    assert!(
+        before < 128 * 1024,
+        "{before} bytes of the old session came before the hello reply"
+    );
+}
