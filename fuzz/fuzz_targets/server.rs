@@ -232,6 +232,9 @@ impl Harness {
             assert!(events <= self.max_events + 2, "{events} events queued");
         }
         if !self.inbox.is_empty() {
+            // Held bytes (the server pushed back) are answered now: credit them again, the
+            // budget of their arrival went with the last transmit.
+            self.budget += 4 * self.inbox.len() + 64;
             self.feed();
             while self.server.poll_event().is_some() {}
         }
