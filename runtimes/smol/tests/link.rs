@@ -474,6 +474,67 @@ fn a_consumer_that_stops_reading_stops_the_transport() {
 }
 
 #[test]
+fn batched_output_keeps_order_and_event_boundaries() {
+    smol::block_on(guard(30, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let (session, _server) = connect(a, b, ToyAgent::new(), ClientConfig::default()).await;
+        // More events than a batch (half the inbox) holds.
+        let mut run = session.run(Command::new("count 3000")).await.unwrap();
+        let mut i = 0;
+        while let Some(ev) = run.next().await {
+            match ev {
+                RunEvent::Stdout(d) => {
+                    assert_eq!(d, format!("{i}\n").as_bytes());
+                    i += 1;
+                }
+                RunEvent::Finished(o) => assert_eq!(o, Outcome::Exited(0)),
+                RunEvent::Stderr(d) => panic!("unexpected stderr {d:?}"),
+            }
+        }
+        assert_eq!(i, 3000);
+    }));
+}
+
+#[test]
+fn a_consumer_holding_a_batch_still_stops_the_transport() {
+    smol::block_on(guard(30, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let agent = ToyAgent::new();
+        let produced = agent.flood_sent.clone();
+        let config = ClientConfig {
+            limits: Limits {
+                max_events: 32,
+                ..Limits::default()
+            },
+            ..ClientConfig::default()
+        };
+        let (session, _server) = connect(a, b, agent, config).await;
+        let mut run = session.run(Command::new("flood 64")).await.unwrap();
+        // Let the inbox fill, then take a batch (up to half the inbox) and keep it
+        // unread.
+        Timer::after(Duration::from_millis(300)).await;
+        let stalled_at = produced.load(Ordering::SeqCst);
+        let Some(RunEvent::Stdout(first)) = run.next().await else {
+            panic!("no output");
+        };
+        Timer::after(Duration::from_millis(300)).await;
+        // The batch still counts against the inbox's bound: taking it made no room.
+        let more = produced.load(Ordering::SeqCst) - stalled_at;
+        assert!(
+            more < 256 << 10,
+            "{more} bytes produced while the batch sat unread"
+        );
+        let mut total = first.len();
+        while let Some(ev) = run.next().await {
+            if let RunEvent::Stdout(d) = ev {
+                total += d.len();
+            }
+        }
+        assert_eq!(total, 64 << 20);
+    }));
+}
+
+#[test]
 fn dropping_every_handle_closes_the_connection() {
     smol::block_on(guard(10, async {
         let (a, b) = Async::<UnixStream>::pair().unwrap();
