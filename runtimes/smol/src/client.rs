@@ -50,6 +50,10 @@ pub struct ConnectInfo {
 pub(crate) struct Inbox {
     events: VecDeque<ClientEvent>,
     bytes: usize,
+    /// Events and data bytes of the batch the consumer took last (see [`Batch`]): still
+    /// counted against the bound until it comes back for more.
+    lent_events: usize,
+    lent_bytes: usize,
     waker: Option<std::task::Waker>,
     /// The handle was dropped: events are discarded until `Finished`.
     detached: bool,
@@ -59,7 +63,33 @@ pub(crate) struct Inbox {
 
 impl Inbox {
     fn is_full(&self) -> bool {
-        self.events.len() >= INBOX_EVENTS || self.bytes >= INBOX_BYTES
+        self.events.len().saturating_add(self.lent_events) >= INBOX_EVENTS
+            || self.bytes.saturating_add(self.lent_bytes) >= INBOX_BYTES
+    }
+
+    /// At most half the bound, so the driver can fill the other half meanwhile.
+    fn is_low(&self) -> bool {
+        self.events.len().saturating_add(self.lent_events) <= INBOX_EVENTS / 2
+            && self.bytes.saturating_add(self.lent_bytes) <= INBOX_BYTES / 2
+    }
+
+    /// Moves the front events into `out`, up to half the bound (at least one), and
+    /// records them as lent; what the previous batch lent is returned first.
+    fn lend(&mut self, out: &mut VecDeque<ClientEvent>) {
+        self.lent_events = 0;
+        self.lent_bytes = 0;
+        while let Some(ev) = self.events.front() {
+            let len = data_len(ev);
+            let fits = self.lent_events < INBOX_EVENTS / 2
+                && self.lent_bytes.saturating_add(len) <= INBOX_BYTES / 2;
+            if self.lent_events > 0 && !fits {
+                break;
+            }
+            let Some(ev) = self.pop() else { break };
+            self.lent_events += 1;
+            self.lent_bytes = self.lent_bytes.saturating_add(len);
+            out.push_back(ev);
+        }
     }
 
     fn push(&mut self, ev: ClientEvent) {
@@ -92,6 +122,23 @@ fn event_xid(ev: &ClientEvent) -> Option<u16> {
         | ClientEvent::Finished { xid, .. } => Some(*xid),
         _ => None,
     }
+}
+
+/// What a transaction reports when the link ended before its `Finished` was routed.
+fn lost(xid: u16, end: Option<&End>) -> ClientEvent {
+    ClientEvent::Finished {
+        xid,
+        outcome: Outcome::LinkLost(end.map_or(LinkError::Closed, End::link_error)),
+    }
+}
+
+/// Events a consumer took from its inbox in one go (one lock, one wake of the driver,
+/// for up to half the inbox), kept by the handle and handed out in order. They still
+/// count against the inbox's bound until the consumer takes the next batch, so the
+/// bound of 256 events or 1 MiB per transaction covers both.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    events: VecDeque<ClientEvent>,
 }
 
 /// The client half of the state behind the session's mutex.
@@ -501,10 +548,7 @@ impl Session {
     pub(crate) fn poll_inbox(&self, xid: u16, cx: Option<&mut Context<'_>>) -> Poll<ClientEvent> {
         let shared = self.shared();
         let mut g = shared.lock();
-        let lost = |end: Option<&End>| ClientEvent::Finished {
-            xid,
-            outcome: Outcome::LinkLost(end.map_or(LinkError::Closed, End::link_error)),
-        };
+        let lost = |end: Option<&End>| lost(xid, end);
         let held = g.link.held.is_some() || g.stalled;
         let end = g.end.clone();
         let Some(inbox) = g.link.inboxes.get_mut(&xid) else {
@@ -514,7 +558,7 @@ impl Session {
             // Room in an inbox may let the driver route (and read) again. Not at every
             // event: woken for each, the driver refilled the inbox one event at a time,
             // two thread switches per event (up to 19 000 per 256 MiB of output).
-            let low = inbox.events.len() <= INBOX_EVENTS / 2 && inbox.bytes <= INBOX_BYTES / 2;
+            let low = inbox.is_low();
             if matches!(ev, ClientEvent::Finished { .. }) {
                 g.link.inboxes.remove(&xid);
             }
@@ -540,6 +584,61 @@ impl Session {
         Poll::Pending
     }
 
+    /// The next event of `xid` for a consumer that keeps a [`Batch`]: taken from the
+    /// batch without locking; when it is empty, the lock is taken once to move up to
+    /// half the inbox into it. Otherwise as [`Session::poll_inbox`].
+    pub(crate) fn poll_batch(
+        &self,
+        xid: u16,
+        batch: &mut Batch,
+        cx: &mut Context<'_>,
+    ) -> Poll<ClientEvent> {
+        if let Some(ev) = batch.events.pop_front() {
+            return Poll::Ready(ev);
+        }
+        let shared = self.shared();
+        let mut g = shared.lock();
+        let held = g.link.held.is_some() || g.stalled;
+        let end = g.end.clone();
+        let Some(inbox) = g.link.inboxes.get_mut(&xid) else {
+            return Poll::Ready(lost(xid, end.as_ref()));
+        };
+        inbox.lend(&mut batch.events);
+        if let Some(ev) = batch.events.pop_front() {
+            let low = inbox.is_low();
+            // `Finished` is the last event a transaction routes.
+            let last = batch.events.back().unwrap_or(&ev);
+            let finished = matches!(last, ClientEvent::Finished { .. });
+            if finished {
+                g.link.inboxes.remove(&xid);
+            }
+            let w = if held && low { g.take_driver() } else { None };
+            drop(g);
+            if let Some(w) = w {
+                w.wake();
+            }
+            return Poll::Ready(ev);
+        }
+        if end.is_some() {
+            g.link.inboxes.remove(&xid);
+            return Poll::Ready(lost(xid, end.as_ref()));
+        }
+        if !inbox
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inbox.waker = Some(cx.waker().clone());
+        }
+        // The returned batch made room; a held-back driver may route again.
+        let w = if held { g.take_driver() } else { None };
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Poll::Pending
+    }
+
     /// Stops delivering events of `xid` (its handle was dropped): what is buffered is
     /// discarded and the driver may read again.
     pub(crate) fn detach(&self, xid: u16) {
@@ -558,6 +657,8 @@ impl Session {
                 inbox.detached = true;
                 inbox.events.clear();
                 inbox.bytes = 0;
+                inbox.lent_events = 0;
+                inbox.lent_bytes = 0;
                 inbox.waker = None;
             }
         }
@@ -589,5 +690,74 @@ impl Session {
     /// The next event of `xid`, waiting for it.
     pub(crate) async fn next_event(&self, xid: u16) -> ClientEvent {
         future::poll_fn(|cx| self.poll_inbox(xid, Some(cx))).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn output(i: usize, len: usize) -> ClientEvent {
+        ClientEvent::Output {
+            xid: 1,
+            channel: 1 + (i % 2) as u16,
+            data: Bytes::from(vec![i as u8; len]),
+        }
+    }
+
+    fn fill(inbox: &mut Inbox, from: usize, len: usize) -> usize {
+        let mut i = from;
+        while !inbox.is_full() {
+            inbox.push(output(i, len));
+            i += 1;
+        }
+        i
+    }
+
+    #[test]
+    fn a_lent_batch_keeps_order_and_counts_against_the_bound() {
+        for len in [0, 100, 32 * 1024, 64 * 1024] {
+            let mut inbox = Inbox::default();
+            let mut next = fill(&mut inbox, 0, len);
+            let mut batch = VecDeque::new();
+            let mut seen = 0;
+            for _ in 0..20 {
+                inbox.lend(&mut batch);
+                assert!(!batch.is_empty());
+                assert!(batch.len() <= INBOX_EVENTS / 2, "{len}");
+                let lent: usize = batch.iter().map(data_len).sum();
+                assert!(lent <= INBOX_BYTES / 2, "{len}: {lent}");
+                // The batch still counts: refilling stops at the same total.
+                next = fill(&mut inbox, next, len);
+                let held = inbox.events.len() + batch.len();
+                assert!(held <= INBOX_EVENTS + 1, "{len}: {held} events");
+                let bytes = inbox.bytes + lent;
+                assert!(bytes < INBOX_BYTES + len.max(1), "{len}: {bytes} bytes");
+                // In order, each event whole, channels as sent.
+                for ev in batch.drain(..) {
+                    let ClientEvent::Output { channel, data, .. } = ev else {
+                        panic!("{ev:?}");
+                    };
+                    assert_eq!(channel, 1 + (seen % 2) as u16);
+                    assert_eq!(data.len(), len);
+                    assert!(data.iter().all(|b| *b == seen as u8));
+                    seen += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_inbox_is_low_again_once_a_batch_is_returned_and_the_rest_lent() {
+        let mut inbox = Inbox::default();
+        fill(&mut inbox, 0, 32 * 1024);
+        let mut batch = VecDeque::new();
+        inbox.lend(&mut batch);
+        assert!(!inbox.is_low());
+        batch.clear();
+        inbox.lend(&mut batch);
+        assert!(inbox.events.is_empty());
+        assert!(inbox.is_low());
     }
 }

@@ -43,8 +43,9 @@
 //!
 //! ## Guarantees
 //!
-//! * **Bounded memory.** Each transaction buffers at most 256 events or 1 MiB of data
-//!   (plus the machine's own bounded queues, see [`tuppence::link::Limits`]); a consumer
+//! * **Bounded memory.** Each transaction buffers at most 256 events or 1 MiB of data,
+//!   counting what its handle took from the driver in one batch but has not handed out
+//!   yet (plus the machine's own bounded queues, see [`tuppence::link::Limits`]); a consumer
 //!   that stops reading makes the driver stop reading the transport. Writers wait while
 //!   the machine's transmit buffer is over its limit.
 //! * **No hangs on a dead link.** End of stream, an I/O error, keepalive expiry (detected

@@ -4,11 +4,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, future};
 use tuppence::link::{ClientEvent, Command, Outcome, Signal, UsageError};
 use tuppence::wire::ProcInfoField;
 
-use crate::client::{Deferred, SEND_PIECE};
+use crate::client::{Batch, Deferred, SEND_PIECE};
 use crate::{Error, Session};
 
 /// errno the agent uses for "no such process".
@@ -53,6 +53,7 @@ impl Session {
                 session: self.clone(),
                 xid,
             },
+            batch: Batch::default(),
             done: false,
         })
     }
@@ -152,8 +153,10 @@ impl Session {
         let xid = self.open(|c| c.extract(user.clone(), path.clone())).await?;
         let mut guard = Transfer::new(self, xid);
         let mut received = 0u64;
+        let mut batch = Batch::default();
         loop {
-            match self.next_event(xid).await {
+            let ev = future::poll_fn(|cx| self.poll_batch(xid, &mut batch, cx)).await;
+            match ev {
                 ClientEvent::Output { data, .. } => {
                     sink.write_all(&data)
                         .await
@@ -181,6 +184,7 @@ impl Session {
         Ok(Monitor {
             session: self.clone(),
             xid,
+            batch: Batch::default(),
             done: false,
         })
     }
@@ -259,6 +263,8 @@ impl RunControl {
 #[derive(Debug)]
 pub struct RunHandle {
     control: RunControl,
+    /// Output taken from the inbox in one go, handed out in order.
+    batch: Batch,
     done: bool,
 }
 
@@ -331,7 +337,8 @@ impl RunHandle {
             if self.done {
                 return Poll::Ready(None);
             }
-            let ev = match self.control.session.poll_inbox(self.control.xid, Some(cx)) {
+            let control = &self.control;
+            let ev = match control.session.poll_batch(control.xid, &mut self.batch, cx) {
                 Poll::Ready(ev) => ev,
                 Poll::Pending => return Poll::Pending,
             };
@@ -374,6 +381,7 @@ impl Drop for RunHandle {
 pub struct Monitor {
     session: Session,
     xid: u16,
+    batch: Batch,
     done: bool,
 }
 
@@ -404,7 +412,7 @@ impl Monitor {
             if self.done {
                 return Poll::Ready(None);
             }
-            let ev = match self.session.poll_inbox(self.xid, Some(cx)) {
+            let ev = match self.session.poll_batch(self.xid, &mut self.batch, cx) {
                 Poll::Ready(ev) => ev,
                 Poll::Pending => return Poll::Pending,
             };

@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -151,6 +152,17 @@ pub(crate) struct Shared<L> {
     pub(crate) room: Event,
     /// Notified on connection-level changes (connected, ended).
     pub(crate) changed: Event,
+    /// The pump holds bytes the transport would not take yet and waits until it can
+    /// write. It takes what the machine queued meanwhile as soon as those are written,
+    /// so an intent that queues data need not wake it. Woken for every piece of inject
+    /// data, the pump polled once for nothing per 64 KiB (a thread switch each when it
+    /// runs on another thread than the producer).
+    ///
+    /// An atomic, set by the pump after its writes (outside the lock): an intent that
+    /// reads a stale `false` only wakes the pump needlessly, and one that reads `true`
+    /// queued its data before the pump's next pass takes the lock (the pump stores
+    /// `false` before that pass), so that pass sees it.
+    writing: AtomicBool,
 }
 
 impl<L: LinkState> Shared<L> {
@@ -166,6 +178,7 @@ impl<L: LinkState> Shared<L> {
             }),
             room: Event::new(),
             changed: Event::new(),
+            writing: AtomicBool::new(false),
         }
     }
 
@@ -187,7 +200,7 @@ impl<L: LinkState> Shared<L> {
                 g.check()?;
                 match f(&mut g.link) {
                     Ok(v) => {
-                        let w = g.take_driver();
+                        let w = self.take_driver_for_data(&mut g);
                         drop(g);
                         if let Some(w) = w {
                             w.wake();
@@ -212,12 +225,22 @@ impl<L: LinkState> Shared<L> {
         let mut g = self.lock();
         g.check()?;
         let v = f(&mut g.link)?;
-        let w = g.take_driver();
+        let w = self.take_driver_for_data(&mut g);
         drop(g);
         if let Some(w) = w {
             w.wake();
         }
         Ok(v)
+    }
+
+    /// The pump's waker after an intent queued bytes, unless the pump is busy writing
+    /// (see `writing`).
+    fn take_driver_for_data(&self, g: &mut Guarded<L>) -> Option<Waker> {
+        if self.writing.load(Ordering::Relaxed) {
+            None
+        } else {
+            g.take_driver()
+        }
     }
 
     /// Waits until the transmit buffer is below its limit (`ok` says so), or the end.
@@ -418,6 +441,9 @@ where
                 Poll::Pending => break,
             }
         }
+        self.shared
+            .writing
+            .store(self.tx_len > 0, Ordering::Relaxed);
         if wrote && self.tx_len == 0 {
             // Sockets and files do not buffer; a buffering stream reports errors on the
             // next write, so a pending or failed flush is not acted on here.

@@ -313,6 +313,60 @@ async fn silent_server(mut io: Async<UnixStream>, keepalive: u16) {
     }
 }
 
+/// A peer that answers the hello, reads nothing for `pause`, then reads packets and
+/// returns their types up to and including the first `X` (end of stdin).
+async fn slow_reader(mut io: Async<UnixStream>, pause: Duration) -> Vec<u8> {
+    let mut hello = [0u8; 12];
+    io.read_exact(&mut hello).await.unwrap();
+    let mut reply = BytesMut::new();
+    Packet::Hello(Hello {
+        major: 4,
+        minor: 0,
+        keepalive: 0,
+    })
+    .encode(Dialect::V4, 2, 0, &mut reply)
+    .unwrap();
+    io.write_all(&reply).await.unwrap();
+    Timer::after(pause).await;
+    let mut types = Vec::new();
+    loop {
+        let mut header = [0u8; 8];
+        io.read_exact(&mut header).await.unwrap();
+        types.push(header[0]);
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let mut payload = vec![0u8; len - 8];
+        io.read_exact(&mut payload).await.unwrap();
+        if header[0] == b'X' {
+            return types;
+        }
+    }
+}
+
+#[test]
+fn requests_made_while_the_driver_waits_to_write_are_sent() {
+    // The driver is not woken for data queued while the transport is full (it takes
+    // that data once its pending write completes); this checks nothing is left behind.
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let peer = smol::spawn(slow_reader(b, Duration::from_millis(300)));
+        let session = Session::new(a, ClientConfig::default()).await.unwrap();
+        let run = session.run(Command::new("cat")).await.unwrap();
+        // More than the socket buffer but less than the machine's transmit limit, so
+        // this returns while the driver is left waiting to write.
+        const STDIN: usize = 768 << 10;
+        run.write_stdin(vec![7u8; STDIN]).await.unwrap();
+        Timer::after(Duration::from_millis(100)).await;
+        assert!(!peer.is_finished());
+        run.close_stdin().await.unwrap();
+        session.flush().await.unwrap();
+        let types = peer.await;
+        assert_eq!(types.first(), Some(&b'c'));
+        assert_eq!(types.last(), Some(&b'X'));
+        assert!(types[1..types.len() - 1].iter().all(|t| *t == b'D'));
+        assert_eq!(types.len(), 2 + STDIN.div_ceil(32758));
+    }));
+}
+
 #[test]
 fn client_detects_keepalive_expiry_with_a_real_timer() {
     smol::block_on(guard(10, async {
@@ -415,6 +469,67 @@ fn a_consumer_that_stops_reading_stops_the_transport() {
             }
         }
         assert_eq!(outcome, Some(Outcome::Exited(0)));
+        assert_eq!(total, 64 << 20);
+    }));
+}
+
+#[test]
+fn batched_output_keeps_order_and_event_boundaries() {
+    smol::block_on(guard(30, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let (session, _server) = connect(a, b, ToyAgent::new(), ClientConfig::default()).await;
+        // More events than a batch (half the inbox) holds.
+        let mut run = session.run(Command::new("count 3000")).await.unwrap();
+        let mut i = 0;
+        while let Some(ev) = run.next().await {
+            match ev {
+                RunEvent::Stdout(d) => {
+                    assert_eq!(d, format!("{i}\n").as_bytes());
+                    i += 1;
+                }
+                RunEvent::Finished(o) => assert_eq!(o, Outcome::Exited(0)),
+                RunEvent::Stderr(d) => panic!("unexpected stderr {d:?}"),
+            }
+        }
+        assert_eq!(i, 3000);
+    }));
+}
+
+#[test]
+fn a_consumer_holding_a_batch_still_stops_the_transport() {
+    smol::block_on(guard(30, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let agent = ToyAgent::new();
+        let produced = agent.flood_sent.clone();
+        let config = ClientConfig {
+            limits: Limits {
+                max_events: 32,
+                ..Limits::default()
+            },
+            ..ClientConfig::default()
+        };
+        let (session, _server) = connect(a, b, agent, config).await;
+        let mut run = session.run(Command::new("flood 64")).await.unwrap();
+        // Let the inbox fill, then take a batch (up to half the inbox) and keep it
+        // unread.
+        Timer::after(Duration::from_millis(300)).await;
+        let stalled_at = produced.load(Ordering::SeqCst);
+        let Some(RunEvent::Stdout(first)) = run.next().await else {
+            panic!("no output");
+        };
+        Timer::after(Duration::from_millis(300)).await;
+        // The batch still counts against the inbox's bound: taking it made no room.
+        let more = produced.load(Ordering::SeqCst) - stalled_at;
+        assert!(
+            more < 256 << 10,
+            "{more} bytes produced while the batch sat unread"
+        );
+        let mut total = first.len();
+        while let Some(ev) = run.next().await {
+            if let RunEvent::Stdout(d) = ev {
+                total += d.len();
+            }
+        }
         assert_eq!(total, 64 << 20);
     }));
 }
