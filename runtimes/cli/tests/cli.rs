@@ -617,3 +617,62 @@ fn sniff_serve_and_request_through_the_cli() {
     let out = run(&["sniff", "frobnicate"]);
     assert_eq!(code(&out), 204);
 }
+
+/// A peer sending garbage cannot flood the agent's log: the first violations are logged,
+/// the rest counted and reported once when the connection ends.
+#[test]
+fn protocol_violations_are_logged_a_bounded_number_of_times() {
+    let dir = TempDir::new("violations");
+    let sock = dir.path().join("agent.sock");
+    let mut child = tuppence()
+        .args(["serve", "--no-audit", "--unix"])
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ready line");
+    assert!(ready.contains("ready on"), "{ready}");
+    {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        // 100 packets of an unknown type 'Z' (4.0 header: type, reserved, len 8, cid, xid).
+        let garbage: Vec<u8> = (0..100u16)
+            .flat_map(|xid| {
+                let x = xid.to_be_bytes();
+                [b'Z', 0, 0, 8, 0, 1, x[0], x[1]]
+            })
+            .collect();
+        s.write_all(&garbage).expect("write");
+        // Each is answered (71); read a little so the agent has taken them all.
+        let mut answers = vec![0u8; 100 * 12];
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.read_exact(&mut answers).expect("100 answers");
+    }
+    let mut logged = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let summary = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("the summary line");
+        if line.contains("protocol violation:") {
+            logged += 1;
+        }
+        if line.contains("protocol violations in all") {
+            break line;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(logged, 10);
+    assert!(summary.contains("violations=100"), "{summary}");
+}

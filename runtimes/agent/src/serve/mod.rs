@@ -100,7 +100,13 @@ struct Conn {
     peer: String,
     listener: Option<usize>,
     txs: HashMap<u16, Tx>,
+    /// Protocol violations seen; only the first [`LOGGED_VIOLATIONS`] are logged, so a
+    /// peer sending garbage cannot flood the agent's log.
+    violations: u64,
 }
+
+/// Protocol violations logged per connection before the rest are only counted.
+const LOGGED_VIOLATIONS: u64 = 10;
 
 /// The agent. Build it, add listeners or connections, then [`Agent::run`].
 pub struct Agent {
@@ -311,6 +317,7 @@ impl Agent {
                 peer,
                 listener,
                 txs: HashMap::new(),
+                violations: 0,
             },
         );
         Ok(id)
@@ -417,6 +424,13 @@ impl Agent {
             };
             if self.config.audit {
                 info!(cid = conn.cid, peer = %conn.peer, reason = %err, "client disconnected");
+            }
+            if conn.violations > LOGGED_VIOLATIONS {
+                warn!(
+                    cid = conn.cid,
+                    violations = conn.violations,
+                    "protocol violations in all"
+                );
             }
             self.end_session(conn.cid, conn.txs);
             if let Some(slot) = conn.listener.and_then(|i| self.listeners.get_mut(i))
@@ -922,7 +936,21 @@ impl Agent {
                 }
             }
             ServerEvent::LinkDead => info!(cid, "link dead: keepalive expired"),
-            ServerEvent::ProtocolViolation(v) => warn!(cid, "protocol violation: {v}"),
+            ServerEvent::ProtocolViolation(v) => {
+                let seen = self.conns.get_mut(&id).map_or(0, |c| {
+                    c.violations += 1;
+                    c.violations
+                });
+                if seen <= LOGGED_VIOLATIONS {
+                    warn!(cid, "protocol violation: {v}");
+                }
+                if seen == LOGGED_VIOLATIONS {
+                    warn!(
+                        cid,
+                        "further protocol violations on this connection are counted, not logged"
+                    );
+                }
+            }
             _ => {}
         }
     }
