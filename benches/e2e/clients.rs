@@ -35,7 +35,10 @@ pub fn me() -> String {
 }
 
 fn connect_unix(sock: &Path) -> UnixStream {
-    UnixStream::connect(sock).expect("connect to the agent")
+    let s = UnixStream::connect(sock).expect("connect to the agent");
+    // As `tuppence_transport::Target::connect` does for every unix and tcp target.
+    tuppence_transport::tune_socket_buffers(&s);
+    s
 }
 
 // ---------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ pub fn serve(sock: &Path) {
     let mut buf = vec![0u8; RAW_BUF];
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
+        // The same socket buffers as the agent's and the clients' (tuppence-transport's
+        // choice), so the reference is not handicapped by the kernel's defaults.
+        tuppence_transport::tune_socket_buffers(&conn);
         let Ok(line) = read_line(&mut conn) else {
             continue;
         };
@@ -77,6 +80,7 @@ pub fn copy(from: &mut impl Read, to: &mut impl Write, buf: &mut [u8]) -> io::Re
 
 fn request(sock: &Path, line: &str) -> io::Result<UnixStream> {
     let mut s = UnixStream::connect(sock)?;
+    tuppence_transport::tune_socket_buffers(&s);
     s.write_all(format!("{line}\n").as_bytes())?;
     Ok(s)
 }

@@ -92,6 +92,7 @@ pub use error::TransportError;
 pub use listener::{
     ListenOptions, Listener, Peer, SerialListener, UnixCredentials, UnixSocketListener,
 };
+pub use sys::{SOCKET_BUFFER, tune_socket_buffers};
 pub use target::{
     DEFAULT_BAUD, DEFAULT_VIRTIO_PORT, Endpoint, LEGACY_PREFIX, ParseTargetError, Target,
     VSOCK_CID_ANY,

@@ -210,6 +210,7 @@ impl Listener {
             Listener::Unix(l) => l.accept(),
             Listener::Tcp(l) => {
                 let (stream, addr) = l.accept()?;
+                sys::tune_socket_buffers(&stream);
                 stream.set_nodelay(true)?;
                 Ok((Transport::Tcp(stream), Peer::Tcp(addr)))
             }
@@ -371,6 +372,7 @@ impl UnixSocketListener {
 
     fn accept(&self) -> io::Result<(Transport, Peer)> {
         let (stream, _addr) = self.listener.accept()?;
+        sys::tune_socket_buffers(&stream);
         let creds = sys::peer_credentials(stream.as_fd())
             .ok()
             .map(|(pid, uid, gid)| UnixCredentials { pid, uid, gid });

@@ -177,3 +177,21 @@ pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)
     }
     Ok((cred.pid, cred.uid, cred.gid))
 }
+
+/// Socket buffer size asked for on stream sockets. The kernel caps the request at
+/// `net.core.wmem_max` / `rmem_max` (208 KiB by default) and doubles it for its own
+/// bookkeeping, so on a default system this gives 416 KiB instead of 208 KiB.
+pub const SOCKET_BUFFER: usize = 1 << 20;
+
+/// Asks for [`SOCKET_BUFFER`]-sized send and receive buffers on a stream socket.
+///
+/// Why: epoll reports a unix stream socket writable again only once it has drained to a
+/// quarter of its send buffer (52 KiB of the default 208 KiB), so a non-blocking writer
+/// streaming a file sleeps and wakes every ~25 µs of the peer's work; a larger buffer
+/// halves those wake-ups (measured on inject: client context switches 440 → 220). Best
+/// effort: a refusal leaves the kernel's defaults, which work.
+pub fn tune_socket_buffers(fd: impl AsFd) {
+    let fd = fd.as_fd();
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, SOCKET_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, SOCKET_BUFFER);
+}

@@ -104,6 +104,7 @@ impl Target {
 
 fn connect_unix(target: &Target, path: &Path) -> Result<Transport, TransportError> {
     UnixStream::connect(path)
+        .inspect(|s| sys::tune_socket_buffers(s))
         .map(Transport::Unix)
         .map_err(|source| TransportError::Connect {
             endpoint: target.endpoint.to_string(),
@@ -123,6 +124,7 @@ fn connect_tcp(target: &Target, host: &str, port: u16) -> Result<Transport, Tran
     for addr in addrs {
         match TcpStream::connect(addr) {
             Ok(stream) => {
+                sys::tune_socket_buffers(&stream);
                 stream
                     .set_nodelay(true)
                     .map_err(|source| TransportError::Connect {

@@ -71,6 +71,27 @@ fn unix_listener_is_0600_and_carries_bytes_both_ways() {
     );
 }
 
+/// Connected and accepted unix sockets get larger buffers than the kernel's defaults
+/// (fewer writable wake-ups for a streaming writer).
+#[test]
+fn unix_connections_get_larger_socket_buffers() {
+    use rustix::net::sockopt::{socket_recv_buffer_size, socket_send_buffer_size};
+    let dir = TempDir::new("unix-buffers");
+    let path = dir.path().join("agent.sock");
+    let target: Target = format!("unix:{}", path.display()).parse().expect("target");
+    let listener = Listener::bind(&target, &ListenOptions::default()).expect("bind");
+    let (client, server, _) = connect_pair(&listener, &target);
+    let (plain, _other) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let default_send = socket_send_buffer_size(&plain).expect("SO_SNDBUF");
+    let default_recv = socket_recv_buffer_size(&plain).expect("SO_RCVBUF");
+    for (side, t) in [("client", &client), ("server", &server)] {
+        let send = socket_send_buffer_size(t).expect("SO_SNDBUF");
+        let recv = socket_recv_buffer_size(t).expect("SO_RCVBUF");
+        assert!(send > default_send, "{side}: send buffer {send} (default {default_send})");
+        assert!(recv > default_recv, "{side}: receive buffer {recv} (default {default_recv})");
+    }
+}
+
 #[test]
 fn unix_mode_is_configurable() {
     let dir = TempDir::new("unix-mode");
