@@ -90,6 +90,9 @@ fn stderr(out: &Output) -> String {
 struct Server {
     child: Child,
     target: String,
+    sock: PathBuf,
+    /// The agent's stderr lines after its ready line.
+    log: mpsc::Receiver<String>,
     _dir: TempDir,
 }
 
@@ -110,13 +113,11 @@ impl Server {
             .expect("spawn serve");
         let err = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
-        // Reads the ready line, then keeps draining so the agent never blocks on a full pipe.
+        // Passes every line on and keeps draining, so the agent never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { return };
-                if line.contains("ready on") {
-                    let _ = tx.send(line.clone());
-                }
+                let _ = tx.send(line);
             }
         });
         let line = rx
@@ -129,6 +130,8 @@ impl Server {
         Server {
             child,
             target: format!("unix:{}", sock.display()),
+            sock,
+            log: rx,
             _dir: dir,
         }
     }
@@ -622,30 +625,9 @@ fn sniff_serve_and_request_through_the_cli() {
 /// the rest counted and reported once when the connection ends.
 #[test]
 fn protocol_violations_are_logged_a_bounded_number_of_times() {
-    let dir = TempDir::new("violations");
-    let sock = dir.path().join("agent.sock");
-    let mut child = tuppence()
-        .args(["serve", "--no-audit", "--unix"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
-    let err = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
-    let ready = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("ready line");
-    assert!(ready.contains("ready on"), "{ready}");
+    let server = Server::start(&[]);
     {
-        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        let mut s = std::os::unix::net::UnixStream::connect(&server.sock).expect("connect");
         // 100 packets of an unknown type 'Z' (4.0 header: type, reserved, len 8, cid, xid).
         let garbage: Vec<u8> = (0..100u16)
             .flat_map(|xid| {
@@ -654,7 +636,7 @@ fn protocol_violations_are_logged_a_bounded_number_of_times() {
             })
             .collect();
         s.write_all(&garbage).expect("write");
-        // Each is answered (71); read a little so the agent has taken them all.
+        // Each is answered (71): reading all the answers means the agent took every packet.
         let mut answers = vec![0u8; 100 * 12];
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.read_exact(&mut answers).expect("100 answers");
@@ -663,7 +645,7 @@ fn protocol_violations_are_logged_a_bounded_number_of_times() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let summary = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("the summary line");
+        let line = server.log.recv_timeout(left).expect("the summary line");
         if line.contains("protocol violation:") {
             logged += 1;
         }
@@ -671,8 +653,6 @@ fn protocol_violations_are_logged_a_bounded_number_of_times() {
             break line;
         }
     };
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(logged, 10);
     assert!(summary.contains("violations=100"), "{summary}");
 }

@@ -87,8 +87,14 @@ fn unix_connections_get_larger_socket_buffers() {
     for (side, t) in [("client", &client), ("server", &server)] {
         let send = socket_send_buffer_size(t).expect("SO_SNDBUF");
         let recv = socket_recv_buffer_size(t).expect("SO_RCVBUF");
-        assert!(send > default_send, "{side}: send buffer {send} (default {default_send})");
-        assert!(recv > default_recv, "{side}: receive buffer {recv} (default {default_recv})");
+        assert!(
+            send > default_send,
+            "{side}: send buffer {send} (default {default_send})"
+        );
+        assert!(
+            recv > default_recv,
+            "{side}: receive buffer {recv} (default {default_recv})"
+        );
     }
 }
 
