@@ -1,6 +1,7 @@
 //! Inject and extract with real files.
 
 mod common;
+mod path_support;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -205,7 +206,8 @@ fn inject_refuses_directories_and_missing_dirs() {
     )
     .expect("mkfifo");
     let err = InjectFile::create(me.as_bytes(), b(&fifo), 0o644).unwrap_err();
-    assert_eq!(err.errno(), status::EISDIR);
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    assert!(err.to_string().contains("FIFO"), "{err}");
     assert_eq!(dir.names(), ["fifo", "sub"]);
 }
 
@@ -333,4 +335,135 @@ fn extract_errors() {
     let mut buf = BytesMut::new();
     while ex.read_chunk(&mut buf, 100).expect("read") > 0 {}
     assert!(buf.ends_with(b"\n"));
+}
+
+/// `fs.protected_symlinks`: a link planted by another user in a sticky world-writable
+/// directory must stop the agent exactly where it stops root's shell. The agent used to read
+/// the link itself and write through it: the root-only target was replaced and its mode reset.
+#[test]
+fn protected_symlinks_stop_inject_and_extract() {
+    let Some(user) = test_user() else { return };
+    let Some(_sysctl) = path_support::Sysctl::set("fs/protected_symlinks", "1") else {
+        return;
+    };
+    let uid = User::lookup(user.as_bytes()).expect("user").uid();
+    let planted = path_support::Planted::new(uid);
+    assert!(
+        planted.shell_is_refused(),
+        "the kernel follows the planted link"
+    );
+    planted.assert_untouched();
+
+    let err = InjectFile::create(b"root", b(&planted.link), 0o666).unwrap_err();
+    assert_eq!(err.errno(), status::EACCES, "{err}");
+    planted.assert_untouched();
+    let err = ExtractFile::open(b"root", b(&planted.link)).unwrap_err();
+    assert_eq!(err.errno(), status::EACCES, "{err}");
+
+    // The same link owned by the directory's owner is followed, as the kernel allows: the
+    // link's target is replaced (atomically, beside itself), the link stays.
+    std::os::unix::fs::lchown(&planted.link, Some(0), Some(0)).expect("lchown");
+    let mut file = InjectFile::create(b"root", b(&planted.link), 0o640).expect("create");
+    assert_eq!(file.path(), planted.secret);
+    file.write(b"replaced\n").expect("write");
+    file.finish().expect("finish");
+    assert_eq!(fs::read(&planted.secret).expect("read"), b"replaced\n");
+    assert_eq!(mode_of(&planted.secret), 0o640);
+    assert!(
+        fs::symlink_metadata(&planted.link)
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    let mut ex = ExtractFile::open(b"root", b(&planted.link)).expect("extract via link");
+    let mut buf = BytesMut::new();
+    while ex.read_chunk(&mut buf, 64).expect("read") > 0 {}
+    assert_eq!(&buf[..], b"replaced\n");
+}
+
+/// Links are followed by the kernel for inject: dangling links are refused (as `cp` refuses
+/// them) instead of creating a file where the link points; loops end in ELOOP; a link to a
+/// directory or a FIFO is refused like the directory or FIFO itself.
+#[test]
+fn inject_through_links_is_the_kernels_resolution() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    let dangling = dir.join("dangling");
+    symlink("nowhere", &dangling).expect("symlink");
+    let err = InjectFile::create(me.as_bytes(), b(&dangling), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::ENOENT, "{err}");
+    assert!(!dir.join("nowhere").exists());
+    let looped = dir.join("loop");
+    symlink("loop", &looped).expect("symlink");
+    let err = InjectFile::create(me.as_bytes(), b(&looped), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::ELOOP, "{err}");
+    let to_dir = dir.join("to-dir");
+    symlink(".", &to_dir).expect("symlink");
+    let err = InjectFile::create(me.as_bytes(), b(&to_dir), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::EISDIR, "{err}");
+    let fifo = dir.join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    let to_fifo = dir.join("to-fifo");
+    symlink("fifo", &to_fifo).expect("symlink");
+    let err = InjectFile::create(me.as_bytes(), b(&to_fifo), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    // A chain of links is followed to its end; the temporary goes beside the real file.
+    let sub = dir.join("sub");
+    fs::create_dir(&sub).expect("mkdir");
+    fs::write(sub.join("real"), b"old").expect("seed");
+    symlink("sub/real", dir.join("hop2")).expect("symlink");
+    symlink("hop2", dir.join("hop1")).expect("symlink");
+    let mut file = InjectFile::create(me.as_bytes(), b(&dir.join("hop1")), 0o600).expect("create");
+    assert_eq!(file.path(), sub.join("real"));
+    let tmp = String::from_utf8_lossy(file.temporary_name()).into_owned();
+    assert!(
+        sub.join(&tmp).exists(),
+        "temporary not beside the real file"
+    );
+    file.write(b"new").expect("write");
+    file.finish().expect("finish");
+    assert_eq!(fs::read(sub.join("real")).expect("read"), b"new");
+}
+
+/// Extract never opens what is not a regular file: FIFOs (reading would wait for a writer),
+/// devices and sockets are refused with EINVAL before anything is opened.
+#[test]
+fn extract_refuses_fifos_devices_and_sockets() {
+    let me = me();
+    let dir = Scratch::new(0o755);
+    let fifo = dir.join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    let err = ExtractFile::open(me.as_bytes(), b(&fifo)).unwrap_err();
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    let err = ExtractFile::open(me.as_bytes(), b"/dev/zero").unwrap_err();
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    let sock = dir.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let err = ExtractFile::open(me.as_bytes(), b(&sock)).unwrap_err();
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    // /sys attributes are regular files too (their size says nothing) and read to their end.
+    let mut ex = ExtractFile::open(me.as_bytes(), b"/sys/kernel/uevent_seqnum").expect("sysfs");
+    let mut buf = BytesMut::new();
+    while ex.read_chunk(&mut buf, 1).expect("read") > 0 {}
+    assert!(buf.len() > 1 && buf.ends_with(b"\n"), "{buf:?}");
+    // A /proc file larger than a page, read in small chunks to its end.
+    let mut ex = ExtractFile::open(me.as_bytes(), b"/proc/self/smaps").expect("proc");
+    assert_eq!(ex.size_hint(), 0);
+    let mut buf = BytesMut::new();
+    while ex.read_chunk(&mut buf, 1000).expect("read") > 0 {}
+    assert!(buf.len() > 4096, "only {} bytes", buf.len());
 }
