@@ -290,7 +290,7 @@ impl Drop for InjectFile {
         // the user's permissions meanwhile.
         if let Err(e) = rustix::fs::unlinkat(&self.dir, self.tmp_name.as_c_str(), AtFlags::empty())
         {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove an inject temporary");
+            tracing::warn!(path = %crate::escape::Quoted::path(&self.path), error = %e, "could not remove an inject temporary");
         }
     }
 }
