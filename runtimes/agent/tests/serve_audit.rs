@@ -45,6 +45,23 @@ fn only_record(text: &str, cid: u16, xid: u16) -> String {
     found.into_iter().next().unwrap_or_default()
 }
 
+/// Starts an inject of `target` as root on xid 1 and waits until the agent is ready for data.
+fn start_inject(raw: &mut Raw, target: &std::path::Path, mode: u32) {
+    raw.send_packet(
+        1,
+        &Packet::Inject {
+            user: Bytes::from_static(b"root"),
+            path: Bytes::from(target.to_str().unwrap().to_owned()),
+            mode,
+        },
+    );
+    assert_eq!(
+        raw.frames_until(1, |p| matches!(p, Packet::Major(_)))
+            .last(),
+        Some(&Packet::Major(0))
+    );
+}
+
 /// An inject that fails on a full disk used to leave no record at all.
 #[test]
 fn a_full_disk_inject_leaves_its_record() {
@@ -96,19 +113,7 @@ fn requests_cut_off_by_a_disconnect_leave_their_records() {
 
     let mut raw = Raw::connect(&agent.sock);
     let cid = raw.hello();
-    raw.send_packet(
-        1,
-        &Packet::Inject {
-            user: Bytes::from_static(b"root"),
-            path: Bytes::from(target.to_str().unwrap().to_owned()),
-            mode: 0o600,
-        },
-    );
-    assert_eq!(
-        raw.frames_until(1, |p| matches!(p, Packet::Major(_)))
-            .last(),
-        Some(&Packet::Major(0))
-    );
+    start_inject(&mut raw, &target, 0o600);
     raw.send_packet(
         1,
         &Packet::Data {
@@ -179,15 +184,7 @@ fn interrupts_and_monitors_leave_their_records() {
 
     let mut raw = Raw::connect(&agent.sock);
     let cid = raw.hello();
-    raw.send_packet(
-        1,
-        &Packet::Inject {
-            user: Bytes::from_static(b"root"),
-            path: Bytes::from(target.to_str().unwrap().to_owned()),
-            mode: 0o644,
-        },
-    );
-    raw.frames_until(1, |p| matches!(p, Packet::Major(_)));
+    start_inject(&mut raw, &target, 0o644);
     raw.send_packet(
         1,
         &Packet::Interrupt {

@@ -405,14 +405,7 @@ fn extract_of_fifos_and_devices_is_refused_and_pseudo_files_are_read_whole() {
     let s = agent.session();
     let files = TempDir::new("extract-special");
     let fifo = files.join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o666),
-        0,
-    )
-    .unwrap();
+    path_support::mkfifo(&fifo);
     let sock = agent.sock.to_str().unwrap().to_owned();
     for path in [fifo.to_str().unwrap(), "/dev/zero", "/dev/null", &sock] {
         let e = s.extract("root", path, Vec::new(), |_| {}).unwrap_err();

@@ -184,17 +184,6 @@ fn agent_trail_ends_the_commands_of_a_client_that_left() {
 
 // ---- paths that cannot be followed ----
 
-fn mkfifo(path: &std::path::Path) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o666),
-        0,
-    )
-    .unwrap();
-}
-
 /// The monitor's end within `limit`: `Some(outcome)`, or `None` if it did not end.
 fn ended(m: &Monitor<'_>, limit: Duration) -> Option<Outcome> {
     let deadline = std::time::Instant::now() + limit;
@@ -239,7 +228,7 @@ fn a_fifo_is_refused_without_freezing_the_agent() {
     let agent = TestAgent::start();
     let dir = TempDir::new("follow-fifo");
     let fifo = dir.join("fifo");
-    mkfifo(&fifo);
+    path_support::mkfifo(&fifo);
     let s = agent.session();
     let m = s.monitor(&format!("file:{}", fifo.display())).unwrap();
     let outcome = ended(&m, Duration::from_secs(10));
@@ -270,7 +259,7 @@ fn a_fifo_appearing_later_ends_the_monitor() {
     let s = agent.session();
     let mut m = s.monitor(&format!("file:{}", path.display())).unwrap();
     assert_eq!(settle(&mut m, 1), "");
-    mkfifo(&path);
+    path_support::mkfifo(&path);
     let outcome = ended(&m, Duration::from_secs(10));
     if outcome.is_none() {
         release(&path);

@@ -454,29 +454,31 @@ impl Agent {
         xids.sort_unstable();
         for xid in xids {
             if let Some(tx) = txs.get(&xid) {
-                self.audit_cut(cid, xid, tx, cut);
+                self.audit_end(cid, xid, tx, AuditOutcome::Cut(cut));
             }
         }
         self.trail.push(&AuditEvent::Disconnect { cid });
         self.drop_txs(txs);
     }
 
-    /// The outcome record of a request cut off by `cut`.
-    fn audit_cut(&self, cid: u16, xid: u16, tx: &Tx, cut: Cut) {
-        let outcome = AuditOutcome::Cut(cut);
+    /// The outcome record of a request that ended with `outcome`. A command's ordinary end
+    /// is recorded where its status is sent (`pump_command`); here only its cut-off.
+    fn audit_end(&self, cid: u16, xid: u16, tx: &Tx, outcome: AuditOutcome) {
         match tx {
             Tx::Command(c) => {
+                let AuditOutcome::Cut(cut) = outcome else {
+                    return;
+                };
                 // Killed now, unless it had ended and only its output was still going out.
                 let end = match c.status {
                     Some(ExitStatus::Exited(code)) => CommandEnd::Exited(code),
                     Some(ExitStatus::Signaled(sig)) => CommandEnd::Signaled(sig),
                     None => CommandEnd::Signaled(libc::SIGKILL),
                 };
-                let pid = c.child.pid();
                 self.audit(&AuditEvent::CommandEnd {
                     cid,
                     xid,
-                    pid,
+                    pid: c.child.pid(),
                     end,
                     cut: Some(cut),
                 });
@@ -720,39 +722,6 @@ impl Agent {
             if let Some(server) = self.server(id) {
                 let _ = server.inject_done(xid, Err(errno));
             }
-        }
-    }
-
-    /// The outcome record of a transfer or monitor that ended with `status` sent to its
-    /// client (0: success).
-    fn audit_status(&self, cid: u16, xid: u16, tx: &Tx, status: u32) {
-        let outcome = AuditOutcome::Status(status);
-        match tx {
-            Tx::Inject(t) => self.audit(&AuditEvent::Inject {
-                cid,
-                xid,
-                user: &t.user,
-                path: &t.path,
-                mode: t.file.mode(),
-                bytes: t.file.written(),
-                outcome,
-            }),
-            Tx::Extract(t) => self.audit(&AuditEvent::Extract {
-                cid,
-                xid,
-                user: &t.user,
-                path: &t.path,
-                bytes: t.file.read_so_far(),
-                outcome,
-            }),
-            Tx::Monitor(m) => self.audit(&AuditEvent::Monitor {
-                cid,
-                xid,
-                source: &m.name,
-                outcome,
-            }),
-            // A command's outcome is its exit status (`pump_command`).
-            Tx::Command(_) => {}
         }
     }
 
@@ -1256,7 +1225,7 @@ impl Agent {
     fn finish_tx(&mut self, id: ConnId, xid: u16, status: u32) {
         let cid = self.conns.get(&id).map_or(0, |c| c.cid);
         if let Some(tx) = self.take_tx(id, xid) {
-            self.audit_status(cid, xid, &tx, status);
+            self.audit_end(cid, xid, &tx, AuditOutcome::Status(status));
             self.drop_tx(tx);
         }
     }
@@ -1577,7 +1546,7 @@ impl Agent {
                     let cid = self.conns.get(&id).map_or(0, |c| c.cid);
                     warn!(cid, xid, error = %Clean(&e), "event source failed; monitor ended");
                     let tx = Tx::Monitor(m);
-                    self.audit_status(cid, xid, &tx, e.errno());
+                    self.audit_end(cid, xid, &tx, AuditOutcome::Status(e.errno()));
                     self.drop_tx(tx);
                     if let Some(server) = self.server(id) {
                         let _ = server.fail(xid, e.errno());

@@ -373,6 +373,18 @@ fn monotonic_micros() -> u64 {
         + u64::try_from(now.tv_nsec).unwrap_or(0) / 1000
 }
 
+/// ` user="…" tty=yes|no cmd="…"`.
+fn push_command(out: &mut Vec<u8>, user: &[u8], command: &[u8], tty: bool) {
+    out.extend_from_slice(b" user=");
+    push_quoted(out, user);
+    out.extend_from_slice(if tty {
+        b" tty=yes cmd="
+    } else {
+        b" tty=no cmd="
+    });
+    push_quoted(out, command);
+}
+
 fn push_outcome(out: &mut Vec<u8>, outcome: AuditOutcome) {
     match outcome {
         AuditOutcome::Status(status) => {
@@ -411,14 +423,8 @@ fn format_body(event: &AuditEvent<'_>) -> Vec<u8> {
             command,
             tty,
         } => {
-            text(format!("cid={cid} xid={xid} run pid={pid} user="));
-            push_quoted(&mut out, user);
-            out.extend_from_slice(if tty {
-                b" tty=yes cmd="
-            } else {
-                b" tty=no cmd="
-            });
-            push_quoted(&mut out, command);
+            text(format!("cid={cid} xid={xid} run pid={pid}"));
+            push_command(&mut out, user, command, tty);
         }
         AuditEvent::CommandEnd {
             cid,
@@ -446,14 +452,8 @@ fn format_body(event: &AuditEvent<'_>) -> Vec<u8> {
             tty,
             status,
         } => {
-            text(format!("cid={cid} xid={xid} run-failed user="));
-            push_quoted(&mut out, user);
-            out.extend_from_slice(if tty {
-                b" tty=yes cmd="
-            } else {
-                b" tty=no cmd="
-            });
-            push_quoted(&mut out, command);
+            text(format!("cid={cid} xid={xid} run-failed"));
+            push_command(&mut out, user, command, tty);
             push_outcome(&mut out, AuditOutcome::Status(status));
         }
         AuditEvent::Inject {

@@ -106,6 +106,18 @@ impl Drop for Dir {
     }
 }
 
+/// Makes a FIFO (mode 0666 before the umask).
+pub fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        0,
+    )
+    .expect("mkfifo");
+}
+
 /// A root-only file and a symbolic link to it planted by another user in a sticky
 /// world-writable directory: what `fs.protected_symlinks` is for.
 pub struct Planted {
