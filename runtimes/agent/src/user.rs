@@ -387,15 +387,6 @@ impl Identity {
         Ok(Identity { user, groups })
     }
 
-    /// The account the agent runs as.
-    pub fn agent() -> Result<Identity, UserError> {
-        let user = User::current()?;
-        Ok(Identity {
-            user,
-            groups: Vec::new(),
-        })
-    }
-
     /// The user.
     pub fn user(&self) -> &User {
         &self.user
