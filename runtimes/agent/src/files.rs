@@ -2,7 +2,9 @@
 //!
 //! Both resolve relative names under the user's home (`/` when it has none) and do their
 //! permission-relevant calls *as the user* ([`AsUser`]: fsuid/fsgid and the user's groups), so
-//! the kernel refuses what the user could not do. Errors carry an errno for the status word
+//! the kernel refuses what the user could not do. Paths are resolved by the kernel, never by
+//! hand ([`crate::paths`]): permissions, mount options and `fs.protected_symlinks` apply as
+//! they would to the user's own `open`. Errors carry an errno for the status word
 //! ([`FileError::errno`]).
 //!
 //! **Inject is atomic.** The data goes to a temporary `.NAME.tuppence-XXXXXXXX` beside the
@@ -16,18 +18,28 @@
 //! * replacing needs write permission on the *directory* (as for any atomic save); a target
 //!   that the user may write but whose directory they may not is refused (EACCES), where the
 //!   C executor truncated it in place;
-//! * a symbolic link as the target is followed (the link's target is replaced, the link
-//!   stays), like `open` did in the C executor;
-//! * existing directories and other non-regular files (devices, fifos, sockets) are refused
-//!   with EISDIR (21), the C executor's code for "not a regular file".
+//! * a symbolic link as the target is followed like `open` (and `cp`) follow it — but by the
+//!   kernel, as the user ([`crate::paths::locate_link_target`]): the link's target is replaced
+//!   (a temporary beside *that* file, renamed over it), the link stays. A link the kernel
+//!   would not let the user follow is refused with the kernel's errno (EACCES for a link
+//!   protected by `fs.protected_symlinks`, ELOOP for a loop), exactly where the user's own
+//!   `echo > LINK` fails. A dangling link is refused with ENOENT, as `cp` refuses to write
+//!   through one;
+//! * existing directories are refused with EISDIR (21, the C executor's code); FIFOs,
+//!   sockets and devices with EINVAL (22): they are not files that can be replaced, and
+//!   opening them could block the agent or have side effects;
+//! * a target in a sticky directory that belongs to someone else is replaced only if the
+//!   user may (the kernel's sticky-bit rule for rename, checked with the user's identity).
 //!
 //! Why `fdatasync` before the rename: test flows often inject a file and then reset the
 //! machine; without it a crash can leave a renamed but empty file on ext4/xfs. The cost is one
 //! flush per inject (nothing on tmpfs). The directory itself is not synced: after a crash the
 //! target is either the old or the new file, both complete.
 //!
-//! **Extract** opens the file as the user, refuses non-regular files with EISDIR before
-//! opening them (opening a device can have side effects), and reads bounded chunks.
+//! **Extract** opens the file as the user through [`crate::paths::open_regular`]: never
+//! blocking, refusing directories (EISDIR) and FIFOs, sockets and devices (EINVAL) before
+//! opening them, and reading regular files to their end in bounded chunks (`/proc` and `/sys`
+//! files report size 0 and are read all the same).
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -41,15 +53,14 @@ use bytes::BytesMut;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::fdio::{self, ReadOutcome};
+use crate::paths::{self, PathError};
 use crate::status;
-use crate::user::{AsUser, User, UserError};
+use crate::user::{AsUser, Identity, User, UserError};
 
 /// The longest file name component Linux accepts (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 /// The longest path Linux accepts (`PATH_MAX` including the NUL).
 const PATH_MAX: usize = 4096;
-/// How many symbolic links are followed before giving up with ELOOP (the kernel's limit).
-const MAX_SYMLINKS: usize = 40;
 /// How much of the target's name is kept in the temporary's name, so the temporary stays
 /// within `NAME_MAX` whatever the target's length.
 const TMP_NAME_KEEP: usize = 200;
@@ -60,12 +71,10 @@ pub enum FileError {
     /// The user does not exist.
     #[error(transparent)]
     User(#[from] UserError),
-    /// The target is a directory or another non-regular file.
-    #[error("{}: is a directory or not a regular file", .path.display())]
-    NotRegular {
-        /// The resolved path.
-        path: PathBuf,
-    },
+    /// The path cannot be used: a directory (21), a FIFO, socket or device (22), or the kernel
+    /// refused to resolve it (its errno).
+    #[error(transparent)]
+    Path(#[from] PathError),
     /// A name component or the whole path is too long.
     #[error("{}: file name too long", .path.display())]
     NameTooLong {
@@ -86,12 +95,12 @@ pub enum FileError {
 }
 
 impl FileError {
-    /// The status word: 2 no such user/file, 13 permission, 21 directory, 36 name too long, or
-    /// whatever errno the kernel gave.
+    /// The status word: 2 no such user/file, 13 permission, 21 directory, 22 FIFO, socket or
+    /// device, 36 name too long, or whatever errno the kernel gave.
     pub fn errno(&self) -> u32 {
         match self {
             FileError::User(e) => e.errno(),
-            FileError::NotRegular { .. } => status::EISDIR,
+            FileError::Path(e) => e.errno(),
             FileError::NameTooLong { .. } => status::ENAMETOOLONG,
             FileError::Io { source, .. } => status::errno_of(source),
         }
@@ -110,8 +119,7 @@ impl FileError {
 /// [`InjectFile::finish`].
 #[derive(Debug)]
 pub struct InjectFile {
-    user: User,
-    groups: Vec<u32>,
+    identity: Identity,
     path: PathBuf,
     dir: OwnedFd,
     name: CString,
@@ -126,19 +134,15 @@ impl InjectFile {
     /// Prepares to write `path` (relative to the user's home unless absolute) as `user`, with
     /// permission bits `mode` (`& 0o7777`) applied exactly at the end.
     ///
-    /// Fails, as the status word says, with 2 for an unknown user or a missing directory, 13
-    /// when the user may not create files in the directory, 21 when the target is a directory
-    /// (or not a regular file), 36 for a name too long.
+    /// Fails, as the status word says, with 2 for an unknown user, a missing directory or a
+    /// dangling symbolic link, 13 when the user may not create files in the directory (or may
+    /// not follow a symbolic link there), 21 when the target is a directory, 22 when it is a
+    /// FIFO, socket or device, 36 for a name too long, 40 for a symbolic link loop.
     pub fn create(user: &[u8], path: &[u8], mode: u32) -> Result<InjectFile, FileError> {
         let user = User::lookup(user)?;
-        let groups = if user.is_current() {
-            Vec::new()
-        } else {
-            user.groups().map_err(|e| {
-                FileError::io("reading groups for", Path::new(OsStr::from_bytes(path)), e)
-            })?
-        };
         let requested = user.resolve(path);
+        let identity =
+            Identity::of(user).map_err(|e| FileError::io("reading groups for", &requested, e))?;
         if path.is_empty() {
             return Err(FileError::io(
                 "inject",
@@ -146,14 +150,14 @@ impl InjectFile {
                 io::Error::from_raw_os_error(libc::ENOENT),
             ));
         }
-        let guard = AsUser::enter_with_groups(&user, &groups)
+        let guard = identity
+            .act()
             .map_err(|e| FileError::io("acting as the user for", &requested, e))?;
         let target = resolve_target(&requested)?;
         let (file, tmp_name) = create_temporary(&target)?;
         drop(guard);
         Ok(InjectFile {
-            user,
-            groups,
+            identity,
             path: target.path,
             dir: target.dir,
             name: target.name,
@@ -165,7 +169,7 @@ impl InjectFile {
         })
     }
 
-    /// The path that will be replaced (after following symbolic links).
+    /// The path that will be replaced (after the kernel followed a symbolic link there).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -255,7 +259,9 @@ impl InjectFile {
             .map_err(|e| FileError::io("fdatasync", &self.path, e))?;
         // The rename is the user's act: it must obey the directory's permissions and sticky
         // bit as seen by the user.
-        let guard = AsUser::enter_with_groups(&self.user, &self.groups)
+        let guard = self
+            .identity
+            .act()
             .map_err(|e| FileError::io("acting as the user for", &self.path, e))?;
         let renamed = rustix::fs::renameat(
             &self.dir,
@@ -284,7 +290,7 @@ impl Drop for InjectFile {
         // the user's permissions meanwhile.
         if let Err(e) = rustix::fs::unlinkat(&self.dir, self.tmp_name.as_c_str(), AtFlags::empty())
         {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove an inject temporary");
+            tracing::warn!(path = %crate::escape::Quoted::path(&self.path), error = %e, "could not remove an inject temporary");
         }
     }
 }
@@ -301,8 +307,9 @@ pub struct ExtractFile {
 impl ExtractFile {
     /// Opens `path` (relative to the user's home unless absolute) for reading as `user`.
     ///
-    /// Fails with 2 for an unknown user or missing file, 13 without permission, 21 for a
-    /// directory or other non-regular file.
+    /// Fails with 2 for an unknown user or missing file, 13 without permission (or for a
+    /// symbolic link the kernel would not let the user follow), 21 for a directory, 22 for a
+    /// FIFO, socket or device.
     pub fn open(user: &[u8], path: &[u8]) -> Result<ExtractFile, FileError> {
         let user = User::lookup(user)?;
         let full = user.resolve(path);
@@ -315,22 +322,9 @@ impl ExtractFile {
         }
         let guard =
             AsUser::enter(&user).map_err(|e| FileError::io("acting as the user for", &full, e))?;
-        let st = rustix::fs::stat(&full).map_err(|e| FileError::io("stat", &full, e))?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(FileError::NotRegular { path: full });
-        }
-        let fd = rustix::fs::open(
-            &full,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| FileError::io("open", &full, e))?;
+        let opened = paths::open_regular(&full)?;
         drop(guard);
-        // The name may have changed between stat and open; what counts is what we opened.
-        let st = rustix::fs::fstat(&fd).map_err(|e| FileError::io("fstat", &full, e))?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(FileError::NotRegular { path: full });
-        }
+        let (fd, st) = (opened.fd, opened.stat);
         Ok(ExtractFile {
             path: full,
             fd,
@@ -392,73 +386,60 @@ struct Target {
     name: CString,
 }
 
-/// Splits `path` into directory and name, following a symbolic link at the end, and checks
-/// that whatever exists there is a regular file. Runs as the user.
+/// Splits `path` into directory and name and checks that whatever exists there is a regular
+/// file; a symbolic link there is followed by the kernel ([`paths::locate_link_target`]).
+/// Runs as the user.
 fn resolve_target(requested: &Path) -> Result<Target, FileError> {
-    let mut path = requested.to_path_buf();
-    for _ in 0..=MAX_SYMLINKS {
-        let bytes = path.as_os_str().as_bytes();
-        if bytes.len() >= PATH_MAX {
-            return Err(FileError::NameTooLong { path });
+    let path = requested.to_path_buf();
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= PATH_MAX {
+        return Err(FileError::NameTooLong { path });
+    }
+    let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(0) => (b"/".as_slice(), &bytes[1..]),
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (b".".as_slice(), bytes),
+    };
+    // `dir/`, `dir/.` and `dir/..` name directories.
+    if name.is_empty() || name == b"." || name == b".." {
+        return Err(PathError::IsDirectory { path }.into());
+    }
+    if name.len() > NAME_MAX {
+        return Err(FileError::NameTooLong { path });
+    }
+    let parent = Path::new(OsStr::from_bytes(parent));
+    let cname = CString::new(name).map_err(|e| FileError::io("inject", &path, e))?;
+    // The kernel resolves the directory part (links in it included) as the user.
+    let dir = rustix::fs::open(
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| FileError::io("open directory", parent, e))?;
+    match rustix::fs::statat(&dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => Ok(Target {
+            path,
+            dir,
+            name: cname,
+        }),
+        Err(e) => Err(FileError::io("stat", &path, e)),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+            let found = paths::locate_link_target(dir.as_fd(), &cname, &path)?;
+            Ok(Target {
+                path: found.path,
+                dir: found.dir,
+                name: found.name,
+            })
         }
-        if bytes.ends_with(b"/") {
-            return Err(FileError::NotRegular { path });
-        }
-        let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
-            Some(0) => (b"/".as_slice(), &bytes[1..]),
-            Some(i) => (&bytes[..i], &bytes[i + 1..]),
-            None => (b".".as_slice(), bytes),
-        };
-        if name == b"." || name == b".." {
-            return Err(FileError::NotRegular { path });
-        }
-        if name.len() > NAME_MAX {
-            return Err(FileError::NameTooLong { path });
-        }
-        let parent = PathBuf::from(OsStr::from_bytes(parent));
-        let cname = CString::new(name).map_err(|e| FileError::io("inject", &path, e))?;
-        let dir = rustix::fs::open(
-            &parent,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| FileError::io("open directory", &parent, e))?;
-        match rustix::fs::statat(&dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Err(rustix::io::Errno::NOENT) => {
-                return Ok(Target {
-                    path,
-                    dir,
-                    name: cname,
-                });
-            }
-            Err(e) => return Err(FileError::io("stat", &path, e)),
-            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
-                FileType::RegularFile => {
-                    return Ok(Target {
-                        path,
-                        dir,
-                        name: cname,
-                    });
-                }
-                FileType::Symlink => {
-                    let link = rustix::fs::readlinkat(&dir, cname.as_c_str(), Vec::new())
-                        .map_err(|e| FileError::io("readlink", &path, e))?;
-                    let link = PathBuf::from(OsStr::from_bytes(link.as_bytes()));
-                    path = if link.is_absolute() {
-                        link
-                    } else {
-                        parent.join(link)
-                    };
-                }
-                _ => return Err(FileError::NotRegular { path }),
-            },
+        Ok(st) => {
+            paths::require_regular(&path, &st)?;
+            Ok(Target {
+                path,
+                dir,
+                name: cname,
+            })
         }
     }
-    Err(FileError::io(
-        "inject",
-        requested,
-        io::Error::from_raw_os_error(libc::ELOOP),
-    ))
 }
 
 /// Creates the temporary beside the target: `O_EXCL|O_NOFOLLOW`, mode 0600, a few attempts

@@ -5,6 +5,9 @@
 //!
 //! * [`spawn`] — run `/bin/sh -c COMMAND` as a user, on pipes or a pty, with a pidfd.
 //! * [`files`] — inject (atomic: temporary + rename) and extract, as the user.
+//! * [`paths`] — client-named paths resolved by the kernel as the user, opened without
+//!   blocking, non-regular files refused.
+//! * [`escape`] — peer-supplied strings made safe for log lines and audit records.
 //! * [`procinfo`] — the `P` request's fields from `/proc`.
 //! * [`sources`] — event sources for monitors: kernel log, followed files, the agent's trail.
 //! * [`status`] — the status words (errno values) the protocol reports.
@@ -20,8 +23,10 @@
 //! The agent process is expected to ignore SIGPIPE (Rust binaries do) and must not set SIGCHLD
 //! to `SIG_IGN` (children are reaped through their pidfds).
 
+pub mod escape;
 pub mod fdio;
 pub mod files;
+pub mod paths;
 pub mod procinfo;
 mod pty;
 pub mod serve;

@@ -509,7 +509,7 @@ pub(crate) fn build_env(client: &[Vec<u8>], user: &User) -> BTreeMap<Vec<u8>, Ve
     let mut env = BTreeMap::new();
     for entry in client {
         let Some(eq) = entry.iter().position(|&b| b == b'=') else {
-            tracing::debug!(entry = %String::from_utf8_lossy(entry), "env entry without '=' ignored");
+            tracing::debug!(entry = %crate::escape::Quoted(entry), "env entry without '=' ignored");
             continue;
         };
         if eq == 0 || entry.contains(&0) {

@@ -367,6 +367,37 @@ impl Drop for AsUser {
     }
 }
 
+/// A user with their group list, read once: for acting as them again and again (a followed
+/// file is reopened as its reader at every rotation) without asking the group database each
+/// time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    user: User,
+    groups: Vec<u32>,
+}
+
+impl Identity {
+    /// The user and their groups (no group lookup when acting as them needs no change).
+    pub fn of(user: User) -> io::Result<Identity> {
+        let groups = if user.is_current() {
+            Vec::new()
+        } else {
+            user.groups()?
+        };
+        Ok(Identity { user, groups })
+    }
+
+    /// The user.
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+
+    /// Acts as the user until the guard is dropped (see [`AsUser`]).
+    pub fn act(&self) -> io::Result<AsUser> {
+        AsUser::enter_with_groups(&self.user, &self.groups)
+    }
+}
+
 /// A `Uid` for rustix from a raw number.
 pub(crate) fn uid(raw: u32) -> Uid {
     Uid::from_raw(raw)

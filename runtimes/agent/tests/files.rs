@@ -1,15 +1,16 @@
 //! Inject and extract with real files.
 
 mod common;
+mod path_support;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Once;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 use common::{me, test_user};
+use path_support::Dir;
 use tuppence_agent::{ExtractFile, InjectFile, User, status};
 
 /// A restrictive umask for this whole test binary: inject modes must not depend on it.
@@ -20,42 +21,10 @@ fn setup() {
     });
 }
 
-/// A scratch directory, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(mode: u32) -> Scratch {
-        setup();
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tuppence-agent-files-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir(&path).expect("mkdir");
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
-        Scratch(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .expect("readdir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory with `mode`, removed at the end.
+fn scratch(mode: u32) -> Dir {
+    setup();
+    Dir::new("files", mode)
 }
 
 fn b(path: &Path) -> &[u8] {
@@ -82,7 +51,7 @@ fn mode_of(path: &Path) -> u32 {
 #[test]
 fn inject_writes_content_with_the_exact_mode() {
     let me = me();
-    let dir = Scratch::new(0o755);
+    let dir = scratch(0o755);
     let target = dir.join("out.txt");
     let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o640).expect("create");
     assert_eq!(file.path(), target);
@@ -114,7 +83,7 @@ fn inject_writes_content_with_the_exact_mode() {
 #[test]
 fn inject_writes_many_pieces_at_once() {
     let me = me();
-    let dir = Scratch::new(0o755);
+    let dir = scratch(0o755);
     let target = dir.join("pieces");
     // More pieces than one writev takes, empty ones among them, large and small.
     let pieces: Vec<bytes::Bytes> = (0..200usize)
@@ -142,7 +111,7 @@ fn inject_writes_many_pieces_at_once() {
 #[test]
 fn inject_is_atomic() {
     let me = me();
-    let dir = Scratch::new(0o755);
+    let dir = scratch(0o755);
     let target = dir.join("data");
     fs::write(&target, b"old").expect("seed");
 
@@ -175,7 +144,7 @@ fn inject_is_atomic() {
 #[test]
 fn inject_refuses_directories_and_missing_dirs() {
     let me = me();
-    let dir = Scratch::new(0o755);
+    let dir = scratch(0o755);
     let sub = dir.join("sub");
     fs::create_dir(&sub).expect("mkdir");
     let err = InjectFile::create(me.as_bytes(), b(&sub), 0o644).unwrap_err();
@@ -196,23 +165,17 @@ fn inject_refuses_directories_and_missing_dirs() {
     assert_eq!(err.errno(), status::ENAMETOOLONG);
     // A fifo is not a regular file either.
     let fifo = dir.join("fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-        0,
-    )
-    .expect("mkfifo");
+    path_support::mkfifo(&fifo);
     let err = InjectFile::create(me.as_bytes(), b(&fifo), 0o644).unwrap_err();
-    assert_eq!(err.errno(), status::EISDIR);
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    assert!(err.to_string().contains("FIFO"), "{err}");
     assert_eq!(dir.names(), ["fifo", "sub"]);
 }
 
 #[test]
 fn inject_long_names_and_symlinks() {
     let me = me();
-    let dir = Scratch::new(0o755);
+    let dir = scratch(0o755);
     // A 255-byte name is valid; its temporary's name must be too.
     let long = "L".repeat(255);
     let mut file = InjectFile::create(me.as_bytes(), b(&dir.join(&long)), 0o600).expect("create");
@@ -269,14 +232,14 @@ fn inject_relative_names_go_under_home() {
 fn permissions_are_the_users() {
     let Some(name) = test_user() else { return };
     // Root-only directory: the user may not create files in it.
-    let private = Scratch::new(0o700);
+    let private = scratch(0o700);
     let err = InjectFile::create(name.as_bytes(), b(&private.join("f")), 0o644).unwrap_err();
     assert_eq!(err.errno(), status::EACCES, "{err}");
     assert!(private.names().is_empty());
 
     // Readable directory, root-only file: extract refused, inject over it refused (the
     // directory is not the user's to write).
-    let open = Scratch::new(0o755);
+    let open = scratch(0o755);
     let secret = open.join("secret");
     fs::write(&secret, b"s").expect("seed");
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -286,7 +249,7 @@ fn permissions_are_the_users() {
     assert_eq!(err.errno(), status::EACCES, "{err}");
 
     // A directory the user may write: fine, and the agent is root again afterwards.
-    let shared = Scratch::new(0o777);
+    let shared = scratch(0o777);
     let mut file =
         InjectFile::create(name.as_bytes(), b(&shared.join("ok")), 0o644).expect("create");
     file.write(b"ok").expect("write");
@@ -300,7 +263,7 @@ fn permissions_are_the_users() {
 #[test]
 fn extract_is_byte_exact() {
     let me = me();
-    let dir = Scratch::new(0o755);
+    let dir = scratch(0o755);
     let path = dir.join("big");
     let data = pseudo_random(10_000_000, 7);
     fs::write(&path, &data).expect("seed");
@@ -321,7 +284,7 @@ fn extract_is_byte_exact() {
 #[test]
 fn extract_errors() {
     let me = me();
-    let dir = Scratch::new(0o755);
+    let dir = scratch(0o755);
     let err = ExtractFile::open(me.as_bytes(), b(&dir.join("missing"))).unwrap_err();
     assert_eq!(err.errno(), status::ENOENT);
     let err = ExtractFile::open(me.as_bytes(), b(&dir.0)).unwrap_err();
@@ -333,4 +296,121 @@ fn extract_errors() {
     let mut buf = BytesMut::new();
     while ex.read_chunk(&mut buf, 100).expect("read") > 0 {}
     assert!(buf.ends_with(b"\n"));
+}
+
+/// `fs.protected_symlinks`: a link planted by another user in a sticky world-writable
+/// directory must stop the agent exactly where it stops root's shell. The agent used to read
+/// the link itself and write through it: the root-only target was replaced and its mode reset.
+#[test]
+fn protected_symlinks_stop_inject_and_extract() {
+    let Some(user) = test_user() else { return };
+    let Some(_sysctl) = path_support::Sysctl::set("fs/protected_symlinks", "1") else {
+        return;
+    };
+    let uid = User::lookup(user.as_bytes()).expect("user").uid();
+    let planted = path_support::Planted::new(uid);
+    assert!(
+        planted.shell_is_refused(),
+        "the kernel follows the planted link"
+    );
+    planted.assert_untouched();
+
+    let err = InjectFile::create(b"root", b(&planted.link), 0o666).unwrap_err();
+    assert_eq!(err.errno(), status::EACCES, "{err}");
+    planted.assert_untouched();
+    let err = ExtractFile::open(b"root", b(&planted.link)).unwrap_err();
+    assert_eq!(err.errno(), status::EACCES, "{err}");
+
+    // The same link owned by the directory's owner is followed, as the kernel allows: the
+    // link's target is replaced (atomically, beside itself), the link stays.
+    std::os::unix::fs::lchown(&planted.link, Some(0), Some(0)).expect("lchown");
+    let mut file = InjectFile::create(b"root", b(&planted.link), 0o640).expect("create");
+    assert_eq!(file.path(), planted.secret);
+    file.write(b"replaced\n").expect("write");
+    file.finish().expect("finish");
+    assert_eq!(fs::read(&planted.secret).expect("read"), b"replaced\n");
+    assert_eq!(mode_of(&planted.secret), 0o640);
+    assert!(
+        fs::symlink_metadata(&planted.link)
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    let mut ex = ExtractFile::open(b"root", b(&planted.link)).expect("extract via link");
+    let mut buf = BytesMut::new();
+    while ex.read_chunk(&mut buf, 64).expect("read") > 0 {}
+    assert_eq!(&buf[..], b"replaced\n");
+}
+
+/// Links are followed by the kernel for inject: dangling links are refused (as `cp` refuses
+/// them) instead of creating a file where the link points; loops end in ELOOP; a link to a
+/// directory or a FIFO is refused like the directory or FIFO itself.
+#[test]
+fn inject_through_links_is_the_kernels_resolution() {
+    let me = me();
+    let dir = scratch(0o755);
+    let dangling = dir.join("dangling");
+    symlink("nowhere", &dangling).expect("symlink");
+    let err = InjectFile::create(me.as_bytes(), b(&dangling), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::ENOENT, "{err}");
+    assert!(!dir.join("nowhere").exists());
+    let looped = dir.join("loop");
+    symlink("loop", &looped).expect("symlink");
+    let err = InjectFile::create(me.as_bytes(), b(&looped), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::ELOOP, "{err}");
+    let to_dir = dir.join("to-dir");
+    symlink(".", &to_dir).expect("symlink");
+    let err = InjectFile::create(me.as_bytes(), b(&to_dir), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::EISDIR, "{err}");
+    let fifo = dir.join("fifo");
+    path_support::mkfifo(&fifo);
+    let to_fifo = dir.join("to-fifo");
+    symlink("fifo", &to_fifo).expect("symlink");
+    let err = InjectFile::create(me.as_bytes(), b(&to_fifo), 0o644).unwrap_err();
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    // A chain of links is followed to its end; the temporary goes beside the real file.
+    let sub = dir.join("sub");
+    fs::create_dir(&sub).expect("mkdir");
+    fs::write(sub.join("real"), b"old").expect("seed");
+    symlink("sub/real", dir.join("hop2")).expect("symlink");
+    symlink("hop2", dir.join("hop1")).expect("symlink");
+    let mut file = InjectFile::create(me.as_bytes(), b(&dir.join("hop1")), 0o600).expect("create");
+    assert_eq!(file.path(), sub.join("real"));
+    let tmp = String::from_utf8_lossy(file.temporary_name()).into_owned();
+    assert!(
+        sub.join(&tmp).exists(),
+        "temporary not beside the real file"
+    );
+    file.write(b"new").expect("write");
+    file.finish().expect("finish");
+    assert_eq!(fs::read(sub.join("real")).expect("read"), b"new");
+}
+
+/// Extract never opens what is not a regular file: FIFOs (reading would wait for a writer),
+/// devices and sockets are refused with EINVAL before anything is opened.
+#[test]
+fn extract_refuses_fifos_devices_and_sockets() {
+    let me = me();
+    let dir = scratch(0o755);
+    let fifo = dir.join("fifo");
+    path_support::mkfifo(&fifo);
+    let err = ExtractFile::open(me.as_bytes(), b(&fifo)).unwrap_err();
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    let err = ExtractFile::open(me.as_bytes(), b"/dev/zero").unwrap_err();
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    let sock = dir.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let err = ExtractFile::open(me.as_bytes(), b(&sock)).unwrap_err();
+    assert_eq!(err.errno(), status::EINVAL, "{err}");
+    // /sys attributes are regular files too (their size says nothing) and read to their end.
+    let mut ex = ExtractFile::open(me.as_bytes(), b"/sys/kernel/uevent_seqnum").expect("sysfs");
+    let mut buf = BytesMut::new();
+    while ex.read_chunk(&mut buf, 1).expect("read") > 0 {}
+    assert!(buf.len() > 1 && buf.ends_with(b"\n"), "{buf:?}");
+    // A /proc file larger than a page, read in small chunks to its end.
+    let mut ex = ExtractFile::open(me.as_bytes(), b"/proc/self/smaps").expect("proc");
+    assert_eq!(ex.size_hint(), 0);
+    let mut buf = BytesMut::new();
+    while ex.read_chunk(&mut buf, 1000).expect("read") > 0 {}
+    assert!(buf.len() > 4096, "only {} bytes", buf.len());
 }

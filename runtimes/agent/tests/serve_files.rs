@@ -5,6 +5,7 @@
 
 mod agent_harness;
 mod common;
+mod path_support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -356,4 +357,79 @@ fn interrupting_an_extract_ends_it_with_eintr() {
         },
     );
     assert_eq!(raw.frames_until(2, |_| true), vec![Packet::Major(2)]);
+}
+
+/// Through the serve loop: inject, extract and `file:` monitors resolve a client's path with
+/// the kernel, so a link planted in a sticky directory stops root's inject as it stops
+/// root's shell (the agent used to read the link itself and overwrite the root-only file).
+#[test]
+fn planted_links_stop_root_as_they_stop_roots_shell() {
+    let Some(user) = common::test_user() else {
+        return;
+    };
+    let Some(_sysctl) = path_support::Sysctl::set("fs/protected_symlinks", "1") else {
+        return;
+    };
+    let uid = tuppence_agent::User::lookup(user.as_bytes()).unwrap().uid();
+    let planted = path_support::Planted::new(uid);
+    assert!(
+        planted.shell_is_refused(),
+        "the kernel follows the planted link"
+    );
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let link = planted.link.to_str().unwrap();
+    let e = s
+        .inject("root", link, 0o666, &b"overwritten\n"[..], |_| {})
+        .unwrap_err();
+    assert_eq!(remote_errno(&e), Some(13), "{e}");
+    planted.assert_untouched();
+    let e = s.extract("root", link, Vec::new(), |_| {}).unwrap_err();
+    assert_eq!(remote_errno(&e), Some(13), "{e}");
+    let m = s.monitor(&format!("file:{link}")).unwrap();
+    assert_eq!(
+        m.next_timeout(Some(PATIENCE)).unwrap(),
+        Some(tuppence_blocking::MonitorEvent::Finished(
+            tuppence::link::Outcome::Failed { errno: 13 }
+        ))
+    );
+    planted.assert_untouched();
+}
+
+/// Extract never waits on what a client names: a FIFO, a device or a socket is refused with
+/// EINVAL at once, and the agent goes on serving. /proc and /sys files (size 0) are read to
+/// their end.
+#[test]
+fn extract_of_fifos_and_devices_is_refused_and_pseudo_files_are_read_whole() {
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("extract-special");
+    let fifo = files.join("fifo");
+    path_support::mkfifo(&fifo);
+    let sock = agent.sock.to_str().unwrap().to_owned();
+    for path in [fifo.to_str().unwrap(), "/dev/zero", "/dev/null", &sock] {
+        let e = s.extract("root", path, Vec::new(), |_| {}).unwrap_err();
+        assert_eq!(remote_errno(&e), Some(22), "{path}: {e}");
+    }
+    // The agent runs in this process: its /proc/self is ours, and the same size-0 file.
+    let mut status = Vec::new();
+    s.extract("root", "/proc/self/status", &mut status, |_| {})
+        .unwrap();
+    let text = String::from_utf8_lossy(&status);
+    assert!(
+        text.starts_with("Name:") && text.contains("\nVmRSS:"),
+        "{text}"
+    );
+    let mut maps = Vec::new();
+    s.extract("root", "/proc/self/smaps", &mut maps, |_| {})
+        .unwrap();
+    assert!(maps.len() > 8192, "only {} bytes of smaps", maps.len());
+    let mut seqnum = Vec::new();
+    s.extract("root", "/sys/kernel/uevent_seqnum", &mut seqnum, |_| {})
+        .unwrap();
+    assert!(
+        seqnum.len() > 1 && seqnum.ends_with(b"\n"),
+        "{:?}",
+        String::from_utf8_lossy(&seqnum)
+    );
 }

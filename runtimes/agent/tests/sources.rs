@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::wait_readable;
 use tuppence_agent::sources::{
-    AuditEvent, AuditTrail, CommandEnd, EventSource, FileFollow, Kmsg, MAX_LINE, SourceError,
-    open_source,
+    AuditEvent, AuditOutcome, AuditTrail, CommandEnd, EventSource, FileFollow, Kmsg, MAX_LINE,
+    ReadAs, SourceError, open_source,
 };
 use tuppence_agent::status;
 
@@ -167,6 +167,7 @@ fn audit_trail_cursors_and_bound() {
         xid: 1,
         pid: 100,
         end: CommandEnd::Exited(0),
+        cut: None,
     });
     let mut b = trail.subscribe();
     assert!(a.has_pending());
@@ -197,7 +198,7 @@ fn audit_trail_cursors_and_bound() {
             path: b"/tmp/f",
             mode: 0o644,
             bytes: 10,
-            status: 0,
+            outcome: AuditOutcome::Status(0),
         });
     }
     assert_eq!(trail.len(), 4);
@@ -263,25 +264,27 @@ fn kmsg_reads_new_records() {
 #[test]
 fn sources_by_name() {
     let trail = AuditTrail::default();
-    let mut agent = open_source(b"agent", &trail).expect("agent");
+    let mut agent = open_source(b"agent", &trail, &ReadAs::Agent).expect("agent");
     trail.push(&AuditEvent::Disconnect { cid: 9 });
     assert!(agent.read_new(10).expect("read").lines[0].ends_with(b"agent: cid=9 disconnect\n"));
     let dir = Scratch::new("named");
     let path = dir.0.join("f");
     let mut name = b"file:".to_vec();
     name.extend_from_slice(path.to_string_lossy().as_bytes());
-    let mut file = open_source(&name, &trail).expect("file");
+    let mut file = open_source(&name, &trail, &ReadAs::Agent).expect("file");
     append(&path, b"hi\n");
     assert_eq!(
         file.read_new(10).expect("read").lines,
         [Bytes::from("hi\n")]
     );
     for bad in [&b"nope"[..], b"file:", b""] {
-        let err = open_source(bad, &trail).err().expect("unknown");
+        let err = open_source(bad, &trail, &ReadAs::Agent)
+            .err()
+            .expect("unknown");
         assert!(matches!(err, SourceError::Unknown(_)));
         assert_eq!(err.errno(), status::ENOENT);
     }
-    match open_source(b"kmsg", &trail) {
+    match open_source(b"kmsg", &trail, &ReadAs::Agent) {
         Ok(k) => assert!(k.poll_fd().is_some()),
         Err(e) => println!("SKIPPED: kmsg by name: {e}"),
     }

@@ -219,8 +219,9 @@ pub struct InterruptArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Sources: agent (the agent's audit trail: commands, injects, \
-extracts), kmsg (new kernel log lines), file:PATH (lines appended to a file). Events are \
+    after_help = "Sources: agent (the agent's audit trail: one record per request with its \
+outcome), kmsg (new kernel log lines), file:PATH (lines appended to a regular file; a FIFO, \
+socket or device is refused with 22). Events are \
 written to stdout as they arrive. Ctrl-C ends the subscription cleanly and exits 0. Not \
 available over the legacy 3.0 dialect."
 )]
@@ -368,16 +369,19 @@ pub struct ServeArgs {
     /// left behind must not eat the next client's hello); 0 = never.
     #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_seconds)]
     pub port_partial_timeout: f64,
-    /// Only these users may be run as or act as (repeatable) [default: any].
+    /// Only these users may be run as or act as (repeatable) [default: any]. Monitors then
+    /// read as an allowed user too: `file:` as the first who may open the file, `kmsg` only
+    /// if one may read the kernel log, `agent` only if the agent's own user is allowed.
     #[arg(long = "allow-user", value_name = "USER")]
     pub allow_users: Vec<String>,
     /// Ignore clients' quit requests.
     #[arg(long)]
     pub no_quit: bool,
-    /// Log every command, inject and extract (the default).
+    /// Log every request with its outcome: commands, transfers, monitors, interrupts,
+    /// refusals (the default).
     #[arg(long, overrides_with = "no_audit")]
     pub audit: bool,
-    /// Do not log commands, injects and extracts.
+    /// Do not log requests.
     #[arg(long, overrides_with = "audit")]
     pub no_audit: bool,
 }

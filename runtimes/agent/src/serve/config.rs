@@ -22,11 +22,13 @@ pub struct AgentConfig {
     /// dropped as line noise when new bytes arrive (a client that died mid-write must not
     /// eat the next client's hello: see `Limits::stale_partial_after`). `None` = never.
     pub port_stale_partial_after: Option<Duration>,
-    /// Users commands and transfers may run as; `None` = any.
+    /// Users commands and transfers may run as, and monitors read as
+    /// ([`crate::sources::ReadAs`]); `None` = any.
     pub allow_users: Option<Vec<Vec<u8>>>,
     /// Whether a client's `q` stops the agent.
     pub allow_quit: bool,
-    /// Log every command, inject and extract (as `tracing` info events).
+    /// Log every request's audit record (as `tracing` info events, the text of the `agent`
+    /// trail's records).
     pub audit: bool,
     /// Child output is not read while a connection has more than this queued to send.
     pub transmit_limit: usize,

@@ -26,13 +26,16 @@ use tuppence::wire::{ProcInfoField, field};
 use tuppence_mio::{ConnId, Driver, ExtraId, ExtraReady, LinkIo};
 use tuppence_transport::{Listener, Transport, TransportKind};
 
+use crate::escape::{Clean, Quoted};
 use crate::fdio::{self, ReadOutcome};
-use crate::sources::{AUDIT_CAPACITY, AuditEvent, AuditTrail, CommandEnd, open_source};
+use crate::sources::{
+    AUDIT_CAPACITY, AuditEvent, AuditOutcome, AuditTrail, CommandEnd, Cut, ReadAs, open_source,
+};
 use crate::spawn::{
     Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command_nowait, tty_eof_sequence,
 };
 use crate::{ExtractFile, InjectFile, read_procinfo, status};
-use tx::{CommandTx, InjectTx, MonitorTx, OutPipe, Tx};
+use tx::{CommandTx, ExtractTx, InjectTx, MonitorTx, OutPipe, Tx};
 
 /// Bytes read from a child pipe per call (a default pipe holds 64 KiB).
 const CHUNK: usize = 64 * 1024;
@@ -308,7 +311,7 @@ impl Agent {
         let id = self.driver.add(LinkIo::new(transport, server))?;
         self.trail.push(&AuditEvent::Connect { cid, peer: &peer });
         if self.config.audit {
-            info!(cid, %peer, transport = kind.as_str(), "client connected");
+            info!(cid, peer = %Quoted::str(&peer), transport = kind.as_str(), "client connected");
         }
         self.conns.insert(
             id,
@@ -353,11 +356,11 @@ impl Agent {
                     // no longer count: a client may leave and another arrive at once.
                     let live = self.conns.len().saturating_sub(self.driver.failed().len());
                     if live >= self.config.max_clients {
-                        warn!(%peer, max = self.config.max_clients, "too many clients; connection closed");
+                        warn!(peer = %Clean(&peer), max = self.config.max_clients, "too many clients; connection closed");
                         continue;
                     }
                     if let Err(e) = self.add_conn(transport, peer.to_string(), Some(idx)) {
-                        warn!(%peer, error = %e, "cannot serve connection");
+                        warn!(peer = %Clean(&peer), error = %e, "cannot serve connection");
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -395,7 +398,7 @@ impl Agent {
                             }
                         }
                         Err(e) => {
-                            warn!(%peer, error = %e, "cannot serve port");
+                            warn!(peer = %Clean(&peer), error = %e, "cannot serve port");
                             if let Some(slot) = self.listeners.get_mut(idx) {
                                 slot.retry_at = Some(now + interval);
                             }
@@ -423,7 +426,7 @@ impl Agent {
                 continue;
             };
             if self.config.audit {
-                info!(cid = conn.cid, peer = %conn.peer, reason = %err, "client disconnected");
+                info!(cid = conn.cid, peer = %Quoted::str(&conn.peer), reason = %err, "client disconnected");
             }
             if conn.violations > LOGGED_VIOLATIONS {
                 warn!(
@@ -432,7 +435,7 @@ impl Agent {
                     "protocol violations in all"
                 );
             }
-            self.end_session(conn.cid, conn.txs);
+            self.end_session(conn.cid, conn.txs, Cut::Disconnect);
             if let Some(slot) = conn.listener.and_then(|i| self.listeners.get_mut(i))
                 && slot.device_conn == Some(id)
             {
@@ -443,29 +446,76 @@ impl Agent {
     }
 
     /// A client is gone (disconnected, or replaced on a device link by a new client's
-    /// hello): records the end of every command it had running, then kills and reaps
-    /// them, stops its monitors and removes its partial files.
-    fn end_session(&mut self, cid: u16, txs: HashMap<u16, Tx>) {
-        // Every command's start record gets its end: these are killed now.
+    /// hello), or the agent stops: records how each of its requests was cut off (every
+    /// request gets its one outcome record), then kills and reaps its commands, stops its
+    /// monitors and removes its partial files.
+    fn end_session(&mut self, cid: u16, txs: HashMap<u16, Tx>, cut: Cut) {
         let mut xids: Vec<u16> = txs.keys().copied().collect();
         xids.sort_unstable();
         for xid in xids {
-            if let Some(Tx::Command(c)) = txs.get(&xid) {
+            if let Some(tx) = txs.get(&xid) {
+                self.audit_end(cid, xid, tx, AuditOutcome::Cut(cut));
+            }
+        }
+        self.trail.push(&AuditEvent::Disconnect { cid });
+        self.drop_txs(txs);
+    }
+
+    /// The outcome record of a request that ended with `outcome`. A command's ordinary end
+    /// is recorded where its status is sent (`pump_command`); here only its cut-off.
+    fn audit_end(&self, cid: u16, xid: u16, tx: &Tx, outcome: AuditOutcome) {
+        match tx {
+            Tx::Command(c) => {
+                let AuditOutcome::Cut(cut) = outcome else {
+                    return;
+                };
+                // Killed now, unless it had ended and only its output was still going out.
                 let end = match c.status {
                     Some(ExitStatus::Exited(code)) => CommandEnd::Exited(code),
                     Some(ExitStatus::Signaled(sig)) => CommandEnd::Signaled(sig),
                     None => CommandEnd::Signaled(libc::SIGKILL),
                 };
-                let pid = c.child.pid();
-                if self.config.audit {
-                    info!(cid, xid, pid, end = ?end, "command ended with its connection");
-                }
-                self.trail
-                    .push(&AuditEvent::CommandEnd { cid, xid, pid, end });
+                self.audit(&AuditEvent::CommandEnd {
+                    cid,
+                    xid,
+                    pid: c.child.pid(),
+                    end,
+                    cut: Some(cut),
+                });
             }
+            Tx::Inject(t) => self.audit(&AuditEvent::Inject {
+                cid,
+                xid,
+                user: &t.user,
+                path: &t.path,
+                mode: t.file.mode(),
+                bytes: t.file.written(),
+                outcome,
+            }),
+            Tx::Extract(t) => self.audit(&AuditEvent::Extract {
+                cid,
+                xid,
+                user: &t.user,
+                path: &t.path,
+                bytes: t.file.read_so_far(),
+                outcome,
+            }),
+            Tx::Monitor(m) => self.audit(&AuditEvent::Monitor {
+                cid,
+                xid,
+                source: &m.name,
+                outcome,
+            }),
         }
-        self.trail.push(&AuditEvent::Disconnect { cid });
-        self.drop_txs(txs);
+    }
+
+    /// Records a request's outcome in the trail, and in the log with `--audit`. Peer strings
+    /// are escaped by the record's format ([`crate::escape`]).
+    fn audit(&self, event: &AuditEvent<'_>) {
+        if self.config.audit {
+            info!("{}", event.text());
+        }
+        self.trail.push(event);
     }
 
     /// Kills and reaps what transactions started, removes partial files.
@@ -527,7 +577,7 @@ impl Agent {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             if let Some(conn) = self.conns.remove(&id) {
-                self.drop_txs(conn.txs);
+                self.end_session(conn.cid, conn.txs, Cut::Shutdown);
             }
             if let Some(mut link) = self.driver.remove(id) {
                 let _ = link.flush_blocking(Instant::now(), Duration::from_secs(1));
@@ -655,7 +705,8 @@ impl Agent {
         }
     }
 
-    /// Writes the data an inject has received so far; a failure ends the transfer.
+    /// Writes the data an inject has received so far; a failure (a full disk: 28) ends the
+    /// transfer, with its record.
     fn write_inject(&mut self, id: ConnId, xid: u16) {
         let failed = match self.tx_mut(id, xid) {
             Some(Tx::Inject(t)) if !t.pending.is_empty() => {
@@ -667,7 +718,7 @@ impl Agent {
             _ => None,
         };
         if let Some(errno) = failed {
-            self.remove_tx(id, xid);
+            self.finish_tx(id, xid, errno);
             if let Some(server) = self.server(id) {
                 let _ = server.inject_done(xid, Err(errno));
             }
@@ -699,6 +750,15 @@ impl Agent {
             .is_none_or(|list| list.iter().any(|u| u == user))
     }
 
+    /// Who monitors read as: the agent, or (with `--allow-user`) the users commands and
+    /// transfers may act as (see [`ReadAs`]).
+    fn monitor_readers(&self) -> ReadAs {
+        match &self.config.allow_users {
+            None => ReadAs::Agent,
+            Some(names) => ReadAs::any_of_names(names),
+        }
+    }
+
     fn on_event(&mut self, id: ConnId, ev: ServerEvent, now: Instant) {
         let cid = self.conns.get(&id).map_or(0, |c| c.cid);
         match ev {
@@ -712,9 +772,9 @@ impl Agent {
                 let txs = std::mem::take(&mut conn.txs);
                 let peer = conn.peer.clone();
                 if self.config.audit {
-                    info!(cid, %peer, transactions = aborted.len(), "session reset: a new client said hello; the previous one is gone");
+                    info!(cid, peer = %Quoted::str(&peer), transactions = aborted.len(), "session reset: a new client said hello; the previous one is gone");
                 }
-                self.end_session(cid, txs);
+                self.end_session(cid, txs, Cut::Disconnect);
                 self.trail.push(&AuditEvent::Connect { cid, peer: &peer });
             }
             ServerEvent::Hello {
@@ -755,13 +815,25 @@ impl Agent {
                 }
             }
             ServerEvent::Interrupt { xid, signal } => {
-                let Some(signo) = signal_from_name(&signal) else {
-                    warn!(cid, xid, signal = %String::from_utf8_lossy(&signal), "unknown signal name; ignored");
-                    return;
+                let status = match signal_from_name(&signal) {
+                    None => {
+                        warn!(cid, xid, signal = %Quoted(&signal), "unknown signal name; ignored");
+                        status::EINVAL
+                    }
+                    Some(signo) => match self.tx_mut(id, xid) {
+                        Some(Tx::Command(c)) => c
+                            .child
+                            .kill_group(signo)
+                            .map_or_else(|e| status::errno_of(&e), |()| 0),
+                        _ => status::ESRCH,
+                    },
                 };
-                if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
-                    let _ = c.child.kill_group(signo);
-                }
+                self.audit(&AuditEvent::Interrupt {
+                    cid,
+                    xid,
+                    signal: &signal,
+                    status,
+                });
             }
             ServerEvent::Inject {
                 xid,
@@ -786,6 +858,7 @@ impl Agent {
                                 Tx::Inject(Box::new(InjectTx {
                                     file,
                                     user: user.to_vec(),
+                                    path: path.to_vec(),
                                     pending: Vec::new(),
                                     pending_len: 0,
                                 })),
@@ -794,7 +867,15 @@ impl Agent {
                     }
                     Err(errno) => {
                         let _ = server.fail(xid, errno);
-                        self.audit_inject(cid, xid, &user, &path, mode, 0, errno);
+                        self.audit(&AuditEvent::Inject {
+                            cid,
+                            xid,
+                            user: &user,
+                            path: &path,
+                            mode,
+                            bytes: 0,
+                            outcome: AuditOutcome::Status(errno),
+                        });
                     }
                 }
             }
@@ -816,15 +897,21 @@ impl Agent {
             ServerEvent::InjectEnd { xid } => {
                 self.write_inject(id, xid);
                 if let Some(Tx::Inject(t)) = self.take_tx(id, xid) {
-                    let InjectTx { file, user, .. } = *t;
-                    let path = file.path().as_os_str().as_encoded_bytes().to_vec();
+                    let InjectTx {
+                        file, user, path, ..
+                    } = *t;
                     let mode = file.mode();
+                    let written = file.written();
                     let result = file.finish().map_err(|e| e.errno());
-                    let (bytes, errno) = match result {
-                        Ok(n) => (n, 0),
-                        Err(e) => (0, e),
-                    };
-                    self.audit_inject(cid, xid, &user, &path, mode, bytes, errno);
+                    self.audit(&AuditEvent::Inject {
+                        cid,
+                        xid,
+                        user: &user,
+                        path: &path,
+                        mode,
+                        bytes: written,
+                        outcome: AuditOutcome::Status(result.err().unwrap_or(0)),
+                    });
                     if let Some(server) = self.server(id) {
                         let _ = server.inject_done(xid, result.map(|_| ()));
                     }
@@ -842,57 +929,83 @@ impl Agent {
                             let _ = server.extract_ready(xid);
                         }
                         if let Some(conn) = self.conns.get_mut(&id) {
-                            conn.txs.insert(xid, Tx::Extract(file, user.to_vec()));
+                            conn.txs.insert(
+                                xid,
+                                Tx::Extract(Box::new(ExtractTx {
+                                    file,
+                                    user: user.to_vec(),
+                                    path: path.to_vec(),
+                                })),
+                            );
                         }
                     }
                     Err(errno) => {
                         if let Some(server) = self.server(id) {
                             let _ = server.fail(xid, errno);
                         }
-                        self.audit_extract(cid, xid, &user, &path, 0, errno);
+                        self.audit(&AuditEvent::Extract {
+                            cid,
+                            xid,
+                            user: &user,
+                            path: &path,
+                            bytes: 0,
+                            outcome: AuditOutcome::Status(errno),
+                        });
                     }
                 }
             }
             ServerEvent::TransferAborted { xid } => {
-                // Dropping an inject removes its temporary file.
-                self.remove_tx(id, xid);
+                // The machine answers EINTR. Dropping an inject removes its temporary file.
+                self.finish_tx(id, xid, status::EINTR);
             }
-            ServerEvent::Monitor { xid, source } => match open_source(&source, &self.trail) {
-                Ok(src) => {
-                    let extra = src
-                        .poll_fd()
-                        .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd))
-                        .and_then(|fd| {
-                            self.register(fd, Interest::READABLE, Owner::Source(id, xid))
-                        });
-                    let next_poll = src.poll_interval().map(|i| now + i);
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.txs.insert(
+            ServerEvent::Monitor { xid, source } => {
+                match open_source(&source, &self.trail, &self.monitor_readers()) {
+                    Ok(src) => {
+                        let extra = src
+                            .poll_fd()
+                            .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd))
+                            .and_then(|fd| {
+                                self.register(fd, Interest::READABLE, Owner::Source(id, xid))
+                            });
+                        let next_poll = src.poll_interval().map(|i| now + i);
+                        if let Some(conn) = self.conns.get_mut(&id) {
+                            conn.txs.insert(
+                                xid,
+                                Tx::Monitor(Box::new(MonitorTx {
+                                    name: source,
+                                    source: src,
+                                    extra,
+                                    readable: true,
+                                    next_poll,
+                                    stash: VecDeque::new(),
+                                    settles: VecDeque::new(),
+                                })),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(server) = self.server(id) {
+                            let _ = server.fail(xid, e.errno());
+                        }
+                        self.audit(&AuditEvent::Monitor {
+                            cid,
                             xid,
-                            Tx::Monitor(Box::new(MonitorTx {
-                                source: src,
-                                extra,
-                                readable: true,
-                                next_poll,
-                                stash: VecDeque::new(),
-                                settles: VecDeque::new(),
-                            })),
-                        );
+                            source: &source,
+                            outcome: AuditOutcome::Status(e.errno()),
+                        });
                     }
                 }
-                Err(e) => {
-                    if let Some(server) = self.server(id) {
-                        let _ = server.fail(xid, e.errno());
-                    }
-                }
-            },
+            }
             ServerEvent::Settle { xid, seq } => {
                 if let Some(Tx::Monitor(m)) = self.tx_mut(id, xid) {
                     m.settles.push_back(seq);
                     m.readable = true;
                 }
             }
-            ServerEvent::MonitorEnd { xid } => self.remove_tx(id, xid),
+            ServerEvent::MonitorEnd { xid } => {
+                // The machine answers the end.
+                self.finish_tx(id, xid, 0);
+            }
             ServerEvent::ProcInfo { xid, mask } => {
                 let probe = match self.tx_mut(id, xid) {
                     Some(Tx::Command(c)) if c.status.is_none() => {
@@ -928,6 +1041,10 @@ impl Agent {
                 }
             }
             ServerEvent::Quit => {
+                self.audit(&AuditEvent::Quit {
+                    cid,
+                    honoured: self.config.allow_quit,
+                });
                 if self.config.allow_quit {
                     info!(cid, "quit requested by client");
                     self.quit = true;
@@ -942,7 +1059,7 @@ impl Agent {
                     c.violations
                 });
                 if seen <= LOGGED_VIOLATIONS {
-                    warn!(cid, "protocol violation: {v}");
+                    warn!(cid, "protocol violation: {}", Clean(&v));
                 }
                 if seen == LOGGED_VIOLATIONS {
                     warn!(
@@ -972,6 +1089,14 @@ impl Agent {
             if let Some(server) = self.server(id) {
                 let _ = server.fail(xid, status::EACCES);
             }
+            self.audit(&AuditEvent::CommandFailed {
+                cid,
+                xid,
+                user: &user,
+                command: &command,
+                tty,
+                status: status::EACCES,
+            });
             return;
         }
         let mut spec = SpawnSpec::new(user.to_vec(), command.to_vec());
@@ -985,13 +1110,15 @@ impl Agent {
             Err(e) => {
                 let errno = e.errno();
                 if self.config.audit {
-                    info!(cid, xid, user = %String::from_utf8_lossy(&user), error = %e, "command failed to start");
+                    info!(cid, xid, error = %Clean(&e), "command failed to start");
                 }
-                self.trail.push(&AuditEvent::CommandEnd {
+                self.audit(&AuditEvent::CommandFailed {
                     cid,
                     xid,
-                    pid: 0,
-                    end: CommandEnd::SpawnFailed(errno),
+                    user: &user,
+                    command: &command,
+                    tty,
+                    status: errno,
                 });
                 if let Some(server) = self.server(id) {
                     let _ = server.fail(xid, errno);
@@ -1000,10 +1127,7 @@ impl Agent {
             }
         };
         let pid = child.pid();
-        if self.config.audit {
-            info!(cid, xid, pid, user = %String::from_utf8_lossy(&user), tty, command = %String::from_utf8_lossy(&command), "run");
-        }
-        self.trail.push(&AuditEvent::CommandStart {
+        self.audit(&AuditEvent::CommandStart {
             cid,
             xid,
             pid,
@@ -1096,49 +1220,14 @@ impl Agent {
         self.conns.get_mut(&id)?.txs.remove(&xid)
     }
 
-    fn remove_tx(&mut self, id: ConnId, xid: u16) {
+    /// Ends a transfer or monitor whose client was sent `status`: its record, then its
+    /// resources (an inject's temporary is removed).
+    fn finish_tx(&mut self, id: ConnId, xid: u16, status: u32) {
+        let cid = self.conns.get(&id).map_or(0, |c| c.cid);
         if let Some(tx) = self.take_tx(id, xid) {
+            self.audit_end(cid, xid, &tx, AuditOutcome::Status(status));
             self.drop_tx(tx);
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn audit_inject(
-        &self,
-        cid: u16,
-        xid: u16,
-        user: &[u8],
-        path: &[u8],
-        mode: u32,
-        bytes: u64,
-        errno: u32,
-    ) {
-        if self.config.audit {
-            info!(cid, xid, user = %String::from_utf8_lossy(user), path = %String::from_utf8_lossy(path), bytes, status = errno, "inject");
-        }
-        self.trail.push(&AuditEvent::Inject {
-            cid,
-            xid,
-            user,
-            path,
-            mode,
-            bytes,
-            status: errno,
-        });
-    }
-
-    fn audit_extract(&self, cid: u16, xid: u16, user: &[u8], path: &[u8], bytes: u64, errno: u32) {
-        if self.config.audit {
-            info!(cid, xid, user = %String::from_utf8_lossy(user), path = %String::from_utf8_lossy(path), bytes, status = errno, "extract");
-        }
-        self.trail.push(&AuditEvent::Extract {
-            cid,
-            xid,
-            user,
-            path,
-            bytes,
-            status: errno,
-        });
     }
 
     // ---- moving data ----
@@ -1292,7 +1381,7 @@ impl Agent {
                 // The child could not become the command (switching user or exec failed).
                 let errno = status::errno_of(&e);
                 if self.config.audit {
-                    info!(cid, xid, pid, error = %e, "command failed to start");
+                    info!(cid, xid, pid, error = %Clean(&e), "command failed to start");
                 }
                 if let Some(server) = self.server(id) {
                     let _ = server.fail(xid, errno);
@@ -1320,11 +1409,13 @@ impl Agent {
                     ExitStatus::Signaled(sig) => CommandEnd::Signaled(sig),
                 }
             };
-            if self.config.audit {
-                info!(cid, xid, pid, end = ?end, "command ended");
-            }
-            self.trail
-                .push(&AuditEvent::CommandEnd { cid, xid, pid, end });
+            self.audit(&AuditEvent::CommandEnd {
+                cid,
+                xid,
+                pid,
+                end,
+                cut: None,
+            });
             self.drop_tx(Tx::Command(c));
             self.busy = true;
             return 0;
@@ -1383,46 +1474,35 @@ impl Agent {
 
     /// One chunk per call: many transfers on one link take turns.
     fn pump_extract(&mut self, id: ConnId, xid: u16) {
-        {
-            if !self.link_has_room(id) {
+        if !self.link_has_room(id) {
+            return;
+        }
+        let Some(Tx::Extract(t)) = self.conns.get_mut(&id).and_then(|c| c.txs.get_mut(&xid)) else {
+            return;
+        };
+        Self::arena_of(&mut self.buf, &mut self.old_bufs, BULK_CHUNK);
+        let r = t.file.read_chunk(&mut self.buf, BULK_CHUNK);
+        let data = self.buf.split().freeze();
+        let result = match r {
+            Ok(0) => Ok(()),
+            Ok(_) => {
+                if let Some(server) = self.server(id) {
+                    let _ = server.output(xid, 0, data);
+                }
+                self.busy = true;
                 return;
             }
-            let Some(Tx::Extract(file, _)) =
-                self.conns.get_mut(&id).and_then(|c| c.txs.get_mut(&xid))
-            else {
-                return;
-            };
-            Self::arena_of(&mut self.buf, &mut self.old_bufs, BULK_CHUNK);
-            let r = file.read_chunk(&mut self.buf, BULK_CHUNK);
-            let data = self.buf.split().freeze();
-            match r {
-                Ok(0) => {
+            Err(e) => {
+                if self.config.audit {
                     let cid = self.conns.get(&id).map_or(0, |c| c.cid);
-                    if let Some(Tx::Extract(file, user)) = self.take_tx(id, xid) {
-                        let path = file.path().as_os_str().as_encoded_bytes().to_vec();
-                        self.audit_extract(cid, xid, &user, &path, file.read_so_far(), 0);
-                    }
-                    if let Some(server) = self.server(id) {
-                        let _ = server.extract_done(xid, Ok(()));
-                    }
+                    info!(cid, xid, error = %Clean(&e), "extract failed");
                 }
-                Ok(_) => {
-                    if let Some(server) = self.server(id) {
-                        let _ = server.output(xid, 0, data);
-                    }
-                    self.busy = true;
-                }
-                Err(e) => {
-                    let cid = self.conns.get(&id).map_or(0, |c| c.cid);
-                    if let Some(Tx::Extract(file, user)) = self.take_tx(id, xid) {
-                        let path = file.path().as_os_str().as_encoded_bytes().to_vec();
-                        self.audit_extract(cid, xid, &user, &path, file.read_so_far(), e.errno());
-                    }
-                    if let Some(server) = self.server(id) {
-                        let _ = server.extract_done(xid, Err(e.errno()));
-                    }
-                }
+                Err(e.errno())
             }
+        };
+        self.finish_tx(id, xid, result.err().unwrap_or(0));
+        if let Some(server) = self.server(id) {
+            let _ = server.extract_done(xid, result);
         }
     }
 
@@ -1461,8 +1541,17 @@ impl Agent {
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "event source failed");
-                    m.readable = false;
+                    // The source cannot go on (a FIFO swapped in for a followed file, a file
+                    // its readers may no longer open...): the monitor ends with the status.
+                    let cid = self.conns.get(&id).map_or(0, |c| c.cid);
+                    warn!(cid, xid, error = %Clean(&e), "event source failed; monitor ended");
+                    let tx = Tx::Monitor(m);
+                    self.audit_end(cid, xid, &tx, AuditOutcome::Status(e.errno()));
+                    self.drop_tx(tx);
+                    if let Some(server) = self.server(id) {
+                        let _ = server.fail(xid, e.errno());
+                    }
+                    return;
                 }
             }
         }

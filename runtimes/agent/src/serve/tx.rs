@@ -59,6 +59,8 @@ impl CommandTx {
 }
 
 pub(crate) struct MonitorTx {
+    /// The source's name as requested (for its audit record).
+    pub name: Bytes,
     pub source: Box<dyn EventSource + Send>,
     pub extra: Option<ExtraId>,
     pub readable: bool,
@@ -74,13 +76,22 @@ pub(crate) struct MonitorTx {
 pub(crate) struct InjectTx {
     pub file: InjectFile,
     pub user: Vec<u8>,
+    /// The path as requested (for its audit record).
+    pub path: Vec<u8>,
     pub pending: Vec<Bytes>,
     pub pending_len: usize,
+}
+
+/// An extract, with the user and path as requested (for its audit record).
+pub(crate) struct ExtractTx {
+    pub file: ExtractFile,
+    pub user: Vec<u8>,
+    pub path: Vec<u8>,
 }
 
 pub(crate) enum Tx {
     Command(Box<CommandTx>),
     Inject(Box<InjectTx>),
-    Extract(ExtractFile, Vec<u8>),
+    Extract(Box<ExtractTx>),
     Monitor(Box<MonitorTx>),
 }

@@ -243,7 +243,7 @@ impl<K: Copy + Eq + Hash + fmt::Debug> TaskRunner<K> {
         if let Err(e) = registered {
             return Err(StartError::Register(e));
         }
-        debug!(?key, pid = child.pid(), program = %String::from_utf8_lossy(&spec.program), "sniff task started");
+        debug!(?key, pid = child.pid(), program = %crate::escape::Quoted(&spec.program), "sniff task started");
         self.tokens.insert(stdout_token, (key, Source::Stdout));
         self.tokens.insert(exit_token, (key, Source::Exit));
         self.tasks.insert(

@@ -50,6 +50,7 @@ use tuppence::sniff::{Action, Agent, AgentStats, DecodeError, TaskHandle};
 use tuppence_transport::{Listener, Transport};
 
 use super::runner::{RunnerConfig, TaskRunner};
+use crate::escape::Quoted;
 use crate::fdio::{self, ReadOutcome};
 
 /// Bytes read from a connection per call, and so the most buffered in front of an agent.
@@ -204,7 +205,7 @@ impl Conn {
                         progress |= n > 0;
                     }
                     Err(e) => {
-                        warn!(peer = %self.peer, error = %e, "sniff request stream out of step; closing after the queued answers");
+                        warn!(peer = %Quoted::str(&self.peer), error = %e, "sniff request stream out of step; closing after the queued answers");
                         self.framing = Some(e);
                         self.read_closed = true;
                         self.rx.clear();
@@ -212,7 +213,7 @@ impl Conn {
                     }
                 }
                 while let Some(e) = self.agent.poll_error() {
-                    warn!(peer = %self.peer, error = %e, "malformed sniff request dropped");
+                    warn!(peer = %Quoted::str(&self.peer), error = %e, "malformed sniff request dropped");
                 }
             } else if self.readable && !self.read_closed && reads < READS_PER_TURN {
                 reads += 1;
@@ -228,7 +229,7 @@ impl Conn {
         match fdio::read_from(&self.transport, &mut self.rx, CHUNK) {
             Ok(ReadOutcome::Data(_)) => true,
             Ok(ReadOutcome::Eof) => {
-                debug!(peer = %self.peer, "sniff peer closed the stream");
+                debug!(peer = %Quoted::str(&self.peer), "sniff peer closed the stream");
                 self.read_closed = true;
                 true
             }
@@ -250,7 +251,7 @@ impl Conn {
             match action {
                 Action::Start { handle, spec } => {
                     if let Err(e) = runner.start((cid, handle), &spec) {
-                        warn!(peer = %self.peer, id = %handle.id, error = %e, "starting a sniff task");
+                        warn!(peer = %Quoted::str(&self.peer), id = %handle.id, error = %e, "starting a sniff task");
                         self.agent.task_finished(now, handle, e.output());
                     }
                 }
@@ -272,7 +273,7 @@ impl Conn {
                 };
                 // The agent only queues answers that fit its frame limit (≤ u32::MAX).
                 let Ok(len) = u32::try_from(a.encoded_len()) else {
-                    warn!(peer = %self.peer, id = %a.id, "answer too long to frame; dropped");
+                    warn!(peer = %Quoted::str(&self.peer), id = %a.id, "answer too long to frame; dropped");
                     continue;
                 };
                 self.tx.put_u32(len);
@@ -412,7 +413,7 @@ impl Engine {
                     .deregister(&mut SourceFd(&c.transport.as_raw_fd()));
                 let killed = self.runner.abort_where(|k| k.0 == cid);
                 if killed > 0 {
-                    debug!(peer = %c.peer, killed, "tasks of a closed sniff connection killed");
+                    debug!(peer = %Quoted::str(&c.peer), killed, "tasks of a closed sniff connection killed");
                 }
                 Some((cid, c.peer, c.agent.stats(), end))
             })
@@ -547,9 +548,15 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
             }
             for (_, peer, stats, end) in self.engine.step() {
                 match end {
-                    End::Closed => info!(%peer, ?stats, "sniff connection closed"),
-                    End::Io(e) => warn!(%peer, error = %e, "sniff connection failed"),
-                    End::Framing(e) => warn!(%peer, error = %e, "sniff connection out of step"),
+                    End::Closed => {
+                        info!(peer = %Quoted::str(&peer), ?stats, "sniff connection closed")
+                    }
+                    End::Io(e) => {
+                        warn!(peer = %Quoted::str(&peer), error = %e, "sniff connection failed")
+                    }
+                    End::Framing(e) => {
+                        warn!(peer = %Quoted::str(&peer), error = %e, "sniff connection out of step")
+                    }
                 }
             }
         }
@@ -582,13 +589,15 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
             };
             let peer = peer.to_string();
             if self.engine.conns.len() >= self.max_connections {
-                warn!(%peer, max = self.max_connections, "too many sniff connections; closing");
+                warn!(peer = %Quoted::str(&peer), max = self.max_connections, "too many sniff connections; closing");
                 continue;
             }
             let agent = (self.new_agent)();
             match self.engine.add(transport, agent, peer.clone()) {
-                Ok(_) => info!(%peer, "sniff connection"),
-                Err(e) => warn!(%peer, error = %e, "serving a sniff connection"),
+                Ok(_) => info!(peer = %Quoted::str(&peer), "sniff connection"),
+                Err(e) => {
+                    warn!(peer = %Quoted::str(&peer), error = %e, "serving a sniff connection")
+                }
             }
             if self.listener.accept_interval().is_some() {
                 return;

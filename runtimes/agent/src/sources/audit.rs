@@ -1,7 +1,26 @@
 //! `agent`: the agent's own audit trail.
 //!
-//! The agent pushes a record for every client connect/disconnect, command start and end,
-//! inject and extract ([`AuditTrail::push`]). Records are kept as formatted lines in a bounded
+//! The agent pushes a record for every client connect/disconnect and for every request
+//! ([`AuditTrail::push`]). **Every request leaves exactly one record with its outcome** —
+//! success, failure, refusal (`--allow-user`: status 13) or cut-off (the client went away
+//! or the agent stopped: `cut=disconnect`, `cut=shutdown`):
+//!
+//! * a command: `run` when its process starts, and `end` with how it ended (exit code,
+//!   signal, timeout, failure to exec; `cut=...` when its client was gone and it was killed
+//!   for that); a command that never started (refused, or the fork failed) leaves one
+//!   `run-failed` record instead;
+//! * an inject or extract: one record when it ends, `status=0` or the errno the client was
+//!   sent (4 when the client interrupted it, 28 for a full disk...), or `cut=...`;
+//! * a monitor: one record when it ends (by the client: `status=0`; refused or failed: the
+//!   errno; or `cut=...`);
+//! * an interrupt (`I` to a command): `status=0` when the signal was sent, 22 for an unknown
+//!   signal name;
+//! * a quit request: whether it was honoured.
+//!
+//! What belongs to a request already recorded is not recorded again: stdin, settle, procinfo
+//! queries, and the interrupt of a transfer (it is that transfer's outcome, status 4).
+//!
+//! Records are kept as formatted lines in a bounded
 //! ring shared by all monitors; each monitor is an [`AuditSubscriber`] with its own cursor, so
 //! one slow monitor never holds memory for the others. When the ring overwrites lines a
 //! subscriber has not read yet, that subscriber counts them as dropped and gets one
@@ -11,8 +30,10 @@
 //! Lines look like the kernel log so the two can be read side by side:
 //! `[    12.345678] agent: cid=1 xid=3 run pid=4242 user="root" tty=no cmd="echo hi"`.
 //! The timestamp is `CLOCK_MONOTONIC`, the clock `/dev/kmsg` timestamps approximate. Strings
-//! from clients are quoted, with `"`, `\` and unprintable bytes escaped as `\xNN` and anything
-//! beyond 512 bytes cut (marked `...`), so a record is always one bounded line.
+//! from clients are quoted and escaped ([`crate::escape`]: `"`, `\` and every byte outside
+//! printable ASCII as `\xNN`, cut after 512 bytes, marked `...`), so a record is always one
+//! bounded line that no client can forge. The agent's log uses the same text
+//! ([`AuditEvent::text`]).
 //!
 //! The trail is a cheap-to-clone handle (`Arc<Mutex<…>>`), usable from a single-threaded loop
 //! and from threads alike. There is no fd: the loop calls `read_new` on its `agent` monitors
@@ -26,12 +47,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{Batch, EventSource, SourceError, dropped_line, push_timestamp};
+use crate::escape::push_quoted;
 
 /// The default number of lines kept.
 pub const DEFAULT_CAPACITY: usize = 1024;
-
-/// Longest client-supplied string kept in a record.
-const MAX_FIELD: usize = 512;
 
 /// How a command ended, for its audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +63,33 @@ pub enum CommandEnd {
     TimedOut,
     /// It never started; the errno.
     SpawnFailed(u32),
+}
+
+/// Why a request ended without the agent answering its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The client went away (disconnected, or replaced on a device link by a new client).
+    Disconnect,
+    /// The agent stopped (a quit, a signal).
+    Shutdown,
+}
+
+impl Cut {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cut::Disconnect => "disconnect",
+            Cut::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How a transfer or monitor ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    /// The status sent to the client: 0 for success, else the errno.
+    Status(u32),
+    /// No status was sent: the request was cut off.
+    Cut(Cut),
 }
 
 /// One thing that happened, as the agent reports it.
@@ -76,18 +122,36 @@ pub enum AuditEvent<'a> {
         /// Whether it runs on a pty.
         tty: bool,
     },
-    /// A command ended (or failed to start).
+    /// A started command ended.
     CommandEnd {
         /// Connection.
         cid: u16,
         /// Transaction.
         xid: u16,
-        /// The shell's pid (0 if it never started).
+        /// The shell's pid.
         pid: u32,
         /// How it ended.
         end: CommandEnd,
+        /// Set when its client never got the status (the command was killed for that, unless
+        /// it had ended already).
+        cut: Option<Cut>,
     },
-    /// An inject finished (status 0) or failed (errno).
+    /// A command was refused or could not be started (no process; its only record).
+    CommandFailed {
+        /// Connection.
+        cid: u16,
+        /// Transaction.
+        xid: u16,
+        /// The user asked for.
+        user: &'a [u8],
+        /// The command line.
+        command: &'a [u8],
+        /// Whether a pty was asked for.
+        tty: bool,
+        /// The errno sent to the client (13 for a user `--allow-user` does not allow).
+        status: u32,
+    },
+    /// An inject ended.
     Inject {
         /// Connection.
         cid: u16,
@@ -99,12 +163,12 @@ pub enum AuditEvent<'a> {
         path: &'a [u8],
         /// The requested mode.
         mode: u32,
-        /// Bytes written.
+        /// Bytes written (into the temporary, for one that failed).
         bytes: u64,
-        /// 0 or the errno.
-        status: u32,
+        /// How it ended.
+        outcome: AuditOutcome,
     },
-    /// An extract finished (status 0) or failed (errno).
+    /// An extract ended.
     Extract {
         /// Connection.
         cid: u16,
@@ -116,9 +180,48 @@ pub enum AuditEvent<'a> {
         path: &'a [u8],
         /// Bytes read.
         bytes: u64,
-        /// 0 or the errno.
+        /// How it ended.
+        outcome: AuditOutcome,
+    },
+    /// A monitor ended (or was refused).
+    Monitor {
+        /// Connection.
+        cid: u16,
+        /// Transaction.
+        xid: u16,
+        /// The source name as requested.
+        source: &'a [u8],
+        /// How it ended.
+        outcome: AuditOutcome,
+    },
+    /// A client asked for a signal to a command.
+    Interrupt {
+        /// Connection.
+        cid: u16,
+        /// Transaction.
+        xid: u16,
+        /// The signal name as sent (empty = KILL).
+        signal: &'a [u8],
+        /// 0 when the signal was sent, else the errno (22: unknown name).
         status: u32,
     },
+    /// A client asked the agent to stop.
+    Quit {
+        /// Connection.
+        cid: u16,
+        /// Whether the agent stops (`--no-quit` ignores the request).
+        honoured: bool,
+    },
+}
+
+impl AuditEvent<'_> {
+    /// The record without its timestamp: one line of printable ASCII, no newline (what the
+    /// agent's log shows for it).
+    pub fn text(&self) -> String {
+        let bytes = format_body(self);
+        // `format_body` writes ASCII only (numbers, fixed words, escaped strings).
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 }
 
 #[derive(Debug)]
@@ -270,29 +373,41 @@ fn monotonic_micros() -> u64 {
         + u64::try_from(now.tv_nsec).unwrap_or(0) / 1000
 }
 
-/// Appends `"value"` with escapes and the length cut.
-fn push_quoted(out: &mut Vec<u8>, value: &[u8]) {
-    out.push(b'"');
-    for &b in &value[..value.len().min(MAX_FIELD)] {
-        match b {
-            b'"' | b'\\' => {
-                out.push(b'\\');
-                out.push(b);
-            }
-            0x20..=0x7e => out.push(b),
-            _ => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+/// ` user="…" tty=yes|no cmd="…"`.
+fn push_command(out: &mut Vec<u8>, user: &[u8], command: &[u8], tty: bool) {
+    out.extend_from_slice(b" user=");
+    push_quoted(out, user);
+    out.extend_from_slice(if tty {
+        b" tty=yes cmd="
+    } else {
+        b" tty=no cmd="
+    });
+    push_quoted(out, command);
+}
+
+fn push_outcome(out: &mut Vec<u8>, outcome: AuditOutcome) {
+    match outcome {
+        AuditOutcome::Status(status) => {
+            out.extend_from_slice(format!(" status={status}").as_bytes())
+        }
+        AuditOutcome::Cut(cut) => {
+            out.extend_from_slice(b" cut=");
+            out.extend_from_slice(cut.as_str().as_bytes());
         }
     }
-    if value.len() > MAX_FIELD {
-        out.extend_from_slice(b"...");
-    }
-    out.push(b'"');
 }
 
 fn format_event(event: &AuditEvent<'_>, micros: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     push_timestamp(&mut out, micros);
     out.extend_from_slice(b"agent: ");
+    out.extend_from_slice(&format_body(event));
+    out.push(b'\n');
+    out
+}
+
+fn format_body(event: &AuditEvent<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
     let mut text = |s: String| out.extend_from_slice(s.as_bytes());
     match *event {
         AuditEvent::Connect { cid, peer } => {
@@ -308,16 +423,16 @@ fn format_event(event: &AuditEvent<'_>, micros: u64) -> Vec<u8> {
             command,
             tty,
         } => {
-            text(format!("cid={cid} xid={xid} run pid={pid} user="));
-            push_quoted(&mut out, user);
-            out.extend_from_slice(if tty {
-                b" tty=yes cmd="
-            } else {
-                b" tty=no cmd="
-            });
-            push_quoted(&mut out, command);
+            text(format!("cid={cid} xid={xid} run pid={pid}"));
+            push_command(&mut out, user, command, tty);
         }
-        AuditEvent::CommandEnd { cid, xid, pid, end } => {
+        AuditEvent::CommandEnd {
+            cid,
+            xid,
+            pid,
+            end,
+            cut,
+        } => {
             let how = match end {
                 CommandEnd::Exited(code) => format!("exit code={code}"),
                 CommandEnd::Signaled(sig) => format!("killed signal={sig}"),
@@ -325,6 +440,21 @@ fn format_event(event: &AuditEvent<'_>, micros: u64) -> Vec<u8> {
                 CommandEnd::SpawnFailed(errno) => format!("spawn-failed errno={errno}"),
             };
             text(format!("cid={cid} xid={xid} end pid={pid} {how}"));
+            if let Some(cut) = cut {
+                push_outcome(&mut out, AuditOutcome::Cut(cut));
+            }
+        }
+        AuditEvent::CommandFailed {
+            cid,
+            xid,
+            user,
+            command,
+            tty,
+            status,
+        } => {
+            text(format!("cid={cid} xid={xid} run-failed"));
+            push_command(&mut out, user, command, tty);
+            push_outcome(&mut out, AuditOutcome::Status(status));
         }
         AuditEvent::Inject {
             cid,
@@ -333,15 +463,14 @@ fn format_event(event: &AuditEvent<'_>, micros: u64) -> Vec<u8> {
             path,
             mode,
             bytes,
-            status,
+            outcome,
         } => {
             text(format!("cid={cid} xid={xid} inject user="));
             push_quoted(&mut out, user);
             out.extend_from_slice(b" path=");
             push_quoted(&mut out, path);
-            out.extend_from_slice(
-                format!(" mode={mode:04o} bytes={bytes} status={status}").as_bytes(),
-            );
+            out.extend_from_slice(format!(" mode={mode:04o} bytes={bytes}").as_bytes());
+            push_outcome(&mut out, outcome);
         }
         AuditEvent::Extract {
             cid,
@@ -349,16 +478,42 @@ fn format_event(event: &AuditEvent<'_>, micros: u64) -> Vec<u8> {
             user,
             path,
             bytes,
-            status,
+            outcome,
         } => {
             text(format!("cid={cid} xid={xid} extract user="));
             push_quoted(&mut out, user);
             out.extend_from_slice(b" path=");
             push_quoted(&mut out, path);
-            out.extend_from_slice(format!(" bytes={bytes} status={status}").as_bytes());
+            out.extend_from_slice(format!(" bytes={bytes}").as_bytes());
+            push_outcome(&mut out, outcome);
+        }
+        AuditEvent::Monitor {
+            cid,
+            xid,
+            source,
+            outcome,
+        } => {
+            text(format!("cid={cid} xid={xid} monitor source="));
+            push_quoted(&mut out, source);
+            push_outcome(&mut out, outcome);
+        }
+        AuditEvent::Interrupt {
+            cid,
+            xid,
+            signal,
+            status,
+        } => {
+            text(format!("cid={cid} xid={xid} interrupt signal="));
+            push_quoted(&mut out, signal);
+            push_outcome(&mut out, AuditOutcome::Status(status));
+        }
+        AuditEvent::Quit { cid, honoured } => {
+            text(format!("cid={cid} quit"));
+            if !honoured {
+                out.extend_from_slice(b" ignored (--no-quit)");
+            }
         }
     }
-    out.push(b'\n');
     out
 }
 
@@ -391,7 +546,7 @@ mod tests {
                 user: b"u",
                 path: &long,
                 bytes: 0,
-                status: 2,
+                outcome: AuditOutcome::Status(2),
             },
             0,
         );
@@ -404,9 +559,50 @@ mod tests {
                 xid: 2,
                 pid: 9,
                 end: CommandEnd::Signaled(15),
+                cut: None,
             },
             0,
         );
         assert!(line.ends_with(b"end pid=9 killed signal=15\n"));
+        let line = format_event(
+            &AuditEvent::CommandEnd {
+                cid: 1,
+                xid: 2,
+                pid: 9,
+                end: CommandEnd::Signaled(9),
+                cut: Some(Cut::Disconnect),
+            },
+            0,
+        );
+        assert!(line.ends_with(b"end pid=9 killed signal=9 cut=disconnect\n"));
+        let line = format_event(
+            &AuditEvent::Inject {
+                cid: 1,
+                xid: 2,
+                user: b"u",
+                path: b"/f\n[ 1.0] agent: forged",
+                mode: 0o644,
+                bytes: 7,
+                outcome: AuditOutcome::Cut(Cut::Shutdown),
+            },
+            0,
+        );
+        assert!(
+            line.ends_with(
+                b" path=\"/f\\x0a[ 1.0] agent: forged\" mode=0644 bytes=7 cut=shutdown\n"
+            ),
+            "{}",
+            String::from_utf8_lossy(&line)
+        );
+        let event = AuditEvent::Monitor {
+            cid: 3,
+            xid: 4,
+            source: b"file:/x",
+            outcome: AuditOutcome::Status(13),
+        };
+        assert_eq!(
+            event.text(),
+            "cid=3 xid=4 monitor source=\"file:/x\" status=13"
+        );
     }
 }

@@ -12,6 +12,12 @@
 //!   a whole line; it is emitted with a `\n` added when the file is rotated or truncated under
 //!   it, or when it reaches [`MAX_LINE`].
 //!
+//! * **Who reads**: the file is opened, and reopened at a rotation, as the monitor's readers
+//!   ([`ReadAs`]) with the kernel resolving the path ([`crate::paths`]); only a regular file
+//!   is opened (`O_NONBLOCK`, after an `O_PATH` look), so a FIFO at the path — there at the
+//!   start or swapped in later — can never make the agent wait for a writer. It ends the
+//!   monitor with EINVAL instead.
+//!
 //! Regular files are always "readable" for `poll`, so this source has no fd to poll: the loop
 //! calls [`EventSource::read_new`] every [`EventSource::poll_interval`] (200 ms by default), and
 //! settle calls [`EventSource::flush`]. The backlog is the file itself; memory is bounded by
@@ -20,13 +26,12 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Batch, EventSource, MAX_LINE, SourceError};
+use super::{Batch, EventSource, MAX_LINE, ReadAs, SourceError};
 
 /// How much is read from the file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -38,6 +43,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub struct FileFollow {
     path: PathBuf,
+    read_as: ReadAs,
+    /// Which of `read_as`'s readers opened the current file.
+    reader: usize,
     file: Option<File>,
     ident: (u64, u64),
     offset: u64,
@@ -46,30 +54,31 @@ pub struct FileFollow {
 }
 
 impl FileFollow {
-    /// Starts following `path` at its current end.
+    /// Starts following `path` at its current end, as the agent.
     pub fn open(path: &Path) -> Result<FileFollow, SourceError> {
+        FileFollow::open_as(path, ReadAs::Agent)
+    }
+
+    /// Starts following `path` at its current end, read as `read_as`. Fails for a directory
+    /// (21), a FIFO, socket or device (22), or what the readers may not open (the kernel's
+    /// errno); a path that does not exist yet is waited for.
+    pub fn open_as(path: &Path, read_as: ReadAs) -> Result<FileFollow, SourceError> {
         let mut follow = FileFollow {
             path: path.to_path_buf(),
+            read_as,
+            reader: 0,
             file: None,
             ident: (0, 0),
             offset: 0,
             pending: BytesMut::new(),
             interval: DEFAULT_INTERVAL,
         };
-        match File::open(path) {
-            Ok(mut file) => {
-                let meta = file.metadata().map_err(|e| follow.err("stat", e))?;
-                if meta.is_dir() {
-                    return Err(follow.err("follow", io::Error::from_raw_os_error(libc::EISDIR)));
-                }
-                follow.offset = file
-                    .seek(SeekFrom::End(0))
-                    .map_err(|e| follow.err("seek", e))?;
-                follow.ident = (meta.dev(), meta.ino());
-                follow.file = Some(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(follow.err("open", e)),
+        if follow.open_new()?
+            && let Some(file) = follow.file.as_mut()
+        {
+            follow.offset = file
+                .seek(SeekFrom::End(0))
+                .map_err(|e| SourceError::io(format!("seek {}", path.display()), e))?;
         }
         Ok(follow)
     }
@@ -114,42 +123,43 @@ impl FileFollow {
 
     /// Opens the file now at `path` from its start; false if there is none (yet).
     fn open_new(&mut self) -> Result<bool, SourceError> {
-        match File::open(&self.path) {
-            Ok(file) => {
-                let meta = file.metadata().map_err(|e| self.err("stat", e))?;
-                self.ident = (meta.dev(), meta.ino());
+        match self.read_as.open_regular(&self.path) {
+            Ok((opened, reader)) => {
+                self.ident = (opened.stat.st_dev, opened.stat.st_ino);
+                self.reader = reader;
                 self.offset = 0;
-                self.file = Some(file);
+                self.file = Some(File::from(opened.fd));
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(self.err("open", e)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// At the end of the open file: has the name moved on, or was the file cut? Returns true
     /// when there is something new to read.
     fn check_rotation(&mut self, batch: &mut Batch) -> Result<bool, SourceError> {
-        let meta = match std::fs::metadata(&self.path) {
+        let meta = match self.read_as.stat(self.reader, &self.path) {
             Ok(meta) => meta,
             // Removed, and no successor yet: keep the old file open (a writer may still be
             // appending to it) and look again next time.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(self.err("stat", e)),
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e.into()),
         };
-        if (meta.dev(), meta.ino()) != self.ident {
+        if (meta.st_dev, meta.st_ino) != self.ident {
             batch.lines.extend(self.take_partial());
             self.file = None;
             return self.open_new();
         }
-        if meta.len() < self.offset {
+        let len = u64::try_from(meta.st_size).unwrap_or(0);
+        if len < self.offset {
             batch.lines.extend(self.take_partial());
             if let Some(file) = self.file.as_mut() {
                 file.seek(SeekFrom::Start(0))
                     .map_err(|e| self.err("seek", e))?;
             }
             self.offset = 0;
-            return Ok(meta.len() > 0);
+            return Ok(len > 0);
         }
         Ok(false)
     }

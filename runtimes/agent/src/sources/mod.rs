@@ -18,8 +18,15 @@
 //!
 //! Edge-triggered loops must call `read_new` until `drained` is true before waiting again.
 //!
-//! Source names, as in the request: `kmsg`, `file:PATH`, `agent` ([`open_source`]).
+//! Source names, as in the request: `kmsg`, `file:PATH`, `agent` ([`open_source`]). Who a
+//! monitor reads as — the agent, or one of the users `--allow-user` permits — is [`ReadAs`].
+//!
+//! Nothing here blocks: a followed file is opened like an extract ([`crate::paths`]), and a
+//! FIFO, socket or device is refused with EINVAL (22), a directory with EISDIR (21), whether
+//! it is there when the monitor starts or appears later (the monitor then ends with that
+//! status).
 
+mod access;
 mod audit;
 mod file_follow;
 mod kmsg;
@@ -30,12 +37,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use access::ReadAs;
 pub use audit::{
-    AuditEvent, AuditSubscriber, AuditTrail, CommandEnd, DEFAULT_CAPACITY as AUDIT_CAPACITY,
+    AuditEvent, AuditOutcome, AuditSubscriber, AuditTrail, CommandEnd, Cut,
+    DEFAULT_CAPACITY as AUDIT_CAPACITY,
 };
 pub use file_follow::{DEFAULT_INTERVAL as FILE_POLL_INTERVAL, FileFollow};
 pub use kmsg::Kmsg;
 
+use crate::paths::PathError;
 use crate::status;
 
 /// The longest line a source emits in one piece (bounds each source's partial-line buffer).
@@ -57,6 +67,13 @@ pub enum SourceError {
     /// The request named no known source.
     #[error("unknown event source {0:?}")]
     Unknown(String),
+    /// The path of a `file:` source cannot be followed (a directory, a FIFO, socket or
+    /// device, or the kernel refused it).
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The monitor's readers may not read this source (see [`ReadAs`]).
+    #[error("permission denied: {0}")]
+    Denied(&'static str),
     /// Opening or reading the source failed.
     #[error("{what}: {source}")]
     Io {
@@ -69,10 +86,13 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// The status word: 2 for an unknown source (DESIGN §3), else the errno.
+    /// The status word: 2 for an unknown source (DESIGN §3), 13 for a source the readers may
+    /// not read, 21 for a directory, 22 for a FIFO, socket or device, else the errno.
     pub fn errno(&self) -> u32 {
         match self {
             SourceError::Unknown(_) => status::ENOENT,
+            SourceError::Path(e) => e.errno(),
+            SourceError::Denied(_) => status::EACCES,
             SourceError::Io { source, .. } => status::errno_of(source),
         }
     }
@@ -108,21 +128,25 @@ pub trait EventSource {
 }
 
 /// Opens a source by its request name: `kmsg`, `agent` (a new subscriber of `trail`) or
-/// `file:PATH`. Unknown names → [`SourceError::Unknown`] (status 2).
+/// `file:PATH`, read as `read_as`. Unknown names → [`SourceError::Unknown`] (status 2); a
+/// source the readers may not read → 13.
 pub fn open_source(
     name: &[u8],
     trail: &AuditTrail,
+    read_as: &ReadAs,
 ) -> Result<Box<dyn EventSource + Send>, SourceError> {
     let name = name.strip_suffix(b"\0").unwrap_or(name);
     match name {
-        b"kmsg" => Ok(Box::new(Kmsg::open()?)),
-        b"agent" => Ok(Box::new(trail.subscribe())),
+        b"kmsg" => Ok(Box::new(read_as.open_kmsg(Kmsg::open)?)),
+        b"agent" => {
+            read_as.may_read_trail()?;
+            Ok(Box::new(trail.subscribe()))
+        }
         _ => match name.strip_prefix(b"file:") {
             Some(path) if !path.is_empty() => {
                 use std::os::unix::ffi::OsStrExt;
-                Ok(Box::new(FileFollow::open(std::path::Path::new(
-                    std::ffi::OsStr::from_bytes(path),
-                ))?))
+                let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+                Ok(Box::new(FileFollow::open_as(path, read_as.clone())?))
             }
             _ => Err(SourceError::Unknown(
                 String::from_utf8_lossy(name).into_owned(),

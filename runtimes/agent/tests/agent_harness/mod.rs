@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tuppence::link::ClientConfig;
 use tuppence::wire::{Decoder, Dialect, Frame, Hello, Packet, Sender};
 use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
-use tuppence_blocking::Session;
+use tuppence_blocking::{Monitor, MonitorEvent, Session};
 use tuppence_transport::{Listener, Target};
 
 /// How long a test waits for something that should take milliseconds (a loaded 2-core
@@ -343,4 +343,34 @@ pub fn first_line_pid(out: &[u8]) -> u32 {
         .next()
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid in {text:?}"))
+}
+
+// ---- monitors ----
+
+/// Collects monitor data until `Settled(seq)`.
+pub fn settle(m: &mut Monitor<'_>, seq: u32) -> String {
+    m.settle(seq).unwrap();
+    let mut text = String::new();
+    loop {
+        match m.next_timeout(Some(PATIENCE)).unwrap() {
+            Some(MonitorEvent::Data(d)) => text.push_str(&String::from_utf8_lossy(&d)),
+            Some(MonitorEvent::Settled(s)) if s == seq => return text,
+            other => panic!("waiting for settled {seq}: {other:?} after {text:?}"),
+        }
+    }
+}
+
+/// Collects monitor data until it contains `needle` or `limit` passes.
+pub fn wait_for(m: &mut Monitor<'_>, needle: &str, limit: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + limit;
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match m.next_timeout(Some(left)).unwrap() {
+            Some(MonitorEvent::Data(d)) => text.push_str(&String::from_utf8_lossy(&d)),
+            None => return Err(text),
+            Some(other) => panic!("{other:?} after {text:?}"),
+        }
+    }
+    Ok(text)
 }
