@@ -4,6 +4,8 @@
 //! protocol state machines in the core crate:
 //!
 //! * [`spawn`] — run `/bin/sh -c COMMAND` as a user, on pipes or a pty, with a pidfd.
+//! * [`cgroup`] — a cgroup v2 per command, so that nothing a command starts escapes it.
+//! * [`reaper`] — the agent as a child subreaper: orphans of commands are adopted and reaped.
 //! * [`files`] — inject (atomic: temporary + rename) and extract, as the user.
 //! * [`procinfo`] — the `P` request's fields from `/proc`.
 //! * [`sources`] — event sources for monitors: kernel log, followed files, the agent's trail.
@@ -18,12 +20,16 @@
 //! polled say how often to look ([`sources::EventSource::poll_interval`]).
 //!
 //! The agent process is expected to ignore SIGPIPE (Rust binaries do) and must not set SIGCHLD
-//! to `SIG_IGN` (children are reaped through their pidfds).
+//! to `SIG_IGN` (children are reaped through their pidfds; the [`reaper`] installs a SIGCHLD
+//! handler of its own).
 
+pub mod cgroup;
+mod contain;
 pub mod fdio;
 pub mod files;
 pub mod procinfo;
 mod pty;
+pub mod reaper;
 pub mod serve;
 pub mod sniff;
 pub mod sources;
@@ -34,7 +40,8 @@ pub mod user;
 pub use files::{ExtractFile, FileError, InjectFile};
 pub use procinfo::{ProcInfoError, read_procinfo};
 pub use spawn::{
-    Child, ExitStatus, SpawnError, SpawnSpec, signal_from_name, spawn_command, spawn_command_nowait,
+    Child, ExitStatus, SpawnError, SpawnSpec, signal_from_name, spawn_command, spawn_command_in,
+    spawn_command_nowait, spawn_command_nowait_in,
 };
 pub use status::errno_of;
 pub use user::{User, UserError};

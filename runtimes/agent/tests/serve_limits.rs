@@ -9,18 +9,12 @@ mod agent_harness;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use agent_harness::{PATIENCE, TempDir, eventually, quiet_config, status_kib};
-use tuppence::link::{ClientConfig, Command, Outcome};
-use tuppence_agent::serve::{Agent, RunEnd};
+use agent_harness::{ChildAgent, PATIENCE, TempDir, eventually};
+use tuppence::link::{Command, Outcome};
 use tuppence_blocking::{RunEvent, Session};
-use tuppence_transport::Listener;
-
-const CHILD_SOCKET: &str = "TUPPENCE_TEST_AGENT_SOCKET";
 
 /// How much the agent's peak memory may grow during a flood. The agent holds about 1 MiB
 /// per direction per connection (`transmit_limit`, `stdin_limit`) plus fixed buffers; a
@@ -31,91 +25,7 @@ const GROWTH_LIMIT_KIB: u64 = 16 * 1024;
 #[test]
 #[ignore = "the agent process the memory tests start; not a test by itself"]
 fn agent_process() {
-    let Some(sock) = std::env::var_os(CHILD_SOCKET) else {
-        return;
-    };
-    // Die with the test thread that started us, whatever happens to it.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let listener = Listener::unix(PathBuf::from(sock), 0o600).unwrap();
-    let mut agent = Agent::new(quiet_config()).unwrap();
-    agent.add_listener(listener).unwrap();
-    assert_eq!(agent.run().unwrap(), RunEnd::Quit);
-}
-
-/// The agent in a child process; killed at drop.
-struct ChildAgent {
-    child: Child,
-    sock: PathBuf,
-    _dir: TempDir,
-}
-
-impl ChildAgent {
-    fn spawn() -> ChildAgent {
-        let dir = TempDir::new("child-agent");
-        let sock = dir.join("agent.sock");
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "agent_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_SOCKET, &sock)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut agent = ChildAgent {
-            child,
-            sock,
-            _dir: dir,
-        };
-        assert!(
-            eventually(PATIENCE, || agent.sock.exists()
-                || agent.child.try_wait().unwrap().is_some()),
-            "the agent process did not start"
-        );
-        assert!(
-            agent.child.try_wait().unwrap().is_none(),
-            "the agent process exited"
-        );
-        agent
-    }
-
-    fn session(&self) -> Session {
-        // The socket file exists before `listen`: retry a refused connect briefly.
-        let mut stream = None;
-        assert!(eventually(PATIENCE, || {
-            stream = UnixStream::connect(&self.sock).ok();
-            stream.is_some()
-        }));
-        Session::new(stream.unwrap(), ClientConfig::default(), PATIENCE).unwrap()
-    }
-
-    fn peak_kib(&self) -> u64 {
-        status_kib(self.child.id(), "VmHWM")
-    }
-
-    /// Quits the agent and checks it exits cleanly.
-    fn quit(mut self, s: Session) {
-        s.quit().unwrap();
-        assert!(eventually(PATIENCE, || self
-            .child
-            .try_wait()
-            .unwrap()
-            .is_some()));
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-impl Drop for ChildAgent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    agent_harness::run_child_agent();
 }
 
 /// Runs a small command both ways so one-time allocations are in the baseline.

@@ -34,6 +34,16 @@ pub struct AgentConfig {
     pub stdin_limit: usize,
     /// Return from `run` when no listener and no connection is left (embedded use).
     pub exit_when_idle: bool,
+    /// Run each command in its own cgroup v2 where the system allows it (a writable
+    /// cgroup2 hierarchy with `cgroup.kill`: root on the host, or a delegated subtree), so
+    /// that a timeout, an interrupt with KILL and a disconnect kill everything the command
+    /// started. Elsewhere, and with this off, commands are killed by process group, which
+    /// a process that calls `setsid` escapes. See [`crate::cgroup`].
+    pub cgroups: bool,
+    /// Make the agent's process a child subreaper and reap the orphans of commands (see
+    /// [`crate::reaper`]). Leave on unless the process embedding the agent starts children
+    /// of its own that call `setsid` and reaps them itself.
+    pub reap_orphans: bool,
 }
 
 impl Default for AgentConfig {
@@ -51,6 +61,8 @@ impl Default for AgentConfig {
             transmit_limit: 1 << 20,
             stdin_limit: 1 << 20,
             exit_when_idle: false,
+            cgroups: true,
+            reap_orphans: true,
         }
     }
 }

@@ -26,10 +26,11 @@ use tuppence::wire::{ProcInfoField, field};
 use tuppence_mio::{ConnId, Driver, ExtraId, ExtraReady, LinkIo};
 use tuppence_transport::{Listener, Transport, TransportKind};
 
+use crate::contain::Containment;
 use crate::fdio::{self, ReadOutcome};
 use crate::sources::{AUDIT_CAPACITY, AuditEvent, AuditTrail, CommandEnd, open_source};
 use crate::spawn::{
-    Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command_nowait, tty_eof_sequence,
+    Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command_nowait_in, tty_eof_sequence,
 };
 use crate::{ExtractFile, InjectFile, read_procinfo, status};
 use tx::{CommandTx, InjectTx, MonitorTx, OutPipe, Tx};
@@ -86,6 +87,8 @@ enum Owner {
     Source(ConnId, u16),
     /// The pidfd of a command killed because its transaction was dropped (see `dying`).
     Dying,
+    /// A child exited (`SIGCHLD`): orphans to reap, killed cgroups to remove.
+    Reaper,
 }
 
 struct ListenerSlot {
@@ -133,16 +136,24 @@ pub struct Agent {
     unwritten_injects: Vec<(ConnId, u16)>,
     /// Commands whose child may not have exec'd yet (see `settle_execs`).
     unsettled: Vec<(ConnId, u16)>,
+    /// Command cgroups and the orphan reaper.
+    contain: Containment,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig) -> io::Result<Agent> {
+        let contain = Containment::new(config.cgroups, config.reap_orphans, "commands")?;
+        let mut driver = Driver::new()?;
+        let mut owners = HashMap::new();
+        if let Some(fd) = contain.fd() {
+            owners.insert(driver.add_extra(fd, Interest::READABLE)?, Owner::Reaper);
+        }
         Ok(Agent {
             config,
-            driver: Driver::new()?,
+            driver,
             listeners: Vec::new(),
             conns: HashMap::new(),
-            owners: HashMap::new(),
+            owners,
             dying: HashMap::new(),
             trail: AuditTrail::new(AUDIT_CAPACITY),
             next_cid: 1,
@@ -154,7 +165,17 @@ impl Agent {
             link_full: HashSet::new(),
             unwritten_injects: Vec::new(),
             unsettled: Vec::new(),
+            contain,
         })
+    }
+
+    /// The cgroup subtree commands run in, when they run in cgroups (see
+    /// [`AgentConfig::cgroups`]).
+    pub fn cgroup_tree(&self) -> Option<&std::path::Path> {
+        self.contain
+            .cgroups
+            .as_deref()
+            .map(crate::cgroup::CgroupTree::path)
     }
 
     /// A handle that makes `run` return [`RunEnd::Stopped`].
@@ -478,7 +499,7 @@ impl Agent {
     fn drop_tx(&mut self, tx: Tx) {
         match tx {
             Tx::Command(mut c) => {
-                let _ = c.child.kill_group(libc::SIGKILL);
+                let _ = c.child.kill_all();
                 for extra in [c.stdin_extra.take()]
                     .into_iter()
                     .flatten()
@@ -551,6 +572,8 @@ impl Agent {
             self.owners.remove(&extra);
             drop(child);
         }
+        // Killed cgroups: wait for them to empty, so none is left behind.
+        self.contain.settle(Duration::from_secs(1));
     }
 
     // ---- readiness ----
@@ -600,6 +623,7 @@ impl Agent {
                     m.readable = true;
                 }
             }
+            Owner::Reaper => self.contain.on_child_exit(),
             Owner::Dying => {
                 let reaped = self
                     .dying
@@ -760,7 +784,7 @@ impl Agent {
                     return;
                 };
                 if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
-                    let _ = c.child.kill_group(signo);
+                    let _ = c.child.interrupt(signo);
                 }
             }
             ServerEvent::Inject {
@@ -980,7 +1004,7 @@ impl Agent {
         // Without waiting for the child's exec: starting 1000 commands at once, the loop
         // spent most of its time suspended in clone(CLONE_VFORK) while each child set
         // itself up and exec'd. A failure there is reported when the child has exited.
-        let mut child = match spawn_command_nowait(&spec) {
+        let mut child = match spawn_command_nowait_in(&spec, self.contain.cgroups.as_ref()) {
             Ok(child) => child,
             Err(e) => {
                 let errno = e.errno();
@@ -1179,7 +1203,7 @@ impl Agent {
         // Timeout: kill the group; `T` if the shell was still running, else its status.
         if c.deadline.is_some_and(|d| now >= d) {
             c.deadline = None;
-            let _ = c.child.kill_group(libc::SIGKILL);
+            let _ = c.child.kill_all();
             c.timed_out = c.status.is_none();
             for slot in 0..2 {
                 self.close_out(&mut c, slot);

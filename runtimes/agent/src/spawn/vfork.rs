@@ -213,6 +213,7 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
 }
 
 fn run(p: &Prepared) -> io::Result<std::convert::Infallible> {
+    p.setup.enter_cgroup()?;
     for (target, &src) in (0..).zip(p.stdio.iter()) {
         // dup2 clears FD_CLOEXEC on the copy; the sources are ≥ 3 (checked by the parent).
         loop {
