@@ -24,17 +24,20 @@
 //! cgroups that enable controllers for their children, never applies, and the agent may
 //! stay in its own cgroup above the subtree.
 //!
-//! A command enters its leaf before it can start anything: the spawned child writes `0` to
-//! the leaf's `cgroup.procs` (opened by the agent) as its first step, before `setsid` and
-//! `exec`. (`clone3(CLONE_INTO_CGROUP)` would save that write, but it has no fn-pointer
-//! form: with `CLONE_VM` the child would return on a fresh stack from the system call.)
+//! A command is in its leaf before it can start anything: commands are started with
+//! `clone3(CLONE_INTO_CGROUP)` (see `spawn/vfork.rs`), so they are born there. Where that
+//! is not available, and for sniff tasks (started through std's `pre_exec`), the child
+//! writes `0` to the leaf's `cgroup.procs` (opened by the agent) as its first step, before
+//! `setsid` and `exec` ([`enter`]).
 //!
 //! # Cost
 //!
-//! A leaf is an `mkdir`, an `open` of its `cgroup.procs` and, in the child, one migration;
-//! removing it is an `rmdir`. Measured with `examples/spawn_cost.rs` (numbers in the
-//! README); the common case of a command whose processes have all exited when it ends
-//! costs no kill and no wait: the `rmdir` succeeds at once.
+//! A leaf is an `mkdir` and two `open`s; removing it is an `rmdir`: tens of microseconds.
+//! Moving a process by writing `cgroup.procs` is the expensive part (it waits for an RCU
+//! grace period: milliseconds on a busy machine), which `CLONE_INTO_CGROUP` avoids.
+//! Measured with `examples/spawn_cost.rs` (numbers in the README). The common case of a
+//! command whose processes have all exited when it ends costs no kill and no wait: the
+//! `rmdir` succeeds at once.
 //!
 //! # Removal
 //!
@@ -389,6 +392,11 @@ impl Leaf {
     /// enter the leaf (see [`enter`]).
     pub fn procs_fd(&self) -> RawFd {
         self.procs.as_raw_fd()
+    }
+
+    /// The fd of the leaf's directory, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn dir_fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
     }
 
     /// The leaf's directory.

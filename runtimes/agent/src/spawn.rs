@@ -28,7 +28,8 @@
 //! * **Inherited as they are**: umask, resource limits, nice value — like the C executor,
 //!   so a test sees the agent's service settings.
 //! * **Its own cgroup** when the caller passes a [`CgroupTree`] ([`spawn_command_in`]): the
-//!   child moves itself into a fresh leaf before anything else, so [`Child::kill_all`]
+//!   child is born in a fresh leaf (`clone3(CLONE_INTO_CGROUP)`, or it moves itself there
+//!   before anything else where that is not available), so [`Child::kill_all`]
 //!   reaches every descendant, even one that left the process group (see [`crate::cgroup`]).
 //!   Without one the command stays in the agent's cgroup and only its process group can be
 //!   killed.
@@ -713,6 +714,7 @@ fn spawn_with(
         env,
         stdio_raw,
         setup,
+        leaf.as_ref().map(Leaf::dir_fd),
     );
     let spawned = reaper::spawn_tracked(|| vfork::spawn(prepared, mode));
     // The parent must not keep the child's ends (a pty master would never report the end
@@ -1103,6 +1105,7 @@ mod tests {
                 Vec::new(),
                 raw,
                 setup(),
+                None,
             )
         };
         let err = vfork::spawn(prepared(), vfork::Mode::Wait).expect_err("no such program");
@@ -1124,6 +1127,59 @@ mod tests {
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 127);
         assert!(pending.settled());
         assert_eq!(pending.error(), libc::ENOENT);
+    }
+
+    /// A command runs in its own leaf, whichever way it got there: born in it
+    /// (`clone3(CLONE_INTO_CGROUP)`) or moving itself there (the fallback).
+    #[test]
+    fn commands_start_in_their_own_cgroup_both_ways() {
+        let tree = match crate::cgroup::CgroupTree::create() {
+            Ok(tree) => tree,
+            Err(e) => {
+                println!("SKIPPED: cgroup v2 cannot be used here: {e}");
+                return;
+            }
+        };
+        let me = User::current().expect("current user");
+        let spec = SpawnSpec::new(me.name().to_vec(), "cat /proc/self/cgroup");
+        for way in ["clone3", "fallback"] {
+            if way == "fallback" {
+                vfork::clone3::disable();
+            }
+            let mut child = spawn_command_in(&spec, Some(&tree)).expect("spawn");
+            let leaf = child.cgroup_path().expect("a cgroup");
+            child.close_stdin();
+            let mut out = bytes::BytesMut::new();
+            let fd = child.stdout_fd().expect("stdout");
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            loop {
+                let _ = rustix::event::poll(&mut fds, None);
+                match fdio::read_into(fd, &mut out, 4096).expect("read") {
+                    fdio::ReadOutcome::Eof => break,
+                    _ => continue,
+                }
+            }
+            let own = crate::cgroup::own_cgroup_dir().expect("own cgroup");
+            let rel = leaf.strip_prefix(&own).expect("below our own cgroup");
+            let text = String::from_utf8_lossy(&out);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("0::"))
+                .expect("0:: line");
+            assert!(
+                line.ends_with(&format!("/{}", rel.display())),
+                "{way}: the command is in {line}, not in {}",
+                leaf.display()
+            );
+            while child.try_wait().expect("wait").is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(child);
+            assert!(!leaf.exists(), "{way}: the leaf was not removed");
+        }
     }
 
     #[test]
