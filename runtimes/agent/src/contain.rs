@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::debug;
 
 use crate::cgroup::{self, CgroupTree};
 use crate::reaper::{self, Reaper};
@@ -19,36 +19,55 @@ pub(crate) struct Containment {
     pub cgroups: Option<Arc<CgroupTree>>,
     /// Readable when a child exited: orphans to reap, cgroups to remove.
     pub reaper: Option<Reaper>,
+    /// Which guarantee holds, in words (see [`Containment::describe`]).
+    summary: String,
 }
 
 impl Containment {
     /// Sets up what the settings ask for and the system allows; `who` names what runs
-    /// (`"commands"`) in the one log line that says which guarantee holds. Only failing to install the
-    /// reaper is an error (cgroups may simply be unavailable).
+    /// (`"commands"`) in [`Containment::describe`]. Only failing to install the reaper is
+    /// an error (cgroups may simply be unavailable).
     pub fn new(cgroups: bool, reap_orphans: bool, who: &str) -> io::Result<Containment> {
         let reaper = if reap_orphans {
             Some(Reaper::install()?)
         } else {
             None
         };
-        let cgroups = if cgroups {
+        let (cgroups, summary) = if cgroups {
             match CgroupTree::create() {
                 Ok(tree) => {
-                    info!(cgroup = %tree.path().display(), "{who} run in their own cgroup each: killing one kills everything it started");
-                    Some(tree)
+                    let summary = format!(
+                        "{who} run in their own cgroup each (below {}): killing one kills everything it started",
+                        tree.path().display()
+                    );
+                    (Some(tree), summary)
                 }
-                Err(e) => {
-                    warn!(reason = %e, "cgroup v2 cannot be used: {who} are killed by process group, which a process that calls setsid escapes");
-                    None
-                }
+                Err(e) => (
+                    None,
+                    format!(
+                        "cgroup v2 cannot be used ({e}): {who} are killed by process group, which a process that calls setsid escapes"
+                    ),
+                ),
             }
         } else {
-            info!(
-                "cgroups disabled: {who} are killed by process group, which a process that calls setsid escapes"
-            );
-            None
+            (
+                None,
+                format!(
+                    "cgroups disabled: {who} are killed by process group, which a process that calls setsid escapes"
+                ),
+            )
         };
-        Ok(Containment { cgroups, reaper })
+        debug!("{summary}");
+        Ok(Containment {
+            cgroups,
+            reaper,
+            summary,
+        })
+    }
+
+    /// Which guarantee holds, for a log line: cgroups, or process groups and why.
+    pub fn describe(&self) -> &str {
+        &self.summary
     }
 
     /// The fd to watch for readability, if orphans are reaped.

@@ -23,6 +23,7 @@
 //! to `SIG_IGN` (children are reaped through their pidfds; the [`reaper`] installs a SIGCHLD
 //! handler of its own).
 
+mod admission;
 pub mod cgroup;
 mod contain;
 pub mod fdio;

@@ -12,8 +12,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use agent_harness::{ChildAgent, PATIENCE, TempDir, eventually};
+use agent_harness::{ChildAgent, PATIENCE, Raw, TempDir, eventually};
 use tuppence::link::{Command, Outcome};
+use tuppence::wire::{Dialect, Hello, Packet};
 use tuppence_blocking::{RunEvent, Session};
 
 /// How much the agent's peak memory may grow during a flood. The agent holds about 1 MiB
@@ -254,5 +255,171 @@ fn request_flood_from_a_client_that_does_not_read() {
     flooder.shutdown(std::net::Shutdown::Both).unwrap();
     writer.join().unwrap();
     assert_growth("64 MiB of requests, client not reading", before, after);
+    agent.quit(s);
+}
+
+/// What a raw client got in answer to its hello.
+#[derive(Debug, PartialEq)]
+enum Welcome {
+    Served,
+    Refused(u32, u32),
+    Nothing,
+}
+
+/// Connects `n` raw clients and sends each a hello (without reading yet).
+fn hello_clients(agent: &ChildAgent, n: usize) -> Vec<Raw> {
+    (0..n)
+        .map(|_| {
+            let mut raw = Raw::on(agent.stream(), Dialect::V4);
+            raw.send_packet(
+                0,
+                &Packet::Hello(Hello {
+                    major: 4,
+                    minor: 0,
+                    keepalive: 0,
+                }),
+            );
+            raw
+        })
+        .collect()
+}
+
+/// How the agent answered a client's hello, waiting until `deadline` at most.
+fn welcome(raw: &mut Raw, deadline: Instant) -> Welcome {
+    let left = |d: Instant| {
+        d.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    match raw.next_frame(left(deadline)).map(|f| f.packet) {
+        Some(Packet::Hello(_)) => Welcome::Served,
+        Some(Packet::Major(status)) => match raw.next_frame(left(deadline)).map(|f| f.packet) {
+            Some(Packet::Minor(detail)) => {
+                assert!(
+                    raw.closed_by_agent(PATIENCE),
+                    "a refusal ends with the close"
+                );
+                Welcome::Refused(status, detail)
+            }
+            other => panic!("a refusal without its detail: {other:?}"),
+        },
+        Some(other) => panic!("unexpected answer to a hello: {other:?}"),
+        None => Welcome::Nothing,
+    }
+}
+
+#[test]
+fn out_of_file_descriptors_every_client_is_served_or_refused_with_words() {
+    let agent = ChildAgent::spawn_with("nofile=48");
+    let mut clients = hello_clients(&agent, 100);
+    let deadline = Instant::now() + PATIENCE;
+    let answers: Vec<Welcome> = clients.iter_mut().map(|c| welcome(c, deadline)).collect();
+    let served = answers.iter().filter(|a| **a == Welcome::Served).count();
+    let refused = answers
+        .iter()
+        .filter(|a| **a == Welcome::Refused(24, 0))
+        .count();
+    println!("of 100 clients under `ulimit -n 48`: {served} served, {refused} refused with EMFILE");
+    assert_eq!(
+        served + refused,
+        100,
+        "every client gets an answer: {answers:?}"
+    );
+    assert!(served > 0 && refused > 0, "{answers:?}");
+    // Once the clients are gone, the agent serves again (a client refused while it was
+    // still closing them tries again, as a real one would).
+    drop(clients);
+    let mut session = None;
+    assert!(
+        eventually(PATIENCE, || {
+            session = tuppence_blocking::Session::new(
+                agent.stream(),
+                tuppence::link::ClientConfig::default(),
+                PATIENCE,
+            )
+            .ok();
+            session.is_some()
+        }),
+        "the agent does not serve again"
+    );
+    let s = session.unwrap();
+    assert_eq!(
+        s.output(Command::new("echo back")).unwrap().stdout,
+        b"back\n"
+    );
+    agent.quit(s);
+}
+
+#[test]
+fn a_client_queued_while_fds_ran_out_is_served_when_they_come_free() {
+    // Clients wait for fds as long as the test needs.
+    let agent = ChildAgent::spawn_with("nofile=48,fd_wait_ms=60000");
+    let mut clients = hello_clients(&agent, 60);
+    // The agent serves what it can; the rest wait in its backlog.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (mut served, mut waiting): (Vec<Raw>, Vec<Raw>) = (Vec::new(), Vec::new());
+    for mut c in clients.drain(..) {
+        match welcome(&mut c, deadline) {
+            Welcome::Served => served.push(c),
+            Welcome::Nothing => waiting.push(c),
+            other => panic!("refused although fd_wait is a minute: {other:?}"),
+        }
+    }
+    println!(
+        "{} served, {} waiting for an fd",
+        served.len(),
+        waiting.len()
+    );
+    assert!(!waiting.is_empty(), "the fd limit was not reached");
+    // Ten served clients leave: that frees fds, and nothing else happens on the listener.
+    served.truncate(served.len().saturating_sub(10));
+    let deadline = Instant::now() + PATIENCE;
+    let first = welcome(&mut waiting[0], deadline);
+    assert_eq!(first, Welcome::Served, "a waiting client was not picked up");
+}
+
+#[test]
+fn a_flood_of_tiny_stdin_packets_costs_bounded_memory() {
+    let agent = ChildAgent::spawn();
+    let s = agent.session();
+    warm_up(&s);
+    let before = agent.peak_kib();
+    let mut raw = Raw::on(agent.stream(), Dialect::V4);
+    let cid = raw.hello();
+    raw.send_packet(
+        1,
+        &Packet::Command(tuppence::wire::CommandRequest {
+            user: bytes::Bytes::from_static(b"root"),
+            command: bytes::Bytes::from_static(b"sleep 3"),
+            timeout: 0,
+            request_tty: 0,
+            reserved: [0, 0],
+            env: Vec::new(),
+        }),
+    );
+    // 1-byte stdin packets (11 bytes each) for a command that does not read them, until
+    // the agent stops taking them or 48 MiB were sent.
+    let mut one = bytes::BytesMut::new();
+    Packet::Data {
+        channel: 0,
+        data: bytes::Bytes::from_static(b"x"),
+    }
+    .encode(Dialect::V4, cid, 1, &mut one)
+    .unwrap();
+    let block = one.repeat(64 * 1024 / one.len());
+    raw.stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut written = 0usize;
+    while written < 48 << 20 {
+        match raw.stream.write(&block) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    let after = agent.peak_kib();
+    println!("{written} bytes of 1-byte stdin packets taken");
+    assert_growth("a flood of 1-byte stdin packets", before, after);
+    drop(raw);
+    assert_eq!(s.output(Command::new("echo ok")).unwrap().stdout, b"ok\n");
     agent.quit(s);
 }

@@ -65,6 +65,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         allow_quit: !args.no_quit,
         audit: !args.no_audit,
         exit_when_idle: false,
+        cgroups: !args.no_cgroups,
         ..AgentConfig::default()
     };
     let cannot = |e: std::io::Error| {
@@ -102,6 +103,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         "tuppence serve: ready on {}",
         shown.join(", ")
     ));
+    tracing::info!("{}", agent.containment());
     let end = agent.run().map_err(cannot)?;
     signal_handle.close();
     match end {

@@ -656,3 +656,44 @@ fn protocol_violations_are_logged_a_bounded_number_of_times() {
     assert_eq!(logged, 10);
     assert!(summary.contains("violations=100"), "{summary}");
 }
+
+/// A client over `--max-clients` is told why, not "Broken pipe"; the agent logs the
+/// refusals without flooding its log.
+#[test]
+fn a_client_over_max_clients_is_told_why() {
+    let server = Server::start(&["--max-clients", "1"]);
+    // The one client the agent serves, holding its place.
+    let held = run(&["run", "-t", &server.target, "--", "true"]);
+    assert_eq!(code(&held), 0, "{}", stderr(&held));
+    let mut holder = std::os::unix::net::UnixStream::connect(&server.sock).expect("connect");
+    // 4.0 hello, keepalive off; the reply proves the place is taken.
+    holder
+        .write_all(&[b'h', 0, 0, 12, 0, 0, 0, 0, 4, 0, 0, 0])
+        .expect("hello");
+    let mut reply = [0u8; 12];
+    holder
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    holder.read_exact(&mut reply).expect("hello reply");
+    assert_eq!(reply[0], b'h');
+    for _ in 0..3 {
+        let out = run(&["run", "-t", &server.target, "--", "true"]);
+        assert_eq!(code(&out), 202, "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("agent refused the connection: too many clients (max 1)"),
+            "{err}"
+        );
+        assert!(!err.to_lowercase().contains("broken pipe"), "{err}");
+    }
+    // One log line for the three refusals (the rest are counted for the next one).
+    let mut refusals = 0;
+    while let Ok(line) = server.log.recv_timeout(Duration::from_millis(500)) {
+        if line.contains("connection refused") {
+            assert!(line.contains("too many clients (max 1)"), "{line}");
+            refusals += 1;
+        }
+    }
+    assert_eq!(refusals, 1);
+    drop(holder);
+}

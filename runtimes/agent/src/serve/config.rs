@@ -7,8 +7,14 @@ use tuppence::link::DEVICE_STALE_PARTIAL_AFTER;
 /// Agent settings. Every per-connection resource has a bound here.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Connections served at once; more are accepted and closed at once (logged).
+    /// Connections served at once. More are refused with words: their hello is answered
+    /// with `M`=EUSERS (87), `m`=this limit, then the connection is closed (logged at most
+    /// once per 10 s, with a count).
     pub max_clients: usize,
+    /// How long clients may wait in a listen backlog while the agent is out of file
+    /// descriptors (they are accepted as soon as fds come free) before they are refused
+    /// with `M`=EMFILE (24), through a reserve fd kept for that.
+    pub fd_wait: Duration,
     /// Live transactions per connection.
     pub max_transactions: usize,
     /// Timeout for commands that ask for 0.
@@ -50,6 +56,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             max_clients: 64,
+            fd_wait: crate::admission::REFUSE_AFTER,
             max_transactions: 1024,
             default_timeout: Duration::from_secs(60),
             socket_keepalive: 60,

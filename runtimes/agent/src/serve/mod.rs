@@ -7,6 +7,7 @@
 //! that failed. Children are reaped through their pidfds the moment they exit; the status
 //! goes out once their output has drained, or at the command's timeout at the latest.
 
+mod accept;
 mod config;
 mod tx;
 
@@ -138,6 +139,8 @@ pub struct Agent {
     unsettled: Vec<(ConnId, u16)>,
     /// Command cgroups and the orphan reaper.
     contain: Containment,
+    /// Refused connections, starved listeners, the reserve fd (see `accept.rs`).
+    gate: accept::Gate,
 }
 
 impl Agent {
@@ -166,7 +169,14 @@ impl Agent {
             unwritten_injects: Vec::new(),
             unsettled: Vec::new(),
             contain,
+            gate: accept::Gate::new(),
         })
+    }
+
+    /// How commands are contained, in words: in cgroups, or by process group and why (for
+    /// the log line a service prints once it is ready).
+    pub fn containment(&self) -> &str {
+        self.contain.describe()
     }
 
     /// The cgroup subtree commands run in, when they run in cgroups (see
@@ -229,6 +239,7 @@ impl Agent {
                 self.on_ready(r, now);
             }
             self.accept_devices(now);
+            self.gate_turn(now);
             if !self.unsettled.is_empty() {
                 self.settle_execs();
             }
@@ -286,7 +297,7 @@ impl Agent {
             None => l.retry_at,
             Some(_) => None,
         });
-        cmds.chain(devices).min()
+        cmds.chain(devices).chain(self.gate.deadline()).min()
     }
 
     // ---- connections ----
@@ -363,34 +374,6 @@ impl Agent {
         }
     }
 
-    fn accept_sockets(&mut self, idx: usize) {
-        loop {
-            let Some(slot) = self.listeners.get(idx) else {
-                return;
-            };
-            match slot.listener.accept() {
-                Ok((transport, peer)) => {
-                    // Connections that ended in this turn (and are cleaned up at its end)
-                    // no longer count: a client may leave and another arrive at once.
-                    let live = self.conns.len().saturating_sub(self.driver.failed().len());
-                    if live >= self.config.max_clients {
-                        warn!(%peer, max = self.config.max_clients, "too many clients; connection closed");
-                        continue;
-                    }
-                    if let Err(e) = self.add_conn(transport, peer.to_string(), Some(idx)) {
-                        warn!(%peer, error = %e, "cannot serve connection");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    return;
-                }
-            }
-        }
-    }
-
     /// Serial and virtio ports: (re)open the session when nobody is connected.
     fn accept_devices(&mut self, now: Instant) {
         for idx in 0..self.listeners.len() {
@@ -439,7 +422,15 @@ impl Agent {
     }
 
     fn reap_failed(&mut self, now: Instant) {
-        for (id, _link, err) in self.driver.take_failed() {
+        for (id, mut link, err) in self.driver.take_failed() {
+            // What the machine queued last (a refusal, status answers) still goes out.
+            let _ = link.flush_now(now);
+            drop(link);
+            // An fd came free: a starved listener is tried again at once.
+            self.busy |= self.gate.has_starved();
+            if self.gate_closed(id) {
+                continue;
+            }
             let Some(conn) = self.conns.remove(&id) else {
                 continue;
             };
@@ -583,7 +574,7 @@ impl Agent {
             return;
         };
         match *owner {
-            Owner::Listener(idx) => self.accept_sockets(idx),
+            Owner::Listener(idx) => self.accept_sockets(idx, now),
             Owner::Exit(id, xid) => {
                 if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
                     match c.child.try_wait() {
@@ -665,9 +656,12 @@ impl Agent {
 
     fn handle_events(&mut self, id: ConnId, now: Instant) {
         let mut events = Vec::new();
+        let refusing = self.gate.is_refusing(id);
         if let Some(link) = self.driver.get_mut(id) {
             while let Some(ev) = link.machine_mut().poll_event() {
-                events.push(ev);
+                if !refusing {
+                    events.push(ev);
+                }
             }
         }
         for ev in events {
@@ -761,18 +755,16 @@ impl Agent {
                 if let Some(Tx::Command(c)) = self.tx_mut(id, xid)
                     && !c.stdin_closed
                 {
-                    c.stdin_bytes += data.len();
                     if let Some(last) = data.last() {
                         c.at_line_start = *last == b'\n';
                     }
-                    c.stdin.push_back(data);
+                    c.queue_stdin(data);
                 }
             }
             ServerEvent::StdinEnd { xid } => {
                 if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
                     if c.tty && !c.stdin_closed {
-                        c.stdin
-                            .push_back(Bytes::from_static(tty_eof_sequence(c.at_line_start)));
+                        c.queue_stdin(Bytes::from_static(tty_eof_sequence(c.at_line_start)));
                         c.stdin_closed = true;
                     }
                     c.stdin_eof = true;
@@ -1285,13 +1277,7 @@ impl Agent {
                 break;
             };
             match fdio::write_some(fd, front) {
-                Ok(Some(n)) => {
-                    bytes::Buf::advance(front, n);
-                    c.stdin_bytes = c.stdin_bytes.saturating_sub(n);
-                    if front.is_empty() {
-                        c.stdin.pop_front();
-                    }
-                }
+                Ok(Some(n)) => c.stdin_written(n),
                 Ok(None) => c.stdin_writable = false,
                 Err(_) => {
                     // The command closed its stdin (EPIPE): what is left has nowhere to go.

@@ -173,7 +173,11 @@ impl Raw {
     }
 
     pub fn connect_as(sock: &Path, dialect: Dialect) -> Raw {
-        let stream = UnixStream::connect(sock).unwrap();
+        Raw::on(UnixStream::connect(sock).unwrap(), dialect)
+    }
+
+    /// On a stream connected already.
+    pub fn on(stream: UnixStream, dialect: Dialect) -> Raw {
         Raw {
             stream,
             dec: Decoder::new(dialect, Sender::Server),
@@ -356,7 +360,7 @@ pub const CHILD_SETTINGS: &str = "TUPPENCE_TEST_AGENT_SETTINGS";
 /// (ignored, so only a [`ChildAgent`] runs it): serves the socket named in
 /// [`CHILD_SOCKET`] until a client quits. Settings: `cgroups=0` (commands are not put in
 /// cgroups), `nofile=N` (the fd limit is lowered to N before the agent starts),
-/// `max_clients=N`.
+/// `max_clients=N`, `fd_wait_ms=N`.
 pub fn run_child_agent() {
     let Some(sock) = std::env::var_os(CHILD_SOCKET) else {
         return;
@@ -371,6 +375,7 @@ pub fn run_child_agent() {
         match name {
             "cgroups" => config.cgroups = value != "0",
             "max_clients" => config.max_clients = value.parse().unwrap(),
+            "fd_wait_ms" => config.fd_wait = Duration::from_millis(value.parse().unwrap()),
             "nofile" => {
                 let n: libc::rlim_t = value.parse().unwrap();
                 let limit = libc::rlimit {
