@@ -623,6 +623,11 @@ pub fn spawn_command_nowait_in(
     spawn_with(spec, vfork::Mode::NoWait, cgroup)
 }
 
+/// See `vfork::clone3::probe`.
+pub(crate) fn probe_cgroup(dir: std::os::fd::RawFd) -> io::Result<bool> {
+    vfork::clone3::probe(dir)
+}
+
 /// A new leaf of `tree`, or `None` with a warning (see [`spawn_command_in`]).
 pub(crate) fn new_leaf(tree: Option<&Arc<CgroupTree>>) -> Option<Leaf> {
     match tree?.leaf() {

@@ -330,21 +330,94 @@ pub(super) mod clone3 {
     /// Starts `child(block)` on the block's stack, in the cgroup whose directory is
     /// `cgroup`, with `flags` (`CLONE_VM` and `CLONE_VFORK` or `CLONE_CHILD_CLEARTID`).
     pub(super) fn spawn(block: &Block, flags: c_int, cgroup: RawFd) -> io::Result<libc::pid_t> {
-        let (base, size) = block.stack.region();
+        let arg = ptr::from_ref::<Block>(block).cast_mut().cast::<c_void>();
+        // SAFETY: as for `libc::clone` in `spawn`: the child runs `child` on the block's
+        // stack (its top is 16-byte aligned) and reads only the block, which the caller
+        // keeps alive and unchanged while the child may use it.
+        unsafe {
+            start(
+                &block.stack,
+                flags,
+                cgroup,
+                block.in_use.as_ptr(),
+                child,
+                arg,
+            )
+        }
+    }
+
+    /// Starts a child that exits at once, in the cgroup whose directory is `cgroup`, and
+    /// reaps it: whether commands can be started there (the kernel checks the same
+    /// permissions as for moving a process in). `Ok(false)`: `clone3` cannot be used here,
+    /// ask another way.
+    pub(crate) fn probe(cgroup: RawFd) -> io::Result<bool> {
+        extern "C" fn exit_at_once(_: *mut c_void) -> c_int {
+            // SAFETY: _exit ends this child process only, running nothing of the parent's.
+            unsafe { libc::_exit(0) }
+        }
+        if !usable() {
+            return Ok(false);
+        }
+        let stack = super::Stack::new()?;
+        let pid = {
+            let _blocked = super::BlockSignals::new();
+            // SAFETY: the child runs `exit_at_once` on its own stack and touches nothing;
+            // CLONE_VFORK keeps this thread (and `stack`) waiting until it has exited.
+            unsafe {
+                start(
+                    &stack,
+                    libc::CLONE_VM | libc::CLONE_VFORK,
+                    cgroup,
+                    ptr::null_mut(),
+                    exit_at_once,
+                    ptr::null_mut(),
+                )
+            }
+        };
+        let pid = match pid {
+            Err(e) if unsupported(&e) => return Ok(false),
+            other => other?,
+        };
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on the child just started, with a valid status pointer.
+            if unsafe { libc::waitpid(pid, &mut status, 0) } >= 0 {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+
+    /// `clone3(flags | CLONE_INTO_CGROUP)` running `f(arg)` on `stack`; `child_tid` is
+    /// cleared by the kernel when the child execs or exits (with `CLONE_CHILD_CLEARTID`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`clone3_vm`]: `stack` unused while the child runs, `f` safe to run there with
+    /// `arg` in a process sharing this memory, `child_tid` valid (or null) meanwhile.
+    unsafe fn start(
+        stack: &super::Stack,
+        flags: c_int,
+        cgroup: RawFd,
+        child_tid: *mut i32,
+        f: extern "C" fn(*mut c_void) -> c_int,
+        arg: *mut c_void,
+    ) -> io::Result<libc::pid_t> {
+        let (base, size) = stack.region();
         let mut args = CloneArgs {
             flags: u64::from(flags.unsigned_abs()) | CLONE_INTO_CGROUP,
-            child_tid: block.in_use.as_ptr() as u64,
+            child_tid: child_tid as u64,
             exit_signal: libc::SIGCHLD as u64,
             stack: base as u64,
             stack_size: size as u64,
             cgroup: u64::from(cgroup.unsigned_abs()),
             ..CloneArgs::default()
         };
-        let arg = ptr::from_ref::<Block>(block).cast_mut().cast::<c_void>();
-        // SAFETY: as for `libc::clone` in `spawn`: the child runs `child` on the block's
-        // stack (its top is 16-byte aligned) and reads only the block, which the caller
-        // keeps alive and unchanged while the child may use it.
-        let rc = unsafe { clone3_vm(&mut args, child, arg) };
+        // SAFETY: per this function's contract.
+        let rc = unsafe { clone3_vm(&mut args, f, arg) };
         if rc < 0 {
             let errno = i32::try_from(rc.unsigned_abs()).unwrap_or(libc::EINVAL);
             return Err(io::Error::from_raw_os_error(errno));
