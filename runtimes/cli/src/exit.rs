@@ -169,6 +169,24 @@ pub fn say(line: impl fmt::Display) {
     let _ = writeln!(io::stderr(), "{line}");
 }
 
+/// Stderr for the log: a write that fails (stderr is a closed pipe, as in `tuppence serve
+/// 2>&1 | head -1`) is dropped. With plain `io::stderr` the logger reported the failure with
+/// `eprintln!`, which panicked the logging thread: the agent loop at its next log line, or
+/// the signal thread, so that SIGTERM no longer stopped the agent.
+pub struct QuietStderr;
+
+impl io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Removes every ` (os error N)` from a message.
 pub fn clean(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -93,8 +93,8 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
                     std::process::exit(128 + sig);
                 }
                 stopping = true;
-                tracing::info!(signal = sig, "stopping");
                 stop.stop();
+                tracing::info!(signal = sig, "stopping");
             }
         })
         .map_err(cannot)?;

@@ -697,3 +697,53 @@ fn a_client_over_max_clients_is_told_why() {
     assert_eq!(refusals, 1);
     drop(holder);
 }
+
+/// With its stderr a closed pipe (`tuppence serve 2>&1 | head -1`), the agent still logs
+/// without dying, serves, and stops on SIGTERM.
+#[test]
+fn serve_with_a_closed_stderr_keeps_serving_and_stops_on_sigterm() {
+    let dir = TempDir::new("closed-stderr");
+    let sock = dir.path().join("agent.sock");
+    let mut child = tuppence()
+        .arg("serve")
+        .arg("--unix")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    {
+        let err = child.stderr.take().expect("stderr");
+        let mut line = String::new();
+        BufReader::new(err)
+            .read_line(&mut line)
+            .expect("ready line");
+        assert!(line.starts_with("tuppence serve: ready on"), "{line}");
+        // The reader goes away: every log line from now on fails to write.
+    }
+    let target = format!("unix:{}", sock.display());
+    // Audit lines (connect, run, disconnect) are written, and fail, on the agent's loop.
+    for _ in 0..2 {
+        let out = run(&["run", "-t", &target, "--", "echo ok"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve did not stop on SIGTERM with its stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(st.code(), Some(0));
+}
