@@ -120,20 +120,23 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("serve printed its ready line");
-        assert_eq!(
-            line,
-            format!("tuppence serve: ready on unix:{}", sock.display())
-        );
-        Server {
+        let server = Server {
             child,
             target: format!("unix:{}", sock.display()),
             sock,
             log: rx,
             _dir: dir,
-        }
+        };
+        // (A failed check drops `server`, which kills the agent.)
+        let line = server
+            .log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("serve printed its ready line");
+        assert_eq!(
+            line,
+            format!("tuppence serve: ready on unix:{}", server.sock.display())
+        );
+        server
     }
 
     /// Waits (bounded) for the agent process to exit.
