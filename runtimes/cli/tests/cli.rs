@@ -96,21 +96,28 @@ struct Server {
     _dir: TempDir,
 }
 
+/// `tuppence serve --unix SOCK EXTRA…` with its stderr piped.
+fn spawn_serve(sock: &Path, extra: &[&str]) -> Child {
+    tuppence()
+        .arg("serve")
+        .arg("--unix")
+        .arg(sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve")
+}
+
 impl Server {
     fn start(extra: &[&str]) -> Server {
         let dir = TempDir::new("serve");
         let sock = dir.path().join("agent.sock");
-        let mut child = tuppence()
-            .arg("serve")
-            .arg("--no-audit")
-            .arg("--unix")
-            .arg(&sock)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
+        let extra: Vec<&str> = std::iter::once("--no-audit")
+            .chain(extra.iter().copied())
+            .collect();
+        let mut child = spawn_serve(&sock, &extra);
         let err = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         // Passes every line on and keeps draining, so the agent never blocks on a full pipe.
@@ -707,15 +714,7 @@ fn a_client_over_max_clients_is_told_why() {
 fn serve_with_a_closed_stderr_keeps_serving_and_stops_on_sigterm() {
     let dir = TempDir::new("closed-stderr");
     let sock = dir.path().join("agent.sock");
-    let mut child = tuppence()
-        .arg("serve")
-        .arg("--unix")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
+    let mut child = spawn_serve(&sock, &[]);
     {
         let err = child.stderr.take().expect("stderr");
         let mut line = String::new();

@@ -16,6 +16,10 @@ use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
 use tuppence_blocking::Session;
 use tuppence_transport::{Listener, Target};
 
+#[path = "../child_process/mod.rs"]
+pub mod child_process;
+pub use child_process::status_kib;
+
 /// How long a test waits for something that should take milliseconds (a loaded 2-core
 /// machine can stall a thread for a while; nothing here should ever need this long).
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -331,15 +335,6 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A field of /proc/PID/status in KiB (`VmHWM`, `VmRSS`).
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// Parses the first line of command output as a pid.
 pub fn first_line_pid(out: &[u8]) -> u32 {
     let text = String::from_utf8_lossy(out);
@@ -365,9 +360,7 @@ pub fn run_child_agent() {
     let Some(sock) = std::env::var_os(CHILD_SOCKET) else {
         return;
     };
-    // Die with the test thread that started us, whatever happens to it.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    child_process::die_with_parent();
     let mut config = quiet_config();
     let settings = std::env::var(CHILD_SETTINGS).unwrap_or_default();
     for setting in settings.split(',').filter(|s| !s.is_empty()) {
@@ -376,15 +369,7 @@ pub fn run_child_agent() {
             "cgroups" => config.cgroups = value != "0",
             "max_clients" => config.max_clients = value.parse().unwrap(),
             "fd_wait_ms" => config.fd_wait = Duration::from_millis(value.parse().unwrap()),
-            "nofile" => {
-                let n: libc::rlim_t = value.parse().unwrap();
-                let limit = libc::rlimit {
-                    rlim_cur: n,
-                    rlim_max: n,
-                };
-                // SAFETY: setrlimit reads the struct given.
-                assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
-            }
+            "nofile" => child_process::limit_fds(value.parse().unwrap()),
             other => panic!("unknown child agent setting {other}"),
         }
     }
@@ -412,19 +397,13 @@ impl ChildAgent {
     pub fn spawn_with(settings: &str) -> ChildAgent {
         let dir = TempDir::new("child-agent");
         let sock = dir.join("agent.sock");
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "agent_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_SOCKET, &sock)
-            .env(CHILD_SETTINGS, settings)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = child_process::spawn_self(
+            "agent_process",
+            &[
+                (CHILD_SOCKET, sock.as_os_str()),
+                (CHILD_SETTINGS, settings.as_ref()),
+            ],
+        );
         let mut agent = ChildAgent {
             child,
             sock,

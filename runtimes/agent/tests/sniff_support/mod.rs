@@ -17,6 +17,9 @@ use tuppence::sniff::{
 use tuppence_agent::sniff::{ListenServer, ServeConfig, StopHandle};
 use tuppence_transport::{Listener, Target};
 
+#[path = "../child_process/mod.rs"]
+mod child_process;
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -323,19 +326,12 @@ pub fn run_child_server() {
     let Some(sock) = std::env::var_os(CHILD_SOCKET) else {
         return;
     };
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    child_process::die_with_parent();
     let settings = std::env::var(CHILD_SETTINGS).unwrap_or_default();
     for setting in settings.split(',').filter(|s| !s.is_empty()) {
         let (name, value) = setting.split_once('=').expect("name=value");
         assert_eq!(name, "nofile", "unknown setting {name}");
-        let n: libc::rlim_t = value.parse().unwrap();
-        let limit = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: n,
-        };
-        // SAFETY: setrlimit reads the struct given.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        child_process::limit_fds(value.parse().unwrap());
     }
     let listener = Listener::unix(PathBuf::from(sock), 0o600).expect("listen");
     let mut server =
@@ -355,19 +351,13 @@ impl ChildServer {
     pub fn spawn(settings: &str) -> ChildServer {
         let dir = TempDir::new("child");
         let path = dir.path("agent.sock");
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "sniff_server_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_SOCKET, &path)
-            .env(CHILD_SETTINGS, settings)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = child_process::spawn_self(
+            "sniff_server_process",
+            &[
+                (CHILD_SOCKET, path.as_os_str()),
+                (CHILD_SETTINGS, settings.as_ref()),
+            ],
+        );
         let server = ChildServer {
             child,
             path,
@@ -385,11 +375,7 @@ impl ChildServer {
 
     /// Peak resident memory (`VmHWM`) in KiB.
     pub fn peak_kib(&self) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM")
+        child_process::status_kib(self.child.id(), "VmHWM")
     }
 }
 
