@@ -16,7 +16,7 @@ use agent_harness::{
     ChildAgent, PATIENCE, children_of, eventually, gone, parent_of, proc_state, zombies_of,
 };
 use tuppence::link::{Command, Outcome, Signal};
-use tuppence_blocking::{Run, RunEvent};
+use tuppence_blocking::{Run, RunEvent, Session};
 
 /// The agent of the tests below, when started by them (does nothing otherwise).
 #[test]
@@ -33,15 +33,27 @@ const ESCAPERS: &str = "setsid sleep 1000 & echo $!; \
      echo ready; \
      exec sleep 1000";
 
-/// Whether this system lets the agent run commands in cgroups; says why not otherwise.
-fn cgroups_usable() -> bool {
+/// An agent whose commands run in cgroups, or `None` (after saying why) where this system
+/// does not allow that.
+fn cgroup_agent() -> Option<ChildAgent> {
     match tuppence_agent::cgroup::CgroupTree::create() {
-        Ok(_) => true,
+        Ok(_) => Some(ChildAgent::spawn()),
         Err(e) => {
             println!("SKIPPED: cgroup v2 cannot be used here: {e}");
-            false
+            None
         }
     }
+}
+
+/// Starts [`ESCAPERS`]; returns it running, with the two pids it printed.
+fn run_escapers(s: &Session, timeout: Option<Duration>) -> (Run<'_>, (u32, u32)) {
+    let mut cmd = Command::new(ESCAPERS);
+    if let Some(t) = timeout {
+        cmd = cmd.timeout(t);
+    }
+    let run = s.run(cmd).unwrap();
+    let pids = escaper_pids(&run);
+    (run, pids)
 }
 
 /// Reads the command's output up to `ready`; returns the two pids it printed.
@@ -114,15 +126,11 @@ fn command_cgroups(agent: u32) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_timeout_kills_every_descendant() {
-    if !cgroups_usable() {
+    let Some(agent) = cgroup_agent() else {
         return;
-    }
-    let agent = ChildAgent::spawn();
+    };
     let s = agent.session();
-    let run = s
-        .run(Command::new(ESCAPERS).timeout(Duration::from_secs(2)))
-        .unwrap();
-    let (escaped, grandchild) = escaper_pids(&run);
+    let (run, (escaped, grandchild)) = run_escapers(&s, Some(Duration::from_secs(2)));
     assert_eq!(
         parent_of(grandchild),
         Some(agent.pid()),
@@ -135,13 +143,11 @@ fn a_timeout_kills_every_descendant() {
 
 #[test]
 fn an_interrupt_with_kill_kills_every_descendant() {
-    if !cgroups_usable() {
+    let Some(agent) = cgroup_agent() else {
         return;
-    }
-    let agent = ChildAgent::spawn();
+    };
     let s = agent.session();
-    let run = s.run(Command::new(ESCAPERS)).unwrap();
-    let pids = escaper_pids(&run);
+    let (run, pids) = run_escapers(&s, None);
     run.interrupt(Signal::KILL).unwrap();
     assert_eq!(
         run.collect().unwrap().outcome,
@@ -153,13 +159,11 @@ fn an_interrupt_with_kill_kills_every_descendant() {
 
 #[test]
 fn a_disconnect_kills_every_descendant() {
-    if !cgroups_usable() {
+    let Some(agent) = cgroup_agent() else {
         return;
-    }
-    let agent = ChildAgent::spawn();
+    };
     let (s, handle) = agent.session_with_handle();
-    let run = s.run(Command::new(ESCAPERS)).unwrap();
-    let pids = escaper_pids(&run);
+    let (_run, pids) = run_escapers(&s, None);
     handle.shutdown(Shutdown::Both).unwrap();
     assert_nothing_left(&agent, pids.into(), "disconnect");
     // The agent goes on.
@@ -170,10 +174,9 @@ fn a_disconnect_kills_every_descendant() {
 
 #[test]
 fn a_command_that_ends_takes_its_background_jobs_along() {
-    if !cgroups_usable() {
+    let Some(agent) = cgroup_agent() else {
         return;
-    }
-    let agent = ChildAgent::spawn();
+    };
     let s = agent.session();
     // The shell exits at once; its `setsid` job closes the pipes so the status is not
     // held back; it must still die with the command.
@@ -196,10 +199,7 @@ fn a_command_that_ends_takes_its_background_jobs_along() {
 fn without_cgroups_the_group_dies_and_orphans_are_reaped_but_setsid_escapes() {
     let agent = ChildAgent::spawn_with("cgroups=0");
     let s = agent.session();
-    let run = s
-        .run(Command::new(ESCAPERS).timeout(Duration::from_secs(2)))
-        .unwrap();
-    let (escaped, grandchild) = escaper_pids(&run);
+    let (run, (escaped, grandchild)) = run_escapers(&s, Some(Duration::from_secs(2)));
     // The orphan comes to the agent (a subreaper), not to PID 1.
     assert_eq!(parent_of(grandchild), Some(agent.pid()));
     assert_eq!(run.collect().unwrap().outcome, Outcome::TimedOut);
@@ -279,13 +279,11 @@ fn orphans_that_exit_by_themselves_are_reaped_by_the_agent() {
 
 #[test]
 fn quitting_the_agent_leaves_nothing_behind() {
-    if !cgroups_usable() {
+    let Some(agent) = cgroup_agent() else {
         return;
-    }
-    let agent = ChildAgent::spawn();
+    };
     let s = agent.session();
-    let run = s.run(Command::new(ESCAPERS)).unwrap();
-    let pids = escaper_pids(&run);
+    let (run, pids) = run_escapers(&s, None);
     let agent_pid = agent.pid();
     let quitter = agent.session();
     agent.quit(quitter);

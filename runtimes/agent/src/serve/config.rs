@@ -48,7 +48,9 @@ pub struct AgentConfig {
     pub cgroups: bool,
     /// Make the agent's process a child subreaper and reap the orphans of commands (see
     /// [`crate::reaper`]). Leave on unless the process embedding the agent starts children
-    /// of its own that call `setsid` and reaps them itself.
+    /// of its own that call `setsid` and reaps them itself. (Its `SIGCHLD` is also what
+    /// tells the agent that a killed command's cgroup has emptied; with this off such
+    /// cgroups are removed at later spawns.)
     pub reap_orphans: bool,
 }
 
