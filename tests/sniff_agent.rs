@@ -193,3 +193,37 @@ fn time_never_goes_backwards() {
     a.handle_request(now, req(1, b'n', NAT)).unwrap();
     assert_eq!(a.poll_timeout(), Some(now + Duration::from_secs(11)));
 }
+
+/// A peer that floods requests with tiny answers (`N`) and reads none is stopped by what the
+/// answers take in memory, not by their 9 bytes on the wire.
+#[test]
+fn an_unread_nop_flood_is_bounded_by_memory() {
+    let now = Instant::now();
+    let mut a = Agent::new(AgentConfig::default());
+    let mut wire = BytesMut::new();
+    for id in 0..1_000_000u32 {
+        encode_frame(&req(id, b'N', b""), 100, &mut wire).unwrap();
+    }
+    let mut taken = 0;
+    loop {
+        let n = a.handle_bytes(now, &wire[taken..]).unwrap();
+        if n == 0 {
+            break;
+        }
+        taken += n;
+    }
+    assert!(!a.wants_input());
+    let limit = tuppence::sniff::DEFAULT_MAX_QUEUED_BYTES;
+    let each = 9 + tuppence::sniff::ANSWER_OVERHEAD;
+    let queued = a.stats().answers as usize;
+    assert!(
+        queued * each <= limit + each,
+        "{queued} answers queued, {} bytes with their overhead (limit {limit})",
+        queued * each
+    );
+    assert!(a.queued_bytes() <= limit + each);
+    // Reading them lets the flood go on.
+    let mut out = BytesMut::new();
+    assert_eq!(a.poll_transmit(&mut out), queued * 9);
+    assert!(a.wants_input());
+}

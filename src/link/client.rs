@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::core::{self, Core, Input, Stats, Timeout};
 use super::{
-    ClientConfig, ClientEvent, Command, LinkError, Outcome, Signal, UsageError, Violation,
+    ClientConfig, ClientEvent, Command, LinkError, Outcome, Refusal, Signal, UsageError, Violation,
     effective_keepalive,
 };
 use crate::wire::{
@@ -60,6 +60,8 @@ pub struct Client {
     server_version: Option<(u8, u8)>,
     /// Requests made before the server assigned our cid; sent once it has.
     pending: VecDeque<(u16, Packet)>,
+    /// Their encoded size plus their slot in `pending` each, so that many tiny requests
+    /// (1-byte stdin writes) are bounded by the memory they take.
     pending_bytes: usize,
     transactions: HashMap<u16, Transaction>,
     next_xid: u16,
@@ -67,6 +69,11 @@ pub struct Client {
     /// When the hello is said again if no reply came (see `ClientConfig::hello_retry`);
     /// `None` once it has been, or when it never is.
     hello_retry_at: Option<Instant>,
+    /// A refusal received instead of the hello reply (see [`Refusal`]): the status, and
+    /// the detail once its `m` arrived. With `resync_before_hello` it only counts if the
+    /// agent then closes the connection (on a device link it may be an answer to a
+    /// previous client's garbled hello, and this client's own reply may still come).
+    refusing: Option<(u32, Option<u32>)>,
 }
 
 impl Client {
@@ -95,6 +102,7 @@ impl Client {
             next_xid: 1,
             events: VecDeque::new(),
             hello_retry_at,
+            refusing: None,
         }
     }
 
@@ -122,7 +130,8 @@ impl Client {
         self.core.error.as_ref()
     }
 
-    /// Bytes waiting to be transmitted (including requests held until the hello reply).
+    /// Bytes waiting to be transmitted (including requests held until the hello reply,
+    /// which also count the memory each takes in the queue).
     pub fn transmit_buffered(&self) -> usize {
         self.core
             .transmit_buffered()
@@ -171,7 +180,15 @@ impl Client {
     pub fn handle_eof(&mut self, now: Instant) {
         self.core.tick(now);
         if self.core.error.is_none() {
-            self.fail(LinkError::Closed);
+            // A refusal, even one cut short after its status, says why.
+            let error = match self.refusing {
+                Some((status, detail)) => LinkError::Refused(Refusal {
+                    status,
+                    detail: detail.unwrap_or(0),
+                }),
+                None => LinkError::Closed,
+            };
+            self.fail(error);
         }
     }
 
@@ -510,7 +527,8 @@ impl Client {
                 packet.to_bytes(self.config.dialect, 0, xid)?;
                 self.pending_bytes = self
                     .pending_bytes
-                    .saturating_add(packet.encoded_len(self.config.dialect));
+                    .saturating_add(packet.encoded_len(self.config.dialect))
+                    .saturating_add(std::mem::size_of::<(u16, Packet)>());
                 self.pending.push_back((xid, packet));
             }
         }
@@ -584,18 +602,19 @@ impl Client {
     }
 
     /// Before the hello reply, with `resync_before_hello`: drops buffered bytes up to the
-    /// first place where a hello reply could start (type `h`, length 12, xid 0, any cid),
-    /// so that stale output of a previous session, even from the middle of a packet, is
-    /// skipped. Bytes at the end that could still become one are kept.
+    /// first place where a hello reply or a refusal (see [`Refusal`]) could start (type
+    /// `h`, `M` or `m`, length 12, xid 0, any cid), so that stale output of a previous
+    /// session, even from the middle of a packet, is skipped. Bytes at the end that could
+    /// still become one are kept.
     fn skip_to_hello_reply(&mut self) {
         if self.cid.is_some() || !self.config.resync_before_hello {
             return;
         }
         let dialect = self.config.dialect;
-        let reply = |cid| {
+        let header = |kind: PacketType, cid| {
             let mut b = bytes::BytesMut::with_capacity(HEADER_LEN);
             Header {
-                kind: PacketType::Hello.code(dialect),
+                kind: kind.code(dialect),
                 len: HELLO_LEN,
                 cid,
                 xid: 0,
@@ -603,13 +622,17 @@ impl Client {
             .encode(dialect, &mut b);
             b
         };
-        // Bytes that differ between two cids are the cid: any value matches there.
-        let (a, b) = (reply(0), reply(0xFFFF));
+        // Bytes that differ between two cids are the cid: any value matches there. (Hello
+        // and status packets all have 4-byte payloads, hence length 12.)
+        let patterns = [PacketType::Hello, PacketType::Major, PacketType::Minor]
+            .map(|kind| (header(kind, 0), header(kind, 0xFFFF)));
         let fits = |window: &[u8]| {
-            window
-                .iter()
-                .zip(a.iter().zip(b.iter()))
-                .all(|(&w, (&x, &y))| x != y || w == x)
+            patterns.iter().any(|(a, b)| {
+                window
+                    .iter()
+                    .zip(a.iter().zip(b.iter()))
+                    .all(|(&w, (&x, &y))| x != y || w == x)
+            })
         };
         let buf = self.core.decoder.peek();
         let skip = (0..buf.len())
@@ -622,9 +645,30 @@ impl Client {
     }
 
     fn on_handshake(&mut self, frame: Frame) {
-        let Packet::Hello(hello) = frame.packet else {
-            return self.fail(LinkError::Handshake(frame.packet.packet_type().name()));
-        };
+        // An agent that will not serve us answers the hello with `M`=why, `m`=detail on
+        // xid 0, then closes the connection.
+        let resync = self.config.resync_before_hello;
+        match (frame.packet, self.refusing) {
+            (Packet::Major(status), None | Some((_, Some(_)))) if status != 0 && frame.xid == 0 => {
+                self.refusing = Some((status, None));
+            }
+            (Packet::Minor(detail), Some((status, None))) if frame.xid == 0 => {
+                if resync {
+                    self.refusing = Some((status, Some(detail)));
+                } else {
+                    self.fail(LinkError::Refused(Refusal { status, detail }));
+                }
+            }
+            (Packet::Hello(hello), None) => self.on_hello_reply(frame.cid, hello),
+            (Packet::Hello(hello), Some(_)) if resync => {
+                self.refusing = None;
+                self.on_hello_reply(frame.cid, hello);
+            }
+            (packet, _) => self.fail(LinkError::Handshake(packet.packet_type().name())),
+        }
+    }
+
+    fn on_hello_reply(&mut self, cid: u16, hello: Hello) {
         let ours = self.config.dialect.version();
         if hello.major != ours.0 {
             return self.fail(LinkError::VersionMismatch {
@@ -633,14 +677,14 @@ impl Client {
             });
         }
         self.core.saw_traffic();
-        self.cid = Some(frame.cid);
+        self.cid = Some(cid);
         self.server_version = Some((hello.major, hello.minor));
         self.core.set_keepalive(
             effective_keepalive(hello.keepalive, self.config.limits.min_keepalive),
             true,
         );
         self.events.push_back(ClientEvent::Connected {
-            cid: frame.cid,
+            cid,
             server_version: (hello.major, hello.minor),
             keepalive: hello.keepalive,
         });
@@ -648,7 +692,7 @@ impl Client {
         self.pending_bytes = 0;
         for (xid, packet) in pending {
             // Validated when queued.
-            let _ = self.core.queue(frame.cid, xid, &packet);
+            let _ = self.core.queue(cid, xid, &packet);
         }
     }
 

@@ -1,8 +1,10 @@
 //! Link-level errors, split by fault: the connection is unusable (`LinkError`), or the caller
 //! asked for something impossible (`UsageError`).
 
+use std::fmt;
 use std::time::Duration;
 
+use super::status;
 use crate::wire::{DecodeError, Dialect, EncodeError, PacketType};
 
 /// The connection cannot continue. Sticky: once a machine has one, every later input call
@@ -28,6 +30,60 @@ pub enum LinkError {
     /// The transport reported end of stream.
     #[error("the peer closed the connection")]
     Closed,
+    /// The agent answered the hello with a refusal instead of a reply (and closed the
+    /// connection). On the agent's side: the connection was refused so.
+    #[error("agent refused the connection: {0}")]
+    Refused(Refusal),
+}
+
+/// Why an agent will not serve a connection: its answer to the hello in place of the hello
+/// reply, `M`=status then `m`=detail on xid 0, before it closes the connection (DESIGN §8,
+/// "refusals have words"). A client of the C executor reads it as a failed handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    /// An errno of the agent's system: [`status::EUSERS`] too many clients,
+    /// [`status::EMFILE`] out of file descriptors, [`status::EPROTO`] the hello could not
+    /// be read; others are shown as the errno.
+    pub status: u32,
+    /// For `EUSERS` the agent's client limit; otherwise 0.
+    pub detail: u32,
+}
+
+impl Refusal {
+    /// The agent serves `max` clients already.
+    pub fn too_many_clients(max: usize) -> Refusal {
+        Refusal {
+            status: status::EUSERS,
+            detail: u32::try_from(max).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The agent has no file descriptor left for the connection.
+    pub fn out_of_fds() -> Refusal {
+        Refusal {
+            status: status::EMFILE,
+            detail: 0,
+        }
+    }
+
+    /// The client's hello did not parse.
+    pub fn bad_hello() -> Refusal {
+        Refusal {
+            status: status::EPROTO,
+            detail: 0,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            status::EUSERS => write!(f, "too many clients (max {})", self.detail),
+            status::EMFILE | 23 => f.write_str("the agent has run out of file descriptors"),
+            status::EPROTO => f.write_str("it could not read the hello"),
+            other => f.write_str(&status::errno_text(other)),
+        }
+    }
 }
 
 /// A packet from the peer that was dropped because it made no sense at that point.

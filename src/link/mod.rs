@@ -60,7 +60,7 @@ pub use config::{
     effective_keepalive, negotiate_keepalive,
 };
 pub use core::Stats;
-pub use error::{LinkError, UsageError, Violation};
+pub use error::{LinkError, Refusal, UsageError, Violation};
 pub use event::{ClientEvent, Outcome, ServerEvent};
 pub use server::Server;
 pub use status::errno_text;

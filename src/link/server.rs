@@ -7,11 +7,11 @@ use bytes::{Bytes, BytesMut};
 
 use super::core::{self, Core, Input, Stats, Timeout};
 use super::{
-    LinkError, ServerConfig, ServerEvent, UsageError, Violation, effective_keepalive,
+    LinkError, Refusal, ServerConfig, ServerEvent, UsageError, Violation, effective_keepalive,
     negotiate_keepalive, status,
 };
 use crate::wire::{
-    DecodeError, Dialect, Frame, Hello, Packet, ProcInfoField, Sender, detect_dialect,
+    DecodeError, Dialect, Frame, Hello, Packet, PacketType, ProcInfoField, Sender, detect_dialect,
 };
 
 #[derive(Debug)]
@@ -37,6 +37,18 @@ enum Kind {
 /// It enforces the ordering rules itself: no packet after a transaction's terminal one,
 /// `X` on channels 1 and 2 before the status in 4.0 (none in 3.0), extract success without
 /// `M` in 3.0. The application never writes packets directly.
+///
+/// Protocol corners it answers itself, so that no client waits for nothing:
+///
+/// * a request (`c`, `i`, `e`, `O`) on an xid that is still live gets
+///   [`status::EBUSY`] at once, in that request's shape (`M`=16 and `m`=0 for a command,
+///   `M`=16 otherwise); the live transaction goes on undisturbed;
+/// * a hello that does not parse is refused ([`Refusal::bad_hello`]: `M`=71, `m`=0 on xid
+///   0) and the connection ends with [`LinkError::Refused`]; on a device link
+///   ([`ServerConfig::hello_resets_session`]), which cannot be closed towards the client,
+///   the same answer is sent and the session goes on;
+/// * a connection the application will not serve (too many clients, no file descriptor
+///   left) is refused with words: [`Server::refuse`].
 pub struct Server {
     core: Core,
     config: ServerConfig,
@@ -49,6 +61,8 @@ pub struct Server {
     /// A hello reset the session: the runtime must drop what it took from
     /// `poll_transmit` but has not written yet (see [`Server::poll_discard_unsent`]).
     discard_unsent: bool,
+    /// The answer to the client's first packet, when the connection is refused.
+    refusal: Option<Refusal>,
 }
 
 impl Server {
@@ -68,6 +82,7 @@ impl Server {
             closing: HashSet::new(),
             events: VecDeque::new(),
             discard_unsent: false,
+            refusal: None,
         }
     }
 
@@ -158,6 +173,22 @@ impl Server {
     }
 
     // ---- intents: the application's answers ----
+
+    /// Refuses the connection with words: the client's hello (or whatever it sends first)
+    /// is answered with `M`=`refusal.status`, `m`=`refusal.detail` on xid 0 instead of a
+    /// hello reply, and the machine then fails with [`LinkError::Refused`] (flush what it
+    /// queued, then close). At once if the dialect is already known, otherwise when the
+    /// client's first bytes arrive (the answer must be in its dialect). Call it right after
+    /// [`Server::new`]; a connection already in use is not refused.
+    pub fn refuse(&mut self, refusal: Refusal) {
+        if self.core.error.is_some() || !self.transactions.is_empty() {
+            return;
+        }
+        self.refusal = Some(refusal);
+        if self.detected {
+            self.send_refusal(refusal);
+        }
+    }
 
     /// Command output (channel 1 or 2), extract data or monitor events (channel 0).
     /// Accepted while [`Server::can_send`] is true; chunked into packets.
@@ -435,6 +466,13 @@ impl Server {
         Ok(())
     }
 
+    /// Answers with the refusal and ends the connection (see [`Server::refuse`]).
+    fn send_refusal(&mut self, refusal: Refusal) {
+        let _ = self.send(0, Packet::Major(refusal.status));
+        let _ = self.send(0, Packet::Minor(refusal.detail));
+        self.die(LinkError::Refused(refusal));
+    }
+
     fn die(&mut self, error: LinkError) {
         self.core.error = Some(error);
         self.transactions.clear();
@@ -465,18 +503,35 @@ impl Server {
         self.events.push_back(ServerEvent::ProtocolViolation(v));
     }
 
-    /// A bad packet: answered with 71 on its xid if that opens no live transaction.
+    /// A bad packet: answered with 71 on its xid if that opens no live transaction. A
+    /// hello that does not parse is refused (see the type docs).
     fn on_decode_error(&mut self, e: DecodeError) {
-        if let Some(h) = e.header().copied()
-            && h.cid == self.config.cid
-            && !self.transactions.contains_key(&h.xid)
-        {
+        let header = e.header().copied();
+        self.violation(Violation::Decode(e));
+        if let Some(refusal) = self.refusal {
+            return self.send_refusal(refusal);
+        }
+        let Some(h) = header else {
+            return;
+        };
+        let ours = h.cid == self.config.cid;
+        if h.kind == PacketType::Hello.code(self.core.dialect) && (ours || h.cid == 0) {
+            if self.config.hello_resets_session {
+                let bad = Refusal::bad_hello();
+                let _ = self.send(0, Packet::Major(bad.status));
+                let _ = self.send(0, Packet::Minor(bad.detail));
+            } else {
+                self.send_refusal(Refusal::bad_hello());
+            }
+        } else if ours && !self.transactions.contains_key(&h.xid) {
             let _ = self.send(h.xid, Packet::Major(status::EPROTO));
         }
-        self.violation(Violation::Decode(e));
     }
 
     fn on_frame(&mut self, frame: Frame) {
+        if let Some(refusal) = self.refusal {
+            return self.send_refusal(refusal);
+        }
         let cid = self.config.cid;
         if let Packet::Hello(hello) = &frame.packet
             && (frame.cid == 0 || frame.cid == cid)
@@ -536,21 +591,19 @@ impl Server {
         });
     }
 
+    /// Refuses a request at once with `errno`, in the shape the client expects for that
+    /// request: `M` and `m`=0 for a command (the C client ends a command only at `m`), `M`
+    /// alone for the others.
+    fn refuse_request(&mut self, xid: u16, packet: &Packet, errno: u32) {
+        let _ = self.send(xid, Packet::Major(errno));
+        if matches!(packet, Packet::Command(_)) {
+            let _ = self.send(xid, Packet::Minor(0));
+        }
+    }
+
     fn on_new(&mut self, xid: u16, packet: Packet) {
-        let is_request = matches!(
-            packet,
-            Packet::Command(_)
-                | Packet::Inject { .. }
-                | Packet::Extract { .. }
-                | Packet::Monitor { .. }
-        );
-        if is_request && self.transactions.len() >= self.config.limits.max_transactions {
-            // Answer in the shape the client expects for that request.
-            let _ = self.send(xid, Packet::Major(status::EAGAIN));
-            if matches!(packet, Packet::Command(_)) {
-                let _ = self.send(xid, Packet::Minor(0));
-            }
-            return;
+        if is_request(&packet) && self.transactions.len() >= self.config.limits.max_transactions {
+            return self.refuse_request(xid, &packet, status::EAGAIN);
         }
         match packet {
             Packet::Command(c) => {
@@ -634,6 +687,16 @@ impl Server {
     }
 
     fn on_live(&mut self, xid: u16, packet: Packet) {
+        if is_request(&packet) {
+            // The xid is taken: say so at once, and leave the live transaction alone.
+            let kind = packet.packet_type();
+            self.refuse_request(xid, &packet, status::EBUSY);
+            return self.violation(Violation::Unexpected {
+                xid,
+                packet: kind,
+                why: "a request on an xid that is still live (answered EBUSY)",
+            });
+        }
         if self.closing.contains(&xid) {
             // The client already ended or aborted it: what follows is late.
             self.core.stats.unknown_xid_dropped += 1;
@@ -703,6 +766,17 @@ impl Server {
             self.events.push_back(e);
         }
     }
+}
+
+/// The packets that open a transaction.
+fn is_request(packet: &Packet) -> bool {
+    matches!(
+        packet,
+        Packet::Command(_)
+            | Packet::Inject { .. }
+            | Packet::Extract { .. }
+            | Packet::Monitor { .. }
+    )
 }
 
 impl Input for Server {

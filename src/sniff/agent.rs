@@ -19,6 +19,15 @@ use super::{
 /// How many dropped-message errors are kept for [`Agent::poll_error`]; more are only counted.
 const MAX_ERRORS: usize = 16;
 
+/// What a queued answer costs beyond its bytes on the wire: its slot in the queue. Counted
+/// in [`Agent::queued_bytes`], so that a flood of requests with tiny answers (`N`, 9 bytes
+/// framed) is bounded by the memory it takes, not by its wire size: counting only the 9
+/// bytes, one connection that never read its answers held 173 MB.
+pub const ANSWER_OVERHEAD: usize = std::mem::size_of::<Answer>();
+
+/// Default of [`AgentConfig::max_queued_bytes`].
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 20;
+
 /// Agent limits. Every field has a bounded default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -33,7 +42,10 @@ pub struct AgentConfig {
     /// plugin's behaviour). Default 10 minutes, so a server that forgets a task does not
     /// leave a process behind forever.
     pub default_timeout: Option<Duration>,
-    /// Undrained answer bytes above which input is refused. Default 2 × `max_frame`.
+    /// Undrained answers (framed bytes plus [`ANSWER_OVERHEAD`] each) above which input is
+    /// refused: a peer that does not read its answers stops being read. Answers to tasks
+    /// that finish are queued whatever this says (a single one may be `max_frame` long).
+    /// Default [`DEFAULT_MAX_QUEUED_BYTES`] (1 MiB).
     pub max_queued_bytes: usize,
     /// Undrained actions above which input is refused. Default 1024.
     pub max_queued_actions: usize,
@@ -46,7 +58,7 @@ impl Default for AgentConfig {
             max_tasks: 256,
             output_cap: DEFAULT_OUTPUT_CAP,
             default_timeout: Some(Duration::from_secs(600)),
-            max_queued_bytes: DEFAULT_MAX_FRAME.saturating_mul(2),
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             max_queued_actions: 1024,
         }
     }
@@ -253,7 +265,8 @@ impl Agent {
             && self.actions.len() < self.config.max_queued_actions
     }
 
-    /// Framed bytes of the answers waiting for [`Agent::poll_transmit`].
+    /// What the answers waiting for [`Agent::poll_transmit`] take: their framed bytes plus
+    /// [`ANSWER_OVERHEAD`] each (0 when none wait).
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }
@@ -345,16 +358,17 @@ impl Agent {
     /// The next answer, unframed.
     pub fn poll_answer(&mut self) -> Option<Answer> {
         let a = self.answers.pop_front()?;
-        self.queued_bytes = self
-            .queued_bytes
-            .saturating_sub(a.encoded_len().saturating_add(LEN_PREFIX));
+        self.queued_bytes = self.queued_bytes.saturating_sub(queue_cost(&a));
         Some(a)
     }
 
     /// Appends every queued answer, framed, to `out`. Returns the bytes appended.
     pub fn poll_transmit(&mut self, out: &mut BytesMut) -> usize {
         let before = out.len();
-        out.reserve(self.queued_bytes);
+        out.reserve(
+            self.queued_bytes
+                .saturating_sub(self.answers.len().saturating_mul(ANSWER_OVERHEAD)),
+        );
         while let Some(a) = self.poll_answer() {
             // `answer` made sure every queued answer fits in `max_frame` ≤ u32::MAX.
             out.put_u32(u32::try_from(a.encoded_len()).unwrap_or(u32::MAX));
@@ -492,11 +506,16 @@ impl Agent {
 
     fn push_answer(&mut self, a: Answer) {
         self.stats.answers = self.stats.answers.saturating_add(1);
-        self.queued_bytes = self
-            .queued_bytes
-            .saturating_add(a.encoded_len().saturating_add(LEN_PREFIX));
+        self.queued_bytes = self.queued_bytes.saturating_add(queue_cost(&a));
         self.answers.push_back(a);
     }
+}
+
+/// What a queued answer counts against [`AgentConfig::max_queued_bytes`].
+fn queue_cost(a: &Answer) -> usize {
+    a.encoded_len()
+        .saturating_add(LEN_PREFIX)
+        .saturating_add(ANSWER_OVERHEAD)
 }
 
 impl FramedInput for Agent {

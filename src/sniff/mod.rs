@@ -61,7 +61,10 @@ mod task;
 #[cfg(test)]
 mod test_support;
 
-pub use agent::{Action, Agent, AgentConfig, AgentStats, RequestError, TaskHandle};
+pub use agent::{
+    ANSWER_OVERHEAD, Action, Agent, AgentConfig, AgentStats, DEFAULT_MAX_QUEUED_BYTES,
+    RequestError, TaskHandle,
+};
 pub use error::{DecodeError, EncodeError, PayloadError, UsageError};
 pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, LEN_PREFIX, decode_frame, encode_frame};
 pub use message::{Answer, MESSAGE_HEADER_LEN, Request, Status, TaskId};

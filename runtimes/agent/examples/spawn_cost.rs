@@ -7,7 +7,10 @@
 //!   (std uses posix_spawn/vfork here);
 //! * `fork+exec`: the same with an empty `pre_exec` hook (std's fork path);
 //! * `tuppence`: `spawn_command` as the current user + wait for the pidfd + `try_wait` + stdout/stderr EOF,
-//!   i.e. everything the agent does per command except the protocol.
+//!   i.e. everything the agent does per command except the protocol;
+//! * `+cgroup`: the same with the command in its own cgroup (`spawn_command_in`: `mkdir` of
+//!   the leaf, the child's move into it, `rmdir` when the `Child` is dropped), when this
+//!   system allows cgroups (root, cgroup2 with `cgroup.kill`).
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -15,8 +18,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rustix::event::{PollFd, PollFlags};
+use std::sync::Arc;
 use tuppence_agent::fdio::{self, ReadOutcome};
-use tuppence_agent::{SpawnSpec, spawn_command};
+
+use tuppence_agent::cgroup::CgroupTree;
+use tuppence_agent::{SpawnSpec, spawn_command_in};
 
 fn bare(fork: bool) -> Duration {
     let start = Instant::now();
@@ -37,9 +43,9 @@ fn bare(fork: bool) -> Duration {
     took
 }
 
-fn ours(spec: &SpawnSpec) -> Duration {
+fn ours(spec: &SpawnSpec, cgroup: Option<&Arc<CgroupTree>>) -> Duration {
     let start = Instant::now();
-    let mut child = match spawn_command(spec) {
+    let mut child = match spawn_command_in(spec, cgroup) {
         Ok(child) => child,
         Err(e) => panic!("spawn: {e}"),
     };
@@ -77,6 +83,8 @@ fn ours(spec: &SpawnSpec) -> Duration {
             child.close_stderr();
         }
     }
+    // Dropping it removes its cgroup.
+    drop(child);
     start.elapsed()
 }
 
@@ -99,21 +107,44 @@ fn main() {
     let spec = SpawnSpec::new(me, "true");
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     println!("reps {reps} x rounds {rounds}, RLIMIT_NOFILE {nofile:?}");
+    let tree = match CgroupTree::create() {
+        Ok(tree) => Some(tree),
+        Err(e) => {
+            println!("+cgroup not measured: {e}");
+            None
+        }
+    };
     for _ in 0..20 {
         bare(false);
         bare(true);
-        ours(&spec);
+        ours(&spec, None);
+        ours(&spec, tree.as_ref());
     }
     for round in 1..=rounds {
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             a.push(bare(false));
             b.push(bare(true));
-            c.push(ours(&spec));
+            c.push(ours(&spec, None));
+            if tree.is_some() {
+                d.push(ours(&spec, tree.as_ref()));
+            }
         }
         let (a, b, c) = (stats(a), stats(b), stats(c));
+        let cg = if d.is_empty() {
+            String::new()
+        } else {
+            let d = stats(d);
+            format!(
+                "  +cgroup {:.0}/{:.0} (+{:.0} µs, ×{:.2})",
+                d.0,
+                d.1,
+                d.0 - c.0,
+                d.0 / c.0
+            )
+        };
         println!(
-            "round {round}: median/p99 µs  posix_spawn {:.0}/{:.0}  fork+exec {:.0}/{:.0}  tuppence {:.0}/{:.0}  ratio vs posix_spawn {:.2}, vs fork+exec {:.2}",
+            "round {round}: median/p99 µs  posix_spawn {:.0}/{:.0}  fork+exec {:.0}/{:.0}  tuppence {:.0}/{:.0}{cg}  ratio vs posix_spawn {:.2}, vs fork+exec {:.2}",
             a.0,
             a.1,
             b.0,

@@ -4,6 +4,8 @@
 //! protocol state machines in the core crate:
 //!
 //! * [`spawn`] — run `/bin/sh -c COMMAND` as a user, on pipes or a pty, with a pidfd.
+//! * [`cgroup`] — a cgroup v2 per command, so that nothing a command starts escapes it.
+//! * [`reaper`] — the agent as a child subreaper: orphans of commands are adopted and reaped.
 //! * [`files`] — inject (atomic: temporary + rename) and extract, as the user.
 //! * [`paths`] — client-named paths resolved by the kernel as the user, opened without
 //!   blocking, non-regular files refused.
@@ -21,14 +23,19 @@
 //! polled say how often to look ([`sources::EventSource::poll_interval`]).
 //!
 //! The agent process is expected to ignore SIGPIPE (Rust binaries do) and must not set SIGCHLD
-//! to `SIG_IGN` (children are reaped through their pidfds).
+//! to `SIG_IGN` (children are reaped through their pidfds; the [`reaper`] installs a SIGCHLD
+//! handler of its own).
 
+mod admission;
+pub mod cgroup;
+mod contain;
 pub mod escape;
 pub mod fdio;
 pub mod files;
 pub mod paths;
 pub mod procinfo;
 mod pty;
+pub mod reaper;
 pub mod serve;
 pub mod sniff;
 pub mod sources;
@@ -39,7 +46,8 @@ pub mod user;
 pub use files::{ExtractFile, FileError, InjectFile};
 pub use procinfo::{ProcInfoError, read_procinfo};
 pub use spawn::{
-    Child, ExitStatus, SpawnError, SpawnSpec, signal_from_name, spawn_command, spawn_command_nowait,
+    Child, ExitStatus, SpawnError, SpawnSpec, signal_from_name, spawn_command, spawn_command_in,
+    spawn_command_nowait, spawn_command_nowait_in,
 };
 pub use status::errno_of;
 pub use user::{User, UserError};

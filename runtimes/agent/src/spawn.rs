@@ -25,10 +25,18 @@
 //!   executor's loop up to the fd limit cost 5.5 ms per command at `ulimit -n 20000`.
 //!   (`CLOEXEC` rather than closing: the standard library's own exec-error pipe must survive
 //!   until `exec`.)
-//! * **Inherited as they are**: umask, resource limits, nice value, cgroup — like the C
-//!   executor, so a test sees the agent's service settings.
+//! * **Inherited as they are**: umask, resource limits, nice value — like the C executor,
+//!   so a test sees the agent's service settings.
+//! * **Its own cgroup** when the caller passes a [`CgroupTree`] ([`spawn_command_in`]): the
+//!   child is born in a fresh leaf (`clone3(CLONE_INTO_CGROUP)`, or it moves itself there
+//!   before anything else where that is not available), so [`Child::kill_all`]
+//!   reaches every descendant, even one that left the process group (see [`crate::cgroup`]).
+//!   Without one the command stays in the agent's cgroup and only its process group can be
+//!   killed.
 //! * **Reaping**: a pidfd, readable as soon as the shell exits, independent of its pipes; a
-//!   grandchild that keeps stdout open no longer delays the exit status (research §8).
+//!   grandchild that keeps stdout open no longer delays the exit status (research §8). The
+//!   child is tracked from its `clone` to its reaping, so the agent's orphan reaper (see
+//!   [`crate::reaper`]) never takes its status.
 //!
 //! Spawning uses `clone(CLONE_VM | CLONE_VFORK)` like `posix_spawn` (see `vfork.rs` for why
 //! not `std::process::Command` with a `pre_exec` hook, which forks): the parent builds argv,
@@ -43,12 +51,14 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::Command;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustix::process::{Gid, Pid, PidfdFlags, Uid, WaitId, WaitIdOptions};
 
+use crate::cgroup::{self, CgroupTree, Leaf};
 use crate::fdio;
 use crate::pty;
+use crate::reaper;
 use crate::status;
 use crate::user::{User, UserError};
 
@@ -189,6 +199,9 @@ pub struct Child {
     exec: Option<vfork::Pending>,
     /// Why the child could not exec, learnt once it exited (0: it did).
     exec_errno: i32,
+    /// The command's own cgroup, if it runs in one; removed when the `Child` is dropped
+    /// (what is still in it is killed first).
+    cgroup: Option<Leaf>,
 }
 
 impl Child {
@@ -286,12 +299,15 @@ impl Child {
             return Ok(Some(status));
         }
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-        let waited = loop {
-            match rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options) {
-                Err(rustix::io::Errno::INTR) => continue,
-                other => break other?,
+        let pidfd = self.pidfd.as_fd();
+        let waited = reaper::reap_tracked(self.pid, || {
+            loop {
+                match rustix::process::waitid(WaitId::PidFd(pidfd), options) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    other => break other.map_err(io::Error::from),
+                }
             }
-        };
+        })?;
         let Some(info) = waited else {
             return Ok(None);
         };
@@ -373,6 +389,36 @@ impl Child {
             Err(io::Error::last_os_error())
         }
     }
+
+    /// SIGKILLs everything the command started: its cgroup (`cgroup.kill`, which nothing
+    /// in it can escape) when it has one, and its process group (which is all there is
+    /// without a cgroup, and covers a child that has not entered its cgroup yet).
+    /// `ESRCH` from the group alone is not an error.
+    pub fn kill_all(&self) -> io::Result<()> {
+        let group = match self.kill_group(libc::SIGKILL) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        };
+        match &self.cgroup {
+            Some(leaf) => leaf.kill().and(group),
+            None => group,
+        }
+    }
+
+    /// Delivers an interrupt: SIGKILL goes to everything the command started
+    /// ([`Child::kill_all`]), any other signal to its process group.
+    pub fn interrupt(&self, signal: i32) -> io::Result<()> {
+        if signal == libc::SIGKILL {
+            self.kill_all()
+        } else {
+            self.kill_group(signal)
+        }
+    }
+
+    /// The command's own cgroup directory, when it runs in one.
+    pub fn cgroup_path(&self) -> Option<std::path::PathBuf> {
+        self.cgroup.as_ref().map(Leaf::path)
+    }
 }
 
 impl Drop for Child {
@@ -382,9 +428,7 @@ impl Drop for Child {
         }
         // The owner gave up on a command that is still running (or unreaped): do not leave
         // it behind (research §5: the C executor leaked children on disconnect).
-        if let Err(e) = self.kill_group(libc::SIGKILL)
-            && e.raw_os_error() != Some(libc::ESRCH)
-        {
+        if let Err(e) = self.kill_all() {
             tracing::debug!(pid = self.pid, error = %e, "killing a dropped command");
         }
         match self.try_wait() {
@@ -393,7 +437,7 @@ impl Drop for Child {
                 // Still dying (SIGKILL is not instantaneous): reap it later. Its exec block
                 // goes along, as it may still be reading it.
                 match self.pidfd.try_clone() {
-                    Ok(pidfd) => graveyard().push((pidfd, self.exec.take())),
+                    Ok(pidfd) => graveyard().push((self.pid, pidfd, self.exec.take())),
                     Err(e) => {
                         tracing::warn!(pid = self.pid, error = %e, "a dropped command will stay a zombie");
                         if let Some(p) = self.exec.take() {
@@ -417,22 +461,31 @@ impl Drop for Child {
 
 /// Pidfds of dropped, killed but not yet reaped commands, with the exec blocks they may
 /// still be reading.
-static GRAVEYARD: Mutex<Vec<(OwnedFd, Option<vfork::Pending>)>> = Mutex::new(Vec::new());
+type Parked = (u32, OwnedFd, Option<vfork::Pending>);
 
-fn graveyard() -> std::sync::MutexGuard<'static, Vec<(OwnedFd, Option<vfork::Pending>)>> {
+static GRAVEYARD: Mutex<Vec<Parked>> = Mutex::new(Vec::new());
+
+fn graveyard() -> std::sync::MutexGuard<'static, Vec<Parked>> {
     GRAVEYARD.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reaps commands whose [`Child`] was dropped before they had died. Non-blocking; returns how
-/// many are still waiting. Called by [`spawn_command`]; a loop may also call it on a timer.
+/// Reaps commands whose [`Child`] was dropped before they had died, and removes the
+/// cgroups of dropped commands that have emptied since ([`cgroup::retry_parked`]).
+/// Non-blocking; returns how many processes are still waiting. Called by
+/// [`spawn_command`]; a loop may also call it on a timer or on `SIGCHLD`.
 pub fn reap_dropped() -> usize {
+    cgroup::retry_parked();
     let mut parked = graveyard();
-    parked.retain(|(pidfd, _)| {
+    parked.retain(|(pid, pidfd, _)| {
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
         // Keep it while the process has not exited; an error (ECHILD: someone else reaped
         // it) also ends our responsibility.
         matches!(
-            rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), options),
+            reaper::reap_tracked(*pid, || rustix::process::waitid(
+                WaitId::PidFd(pidfd.as_fd()),
+                options
+            )
+            .map_err(io::Error::from)),
             Ok(None)
         )
     });
@@ -537,7 +590,18 @@ pub(crate) fn build_env(client: &[Vec<u8>], user: &User) -> BTreeMap<Vec<u8>, Ve
 /// `clone(CLONE_VM | CLONE_VFORK)` (this thread waits for the child's setup and exec), one
 /// pidfd.
 pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
-    spawn_with(spec, vfork::Mode::Wait)
+    spawn_with(spec, vfork::Mode::Wait, None)
+}
+
+/// Like [`spawn_command`], with the command in a new leaf of `cgroup` (see
+/// [`crate::cgroup`]) when one is given. If the leaf cannot be created (a cgroup limit, a
+/// removed subtree) the command runs without one, with a warning: a command that runs
+/// with only its process group to contain it is better than one that does not run.
+pub fn spawn_command_in(
+    spec: &SpawnSpec,
+    cgroup: Option<&Arc<CgroupTree>>,
+) -> Result<Child, SpawnError> {
+    spawn_with(spec, vfork::Mode::Wait, cgroup)
 }
 
 /// Like [`spawn_command`], but returns without waiting for the child's setup and `exec`,
@@ -547,10 +611,39 @@ pub fn spawn_command(spec: &SpawnSpec) -> Result<Child, SpawnError> {
 /// [`Child::exec_error`] (check it when the child has been reaped, before reporting its
 /// status). Until it has exec'd, [`Child::kill_group`] also signals the process itself.
 pub fn spawn_command_nowait(spec: &SpawnSpec) -> Result<Child, SpawnError> {
-    spawn_with(spec, vfork::Mode::NoWait)
+    spawn_with(spec, vfork::Mode::NoWait, None)
 }
 
-fn spawn_with(spec: &SpawnSpec, mode: vfork::Mode) -> Result<Child, SpawnError> {
+/// [`spawn_command_nowait`] with the command in its own leaf of `cgroup` (see
+/// [`spawn_command_in`]).
+pub fn spawn_command_nowait_in(
+    spec: &SpawnSpec,
+    cgroup: Option<&Arc<CgroupTree>>,
+) -> Result<Child, SpawnError> {
+    spawn_with(spec, vfork::Mode::NoWait, cgroup)
+}
+
+/// See `vfork::clone3::probe`.
+pub(crate) fn probe_cgroup(dir: std::os::fd::RawFd) -> io::Result<bool> {
+    vfork::clone3::probe(dir)
+}
+
+/// A new leaf of `tree`, or `None` with a warning (see [`spawn_command_in`]).
+pub(crate) fn new_leaf(tree: Option<&Arc<CgroupTree>>) -> Option<Leaf> {
+    match tree?.leaf() {
+        Ok(leaf) => Some(leaf),
+        Err(e) => {
+            tracing::warn!(cgroup = %tree?.path().display(), error = %e, "cannot create a cgroup for a command; it runs without one (only its process group can be killed)");
+            None
+        }
+    }
+}
+
+fn spawn_with(
+    spec: &SpawnSpec,
+    mode: vfork::Mode,
+    cgroup: Option<&Arc<CgroupTree>>,
+) -> Result<Child, SpawnError> {
     reap_dropped();
     if spec.command.contains(&0) {
         return Err(SpawnError::InvalidCommand);
@@ -610,7 +703,9 @@ fn spawn_with(spec: &SpawnSpec, mode: vfork::Mode) -> Result<Child, SpawnError> 
         .map_err(|e| SpawnError::Spawn(e.into()))?;
     let stdio_raw = [0, 1, 2].map(|i| stdio.get(i).map_or(-1, AsRawFd::as_raw_fd));
 
+    let leaf = new_leaf(cgroup);
     let setup = ChildSetup {
+        cgroup_procs: leaf.as_ref().map(Leaf::procs_fd),
         tty: spec.tty,
         switch,
         uid: Uid::from_raw(user.uid()),
@@ -624,14 +719,15 @@ fn spawn_with(spec: &SpawnSpec, mode: vfork::Mode) -> Result<Child, SpawnError> 
         env,
         stdio_raw,
         setup,
+        leaf.as_ref().map(Leaf::dir_fd),
     );
-    let spawned = vfork::spawn(prepared, mode);
+    let spawned = reaper::spawn_tracked(|| vfork::spawn(prepared, mode));
     // The parent must not keep the child's ends (a pty master would never report the end
     // of the command's output while a slave is open here). The child has its own copies
     // (its fd table was copied by clone).
     drop(stdio);
     let (pid, exec) = spawned.map_err(SpawnError::Spawn)?;
-    adopt(pid, exec, [stdin, stdout, stderr], master, spec.tty)
+    adopt(pid, exec, [stdin, stdout, stderr], master, spec.tty, leaf)
 }
 
 /// Spawns a fully prepared `cmd` (stdio chosen, `pre_exec` hook installed) and wraps it in a
@@ -642,21 +738,24 @@ fn spawn_with(spec: &SpawnSpec, mode: vfork::Mode) -> Result<Child, SpawnError> 
 /// `pty` is the master of a pty whose slave `cmd` uses (then `tty` is true). `cmd` is
 /// consumed and dropped right after the fork: it holds the pty slave, and the parent must
 /// not keep that open, or the master would never report the end of the command's output.
+/// `cgroup` is the leaf `cmd`'s `pre_exec` hook moves the child into ([`cgroup::enter`]);
+/// the `Child` owns it from then on.
 pub(crate) fn launch(
     mut cmd: Command,
     pty: Option<OwnedFd>,
     tty: bool,
+    cgroup: Option<Leaf>,
 ) -> Result<Child, SpawnError> {
-    let spawned = cmd.spawn();
+    let spawned = reaper::spawn_tracked(|| cmd.spawn().map(|c| (c.id(), c)));
     drop(cmd);
-    let mut std_child = spawned.map_err(SpawnError::Spawn)?;
+    let (_, mut std_child) = spawned.map_err(SpawnError::Spawn)?;
     let stdio = [
         std_child.stdin.take().map(OwnedFd::from),
         std_child.stdout.take().map(OwnedFd::from),
         std_child.stderr.take().map(OwnedFd::from),
     ];
     // Dropping a std child neither kills nor waits: `adopt` takes over the process.
-    adopt(std_child.id(), None, stdio, pty, tty)
+    adopt(std_child.id(), None, stdio, pty, tty, cgroup)
 }
 
 /// Wraps a freshly started process in a [`Child`]: opens its pidfd (or kills and reaps it,
@@ -668,6 +767,7 @@ fn adopt(
     [stdin, stdout, stderr]: [Option<OwnedFd>; 3],
     pty: Option<OwnedFd>,
     tty: bool,
+    cgroup: Option<Leaf>,
 ) -> Result<Child, SpawnError> {
     let pidfd = match open_pidfd(pid) {
         Ok(fd) => fd,
@@ -689,6 +789,7 @@ fn adopt(
         status: None,
         exec,
         exec_errno: 0,
+        cgroup,
     };
     // From here on `child` owns the process (its Drop kills it on error).
     for fd in [&child.stdin, &child.stdout, &child.stderr]
@@ -705,14 +806,21 @@ fn kill_and_reap(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
     };
-    // SAFETY: kill and waitpid on our own child's pid, with a valid status pointer.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = reaper::reap_tracked(pid.unsigned_abs(), || {
         let mut status = 0;
-        while libc::waitpid(pid, &mut status, 0) < 0
-            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-        {}
-    }
+        loop {
+            // SAFETY: waitpid on our own child, with a valid status pointer.
+            if unsafe { libc::waitpid(pid, &mut status, 0) } >= 0 {
+                return Ok(Some(()));
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    });
 }
 
 /// A pidfd for child `pid` (`O_NONBLOCK` where the kernel supports it): readable once the
@@ -732,6 +840,9 @@ pub fn open_pidfd(pid: u32) -> io::Result<OwnedFd> {
 
 /// Everything the child does between fork and exec, prepared by the parent.
 struct ChildSetup {
+    /// `cgroup.procs` of the command's cgroup, entered first of all (see
+    /// [`ChildSetup::enter_cgroup`]).
+    cgroup_procs: Option<std::os::fd::RawFd>,
     tty: bool,
     switch: bool,
     uid: Uid,
@@ -741,6 +852,16 @@ struct ChildSetup {
 }
 
 impl ChildSetup {
+    /// Runs in the child before anything else (before its stdio is moved onto 0, 1 and 2,
+    /// which could overwrite the fd): enters the command's cgroup, so that nothing the
+    /// command starts is ever outside it. Async-signal-safe.
+    fn enter_cgroup(&self) -> io::Result<()> {
+        match self.cgroup_procs {
+            Some(fd) => cgroup::enter(fd),
+            None => Ok(()),
+        }
+    }
+
     /// Runs in the child. Async-signal-safe only: no allocation, no locks, raw syscalls.
     fn run(&self) -> io::Result<()> {
         rustix::process::setsid()?;
@@ -964,6 +1085,7 @@ mod tests {
     #[test]
     fn a_failed_exec_is_reported_with_its_errno() {
         let setup = || ChildSetup {
+            cgroup_procs: None,
             tty: false,
             switch: false,
             uid: rustix::process::getuid(),
@@ -988,21 +1110,81 @@ mod tests {
                 Vec::new(),
                 raw,
                 setup(),
+                None,
             )
         };
         let err = vfork::spawn(prepared(), vfork::Mode::Wait).expect_err("no such program");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
 
-        // Without waiting: the child exits 127 and the errno is in the block.
-        let (pid, pending) = vfork::spawn(prepared(), vfork::Mode::NoWait).expect("started");
+        // Without waiting: the child exits 127 and the errno is in the block. (Tracked, so
+        // that an orphan reaper of another test in this process leaves it alone.)
+        let (pid, pending) =
+            reaper::spawn_tracked(|| vfork::spawn(prepared(), vfork::Mode::NoWait))
+                .expect("started");
         let pending = pending.expect("a pending block");
-        let pid = libc::pid_t::try_from(pid).expect("pid");
+        let raw = libc::pid_t::try_from(pid).expect("pid");
         let mut status = 0;
-        // SAFETY: waitpid on the child just started, with a valid status pointer.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let reaped = reaper::reap_tracked(pid, || {
+            // SAFETY: waitpid on the child just started, with a valid status pointer.
+            Ok(Some(unsafe { libc::waitpid(raw, &mut status, 0) }))
+        });
+        assert_eq!(reaped.expect("waitpid"), Some(raw));
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 127);
         assert!(pending.settled());
         assert_eq!(pending.error(), libc::ENOENT);
+    }
+
+    /// A command runs in its own leaf, whichever way it got there: born in it
+    /// (`clone3(CLONE_INTO_CGROUP)`) or moving itself there (the fallback).
+    #[test]
+    fn commands_start_in_their_own_cgroup_both_ways() {
+        let tree = match crate::cgroup::CgroupTree::create() {
+            Ok(tree) => tree,
+            Err(e) => {
+                println!("SKIPPED: cgroup v2 cannot be used here: {e}");
+                return;
+            }
+        };
+        let me = User::current().expect("current user");
+        let spec = SpawnSpec::new(me.name().to_vec(), "cat /proc/self/cgroup");
+        for way in ["clone3", "fallback"] {
+            if way == "fallback" {
+                vfork::clone3::disable();
+            }
+            let mut child = spawn_command_in(&spec, Some(&tree)).expect("spawn");
+            let leaf = child.cgroup_path().expect("a cgroup");
+            child.close_stdin();
+            let mut out = bytes::BytesMut::new();
+            let fd = child.stdout_fd().expect("stdout");
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            loop {
+                let _ = rustix::event::poll(&mut fds, None);
+                match fdio::read_into(fd, &mut out, 4096).expect("read") {
+                    fdio::ReadOutcome::Eof => break,
+                    _ => continue,
+                }
+            }
+            let own = crate::cgroup::own_cgroup_dir().expect("own cgroup");
+            let rel = leaf.strip_prefix(&own).expect("below our own cgroup");
+            let text = String::from_utf8_lossy(&out);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("0::"))
+                .expect("0:: line");
+            assert!(
+                line.ends_with(&format!("/{}", rel.display())),
+                "{way}: the command is in {line}, not in {}",
+                leaf.display()
+            );
+            while child.try_wait().expect("wait").is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(child);
+            assert!(!leaf.exists(), "{way}: the leaf was not removed");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use agent_harness::{
     quiet_config, raw_packet,
 };
 use bytes::Bytes;
-use tuppence::link::{ClientConfig, Command, Outcome};
+use tuppence::link::{ClientConfig, Command, LinkError, Outcome, Refusal};
 use tuppence::wire::{CommandRequest, Packet};
 use tuppence_agent::serve::{AgentConfig, RunEnd};
 use tuppence_blocking::{Error, Run, RunEvent, Session};
@@ -192,16 +192,41 @@ fn max_clients_limit() {
     });
     let (first, first_handle) = agent.session_with_handle();
     let second = agent.session();
-    // The third is accepted and closed at once: the client learns it without a timeout.
+    // The third is refused with words, at once: the client learns why.
     let third = Session::new(
         agent.stream(),
         ClientConfig::default(),
         Duration::from_secs(10),
     );
-    assert!(
-        matches!(third, Err(Error::Link(_) | Error::Io(_))),
-        "{:?}",
-        third.err()
+    let refused = LinkError::Refused(Refusal::too_many_clients(2));
+    match third {
+        Err(Error::Link(e)) => {
+            assert_eq!(e, refused);
+            assert_eq!(
+                e.to_string(),
+                "agent refused the connection: too many clients (max 2)"
+            );
+        }
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
+    // A C executor client (3.0) is answered in its dialect: status packets where it
+    // expects the hello reply, then the close.
+    let mut legacy = Raw::connect_as(&agent.sock, tuppence::wire::Dialect::Legacy3);
+    legacy.send_packet(
+        0,
+        &Packet::Hello(tuppence::wire::Hello {
+            major: 3,
+            minor: 0,
+            keepalive: 0,
+        }),
+    );
+    let answer: Vec<(u16, Packet)> = std::iter::from_fn(|| legacy.next_frame(PATIENCE))
+        .map(|f| (f.xid, f.packet))
+        .collect();
+    assert_eq!(
+        answer,
+        vec![(0, Packet::Major(87)), (0, Packet::Minor(2))],
+        "then the close"
     );
     for s in [&first, &second] {
         assert_eq!(s.output(Command::new("echo ok")).unwrap().stdout, b"ok\n");

@@ -9,18 +9,13 @@ mod agent_harness;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use agent_harness::{PATIENCE, TempDir, eventually, quiet_config, status_kib};
-use tuppence::link::{ClientConfig, Command, Outcome};
-use tuppence_agent::serve::{Agent, RunEnd};
+use agent_harness::{ChildAgent, PATIENCE, Raw, TempDir, eventually};
+use tuppence::link::{Command, Outcome};
+use tuppence::wire::{Dialect, Hello, Packet};
 use tuppence_blocking::{RunEvent, Session};
-use tuppence_transport::Listener;
-
-const CHILD_SOCKET: &str = "TUPPENCE_TEST_AGENT_SOCKET";
 
 /// How much the agent's peak memory may grow during a flood. The agent holds about 1 MiB
 /// per direction per connection (`transmit_limit`, `stdin_limit`) plus fixed buffers; a
@@ -31,91 +26,7 @@ const GROWTH_LIMIT_KIB: u64 = 16 * 1024;
 #[test]
 #[ignore = "the agent process the memory tests start; not a test by itself"]
 fn agent_process() {
-    let Some(sock) = std::env::var_os(CHILD_SOCKET) else {
-        return;
-    };
-    // Die with the test thread that started us, whatever happens to it.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let listener = Listener::unix(PathBuf::from(sock), 0o600).unwrap();
-    let mut agent = Agent::new(quiet_config()).unwrap();
-    agent.add_listener(listener).unwrap();
-    assert_eq!(agent.run().unwrap(), RunEnd::Quit);
-}
-
-/// The agent in a child process; killed at drop.
-struct ChildAgent {
-    child: Child,
-    sock: PathBuf,
-    _dir: TempDir,
-}
-
-impl ChildAgent {
-    fn spawn() -> ChildAgent {
-        let dir = TempDir::new("child-agent");
-        let sock = dir.join("agent.sock");
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "agent_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_SOCKET, &sock)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut agent = ChildAgent {
-            child,
-            sock,
-            _dir: dir,
-        };
-        assert!(
-            eventually(PATIENCE, || agent.sock.exists()
-                || agent.child.try_wait().unwrap().is_some()),
-            "the agent process did not start"
-        );
-        assert!(
-            agent.child.try_wait().unwrap().is_none(),
-            "the agent process exited"
-        );
-        agent
-    }
-
-    fn session(&self) -> Session {
-        // The socket file exists before `listen`: retry a refused connect briefly.
-        let mut stream = None;
-        assert!(eventually(PATIENCE, || {
-            stream = UnixStream::connect(&self.sock).ok();
-            stream.is_some()
-        }));
-        Session::new(stream.unwrap(), ClientConfig::default(), PATIENCE).unwrap()
-    }
-
-    fn peak_kib(&self) -> u64 {
-        status_kib(self.child.id(), "VmHWM")
-    }
-
-    /// Quits the agent and checks it exits cleanly.
-    fn quit(mut self, s: Session) {
-        s.quit().unwrap();
-        assert!(eventually(PATIENCE, || self
-            .child
-            .try_wait()
-            .unwrap()
-            .is_some()));
-        assert!(self.child.wait().unwrap().success());
-    }
-}
-
-impl Drop for ChildAgent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    agent_harness::run_child_agent();
 }
 
 /// Runs a small command both ways so one-time allocations are in the baseline.
@@ -344,5 +255,171 @@ fn request_flood_from_a_client_that_does_not_read() {
     flooder.shutdown(std::net::Shutdown::Both).unwrap();
     writer.join().unwrap();
     assert_growth("64 MiB of requests, client not reading", before, after);
+    agent.quit(s);
+}
+
+/// What a raw client got in answer to its hello.
+#[derive(Debug, PartialEq)]
+enum Welcome {
+    Served,
+    Refused(u32, u32),
+    Nothing,
+}
+
+/// Connects `n` raw clients and sends each a hello (without reading yet).
+fn hello_clients(agent: &ChildAgent, n: usize) -> Vec<Raw> {
+    (0..n)
+        .map(|_| {
+            let mut raw = Raw::on(agent.stream(), Dialect::V4);
+            raw.send_packet(
+                0,
+                &Packet::Hello(Hello {
+                    major: 4,
+                    minor: 0,
+                    keepalive: 0,
+                }),
+            );
+            raw
+        })
+        .collect()
+}
+
+/// How the agent answered a client's hello, waiting until `deadline` at most.
+fn welcome(raw: &mut Raw, deadline: Instant) -> Welcome {
+    let left = |d: Instant| {
+        d.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    match raw.next_frame(left(deadline)).map(|f| f.packet) {
+        Some(Packet::Hello(_)) => Welcome::Served,
+        Some(Packet::Major(status)) => match raw.next_frame(left(deadline)).map(|f| f.packet) {
+            Some(Packet::Minor(detail)) => {
+                assert!(
+                    raw.closed_by_agent(PATIENCE),
+                    "a refusal ends with the close"
+                );
+                Welcome::Refused(status, detail)
+            }
+            other => panic!("a refusal without its detail: {other:?}"),
+        },
+        Some(other) => panic!("unexpected answer to a hello: {other:?}"),
+        None => Welcome::Nothing,
+    }
+}
+
+#[test]
+fn out_of_file_descriptors_every_client_is_served_or_refused_with_words() {
+    let agent = ChildAgent::spawn_with("nofile=48");
+    let mut clients = hello_clients(&agent, 100);
+    let deadline = Instant::now() + PATIENCE;
+    let answers: Vec<Welcome> = clients.iter_mut().map(|c| welcome(c, deadline)).collect();
+    let served = answers.iter().filter(|a| **a == Welcome::Served).count();
+    let refused = answers
+        .iter()
+        .filter(|a| **a == Welcome::Refused(24, 0))
+        .count();
+    println!("of 100 clients under `ulimit -n 48`: {served} served, {refused} refused with EMFILE");
+    assert_eq!(
+        served + refused,
+        100,
+        "every client gets an answer: {answers:?}"
+    );
+    assert!(served > 0 && refused > 0, "{answers:?}");
+    // Once the clients are gone, the agent serves again (a client refused while it was
+    // still closing them tries again, as a real one would).
+    drop(clients);
+    let mut session = None;
+    assert!(
+        eventually(PATIENCE, || {
+            session = tuppence_blocking::Session::new(
+                agent.stream(),
+                tuppence::link::ClientConfig::default(),
+                PATIENCE,
+            )
+            .ok();
+            session.is_some()
+        }),
+        "the agent does not serve again"
+    );
+    let s = session.unwrap();
+    assert_eq!(
+        s.output(Command::new("echo back")).unwrap().stdout,
+        b"back\n"
+    );
+    agent.quit(s);
+}
+
+#[test]
+fn a_client_queued_while_fds_ran_out_is_served_when_they_come_free() {
+    // Clients wait for fds as long as the test needs.
+    let agent = ChildAgent::spawn_with("nofile=48,fd_wait_ms=60000");
+    let mut clients = hello_clients(&agent, 60);
+    // The agent serves what it can; the rest wait in its backlog.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (mut served, mut waiting): (Vec<Raw>, Vec<Raw>) = (Vec::new(), Vec::new());
+    for mut c in clients.drain(..) {
+        match welcome(&mut c, deadline) {
+            Welcome::Served => served.push(c),
+            Welcome::Nothing => waiting.push(c),
+            other => panic!("refused although fd_wait is a minute: {other:?}"),
+        }
+    }
+    println!(
+        "{} served, {} waiting for an fd",
+        served.len(),
+        waiting.len()
+    );
+    assert!(!waiting.is_empty(), "the fd limit was not reached");
+    // Ten served clients leave: that frees fds, and nothing else happens on the listener.
+    served.truncate(served.len().saturating_sub(10));
+    let deadline = Instant::now() + PATIENCE;
+    let first = welcome(&mut waiting[0], deadline);
+    assert_eq!(first, Welcome::Served, "a waiting client was not picked up");
+}
+
+#[test]
+fn a_flood_of_tiny_stdin_packets_costs_bounded_memory() {
+    let agent = ChildAgent::spawn();
+    let s = agent.session();
+    warm_up(&s);
+    let before = agent.peak_kib();
+    let mut raw = Raw::on(agent.stream(), Dialect::V4);
+    let cid = raw.hello();
+    raw.send_packet(
+        1,
+        &Packet::Command(tuppence::wire::CommandRequest {
+            user: bytes::Bytes::from_static(b"root"),
+            command: bytes::Bytes::from_static(b"sleep 3"),
+            timeout: 0,
+            request_tty: 0,
+            reserved: [0, 0],
+            env: Vec::new(),
+        }),
+    );
+    // 1-byte stdin packets (11 bytes each) for a command that does not read them, until
+    // the agent stops taking them or 48 MiB were sent.
+    let mut one = bytes::BytesMut::new();
+    Packet::Data {
+        channel: 0,
+        data: bytes::Bytes::from_static(b"x"),
+    }
+    .encode(Dialect::V4, cid, 1, &mut one)
+    .unwrap();
+    let block = one.repeat(64 * 1024 / one.len());
+    raw.stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut written = 0usize;
+    while written < 48 << 20 {
+        match raw.stream.write(&block) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    let after = agent.peak_kib();
+    println!("{written} bytes of 1-byte stdin packets taken");
+    assert_growth("a flood of 1-byte stdin packets", before, after);
+    drop(raw);
+    assert_eq!(s.output(Command::new("echo ok")).unwrap().stdout, b"ok\n");
     agent.quit(s);
 }

@@ -138,3 +138,54 @@ fn shutdown_kills_everything() {
         assert_group_gone(pid);
     }
 }
+
+/// Waits until process `pid` has left no trace (not even a zombie).
+fn assert_process_gone(pid: u32) {
+    wait_until(Duration::from_secs(20), "the process to be gone", || {
+        proc_stat(pid).is_none()
+    });
+}
+
+#[test]
+fn a_task_takes_its_setsid_descendants_along() {
+    let mut r = TaskRunner::new(RunnerConfig::default()).unwrap();
+    let Some(tree) = r.cgroup_tree().map(ToOwned::to_owned) else {
+        println!("SKIPPED: cgroup v2 cannot be used here, tasks run without cgroups");
+        return;
+    };
+    let dir = TempDir::new("runner");
+    // Aborted: a process in its own session, which the task's group kill does not reach.
+    let pidfile = dir.path("aborted");
+    let script = format!(
+        "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {}; wait",
+        pidfile.display()
+    );
+    r.start(1, &sh(&script)).unwrap();
+    let escaped = read_pid(&pidfile);
+    assert!(r.abort(1));
+    assert_process_gone(escaped);
+    // Finished: the shell exits; what it left in another session dies with the task.
+    let pidfile = dir.path("finished");
+    let script = format!(
+        "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {}; echo done",
+        pidfile.display()
+    );
+    r.start(2, &sh(&script)).unwrap();
+    let (out, _) = finish(&mut r, 2);
+    assert_eq!(out, TaskOutput::Complete(Bytes::from_static(b"done\n")));
+    assert_process_gone(read_pid(&pidfile));
+    // The tasks' cgroups are removed once their processes are gone.
+    assert_eq!(r.shutdown(Duration::from_secs(10)), 0);
+    wait_until(
+        Duration::from_secs(20),
+        "the task cgroups to be removed",
+        || {
+            std::fs::read_dir(&tree)
+                .map(|d| {
+                    d.flatten()
+                        .all(|e| !e.file_type().is_ok_and(|t| t.is_dir()))
+                })
+                .unwrap_or(true)
+        },
+    );
+}

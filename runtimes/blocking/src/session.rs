@@ -537,7 +537,9 @@ impl Shared {
         if let Some(e) = error {
             st.io_failure.get_or_insert(e.to_string());
         }
-        st.failure.get_or_insert(LinkError::Closed);
+        // The machine may know better than "closed" (a refusal before the close).
+        let failure = st.client.error().cloned().unwrap_or(LinkError::Closed);
+        st.failure.get_or_insert(failure);
         st.reader_done = true;
         self.notify(&st);
     }

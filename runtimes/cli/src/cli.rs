@@ -346,7 +346,8 @@ pub struct ServeArgs {
     /// port, shown in the ready line). Unauthenticated: bind loopback or a private link.
     #[arg(long, value_name = "ADDR:PORT")]
     pub tcp: Vec<String>,
-    /// Clients served at once; more are accepted and closed.
+    /// Clients served at once; more are refused (their hello is answered "too many
+    /// clients", then the connection is closed).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_clients: usize,
     /// Live transactions per client.
@@ -384,6 +385,12 @@ pub struct ServeArgs {
     /// Do not log requests.
     #[arg(long, overrides_with = "audit")]
     pub no_audit: bool,
+    /// Do not run each command in a cgroup of its own. By default, where cgroup v2 is
+    /// writable (root on the host, or a delegated subtree), a timeout, an interrupt with
+    /// KILL or a disconnect kills everything a command started, even processes that left
+    /// its process group with setsid; without cgroups only the process group is killed.
+    #[arg(long)]
+    pub no_cgroups: bool,
 }
 
 /// Everything after `sniff` goes to the sniff parser (`tuppence sniff --help` for its usage).

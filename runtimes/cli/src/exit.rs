@@ -20,7 +20,8 @@ pub const TIMEOUT: u8 = 200;
 /// user not allowed), a file could not be opened or written, an event source does not
 /// exist. The agent's errno is printed.
 pub const REMOTE_FAILURE: u8 = 201;
-/// The target could not be opened or connected, or the connection broke (peer closed,
+/// The target could not be opened or connected, the agent refused the connection (too
+/// many clients, out of file descriptors), or the connection broke (peer closed,
 /// keepalive expired, no hello reply in time).
 pub const CONNECTION: u8 = 202;
 /// The peer does not speak the protocol we expect (version mismatch, bad handshake, a
@@ -45,7 +46,7 @@ Exit status:
   130      interrupted by Ctrl-C during a transfer
   200      the agent killed the command at its timeout
   201      the agent could not do it (command did not start, file error, unknown source)
-  202      connection failure (cannot connect, peer closed, keepalive expired)
+  202      connection failure (cannot connect, refused, peer closed, keepalive expired)
   203      protocol failure (version mismatch, handshake, framing)
   204      bad usage (command line, target syntax, operation not in the target's dialect)
   205      local file or stream failure";
@@ -128,7 +129,7 @@ impl fmt::Display for Failure {
 /// failure, a peer that speaks something else is a protocol failure.
 pub fn link(e: &LinkError) -> Failure {
     let code = match e {
-        LinkError::Closed | LinkError::KeepaliveExpired(_) => CONNECTION,
+        LinkError::Closed | LinkError::KeepaliveExpired(_) | LinkError::Refused(_) => CONNECTION,
         _ => PROTOCOL,
     };
     Failure::new(code, e.to_string())
@@ -166,6 +167,24 @@ pub fn io_text(e: &io::Error) -> String {
 pub fn say(line: impl fmt::Display) {
     use std::io::Write;
     let _ = writeln!(io::stderr(), "{line}");
+}
+
+/// Stderr for the log: a write that fails (stderr is a closed pipe, as in `tuppence serve
+/// 2>&1 | head -1`) is dropped. With plain `io::stderr` the logger reported the failure with
+/// `eprintln!`, which panicked the logging thread: the agent loop at its next log line, or
+/// the signal thread, so that SIGTERM no longer stopped the agent.
+pub struct QuietStderr;
+
+impl io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Removes every ` (os error N)` from a message.

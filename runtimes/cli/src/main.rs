@@ -92,7 +92,7 @@ fn init_logging(cli: &Cli) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| exit::QuietStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A long-running agent's log wants timestamps; a client's few lines do not.

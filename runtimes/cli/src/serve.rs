@@ -65,6 +65,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         allow_quit: !args.no_quit,
         audit: !args.no_audit,
         exit_when_idle: false,
+        cgroups: !args.no_cgroups,
         ..AgentConfig::default()
     };
     let cannot = |e: std::io::Error| {
@@ -92,8 +93,8 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
                     std::process::exit(128 + sig);
                 }
                 stopping = true;
-                tracing::info!(signal = sig, "stopping");
                 stop.stop();
+                tracing::info!(signal = sig, "stopping");
             }
         })
         .map_err(cannot)?;
@@ -102,6 +103,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         "tuppence serve: ready on {}",
         shown.join(", ")
     ));
+    tracing::info!("{}", agent.containment());
     let end = agent.run().map_err(cannot)?;
     signal_handle.close();
     match end {

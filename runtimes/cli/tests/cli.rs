@@ -96,21 +96,28 @@ struct Server {
     _dir: TempDir,
 }
 
+/// `tuppence serve --unix SOCK EXTRA…` with its stderr piped.
+fn spawn_serve(sock: &Path, extra: &[&str]) -> Child {
+    tuppence()
+        .arg("serve")
+        .arg("--unix")
+        .arg(sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve")
+}
+
 impl Server {
     fn start(extra: &[&str]) -> Server {
         let dir = TempDir::new("serve");
         let sock = dir.path().join("agent.sock");
-        let mut child = tuppence()
-            .arg("serve")
-            .arg("--no-audit")
-            .arg("--unix")
-            .arg(&sock)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
+        let extra: Vec<&str> = std::iter::once("--no-audit")
+            .chain(extra.iter().copied())
+            .collect();
+        let mut child = spawn_serve(&sock, &extra);
         let err = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         // Passes every line on and keeps draining, so the agent never blocks on a full pipe.
@@ -120,20 +127,23 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("serve printed its ready line");
-        assert_eq!(
-            line,
-            format!("tuppence serve: ready on unix:{}", sock.display())
-        );
-        Server {
+        let server = Server {
             child,
             target: format!("unix:{}", sock.display()),
             sock,
             log: rx,
             _dir: dir,
-        }
+        };
+        // (A failed check drops `server`, which kills the agent.)
+        let line = server
+            .log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("serve printed its ready line");
+        assert_eq!(
+            line,
+            format!("tuppence serve: ready on unix:{}", server.sock.display())
+        );
+        server
     }
 
     /// Waits (bounded) for the agent process to exit.
@@ -655,4 +665,87 @@ fn protocol_violations_are_logged_a_bounded_number_of_times() {
     };
     assert_eq!(logged, 10);
     assert!(summary.contains("violations=100"), "{summary}");
+}
+
+/// A client over `--max-clients` is told why, not "Broken pipe"; the agent logs the
+/// refusals without flooding its log.
+#[test]
+fn a_client_over_max_clients_is_told_why() {
+    let server = Server::start(&["--max-clients", "1"]);
+    // The one client the agent serves, holding its place.
+    let held = run(&["run", "-t", &server.target, "--", "true"]);
+    assert_eq!(code(&held), 0, "{}", stderr(&held));
+    let mut holder = std::os::unix::net::UnixStream::connect(&server.sock).expect("connect");
+    // 4.0 hello, keepalive off; the reply proves the place is taken.
+    holder
+        .write_all(&[b'h', 0, 0, 12, 0, 0, 0, 0, 4, 0, 0, 0])
+        .expect("hello");
+    let mut reply = [0u8; 12];
+    holder
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    holder.read_exact(&mut reply).expect("hello reply");
+    assert_eq!(reply[0], b'h');
+    for _ in 0..3 {
+        let out = run(&["run", "-t", &server.target, "--", "true"]);
+        assert_eq!(code(&out), 202, "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("agent refused the connection: too many clients (max 1)"),
+            "{err}"
+        );
+        assert!(!err.to_lowercase().contains("broken pipe"), "{err}");
+    }
+    // One log line for the three refusals (the rest are counted for the next one).
+    let mut refusals = 0;
+    while let Ok(line) = server.log.recv_timeout(Duration::from_millis(500)) {
+        if line.contains("connection refused") {
+            assert!(line.contains("too many clients (max 1)"), "{line}");
+            refusals += 1;
+        }
+    }
+    assert_eq!(refusals, 1);
+    drop(holder);
+}
+
+/// With its stderr a closed pipe (`tuppence serve 2>&1 | head -1`), the agent still logs
+/// without dying, serves, and stops on SIGTERM.
+#[test]
+fn serve_with_a_closed_stderr_keeps_serving_and_stops_on_sigterm() {
+    let dir = TempDir::new("closed-stderr");
+    let sock = dir.path().join("agent.sock");
+    let mut child = spawn_serve(&sock, &[]);
+    {
+        let err = child.stderr.take().expect("stderr");
+        let mut line = String::new();
+        BufReader::new(err)
+            .read_line(&mut line)
+            .expect("ready line");
+        assert!(line.starts_with("tuppence serve: ready on"), "{line}");
+        // The reader goes away: every log line from now on fails to write.
+    }
+    let target = format!("unix:{}", sock.display());
+    // Audit lines (connect, run, disconnect) are written, and fail, on the agent's loop.
+    for _ in 0..2 {
+        let out = run(&["run", "-t", &target, "--", "echo ok"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve did not stop on SIGTERM with its stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(st.code(), Some(0));
 }

@@ -262,6 +262,15 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         self.machine.poll_timeout()
     }
 
+    /// Writes what the machine has queued as far as the transport takes it now, without
+    /// waiting. For a connection that has just failed (the machine ended it after queueing
+    /// its last answers, e.g. a refusal): those answers reach the peer before the fd is
+    /// closed. Errors (a peer already gone) are returned, and can be ignored.
+    pub fn flush_now(&mut self, now: Instant) -> Result<(), LinkIoError> {
+        self.writable = true;
+        self.pump_write(now)
+    }
+
     /// Writes everything pending, waiting for the fd with `poll(2)` (used at shutdown, so
     /// status packets reach the peer before the fd closes). Gives up after `timeout`.
     pub fn flush_blocking(

@@ -140,7 +140,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("agent listening on {path}");
         let mut cid: u16 = 0;
         loop {
-            let (stream, _) = listener.accept().await?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. EMFILE: the client waits in the backlog. Ending the agent (or
+                    // retrying at once, which would spin) are both wrong: wait a little for
+                    // fds to come free and try again.
+                    eprintln!("accept failed: {e}; retrying");
+                    async_io::Timer::after(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             cid = cid.checked_add(1).unwrap_or(1);
             let config = ServerConfig {
                 cid,

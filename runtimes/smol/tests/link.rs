@@ -649,3 +649,35 @@ fn dropped_monitors_and_transfers_are_ended_on_the_agent() {
         drop(feed);
     }));
 }
+
+/// An agent that refuses the connection with words (`M`, `m` on xid 0, then the close):
+/// the session fails with the reason, not with "closed".
+#[test]
+fn a_refusal_reaches_the_session_as_its_reason() {
+    use tuppence::link::Refusal;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let agent = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut theirs = theirs;
+        let mut hello = [0u8; 12];
+        theirs.read_exact(&mut hello).unwrap();
+        let mut out = BytesMut::new();
+        Packet::Major(87)
+            .encode(Dialect::V4, 7, 0, &mut out)
+            .unwrap();
+        Packet::Minor(3)
+            .encode(Dialect::V4, 7, 0, &mut out)
+            .unwrap();
+        theirs.write_all(&out).unwrap();
+    });
+    let result = future::block_on(async {
+        Session::new(Async::new(ours).unwrap(), ClientConfig::default()).await
+    });
+    agent.join().unwrap();
+    match result {
+        Err(Error::Link(e)) => {
+            assert_eq!(e, LinkError::Refused(Refusal::too_many_clients(3)));
+        }
+        other => panic!("expected the refusal, got {:?}", other.err()),
+    }
+}

@@ -7,8 +7,14 @@ use tuppence::link::DEVICE_STALE_PARTIAL_AFTER;
 /// Agent settings. Every per-connection resource has a bound here.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Connections served at once; more are accepted and closed at once (logged).
+    /// Connections served at once. More are refused with words: their hello is answered
+    /// with `M`=EUSERS (87), `m`=this limit, then the connection is closed (logged at most
+    /// once per 10 s, with a count).
     pub max_clients: usize,
+    /// How long clients may wait in a listen backlog while the agent is out of file
+    /// descriptors (they are accepted as soon as fds come free) before they are refused
+    /// with `M`=EMFILE (24), through a reserve fd kept for that.
+    pub fd_wait: Duration,
     /// Live transactions per connection.
     pub max_transactions: usize,
     /// Timeout for commands that ask for 0.
@@ -36,12 +42,25 @@ pub struct AgentConfig {
     pub stdin_limit: usize,
     /// Return from `run` when no listener and no connection is left (embedded use).
     pub exit_when_idle: bool,
+    /// Run each command in its own cgroup v2 where the system allows it (a writable
+    /// cgroup2 hierarchy with `cgroup.kill`: root on the host, or a delegated subtree), so
+    /// that a timeout, an interrupt with KILL and a disconnect kill everything the command
+    /// started. Elsewhere, and with this off, commands are killed by process group, which
+    /// a process that calls `setsid` escapes. See [`crate::cgroup`].
+    pub cgroups: bool,
+    /// Make the agent's process a child subreaper and reap the orphans of commands (see
+    /// [`crate::reaper`]). Leave on unless the process embedding the agent starts children
+    /// of its own that call `setsid` and reaps them itself. (Its `SIGCHLD` is also what
+    /// tells the agent that a killed command's cgroup has emptied; with this off such
+    /// cgroups are removed at later spawns.)
+    pub reap_orphans: bool,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             max_clients: 64,
+            fd_wait: crate::admission::REFUSE_AFTER,
             max_transactions: 1024,
             default_timeout: Duration::from_secs(60),
             socket_keepalive: 60,
@@ -53,6 +72,8 @@ impl Default for AgentConfig {
             transmit_limit: 1 << 20,
             stdin_limit: 1 << 20,
             exit_when_idle: false,
+            cgroups: true,
+            reap_orphans: true,
         }
     }
 }

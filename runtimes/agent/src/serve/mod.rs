@@ -7,6 +7,7 @@
 //! that failed. Children are reaped through their pidfds the moment they exit; the status
 //! goes out once their output has drained, or at the command's timeout at the latest.
 
+mod accept;
 mod config;
 mod tx;
 
@@ -26,13 +27,14 @@ use tuppence::wire::{ProcInfoField, field};
 use tuppence_mio::{ConnId, Driver, ExtraId, ExtraReady, LinkIo};
 use tuppence_transport::{Listener, Transport, TransportKind};
 
+use crate::contain::Containment;
 use crate::escape::{Clean, Quoted};
 use crate::fdio::{self, ReadOutcome};
 use crate::sources::{
     AUDIT_CAPACITY, AuditEvent, AuditOutcome, AuditTrail, CommandEnd, Cut, ReadAs, open_source,
 };
 use crate::spawn::{
-    Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command_nowait, tty_eof_sequence,
+    Child, ExitStatus, SpawnSpec, signal_from_name, spawn_command_nowait_in, tty_eof_sequence,
 };
 use crate::{ExtractFile, InjectFile, read_procinfo, status};
 use tx::{CommandTx, ExtractTx, InjectTx, MonitorTx, OutPipe, Tx};
@@ -89,6 +91,8 @@ enum Owner {
     Source(ConnId, u16),
     /// The pidfd of a command killed because its transaction was dropped (see `dying`).
     Dying,
+    /// A child exited (`SIGCHLD`): orphans to reap, killed cgroups to remove.
+    Reaper,
 }
 
 struct ListenerSlot {
@@ -136,16 +140,26 @@ pub struct Agent {
     unwritten_injects: Vec<(ConnId, u16)>,
     /// Commands whose child may not have exec'd yet (see `settle_execs`).
     unsettled: Vec<(ConnId, u16)>,
+    /// Command cgroups and the orphan reaper.
+    contain: Containment,
+    /// Refused connections, starved listeners, the reserve fd (see `accept.rs`).
+    gate: accept::Gate,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig) -> io::Result<Agent> {
+        let contain = Containment::new(config.cgroups, config.reap_orphans, "commands")?;
+        let mut driver = Driver::new()?;
+        let mut owners = HashMap::new();
+        if let Some(fd) = contain.fd() {
+            owners.insert(driver.add_extra(fd, Interest::READABLE)?, Owner::Reaper);
+        }
         Ok(Agent {
             config,
-            driver: Driver::new()?,
+            driver,
             listeners: Vec::new(),
             conns: HashMap::new(),
-            owners: HashMap::new(),
+            owners,
             dying: HashMap::new(),
             trail: AuditTrail::new(AUDIT_CAPACITY),
             next_cid: 1,
@@ -157,7 +171,24 @@ impl Agent {
             link_full: HashSet::new(),
             unwritten_injects: Vec::new(),
             unsettled: Vec::new(),
+            contain,
+            gate: accept::Gate::new(),
         })
+    }
+
+    /// How commands are contained, in words: in cgroups, or by process group and why (for
+    /// the log line a service prints once it is ready).
+    pub fn containment(&self) -> &str {
+        self.contain.describe()
+    }
+
+    /// The cgroup subtree commands run in, when they run in cgroups (see
+    /// [`AgentConfig::cgroups`]).
+    pub fn cgroup_tree(&self) -> Option<&std::path::Path> {
+        self.contain
+            .cgroups
+            .as_deref()
+            .map(crate::cgroup::CgroupTree::path)
     }
 
     /// A handle that makes `run` return [`RunEnd::Stopped`].
@@ -211,6 +242,7 @@ impl Agent {
                 self.on_ready(r, now);
             }
             self.accept_devices(now);
+            self.gate_turn(now);
             if !self.unsettled.is_empty() {
                 self.settle_execs();
             }
@@ -268,7 +300,7 @@ impl Agent {
             None => l.retry_at,
             Some(_) => None,
         });
-        cmds.chain(devices).min()
+        cmds.chain(devices).chain(self.gate.deadline()).min()
     }
 
     // ---- connections ----
@@ -345,34 +377,6 @@ impl Agent {
         }
     }
 
-    fn accept_sockets(&mut self, idx: usize) {
-        loop {
-            let Some(slot) = self.listeners.get(idx) else {
-                return;
-            };
-            match slot.listener.accept() {
-                Ok((transport, peer)) => {
-                    // Connections that ended in this turn (and are cleaned up at its end)
-                    // no longer count: a client may leave and another arrive at once.
-                    let live = self.conns.len().saturating_sub(self.driver.failed().len());
-                    if live >= self.config.max_clients {
-                        warn!(peer = %Clean(&peer), max = self.config.max_clients, "too many clients; connection closed");
-                        continue;
-                    }
-                    if let Err(e) = self.add_conn(transport, peer.to_string(), Some(idx)) {
-                        warn!(peer = %Clean(&peer), error = %e, "cannot serve connection");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    return;
-                }
-            }
-        }
-    }
-
     /// Serial and virtio ports: (re)open the session when nobody is connected.
     fn accept_devices(&mut self, now: Instant) {
         for idx in 0..self.listeners.len() {
@@ -421,7 +425,15 @@ impl Agent {
     }
 
     fn reap_failed(&mut self, now: Instant) {
-        for (id, _link, err) in self.driver.take_failed() {
+        for (id, mut link, err) in self.driver.take_failed() {
+            // What the machine queued last (a refusal, status answers) still goes out.
+            let _ = link.flush_now(now);
+            drop(link);
+            // An fd came free: a starved listener is tried again at once.
+            self.busy |= self.gate.has_starved();
+            if self.gate_closed(id) {
+                continue;
+            }
             let Some(conn) = self.conns.remove(&id) else {
                 continue;
             };
@@ -528,7 +540,7 @@ impl Agent {
     fn drop_tx(&mut self, tx: Tx) {
         match tx {
             Tx::Command(mut c) => {
-                let _ = c.child.kill_group(libc::SIGKILL);
+                let _ = c.child.kill_all();
                 for extra in [c.stdin_extra.take()]
                     .into_iter()
                     .flatten()
@@ -601,6 +613,8 @@ impl Agent {
             self.owners.remove(&extra);
             drop(child);
         }
+        // Killed cgroups: wait for them to empty, so none is left behind.
+        self.contain.settle(Duration::from_secs(1));
     }
 
     // ---- readiness ----
@@ -610,7 +624,7 @@ impl Agent {
             return;
         };
         match *owner {
-            Owner::Listener(idx) => self.accept_sockets(idx),
+            Owner::Listener(idx) => self.accept_sockets(idx, now),
             Owner::Exit(id, xid) => {
                 if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
                     match c.child.try_wait() {
@@ -650,6 +664,7 @@ impl Agent {
                     m.readable = true;
                 }
             }
+            Owner::Reaper => self.contain.on_child_exit(),
             Owner::Dying => {
                 let reaped = self
                     .dying
@@ -691,9 +706,12 @@ impl Agent {
 
     fn handle_events(&mut self, id: ConnId, now: Instant) {
         let mut events = Vec::new();
+        let refusing = self.gate.is_refusing(id);
         if let Some(link) = self.driver.get_mut(id) {
             while let Some(ev) = link.machine_mut().poll_event() {
-                events.push(ev);
+                if !refusing {
+                    events.push(ev);
+                }
             }
         }
         for ev in events {
@@ -797,18 +815,16 @@ impl Agent {
                 if let Some(Tx::Command(c)) = self.tx_mut(id, xid)
                     && !c.stdin_closed
                 {
-                    c.stdin_bytes += data.len();
                     if let Some(last) = data.last() {
                         c.at_line_start = *last == b'\n';
                     }
-                    c.stdin.push_back(data);
+                    c.queue_stdin(data);
                 }
             }
             ServerEvent::StdinEnd { xid } => {
                 if let Some(Tx::Command(c)) = self.tx_mut(id, xid) {
                     if c.tty && !c.stdin_closed {
-                        c.stdin
-                            .push_back(Bytes::from_static(tty_eof_sequence(c.at_line_start)));
+                        c.queue_stdin(Bytes::from_static(tty_eof_sequence(c.at_line_start)));
                         c.stdin_closed = true;
                     }
                     c.stdin_eof = true;
@@ -823,7 +839,7 @@ impl Agent {
                     Some(signo) => match self.tx_mut(id, xid) {
                         Some(Tx::Command(c)) => c
                             .child
-                            .kill_group(signo)
+                            .interrupt(signo)
                             .map_or_else(|e| status::errno_of(&e), |()| 0),
                         _ => status::ESRCH,
                     },
@@ -1105,7 +1121,7 @@ impl Agent {
         // Without waiting for the child's exec: starting 1000 commands at once, the loop
         // spent most of its time suspended in clone(CLONE_VFORK) while each child set
         // itself up and exec'd. A failure there is reported when the child has exited.
-        let mut child = match spawn_command_nowait(&spec) {
+        let mut child = match spawn_command_nowait_in(&spec, self.contain.cgroups.as_ref()) {
             Ok(child) => child,
             Err(e) => {
                 let errno = e.errno();
@@ -1268,7 +1284,7 @@ impl Agent {
         // Timeout: kill the group; `T` if the shell was still running, else its status.
         if c.deadline.is_some_and(|d| now >= d) {
             c.deadline = None;
-            let _ = c.child.kill_group(libc::SIGKILL);
+            let _ = c.child.kill_all();
             c.timed_out = c.status.is_none();
             for slot in 0..2 {
                 self.close_out(&mut c, slot);
@@ -1350,13 +1366,7 @@ impl Agent {
                 break;
             };
             match fdio::write_some(fd, front) {
-                Ok(Some(n)) => {
-                    bytes::Buf::advance(front, n);
-                    c.stdin_bytes = c.stdin_bytes.saturating_sub(n);
-                    if front.is_empty() {
-                        c.stdin.pop_front();
-                    }
-                }
+                Ok(Some(n)) => c.stdin_written(n),
                 Ok(None) => c.stdin_writable = false,
                 Err(_) => {
                     // The command closed its stdin (EPIPE): what is left has nowhere to go.

@@ -41,7 +41,36 @@ pub(crate) struct CommandTx {
     pub timed_out: bool,
 }
 
+/// What a queued stdin chunk costs beyond its payload: its `Bytes` in the queue, and the
+/// packet header it keeps alive in the receive buffer (chunks are zero-copy slices of it).
+/// Counted in `stdin_bytes`, so that a flood of 1-byte stdin packets is bounded by the
+/// memory it takes, not by its payload (uncounted, 1 MiB of payload was 1 million chunks).
+pub(crate) const STDIN_CHUNK_OVERHEAD: usize =
+    std::mem::size_of::<Bytes>() + tuppence::wire::HEADER_LEN + 2;
+
 impl CommandTx {
+    /// Queues a chunk for the command's stdin.
+    pub fn queue_stdin(&mut self, data: Bytes) {
+        self.stdin_bytes = self
+            .stdin_bytes
+            .saturating_add(data.len())
+            .saturating_add(STDIN_CHUNK_OVERHEAD);
+        self.stdin.push_back(data);
+    }
+
+    /// `n` bytes of the first queued chunk were written.
+    pub fn stdin_written(&mut self, n: usize) {
+        let Some(front) = self.stdin.front_mut() else {
+            return;
+        };
+        bytes::Buf::advance(front, n.min(front.len()));
+        self.stdin_bytes = self.stdin_bytes.saturating_sub(n);
+        if front.is_empty() {
+            self.stdin.pop_front();
+            self.stdin_bytes = self.stdin_bytes.saturating_sub(STDIN_CHUNK_OVERHEAD);
+        }
+    }
+
     /// Everything is known: the shell's status and the end of its output.
     pub fn finished(&self) -> bool {
         self.status.is_some() && self.out.iter().all(Option::is_none)

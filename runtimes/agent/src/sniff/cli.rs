@@ -525,6 +525,7 @@ pub fn serve_config(args: &ServeArgs) -> ServeConfig {
             } else {
                 TaskStderr::Null
             },
+            ..RunnerConfig::default()
         },
         ..ServeConfig::default()
     }

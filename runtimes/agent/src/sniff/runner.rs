@@ -18,8 +18,13 @@
 //! * **Nothing is left behind.** A finished task's group is SIGKILLed before the leader is
 //!   reaped (a background process that closed its stdout would otherwise outlive the task);
 //!   an aborted task is SIGKILLed at once and its leader reaped as soon as its pidfd says it
-//!   died, in the same loop, so no zombie stays. Grandchildren are reparented to init, which
-//!   reaps them.
+//!   died, in the same loop, so no zombie stays. Where cgroup v2 allows it
+//!   ([`RunnerConfig::cgroups`]) each task runs in its own cgroup and these kills are
+//!   `cgroup.kill`, which also reaches processes that left the task's process group
+//!   (`setsid`); see [`crate::cgroup`]. Grandchildren whose parent exits are reparented to
+//!   the runner's process, a child subreaper ([`RunnerConfig::reap_orphans`]), which reaps
+//!   them as they exit (see [`crate::reaper`]); before, they went to PID 1, which in a
+//!   container may never reap them.
 //! * **Bounded.** Output is read straight into the task's buffer and never beyond
 //!   [`ProcessSpec::output_cap`] + 1 bytes: the one extra byte proves the cap was exceeded.
 //!   How many tasks run at once is the agent's
@@ -47,6 +52,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,6 +62,8 @@ use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, warn};
 use tuppence::sniff::{Action, ProcessSpec, TaskHandle, TaskOutput};
 
+use crate::cgroup::{self, CgroupTree, Leaf};
+use crate::contain::Containment;
 use crate::fdio::{self, ReadOutcome};
 use crate::spawn::{self, Child, SpawnError};
 
@@ -75,9 +83,26 @@ pub enum TaskStderr {
 }
 
 /// How the runner starts processes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunnerConfig {
     pub stderr: TaskStderr,
+    /// Run each task in its own cgroup v2 when the system allows it (default `true`; see
+    /// [`crate::cgroup`]). Without one, a process that leaves the task's process group
+    /// survives the task's end.
+    pub cgroups: bool,
+    /// Make this process a child subreaper and reap the orphans of tasks (default `true`;
+    /// see [`crate::reaper`]).
+    pub reap_orphans: bool,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            stderr: TaskStderr::default(),
+            cgroups: true,
+            reap_orphans: true,
+        }
+    }
 }
 
 /// Why a task could not be started. The caller reports it to the agent as
@@ -142,7 +167,12 @@ pub struct TaskRunner<K = TaskHandle> {
     dying: HashMap<Token, Child>,
     finished: VecDeque<(K, TaskOutput)>,
     next_token: usize,
+    /// Task cgroups and the orphan reaper (whose fd is registered as [`REAPER`]).
+    contain: Containment,
 }
+
+/// The reaper's token in the runner's poll (task tokens count up from 0).
+const REAPER: Token = Token(usize::MAX);
 
 impl<K> fmt::Debug for TaskRunner<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,16 +186,28 @@ impl<K> fmt::Debug for TaskRunner<K> {
 
 impl<K: Copy + Eq + Hash + fmt::Debug> TaskRunner<K> {
     pub fn new(config: RunnerConfig) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let contain = Containment::new(config.cgroups, config.reap_orphans, "sniff tasks")?;
+        if let Some(fd) = contain.fd() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), REAPER, Interest::READABLE)?;
+        }
         Ok(TaskRunner {
             config,
-            poll: Poll::new()?,
+            poll,
             events: Events::with_capacity(256),
             tasks: HashMap::new(),
             tokens: HashMap::new(),
             dying: HashMap::new(),
             finished: VecDeque::new(),
             next_token: 0,
+            contain,
         })
+    }
+
+    /// The cgroup subtree tasks run in, if they run in cgroups.
+    pub fn cgroup_tree(&self) -> Option<&Path> {
+        self.contain.cgroups.as_deref().map(CgroupTree::path)
     }
 
     /// Tasks started and not yet finished or aborted.
@@ -211,17 +253,22 @@ impl<K: Copy + Eq + Hash + fmt::Debug> TaskRunner<K> {
             TaskStderr::Null => Stdio::null(),
             TaskStderr::Inherit => Stdio::inherit(),
         });
+        let leaf = spawn::new_leaf(self.contain.cgroups.as_ref());
+        let procs = leaf.as_ref().map(Leaf::procs_fd);
         // SAFETY: the hook runs in the forked child before exec and makes only raw,
-        // async-signal-safe system calls (setsid, rt_sigaction, rt_sigprocmask,
+        // async-signal-safe system calls (write, setsid, rt_sigaction, rt_sigprocmask,
         // close_range or fcntl) on no shared state: no allocation, no locks.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(fd) = procs {
+                    cgroup::enter(fd)?;
+                }
                 rustix::process::setsid()?;
                 spawn::reset_signals();
                 spawn::mark_fds_cloexec()
             });
         }
-        let child = spawn::launch(cmd, None, false)?;
+        let child = spawn::launch(cmd, None, false, leaf)?;
         // From here on, dropping `child` kills its group.
         let stdout_token = self.token();
         let exit_token = self.token();
@@ -323,6 +370,10 @@ impl<K: Copy + Eq + Hash + fmt::Debug> TaskRunner<K> {
                 break;
             }
         }
+        if self.contain.cgroups.is_some() || self.contain.reaper.is_some() {
+            self.contain
+                .settle(deadline.saturating_duration_since(Instant::now()));
+        }
         self.dying.len()
     }
 
@@ -346,6 +397,10 @@ impl<K: Copy + Eq + Hash + fmt::Debug> TaskRunner<K> {
     }
 
     fn on_ready(&mut self, token: Token) {
+        if token == REAPER {
+            self.contain.on_child_exit();
+            return;
+        }
         if let Some(mut child) = self.dying.remove(&token) {
             match child.try_wait() {
                 Ok(None) => {
@@ -430,9 +485,7 @@ impl<K: Copy + Eq + Hash + fmt::Debug> TaskRunner<K> {
         };
         // Stragglers that closed their stdout would outlive the task; the leader is still
         // unreaped, so the group id is still ours (module docs).
-        if let Err(e) = task.child.kill_group(libc::SIGKILL)
-            && e.raw_os_error() != Some(libc::ESRCH)
-        {
+        if let Err(e) = task.child.kill_all() {
             debug!(?key, error = %e, "clearing a finished task's group");
         }
         match task.child.try_wait() {
@@ -459,9 +512,7 @@ impl<K: Copy + Eq + Hash + fmt::Debug> TaskRunner<K> {
         }
         task.child.close_stdout();
         self.tokens.remove(&task.exit_token);
-        if let Err(e) = task.child.kill_group(libc::SIGKILL)
-            && e.raw_os_error() != Some(libc::ESRCH)
-        {
+        if let Err(e) = task.child.kill_all() {
             warn!(pid = task.child.pid(), error = %e, "killing a sniff task");
         }
         match task.child.try_wait() {

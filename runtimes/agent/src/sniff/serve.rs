@@ -50,6 +50,9 @@ use tuppence::sniff::{Action, Agent, AgentStats, DecodeError, TaskHandle};
 use tuppence_transport::{Listener, Transport};
 
 use super::runner::{RunnerConfig, TaskRunner};
+use crate::admission::{
+    ACCEPT_RETRY, REFUSE_AFTER, Reserve, Starved, Throttle, is_exhaustion, is_fd_limit,
+};
 use crate::escape::Quoted;
 use crate::fdio::{self, ReadOutcome};
 
@@ -63,10 +66,6 @@ pub const TX_HIGH: usize = 256 * 1024;
 /// others (the loop comes back at once to a connection that still has input).
 const READS_PER_TURN: usize = 16;
 
-/// When accepting fails for a reason that may pass (`EMFILE`), try again after this long:
-/// the client waits in the backlog, and an edge-triggered listener would not report it again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-
 const RUNNER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const WAKER: Token = Token(2);
@@ -78,7 +77,8 @@ pub struct ServeConfig {
     /// How task processes are started.
     pub runner: RunnerConfig,
     /// Connections a [`ListenServer`] serves at once; more are accepted and closed at once
-    /// (logged), so a client sees EOF instead of waiting. Default 64.
+    /// (logged at most once per 10 s, with a count), so a client sees EOF instead of
+    /// waiting. Default 64. (The sniff protocol has no message for a refusal.)
     pub max_connections: usize,
 }
 
@@ -469,6 +469,11 @@ pub struct ListenServer<F> {
     /// When to try `accept` next: device listeners poll on a timer, socket listeners only
     /// after an accept error.
     accept_at: Option<Instant>,
+    /// Since when `accept` runs out of fds (see [`crate::admission`]).
+    starved: Option<Starved>,
+    /// Given up to close a waiting client when fds ran out for too long.
+    reserve: Reserve,
+    refusals: Throttle,
     stop: Arc<AtomicBool>,
     waker: Option<Arc<Waker>>,
 }
@@ -494,6 +499,9 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
             new_agent,
             max_connections: config.max_connections,
             accept_at,
+            starved: None,
+            reserve: Reserve::new(),
+            refusals: Throttle::default(),
             stop: Arc::new(AtomicBool::new(false)),
             waker: None,
         })
@@ -546,7 +554,9 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
                     .map(|every| Instant::now() + every);
                 self.accept();
             }
-            for (_, peer, stats, end) in self.engine.step() {
+            let ended = self.engine.step();
+            let freed = !ended.is_empty();
+            for (_, peer, stats, end) in ended {
                 match end {
                     End::Closed => {
                         info!(peer = %Quoted::str(&peer), ?stats, "sniff connection closed")
@@ -559,6 +569,10 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
                     }
                 }
             }
+            // Closed connections freed fds: a starved listener is tried again at once.
+            if freed && self.starved.is_some() {
+                self.accept();
+            }
         }
         Ok(())
     }
@@ -566,8 +580,12 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
     /// Accepts every waiting client (sockets) or tries the device once.
     fn accept(&mut self) {
         loop {
+            let now = Instant::now();
             let (transport, peer) = match self.listener.accept() {
-                Ok(x) => x,
+                Ok(x) => {
+                    self.starved = None;
+                    x
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -576,20 +594,40 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
                             | io::ErrorKind::NotConnected
                     ) =>
                 {
+                    self.starved = None;
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // E.g. EMFILE: the client stays in the backlog; retry soon.
-                    warn!(error = %e, "accepting a sniff connection");
-                    let retry = Instant::now() + ACCEPT_RETRY;
+                    // The client stays in the backlog: retry soon (an edge-triggered
+                    // listener would not report it again), and after a while close it
+                    // rather than leave it waiting (see `crate::admission`).
+                    let retry = now + ACCEPT_RETRY;
                     self.accept_at = Some(self.accept_at.map_or(retry, |at| at.min(retry)));
+                    if let Some(held) = self.refusals.allow(now) {
+                        warn!(error = %e, held_back = held, "accepting a sniff connection");
+                    }
+                    let starved = *self.starved.get_or_insert_with(|| Starved::new(now));
+                    if is_exhaustion(&e)
+                        && is_fd_limit(&e)
+                        && starved.refuse_now(now, REFUSE_AFTER)
+                        && self.reserve.release()
+                    {
+                        // Closed at once: the client sees EOF instead of waiting.
+                        let closed = self.listener.accept().is_ok();
+                        self.reserve.restore();
+                        if closed {
+                            continue;
+                        }
+                    }
                     return;
                 }
             };
             let peer = peer.to_string();
             if self.engine.conns.len() >= self.max_connections {
-                warn!(peer = %Quoted::str(&peer), max = self.max_connections, "too many sniff connections; closing");
+                if let Some(held) = self.refusals.allow(now) {
+                    warn!(peer = %Quoted::str(&peer), max = self.max_connections, held_back = held, "too many sniff connections; closing");
+                }
                 continue;
             }
             let agent = (self.new_agent)();

@@ -16,6 +16,10 @@ use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
 use tuppence_blocking::{Monitor, MonitorEvent, Session};
 use tuppence_transport::{Listener, Target};
 
+#[path = "../child_process/mod.rs"]
+pub mod child_process;
+pub use child_process::status_kib;
+
 /// How long a test waits for something that should take milliseconds (a loaded 2-core
 /// machine can stall a thread for a while; nothing here should ever need this long).
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -173,7 +177,11 @@ impl Raw {
     }
 
     pub fn connect_as(sock: &Path, dialect: Dialect) -> Raw {
-        let stream = UnixStream::connect(sock).unwrap();
+        Raw::on(UnixStream::connect(sock).unwrap(), dialect)
+    }
+
+    /// On a stream connected already.
+    pub fn on(stream: UnixStream, dialect: Dialect) -> Raw {
         Raw {
             stream,
             dec: Decoder::new(dialect, Sender::Server),
@@ -327,15 +335,6 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A field of /proc/PID/status in KiB (`VmHWM`, `VmRSS`).
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// Parses the first line of command output as a pid.
 pub fn first_line_pid(out: &[u8]) -> u32 {
     let text = String::from_utf8_lossy(out);
@@ -343,6 +342,168 @@ pub fn first_line_pid(out: &[u8]) -> u32 {
         .next()
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid in {text:?}"))
+}
+
+// ---- an agent in a child process ----
+
+/// The socket a child agent listens on (set by [`ChildAgent::spawn_with`]).
+pub const CHILD_SOCKET: &str = "TUPPENCE_TEST_AGENT_SOCKET";
+/// Its settings, `name=value` pairs separated by commas (see [`run_child_agent`]).
+pub const CHILD_SETTINGS: &str = "TUPPENCE_TEST_AGENT_SETTINGS";
+
+/// The body of the `agent_process` test every test binary with child agents defines
+/// (ignored, so only a [`ChildAgent`] runs it): serves the socket named in
+/// [`CHILD_SOCKET`] until a client quits. Settings: `cgroups=0` (commands are not put in
+/// cgroups), `nofile=N` (the fd limit is lowered to N before the agent starts),
+/// `max_clients=N`, `fd_wait_ms=N`.
+pub fn run_child_agent() {
+    let Some(sock) = std::env::var_os(CHILD_SOCKET) else {
+        return;
+    };
+    child_process::die_with_parent();
+    let mut config = quiet_config();
+    let settings = std::env::var(CHILD_SETTINGS).unwrap_or_default();
+    for setting in settings.split(',').filter(|s| !s.is_empty()) {
+        let (name, value) = setting.split_once('=').expect("name=value");
+        match name {
+            "cgroups" => config.cgroups = value != "0",
+            "max_clients" => config.max_clients = value.parse().unwrap(),
+            "fd_wait_ms" => config.fd_wait = Duration::from_millis(value.parse().unwrap()),
+            "nofile" => child_process::limit_fds(value.parse().unwrap()),
+            other => panic!("unknown child agent setting {other}"),
+        }
+    }
+    let listener = Listener::unix(PathBuf::from(sock), 0o600).unwrap();
+    let mut agent = Agent::new(config).unwrap();
+    agent.add_listener(listener).unwrap();
+    assert_eq!(agent.run().unwrap(), RunEnd::Quit);
+}
+
+/// The agent in a child process (this test binary again, running only its
+/// `agent_process` test), so that its memory, fds and children can be measured apart
+/// from the test's own. Killed at drop.
+pub struct ChildAgent {
+    pub child: std::process::Child,
+    pub sock: PathBuf,
+    _dir: TempDir,
+}
+
+impl ChildAgent {
+    pub fn spawn() -> ChildAgent {
+        ChildAgent::spawn_with("")
+    }
+
+    /// With settings for [`run_child_agent`].
+    pub fn spawn_with(settings: &str) -> ChildAgent {
+        let dir = TempDir::new("child-agent");
+        let sock = dir.join("agent.sock");
+        let child = child_process::spawn_self(
+            "agent_process",
+            &[
+                (CHILD_SOCKET, sock.as_os_str()),
+                (CHILD_SETTINGS, settings.as_ref()),
+            ],
+        );
+        let mut agent = ChildAgent {
+            child,
+            sock,
+            _dir: dir,
+        };
+        assert!(
+            eventually(PATIENCE, || agent.sock.exists()
+                || agent.child.try_wait().unwrap().is_some()),
+            "the agent process did not start"
+        );
+        assert!(
+            agent.child.try_wait().unwrap().is_none(),
+            "the agent process exited"
+        );
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A connected stream (retrying briefly: the socket file exists before `listen`).
+    pub fn stream(&self) -> UnixStream {
+        let mut stream = None;
+        assert!(eventually(PATIENCE, || {
+            stream = UnixStream::connect(&self.sock).ok();
+            stream.is_some()
+        }));
+        stream.unwrap()
+    }
+
+    pub fn session(&self) -> Session {
+        Session::new(self.stream(), ClientConfig::default(), PATIENCE).unwrap()
+    }
+
+    /// A session on a stream the test keeps a handle of, to cut the connection at will.
+    pub fn session_with_handle(&self) -> (Session, UnixStream) {
+        let stream = self.stream();
+        let handle = stream.try_clone().unwrap();
+        let session = Session::new(stream, ClientConfig::default(), PATIENCE).unwrap();
+        (session, handle)
+    }
+
+    pub fn peak_kib(&self) -> u64 {
+        status_kib(self.pid(), "VmHWM")
+    }
+
+    /// Quits the agent and checks it exits cleanly.
+    pub fn quit(mut self, s: Session) {
+        s.quit().unwrap();
+        assert!(eventually(PATIENCE, || self
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()));
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for ChildAgent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The children of process `pid` (of all its threads) with their state letter.
+pub fn children_of(pid: u32) -> Vec<(u32, u8)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in text.split_whitespace().filter_map(|c| c.parse().ok()) {
+            if let Some(state) = proc_state(child) {
+                out.push((child, state));
+            }
+        }
+    }
+    out
+}
+
+/// The zombies among the children of `pid`.
+pub fn zombies_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|&(_, state)| state == b'Z')
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// The parent of a process (`None` once it is gone).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 // ---- monitors ----

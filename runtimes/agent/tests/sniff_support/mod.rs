@@ -17,6 +17,9 @@ use tuppence::sniff::{
 use tuppence_agent::sniff::{ListenServer, ServeConfig, StopHandle};
 use tuppence_transport::{Listener, Target};
 
+#[path = "../child_process/mod.rs"]
+mod child_process;
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -308,4 +311,77 @@ pub fn assert_group_gone(pid: u32) {
 pub fn have(cmd: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(cmd).is_file()))
+}
+
+// ---- a sniff server in a child process ----
+
+/// The socket a child sniff server listens on.
+pub const CHILD_SOCKET: &str = "TUPPENCE_TEST_SNIFF_SOCKET";
+/// `nofile=N`: the fd limit the child lowers itself to before serving.
+pub const CHILD_SETTINGS: &str = "TUPPENCE_TEST_SNIFF_SETTINGS";
+
+/// The body of the `sniff_server_process` test of a test binary with child servers (ignored,
+/// so only [`ChildServer`] runs it).
+pub fn run_child_server() {
+    let Some(sock) = std::env::var_os(CHILD_SOCKET) else {
+        return;
+    };
+    child_process::die_with_parent();
+    let settings = std::env::var(CHILD_SETTINGS).unwrap_or_default();
+    for setting in settings.split(',').filter(|s| !s.is_empty()) {
+        let (name, value) = setting.split_once('=').expect("name=value");
+        assert_eq!(name, "nofile", "unknown setting {name}");
+        child_process::limit_fds(value.parse().unwrap());
+    }
+    let listener = Listener::unix(PathBuf::from(sock), 0o600).expect("listen");
+    let mut server =
+        ListenServer::new(listener, test_agent, &ServeConfig::default()).expect("server");
+    server.run().expect("serve");
+}
+
+/// A sniff server in a child process (this test binary again), so that its memory and fds
+/// are its own. Killed at drop.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub path: PathBuf,
+    _dir: TempDir,
+}
+
+impl ChildServer {
+    pub fn spawn(settings: &str) -> ChildServer {
+        let dir = TempDir::new("child");
+        let path = dir.path("agent.sock");
+        let child = child_process::spawn_self(
+            "sniff_server_process",
+            &[
+                (CHILD_SOCKET, path.as_os_str()),
+                (CHILD_SETTINGS, settings.as_ref()),
+            ],
+        );
+        let server = ChildServer {
+            child,
+            path,
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(20), "the child server's socket", || {
+            UnixStream::connect(&server.path).is_ok()
+        });
+        server
+    }
+
+    pub fn raw(&self) -> RawConn {
+        RawConn::connect(&self.path)
+    }
+
+    /// Peak resident memory (`VmHWM`) in KiB.
+    pub fn peak_kib(&self) -> u64 {
+        child_process::status_kib(self.child.id(), "VmHWM")
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

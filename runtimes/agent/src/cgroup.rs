@@ -1,0 +1,541 @@
+//! One cgroup v2 per command, so that nothing a command starts outlives it.
+//!
+//! A process group is easy to leave (`setsid`, `setpgid`, a daemon's double fork), so
+//! killing a command's group does not reach everything it started. A cgroup cannot be left
+//! without write access to a cgroup's `cgroup.procs`, and `cgroup.kill` (Linux ≥ 5.14)
+//! SIGKILLs every process in it at once, including ones forked while the kill runs.
+//!
+//! # Layout
+//!
+//! The agent finds the cgroup2 mount in `/proc/self/mountinfo` (never a fixed path: hybrid
+//! systems mount it at `/sys/fs/cgroup/unified`) and its own cgroup in `/proc/self/cgroup`
+//! (`0::/path`). It creates one subtree below its own cgroup, `tuppence-PID-N`, and one
+//! leaf per command in it, `cN`:
+//!
+//! ```text
+//! <own cgroup>            the agent stays here
+//! └── tuppence-PID-N      this CgroupTree (no processes of its own)
+//!     ├── c1              a command and all its descendants
+//!     └── c2
+//! ```
+//!
+//! No controller is enabled anywhere (only `cgroup.procs`, `cgroup.kill` and
+//! `cgroup.events` are used), so the "no internal processes" rule, which only concerns
+//! cgroups that enable controllers for their children, never applies, and the agent may
+//! stay in its own cgroup above the subtree.
+//!
+//! A command is in its leaf before it can start anything: commands are started with
+//! `clone3(CLONE_INTO_CGROUP)` (see `spawn/vfork.rs`), so they are born there. Where that
+//! is not available, and for sniff tasks (started through std's `pre_exec`), the child
+//! writes `0` to the leaf's `cgroup.procs` (opened by the agent) as its first step, before
+//! `setsid` and `exec` ([`enter`]).
+//!
+//! # Cost
+//!
+//! A leaf is an `mkdir` and two `open`s; removing it is an `rmdir`: tens of microseconds.
+//! Moving a process by writing `cgroup.procs` is the expensive part (it waits for an RCU
+//! grace period: milliseconds on a busy machine), which `CLONE_INTO_CGROUP` avoids.
+//! Measured with `examples/spawn_cost.rs` (numbers in the README). The common case of a
+//! command whose processes have all exited when it ends costs no kill and no wait: the
+//! `rmdir` succeeds at once.
+//!
+//! # Removal
+//!
+//! A leaf can only be removed once empty (zombies do not count). [`Leaf`]'s drop tries at
+//! once; if the leaf still has processes it kills them (`cgroup.kill`) and parks the leaf,
+//! to be removed by [`retry_parked`] once they are gone (the agent calls it when `SIGCHLD`
+//! arrives: the last process of a killed leaf to die is always a child of the agent, its
+//! subreaper). The subtree is removed when the last leaf and the [`CgroupTree`] are gone.
+//!
+//! # Where it cannot be used
+//!
+//! No cgroup2 mount, the agent's cgroup not visible in it, no `cgroup.kill` (Linux < 5.14),
+//! or no permission to create cgroups and move processes below the agent's own (not root
+//! on the host and no delegated subtree): then [`CgroupTree::create`] says why and the
+//! agent falls back to killing process groups, which a process that calls `setsid`
+//! escapes.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use tracing::{debug, warn};
+
+/// Why cgroups cannot contain commands here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CgroupError {
+    /// `/proc/self/mountinfo` has no cgroup2 file system.
+    #[error("no cgroup v2 file system is mounted")]
+    NoMount,
+    /// `/proc/self/cgroup` has no `0::` line, or it names a cgroup outside every cgroup2
+    /// mount this process can see.
+    #[error("this process's cgroup v2 path is not known or not visible ({0})")]
+    NoOwnCgroup(String),
+    /// Reading `/proc` failed.
+    #[error("reading {path}: {source}")]
+    Proc {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The subtree could not be created (no permission: not root and no delegation).
+    #[error("creating {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel has no `cgroup.kill` (Linux < 5.14).
+    #[error("the kernel has no cgroup.kill (Linux 5.14 or later is needed)")]
+    NoKill,
+    /// Moving a process into the subtree failed (no write access to the agent's own
+    /// `cgroup.procs`, or a cgroup namespace boundary).
+    #[error("moving a process into {path}: {source}")]
+    Move {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The agent's cgroup subtree (see the module docs). Shared by the [`Leaf`]s made in it.
+#[derive(Debug)]
+pub struct CgroupTree {
+    path: PathBuf,
+    dir: OwnedFd,
+    next: AtomicU64,
+}
+
+/// A command's cgroup. Dropping it removes it, killing what is left in it first (see the
+/// module docs).
+#[derive(Debug)]
+pub struct Leaf {
+    tree: Arc<CgroupTree>,
+    name: CString,
+    dir: OwnedFd,
+    procs: OwnedFd,
+}
+
+/// Where this process's cgroup v2 is: the directory, found in `/proc` (never assumed).
+pub fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
+    let cgroup = std::fs::read("/proc/self/cgroup").map_err(|source| CgroupError::Proc {
+        path: "/proc/self/cgroup",
+        source,
+    })?;
+    let own = cgroup
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"0::"))
+        .ok_or_else(|| CgroupError::NoOwnCgroup("no 0:: line in /proc/self/cgroup".into()))?;
+    let own = Path::new(OsStr::from_bytes(own));
+    let mountinfo = std::fs::read("/proc/self/mountinfo").map_err(|source| CgroupError::Proc {
+        path: "/proc/self/mountinfo",
+        source,
+    })?;
+    let mut mounts = cgroup2_mounts(&mountinfo).peekable();
+    if mounts.peek().is_none() {
+        return Err(CgroupError::NoMount);
+    }
+    mounts
+        .find_map(|(root, point)| {
+            let rel = own.strip_prefix(&root).ok()?;
+            Some(point.join(rel))
+        })
+        .filter(|dir| dir.is_dir())
+        .ok_or_else(|| CgroupError::NoOwnCgroup(own.display().to_string()))
+}
+
+/// `(root, mount point)` of every cgroup2 mount in a mountinfo text.
+fn cgroup2_mounts(mountinfo: &[u8]) -> impl Iterator<Item = (PathBuf, PathBuf)> + '_ {
+    mountinfo.split(|&b| b == b'\n').filter_map(|line| {
+        // `ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL…] - FSTYPE SOURCE SUPER`
+        let sep = line.windows(3).position(|w| w == b" - ")?;
+        let (left, right) = line.split_at(sep);
+        let fstype = right.get(3..)?.split(|&b| b == b' ').next()?;
+        if fstype != b"cgroup2" {
+            return None;
+        }
+        let mut fields = left.split(|&b| b == b' ');
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        Some((unescape(root), unescape(point)))
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, …).
+fn unescape(field: &[u8]) -> PathBuf {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while let Some(&b) = field.get(i) {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0')));
+        match octal.and_then(|v| u8::try_from(v).ok()) {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsStr::from_bytes(&out))
+}
+
+impl CgroupTree {
+    /// Creates this agent's subtree below its own cgroup and checks that processes can be
+    /// moved into it and killed there. The error says why not (see the module docs).
+    pub fn create() -> Result<Arc<CgroupTree>, CgroupError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let own = own_cgroup_dir()?;
+        remove_stale(&own);
+        let name = format!(
+            "tuppence-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = own.join(&name);
+        let created = rustix::fs::mkdir(&path, Mode::from_raw_mode(0o755));
+        match created {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => {
+                return Err(CgroupError::Create {
+                    path,
+                    source: e.into(),
+                });
+            }
+        }
+        let dir = match open_dir(&path) {
+            Ok(dir) => dir,
+            Err(source) => {
+                let _ = std::fs::remove_dir(&path);
+                return Err(CgroupError::Create { path, source });
+            }
+        };
+        let tree = Arc::new(CgroupTree {
+            path,
+            dir,
+            next: AtomicU64::new(1),
+        });
+        // The root cgroup has no cgroup.kill, but every other one has, where supported.
+        if rustix::fs::accessat(
+            &tree.dir,
+            c"cgroup.kill",
+            rustix::fs::Access::WRITE_OK,
+            AtFlags::empty(),
+        )
+        .is_err()
+        {
+            return Err(CgroupError::NoKill);
+        }
+        tree.probe()?;
+        Ok(tree)
+    }
+
+    /// The subtree's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new, empty leaf for one command.
+    pub fn leaf(self: &Arc<Self>) -> io::Result<Leaf> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let name = CString::new(format!("c{n}")).map_err(io::Error::other)?;
+        rustix::fs::mkdirat(&self.dir, name.as_c_str(), Mode::from_raw_mode(0o755))?;
+        let opened = rustix::fs::openat(
+            &self.dir,
+            name.as_c_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(|dir| {
+            let procs = rustix::fs::openat(
+                &dir,
+                c"cgroup.procs",
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Ok((dir, procs))
+        });
+        match opened {
+            Ok((dir, procs)) => Ok(Leaf {
+                tree: Arc::clone(self),
+                name,
+                dir,
+                procs,
+            }),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&self.dir, name.as_c_str(), AtFlags::REMOVEDIR);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Starts a process in a new leaf, as commands will be: proves that this process may
+    /// put processes there (write access to its own cgroup's `cgroup.procs`, no namespace
+    /// boundary in the way). With `clone3(CLONE_INTO_CGROUP)` a child that exits at once
+    /// (about 0.1 ms); elsewhere `/bin/sh -c :` moving itself in.
+    fn probe(self: &Arc<Self>) -> Result<(), CgroupError> {
+        let leaf = self.leaf().map_err(|source| CgroupError::Create {
+            path: self.path.clone(),
+            source,
+        })?;
+        let moved = |source| CgroupError::Move {
+            path: self.path.clone(),
+            source,
+        };
+        if crate::spawn::probe_cgroup(leaf.dir_fd()).map_err(moved)? {
+            return Ok(());
+        }
+        let procs = leaf.procs_fd();
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", ":"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: the hook only makes one write system call on an fd this process owns.
+        unsafe {
+            cmd.pre_exec(move || enter(procs));
+        }
+        let moved = cmd.status().and_then(|st| {
+            if st.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "the probe process ended with {st}"
+                )))
+            }
+        });
+        moved.map_err(|source| CgroupError::Move {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for CgroupTree {
+    /// Every leaf is gone by now (each holds the tree): remove the subtree. A process that
+    /// is somehow still in it is killed first, and waited for briefly.
+    fn drop(&mut self) {
+        if let Err(e) = remove_at(&self.dir, &self.path) {
+            debug!(path = %self.path.display(), error = %e, "removing the cgroup subtree");
+        }
+    }
+}
+
+/// Removes the subtrees that agents which are gone left below `own` (a crash, a kill, an
+/// exit with cgroups still waiting to empty): what is still in them is killed; what cannot
+/// be removed yet is left for the next agent to start. Never waits.
+fn remove_stale(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("tuppence-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = pid > 0
+            && (unsafe { libc::kill(pid, 0) } == 0
+                || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH));
+        if alive {
+            continue;
+        }
+        let path = entry.path();
+        let _ = std::fs::write(path.join("cgroup.kill"), b"1");
+        if let Ok(leaves) = std::fs::read_dir(&path) {
+            for leaf in leaves.flatten() {
+                if leaf.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(leaf.path());
+                }
+            }
+        }
+        match std::fs::remove_dir(&path) {
+            Ok(()) => {
+                debug!(cgroup = %path.display(), "removed a cgroup subtree left by an agent that is gone")
+            }
+            Err(e) => {
+                debug!(cgroup = %path.display(), error = %e, "a cgroup subtree left by an agent that is gone is still busy")
+            }
+        }
+    }
+}
+
+/// Removes the cgroup at `path` (whose directory fd is `dir`): kills what is in it if it
+/// is busy, and retries for up to a second.
+fn remove_at(dir: &OwnedFd, path: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                let _ = write_at(dir, c"cgroup.kill", b"1");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Leaf {
+    /// The fd of the leaf's `cgroup.procs`, open for writing: a child writes `0` to it to
+    /// enter the leaf (see [`enter`]).
+    pub fn procs_fd(&self) -> RawFd {
+        self.procs.as_raw_fd()
+    }
+
+    /// The fd of the leaf's directory, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn dir_fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
+    }
+
+    /// The leaf's directory.
+    pub fn path(&self) -> PathBuf {
+        self.tree.path.join(OsStr::from_bytes(self.name.as_bytes()))
+    }
+
+    /// SIGKILLs every process in the leaf (`cgroup.kill`), including ones that left the
+    /// command's process group or session.
+    pub fn kill(&self) -> io::Result<()> {
+        write_at(&self.dir, c"cgroup.kill", b"1")
+    }
+
+    /// Whether a live process is in the leaf (`populated` in `cgroup.events`).
+    pub fn populated(&self) -> io::Result<bool> {
+        let fd = rustix::fs::openat(
+            &self.dir,
+            c"cgroup.events",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut buf = [0u8; 256];
+        let n = rustix::io::read(&fd, &mut buf)?;
+        let text = buf.get(..n).unwrap_or_default();
+        Ok(text.split(|&b| b == b'\n').any(|l| l == b"populated 1"))
+    }
+}
+
+impl Drop for Leaf {
+    fn drop(&mut self) {
+        match rustix::fs::unlinkat(&self.tree.dir, self.name.as_c_str(), AtFlags::REMOVEDIR) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(rustix::io::Errno::BUSY) => {
+                if let Err(e) = self.kill() {
+                    warn!(cgroup = %self.path().display(), error = %e, "cgroup.kill failed");
+                }
+                parked().push(Parked {
+                    tree: Arc::clone(&self.tree),
+                    name: std::mem::take(&mut self.name),
+                });
+            }
+            Err(e) => {
+                warn!(cgroup = %self.path().display(), error = %e, "removing a command's cgroup")
+            }
+        }
+    }
+}
+
+/// A killed leaf waiting to be empty.
+struct Parked {
+    tree: Arc<CgroupTree>,
+    name: CString,
+}
+
+static PARKED: Mutex<Vec<Parked>> = Mutex::new(Vec::new());
+
+fn parked() -> MutexGuard<'static, Vec<Parked>> {
+    PARKED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes the killed leaves that have emptied since; returns how many are still waiting.
+/// Non-blocking. Call it when a child exited (`SIGCHLD`); [`crate::spawn::reap_dropped`]
+/// calls it too.
+pub fn retry_parked() -> usize {
+    let mut list = parked();
+    list.retain(|p| {
+        matches!(
+            rustix::fs::unlinkat(&p.tree.dir, p.name.as_c_str(), AtFlags::REMOVEDIR),
+            Err(rustix::io::Errno::BUSY)
+        )
+    });
+    list.len()
+}
+
+/// How many killed leaves wait to be removed (of every tree in the process).
+pub fn parked_count() -> usize {
+    parked().len()
+}
+
+/// For a child between fork and exec: moves the calling process into the cgroup whose
+/// `cgroup.procs` is open as `procs` (writing `0` means "the writer"). Async-signal-safe:
+/// one `write` system call.
+pub fn enter(procs: RawFd) -> io::Result<()> {
+    // SAFETY: write of a 1-byte static buffer to an fd number; nothing else is touched.
+    let n = unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn write_at(dir: &impl AsFd, name: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+    let fd = rustix::fs::openat(dir, name, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    rustix::io::write(&fd, data)?;
+    Ok(())
+}
+
+/// The cgroup v2 path of a process (`0::` line of `/proc/PID/cgroup`), for tests and logs.
+pub fn cgroup_of(pid: u32) -> Option<PathBuf> {
+    let text = std::fs::read(format!("/proc/{pid}/cgroup")).ok()?;
+    text.split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"0::"))
+        .map(|p| PathBuf::from(OsStr::from_bytes(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_parsing() {
+        let text = b"31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+50 31 0:40 /sub /mnt/with\\040space rw shared:3 - cgroup2 none rw\n";
+        let mounts: Vec<_> = cgroup2_mounts(text).collect();
+        assert_eq!(
+            mounts,
+            vec![
+                (PathBuf::from("/"), PathBuf::from("/sys/fs/cgroup/unified")),
+                (PathBuf::from("/sub"), PathBuf::from("/mnt/with space")),
+            ]
+        );
+        assert_eq!(unescape(b"a\\134b\\0"), PathBuf::from("a\\b\\0"));
+    }
+}
