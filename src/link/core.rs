@@ -9,8 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{Limits, LinkError, UsageError, Violation};
 use crate::wire::{
     Decoder, Dialect, EncodeError, Frame, HEADER_LEN, HELLO_LEN, HELLO_SIGNATURE_LEN, Header,
-    HelloMatch, Packet,
-    PacketType, Sender, chunks, find_hello, match_hello, rfind_hello,
+    HelloMatch, Packet, PacketType, Sender, chunks, find_hello, match_hello, rfind_hello,
 };
 
 /// Receive buffer allocation granularity: decoded payloads are zero-copy slices of it.
@@ -237,9 +236,9 @@ impl Core {
         let buffered = self.decoder.buffered();
         let whole = match data.get(..HEADER_LEN) {
             Some(head) if buffered == 0 && header_known && self.sync == Sync::InStep => {
-                <&[u8; HEADER_LEN]>::try_from(head).ok().map(|head| {
-                    usize::from(Header::decode(self.dialect, head).len).max(HEADER_LEN)
-                })
+                <&[u8; HEADER_LEN]>::try_from(head)
+                    .ok()
+                    .map(|head| usize::from(Header::decode(self.dialect, head).len).max(HEADER_LEN))
             }
             _ => None,
         };
@@ -247,9 +246,9 @@ impl Core {
             Sync::InStep => self.decoder.bytes_needed(),
             // Enough to tell a hello signature from anything else, no more: what is not
             // taken stays the runtime's (backpressure), as for whole packets.
-            Sync::AfterSilence { at } => {
-                at.saturating_add(HELLO_SIGNATURE_LEN).saturating_sub(buffered)
-            }
+            Sync::AfterSilence { at } => at
+                .saturating_add(HELLO_SIGNATURE_LEN)
+                .saturating_sub(buffered),
             Sync::OutOfStep { .. } => HELLO_SIGNATURE_LEN.saturating_sub(buffered),
         };
         // Never 0: a call always makes progress.

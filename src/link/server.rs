@@ -11,8 +11,8 @@ use super::{
     negotiate_keepalive, status,
 };
 use crate::wire::{
-    DecodeError, Dialect, Frame, HEADER_LEN, Hello, Packet, ProcInfoField, Sender,
-    detect_dialect, hello_signature,
+    DecodeError, Dialect, Frame, HEADER_LEN, Hello, Packet, ProcInfoField, Sender, detect_dialect,
+    hello_signature,
 };
 
 #[derive(Debug)]
@@ -562,7 +562,9 @@ impl Server {
         {
             self.on_hello(hello.clone());
             if self.config.hello_resets_session {
-                let bytes = frame.packet.to_bytes(self.core.dialect, frame.cid, frame.xid);
+                let bytes = frame
+                    .packet
+                    .to_bytes(self.core.dialect, frame.cid, frame.xid);
                 self.last_hello = bytes.ok().map(|bytes| LastHello {
                     bytes,
                     reply_end: self

@@ -71,10 +71,12 @@ pub fn find_hello(bytes: &[u8]) -> Option<(usize, HelloMatch)> {
 
 /// The last offset in `bytes` where a whole hello signature starts, with its dialect.
 pub fn rfind_hello(bytes: &[u8]) -> Option<(usize, Dialect)> {
-    (0..bytes.len()).rev().find_map(|at| match match_hello(bytes.get(at..)?) {
-        HelloMatch::Hello(d) => Some((at, d)),
-        _ => None,
-    })
+    (0..bytes.len())
+        .rev()
+        .find_map(|at| match match_hello(bytes.get(at..)?) {
+            HelloMatch::Hello(d) => Some((at, d)),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -128,10 +130,16 @@ mod tests {
         bytes.extend_from_slice(b"xyz");
         bytes.extend_from_slice(&v4);
         bytes.extend_from_slice(&[0, 0xFF, 0xFF, b'h', 0]);
-        assert_eq!(find_hello(&bytes), Some((4, HelloMatch::Hello(Dialect::Legacy3))));
+        assert_eq!(
+            find_hello(&bytes),
+            Some((4, HelloMatch::Hello(Dialect::Legacy3)))
+        );
         assert_eq!(rfind_hello(&bytes), Some((16, Dialect::V4)));
         let tail = bytes.len() - 2;
-        assert_eq!(find_hello(&bytes[17..]), Some((tail - 17, HelloMatch::Prefix)));
+        assert_eq!(
+            find_hello(&bytes[17..]),
+            Some((tail - 17, HelloMatch::Prefix))
+        );
         assert_eq!(find_hello(b"no hello here"), None);
         assert_eq!(rfind_hello(&v4[..8]), None);
     }
