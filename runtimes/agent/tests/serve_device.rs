@@ -2,6 +2,11 @@
 //! the slave as `--serial` does, the tests are the host on the master. A pty, like a real
 //! line, has no disconnect: a client that vanishes leaves no trace, and the next client's
 //! bytes arrive on the same line.
+//!
+//! The virtio-serial port's behaviour is played by the same pty the other way round: the
+//! agent serves the *master* as a `VirtioPort` and the host opens and closes the slave.
+//! Like a guest's port, the master reads what the host wrote and then EOF (`EIO`) once no
+//! host has it open, reports `POLLHUP` while none does, and works again when one opens it.
 
 mod agent_harness;
 
@@ -44,11 +49,12 @@ impl Line {
 
     /// A client speaking hand-made 4.0 packets on the host's end.
     fn raw_client(&self) -> RawClient {
-        RawClient {
-            fd: self.master.try_clone().expect("dup master"),
-            dec: Decoder::new(Dialect::V4, Sender::Server),
-            cid: 0,
-        }
+        self.raw_client_in(Dialect::V4)
+    }
+
+    /// A client speaking hand-made packets of `dialect` on the host's end.
+    fn raw_client_in(&self, dialect: Dialect) -> RawClient {
+        RawClient::new(self.master.try_clone().expect("dup master"), dialect)
     }
 
     /// The host's end as a transport for `tuppence_blocking::Session`.
@@ -61,10 +67,20 @@ impl Line {
 struct RawClient {
     fd: OwnedFd,
     dec: Decoder,
+    dialect: Dialect,
     cid: u16,
 }
 
 impl RawClient {
+    fn new(fd: OwnedFd, dialect: Dialect) -> RawClient {
+        RawClient {
+            fd,
+            dec: Decoder::new(dialect, Sender::Server),
+            dialect,
+            cid: 0,
+        }
+    }
+
     fn send(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let n = rustix::io::write(&self.fd, bytes).expect("write to the line");
@@ -73,8 +89,22 @@ impl RawClient {
     }
 
     fn send_packet(&mut self, xid: u16, packet: &Packet) {
-        let bytes = packet.to_bytes(Dialect::V4, self.cid, xid).unwrap();
+        let bytes = self.encode(xid, packet);
         self.send(&bytes);
+    }
+
+    fn encode(&self, xid: u16, packet: &Packet) -> Bytes {
+        packet.to_bytes(self.dialect, self.cid, xid).unwrap()
+    }
+
+    /// This client's hello (said once: no retry, as the C client).
+    fn hello_packet(&self) -> Packet {
+        let (major, minor) = self.dialect.version();
+        Packet::Hello(Hello {
+            major,
+            minor,
+            keepalive: 0,
+        })
     }
 
     /// The next packet from the agent, `None` after `limit`.
@@ -134,14 +164,13 @@ impl RawClient {
     /// Says hello; the very first packet back must be the reply (nothing stale before
     /// it). Returns the cid.
     fn hello(&mut self) -> u16 {
-        self.send_packet(
-            0,
-            &Packet::Hello(Hello {
-                major: 4,
-                minor: 0,
-                keepalive: 0,
-            }),
-        );
+        let hello = self.hello_packet();
+        self.send_packet(0, &hello);
+        self.hello_reply()
+    }
+
+    /// Waits for the hello reply, which must be the first packet. Returns the cid.
+    fn hello_reply(&mut self) -> u16 {
         let frame = self.next_frame(PATIENCE).expect("hello reply");
         assert!(
             matches!(frame.packet, Packet::Hello(_)),
@@ -242,6 +271,11 @@ fn echo_hi(xid: u16, client: &mut RawClient) {
         channel: 1,
         data: Bytes::from_static(b"hi\n"),
     };
+    if client.dialect == Dialect::Legacy3 {
+        // 3.0: no EOF packets for stdout and stderr.
+        assert_eq!(got, [data, Packet::Major(0), Packet::Minor(0)]);
+        return;
+    }
     // (stdout's data comes before its EOF; stderr's EOF may come first)
     let eofs = [Packet::Eof { channel: 1 }, Packet::Eof { channel: 2 }];
     assert_eq!(got.len(), 5, "{got:?}");
@@ -351,10 +385,11 @@ fn stale_partial_packet_does_not_eat_the_next_hello() {
 }
 
 /// The same leftover, and the next client comes at once: its hello is glued to the
-/// leftover and lost. The client's retry (after a silence longer than the agent's limit)
-/// gets it through; `Session` with the device-link settings, as the CLI uses it.
+/// leftover. The agent finds it once the client has waited the port's limit for its reply
+/// (the client's own retry, after `DEVICE_HELLO_RETRY`, would get through too); `Session`
+/// with the device-link settings, as the CLI uses it.
 #[test]
-fn client_hello_retry_recovers_a_hello_glued_to_a_leftover() {
+fn a_session_connects_through_a_hello_glued_to_a_leftover() {
     let line = Line::open();
     let _agent = SerialAgent::start(quiet_config(), &line.slave);
     let mut a = line.raw_client();
@@ -369,10 +404,10 @@ fn client_hello_retry_recovers_a_hello_glued_to_a_leftover() {
         ClientConfig::default().for_device_link(),
         PATIENCE,
     )
-    .expect("connect through the retry");
+    .expect("connect through the leftover");
     assert!(
-        t0.elapsed() >= tuppence::link::DEVICE_HELLO_RETRY,
-        "connected before the retry: was the hello really glued? ({:?})",
+        t0.elapsed() >= tuppence::link::DEVICE_STALE_PARTIAL_AFTER,
+        "connected before the agent's limit: was the hello really glued? ({:?})",
         t0.elapsed()
     );
     assert_eq!(session.info().cid, cid);
@@ -424,4 +459,226 @@ fn old_output_backlog_does_not_reach_the_new_client() {
         before < 128 * 1024,
         "{before} bytes of the old session came before the hello reply"
     );
+}
+
+/// An agent serving `listener` from a thread; dropping it stops the agent.
+fn start_agent(config: AgentConfig, listener: Listener) -> SerialAgent {
+    let mut agent = Agent::new(config).unwrap();
+    agent.add_listener(listener).unwrap();
+    let stop = agent.stop_handle().unwrap();
+    let handle = std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || agent.run())
+        .unwrap();
+    SerialAgent {
+        stop,
+        handle: Some(handle),
+    }
+}
+
+/// The port's settings with a short limit for silences inside packets (see
+/// `Limits::stale_partial_after`), so that the tests need not wait a second each time.
+fn short_limit() -> AgentConfig {
+    AgentConfig {
+        port_stale_partial_after: Some(LIMIT),
+        ..quiet_config()
+    }
+}
+
+const LIMIT: Duration = Duration::from_millis(300);
+
+/// An inject of `data` to `target` on xid 1; returns the data packet, not yet sent.
+fn start_inject(client: &mut RawClient, target: &Path, data: Vec<u8>) -> Bytes {
+    client.send_packet(
+        1,
+        &Packet::Inject {
+            user: Bytes::from(agent_harness_user()),
+            path: Bytes::from(target.to_str().unwrap().to_owned()),
+            mode: 0o600,
+        },
+    );
+    assert_eq!(client.frames_until(1, |_| true), vec![Packet::Major(0)]);
+    client.encode(
+        1,
+        &Packet::Data {
+            channel: 0,
+            data: Bytes::from(data),
+        },
+    )
+}
+
+/// A live client that pauses for three times the port's limit in the middle of a data
+/// packet (a loaded host, a descheduled VM, a slow line) is not cut, although its data
+/// holds hellos (away from the pause): the inject completes byte-exact.
+#[test]
+fn a_client_pausing_mid_packet_on_a_serial_line_is_not_cut() {
+    for dialect in [Dialect::V4, Dialect::Legacy3] {
+        let line = Line::open();
+        let files = TempDir::new("pause");
+        let _agent = SerialAgent::start(short_limit(), &line.slave);
+        let mut a = line.raw_client_in(dialect);
+        a.hello();
+        let mut data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        for at in [500, 15_000] {
+            let hello = a.hello_packet().to_bytes(dialect, 0, 0).unwrap();
+            data[at..at + hello.len()].copy_from_slice(&hello);
+        }
+        let target = files.join("paused.bin");
+        let packet = start_inject(&mut a, &target, data.clone());
+        a.send(&packet[..7000]);
+        // The client stalls (this is the scenario, not a wait for the agent).
+        std::thread::sleep(3 * LIMIT);
+        a.send(&packet[7000..]);
+        a.send_packet(1, &Packet::Eof { channel: 0 });
+        assert_eq!(
+            a.frames_until(1, |p| matches!(p, Packet::Minor(_))),
+            vec![Packet::Minor(0)],
+            "{dialect}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), data, "{dialect}");
+    }
+}
+
+/// A client dies in the middle of a data packet; the next client, which says hello once
+/// (as the C client) and in either dialect, comes at once: its hello lands behind the
+/// leftover. The agent finds it when the client has waited the limit for its reply (a
+/// strict client: the reply is the first packet it gets), ends the old session (the
+/// partial file is removed) and serves the new one.
+#[test]
+fn a_hello_once_client_after_a_client_died_mid_packet_on_a_serial_line() {
+    for new in [Dialect::V4, Dialect::Legacy3] {
+        let line = Line::open();
+        let files = TempDir::new("died");
+        let _agent = SerialAgent::start(short_limit(), &line.slave);
+        let mut a = line.raw_client();
+        let cid = a.hello();
+        let packet = start_inject(&mut a, &files.join("half.bin"), vec![b'x'; 5000]);
+        a.send(&packet[..1234]);
+        assert!(
+            eventually(PATIENCE, || entries(files.path()).len() == 1),
+            "no temporary file"
+        );
+        drop(a);
+
+        let mut b = line.raw_client_in(new);
+        assert_eq!(b.hello(), cid, "{new}");
+        echo_hi(1, &mut b);
+        assert!(
+            eventually(PATIENCE, || entries(files.path()).is_empty()),
+            "{new}: the dead client's partial file is still there: {:?}",
+            entries(files.path())
+        );
+    }
+}
+
+/// A C client (3.0) after a tuppence client (4.0) on the same line, and back: read in the
+/// session's dialect, the new hello is a framing error (length 0). On a port that does not
+/// end the link: the session switches to the hello's dialect and serves the new client.
+#[test]
+fn clients_of_both_dialects_take_turns_on_a_serial_line() {
+    let line = Line::open();
+    let _agent = SerialAgent::start(quiet_config(), &line.slave);
+    let mut cid = None;
+    for dialect in [Dialect::V4, Dialect::Legacy3, Dialect::V4, Dialect::Legacy3] {
+        let mut client = line.raw_client_in(dialect);
+        let got = client.hello();
+        assert_eq!(
+            *cid.get_or_insert(got),
+            got,
+            "{dialect}: the port was reopened"
+        );
+        echo_hi(1, &mut client);
+    }
+}
+
+/// The bytes a pty master holds for reading (what the host wrote that the agent has not
+/// read yet).
+fn unread(master: &OwnedFd) -> usize {
+    rustix::io::ioctl_fionread(master).expect("FIONREAD") as usize
+}
+
+/// A virtio-serial port, played by the pty: the agent serves the master as a
+/// `VirtioPort`, each host connection opens the slave. A guest can read a new client's
+/// hello and only then learn that the previous host connection closed (QEMU's control
+/// messages and data travel apart): the hello, then EOF, in one read. That hello belongs
+/// to the port's next session, which must answer it with the port's cid (the client says
+/// hello once). Here the old client's stdin backs up so that the agent stops reading the
+/// port; meanwhile the hello is written and the host connection closed; then the agent
+/// reads both at once.
+#[test]
+fn a_hello_read_just_before_the_port_hung_up_is_answered_by_the_next_session() {
+    use std::fs::File;
+    use tuppence_transport::VirtioPort;
+
+    let line = Line::open();
+    let flags = TempDir::new("virtio");
+    let go = flags.join("go");
+    let port = VirtioPort::from_file(
+        File::from(line.master.try_clone().unwrap()),
+        "pty master standing in for a virtio-serial port",
+    );
+    let config = AgentConfig {
+        stdin_limit: 2048,
+        ..quiet_config()
+    };
+    let _agent = start_agent(config, Listener::Virtio(port));
+    let host = || {
+        let fd = rustix::fs::open(
+            &line.slave,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open the pty slave");
+        let mut t = rustix::termios::tcgetattr(&fd).expect("tcgetattr");
+        t.make_raw();
+        rustix::termios::tcsetattr(&fd, rustix::termios::OptionalActions::Now, &t)
+            .expect("tcsetattr");
+        RawClient::new(fd, Dialect::V4)
+    };
+
+    let mut a = host();
+    let cid = a.hello();
+    a.run(
+        1,
+        &format!("while [ ! -e {} ]; do sleep 0.05; done", go.display()),
+    );
+    let stdin = Packet::Data {
+        channel: 0,
+        data: Bytes::from(vec![b's'; 1024]),
+    };
+    // Until the agent stops reading: a packet it leaves unread.
+    let mut paused = false;
+    for _ in 0..2000 {
+        a.send_packet(1, &stdin);
+        if !eventually(Duration::from_millis(300), || unread(&line.master) == 0) {
+            paused = true;
+            break;
+        }
+    }
+    assert!(paused, "the agent never stopped reading the port");
+    let hello = a.hello_packet().to_bytes(Dialect::V4, 0, 0).unwrap();
+    a.send(&hello);
+    drop(a);
+    std::fs::write(&go, b"").unwrap();
+    assert!(
+        eventually(PATIENCE, || unread(&line.master) == 0),
+        "the agent did not read the port again"
+    );
+    // (The EOF is read right after the data, in the same turn; this only leaves room for
+    // that before the next host connects.)
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The next host connection: the client that sent the hello listens for the reply.
+    let mut b = host();
+    let reply = Packet::Hello(Hello {
+        major: 4,
+        minor: 0,
+        keepalive: 0,
+    })
+    .to_bytes(Dialect::V4, cid, 0)
+    .unwrap();
+    // (The old session's answers to A, written before the hang-up, come first.)
+    b.skip_to(&reply);
+    b.cid = cid;
+    echo_hi(1, &mut b);
 }
