@@ -461,21 +461,6 @@ fn old_output_backlog_does_not_reach_the_new_client() {
     );
 }
 
-/// An agent serving `listener` from a thread; dropping it stops the agent.
-fn start_agent(config: AgentConfig, listener: Listener) -> SerialAgent {
-    let mut agent = Agent::new(config).unwrap();
-    agent.add_listener(listener).unwrap();
-    let stop = agent.stop_handle().unwrap();
-    let handle = std::thread::Builder::new()
-        .name("agent".into())
-        .spawn(move || agent.run())
-        .unwrap();
-    SerialAgent {
-        stop,
-        handle: Some(handle),
-    }
-}
-
 /// The port's settings with a short limit for silences inside packets (see
 /// `Limits::stale_partial_after`), so that the tests need not wait a second each time.
 fn short_limit() -> AgentConfig {
@@ -591,85 +576,118 @@ fn clients_of_both_dialects_take_turns_on_a_serial_line() {
     }
 }
 
-/// The bytes a pty master holds for reading (what the host wrote that the agent has not
-/// read yet).
-fn unread(master: &OwnedFd) -> usize {
-    rustix::io::ioctl_fionread(master).expect("FIONREAD") as usize
-}
+/// Where the virtio test's agent process writes the path of its pty's slave.
+const PTY_FILE: &str = "TUPPENCE_TEST_VIRTIO_PTY";
 
-/// A virtio-serial port, played by the pty: the agent serves the master as a
-/// `VirtioPort`, each host connection opens the slave. A guest can read a new client's
-/// hello and only then learn that the previous host connection closed (QEMU's control
-/// messages and data travel apart): the hello, then EOF, in one read. That hello belongs
-/// to the port's next session, which must answer it with the port's cid (the client says
-/// hello once). Here the old client's stdin backs up so that the agent stops reading the
-/// port; meanwhile the hello is written and the host connection closed; then the agent
-/// reads both at once.
+/// The agent process of the virtio test below, when started by it (does nothing
+/// otherwise): it serves a pty's master as a virtio-serial port and says where the slave
+/// is. A process, so that the test can freeze it (SIGSTOP) while the host acts.
 #[test]
-fn a_hello_read_just_before_the_port_hung_up_is_answered_by_the_next_session() {
+#[ignore = "the agent process the virtio test starts; not a test by itself"]
+fn virtio_agent_process() {
     use std::fs::File;
     use tuppence_transport::VirtioPort;
-
+    let Some(file) = std::env::var_os(PTY_FILE).map(PathBuf::from) else {
+        return;
+    };
+    // Die with the test thread that started us, whatever happens to it.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let line = Line::open();
-    let flags = TempDir::new("virtio");
-    let go = flags.join("go");
     let port = VirtioPort::from_file(
         File::from(line.master.try_clone().unwrap()),
         "pty master standing in for a virtio-serial port",
     );
-    let config = AgentConfig {
-        stdin_limit: 2048,
-        ..quiet_config()
-    };
-    let _agent = start_agent(config, Listener::Virtio(port));
-    let host = || {
-        let fd = rustix::fs::open(
-            &line.slave,
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .expect("open the pty slave");
-        let mut t = rustix::termios::tcgetattr(&fd).expect("tcgetattr");
-        t.make_raw();
-        rustix::termios::tcsetattr(&fd, rustix::termios::OptionalActions::Now, &t)
-            .expect("tcsetattr");
-        RawClient::new(fd, Dialect::V4)
-    };
+    let mut agent = Agent::new(quiet_config()).unwrap();
+    agent.add_listener(Listener::Virtio(port)).unwrap();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, line.slave.to_str().unwrap()).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    assert_eq!(agent.run().unwrap(), RunEnd::Quit);
+}
 
-    let mut a = host();
-    let cid = a.hello();
-    a.run(
-        1,
-        &format!("while [ ! -e {} ]; do sleep 0.05; done", go.display()),
-    );
-    let stdin = Packet::Data {
-        channel: 0,
-        data: Bytes::from(vec![b's'; 1024]),
-    };
-    // Until the agent stops reading: a packet it leaves unread.
-    let mut paused = false;
-    for _ in 0..2000 {
-        a.send_packet(1, &stdin);
-        if !eventually(Duration::from_millis(300), || unread(&line.master) == 0) {
-            paused = true;
-            break;
-        }
+/// The virtio test's agent process; killed at drop.
+struct ChildAgent(std::process::Child);
+
+impl ChildAgent {
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.0);
+        rustix::process::kill_process(pid, signal).expect("signal the agent process");
     }
-    assert!(paused, "the agent never stopped reading the port");
+}
+
+impl Drop for ChildAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One host connection to the virtio port played by a pty: the slave, opened raw.
+fn virtio_host(slave: &Path) -> RawClient {
+    let fd = rustix::fs::open(
+        slave,
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("open the pty slave");
+    let mut t = rustix::termios::tcgetattr(&fd).expect("tcgetattr");
+    t.make_raw();
+    rustix::termios::tcsetattr(&fd, rustix::termios::OptionalActions::Now, &t).expect("tcsetattr");
+    RawClient::new(fd, Dialect::V4)
+}
+
+/// A virtio-serial port, played by a pty: the agent serves the master as a `VirtioPort`,
+/// each host connection opens the slave. A guest can read a new client's hello and only
+/// then learn that the previous host connection closed (QEMU's control messages and data
+/// travel apart): the hello, then EOF, in one read. That hello belongs to the port's next
+/// session, which must answer it, with the port's cid (the client says hello once; one
+/// that got the reply earlier goes on with that cid). Here the agent process is frozen
+/// while the hello is written and the host connection closes, so it reads both at once.
+#[test]
+fn a_hello_read_just_before_the_port_hung_up_is_answered_by_the_next_session() {
+    let dir = TempDir::new("virtio");
+    let file = dir.join("slave");
+    let agent = ChildAgent(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "virtio_agent_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PTY_FILE, &file)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(PATIENCE, || file.exists()),
+        "the agent process did not start"
+    );
+    let slave = PathBuf::from(std::fs::read_to_string(&file).unwrap());
+
+    let mut a = virtio_host(&slave);
+    let cid = a.hello();
+    a.run(1, "echo $$; exec sleep 100");
+    let out = a.frames_until(1, |p| matches!(p, Packet::Data { channel: 1, .. }));
+    let Some(Packet::Data { data, .. }) = out.last() else {
+        unreachable!()
+    };
+    let pid = first_line_pid(data);
+
+    agent.signal(rustix::process::Signal::STOP);
     let hello = a.hello_packet().to_bytes(Dialect::V4, 0, 0).unwrap();
     a.send(&hello);
     drop(a);
-    std::fs::write(&go, b"").unwrap();
-    assert!(
-        eventually(PATIENCE, || unread(&line.master) == 0),
-        "the agent did not read the port again"
-    );
-    // (The EOF is read right after the data, in the same turn; this only leaves room for
-    // that before the next host connects.)
-    std::thread::sleep(Duration::from_millis(200));
+    agent.signal(rustix::process::Signal::CONT);
+    // (Room for the agent to read the hello and the EOF before the next host connects:
+    // connecting earlier would undo the hang-up. Not an assertion.)
+    std::thread::sleep(Duration::from_millis(300));
 
     // The next host connection: the client that sent the hello listens for the reply.
-    let mut b = host();
+    let mut b = virtio_host(&slave);
     let reply = Packet::Hello(Hello {
         major: 4,
         minor: 0,
@@ -677,8 +695,11 @@ fn a_hello_read_just_before_the_port_hung_up_is_answered_by_the_next_session() {
     })
     .to_bytes(Dialect::V4, cid, 0)
     .unwrap();
-    // (The old session's answers to A, written before the hang-up, come first.)
     b.skip_to(&reply);
     b.cid = cid;
     echo_hi(1, &mut b);
+    assert!(
+        eventually(PATIENCE, || dead(pid)),
+        "the old session's sleep survived"
+    );
 }
