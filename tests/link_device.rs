@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::pair::{NoAgent, Pair, ScriptedAgent, packet};
+use common::pair::{NoAgent, Pair, ScriptedAgent, command_packet, hello_packet, packet};
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, DEVICE_HELLO_RETRY, DEVICE_STALE_PARTIAL_AFTER,
     Limits, LinkError, Outcome, Server, ServerConfig, ServerEvent, Violation,
@@ -32,17 +32,7 @@ fn device_client(dialect: Dialect) -> ClientConfig {
 }
 
 fn hello_bytes(dialect: Dialect, keepalive: u16) -> Bytes {
-    let (major, minor) = dialect.version();
-    packet(
-        dialect,
-        0,
-        0,
-        Packet::Hello(Hello {
-            major,
-            minor,
-            keepalive,
-        }),
-    )
+    hello_packet(dialect, keepalive)
 }
 
 fn events(server: &mut Server) -> Vec<ServerEvent> {
@@ -182,19 +172,7 @@ fn reset_discards_queued_output_and_tells_the_runtime() {
     server
         .handle_bytes(now, &hello_bytes(Dialect::V4, 0))
         .unwrap();
-    let run = packet(
-        Dialect::V4,
-        1,
-        7,
-        Packet::Command(tuppence::wire::CommandRequest {
-            user: Bytes::from_static(b"root"),
-            command: Bytes::from_static(b"sleep 100"),
-            timeout: 0,
-            request_tty: 0,
-            reserved: [0, 0],
-            env: Vec::new(),
-        }),
-    );
+    let run = command_packet(Dialect::V4, 1, 7, "sleep 100", 0);
     server.handle_bytes(now, &run).unwrap();
     events(&mut server);
     assert!(server.poll_discard_unsent(), "the first hello resets too");
@@ -309,32 +287,8 @@ fn without_the_limit_the_hello_is_swallowed() {
 #[test]
 fn slow_stream_is_not_cut() {
     let t0 = Instant::now();
-    let mut server = Server::new(device_server(), t0);
-    server
-        .handle_bytes(t0, &hello_bytes(Dialect::V4, 0))
-        .unwrap();
-    let inject = packet(
-        Dialect::V4,
-        1,
-        3,
-        Packet::Inject {
-            user: Bytes::from_static(b"root"),
-            path: Bytes::from_static(b"/tmp/x"),
-            mode: 0o600,
-        },
-    );
-    server.handle_bytes(t0, &inject).unwrap();
-    events(&mut server);
-    server.inject_ready(3).unwrap();
-    let data = packet(
-        Dialect::V4,
-        1,
-        3,
-        Packet::Data {
-            channel: 0,
-            data: Bytes::from(vec![7u8; 2000]),
-        },
-    );
+    let mut server = injecting(Dialect::V4, 3, t0);
+    let data = data_packet(Dialect::V4, 3, vec![7u8; 2000]);
     let gap = DEVICE_STALE_PARTIAL_AFTER - Duration::from_millis(100);
     let mut now = t0;
     for piece in data.chunks(100) {
@@ -851,19 +805,7 @@ fn the_next_session_reads_a_request_in_the_previous_dialect() {
     let carry = server.carryover(0);
     assert_eq!(carry.input, Bytes::new(), "the reply was written");
     assert_eq!(carry.dialect, Some(Dialect::Legacy3));
-    let command = packet(
-        Dialect::Legacy3,
-        9,
-        1,
-        Packet::Command(tuppence::wire::CommandRequest {
-            user: Bytes::from_static(b"root"),
-            command: Bytes::from_static(b"true"),
-            timeout: 5,
-            request_tty: 0,
-            reserved: [0, 0],
-            env: Vec::new(),
-        }),
-    );
+    let command = command_packet(Dialect::Legacy3, 9, 1, "true", 5);
     let mut next = Server::new(config.clone(), t0);
     next.resume_from(&carry);
     next.handle_bytes(t0, &carry.input).unwrap();

@@ -17,31 +17,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::pair::{XorShift, packet};
+use common::pair::{XorShift, command_packet, hello_packet as hello, packet};
 use proptest::prelude::*;
 use tuppence::link::{DEVICE_STALE_PARTIAL_AFTER, Server, ServerConfig, ServerEvent, Violation};
 use tuppence::wire::{
-    CommandRequest, Decoder, Dialect, HELLO_SIGNATURE_LEN, Hello, Packet, Sender, hello_signature,
+    CommandRequest, Decoder, Dialect, HELLO_SIGNATURE_LEN, Packet, Sender, hello_signature,
 };
 
 const T: Duration = DEVICE_STALE_PARTIAL_AFTER;
 
 fn dialect(v4: bool) -> Dialect {
     if v4 { Dialect::V4 } else { Dialect::Legacy3 }
-}
-
-fn hello(dialect: Dialect, keepalive: u16) -> Bytes {
-    let (major, minor) = dialect.version();
-    packet(
-        dialect,
-        0,
-        0,
-        Packet::Hello(Hello {
-            major,
-            minor,
-            keepalive,
-        }),
-    )
 }
 
 fn events(server: &mut Server) -> Vec<ServerEvent> {
@@ -278,7 +264,7 @@ proptest! {
         prop_assert!(matches!(last.packet, Packet::Hello(_)), "{:?}", last);
         prop_assert_eq!((last.cid, last.xid), (1, 0));
         // And the new client is served.
-        server.handle_bytes(now, &packet(new, 1, 1, command("true"))).unwrap();
+        server.handle_bytes(now, &command_packet(new, 1, 1, "true", 0)).unwrap();
         let evs = events(&mut server);
         prop_assert!(
             matches!(&evs[..], [ServerEvent::RunCommand { xid: 1, .. }]),

@@ -180,6 +180,16 @@ impl RawClient {
         frame.cid
     }
 
+    /// Runs `sleep 100` on `xid`; returns its pid once it runs.
+    fn run_sleep(&mut self, xid: u16) -> u32 {
+        self.run(xid, "echo $$; exec sleep 100");
+        let out = self.frames_until(xid, |p| matches!(p, Packet::Data { channel: 1, .. }));
+        let Some(Packet::Data { data, .. }) = out.last() else {
+            unreachable!()
+        };
+        first_line_pid(data)
+    }
+
     fn run(&mut self, xid: u16, command: &str) {
         self.send_packet(
             xid,
@@ -300,29 +310,10 @@ fn new_client_on_a_serial_line_ends_the_vanished_clients_session() {
 
     let mut a = line.raw_client();
     let cid = a.hello();
-    a.run(1, "echo $$; exec sleep 100");
-    let out = a.frames_until(1, |p| matches!(p, Packet::Data { channel: 1, .. }));
-    let Some(Packet::Data { data, .. }) = out.last() else {
-        unreachable!()
-    };
-    let pid = first_line_pid(data);
+    let pid = a.run_sleep(1);
     let target = files.join("target.bin");
-    a.send_packet(
-        2,
-        &Packet::Inject {
-            user: Bytes::from(agent_harness_user()),
-            path: Bytes::from(target.to_str().unwrap().to_owned()),
-            mode: 0o600,
-        },
-    );
-    assert_eq!(a.frames_until(2, |_| true), vec![Packet::Major(0)]);
-    a.send_packet(
-        2,
-        &Packet::Data {
-            channel: 0,
-            data: Bytes::from_static(b"the first half of a file"),
-        },
-    );
+    let half = start_inject(&mut a, 2, &target, b"the first half of a file".to_vec());
+    a.send(&half);
     assert!(
         eventually(PATIENCE, || entries(files.path()).len() == 1),
         "no temporary file: {:?}",
@@ -472,19 +463,20 @@ fn short_limit() -> AgentConfig {
 
 const LIMIT: Duration = Duration::from_millis(300);
 
-/// An inject of `data` to `target` on xid 1; returns the data packet, not yet sent.
-fn start_inject(client: &mut RawClient, target: &Path, data: Vec<u8>) -> Bytes {
+/// Starts an inject to `target` on `xid` (the agent answers it is ready); returns the
+/// packet of `data` for it, not yet sent.
+fn start_inject(client: &mut RawClient, xid: u16, target: &Path, data: Vec<u8>) -> Bytes {
     client.send_packet(
-        1,
+        xid,
         &Packet::Inject {
             user: Bytes::from(agent_harness_user()),
             path: Bytes::from(target.to_str().unwrap().to_owned()),
             mode: 0o600,
         },
     );
-    assert_eq!(client.frames_until(1, |_| true), vec![Packet::Major(0)]);
+    assert_eq!(client.frames_until(xid, |_| true), vec![Packet::Major(0)]);
     client.encode(
-        1,
+        xid,
         &Packet::Data {
             channel: 0,
             data: Bytes::from(data),
@@ -509,7 +501,7 @@ fn a_client_pausing_mid_packet_on_a_serial_line_is_not_cut() {
             data[at..at + hello.len()].copy_from_slice(&hello);
         }
         let target = files.join("paused.bin");
-        let packet = start_inject(&mut a, &target, data.clone());
+        let packet = start_inject(&mut a, 1, &target, data.clone());
         a.send(&packet[..7000]);
         // The client stalls (this is the scenario, not a wait for the agent).
         std::thread::sleep(3 * LIMIT);
@@ -537,7 +529,7 @@ fn a_hello_once_client_after_a_client_died_mid_packet_on_a_serial_line() {
         let _agent = SerialAgent::start(short_limit(), &line.slave);
         let mut a = line.raw_client();
         let cid = a.hello();
-        let packet = start_inject(&mut a, &files.join("half.bin"), vec![b'x'; 5000]);
+        let packet = start_inject(&mut a, 1, &files.join("half.bin"), vec![b'x'; 5000]);
         a.send(&packet[..1234]);
         assert!(
             eventually(PATIENCE, || entries(files.path()).len() == 1),
@@ -670,12 +662,7 @@ fn a_hello_read_just_before_the_port_hung_up_is_answered_by_the_next_session() {
 
     let mut a = virtio_host(&slave);
     let cid = a.hello();
-    a.run(1, "echo $$; exec sleep 100");
-    let out = a.frames_until(1, |p| matches!(p, Packet::Data { channel: 1, .. }));
-    let Some(Packet::Data { data, .. }) = out.last() else {
-        unreachable!()
-    };
-    let pid = first_line_pid(data);
+    let pid = a.run_sleep(1);
 
     agent.signal(rustix::process::Signal::STOP);
     let hello = a.hello_packet().to_bytes(Dialect::V4, 0, 0).unwrap();
