@@ -113,8 +113,9 @@ pub struct Stats {
     pub unknown_xid_dropped: u64,
     /// Packets dropped because they made no sense (see `Violation`).
     pub violations: u64,
-    /// Unfinished packets dropped after a silence (see `Limits::stale_partial_after`),
-    /// and their bytes.
+    /// Device links: times the decoder found a new client's hello where the packet
+    /// boundaries were lost, and the bytes of line noise it dropped in front of them (see
+    /// `Limits::stale_partial_after`).
     pub stale_partials_dropped: u64,
     pub stale_bytes_dropped: u64,
     /// Client: bytes skipped before the hello reply (see
