@@ -59,8 +59,8 @@ pub struct Limits {
     ///
     /// A hello here is its first 9 bytes: type `h`, cid 0, xid 0, length 12 and the major
     /// version, in the 4.0 form (`68 00 00 0c 00 00 00 00 04`) or the 3.0 form
-    /// (`68 00 00 00 00 00 00 0c 03`), whichever the session spoke; the session continues
-    /// in the hello's dialect. Two more rules need no silence: a framing error (a length
+    /// (`68 00 00 00 00 00 00 0c 03`), whatever the session spoke so far; the session
+    /// continues in the hello's dialect. Two more rules need no silence: a framing error (a length
     /// below 8) skips bytes up to the next hello instead of closing the link, and a
     /// hang-up ends the session but passes a hello among its last bytes to the next one
     /// (see [`super::Server::carryover`]). Anything else — a live client that pauses for
@@ -72,10 +72,11 @@ pub struct Limits {
     /// type), so they can only lie inside one packet, in practice in data it carries (file
     /// or stdin data, a command line). So a live client is cut only if it pauses for at
     /// least `gap` exactly before, or exactly 3 bytes after, such 9 bytes in one of its
-    /// packets. For random data that is a chance of 2^-72 per such pause. The
-    /// residual risk is data that holds hellos — say, injecting a capture of this protocol
-    /// — over a line that stalls for `gap` exactly at one; it shows as the transfer failing
-    /// and a [`super::Violation::StalePartial`]. A hello a dead client's debris hides
+    /// packets. For random data that is a chance of about 2^-70 per pause (two 9-byte
+    /// signatures, on either side of it). The residual risk is data that holds hellos —
+    /// say, injecting a capture of this protocol — over a line that stalls for `gap`
+    /// exactly at one; it shows as the transfer failing and a
+    /// [`super::Violation::StalePartial`]. A hello a dead client's debris hides
     /// completely (its 12 bytes exactly complete the unfinished packet, glued to it with
     /// no silence between) is not found; [`ClientConfig::hello_retry`] recovers from that.
     pub stale_partial_after: Option<Duration>,
