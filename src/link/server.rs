@@ -427,7 +427,9 @@ impl Server {
     /// [`ServerConfig::hello_resets_session`]): the runtime must drop the bytes it took
     /// from `poll_transmit` but has not written yet, and what the transport still holds
     /// if it can (e.g. `tcflush(TCOFLUSH)` on a tty): they belong to the old session. Check
-    /// it after every `handle_bytes`, before writing again. (The machine has already
+    /// it after every `handle_bytes` and `handle_timeout` (on a device link a timer can
+    /// find a new client's hello, see [`super::Limits::stale_partial_after`]), before
+    /// writing again. (The machine has already
     /// dropped what it held; its hello reply comes after.) Cutting a packet short here is
     /// fine: the new client skips anything before its hello reply (see
     /// [`super::ClientConfig::resync_before_hello`]).

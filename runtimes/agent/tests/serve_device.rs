@@ -416,24 +416,51 @@ fn a_session_connects_through_a_hello_glued_to_a_leftover() {
 /// `ClientConfig::resync_before_hello`), as this test does by hand.
 #[test]
 fn old_output_backlog_does_not_reach_the_new_client() {
+    old_output_before_the_reply(false);
+}
+
+/// The same, when the vanished client also left the start of a packet: the new client's
+/// hello lands behind it and is found by the agent's timer when the silence after it
+/// reaches the port's limit. That reset drops the backlog just as well.
+#[test]
+fn old_output_backlog_does_not_reach_a_client_whose_hello_was_behind_a_leftover() {
+    old_output_before_the_reply(true);
+}
+
+/// Client A floods output it never reads and vanishes (after starting a packet it never
+/// finishes, with `leftover`); client B says hello. Returns after checking that what came
+/// before B's reply is no more than the pty itself holds.
+fn old_output_before_the_reply(leftover: bool) {
     let line = Line::open();
-    let _agent = SerialAgent::start(quiet_config(), &line.slave);
+    let _agent = SerialAgent::start(short_limit(), &line.slave);
     let mut a = line.raw_client();
     let cid = a.hello();
     a.run(1, "exec yes old-output");
     let first = a.frames_until(1, |p| matches!(p, Packet::Data { .. }));
     assert!(!first.is_empty());
-    drop(a);
     // Let the agent fill everything between the command and the line.
     std::thread::sleep(Duration::from_millis(500));
+    if leftover {
+        // (Right before B's hello: no silence between, so the agent finds the hello by
+        // its timer, when B has waited for the reply as long as the port's limit.)
+        let stdin = a.encode(
+            1,
+            &Packet::Data {
+                channel: 0,
+                data: Bytes::from(vec![b'i'; 100]),
+            },
+        );
+        a.send(&stdin[..20]);
+    }
+    drop(a);
 
     let mut b = line.raw_client();
-    let hello = Packet::Hello(Hello {
-        major: 4,
-        minor: 0,
-        keepalive: 0,
-    });
+    let hello = b.hello_packet();
     b.send_packet(0, &hello);
+    // B reads nothing for a while, so the line stays full: what the agent holds for the
+    // line is still its own when it finds the hello, and must be dropped then (the hello
+    // behind a leftover is found by the agent's timer).
+    std::thread::sleep(3 * LIMIT);
     let reply = hello.to_bytes(Dialect::V4, cid, 0).unwrap();
     let before = b.skip_to(&reply);
     b.cid = cid;

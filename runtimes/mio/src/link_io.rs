@@ -262,10 +262,15 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         }
     }
 
-    /// Fires the machine's timers if due.
+    /// Fires the machine's timers if due. A timer can start a new session too (a device
+    /// link finds a new client's hello when the silence after it is long enough): then
+    /// the old session's unwritten bytes are dropped here, as after input.
     pub fn pump_timers(&mut self, now: Instant) {
         if self.machine.poll_timeout().is_some_and(|t| t <= now) {
             self.machine.handle_timeout(now);
+            if self.machine.poll_discard_unsent() {
+                self.discard_unsent();
+            }
         }
     }
 
