@@ -12,14 +12,13 @@ pub const DEFAULT_KEEPALIVE_SECS: u16 = 60;
 pub const MIN_KEEPALIVE: Duration = Duration::from_secs(10);
 /// Agent default for a command timeout of 0.
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u32 = 60;
-/// On a device link, a partial packet followed by this much silence is line noise (see
-/// [`Limits::stale_partial_after`]). A live sender writes a packet in one go: even at
-/// 9600 baud the bytes of a packet follow each other within a millisecond or so.
+/// On a device link, how long a silence inside a packet must last before the agent looks
+/// for a new client's hello around it (see [`Limits::stale_partial_after`]).
 pub const DEVICE_STALE_PARTIAL_AFTER: Duration = Duration::from_secs(1);
 /// On a device link, the client says hello again when no reply came within this long
-/// (see [`ClientConfig::hello_retry`]). Longer than [`DEVICE_STALE_PARTIAL_AFTER`], so
-/// that an agent that glued the first hello to a stale partial packet has dropped both
-/// by the time the second one arrives.
+/// (see [`ClientConfig::hello_retry`]). Longer than [`DEVICE_STALE_PARTIAL_AFTER`]: an
+/// agent that found the first hello glued to a stale partial packet answers it after
+/// that silence, before the retry.
 pub const DEVICE_HELLO_RETRY: Duration = Duration::from_millis(1500);
 
 /// Limits shared by both machines.
@@ -38,19 +37,48 @@ pub struct Limits {
     /// Keepalive intervals below this are raised to it (10 s, as the C executor; tests
     /// lower it to exercise expiry on a real clock).
     pub min_keepalive: Duration,
-    /// `Some(gap)`: when new bytes arrive and the bytes already buffered are the start of a
-    /// packet whose last byte arrived more than `gap` ago, those bytes are dropped (counted
-    /// in [`super::Stats`], reported as [`super::Violation::StalePartial`]) before the new
-    /// ones are decoded.
+    /// Device links, server only (with [`ServerConfig::hello_resets_session`]): `Some(gap)`
+    /// lets the agent recover a new client's hello that follows the unfinished packet of
+    /// a client that died mid-write (line noise that would otherwise swallow the hello, or
+    /// make it a framing error). `None` (the default, right for sockets, which never carry
+    /// a previous client's bytes) turns this off.
     ///
-    /// For device links (serial tty, virtio-serial port), where a client that dies in the
-    /// middle of a write leaves the start of a packet behind and the next client's hello
-    /// would otherwise be read as the rest of it (a framing error, or a hello swallowed by
-    /// a long packet). The gap is measured from the last byte received, not from the start
-    /// of the packet, so a slow line streaming a large packet is not cut. Time the runtime
-    /// spends not reading (see `handle_input_paused`) and bytes offered again after the
-    /// machine pushed back do not count as silence. `None` (the default, right for
-    /// sockets, which never carry a previous client's bytes) never drops anything.
+    /// **The rule.** Unfinished bytes are dropped as debris only where it is known that a
+    /// new session starts: at a silence of at least `gap` inside a packet (measured from
+    /// the last byte received; time the runtime spends not reading, see
+    /// `handle_input_paused`, and bytes offered again after the machine pushed back do not
+    /// count) that is next to a hello. Either
+    ///
+    /// * the bytes after the silence begin with a hello: the unfinished packet before it
+    ///   is dropped (decoding waits for those first 9 bytes; if they are the start of a
+    ///   hello and then nothing comes for `gap` again, they are taken as data); or
+    /// * the last 12 bytes before the silence are a hello that does not start where the
+    ///   decoder would read one (the unfinished packet ends with it, or its first bytes
+    ///   completed the dead client's packet): a new client glued its hello to the debris
+    ///   and waits for the reply. Decoding restarts at that hello.
+    ///
+    /// A hello here is its first 9 bytes: type `h`, cid 0, xid 0, length 12 and the major
+    /// version, in the 4.0 form (`68 00 00 0c 00 00 00 00 04`) or the 3.0 form
+    /// (`68 00 00 00 00 00 00 0c 03`), whatever the session spoke so far; the session
+    /// continues in the hello's dialect. Two more rules need no silence: a framing error (a length
+    /// below 8) skips bytes up to the next hello instead of closing the link, and a
+    /// hang-up ends the session but passes a hello among its last bytes to the next one
+    /// (see [`super::Server::carryover`]). Anything else — a live client that pauses for
+    /// seconds in the middle of a packet (a loaded host, a descheduled VM, a slow line) —
+    /// is never cut: it continues where it stopped.
+    ///
+    /// **Why data is not mistaken for a hello.** In a client's own stream those 9 bytes
+    /// never cover a packet's type byte (it would be 0x00, 0x0c, 0x03 or 0x04, no packet
+    /// type), so they can only lie inside one packet, in practice in data it carries (file
+    /// or stdin data, a command line). So a live client is cut only if it pauses for at
+    /// least `gap` exactly before, or exactly 3 bytes after, such 9 bytes in one of its
+    /// packets. For random data that is a chance of about 2^-70 per pause (two 9-byte
+    /// signatures, on either side of it). The residual risk is data that holds hellos —
+    /// say, injecting a capture of this protocol — over a line that stalls for `gap`
+    /// exactly at one; it shows as the transfer failing and a
+    /// [`super::Violation::StalePartial`]. A hello a dead client's debris hides
+    /// completely (its 12 bytes exactly complete the unfinished packet, glued to it with
+    /// no silence between) is not found; [`ClientConfig::hello_retry`] recovers from that.
     pub stale_partial_after: Option<Duration>,
 }
 
@@ -81,9 +109,9 @@ pub struct ClientConfig {
     /// line whose agent may start later).
     pub handshake_timeout: Option<Duration>,
     /// `Some(t)`: when no hello reply came within `t`, say hello once more. For device
-    /// links, where the first hello can be lost: the agent may have read it as the rest of
-    /// a packet a previous client left unfinished, and drops such a stale partial packet
-    /// only after a silence (see [`Limits::stale_partial_after`]). A repeated hello is
+    /// links, where the first hello can be lost: in the rare case that it exactly completed
+    /// a packet a previous client left unfinished, the agent cannot tell it from data (see
+    /// [`Limits::stale_partial_after`]). A repeated hello is
     /// harmless: it always reaches the agent before any request of this client (requests
     /// wait for the reply), and the agent answers it with the same cid. `None` (default)
     /// never repeats it.

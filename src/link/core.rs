@@ -8,7 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Limits, LinkError, UsageError, Violation};
 use crate::wire::{
-    Decoder, Dialect, EncodeError, Frame, HEADER_LEN, Header, Packet, PacketType, Sender, chunks,
+    Decoder, Dialect, EncodeError, Frame, HEADER_LEN, HELLO_LEN, HELLO_SIGNATURE_LEN, Header,
+    HelloMatch, Packet, PacketType, Sender, chunks, find_hello, match_hello, rfind_hello,
 };
 
 /// Receive buffer allocation granularity: decoded payloads are zero-copy slices of it.
@@ -16,6 +17,28 @@ const RX_ALLOC: usize = 128 * 1024;
 /// Data payloads at least this long are queued without copying: their header goes into the
 /// byte buffer and the payload stays the caller's `Bytes`, a segment of its own.
 const ZERO_COPY_MIN: usize = 1024;
+/// Bytes of the received stream remembered after they were decoded (device links): a
+/// hello whose first bytes completed a stale packet is found in them (see `Sync`).
+const RECENT: usize = 32;
+/// Of those, how many may hold the start of a hello that reaches into the buffer.
+const RECENT_BEFORE_BUFFER: usize = HELLO_LEN - 1;
+
+/// Where the decoder stands relative to the peer's packet boundaries. Only device links
+/// leave `InStep` (see `Core::resync` and `Limits::stale_partial_after`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    /// Packets are decoded as they complete.
+    InStep,
+    /// A silence of `stale_partial_after` fell after the first `at` buffered bytes, which
+    /// are an unfinished packet: the bytes after the silence decide what it was. If they
+    /// begin with a hello, it is debris of a sender that died mid-write; otherwise a live
+    /// sender resumed. Decoding waits for that decision (the signature's 9 bytes, or the
+    /// next silence).
+    AfterSilence { at: usize },
+    /// A framing error: the packet boundaries are lost. Bytes are skipped up to the next
+    /// hello (`skipped` so far, of which the first `reread` had been decoded already).
+    OutOfStep { skipped: usize, reread: usize },
+}
 
 /// The transmit queue: whole packets in order. Their concatenation is `segs` followed by
 /// `tail`; small packets (and the headers of large data packets) are appended to `tail`,
@@ -90,8 +113,9 @@ pub struct Stats {
     pub unknown_xid_dropped: u64,
     /// Packets dropped because they made no sense (see `Violation`).
     pub violations: u64,
-    /// Unfinished packets dropped after a silence (see `Limits::stale_partial_after`),
-    /// and their bytes.
+    /// Device links: times the decoder found a new client's hello where the packet
+    /// boundaries were lost, and the bytes of line noise it dropped in front of them (see
+    /// `Limits::stale_partial_after`).
     pub stale_partials_dropped: u64,
     pub stale_bytes_dropped: u64,
     /// Client: bytes skipped before the hello reply (see
@@ -127,6 +151,14 @@ pub(crate) struct Core {
     partial_since: Option<Instant>,
     pub(crate) error: Option<LinkError>,
     pub(crate) stats: Stats,
+    /// The peer is a client on a device link: a framing error resynchronises on the next
+    /// hello instead of ending the connection, and with `Limits::stale_partial_after`
+    /// unfinished packets around a silence are checked for debris (see `Sync`).
+    resync: bool,
+    sync: Sync,
+    /// The last bytes fed to the decoder (`recent_len` of them are valid, at the end).
+    recent: [u8; RECENT],
+    recent_len: usize,
 }
 
 impl Core {
@@ -145,7 +177,16 @@ impl Core {
             partial_since: None,
             error: None,
             stats: Stats::default(),
+            resync: false,
+            sync: Sync::InStep,
+            recent: [0; RECENT],
+            recent_len: 0,
         }
+    }
+
+    /// The peer is a client on a device link (see `Sync`). Set once, by the server.
+    pub(crate) fn enable_resync(&mut self) {
+        self.resync = true;
     }
 
     /// Time never goes backwards inside a machine, whatever the caller passes.
@@ -195,13 +236,24 @@ impl Core {
     pub(crate) fn feed(&mut self, data: &[u8], header_known: bool) -> usize {
         let buffered = self.decoder.buffered();
         let whole = match data.get(..HEADER_LEN) {
-            Some(head) if buffered == 0 && header_known => <&[u8; HEADER_LEN]>::try_from(head)
-                .ok()
-                .map(|head| usize::from(Header::decode(self.dialect, head).len).max(HEADER_LEN)),
+            Some(head) if buffered == 0 && header_known && self.sync == Sync::InStep => {
+                <&[u8; HEADER_LEN]>::try_from(head)
+                    .ok()
+                    .map(|head| usize::from(Header::decode(self.dialect, head).len).max(HEADER_LEN))
+            }
             _ => None,
         };
+        let needed = match self.sync {
+            Sync::InStep => self.decoder.bytes_needed(),
+            // Enough to tell a hello signature from anything else, no more: what is not
+            // taken stays the runtime's (backpressure), as for whole packets.
+            Sync::AfterSilence { at } => at
+                .saturating_add(HELLO_SIGNATURE_LEN)
+                .saturating_sub(buffered),
+            Sync::OutOfStep { .. } => HELLO_SIGNATURE_LEN.saturating_sub(buffered),
+        };
         // Never 0: a call always makes progress.
-        let want = whole.unwrap_or_else(|| self.decoder.bytes_needed()).max(1);
+        let want = whole.unwrap_or(needed).max(1);
         let take = want.min(data.len());
         let Some(chunk) = data.get(..take) else {
             return 0;
@@ -212,7 +264,40 @@ impl Core {
         }
         buf.extend_from_slice(chunk);
         self.stats.bytes_received += take as u64;
+        if self.resync {
+            self.remember(chunk);
+        }
         take
+    }
+
+    /// Appends `chunk` to the recently received bytes.
+    fn remember(&mut self, chunk: &[u8]) {
+        let keep = chunk.len().min(RECENT);
+        let tail = chunk.get(chunk.len() - keep..).unwrap_or_default();
+        self.recent.copy_within(keep.., 0);
+        if let Some(dst) = self.recent.get_mut(RECENT - keep..) {
+            dst.copy_from_slice(tail);
+        }
+        self.recent_len = self.recent_len.saturating_add(keep).min(RECENT);
+    }
+
+    /// Up to `n` received bytes that come right before the decoder's buffer (bytes
+    /// already decoded), oldest first.
+    fn decoded_tail(&self, n: usize) -> &[u8] {
+        let buffered = self.decoder.buffered();
+        let before = self.recent_len.saturating_sub(buffered).min(n);
+        let end = RECENT.saturating_sub(buffered);
+        self.recent
+            .get(end.saturating_sub(before)..end)
+            .unwrap_or_default()
+    }
+
+    /// The buffered bytes with up to [`RECENT_BEFORE_BUFFER`] decoded bytes before them:
+    /// where a hello that started inside an already decoded (stale) packet is found.
+    fn recent_and_buffered(&self) -> Vec<u8> {
+        let mut v = self.decoded_tail(RECENT_BEFORE_BUFFER).to_vec();
+        v.extend_from_slice(self.decoder.peek());
+        v
     }
 
     pub(crate) fn transmit_buffered(&self) -> usize {
@@ -232,23 +317,127 @@ impl Core {
         self.partial_since = None;
     }
 
-    /// With new bytes in hand: drops an unfinished packet whose sender fell silent for
-    /// longer than `Limits::stale_partial_after`. Returns the number of bytes dropped.
-    fn drop_stale_partial(&mut self) -> Option<usize> {
-        let after = self.limits.stale_partial_after?;
-        let since = self.partial_since?;
-        if self.now.saturating_duration_since(since) <= after {
+    /// When the silence that began at `partial_since` reaches `stale_partial_after` (see
+    /// `Sync`): `None` unless the machine waits for the peer inside a packet.
+    fn silence_deadline(&self) -> Option<Instant> {
+        if !self.resync {
             return None;
         }
+        self.partial_since?
+            .checked_add(self.limits.stale_partial_after?)
+    }
+
+    /// Whether the machine, having taken all input, waits for the peer's next bytes: inside
+    /// an unfinished packet, or for the bytes that decide what one was.
+    fn waits_for_peer(&self) -> bool {
+        match self.sync {
+            Sync::InStep => self.decoder.buffered() > 0 && self.decoder.bytes_needed() > 0,
+            Sync::AfterSilence { .. } => true,
+            Sync::OutOfStep { .. } => false,
+        }
+    }
+
+    /// The first check at a silence: the unfinished packet's last bytes before the silence
+    /// are a hello (whose first bytes may already have completed packets) — a new client
+    /// that glued its hello to a dead one's debris and now waits for the reply. Restarts
+    /// the decoder at that hello; returns its dialect and the buffered bytes dropped.
+    fn hello_before_silence(&mut self) -> Option<(Dialect, usize)> {
+        let buffered = self.decoder.buffered();
+        // Only inside an unfinished packet (a silence after whole packets is an idle
+        // client), and never a hello where the decoder would read one itself.
+        if buffered == 0 || buffered == HELLO_LEN || self.decoder.bytes_needed() == 0 {
+            return None;
+        }
+        let window = self.recent_and_buffered();
+        let hello = window.get(window.len().checked_sub(HELLO_LEN)?..)?;
+        let HelloMatch::Hello(dialect) = match_hello(hello) else {
+            return None;
+        };
+        let dropped = buffered.saturating_sub(HELLO_LEN);
+        self.decoder.restart(hello);
+        Some((dialect, dropped))
+    }
+
+    /// Settles a pending resynchronisation with the bytes now buffered (see `Sync`).
+    /// Returns the hello's dialect and the bytes dropped before it when one was found.
+    fn settle(&mut self) -> Option<(Dialect, usize)> {
+        match self.sync {
+            Sync::InStep => None,
+            Sync::AfterSilence { at } => {
+                let after = self.decoder.peek().get(at..).unwrap_or_default();
+                if after.is_empty() {
+                    return None;
+                }
+                match match_hello(after) {
+                    HelloMatch::Hello(dialect) => {
+                        self.decoder.skip(at);
+                        self.sync = Sync::InStep;
+                        Some((dialect, at))
+                    }
+                    HelloMatch::Prefix => None,
+                    HelloMatch::No => {
+                        self.sync = Sync::InStep;
+                        None
+                    }
+                }
+            }
+            Sync::OutOfStep { skipped, reread } => {
+                let buffered = self.decoder.buffered();
+                match find_hello(self.decoder.peek()) {
+                    Some((at, HelloMatch::Hello(dialect))) => {
+                        self.decoder.skip(at);
+                        self.sync = Sync::InStep;
+                        let dropped = skipped.saturating_add(at).saturating_sub(reread);
+                        Some((dialect, dropped))
+                    }
+                    found => {
+                        // Keep what may still become a hello, drop the rest.
+                        let at = found.map_or(buffered, |(at, _)| at);
+                        self.decoder.skip(at);
+                        self.sync = Sync::OutOfStep {
+                            skipped: skipped.saturating_add(at),
+                            reread,
+                        };
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// A framing error on a device link: resynchronise on the next hello. Its first bytes
+    /// may already have been decoded (as the end of a stale packet): the search starts
+    /// in them (not counted as dropped: they were decoded).
+    fn lose_step(&mut self) {
+        let window = self.recent_and_buffered();
+        let reread = window.len().saturating_sub(self.decoder.buffered());
+        self.decoder.restart(&window);
         self.partial_since = None;
-        let n = self.decoder.buffered();
-        if n == 0 {
-            return None;
+        self.sync = Sync::OutOfStep { skipped: 0, reread };
+    }
+
+    /// What of the received bytes belongs to the next session when the transport hangs
+    /// up: from the last hello (or the start of one at the very end) among the buffered
+    /// bytes, counting one whose first bytes were decoded as a stale packet. Empty when
+    /// nothing is buffered (a hello decoded in step is the server's to judge).
+    pub(crate) fn hello_onwards(&self) -> Bytes {
+        if self.decoder.buffered() == 0 {
+            return Bytes::new();
         }
-        self.decoder.buffer_mut().clear();
-        self.stats.stale_partials_dropped += 1;
-        self.stats.stale_bytes_dropped += n as u64;
-        Some(n)
+        // (The decoded bytes in front are fewer than a hello: one found there reaches
+        // into the buffer, i.e. it was not decoded in step.)
+        let window = self.recent_and_buffered();
+        let before = window.len().saturating_sub(self.decoder.buffered());
+        let from = match rfind_hello(&window) {
+            Some((at, _)) => Some(at),
+            None => match find_hello(self.decoder.peek()) {
+                Some((at, HelloMatch::Prefix)) => Some(before.saturating_add(at)),
+                _ => None,
+            },
+        };
+        from.and_then(|at| window.get(at..))
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default()
     }
 
     pub(crate) fn check_room(&self) -> Result<(), UsageError> {
@@ -351,17 +540,16 @@ impl Core {
         if self.error.is_some() {
             return None;
         }
-        let k = self.keepalive?;
-        let dead = self.last_rx.checked_add(k);
-        let send = if self.send_keepalives {
-            self.last_tx.checked_add(k / 4)
-        } else {
-            None
+        let k = self.keepalive;
+        let dead = k.and_then(|k| self.last_rx.checked_add(k));
+        let send = match k {
+            Some(k) if self.send_keepalives => self.last_tx.checked_add(k / 4),
+            _ => None,
         };
-        match (dead, send) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [dead, send, self.silence_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// What is due at the current time (call after `tick`).
@@ -412,6 +600,22 @@ pub(crate) trait Input {
     fn on_violation(&mut self, violation: Violation);
     /// The stream cannot continue.
     fn on_fatal(&mut self, error: LinkError);
+    /// On a device link the decoder found a client's hello in `dialect` where the packet
+    /// boundaries were lost (debris before it is already dropped and reported, see
+    /// `Sync`); the hello is decoded next.
+    fn on_resync(&mut self, dialect: Dialect) {
+        let _ = dialect;
+    }
+}
+
+/// Reports a resynchronisation on a hello: the debris dropped before it, then the role's
+/// own reaction.
+fn resynced<M: Input>(m: &mut M, (dialect, dropped): (Dialect, usize)) {
+    let stats = &mut m.core().stats;
+    stats.stale_partials_dropped += 1;
+    stats.stale_bytes_dropped += dropped as u64;
+    m.on_violation(Violation::StalePartial { bytes: dropped });
+    m.on_resync(dialect);
 }
 
 /// The input loop of both machines: decode what is buffered while the event queue has
@@ -426,33 +630,86 @@ pub(crate) fn handle_bytes<M: Input>(
         return Err(e.clone());
     }
     m.core().tick(now);
-    if !data.is_empty()
-        && let Some(bytes) = m.core().drop_stale_partial()
-    {
-        m.on_violation(Violation::StalePartial { bytes });
+    if !data.is_empty() {
+        // A silence may have ended with these bytes without the timer having fired.
+        at_silence(m);
     }
     let consumed = feed_and_decode(m, data)?;
     if !data.is_empty() {
-        // Everything offered was taken and the buffer ends inside a packet: the machine
-        // waits for the peer, so silence from now on is the peer's. (When it pushed back,
-        // the bytes it left are already here: no silence can be measured.)
+        // Everything offered was taken and the machine waits for the peer (inside a
+        // packet): silence from now on is the peer's. (When it pushed back, the bytes it
+        // left are already here: no silence can be measured.)
         let core = m.core();
-        let waiting = consumed == data.len()
-            && core.decoder.buffered() > 0
-            && core.decoder.bytes_needed() > 0;
+        let waiting = consumed == data.len() && core.waits_for_peer();
         core.partial_since = waiting.then_some(core.now);
     }
     Ok(consumed)
 }
 
+/// Timers of the shared input path: the silence check of a device link (see `Sync`).
+/// Call from `handle_timeout` after `tick`.
+pub(crate) fn handle_timeout<M: Input>(m: &mut M) {
+    if m.core().error.is_some() {
+        return;
+    }
+    if at_silence(m) {
+        let _ = feed_and_decode(m, &[]);
+    }
+}
+
+/// Device links: the peer has been silent for `stale_partial_after` while the machine
+/// waited inside a packet. Decides what the bytes before the silence were, and arms the
+/// check of the bytes after it (see `Sync`). Returns whether it changed anything.
+fn at_silence<M: Input>(m: &mut M) -> bool {
+    let core = m.core();
+    if core.silence_deadline().is_none_or(|t| core.now < t) {
+        return false;
+    }
+    core.partial_since = None;
+    if let Sync::AfterSilence { .. } = core.sync {
+        // The bytes after the last silence were the start of a hello's signature and
+        // then nothing: a live sender's last bytes (it now waits for an answer).
+        core.sync = Sync::InStep;
+        let _ = feed_and_decode(m, &[]);
+    }
+    let core = m.core();
+    if core.sync != Sync::InStep {
+        return true;
+    }
+    match core.hello_before_silence() {
+        Some(found) => resynced(m, found),
+        None if core.waits_for_peer() => {
+            core.sync = Sync::AfterSilence {
+                at: core.decoder.buffered(),
+            };
+        }
+        None => {}
+    }
+    true
+}
+
 fn feed_and_decode<M: Input>(m: &mut M, data: &[u8]) -> Result<usize, LinkError> {
     let mut consumed = 0usize;
     loop {
+        if let Some(found) = m.core().settle() {
+            resynced(m, found);
+        }
         let header_known = m.prepare();
-        while header_known && m.has_room() && m.core().error.is_none() {
+        while header_known
+            && m.core().sync == Sync::InStep
+            && m.has_room()
+            && m.core().error.is_none()
+        {
             match m.core().next_frame() {
                 Ok(Some(frame)) => m.on_frame(frame),
                 Ok(None) => break,
+                Err(e) if e.is_fatal() && m.core().resync => {
+                    m.on_bad_packet(e);
+                    m.core().lose_step();
+                    if let Some(found) = m.core().settle() {
+                        resynced(m, found);
+                    }
+                }
                 Err(e) if e.is_fatal() => m.on_fatal(LinkError::Framing(e)),
                 Err(e) => m.on_bad_packet(e),
             }

@@ -101,11 +101,12 @@ pub enum Violation {
         packet: PacketType,
         why: &'static str,
     },
-    /// The start of a packet was followed by silence longer than
-    /// [`super::Limits::stale_partial_after`] and then by new bytes: line noise left by a
-    /// sender that died mid-write, dropped so that the new bytes decode from a packet start.
+    /// Device links: a new client's hello was found where the packet boundaries were lost
+    /// (next to a silence inside a packet, or after a framing error), and the `bytes` in
+    /// front of it were dropped as line noise left by a client that died mid-write (see
+    /// [`super::Limits::stale_partial_after`]). The session restarts at the hello.
     #[error(
-        "dropped {bytes} bytes of an unfinished packet after a silence (a sender died mid-write)"
+        "dropped {bytes} bytes of line noise before a new client's hello (a client died mid-write)"
     )]
     StalePartial { bytes: usize },
 }

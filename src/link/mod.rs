@@ -62,5 +62,5 @@ pub use config::{
 pub use core::Stats;
 pub use error::{LinkError, Refusal, UsageError, Violation};
 pub use event::{ClientEvent, Outcome, ServerEvent};
-pub use server::Server;
+pub use server::{Carryover, Server};
 pub use status::errno_text;

@@ -11,7 +11,8 @@ use super::{
     negotiate_keepalive, status,
 };
 use crate::wire::{
-    DecodeError, Dialect, Frame, Hello, Packet, PacketType, ProcInfoField, Sender, detect_dialect,
+    DecodeError, Dialect, Frame, HEADER_LEN, Hello, Packet, PacketType, ProcInfoField, Sender,
+    detect_dialect, hello_signature,
 };
 
 #[derive(Debug)]
@@ -63,6 +64,32 @@ pub struct Server {
     discard_unsent: bool,
     /// The answer to the client's first packet, when the connection is refused.
     refusal: Option<Refusal>,
+    /// The dialect of the previous session on the same port (see [`Server::resume_from`]):
+    /// used when the first bytes are not a hello.
+    fallback_dialect: Option<Dialect>,
+    /// The last packet decoded was this hello: its client has sent nothing since (see
+    /// [`Server::carryover`]).
+    last_hello: Option<LastHello>,
+}
+
+/// A hello that nothing has followed yet.
+#[derive(Debug)]
+struct LastHello {
+    /// Its bytes, as received.
+    bytes: Bytes,
+    /// `Stats::bytes_sent` once its reply has been polled.
+    reply_end: u64,
+}
+
+/// What the next session on the same device port inherits from one that ended with a
+/// hang-up (see [`Server::carryover`] and [`Server::resume_from`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Carryover {
+    /// Bytes the next session must read first: a new client's hello that arrived just
+    /// before the hang-up, and what followed it. Empty when there is none.
+    pub input: Bytes,
+    /// The dialect the ended session spoke, if it knew it.
+    pub dialect: Option<Dialect>,
 }
 
 impl Server {
@@ -74,6 +101,10 @@ impl Server {
             effective_keepalive(config.keepalive, config.limits.min_keepalive),
             false,
         );
+        if config.hello_resets_session {
+            // A device link: the packet boundaries can be lost, and a hello finds them.
+            core.enable_resync();
+        }
         Server {
             core,
             detected: config.dialect.is_some(),
@@ -83,7 +114,17 @@ impl Server {
             events: VecDeque::new(),
             discard_unsent: false,
             refusal: None,
+            fallback_dialect: None,
+            last_hello: None,
         }
+    }
+
+    /// Continues a device port whose previous session (another `Server` on the same
+    /// port) ended with a hang-up: if the first bytes are not a hello, they are read in
+    /// that session's dialect (the same client may go on: see [`Server::carryover`]).
+    /// Then feed `previous.input` as the first bytes.
+    pub fn resume_from(&mut self, previous: &Carryover) {
+        self.fallback_dialect = previous.dialect;
     }
 
     // ---- getters ----
@@ -157,9 +198,11 @@ impl Server {
         self.core.input_paused();
     }
 
-    /// Fires due keepalive timers. Spurious calls are no-ops.
+    /// Fires due timers: keepalives, and on a device link the check of a silence inside a
+    /// packet (see [`super::Limits::stale_partial_after`]). Spurious calls are no-ops.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.core.tick(now);
+        core::handle_timeout(self);
         match self.core.due() {
             Timeout::Nothing => {}
             Timeout::SendKeepalive => {
@@ -415,12 +458,48 @@ impl Server {
     /// [`ServerConfig::hello_resets_session`]): the runtime must drop the bytes it took
     /// from `poll_transmit` but has not written yet, and what the transport still holds
     /// if it can (e.g. `tcflush(TCOFLUSH)` on a tty): they belong to the old session. Check
-    /// it after every `handle_bytes`, before writing again. (The machine has already
+    /// it after every `handle_bytes` and `handle_timeout` (on a device link a timer can
+    /// find a new client's hello, see [`super::Limits::stale_partial_after`]), before
+    /// writing again. (The machine has already
     /// dropped what it held; its hello reply comes after.) Cutting a packet short here is
     /// fine: the new client skips anything before its hello reply (see
     /// [`super::ClientConfig::resync_before_hello`]).
     pub fn poll_discard_unsent(&mut self) -> bool {
         std::mem::take(&mut self.discard_unsent)
+    }
+
+    /// On a device link whose transport hung up (after [`Server::handle_eof`]): what
+    /// the next session on the same port must start with. `unwritten` is how many bytes
+    /// taken from `poll_transmit` the runtime never wrote.
+    ///
+    /// A hang-up is not always the last client's: a virtio-serial guest can read a new
+    /// client's hello before it learns that the previous host connection closed. So a
+    /// hello that arrived last — nothing from its client followed it, and its reply was
+    /// not entirely written — belongs to the next session, which answers it (DESIGN §8).
+    /// So do the bytes from a hello found among the unfinished bytes (a new client's hello
+    /// behind a dead one's debris), or the start of one at their very end. Everything
+    /// else buffered is debris of the client that hung up. Create the next session's
+    /// machine with the same cid (a client that did get the reply goes on with it), call
+    /// [`Server::resume_from`] and feed it [`Carryover::input`] first.
+    ///
+    /// Empty (and no dialect) on other links, where a hang-up ends the one client.
+    pub fn carryover(&self, unwritten: usize) -> Carryover {
+        if !self.config.hello_resets_session {
+            return Carryover::default();
+        }
+        let mut input = self.core.hello_onwards();
+        if input.is_empty()
+            && let Some(last) = &self.last_hello
+        {
+            let written = self.core.stats.bytes_sent.saturating_sub(unwritten as u64);
+            if written < last.reply_end {
+                input = last.bytes.clone();
+            }
+        }
+        Carryover {
+            input,
+            dialect: self.detected.then_some(self.core.dialect),
+        }
     }
 
     // ---- internals ----
@@ -506,6 +585,7 @@ impl Server {
     /// A bad packet: answered with 71 on its xid if that opens no live transaction. A
     /// hello that does not parse is refused (see the type docs).
     fn on_decode_error(&mut self, e: DecodeError) {
+        self.last_hello = None;
         let header = e.header().copied();
         self.violation(Violation::Decode(e));
         if let Some(refusal) = self.refusal {
@@ -533,10 +613,25 @@ impl Server {
             return self.send_refusal(refusal);
         }
         let cid = self.config.cid;
+        self.last_hello = None;
         if let Packet::Hello(hello) = &frame.packet
             && (frame.cid == 0 || frame.cid == cid)
         {
-            return self.on_hello(hello.clone());
+            self.on_hello(hello.clone());
+            if self.config.hello_resets_session {
+                let bytes = frame
+                    .packet
+                    .to_bytes(self.core.dialect, frame.cid, frame.xid);
+                self.last_hello = bytes.ok().map(|bytes| LastHello {
+                    bytes,
+                    reply_end: self
+                        .core
+                        .stats
+                        .bytes_sent
+                        .saturating_add(self.core.transmit_buffered() as u64),
+                });
+            }
+            return;
         }
         if frame.cid != cid {
             self.core.stats.foreign_cid_dropped += 1;
@@ -792,15 +887,32 @@ impl Input for Server {
             && self.core.transmit_buffered()
                 <= self.config.limits.max_transmit_buffer.saturating_mul(2)
     }
-    /// Detects the dialect from the client's first 8 bytes.
+    /// Detects the dialect from the client's first 8 bytes: a hello says it; anything else
+    /// is read in the previous session's dialect on a resumed port, else guessed (see
+    /// [`detect_dialect`]).
     fn prepare(&mut self) -> bool {
         if !self.detected
             && let Some(d) = detect_dialect(self.core.decoder.peek())
         {
-            self.core.set_dialect(d);
+            let first = self.core.decoder.peek().get(..HEADER_LEN);
+            let hello = [Dialect::V4, Dialect::Legacy3]
+                .into_iter()
+                .find(|&h| first == hello_signature(h).get(..HEADER_LEN));
+            self.core
+                .set_dialect(hello.or(self.fallback_dialect).unwrap_or(d));
             self.detected = true;
         }
         self.detected
+    }
+    /// A device link found a new client's hello where the packet boundaries were lost:
+    /// a new session starts here (its hello, decoded next, is in `dialect`).
+    fn on_resync(&mut self, dialect: Dialect) {
+        self.last_hello = None;
+        if dialect != self.core.dialect {
+            self.core.set_dialect(dialect);
+        }
+        self.detected = true;
+        self.reset_session();
     }
     fn on_frame(&mut self, frame: Frame) {
         Server::on_frame(self, frame)

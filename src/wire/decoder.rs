@@ -176,6 +176,24 @@ impl Decoder {
         len.saturating_sub(have)
     }
 
+    /// Drops the first `n` buffered bytes and forgets a framing error: for a caller that
+    /// found where the stream picks up again (e.g. a client's hello after line noise on a
+    /// device link, see [`super::find_hello`]).
+    pub fn skip(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.advance(n);
+        self.fatal = None;
+    }
+
+    /// Replaces the buffered bytes with `bytes` and forgets a framing error: for a caller
+    /// that found the stream's next packet start in bytes it had already decoded (a hello
+    /// whose first bytes completed a stale packet).
+    pub fn restart(&mut self, bytes: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(bytes);
+        self.fatal = None;
+    }
+
     /// The next whole packet, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
         if let Some(e) = &self.fatal {

@@ -30,6 +30,7 @@ mod header;
 mod packet;
 mod procinfo;
 mod reader;
+mod resync;
 
 pub use chunk::{DEFAULT_MAX_CHUNK, DataChunks, MAX_CHUNK, chunks, encode_data};
 pub use decoder::{Decoder, decode_frame};
@@ -37,6 +38,10 @@ pub use error::{DecodeError, EncodeError, PayloadError};
 pub use header::{Header, PacketType};
 pub use packet::{CommandRequest, Frame, Hello, Packet};
 pub use procinfo::{MAX_PROCINFO_FIELDS, ProcInfoField, field};
+pub use resync::{
+    HELLO_LEN, HELLO_SIGNATURE_LEN, HelloMatch, find_hello, hello_signature, match_hello,
+    rfind_hello,
+};
 
 use std::fmt;
 

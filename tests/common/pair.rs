@@ -673,3 +673,35 @@ pub fn raw_headers(dialect: Dialect, bytes: &[u8]) -> Vec<(u8, u16, u16, u16)> {
 pub fn packet(dialect: Dialect, cid: u16, xid: u16, p: Packet) -> Bytes {
     p.to_bytes(dialect, cid, xid).expect("test packet encodes")
 }
+
+/// A new client's hello in `dialect` (cid 0, xid 0, the dialect's version).
+pub fn hello_packet(dialect: Dialect, keepalive: u16) -> Bytes {
+    let (major, minor) = dialect.version();
+    packet(
+        dialect,
+        0,
+        0,
+        Packet::Hello(tuppence::wire::Hello {
+            major,
+            minor,
+            keepalive,
+        }),
+    )
+}
+
+/// A command request as root, without a tty or environment.
+pub fn command_packet(dialect: Dialect, cid: u16, xid: u16, command: &str, timeout: u32) -> Bytes {
+    packet(
+        dialect,
+        cid,
+        xid,
+        Packet::Command(tuppence::wire::CommandRequest {
+            user: Bytes::from_static(b"root"),
+            command: Bytes::copy_from_slice(command.as_bytes()),
+            timeout,
+            request_tty: 0,
+            reserved: [0, 0],
+            env: Vec::new(),
+        }),
+    )
+}

@@ -2,6 +2,11 @@
 //! the slave as `--serial` does, the tests are the host on the master. A pty, like a real
 //! line, has no disconnect: a client that vanishes leaves no trace, and the next client's
 //! bytes arrive on the same line.
+//!
+//! The virtio-serial port's behaviour is played by the same pty the other way round: the
+//! agent serves the *master* as a `VirtioPort` and the host opens and closes the slave.
+//! Like a guest's port, the master reads what the host wrote and then EOF (`EIO`) once no
+//! host has it open, reports `POLLHUP` while none does, and works again when one opens it.
 
 mod agent_harness;
 
@@ -44,11 +49,12 @@ impl Line {
 
     /// A client speaking hand-made 4.0 packets on the host's end.
     fn raw_client(&self) -> RawClient {
-        RawClient {
-            fd: self.master.try_clone().expect("dup master"),
-            dec: Decoder::new(Dialect::V4, Sender::Server),
-            cid: 0,
-        }
+        self.raw_client_in(Dialect::V4)
+    }
+
+    /// A client speaking hand-made packets of `dialect` on the host's end.
+    fn raw_client_in(&self, dialect: Dialect) -> RawClient {
+        RawClient::new(self.master.try_clone().expect("dup master"), dialect)
     }
 
     /// The host's end as a transport for `tuppence_blocking::Session`.
@@ -61,10 +67,20 @@ impl Line {
 struct RawClient {
     fd: OwnedFd,
     dec: Decoder,
+    dialect: Dialect,
     cid: u16,
 }
 
 impl RawClient {
+    fn new(fd: OwnedFd, dialect: Dialect) -> RawClient {
+        RawClient {
+            fd,
+            dec: Decoder::new(dialect, Sender::Server),
+            dialect,
+            cid: 0,
+        }
+    }
+
     fn send(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let n = rustix::io::write(&self.fd, bytes).expect("write to the line");
@@ -73,8 +89,22 @@ impl RawClient {
     }
 
     fn send_packet(&mut self, xid: u16, packet: &Packet) {
-        let bytes = packet.to_bytes(Dialect::V4, self.cid, xid).unwrap();
+        let bytes = self.encode(xid, packet);
         self.send(&bytes);
+    }
+
+    fn encode(&self, xid: u16, packet: &Packet) -> Bytes {
+        packet.to_bytes(self.dialect, self.cid, xid).unwrap()
+    }
+
+    /// This client's hello (said once: no retry, as the C client).
+    fn hello_packet(&self) -> Packet {
+        let (major, minor) = self.dialect.version();
+        Packet::Hello(Hello {
+            major,
+            minor,
+            keepalive: 0,
+        })
     }
 
     /// The next packet from the agent, `None` after `limit`.
@@ -134,14 +164,13 @@ impl RawClient {
     /// Says hello; the very first packet back must be the reply (nothing stale before
     /// it). Returns the cid.
     fn hello(&mut self) -> u16 {
-        self.send_packet(
-            0,
-            &Packet::Hello(Hello {
-                major: 4,
-                minor: 0,
-                keepalive: 0,
-            }),
-        );
+        let hello = self.hello_packet();
+        self.send_packet(0, &hello);
+        self.hello_reply()
+    }
+
+    /// Waits for the hello reply, which must be the first packet. Returns the cid.
+    fn hello_reply(&mut self) -> u16 {
         let frame = self.next_frame(PATIENCE).expect("hello reply");
         assert!(
             matches!(frame.packet, Packet::Hello(_)),
@@ -149,6 +178,16 @@ impl RawClient {
         );
         self.cid = frame.cid;
         frame.cid
+    }
+
+    /// Runs `sleep 100` on `xid`; returns its pid once it runs.
+    fn run_sleep(&mut self, xid: u16) -> u32 {
+        self.run(xid, "echo $$; exec sleep 100");
+        let out = self.frames_until(xid, |p| matches!(p, Packet::Data { channel: 1, .. }));
+        let Some(Packet::Data { data, .. }) = out.last() else {
+            unreachable!()
+        };
+        first_line_pid(data)
     }
 
     fn run(&mut self, xid: u16, command: &str) {
@@ -242,6 +281,11 @@ fn echo_hi(xid: u16, client: &mut RawClient) {
         channel: 1,
         data: Bytes::from_static(b"hi\n"),
     };
+    if client.dialect == Dialect::Legacy3 {
+        // 3.0: no EOF packets for stdout and stderr.
+        assert_eq!(got, [data, Packet::Major(0), Packet::Minor(0)]);
+        return;
+    }
     // (stdout's data comes before its EOF; stderr's EOF may come first)
     let eofs = [Packet::Eof { channel: 1 }, Packet::Eof { channel: 2 }];
     assert_eq!(got.len(), 5, "{got:?}");
@@ -266,29 +310,10 @@ fn new_client_on_a_serial_line_ends_the_vanished_clients_session() {
 
     let mut a = line.raw_client();
     let cid = a.hello();
-    a.run(1, "echo $$; exec sleep 100");
-    let out = a.frames_until(1, |p| matches!(p, Packet::Data { channel: 1, .. }));
-    let Some(Packet::Data { data, .. }) = out.last() else {
-        unreachable!()
-    };
-    let pid = first_line_pid(data);
+    let pid = a.run_sleep(1);
     let target = files.join("target.bin");
-    a.send_packet(
-        2,
-        &Packet::Inject {
-            user: Bytes::from(agent_harness_user()),
-            path: Bytes::from(target.to_str().unwrap().to_owned()),
-            mode: 0o600,
-        },
-    );
-    assert_eq!(a.frames_until(2, |_| true), vec![Packet::Major(0)]);
-    a.send_packet(
-        2,
-        &Packet::Data {
-            channel: 0,
-            data: Bytes::from_static(b"the first half of a file"),
-        },
-    );
+    let half = start_inject(&mut a, 2, &target, b"the first half of a file".to_vec());
+    a.send(&half);
     assert!(
         eventually(PATIENCE, || entries(files.path()).len() == 1),
         "no temporary file: {:?}",
@@ -351,10 +376,11 @@ fn stale_partial_packet_does_not_eat_the_next_hello() {
 }
 
 /// The same leftover, and the next client comes at once: its hello is glued to the
-/// leftover and lost. The client's retry (after a silence longer than the agent's limit)
-/// gets it through; `Session` with the device-link settings, as the CLI uses it.
+/// leftover. The agent finds it once the client has waited the port's limit for its reply
+/// (the client's own retry, after `DEVICE_HELLO_RETRY`, would get through too); `Session`
+/// with the device-link settings, as the CLI uses it.
 #[test]
-fn client_hello_retry_recovers_a_hello_glued_to_a_leftover() {
+fn a_session_connects_through_a_hello_glued_to_a_leftover() {
     let line = Line::open();
     let _agent = SerialAgent::start(quiet_config(), &line.slave);
     let mut a = line.raw_client();
@@ -369,10 +395,10 @@ fn client_hello_retry_recovers_a_hello_glued_to_a_leftover() {
         ClientConfig::default().for_device_link(),
         PATIENCE,
     )
-    .expect("connect through the retry");
+    .expect("connect through the leftover");
     assert!(
-        t0.elapsed() >= tuppence::link::DEVICE_HELLO_RETRY,
-        "connected before the retry: was the hello really glued? ({:?})",
+        t0.elapsed() >= tuppence::link::DEVICE_STALE_PARTIAL_AFTER,
+        "connected before the agent's limit: was the hello really glued? ({:?})",
         t0.elapsed()
     );
     assert_eq!(session.info().cid, cid);
@@ -390,24 +416,51 @@ fn client_hello_retry_recovers_a_hello_glued_to_a_leftover() {
 /// `ClientConfig::resync_before_hello`), as this test does by hand.
 #[test]
 fn old_output_backlog_does_not_reach_the_new_client() {
+    old_output_before_the_reply(false);
+}
+
+/// The same, when the vanished client also left the start of a packet: the new client's
+/// hello lands behind it and is found by the agent's timer when the silence after it
+/// reaches the port's limit. That reset drops the backlog just as well.
+#[test]
+fn old_output_backlog_does_not_reach_a_client_whose_hello_was_behind_a_leftover() {
+    old_output_before_the_reply(true);
+}
+
+/// Client A floods output it never reads and vanishes (after starting a packet it never
+/// finishes, with `leftover`); client B says hello. Returns after checking that what came
+/// before B's reply is no more than the pty itself holds.
+fn old_output_before_the_reply(leftover: bool) {
     let line = Line::open();
-    let _agent = SerialAgent::start(quiet_config(), &line.slave);
+    let _agent = SerialAgent::start(short_limit(), &line.slave);
     let mut a = line.raw_client();
     let cid = a.hello();
     a.run(1, "exec yes old-output");
     let first = a.frames_until(1, |p| matches!(p, Packet::Data { .. }));
     assert!(!first.is_empty());
-    drop(a);
     // Let the agent fill everything between the command and the line.
     std::thread::sleep(Duration::from_millis(500));
+    if leftover {
+        // (Right before B's hello: no silence between, so the agent finds the hello by
+        // its timer, when B has waited for the reply as long as the port's limit.)
+        let stdin = a.encode(
+            1,
+            &Packet::Data {
+                channel: 0,
+                data: Bytes::from(vec![b'i'; 100]),
+            },
+        );
+        a.send(&stdin[..20]);
+    }
+    drop(a);
 
     let mut b = line.raw_client();
-    let hello = Packet::Hello(Hello {
-        major: 4,
-        minor: 0,
-        keepalive: 0,
-    });
+    let hello = b.hello_packet();
     b.send_packet(0, &hello);
+    // B reads nothing for a while, so the line stays full: what the agent holds for the
+    // line is still its own when it finds the hello, and must be dropped then (the hello
+    // behind a leftover is found by the agent's timer).
+    std::thread::sleep(3 * LIMIT);
     let reply = hello.to_bytes(Dialect::V4, cid, 0).unwrap();
     let before = b.skip_to(&reply);
     b.cid = cid;
@@ -423,5 +476,244 @@ fn old_output_backlog_does_not_reach_the_new_client() {
     assert!(
         before < 128 * 1024,
         "{before} bytes of the old session came before the hello reply"
+    );
+}
+
+/// The port's settings with a short limit for silences inside packets (see
+/// `Limits::stale_partial_after`), so that the tests need not wait a second each time.
+fn short_limit() -> AgentConfig {
+    AgentConfig {
+        port_stale_partial_after: Some(LIMIT),
+        ..quiet_config()
+    }
+}
+
+const LIMIT: Duration = Duration::from_millis(300);
+
+/// Starts an inject to `target` on `xid` (the agent answers it is ready); returns the
+/// packet of `data` for it, not yet sent.
+fn start_inject(client: &mut RawClient, xid: u16, target: &Path, data: Vec<u8>) -> Bytes {
+    client.send_packet(
+        xid,
+        &Packet::Inject {
+            user: Bytes::from(agent_harness_user()),
+            path: Bytes::from(target.to_str().unwrap().to_owned()),
+            mode: 0o600,
+        },
+    );
+    assert_eq!(client.frames_until(xid, |_| true), vec![Packet::Major(0)]);
+    client.encode(
+        xid,
+        &Packet::Data {
+            channel: 0,
+            data: Bytes::from(data),
+        },
+    )
+}
+
+/// A live client that pauses for three times the port's limit in the middle of a data
+/// packet (a loaded host, a descheduled VM, a slow line) is not cut, although its data
+/// holds hellos (away from the pause): the inject completes byte-exact.
+#[test]
+fn a_client_pausing_mid_packet_on_a_serial_line_is_not_cut() {
+    for dialect in [Dialect::V4, Dialect::Legacy3] {
+        let line = Line::open();
+        let files = TempDir::new("pause");
+        let _agent = SerialAgent::start(short_limit(), &line.slave);
+        let mut a = line.raw_client_in(dialect);
+        a.hello();
+        let mut data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        for at in [500, 15_000] {
+            let hello = a.hello_packet().to_bytes(dialect, 0, 0).unwrap();
+            data[at..at + hello.len()].copy_from_slice(&hello);
+        }
+        let target = files.join("paused.bin");
+        let packet = start_inject(&mut a, 1, &target, data.clone());
+        a.send(&packet[..7000]);
+        // The client stalls (this is the scenario, not a wait for the agent).
+        std::thread::sleep(3 * LIMIT);
+        a.send(&packet[7000..]);
+        a.send_packet(1, &Packet::Eof { channel: 0 });
+        assert_eq!(
+            a.frames_until(1, |p| matches!(p, Packet::Minor(_))),
+            vec![Packet::Minor(0)],
+            "{dialect}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), data, "{dialect}");
+    }
+}
+
+/// A client dies in the middle of a data packet; the next client, which says hello once
+/// (as the C client) and in either dialect, comes at once: its hello lands behind the
+/// leftover. The agent finds it when the client has waited the limit for its reply (a
+/// strict client: the reply is the first packet it gets), ends the old session (the
+/// partial file is removed) and serves the new one.
+#[test]
+fn a_hello_once_client_after_a_client_died_mid_packet_on_a_serial_line() {
+    for new in [Dialect::V4, Dialect::Legacy3] {
+        let line = Line::open();
+        let files = TempDir::new("died");
+        let _agent = SerialAgent::start(short_limit(), &line.slave);
+        let mut a = line.raw_client();
+        let cid = a.hello();
+        let packet = start_inject(&mut a, 1, &files.join("half.bin"), vec![b'x'; 5000]);
+        a.send(&packet[..1234]);
+        assert!(
+            eventually(PATIENCE, || entries(files.path()).len() == 1),
+            "no temporary file"
+        );
+        drop(a);
+
+        let mut b = line.raw_client_in(new);
+        assert_eq!(b.hello(), cid, "{new}");
+        echo_hi(1, &mut b);
+        assert!(
+            eventually(PATIENCE, || entries(files.path()).is_empty()),
+            "{new}: the dead client's partial file is still there: {:?}",
+            entries(files.path())
+        );
+    }
+}
+
+/// A C client (3.0) after a tuppence client (4.0) on the same line, and back: read in the
+/// session's dialect, the new hello is a framing error (length 0). On a port that does not
+/// end the link: the session switches to the hello's dialect and serves the new client.
+#[test]
+fn clients_of_both_dialects_take_turns_on_a_serial_line() {
+    let line = Line::open();
+    let _agent = SerialAgent::start(quiet_config(), &line.slave);
+    let mut cid = None;
+    for dialect in [Dialect::V4, Dialect::Legacy3, Dialect::V4, Dialect::Legacy3] {
+        let mut client = line.raw_client_in(dialect);
+        let got = client.hello();
+        assert_eq!(
+            *cid.get_or_insert(got),
+            got,
+            "{dialect}: the port was reopened"
+        );
+        echo_hi(1, &mut client);
+    }
+}
+
+/// Where the virtio test's agent process writes the path of its pty's slave.
+const PTY_FILE: &str = "TUPPENCE_TEST_VIRTIO_PTY";
+
+/// The agent process of the virtio test below, when started by it (does nothing
+/// otherwise): it serves a pty's master as a virtio-serial port and says where the slave
+/// is. A process, so that the test can freeze it (SIGSTOP) while the host acts.
+#[test]
+#[ignore = "the agent process the virtio test starts; not a test by itself"]
+fn virtio_agent_process() {
+    use std::fs::File;
+    use tuppence_transport::VirtioPort;
+    let Some(file) = std::env::var_os(PTY_FILE).map(PathBuf::from) else {
+        return;
+    };
+    // Die with the test thread that started us, whatever happens to it.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let line = Line::open();
+    let port = VirtioPort::from_file(
+        File::from(line.master.try_clone().unwrap()),
+        "pty master standing in for a virtio-serial port",
+    );
+    let mut agent = Agent::new(quiet_config()).unwrap();
+    agent.add_listener(Listener::Virtio(port)).unwrap();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, line.slave.to_str().unwrap()).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    assert_eq!(agent.run().unwrap(), RunEnd::Quit);
+}
+
+/// The virtio test's agent process; killed at drop.
+struct ChildAgent(std::process::Child);
+
+impl ChildAgent {
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.0);
+        rustix::process::kill_process(pid, signal).expect("signal the agent process");
+    }
+}
+
+impl Drop for ChildAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One host connection to the virtio port played by a pty: the slave, opened raw.
+fn virtio_host(slave: &Path) -> RawClient {
+    let fd = rustix::fs::open(
+        slave,
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("open the pty slave");
+    let mut t = rustix::termios::tcgetattr(&fd).expect("tcgetattr");
+    t.make_raw();
+    rustix::termios::tcsetattr(&fd, rustix::termios::OptionalActions::Now, &t).expect("tcsetattr");
+    RawClient::new(fd, Dialect::V4)
+}
+
+/// A virtio-serial port, played by a pty: the agent serves the master as a `VirtioPort`,
+/// each host connection opens the slave. A guest can read a new client's hello and only
+/// then learn that the previous host connection closed (QEMU's control messages and data
+/// travel apart): the hello, then EOF, in one read. That hello belongs to the port's next
+/// session, which must answer it, with the port's cid (the client says hello once; one
+/// that got the reply earlier goes on with that cid). Here the agent process is frozen
+/// while the hello is written and the host connection closes, so it reads both at once.
+#[test]
+fn a_hello_read_just_before_the_port_hung_up_is_answered_by_the_next_session() {
+    let dir = TempDir::new("virtio");
+    let file = dir.join("slave");
+    let agent = ChildAgent(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "virtio_agent_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PTY_FILE, &file)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(PATIENCE, || file.exists()),
+        "the agent process did not start"
+    );
+    let slave = PathBuf::from(std::fs::read_to_string(&file).unwrap());
+
+    let mut a = virtio_host(&slave);
+    let cid = a.hello();
+    let pid = a.run_sleep(1);
+
+    agent.signal(rustix::process::Signal::STOP);
+    let hello = a.hello_packet().to_bytes(Dialect::V4, 0, 0).unwrap();
+    a.send(&hello);
+    drop(a);
+    agent.signal(rustix::process::Signal::CONT);
+    // (Room for the agent to read the hello and the EOF before the next host connects:
+    // connecting earlier would undo the hang-up. Not an assertion.)
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The next host connection: the client that sent the hello listens for the reply.
+    let mut b = virtio_host(&slave);
+    let reply = Packet::Hello(Hello {
+        major: 4,
+        minor: 0,
+        keepalive: 0,
+    })
+    .to_bytes(Dialect::V4, cid, 0)
+    .unwrap();
+    b.skip_to(&reply);
+    b.cid = cid;
+    echo_hi(1, &mut b);
+    assert!(
+        eventually(PATIENCE, || dead(pid)),
+        "the old session's sleep survived"
     );
 }

@@ -365,9 +365,10 @@ pub struct ServeArgs {
     /// agent notice sooner when nobody comes.
     #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = parse_keepalive)]
     pub port_keepalive: u16,
-    /// On serial and virtio ports, the start of a packet followed by this much silence is
-    /// dropped as line noise when more bytes arrive (what a client that died mid-write
-    /// left behind must not eat the next client's hello); 0 = never.
+    /// On serial and virtio ports, a silence this long inside a packet next to a new
+    /// client's hello (just before it, or just after: the client waits for its reply)
+    /// drops the unfinished packet in front of the hello as line noise left by a client
+    /// that died mid-write; a client that merely pauses is never cut. 0 = never.
     #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_seconds)]
     pub port_partial_timeout: f64,
     /// Only these users may be run as or act as (repeatable) [default: any]. Monitors then

@@ -117,6 +117,26 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         n
     }
 
+    /// Bytes for the machine to read before anything from the transport, as if they had
+    /// just been read (fed on the next [`pump_read`](Self::pump_read), with the same
+    /// backpressure). For a device port's next session: what the previous session's
+    /// machine handed over at its hang-up (`tuppence::link::Server::carryover`). Returns
+    /// how many were taken: at most the receive buffer's size, less what it still holds.
+    pub fn preload(&mut self, bytes: &[u8]) -> usize {
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        }
+        let room = self.rx.len().saturating_sub(self.rx_end);
+        let n = bytes.len().min(room);
+        let end = self.rx_end.saturating_add(n);
+        if let (Some(dst), Some(src)) = (self.rx.get_mut(self.rx_end..end), bytes.get(..n)) {
+            dst.copy_from_slice(src);
+            self.rx_end = end;
+        }
+        n
+    }
+
     /// The transport reached end of stream (already reported to the machine).
     pub fn is_eof(&self) -> bool {
         self.eof
@@ -242,10 +262,15 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         }
     }
 
-    /// Fires the machine's timers if due.
+    /// Fires the machine's timers if due. A timer can start a new session too (a device
+    /// link finds a new client's hello when the silence after it is long enough): then
+    /// the old session's unwritten bytes are dropped here, as after input.
     pub fn pump_timers(&mut self, now: Instant) {
         if self.machine.poll_timeout().is_some_and(|t| t <= now) {
             self.machine.handle_timeout(now);
+            if self.machine.poll_discard_unsent() {
+                self.discard_unsent();
+            }
         }
     }
 

@@ -289,3 +289,39 @@ fn a_peer_that_does_not_read_pushes_back_into_the_machine() {
     );
     assert!(link.unwritten() <= 512 * 1024, "{}", link.unwritten());
 }
+
+/// A device port's next session starts with what the previous one handed over at its
+/// hang-up (`Server::carryover`): preloaded bytes are read before the transport, as if
+/// just received, and answered over it.
+#[test]
+fn preloaded_bytes_are_read_before_the_transport() {
+    let (mut host, agent_end) = UnixStream::pair().unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    agent_end.set_nonblocking(true).unwrap();
+    let now = Instant::now();
+    let server = Server::new(ServerConfig::default().for_device_link(), now);
+    let mut link = LinkIo::new(agent_end, server);
+    let hello = Packet::Hello(Hello {
+        major: 4,
+        minor: 0,
+        keepalive: 0,
+    })
+    .to_bytes(Dialect::V4, 0, 0)
+    .unwrap();
+    assert_eq!(link.preload(&hello), hello.len());
+    // Nothing on the socket yet: the hello comes from the preload.
+    assert!(link.can_read_more());
+    assert!(link.pump_read(now).unwrap());
+    assert!(matches!(
+        link.machine_mut().poll_event(),
+        Some(ServerEvent::Hello { .. })
+    ));
+    link.pump_write(now).unwrap();
+    let mut reply = [0u8; 12];
+    host.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[0], b'h');
+    // A preload never takes more than the receive buffer holds.
+    let huge = vec![0u8; 1 << 20];
+    assert!(link.preload(&huge) < huge.len());
+}

@@ -51,6 +51,12 @@ pub(crate) trait LinkState: Send + 'static {
     /// `Client::poll_transmit_segments`.
     fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize;
     fn poll_timeout(&self) -> Option<Instant>;
+    /// Whether the bytes taken from `poll_transmit_segments` but not written must be
+    /// dropped: a hello started a new session on a device link (see
+    /// `Server::poll_discard_unsent`). Never for a client.
+    fn poll_discard_unsent(&mut self) -> bool {
+        false
+    }
     fn transmit_buffered(&self) -> usize;
     fn error(&self) -> Option<&LinkError>;
     /// Moves events from the machine towards their consumers, collecting the wakers to
@@ -363,6 +369,11 @@ where
             {
                 self.rx_start = self.rx_start.saturating_add(n);
                 progress |= n > 0;
+            }
+            // (After input and timers alike: either can start a new session.)
+            if g.link.poll_discard_unsent() {
+                self.tx.clear();
+                self.tx_len = 0;
             }
             if self.eof && self.rx_start >= self.rx_end && !self.eof_fed {
                 self.eof_fed = true;

@@ -86,6 +86,9 @@ impl LinkState for ServerState {
     fn poll_timeout(&self) -> Option<Instant> {
         self.server.poll_timeout()
     }
+    fn poll_discard_unsent(&mut self) -> bool {
+        self.server.poll_discard_unsent()
+    }
     fn transmit_buffered(&self) -> usize {
         self.server.transmit_buffered()
     }

@@ -681,3 +681,90 @@ fn a_refusal_reaches_the_session_as_its_reason() {
         other => panic!("expected the refusal, got {:?}", other.err()),
     }
 }
+
+/// An app whose every command floods stdout until the machine refuses (its session ended).
+struct Flood;
+
+impl tuppence_smol::App for Flood {
+    async fn handle(
+        &mut self,
+        event: tuppence::link::ServerEvent,
+        agent: &tuppence_smol::Responder,
+    ) {
+        if let tuppence::link::ServerEvent::RunCommand { xid, .. } = event {
+            while agent.output(xid, 1, vec![b'o'; 65536]).await.is_ok() {}
+        }
+    }
+}
+
+/// `serve` on a device link (one byte pipe, successive clients): a new client's hello
+/// ends the vanished client's session, and the output the pump had taken for it but not
+/// written is dropped with the machine's own queue (`Server::poll_discard_unsent`), not
+/// sent to the new client before its reply. (Only what the socket already holds comes
+/// first.)
+#[test]
+fn a_new_hello_on_a_device_link_drops_the_old_sessions_unsent_output() {
+    smol::block_on(guard(20, async {
+        let (mut host, b) = Async::<UnixStream>::pair().unwrap();
+        let config = ServerConfig {
+            keepalive: 0,
+            ..ServerConfig::default()
+        }
+        .for_device_link();
+        let _server = smol::spawn(tuppence_smol::serve(b, config, Flood));
+        let hello = Packet::Hello(Hello {
+            major: 4,
+            minor: 0,
+            keepalive: 0,
+        });
+        let command = Packet::Command(tuppence::wire::CommandRequest {
+            user: "root".into(),
+            command: "flood".into(),
+            timeout: 0,
+            request_tty: 0,
+            reserved: [0, 0],
+            env: Vec::new(),
+        });
+        // Client A: hello, a command; reads a little of its output and vanishes.
+        host.write_all(&hello.to_bytes(Dialect::V4, 0, 0).unwrap())
+            .await
+            .unwrap();
+        host.write_all(&command.to_bytes(Dialect::V4, 1, 1).unwrap())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0;
+        while got < 100_000 {
+            got += host.read(&mut buf).await.unwrap();
+        }
+        // The server fills the socket and its own queues; then client B says hello on
+        // the same pipe, and reads nothing until the server has surely read it.
+        Timer::after(Duration::from_millis(300)).await;
+        host.write_all(&hello.to_bytes(Dialect::V4, 0, 0).unwrap())
+            .await
+            .unwrap();
+        Timer::after(Duration::from_millis(300)).await;
+        let reply = hello.to_bytes(Dialect::V4, 1, 0).unwrap();
+        let mut seen = Vec::new();
+        let before = loop {
+            if let Some(at) = seen.windows(reply.len()).position(|w| w == &reply[..]) {
+                break at;
+            }
+            let n = host.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed the link");
+            seen.extend_from_slice(&buf[..n]);
+        };
+        // What a unix socket holds in flight: the sender's buffer (the default size).
+        let socket: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_default")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(212_992);
+        println!("{before} bytes of the old session before the reply (socket buffer: {socket})");
+        // Without the discard the pump's own backlog (up to the machine's 1 MiB transmit
+        // limit) came first too.
+        assert!(
+            before <= 2 * socket + 128 * 1024,
+            "{before} bytes of the old session came before the hello reply"
+        );
+    }));
+}

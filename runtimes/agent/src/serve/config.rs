@@ -24,9 +24,11 @@ pub struct AgentConfig {
     /// Keepalive offered on serial and virtio ports, seconds; 0 = off (a tty has no
     /// disconnect, so silence is normal there).
     pub port_keepalive: u16,
-    /// On serial and virtio ports, the start of a packet followed by this much silence is
-    /// dropped as line noise when new bytes arrive (a client that died mid-write must not
-    /// eat the next client's hello: see `Limits::stale_partial_after`). `None` = never.
+    /// On serial and virtio ports, how long a silence inside a packet must be for the
+    /// agent to look for a new client's hello next to it and drop the unfinished packet
+    /// in front of one (a client that died mid-write must not eat the next client's
+    /// hello; a live client that pauses is never cut: see `Limits::stale_partial_after`).
+    /// `None` = never.
     pub port_stale_partial_after: Option<Duration>,
     /// Users commands and transfers may run as, and monitors read as
     /// ([`crate::sources::ReadAs`]); `None` = any.

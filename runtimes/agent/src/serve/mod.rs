@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mio::Interest;
 use tracing::{debug, info, warn};
-use tuppence::link::{Limits, Server, ServerConfig, ServerEvent};
+use tuppence::link::{Carryover, Limits, Server, ServerConfig, ServerEvent};
 use tuppence::wire::{ProcInfoField, field};
 use tuppence_mio::{ConnId, Driver, ExtraId, ExtraReady, LinkIo};
 use tuppence_transport::{Listener, Transport, TransportKind};
@@ -100,6 +100,12 @@ struct ListenerSlot {
     /// Device listeners (serial, virtio): when to try `accept` next, and their one link.
     retry_at: Option<Instant>,
     device_conn: Option<ConnId>,
+    /// Device listeners: the port's cid, the same for every session on it (a client that
+    /// got its hello reply just before a hang-up goes on with it in the next session).
+    cid: Option<u16>,
+    /// Device listeners: what the last session, ended by a hang-up, handed over to the
+    /// next one (a new client's hello read just before it: see `Server::carryover`).
+    carry: Option<Carryover>,
 }
 
 struct Conn {
@@ -217,6 +223,8 @@ impl Agent {
             listener,
             retry_at,
             device_conn: None,
+            cid: None,
+            carry: None,
         });
         Ok(())
     }
@@ -313,8 +321,21 @@ impl Agent {
     ) -> io::Result<ConnId> {
         transport.set_nonblocking(true)?;
         let kind = transport.kind();
-        let cid = self.allocate_cid();
         let device = matches!(kind, TransportKind::Serial | TransportKind::Virtio);
+        let port = listener
+            .filter(|_| device)
+            .and_then(|i| self.listeners.get(i).map(|slot| (slot.cid, i)));
+        let cid = match port {
+            Some((Some(cid), _)) => cid,
+            _ => self.allocate_cid(),
+        };
+        let carry = match port {
+            Some((_, i)) => self.listeners.get_mut(i).and_then(|slot| {
+                slot.cid = Some(cid);
+                slot.carry.take()
+            }),
+            None => None,
+        };
         let keepalive = if device {
             self.config.port_keepalive
         } else {
@@ -339,8 +360,21 @@ impl Agent {
             server_config.hello_resets_session = true;
             server_config.limits.stale_partial_after = self.config.port_stale_partial_after;
         }
-        let server = Server::new(server_config, Instant::now());
-        let id = self.driver.add(LinkIo::new(transport, server))?;
+        let mut server = Server::new(server_config, Instant::now());
+        if let Some(carry) = &carry {
+            server.resume_from(carry);
+        }
+        let mut link = LinkIo::new(transport, server);
+        if let Some(carry) = carry.filter(|c| !c.input.is_empty()) {
+            link.preload(&carry.input);
+            // Rare enough to say: the hello came just before the port hung up.
+            info!(
+                cid,
+                bytes = carry.input.len(),
+                "a new client's hello arrived as the port hung up: answered in this session"
+            );
+        }
+        let id = self.driver.add(link)?;
         self.trail.push(&AuditEvent::Connect { cid, peer: &peer });
         if self.config.audit {
             info!(cid, peer = %Quoted::str(&peer), transport = kind.as_str(), "client connected");
@@ -371,7 +405,11 @@ impl Agent {
         loop {
             let cid = self.next_cid;
             self.next_cid = self.next_cid.checked_add(1).unwrap_or(1);
-            if cid != 0 && !self.conns.values().any(|c| c.cid == cid) {
+            // (A port keeps its cid between sessions.)
+            if cid != 0
+                && !self.conns.values().any(|c| c.cid == cid)
+                && !self.listeners.iter().any(|l| l.cid == Some(cid))
+            {
                 return cid;
             }
         }
@@ -428,6 +466,9 @@ impl Agent {
         for (id, mut link, err) in self.driver.take_failed() {
             // What the machine queued last (a refusal, status answers) still goes out.
             let _ = link.flush_now(now);
+            // What a device port's next session must read first (its bytes were read
+            // here): taken once the last answers are out, before the link is dropped.
+            let carry = link.machine().carryover(link.unwritten());
             drop(link);
             // An fd came free: a starved listener is tried again at once.
             self.busy |= self.gate.has_starved();
@@ -453,6 +494,8 @@ impl Agent {
             {
                 slot.device_conn = None;
                 slot.retry_at = Some(now);
+                // What the port's next session must read first (its bytes were read here).
+                slot.carry = Some(carry);
             }
         }
     }
