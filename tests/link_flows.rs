@@ -152,11 +152,14 @@ fn client_limited<A: Agent>(dialect: Dialect, limits: Limits, agent: A) -> Pair<
     )
 }
 
+/// A pair with these keepalive settings and no client command deadlines (a 3.0 command
+/// without a timeout is sent 60 s and would get one), so that only keepalives act.
 fn with_keepalive(dialect: Dialect, client: u16, server: u16) -> Pair<ScriptedAgent> {
     Pair::with_agent(
         ClientConfig {
             dialect,
             keepalive: client,
+            deadline_grace: None,
             ..ClientConfig::default()
         },
         ServerConfig {
