@@ -30,5 +30,5 @@ mod stream;
 
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, MonitorEvent, Output, Run, RunEvent};
-pub use session::{ConnectInfo, Session};
+pub use session::{AbortHandle, ConnectInfo, Session};
 pub use stream::Stream;

@@ -1,5 +1,6 @@
 //! The operations of a session: commands, transfers, monitors.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -7,6 +8,7 @@ use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, future};
 use tuppence::link::{ClientEvent, Command, Outcome, Signal, UsageError};
 use tuppence::wire::ProcInfoField;
+use tuppence_transport::LocalFile;
 
 use crate::client::{Batch, Deferred, SEND_PIECE};
 use crate::{Error, Session};
@@ -175,6 +177,30 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// Copies `path` from the system under test (read as `user`) to the local `dest`,
+    /// opened as `cp` opens its destination ([`LocalFile`]): a new or regular file is
+    /// written to a temporary and renamed into place only when the whole file arrived; a
+    /// FIFO, device or `-` (stdout) is written in place; a symbolic link is followed; an
+    /// existing directory gets the remote file's name inside it. Opening, writing and the
+    /// final rename run on smol's blocking pool (opening a FIFO waits for its reader).
+    /// Returns the number of bytes received; a failed write is an error, never dropped.
+    pub async fn extract_to(
+        &self,
+        user: impl AsRef<[u8]>,
+        path: impl AsRef<[u8]>,
+        dest: impl AsRef<Path>,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let dest = dest.as_ref().to_owned();
+        let remote = String::from_utf8_lossy(path.as_ref()).into_owned();
+        let file = smol::unblock(move || LocalFile::for_extract(&dest, &remote)).await?;
+        let mut sink = smol::Unblock::new(file);
+        let n = self.extract(user, path, &mut sink, progress).await?;
+        let file = sink.into_inner().await;
+        smol::unblock(move || file.commit()).await?;
+        Ok(n)
     }
 
     /// Subscribes to an event source of the agent (`agent`, `kmsg`, `file:PATH`).
