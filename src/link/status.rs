@@ -11,6 +11,9 @@ pub const EINTR: u32 = 4;
 pub const EAGAIN: u32 = 11;
 /// Major status of a command killed by a signal (minor = signal number).
 pub const EFAULT: u32 = 14;
+/// An extract's file shrank while the agent read it (it was truncated or rewritten in
+/// place): the bytes received are not a state the file was ever in.
+pub const ENODATA: u32 = 61;
 /// The request was not understood.
 pub const EPROTO: u32 = 71;
 
@@ -33,6 +36,7 @@ pub fn errno_text(errno: u32) -> String {
         28 => "No space left on device",
         30 => "Read-only file system",
         36 => "File name too long",
+        61 => "No data available",
         71 => "Protocol error (request not understood)",
         _ => return format!("errno {errno}"),
     };

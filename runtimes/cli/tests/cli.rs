@@ -656,3 +656,92 @@ fn protocol_violations_are_logged_a_bounded_number_of_times() {
     assert_eq!(logged, 10);
     assert!(summary.contains("violations=100"), "{summary}");
 }
+
+// ---------------------------------------------------------------- client side (#13, #14)
+
+/// Runs the binary with `input` on stdin and its stdout read slowly (a consumer that keeps
+/// the output pipe full), killing it if it has not exited within `limit`: a hang fails the
+/// test with what came back so far instead of hanging the test run.
+fn run_slow_reader(args: &[&str], input: Vec<u8>, limit: Duration) -> (Output, usize) {
+    let mut child = tuppence()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tuppence");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    let _ = tx.send(out.len());
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+        out
+    });
+    let deadline = Instant::now() + limit;
+    let mut seen = 0;
+    let status = loop {
+        while let Ok(n) = rx.try_recv() {
+            seen = n;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tuppence {args:?} hung: killed after {limit:?}, {seen} bytes of output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    let stdout = reader.join().expect("reader");
+    let mut stderr = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_end(&mut stderr);
+    }
+    let n = stdout.len();
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        n,
+    )
+}
+
+/// #13.1: large stdin through `cat` with slowly drained output, on every kind of target
+/// and in both dialects, repeated: the client must never stop reading while it writes.
+#[test]
+fn large_stdin_through_cat_with_a_slow_reader_does_not_hang() {
+    const SIZE: usize = 30_000_000;
+    let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 253) as u8).collect();
+    let server = Server::start(&[]);
+    let legacy = format!("legacy+{}", server.target);
+    for target in ["local", server.target.as_str(), legacy.as_str()] {
+        for round in 0..2 {
+            let (out, n) = run_slow_reader(
+                &["run", "-t", target, "--timeout", "120", "--", "cat"],
+                data.clone(),
+                Duration::from_secs(60),
+            );
+            assert_eq!(code(&out), 0, "{target} #{round}: {}", stderr(&out));
+            assert_eq!(n, SIZE, "{target} #{round}");
+            assert!(out.stdout == data, "{target} #{round}: output differs");
+        }
+    }
+}
