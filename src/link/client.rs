@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::core::{self, Core, Input, Stats, Timeout};
 use super::{
-    ClientConfig, ClientEvent, Command, DEFAULT_COMMAND_TIMEOUT_SECS, LinkError, Outcome, Signal,
-    UsageError, Violation, effective_keepalive,
+    ClientConfig, ClientEvent, Command, LinkError, Outcome, Signal, UsageError, Violation,
+    effective_keepalive,
 };
 use crate::wire::{
     CommandRequest, Dialect, Frame, HEADER_LEN, Header, Hello, Packet, PacketType, Sender, chunks,
@@ -239,16 +239,13 @@ impl Client {
 
     /// Starts a command; returns its xid.
     ///
-    /// The timeout sent is the command's; without one (0), a 4.0 agent applies its own
-    /// default, while a 3.0 agent is sent [`DEFAULT_COMMAND_TIMEOUT_SECS`] (the C executor
-    /// would read 0 as 12 s). A command with a timeout also gets a client deadline (see
+    /// The timeout sent is [`Command::timeout_secs_in`] the dialect: without one, a 4.0
+    /// agent applies its own default, while a 3.0 agent is sent 60 s (the C executor would
+    /// read 0 as 12 s). A command with a timeout also gets a client deadline (see
     /// [`ClientConfig::deadline_grace`]). Refused with [`UsageError::TooLarge`] when user,
     /// command and environment do not fit in one packet of the dialect.
     pub fn run(&mut self, cmd: Command) -> Result<u16, UsageError> {
-        let timeout = match (cmd.timeout_secs, self.config.dialect) {
-            (0, Dialect::Legacy3) => DEFAULT_COMMAND_TIMEOUT_SECS,
-            (t, _) => t,
-        };
+        let timeout = cmd.timeout_secs_in(self.config.dialect);
         let deadline = match self.config.deadline_grace {
             Some(grace) if timeout > 0 => {
                 Deadline::Unarmed(Duration::from_secs(u64::from(timeout)).saturating_add(grace))

@@ -401,9 +401,9 @@ impl Session {
         self.shared.notify(&st);
     }
 
-    /// Asks the agent to exit, waits (up to a few seconds) until the request is written,
-    /// and closes this session.
-    pub fn quit(self) -> Result<(), Error> {
+    /// Asks the agent to exit and waits (up to a few seconds) until the request is written.
+    /// The agent then closes the connection.
+    pub fn quit(&self) -> Result<(), Error> {
         self.act(|c| c.quit())?;
         if !self.flush(Some(CLOSE_GRACE))? {
             return Err(Error::Io(io::Error::new(
@@ -412,6 +412,12 @@ impl Session {
             )));
         }
         Ok(())
+    }
+
+    /// The machine's counters (packets, drops, violations, command deadlines that expired
+    /// on this side).
+    pub fn stats(&self) -> tuppence::link::Stats {
+        self.shared.lock().client.stats().clone()
     }
 
     /// True once the connection has failed or closed.

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -196,9 +197,19 @@ impl Session {
         let dest = dest.as_ref().to_owned();
         let remote = String::from_utf8_lossy(path.as_ref()).into_owned();
         let file = smol::unblock(move || LocalFile::for_extract(&dest, &remote)).await?;
-        let mut sink = smol::Unblock::new(file);
-        let n = self.extract(user, path, &mut sink, progress).await?;
-        let file = sink.into_inner().await;
+        let failure = Arc::new(Mutex::new(None));
+        let mut sink = smol::Unblock::new(Recording {
+            file,
+            failure: failure.clone(),
+        });
+        let result = self.extract(user, path, &mut sink, progress).await;
+        // `Unblock` reports a failed write as "write zero"; say what really failed.
+        let recorded = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let n = match (result, recorded) {
+            (Err(Error::Local { .. }), Some(e)) => return Err(Error::local("write", e)),
+            (r, _) => r?,
+        };
+        let file = sink.into_inner().await.file;
         smol::unblock(move || file.commit()).await?;
         Ok(n)
     }
@@ -527,5 +538,36 @@ impl Drop for Transfer<'_> {
             self.session.act_or_defer(self.xid, Deferred::Abort);
             self.session.detach(self.xid);
         }
+    }
+}
+
+/// The destination of `extract_to`, written on smol's blocking pool: keeps the first write
+/// error, which `Unblock` would turn into a bare "write zero".
+struct Recording {
+    file: LocalFile,
+    failure: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl std::io::Write for Recording {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.record(e))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().map_err(|e| self.record(e))
+    }
+}
+
+impl Recording {
+    /// Keeps `e` (the first one) and returns an error of the same kind to `Unblock`.
+    fn record(&self, e: std::io::Error) -> std::io::Error {
+        let copy = match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        copy
     }
 }
