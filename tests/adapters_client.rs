@@ -366,3 +366,40 @@ fn smol_extract_to_follows_cp() {
         smol::block_on(session.extract_to(&user, remote, dest, |_| {})).map_err(|e| e.to_string())
     });
 }
+
+/// The blocking session's `AbortHandle` ends a transfer stuck waiting for the agent (here
+/// one that never answers), and the agent is sent the interrupt that makes it clean up.
+#[test]
+fn blocking_abort_handle_ends_a_stuck_inject() {
+    for dialect in [Dialect::V4, Dialect::Legacy3] {
+        let (stream, log) = silent_agent();
+        let session =
+            tuppence_blocking::Session::new(stream, config(dialect), LIMIT).expect("session");
+        let abort = session.abort_handle();
+        let started = Instant::now();
+        let r = thread::scope(|s| {
+            let t = s.spawn(|| session.inject("root", "/tmp/x", 0o644, &b"data"[..], |_| {}));
+            // Once the request is out, the inject waits for an answer that never comes.
+            let deadline = Instant::now() + LIMIT;
+            while !log
+                .lock()
+                .expect("log")
+                .iter()
+                .any(|p| matches!(p, Packet::Inject { .. }))
+            {
+                assert!(Instant::now() < deadline, "no inject request");
+                thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(abort.abort(), 1);
+            t.join().expect("inject thread")
+        });
+        assert!(
+            matches!(r, Err(tuppence_blocking::Error::Aborted)),
+            "{dialect}: {r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{dialect}");
+        assert_killed(dialect, &log);
+        // Nothing else is aborted afterwards.
+        assert_eq!(abort.abort(), 0);
+    }
+}

@@ -214,7 +214,6 @@ fn blocking_legacy3() {
 // ---------------------------------------------------------------------------- smol
 
 fn smol_adapter(dialect: Dialect) {
-    use futures_lite::StreamExt;
     for round in 0..REPEAT {
         let progress = Arc::new(AtomicU64::new(0));
         let seen = progress.clone();

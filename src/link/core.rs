@@ -288,7 +288,6 @@ impl Core {
     }
 
     /// Encodes channel data as packets of at most [`Self::max_send_packet`] bytes.
-
     pub(crate) fn queue_data(
         &mut self,
         cid: u16,

@@ -12,6 +12,7 @@ use tuppence::link::{ClientEvent, Command, Outcome, Signal};
 use tuppence::wire::ProcInfoField;
 use tuppence_transport::LocalFile;
 
+use crate::session::Deferred;
 use crate::{Error, Session};
 
 /// How long an aborted transfer waits for its interrupt to be written.
@@ -122,7 +123,7 @@ impl Session {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Abort the remote side: the agent removes its temporary file.
-                    let _ = self.act(|c| c.interrupt(xid, Signal::KILL));
+                    self.act_or_defer(xid, Deferred::Abort);
                     return Err(Error::Local {
                         what: "read",
                         source: e,
@@ -188,7 +189,7 @@ impl Session {
                 Some(ClientEvent::Output { data, .. }) => {
                     if let Err(e) = sink.write_all(&data) {
                         // Nobody will take the rest: stop the agent sending it.
-                        let _ = self.act(|c| c.interrupt(xid, Signal::KILL));
+                        self.act_or_defer(xid, Deferred::Abort);
                         return Err(Error::Local {
                             what: "write",
                             source: e,
@@ -433,9 +434,9 @@ impl Monitor<'_> {
 impl Drop for Monitor<'_> {
     fn drop(&mut self) {
         if !self.done.load(Ordering::SeqCst) {
-            let xid = self.xid;
-            let _ = self.session.act(|c| c.end_monitor(xid));
-            self.session.detach(xid);
+            // No waiting for transmit room in a drop: deferred if the queue is full.
+            self.session.act_or_defer(self.xid, Deferred::EndMonitor);
+            self.session.detach(self.xid);
         }
     }
 }

@@ -92,6 +92,27 @@ struct State {
     /// The writer thread sleeps on `write_cond` (nothing to write).
     writer_idle: bool,
     writer_done: bool,
+    /// Requests that met a full transmit queue where nobody may wait for room (a `Drop`,
+    /// an abort from a signal handler); the writer thread retries them as it makes room.
+    deferred: Vec<(u16, Deferred)>,
+}
+
+/// A request owed to the agent that could not be queued at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deferred {
+    /// A dropped monitor: end the subscription.
+    EndMonitor,
+    /// An aborted or failed transfer: interrupt it, so the agent removes its temporary.
+    Abort,
+}
+
+impl Deferred {
+    fn apply(self, client: &mut Client, xid: u16) -> Result<(), tuppence::link::UsageError> {
+        match self {
+            Deferred::EndMonitor => client.end_monitor(xid),
+            Deferred::Abort => client.interrupt(xid, tuppence::link::Signal::KILL),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -134,6 +155,7 @@ impl Session {
                 unwritten: 0,
                 writer_idle: false,
                 writer_done: false,
+                deferred: Vec::new(),
             }),
             cond: Condvar::new(),
             write_cond: Condvar::new(),
@@ -251,6 +273,20 @@ impl Session {
                 .intent(Some(xid), |st| Ok(f(&mut st.client, piece.clone())?))?;
         }
         Ok(())
+    }
+
+    /// Sends what a transaction owes the agent without waiting for transmit room (from a
+    /// `Drop`, or after a local failure): queued now, or by the writer thread as soon as
+    /// it has made room.
+    pub(crate) fn act_or_defer(&self, xid: u16, what: Deferred) {
+        let mut st = self.shared.lock();
+        if self.shared.failure_of(&st).is_some() {
+            return;
+        }
+        if let Err(tuppence::link::UsageError::QueueFull { .. }) = what.apply(&mut st.client, xid) {
+            st.deferred.push((xid, what));
+        }
+        self.shared.wake_writer(&st);
     }
 
     /// Waits until everything requested so far has been written to the stream, for at
@@ -463,8 +499,12 @@ impl AbortHandle {
             .collect();
         for &xid in &xids {
             // An interrupt on a transfer aborts it on the agent. Unknown xid: it has just
-            // ended, nothing to undo.
-            let _ = st.client.interrupt(xid, tuppence::link::Signal::KILL);
+            // ended, nothing to undo. A full queue (inject data): sent once there is room.
+            if let Err(tuppence::link::UsageError::QueueFull { .. }) =
+                Deferred::Abort.apply(&mut st.client, xid)
+            {
+                st.deferred.push((xid, Deferred::Abort));
+            }
             if let Some(inbox) = st.inboxes.get_mut(&xid) {
                 inbox.aborted = true;
             }
@@ -558,7 +598,7 @@ impl Shared {
     /// Wakes the writer thread if it sleeps and the machine has bytes for it. Call with
     /// the lock held (the writer checks for work under it before sleeping).
     fn wake_writer(&self, st: &State) {
-        if st.writer_idle && st.client.transmit_buffered() > 0 {
+        if st.writer_idle && (st.client.transmit_buffered() > 0 || !st.deferred.is_empty()) {
             self.write_cond.notify_one();
         }
     }
@@ -581,6 +621,16 @@ impl Shared {
                 loop {
                     if st.failure.is_some() || st.io_failure.is_some() {
                         return self.writer_exit(st);
+                    }
+                    if !st.deferred.is_empty() {
+                        let mut deferred = std::mem::take(&mut st.deferred);
+                        deferred.retain(|&(xid, d)| {
+                            matches!(
+                                d.apply(&mut st.client, xid),
+                                Err(tuppence::link::UsageError::QueueFull { .. })
+                            )
+                        });
+                        st.deferred = deferred;
                     }
                     let n = st
                         .client
