@@ -6,6 +6,8 @@
 //! * `extract_to` of the blocking and smol sessions against the real agent: destinations
 //!   opened as `cp` opens them (FIFOs and devices in place, links followed).
 
+mod agent_support;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -14,10 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use agent_support::{LocalAgent, me};
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Outcome};
 use tuppence::wire::{Decoder, Dialect, Hello, Packet, Sender, detect_dialect};
-use tuppence_agent::serve::{Agent, AgentConfig, StopHandle};
-use tuppence_transport::Transport;
 
 /// The grace the tests give: short, so a run takes about a second.
 const GRACE: Duration = Duration::from_millis(300);
@@ -189,52 +190,6 @@ fn mio_deadline_against_a_silent_agent() {
 }
 
 // ------------------------------------------------------------------------- extract_to
-
-/// The agent `tuppence serve` runs, in this process, on one end of a socket pair.
-struct LocalAgent {
-    stop: StopHandle,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl LocalAgent {
-    fn start() -> (LocalAgent, UnixStream) {
-        let (ours, theirs) = UnixStream::pair().expect("socket pair");
-        let mut agent = Agent::new(AgentConfig {
-            exit_when_idle: true,
-            audit: false,
-            ..AgentConfig::default()
-        })
-        .expect("agent");
-        agent
-            .add_connection(Transport::Unix(theirs), "test")
-            .expect("add connection");
-        let stop = agent.stop_handle().expect("stop handle");
-        let thread = thread::spawn(move || {
-            let _ = agent.run();
-        });
-        (
-            LocalAgent {
-                stop,
-                thread: Some(thread),
-            },
-            ours,
-        )
-    }
-}
-
-impl Drop for LocalAgent {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn me() -> String {
-    let user = tuppence_agent::User::current().expect("the current user has a passwd entry");
-    String::from_utf8_lossy(user.name()).into_owned()
-}
 
 struct Scratch(PathBuf);
 

@@ -9,6 +9,8 @@
 //! watchdog: a hang fails the test (naming the adapter, dialect and progress) instead of
 //! hanging the test run.
 
+mod agent_support;
+
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +18,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use agent_support::{LocalAgent, me};
 use bytes::Bytes;
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Outcome};
 use tuppence::wire::Dialect;
-use tuppence_agent::serve::{Agent, AgentConfig, StopHandle};
-use tuppence_transport::Transport;
 
 /// Bytes sent through `cat` per run.
 const TOTAL: u64 = 50_000_000;
@@ -34,54 +35,6 @@ const WATCHDOG: Duration = Duration::from_secs(50);
 const DAWDLE: Duration = Duration::from_micros(300);
 /// Runs per adapter and dialect: the hang came in most runs, not all.
 const REPEAT: usize = 2;
-
-/// The agent `tuppence serve` runs, in this process, on one end of a socket pair (as the
-/// CLI's `local` target does). Stopped when dropped.
-struct LocalAgent {
-    stop: StopHandle,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl LocalAgent {
-    fn start() -> (LocalAgent, UnixStream) {
-        let (ours, theirs) = UnixStream::pair().expect("socket pair");
-        tuppence_transport::tune_socket_buffers(&ours);
-        let mut agent = Agent::new(AgentConfig {
-            exit_when_idle: true,
-            audit: false,
-            ..AgentConfig::default()
-        })
-        .expect("agent");
-        agent
-            .add_connection(Transport::Unix(theirs), "test")
-            .expect("add connection");
-        let stop = agent.stop_handle().expect("stop handle");
-        let thread = thread::spawn(move || {
-            let _ = agent.run();
-        });
-        (
-            LocalAgent {
-                stop,
-                thread: Some(thread),
-            },
-            ours,
-        )
-    }
-}
-
-impl Drop for LocalAgent {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn me() -> String {
-    let user = tuppence_agent::User::current().expect("the current user has a passwd entry");
-    String::from_utf8_lossy(user.name()).into_owned()
-}
 
 fn config(dialect: Dialect) -> ClientConfig {
     ClientConfig {

@@ -1,6 +1,7 @@
 //! The client's own command deadlines (DESIGN §8: timeout + 5 s) and the timeout it sends,
 //! in both dialects, through a Client↔Server pair on a simulated clock.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -12,18 +13,8 @@ use tuppence::link::{
 };
 use tuppence::wire::{Dialect, Packet};
 
-macro_rules! both_dialects {
-    ($($name:ident),* $(,)?) => {
-        mod v4 {
-            $( #[test] fn $name() { super::$name(tuppence::wire::Dialect::V4) } )*
-        }
-        mod legacy3 {
-            $( #[test] fn $name() { super::$name(tuppence::wire::Dialect::Legacy3) } )*
-        }
-    };
-}
-
 both_dialects!(
+    abandon_owes_what_each_kind_needs,
     timeout_sent_on_the_wire,
     silent_agent_is_timed_out_by_the_client,
     agent_answer_after_the_deadline_is_dropped,
@@ -350,4 +341,47 @@ fn a_dead_link_ends_commands_once(dialect: Dialect) {
     p.client.handle_timeout(p.now + Duration::from_secs(60));
     assert!(p.client.poll_event().is_none());
     assert!(!p.client.is_live(xid));
+}
+
+/// `Client::abandon`: what a transaction given up on owes the agent (used by the adapters
+/// for dropped handles, local failures and aborts).
+fn abandon_owes_what_each_kind_needs(dialect: Dialect) {
+    let mut p = pair(dialect, None, NoAgent);
+    let cmd = p.client.run(Command::new("x")).unwrap();
+    let extract = p.client.extract("root", "/f").unwrap();
+    let inject = p.client.inject("root", "/g", 0o644).unwrap();
+    p.drive();
+    p.take_server_events();
+    for xid in [cmd, extract, inject] {
+        p.client.abandon(xid).unwrap();
+    }
+    p.drive();
+    let interrupted: Vec<u16> = p
+        .client_frames()
+        .into_iter()
+        .filter(|f| matches!(f.packet, Packet::Interrupt { .. }))
+        .map(|f| f.xid)
+        .collect();
+    // The transfers are aborted; the command is left to run.
+    assert_eq!(interrupted, vec![extract, inject]);
+    assert!(p.client.is_live(cmd));
+    assert!(matches!(
+        p.client.abandon(999),
+        Err(tuppence::link::UsageError::UnknownTransaction(999))
+    ));
+    if dialect == Dialect::V4 {
+        let monitor = p.client.monitor("agent").unwrap();
+        p.drive();
+        p.client.abandon(monitor).unwrap();
+        // Already ending: nothing more to send.
+        let queued = p.client.transmit_buffered();
+        p.client.abandon(monitor).unwrap();
+        assert_eq!(p.client.transmit_buffered(), queued);
+        p.drive();
+        assert!(
+            p.server_events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::MonitorEnd { xid } if *xid == monitor))
+        );
+    }
 }

@@ -448,6 +448,21 @@ impl Client {
         }
     }
 
+    /// What a transaction owes the agent when its application gives up on it (a dropped
+    /// handle, a local failure, a user's abort): a monitor is ended, an inject or extract
+    /// aborted with an interrupt (the agent removes an inject's temporary and stops
+    /// reading an extract's file). A command is left to run to its end (interrupt it
+    /// explicitly to stop it); so is a monitor already ending. Like any intent it queues
+    /// nothing and answers `QueueFull` while the transmit buffer is over its limit, so a
+    /// caller that cannot wait keeps the xid and tries again once there is room.
+    pub fn abandon(&mut self, xid: u16) -> Result<(), UsageError> {
+        match self.live(xid)?.kind {
+            Kind::Monitor { ending: false } => self.end_monitor(xid),
+            Kind::Inject { .. } | Kind::Extract => self.interrupt(xid, Signal::KILL),
+            Kind::Command | Kind::Monitor { ending: true } => Ok(()),
+        }
+    }
+
     /// Asks the agent to stop (it kills what it started and exits).
     pub fn quit(&mut self) -> Result<(), UsageError> {
         self.core.check_open()?;

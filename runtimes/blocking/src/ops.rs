@@ -12,7 +12,6 @@ use tuppence::link::{ClientEvent, Command, Outcome, Signal};
 use tuppence::wire::ProcInfoField;
 use tuppence_transport::LocalFile;
 
-use crate::session::Deferred;
 use crate::{Error, Session};
 
 /// How long an aborted transfer waits for its interrupt to be written.
@@ -123,7 +122,7 @@ impl Session {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Abort the remote side: the agent removes its temporary file.
-                    self.act_or_defer(xid, Deferred::Abort);
+                    self.abandon(xid);
                     return Err(Error::Local {
                         what: "read",
                         source: e,
@@ -189,7 +188,7 @@ impl Session {
                 Some(ClientEvent::Output { data, .. }) => {
                     if let Err(e) = sink.write_all(&data) {
                         // Nobody will take the rest: stop the agent sending it.
-                        self.act_or_defer(xid, Deferred::Abort);
+                        self.abandon(xid);
                         return Err(Error::Local {
                             what: "write",
                             source: e,
@@ -435,7 +434,7 @@ impl Drop for Monitor<'_> {
     fn drop(&mut self) {
         if !self.done.load(Ordering::SeqCst) {
             // No waiting for transmit room in a drop: deferred if the queue is full.
-            self.session.act_or_defer(self.xid, Deferred::EndMonitor);
+            self.session.abandon(self.xid);
             self.session.detach(self.xid);
         }
     }

@@ -92,27 +92,10 @@ struct State {
     /// The writer thread sleeps on `write_cond` (nothing to write).
     writer_idle: bool,
     writer_done: bool,
-    /// Requests that met a full transmit queue where nobody may wait for room (a `Drop`,
-    /// an abort from a signal handler); the writer thread retries them as it makes room.
-    deferred: Vec<(u16, Deferred)>,
-}
-
-/// A request owed to the agent that could not be queued at once.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Deferred {
-    /// A dropped monitor: end the subscription.
-    EndMonitor,
-    /// An aborted or failed transfer: interrupt it, so the agent removes its temporary.
-    Abort,
-}
-
-impl Deferred {
-    fn apply(self, client: &mut Client, xid: u16) -> Result<(), tuppence::link::UsageError> {
-        match self {
-            Deferred::EndMonitor => client.end_monitor(xid),
-            Deferred::Abort => client.interrupt(xid, tuppence::link::Signal::KILL),
-        }
-    }
+    /// Transactions given up on (see `Client::abandon`: a dropped monitor, an aborted or
+    /// failed transfer) whose request met a full transmit queue where nobody may wait for
+    /// room (a `Drop`, a signal handler); the writer thread retries as it makes room.
+    deferred: Vec<u16>,
 }
 
 pub(crate) struct Shared {
@@ -275,18 +258,15 @@ impl Session {
         Ok(())
     }
 
-    /// Sends what a transaction owes the agent without waiting for transmit room (from a
-    /// `Drop`, or after a local failure): queued now, or by the writer thread as soon as
-    /// it has made room.
-    pub(crate) fn act_or_defer(&self, xid: u16, what: Deferred) {
+    /// Sends what a transaction given up on owes the agent (`Client::abandon`: end a
+    /// monitor, abort a transfer) without waiting for transmit room (from a `Drop`, or
+    /// after a local failure): queued now, or by the writer thread once it has made room.
+    pub(crate) fn abandon(&self, xid: u16) {
         let mut st = self.shared.lock();
         if self.shared.failure_of(&st).is_some() {
             return;
         }
-        if let Err(tuppence::link::UsageError::QueueFull { .. }) = what.apply(&mut st.client, xid) {
-            st.deferred.push((xid, what));
-        }
-        self.shared.wake_writer(&st);
+        self.shared.abandon(&mut st, xid);
     }
 
     /// Waits until everything requested so far has been written to the stream, for at
@@ -500,11 +480,7 @@ impl AbortHandle {
         for &xid in &xids {
             // An interrupt on a transfer aborts it on the agent. Unknown xid: it has just
             // ended, nothing to undo. A full queue (inject data): sent once there is room.
-            if let Err(tuppence::link::UsageError::QueueFull { .. }) =
-                Deferred::Abort.apply(&mut st.client, xid)
-            {
-                st.deferred.push((xid, Deferred::Abort));
-            }
+            shared.abandon(&mut st, xid);
             if let Some(inbox) = st.inboxes.get_mut(&xid) {
                 inbox.aborted = true;
             }
@@ -595,6 +571,15 @@ impl Shared {
         }
     }
 
+    /// `Client::abandon(xid)`, or, while the transmit queue is full, remembered for the
+    /// writer thread to retry; wakes the writer either way.
+    fn abandon(&self, st: &mut State, xid: u16) {
+        if let Err(tuppence::link::UsageError::QueueFull { .. }) = st.client.abandon(xid) {
+            st.deferred.push(xid);
+        }
+        self.wake_writer(st);
+    }
+
     /// Wakes the writer thread if it sleeps and the machine has bytes for it. Call with
     /// the lock held (the writer checks for work under it before sleeping).
     fn wake_writer(&self, st: &State) {
@@ -624,9 +609,9 @@ impl Shared {
                     }
                     if !st.deferred.is_empty() {
                         let mut deferred = std::mem::take(&mut st.deferred);
-                        deferred.retain(|&(xid, d)| {
+                        deferred.retain(|&xid| {
                             matches!(
-                                d.apply(&mut st.client, xid),
+                                st.client.abandon(xid),
                                 Err(tuppence::link::UsageError::QueueFull { .. })
                             )
                         });

@@ -51,15 +51,20 @@ fn tuppence() -> Command {
     c
 }
 
-/// Runs the binary with `stdin` as its input; output collected.
-fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = tuppence()
+/// The binary started with `args`, all three standard streams piped.
+fn spawn_piped(args: &[&str]) -> Child {
+    tuppence()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn tuppence");
+        .expect("spawn tuppence")
+}
+
+/// Runs the binary with `stdin` as its input; output collected.
+fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = spawn_piped(args);
     let mut input = child.stdin.take().expect("stdin");
     let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
@@ -138,16 +143,7 @@ impl Server {
 
     /// Waits (bounded) for the agent process to exit.
     fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_exit(&mut self.child, limit)
     }
 }
 
@@ -663,13 +659,7 @@ fn protocol_violations_are_logged_a_bounded_number_of_times() {
 /// the output pipe full), killing it if it has not exited within `limit`: a hang fails the
 /// test with what came back so far instead of hanging the test run.
 fn run_slow_reader(args: &[&str], input: Vec<u8>, limit: Duration) -> (Output, usize) {
-    let mut child = tuppence()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tuppence");
+    let mut child = spawn_piped(args);
     let mut stdin = child.stdin.take().expect("stdin");
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
@@ -746,20 +736,37 @@ fn large_stdin_through_cat_with_a_slow_reader_does_not_hang() {
     }
 }
 
-/// Waits (bounded) for `child` to exit; kills it and returns `None` if it did not.
-fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+/// What an exited child wrote to its piped stderr.
+fn child_stderr(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
+/// Waits (bounded) for `child` to exit; `None` if it did not.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
             return Some(st);
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits (bounded) for `child` to exit; kills it and returns `None` if it did not.
+fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let st = wait_exit(child, limit);
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    st
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -860,19 +867,13 @@ fn extract_writes_non_regular_destinations_in_place_like_cp() {
     let fifo = dir.path().join("fifo");
     mkfifo(&fifo);
     let reader = read_fifo(&fifo, 0, || {});
-    let mut child = tuppence()
-        .args([
-            "extract",
-            "-t",
-            "local",
-            &src,
-            fifo.to_str().expect("utf-8"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn extract");
+    let mut child = spawn_piped(&[
+        "extract",
+        "-t",
+        "local",
+        &src,
+        fifo.to_str().expect("utf-8"),
+    ]);
     let got = reader.recv_timeout(Duration::from_secs(20));
     let st = wait_for(&mut child, Duration::from_secs(20));
     assert_eq!(st.and_then(|s| s.code()), Some(0));
@@ -920,19 +921,13 @@ fn ctrl_c_aborts_an_inject_from_a_stalled_pipe() {
     let server = Server::start(&[]);
     let dir = TempDir::new("inject-int");
     let remote = dir.path().join("file");
-    let mut child = tuppence()
-        .args([
-            "inject",
-            "-t",
-            &server.target,
-            "-",
-            remote.to_str().expect("utf-8"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn inject");
+    let mut child = spawn_piped(&[
+        "inject",
+        "-t",
+        &server.target,
+        "-",
+        remote.to_str().expect("utf-8"),
+    ]);
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(&[7u8; 100_000]).expect("feed");
     // The agent's temporary appears once the inject is under way; then the pipe stalls.
@@ -960,13 +955,7 @@ fn ctrl_c_aborts_an_inject_from_a_stalled_pipe() {
         "{:?}",
         interrupted.elapsed()
     );
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("stderr");
+    let err = child_stderr(&mut child);
     assert!(err.contains("interrupted"), "{err}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !dir.entries().is_empty() {
@@ -1120,19 +1109,11 @@ fn the_client_times_a_command_out_when_the_agent_never_answers() {
         .map(|(target, kill)| {
             std::thread::spawn(move || {
                 let start = Instant::now();
-                let mut child = tuppence()
-                    .args(["run", "-t", &target, "--timeout", "1", "--", "sleep 100"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn run");
+                let mut child =
+                    spawn_piped(&["run", "-t", &target, "--timeout", "1", "--", "sleep 100"]);
                 let st = wait_for(&mut child, Duration::from_secs(30));
                 let took = start.elapsed();
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let err = child_stderr(&mut child);
                 (target, kill, st, took, err)
             })
         })
@@ -1218,19 +1199,13 @@ fn an_extract_of_a_file_that_shrinks_fails() {
     // stops reading the link, and the agent stops reading the file a few MiB in.
     let fifo = dir.path().join("copy");
     mkfifo(&fifo);
-    let mut child = tuppence()
-        .args([
-            "extract",
-            "-t",
-            &server.target,
-            remote.to_str().expect("utf-8"),
-            fifo.to_str().expect("utf-8"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn extract");
+    let mut child = spawn_piped(&[
+        "extract",
+        "-t",
+        &server.target,
+        remote.to_str().expect("utf-8"),
+        fifo.to_str().expect("utf-8"),
+    ]);
     // After the first bytes, the file is truncated in place while being read (logrotate's
     // copytruncate); then the FIFO is drained.
     let truncate = {
@@ -1246,13 +1221,7 @@ fn an_extract_of_a_file_that_shrinks_fails() {
     };
     let got = read_fifo(&fifo, 65536, truncate).recv_timeout(Duration::from_secs(30));
     let st = wait_for(&mut child, Duration::from_secs(30)).expect("extract ended");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("stderr");
+    let err = child_stderr(&mut child);
     assert_eq!(st.code(), Some(REMOTE_FAILURE), "{err}");
     assert!(err.contains("shrank"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -11,7 +11,7 @@ use tuppence::link::{ClientEvent, Command, Outcome, Signal, UsageError};
 use tuppence::wire::ProcInfoField;
 use tuppence_transport::LocalFile;
 
-use crate::client::{Batch, Deferred, SEND_PIECE};
+use crate::client::{Batch, SEND_PIECE};
 use crate::{Error, Session};
 
 /// errno the agent uses for "no such process".
@@ -482,7 +482,7 @@ impl Drop for Monitor {
     fn drop(&mut self) {
         if !self.done {
             // An already-ending monitor refuses a second end; that is fine.
-            self.session.act_or_defer(self.xid, Deferred::EndMonitor);
+            self.session.abandon(self.xid);
             self.session.detach(self.xid);
         }
     }
@@ -535,7 +535,7 @@ impl<'s> Transfer<'s> {
 impl Drop for Transfer<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.session.act_or_defer(self.xid, Deferred::Abort);
+            self.session.abandon(self.xid);
             self.session.detach(self.xid);
         }
     }
