@@ -1,6 +1,7 @@
 //! Every flow of DESIGN §3, in both dialects, through a Client↔Server pair: the exact
 //! events each side reports and, where order matters, the exact packets on the wire.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -12,18 +13,6 @@ use tuppence::link::{
     ServerEvent, Signal, UsageError, Violation,
 };
 use tuppence::wire::{DecodeError, Dialect, Hello, Packet, ProcInfoField, Sender, field};
-
-/// Runs each named test function once per dialect.
-macro_rules! both_dialects {
-    ($($name:ident),* $(,)?) => {
-        mod v4 {
-            $( #[test] fn $name() { super::$name(tuppence::wire::Dialect::V4) } )*
-        }
-        mod legacy3 {
-            $( #[test] fn $name() { super::$name(tuppence::wire::Dialect::Legacy3) } )*
-        }
-    };
-}
 
 both_dialects!(
     hello_connected,
@@ -152,11 +141,14 @@ fn client_limited<A: Agent>(dialect: Dialect, limits: Limits, agent: A) -> Pair<
     )
 }
 
+/// A pair with these keepalive settings and no client command deadlines (a 3.0 command
+/// without a timeout is sent 60 s and would get one), so that only keepalives act.
 fn with_keepalive(dialect: Dialect, client: u16, server: u16) -> Pair<ScriptedAgent> {
     Pair::with_agent(
         ClientConfig {
             dialect,
             keepalive: client,
+            deadline_grace: None,
             ..ClientConfig::default()
         },
         ServerConfig {

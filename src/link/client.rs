@@ -1,7 +1,7 @@
 //! The client (controller) side of a link connection.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -32,6 +32,18 @@ struct Transaction {
     kind: Kind,
     major: Option<u32>,
     stdin_closed: bool,
+    /// A command's client deadline (see `ClientConfig::deadline_grace`).
+    deadline: Deadline,
+}
+
+/// Where a command stands with its client deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    /// No deadline: not a command, no timeout, or `deadline_grace` is `None`.
+    None,
+    /// Timeout plus grace, to be counted from when the request leaves in `poll_transmit`.
+    Unarmed(Duration),
+    At(Instant),
 }
 
 /// The client machine: sends requests, turns the server's packets into [`ClientEvent`]s.
@@ -74,6 +86,13 @@ pub struct Client {
     /// agent then closes the connection (on a device link it may be an answer to a
     /// previous client's garbled hello, and this client's own reply may still come).
     refusing: Option<(u32, Option<u32>)>,
+    /// Armed command deadlines in order, the earliest first: `poll_timeout` takes the
+    /// first, a command that ends removes its own (O(log n) each, with up to
+    /// `max_transactions` commands live).
+    deadlines: BTreeSet<(Instant, u16)>,
+    /// Commands whose request was queued for the transport since the last
+    /// `poll_transmit`: their deadlines start counting when it takes them.
+    unarmed: Vec<u16>,
 }
 
 impl Client {
@@ -103,6 +122,8 @@ impl Client {
             events: VecDeque::new(),
             hello_retry_at,
             refusing: None,
+            deadlines: BTreeSet::new(),
+            unarmed: Vec::new(),
         }
     }
 
@@ -198,8 +219,8 @@ impl Client {
         self.core.input_paused();
     }
 
-    /// Fires due timers (hello retry, keepalive send, dead-link detection). Spurious calls
-    /// are no-ops.
+    /// Fires due timers (hello retry, command deadlines, keepalive send, dead-link
+    /// detection). Spurious calls are no-ops.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.core.tick(now);
         if self.cid.is_none()
@@ -215,6 +236,7 @@ impl Client {
             });
             let _ = self.core.queue(0, 0, &hello);
         }
+        self.expire_deadlines(now);
         match self.core.due() {
             Timeout::Nothing => {}
             Timeout::SendKeepalive => {
@@ -233,16 +255,40 @@ impl Client {
     // ---- intents ----
 
     /// Starts a command; returns its xid.
+    ///
+    /// The timeout sent is [`Command::timeout_secs_in`] the dialect: without one, a 4.0
+    /// agent applies its own default, while a 3.0 agent is sent 60 s (the C executor would
+    /// read 0 as 12 s). A command with a timeout also gets a client deadline (see
+    /// [`ClientConfig::deadline_grace`]). Refused with [`UsageError::TooLarge`] when user,
+    /// command and environment do not fit in one packet of the dialect.
     pub fn run(&mut self, cmd: Command) -> Result<u16, UsageError> {
+        let timeout = cmd.timeout_secs_in(self.config.dialect);
+        let deadline = match self.config.deadline_grace {
+            Some(grace) if timeout > 0 => {
+                Deadline::Unarmed(Duration::from_secs(u64::from(timeout)).saturating_add(grace))
+            }
+            _ => Deadline::None,
+        };
         let packet = Packet::Command(CommandRequest {
             user: cmd.user,
             command: cmd.command,
-            timeout: cmd.timeout_secs,
+            timeout,
             request_tty: u32::from(cmd.tty),
             reserved: [0, 0],
             env: cmd.env,
         });
-        self.open(Kind::Command, packet)
+        let xid = self.open(Kind::Command, packet)?;
+        if deadline != Deadline::None
+            && let Some(tx) = self.transactions.get_mut(&xid)
+        {
+            tx.deadline = deadline;
+            // Before the hello reply the request waits in `pending`; it is counted from
+            // when it is queued for the transport (`on_handshake`).
+            if self.cid.is_some() {
+                self.unarmed.push(xid);
+            }
+        }
+        Ok(xid)
     }
 
     /// Sends bytes to a command's stdin.
@@ -277,11 +323,17 @@ impl Client {
     /// KILL (the packet has no payload there); an interrupt also aborts a transfer.
     pub fn interrupt(&mut self, xid: u16, signal: Signal) -> Result<(), UsageError> {
         self.live(xid)?;
+        let packet = self.interrupt_packet(signal);
+        self.send(xid, packet)
+    }
+
+    /// An interrupt as the dialect says it: by name in 4.0; without payload (KILL) in 3.0.
+    fn interrupt_packet(&self, signal: Signal) -> Packet {
         let signal = match self.config.dialect {
             Dialect::V4 => signal.into_bytes(),
             Dialect::Legacy3 => Bytes::new(),
         };
-        self.send(xid, Packet::Interrupt { signal })
+        Packet::Interrupt { signal }
     }
 
     /// Asks the agent to create `path` as `user` with `mode`; wait for
@@ -413,6 +465,21 @@ impl Client {
         }
     }
 
+    /// What a transaction owes the agent when its application gives up on it (a dropped
+    /// handle, a local failure, a user's abort): a monitor is ended, an inject or extract
+    /// aborted with an interrupt (the agent removes an inject's temporary and stops
+    /// reading an extract's file). A command is left to run to its end (interrupt it
+    /// explicitly to stop it); so is a monitor already ending. Like any intent it queues
+    /// nothing and answers `QueueFull` while the transmit buffer is over its limit, so a
+    /// caller that cannot wait keeps the xid and tries again once there is room.
+    pub fn abandon(&mut self, xid: u16) -> Result<(), UsageError> {
+        match self.live(xid)?.kind {
+            Kind::Monitor { ending: false } => self.end_monitor(xid),
+            Kind::Inject { .. } | Kind::Extract => self.interrupt(xid, Signal::KILL),
+            Kind::Command | Kind::Monitor { ending: true } => Ok(()),
+        }
+    }
+
     /// Asks the agent to stop (it kills what it started and exits).
     pub fn quit(&mut self) -> Result<(), UsageError> {
         self.core.check_open()?;
@@ -421,9 +488,12 @@ impl Client {
 
     // ---- outputs ----
 
-    /// Appends whole packets to `buf`; returns the number of bytes appended.
+    /// Appends whole packets to `buf`; returns the number of bytes appended. Command
+    /// deadlines start counting here, when their request is handed to the transport.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
-        self.core.poll_transmit(now, buf)
+        let n = self.core.poll_transmit(now, buf);
+        self.arm_deadlines(now);
+        n
     }
 
     /// Like [`Self::poll_transmit`], without copying data payloads: appends what is
@@ -431,7 +501,9 @@ impl Client {
     /// A large data payload is a segment of its own, sharing the `Bytes` given to the
     /// intent. Write them with vectored I/O (`writev`). Returns the number of bytes.
     pub fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize {
-        self.core.poll_transmit_segments(now, out)
+        let n = self.core.poll_transmit_segments(now, out);
+        self.arm_deadlines(now);
+        n
     }
 
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
@@ -444,10 +516,12 @@ impl Client {
         let retry = self
             .hello_retry_at
             .filter(|_| self.cid.is_none() && self.core.error.is_none());
-        match (core, retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let deadline = self
+            .deadlines
+            .first()
+            .map(|&(t, _)| t)
+            .filter(|_| self.core.error.is_none());
+        [core, retry, deadline].into_iter().flatten().min()
     }
 
     // ---- internals ----
@@ -496,6 +570,7 @@ impl Client {
                 kind,
                 major: None,
                 stdin_closed: false,
+                deadline: Deadline::None,
             },
         );
         Ok(xid)
@@ -520,6 +595,16 @@ impl Client {
     /// Queues a packet, or holds it until the hello reply assigns our cid. No room check:
     /// callers check once per intent, so an intent is queued whole or not at all.
     fn enqueue(&mut self, xid: u16, packet: Packet) -> Result<(), UsageError> {
+        let dialect = self.config.dialect;
+        let len = packet.encoded_len(dialect);
+        if len > dialect.max_packet_len() {
+            return Err(UsageError::TooLarge {
+                what: packet.packet_type().name(),
+                len,
+                max: dialect.max_packet_len(),
+                dialect,
+            });
+        }
         match self.cid {
             Some(cid) => self.core.queue(cid, xid, &packet)?,
             None => {
@@ -556,6 +641,8 @@ impl Client {
 
     fn fail(&mut self, error: LinkError) {
         self.core.error = Some(error.clone());
+        self.deadlines.clear();
+        self.unarmed.clear();
         let mut xids: Vec<u16> = self.transactions.keys().copied().collect();
         xids.sort_unstable();
         for xid in xids {
@@ -581,9 +668,55 @@ impl Client {
     }
 
     fn finish(&mut self, xid: u16, outcome: Outcome) {
-        self.transactions.remove(&xid);
+        if let Some(Transaction {
+            deadline: Deadline::At(t),
+            ..
+        }) = self.transactions.remove(&xid)
+        {
+            self.deadlines.remove(&(t, xid));
+        }
         self.events
             .push_back(ClientEvent::Finished { xid, outcome });
+    }
+
+    /// Starts the deadlines of the commands whose requests `poll_transmit` just took.
+    fn arm_deadlines(&mut self, now: Instant) {
+        for xid in self.unarmed.drain(..) {
+            if let Some(tx) = self.transactions.get_mut(&xid)
+                && let Deadline::Unarmed(after) = tx.deadline
+            {
+                // An instant beyond the clock's range is no deadline at all.
+                tx.deadline = match now.checked_add(after) {
+                    Some(t) => {
+                        self.deadlines.insert((t, xid));
+                        Deadline::At(t)
+                    }
+                    None => Deadline::None,
+                };
+            }
+        }
+    }
+
+    /// Ends the commands whose deadline has passed: the agent is sent KILL (in 3.0 the
+    /// interrupt is always KILL), the application a timeout, and the xid is forgotten.
+    fn expire_deadlines(&mut self, now: Instant) {
+        if self.core.error.is_some() {
+            return;
+        }
+        while let Some(&(t, xid)) = self.deadlines.first() {
+            if t > now {
+                return;
+            }
+            self.deadlines.pop_first();
+            if !self.transactions.contains_key(&xid) {
+                continue;
+            }
+            // No room check: a tiny packet that must go out even behind queued stdin.
+            let kill = self.interrupt_packet(Signal::KILL);
+            let _ = self.enqueue(xid, kill);
+            self.core.stats.deadlines_expired += 1;
+            self.finish(xid, Outcome::TimedOut);
+        }
     }
 
     fn on_frame(&mut self, frame: Frame) {
@@ -693,6 +826,15 @@ impl Client {
         for (xid, packet) in pending {
             // Validated when queued.
             let _ = self.core.queue(cid, xid, &packet);
+            if matches!(
+                self.transactions.get(&xid),
+                Some(Transaction {
+                    deadline: Deadline::Unarmed(_),
+                    ..
+                })
+            ) {
+                self.unarmed.push(xid);
+            }
         }
     }
 

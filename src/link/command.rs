@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::DEFAULT_COMMAND_TIMEOUT_SECS;
+use crate::wire::Dialect;
+
 /// A command for [`super::Client::run`].
 ///
 /// ```
@@ -68,6 +71,16 @@ impl Command {
 
     pub fn timeout_secs(&self) -> u32 {
         self.timeout_secs
+    }
+
+    /// The timeout a client sends for this command in `dialect`: its own; without one (0),
+    /// 0 in 4.0 (the agent's default applies) and [`DEFAULT_COMMAND_TIMEOUT_SECS`] in 3.0,
+    /// where the C executor would read 0 as 12 s.
+    pub fn timeout_secs_in(&self, dialect: Dialect) -> u32 {
+        match (self.timeout_secs, dialect) {
+            (0, Dialect::Legacy3) => DEFAULT_COMMAND_TIMEOUT_SECS,
+            (t, _) => t,
+        }
     }
 
     pub fn command(&self) -> &[u8] {

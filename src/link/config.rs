@@ -10,8 +10,12 @@ pub const KEEPALIVE_SERVER_DEFAULT: u16 = 0xFFFF;
 pub const DEFAULT_KEEPALIVE_SECS: u16 = 60;
 /// Keepalive intervals below this are raised to it (as the C executor does).
 pub const MIN_KEEPALIVE: Duration = Duration::from_secs(10);
-/// Agent default for a command timeout of 0.
+/// Agent default for a command timeout of 0; also what a 3.0 client sends for a command
+/// without a timeout (the C executor reads 0 as 12 s, its library always sends 60).
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u32 = 60;
+/// How long past a command's timeout a client waits for the agent to end it before it
+/// reports the timeout itself (see [`ClientConfig::deadline_grace`]; DESIGN §8).
+pub const COMMAND_DEADLINE_GRACE: Duration = Duration::from_secs(5);
 /// On a device link, how long a silence inside a packet must last before the agent looks
 /// for a new client's hello around it (see [`Limits::stale_partial_after`]).
 pub const DEVICE_STALE_PARTIAL_AFTER: Duration = Duration::from_secs(1);
@@ -124,6 +128,20 @@ pub struct ClientConfig {
     /// [`super::Stats::skipped_before_hello`]. With it, a peer that is not an agent at
     /// all is reported by the handshake timeout rather than at once. Default `false`.
     pub resync_before_hello: bool,
+    /// `Some(grace)`: a command with a timeout that the agent has not ended within its
+    /// timeout plus `grace` (counted from when its request was handed to the transport,
+    /// see [`super::Client::poll_transmit`]) is ended by the client: it sends the agent
+    /// an interrupt (KILL), reports `Finished { outcome: TimedOut }` and forgets the xid
+    /// (later packets for it are dropped as for any unknown xid).
+    ///
+    /// Why the client needs its own deadline: the C executor's timeout is an `alarm` in
+    /// the shell only, so a grandchild holding the output pipes keeps it from answering
+    /// until the grandchild exits (`sleep 45` under `--timeout 2` answers after 45 s), and
+    /// an agent that dies or hangs with the link still up never answers at all. A command
+    /// without a timeout in 4.0 (0 = the agent's default, which only the agent knows) has
+    /// no client deadline; in 3.0 it is sent [`DEFAULT_COMMAND_TIMEOUT_SECS`] and gets
+    /// one. Default: [`COMMAND_DEADLINE_GRACE`]; `None` leaves timeouts to the agent.
+    pub deadline_grace: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -149,6 +167,7 @@ impl Default for ClientConfig {
             handshake_timeout: Some(Duration::from_secs(60)),
             hello_retry: None,
             resync_before_hello: false,
+            deadline_grace: Some(COMMAND_DEADLINE_GRACE),
             limits: Limits::default(),
         }
     }

@@ -126,6 +126,9 @@ pub struct Stats {
     /// discarded from the transmit queue.
     pub session_resets: u64,
     pub discarded_bytes: u64,
+    /// Client: commands the agent had not ended by their timeout plus the grace (see
+    /// `ClientConfig::deadline_grace`), which the client then reported as timed out.
+    pub deadlines_expired: u64,
 }
 
 pub(crate) enum Timeout {
@@ -460,12 +463,20 @@ impl Core {
         Ok(())
     }
 
-    /// Encodes channel data as packets of at most `max_send_packet` bytes.
-    /// Largest data payload of one packet this side sends.
-    pub(crate) fn max_chunk(&self) -> usize {
-        self.limits.max_send_packet.saturating_sub(HEADER_LEN + 2)
+    /// Largest packet this side sends: `Limits::max_send_packet`, and never more than the
+    /// dialect's peers accept (a 3.0 peer, the C executor, stalls on a longer one).
+    pub(crate) fn max_send_packet(&self) -> usize {
+        self.limits
+            .max_send_packet
+            .min(self.dialect.max_packet_len())
     }
 
+    /// Largest data payload of one packet this side sends.
+    pub(crate) fn max_chunk(&self) -> usize {
+        self.max_send_packet().saturating_sub(HEADER_LEN + 2)
+    }
+
+    /// Encodes channel data as packets of at most [`Self::max_send_packet`] bytes.
     pub(crate) fn queue_data(
         &mut self,
         cid: u16,

@@ -135,7 +135,20 @@ pub enum UsageError {
         what: &'static str,
         dialect: Dialect,
     },
-    /// The packet could not be encoded (too long, NUL inside a string, …).
+    /// The request does not fit in one packet of the connection's dialect: requests are
+    /// never split, and a 3.0 peer (the C executor) takes at most 32768 bytes per packet,
+    /// a 4.0 peer 65535. For a command, its user, command text and environment together
+    /// make the packet; pass large data through stdin or a file instead.
+    #[error(
+        "the {what} request needs a packet of {len} bytes; protocol {dialect} allows at most {max} (requests are not split: pass large data through stdin or a file)"
+    )]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+        dialect: Dialect,
+    },
+    /// The packet could not be encoded (NUL inside a string, …).
     #[error(transparent)]
     Encode(#[from] EncodeError),
     /// The connection has failed.

@@ -55,9 +55,9 @@ pub mod status;
 pub use client::Client;
 pub use command::{Command, Signal};
 pub use config::{
-    ClientConfig, DEFAULT_COMMAND_TIMEOUT_SECS, DEFAULT_KEEPALIVE_SECS, DEVICE_HELLO_RETRY,
-    DEVICE_STALE_PARTIAL_AFTER, KEEPALIVE_SERVER_DEFAULT, Limits, MIN_KEEPALIVE, ServerConfig,
-    effective_keepalive, negotiate_keepalive,
+    COMMAND_DEADLINE_GRACE, ClientConfig, DEFAULT_COMMAND_TIMEOUT_SECS, DEFAULT_KEEPALIVE_SECS,
+    DEVICE_HELLO_RETRY, DEVICE_STALE_PARTIAL_AFTER, KEEPALIVE_SERVER_DEFAULT, Limits,
+    MIN_KEEPALIVE, ServerConfig, effective_keepalive, negotiate_keepalive,
 };
 pub use core::Stats;
 pub use error::{LinkError, Refusal, UsageError, Violation};

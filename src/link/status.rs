@@ -18,6 +18,9 @@ pub const EFAULT: u32 = 14;
 pub const EBUSY: u32 = 16;
 /// Hello refused: the agent is out of file descriptors (see [`super::Refusal`]).
 pub const EMFILE: u32 = 24;
+/// An extract's file shrank while the agent read it (it was truncated or rewritten in
+/// place): the bytes received are not a state the file was ever in.
+pub const ENODATA: u32 = 61;
 /// The request was not understood; as a hello refusal: the hello could not be read.
 pub const EPROTO: u32 = 71;
 /// Hello refused: the agent serves its maximum number of clients (`m` = that maximum).
@@ -44,6 +47,7 @@ pub fn errno_text(errno: u32) -> String {
         28 => "No space left on device",
         30 => "Read-only file system",
         36 => "File name too long",
+        61 => "No data available",
         71 => "Protocol error (request not understood)",
         87 => "Too many users",
         _ => return format!("errno {errno}"),

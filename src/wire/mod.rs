@@ -51,6 +51,10 @@ pub const HEADER_LEN: usize = 8;
 pub const MAX_PACKET_LEN: usize = u16::MAX as usize;
 /// The packet size senders keep to unless configured otherwise (the C executor's limit).
 pub const DEFAULT_SEND_PACKET_LEN: usize = 32768;
+/// The largest packet the C executor (protocol 3.0) takes: its receive buffer is exactly this
+/// long, and a longer packet never completes there (the server stalls until the link's idle
+/// timeout; research §1.1). A 3.0 connection never sends more, whatever is configured.
+pub const LEGACY_MAX_PACKET_LEN: usize = 32768;
 /// Most `NAME=value` strings accepted in one command packet.
 pub const MAX_ENV_ENTRIES: usize = 1024;
 
@@ -71,6 +75,15 @@ impl Dialect {
         match self {
             Dialect::V4 => (4, 0),
             Dialect::Legacy3 => (3, 0),
+        }
+    }
+
+    /// The largest packet a peer of this dialect accepts: the 16-bit length's limit in
+    /// 4.0, the C executor's receive buffer ([`LEGACY_MAX_PACKET_LEN`]) in 3.0.
+    pub const fn max_packet_len(self) -> usize {
+        match self {
+            Dialect::V4 => MAX_PACKET_LEN,
+            Dialect::Legacy3 => LEGACY_MAX_PACKET_LEN,
         }
     }
 }

@@ -90,3 +90,17 @@ pub fn raw_packet(dialect: Dialect, kind: u8, cid: u16, xid: u16, payload: &[u8]
 
 /// The in-memory client/server harness of the link tests.
 pub mod pair;
+
+/// Runs each named test function (taking a [`Dialect`]) once per dialect, in modules
+/// `v4` and `legacy3`. Needs `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! both_dialects {
+    ($($name:ident),* $(,)?) => {
+        mod v4 {
+            $( #[test] fn $name() { super::$name(tuppence::wire::Dialect::V4) } )*
+        }
+        mod legacy3 {
+            $( #[test] fn $name() { super::$name(tuppence::wire::Dialect::Legacy3) } )*
+        }
+    };
+}

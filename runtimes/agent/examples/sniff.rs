@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             Ok(0)
         }
-        SniffCommand::Serve(args) => run_serve(&args).map(|()| 0),
+        SniffCommand::Serve(args) => run_serve(&args, stop_on_signals).map(|()| 0),
         SniffCommand::Request(args) => run_request(&args, &mut std::io::stdout().lock()),
     };
     match result {
@@ -41,6 +41,28 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("sniff: {e}");
             ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// SIGTERM and SIGINT stop the server: its tasks are killed and a unix socket's file is
+/// removed (the default action would leave both behind).
+fn stop_on_signals(stop: tuppence_agent::sniff::StopHandle) {
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]);
+    match signals {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    stop.stop();
+                }
+            });
+        }
+        Err(e) => {
+            eprintln!("sniff: cannot handle signals ({e}); not serving");
+            stop.stop();
         }
     }
 }

@@ -39,7 +39,9 @@
 //! **Extract** opens the file as the user through [`crate::paths::open_regular`]: never
 //! blocking, refusing directories (EISDIR) and FIFOs, sockets and devices (EINVAL) before
 //! opening them, and reading regular files to their end in bounded chunks (`/proc` and `/sys`
-//! files report size 0 and are read all the same).
+//! files report size 0 and are read all the same). A file that ends before the size it had
+//! when opened and is smaller now was truncated while it was read: that extract fails with 61 (ENODATA) instead of passing a short copy off as
+//! the file (the client then discards what it received).
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -81,6 +83,24 @@ pub enum FileError {
         /// The resolved path.
         path: PathBuf,
     },
+    /// The file ended before the size it had when it was opened, and it is smaller now:
+    /// it was truncated (or rewritten in place) while it was read, so the bytes sent are
+    /// not a state the file was ever in. Reported as [`status::ENODATA`] instead of a
+    /// success, so the client discards them rather than keep a silently short copy.
+    #[error(
+        "{}: the file shrank while it was read ({read} of the {size} bytes it had when opened; {now} now)",
+        .path.display()
+    )]
+    Shrank {
+        /// The resolved path.
+        path: PathBuf,
+        /// Its size when it was opened.
+        size: u64,
+        /// Bytes read before the end.
+        read: u64,
+        /// Its size at the end.
+        now: u64,
+    },
     /// A system call failed.
     #[error("{op} {}: {source}", .path.display())]
     Io {
@@ -102,6 +122,7 @@ impl FileError {
             FileError::User(e) => e.errno(),
             FileError::Path(e) => e.errno(),
             FileError::NameTooLong { .. } => status::ENAMETOOLONG,
+            FileError::Shrank { .. } => status::ENODATA,
             FileError::Io { source, .. } => status::errno_of(source),
         }
     }
@@ -356,6 +377,11 @@ impl ExtractFile {
 
     /// Appends at most `max` bytes to `buf`; `Ok(0)` is the end of the file. One `read` per
     /// call, so a loop can interleave chunks with other work and bound its memory.
+    ///
+    /// An end before the size the file had when opened is checked against its size now:
+    /// smaller means it was truncated while being read, [`FileError::Shrank`]. A file that
+    /// merely reports more than it holds (sysfs attributes say 4096) keeps its size and
+    /// ends normally; one that grows is read to its new end.
     pub fn read_chunk(&mut self, buf: &mut BytesMut, max: usize) -> Result<usize, FileError> {
         if max == 0 {
             return Ok(0);
@@ -366,6 +392,20 @@ impl ExtractFile {
             ReadOutcome::Data(n) => {
                 self.read += n as u64;
                 Ok(n)
+            }
+            ReadOutcome::Eof if self.read < self.size => {
+                let now = rustix::fs::fstat(&self.fd)
+                    .map(|st| u64::try_from(st.st_size).unwrap_or(0))
+                    .map_err(|e| FileError::io("fstat", &self.path, e))?;
+                if now < self.size {
+                    return Err(FileError::Shrank {
+                        path: self.path.clone(),
+                        size: self.size,
+                        read: self.read,
+                        now,
+                    });
+                }
+                Ok(0)
             }
             ReadOutcome::Eof => Ok(0),
             // Regular files never report EAGAIN; if something that is not one slipped

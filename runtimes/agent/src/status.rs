@@ -30,6 +30,9 @@ pub const EINVAL: u32 = 22;
 pub const ENAMETOOLONG: u32 = 36;
 /// Too many levels of symbolic links.
 pub const ELOOP: u32 = 40;
+/// No data available: an extracted file shrank while it was read (see
+/// `FileError::Shrank`); the client discards what it received.
+pub const ENODATA: u32 = 61;
 /// Protocol error: a request the agent cannot parse or act on.
 pub const EPROTO: u32 = 71;
 

@@ -414,3 +414,54 @@ fn extract_refuses_fifos_devices_and_sockets() {
     while ex.read_chunk(&mut buf, 1000).expect("read") > 0 {}
     assert!(buf.len() > 4096, "only {} bytes", buf.len());
 }
+
+/// #13.12: a file truncated while it is extracted is not a success: the short copy is
+/// not a state the file was ever in.
+#[test]
+fn extract_of_a_file_that_shrinks_fails_with_enodata() {
+    let me = me();
+    let dir = scratch(0o755);
+    let path = dir.join("shrinks");
+    fs::write(&path, pseudo_random(200_000, 3)).expect("seed");
+    let mut ex = ExtractFile::open(me.as_bytes(), b(&path)).expect("open");
+    let mut out = BytesMut::new();
+    assert_eq!(ex.read_chunk(&mut out, 50_000).expect("read"), 50_000);
+    // Truncated in place (logrotate's copytruncate, a writer starting over).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("reopen")
+        .set_len(60_000)
+        .expect("truncate");
+    let err = loop {
+        match ex.read_chunk(&mut out, 50_000) {
+            Ok(0) => panic!("a shrunk file ended as a success"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.errno(), status::ENODATA, "{err}");
+    assert!(err.to_string().contains("shrank"), "{err}");
+
+    // Files that grow are read to their new end; sysfs attributes report more than they
+    // hold (4096) and end early without having shrunk.
+    fs::write(&path, b"short").expect("seed");
+    let mut ex = ExtractFile::open(me.as_bytes(), b(&path)).expect("open");
+    fs::write(&path, b"short and longer").expect("grow");
+    let mut out = BytesMut::new();
+    while ex.read_chunk(&mut out, 4).expect("read") > 0 {}
+    assert_eq!(&out[..], b"short and longer");
+    let sys = Path::new("/sys/class/net/lo/address");
+    if sys.exists() {
+        let mut ex = ExtractFile::open(me.as_bytes(), b(sys)).expect("open sysfs");
+        let mut out = BytesMut::new();
+        while ex
+            .read_chunk(&mut out, 4096)
+            .expect("sysfs reads to its end")
+            > 0
+        {}
+        assert!(ex.size_hint() > out.len() as u64, "{}", ex.size_hint());
+    } else {
+        eprintln!("no /sys/class/net/lo/address here: the sysfs half is not checked");
+    }
+}

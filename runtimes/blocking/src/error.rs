@@ -26,6 +26,14 @@ pub enum Error {
     /// The agent did not answer the hello in time.
     #[error("no hello reply within {0:?}")]
     ConnectTimeout(std::time::Duration),
+    /// The transfer was aborted through an [`crate::AbortHandle`] (the agent was sent an
+    /// interrupt: it removes an inject's temporary).
+    #[error("aborted")]
+    Aborted,
+    /// The local destination of [`crate::Session::extract_to`] could not be opened or put
+    /// in place.
+    #[error(transparent)]
+    LocalFile(#[from] tuppence_transport::LocalFileError),
     /// A local file or stream used by a transfer failed.
     #[error("local {what}: {source}")]
     Local {

@@ -1,8 +1,10 @@
 //! # tuppence-blocking — the blocking client adapter
 //!
-//! A client [`Session`] on std threads and blocking I/O: one reader thread per session,
-//! callers send from their own threads. Works over any [`Stream`] — unix and TCP sockets,
-//! `serial2::SerialPort`, vsock streams (via `tuppence-transport`) — with no executor.
+//! A client [`Session`] on std threads and blocking I/O: a reader and a writer thread per
+//! session; callers queue requests from their own threads and never write themselves, so
+//! reading never waits on writing (see the `session` module). Works over any [`Stream`] —
+//! unix and TCP sockets, `serial2::SerialPort`, vsock streams (via `tuppence-transport`)
+//! — with no executor.
 //!
 //! ```no_run
 //! use std::os::unix::net::UnixStream;
@@ -19,7 +21,10 @@
 //! ```
 //!
 //! Transactions are independent: several threads may run commands, inject and extract on
-//! one session at once. Each transaction's events are buffered up to a bound; a consumer
+//! one session at once. A command with a timeout that the agent does not end within it
+//! plus [`tuppence::link::ClientConfig::deadline_grace`] ends as timed out all the same.
+//! [`Session::extract_to`] writes a local path as `cp` would; an [`AbortHandle`] aborts
+//! transfers from another thread (a Ctrl-C handler). Each transaction's events are buffered up to a bound; a consumer
 //! that stops reading eventually stops the reader thread (and, through the transport,
 //! the agent) rather than growing memory.
 
@@ -30,5 +35,5 @@ mod stream;
 
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, MonitorEvent, Output, Run, RunEvent};
-pub use session::{ConnectInfo, Session};
+pub use session::{AbortHandle, ConnectInfo, Session};
 pub use stream::Stream;

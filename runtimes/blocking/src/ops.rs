@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,8 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tuppence::link::{ClientEvent, Command, Outcome, Signal};
 use tuppence::wire::ProcInfoField;
+use tuppence_transport::LocalFile;
 
 use crate::{Error, Session};
+
+/// How long an aborted transfer waits for its interrupt to be written.
+const ABORT_FLUSH: Duration = Duration::from_secs(2);
 
 /// One piece of a running command's output.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +53,7 @@ pub struct Run<'s> {
 impl Session {
     /// Starts a command.
     pub fn run(&self, cmd: Command) -> Result<Run<'_>, Error> {
-        let xid = self.open(|c| c.run(cmd))?;
+        let xid = self.open(false, |c| c.run(cmd.clone()))?;
         Ok(Run {
             session: self,
             xid,
@@ -69,7 +74,24 @@ impl Session {
     /// Copies `source` into `path` on the system under test (created as `user` with
     /// exactly `mode`, renamed into place only when complete). `progress` is called with
     /// the bytes sent so far. Returns the number of bytes sent.
+    ///
+    /// If reading `source` fails, or an [`crate::AbortHandle`] aborts the transfer, the
+    /// agent is sent an interrupt and removes its temporary file; after an abort this
+    /// waits (a couple of seconds at most) for that interrupt to be written, so a process
+    /// that exits next does not leave the temporary behind.
     pub fn inject(
+        &self,
+        user: &str,
+        path: &str,
+        mode: u32,
+        source: impl Read,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let r = self.inject_inner(user, path, mode, source, progress);
+        self.after_abort(r)
+    }
+
+    fn inject_inner(
         &self,
         user: &str,
         path: &str,
@@ -77,7 +99,7 @@ impl Session {
         mut source: impl Read,
         mut progress: impl FnMut(u64),
     ) -> Result<u64, Error> {
-        let xid = self.open(|c| c.inject(user.to_owned(), path.to_owned(), mode))?;
+        let xid = self.open(true, |c| c.inject(user.to_owned(), path.to_owned(), mode))?;
         let mut guard = Detach { session: self, xid };
         loop {
             match self.next_event(xid, None)? {
@@ -100,7 +122,7 @@ impl Session {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Abort the remote side: the agent removes its temporary file.
-                    let _ = self.act(|c| c.interrupt(xid, Signal::KILL));
+                    self.abandon(xid);
                     return Err(Error::Local {
                         what: "read",
                         source: e,
@@ -108,7 +130,7 @@ impl Session {
                 }
             };
             let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-            self.send_data(piece, |c, d| c.send_file_data(xid, d))?;
+            self.send_data(xid, piece, |c, d| c.send_file_data(xid, d))?;
             sent += n as u64;
             progress(sent);
             // A failure reported mid-transfer ends it early.
@@ -133,15 +155,28 @@ impl Session {
 
     /// Copies `path` from the system under test (read as `user`) into `sink`; `progress`
     /// is called with the bytes received so far. Returns the number of bytes received.
-    /// On error the sink may hold part of the file: write to a temporary and rename.
+    /// On error the sink may hold part of the file: write to a temporary and rename, or
+    /// use [`Session::extract_to`]. A failed write to the sink (disk full) ends the
+    /// transfer on the agent too; so does an [`crate::AbortHandle`].
     pub fn extract(
+        &self,
+        user: &str,
+        path: &str,
+        sink: impl Write,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let r = self.extract_inner(user, path, sink, progress);
+        self.after_abort(r)
+    }
+
+    fn extract_inner(
         &self,
         user: &str,
         path: &str,
         mut sink: impl Write,
         mut progress: impl FnMut(u64),
     ) -> Result<u64, Error> {
-        let xid = self.open(|c| c.extract(user.to_owned(), path.to_owned()))?;
+        let xid = self.open(true, |c| c.extract(user.to_owned(), path.to_owned()))?;
         let mut guard = Detach { session: self, xid };
         let mut received = 0u64;
         let mut batch = VecDeque::new();
@@ -151,10 +186,14 @@ impl Session {
             }
             match batch.pop_front() {
                 Some(ClientEvent::Output { data, .. }) => {
-                    sink.write_all(&data).map_err(|e| Error::Local {
-                        what: "write",
-                        source: e,
-                    })?;
+                    if let Err(e) = sink.write_all(&data) {
+                        // Nobody will take the rest: stop the agent sending it.
+                        self.abandon(xid);
+                        return Err(Error::Local {
+                            what: "write",
+                            source: e,
+                        });
+                    }
                     received += data.len() as u64;
                     progress(received);
                 }
@@ -174,9 +213,37 @@ impl Session {
         }
     }
 
+    /// Copies `path` from the system under test (read as `user`) to the local `dest`,
+    /// opened as `cp` opens its destination ([`LocalFile`]): a new or regular file is
+    /// written to a temporary and renamed into place only when the whole file arrived; a
+    /// FIFO, device or `-` (stdout) is written in place; a symbolic link is followed; an
+    /// existing directory gets the remote file's name inside it. Returns the number of
+    /// bytes received. A failed write (`/dev/full`: `ENOSPC`) is an error, never dropped.
+    pub fn extract_to(
+        &self,
+        user: &str,
+        path: &str,
+        dest: &Path,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let mut file = LocalFile::for_extract(dest, path)?;
+        let n = self.extract(user, path, &mut file, progress)?;
+        file.commit()?;
+        Ok(n)
+    }
+
+    /// After a transfer aborted through an [`crate::AbortHandle`]: waits a little for the
+    /// interrupt to leave, so that the agent removes what the transfer left.
+    fn after_abort<T>(&self, r: Result<T, Error>) -> Result<T, Error> {
+        if matches!(r, Err(Error::Aborted)) {
+            let _ = self.flush(Some(ABORT_FLUSH));
+        }
+        r
+    }
+
     /// Subscribes to an event source on the agent (`agent`, `kmsg`, `file:PATH`).
     pub fn monitor(&self, source: &str) -> Result<Monitor<'_>, Error> {
-        let xid = self.open(|c| c.monitor(source.to_owned()))?;
+        let xid = self.open(false, |c| c.monitor(source.to_owned()))?;
         Ok(Monitor {
             session: self,
             xid,
@@ -194,7 +261,9 @@ impl Run<'_> {
     pub fn write_stdin(&self, data: &[u8]) -> Result<(), Error> {
         let xid = self.xid;
         self.session
-            .send_data(Bytes::copy_from_slice(data), |c, d| c.send_stdin(xid, d))
+            .send_data(xid, Bytes::copy_from_slice(data), |c, d| {
+                c.send_stdin(xid, d)
+            })
     }
 
     /// Closes the command's stdin. A command that has already ended is not an error
@@ -210,7 +279,7 @@ impl Run<'_> {
     /// Sends a signal to the command's process group.
     pub fn interrupt(&self, signal: Signal) -> Result<(), Error> {
         let xid = self.xid;
-        self.session.act(|c| c.interrupt(xid, signal))
+        self.session.act(|c| c.interrupt(xid, signal.clone()))
     }
 
     /// Asks for process information (bit *n* of `mask` asks for field type *n*).
@@ -364,9 +433,9 @@ impl Monitor<'_> {
 impl Drop for Monitor<'_> {
     fn drop(&mut self) {
         if !self.done.load(Ordering::SeqCst) {
-            let xid = self.xid;
-            let _ = self.session.act(|c| c.end_monitor(xid));
-            self.session.detach(xid);
+            // No waiting for transmit room in a drop: deferred if the queue is full.
+            self.session.abandon(self.xid);
+            self.session.detach(self.xid);
         }
     }
 }

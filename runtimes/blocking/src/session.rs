@@ -1,8 +1,35 @@
-//! A client session on a blocking stream: one reader thread, callers write.
+//! A client session on a blocking stream: a reader thread, a writer thread, and callers.
 //!
-//! Locking: the reader thread only takes `state`. Writers take `writer` first and `state`
-//! inside it just long enough to collect the bytes to send, so packets leave in the order
-//! the machine produced them and no lock is held across a blocking write on `state`.
+//! # Reading never waits on writing
+//!
+//! One lock, `state` (the machine and the inboxes), held only for short sections that do
+//! no I/O. Three kinds of threads share it:
+//!
+//! * **callers** run intents on the machine under the lock and return; they never write.
+//!   What an intent queued is written by the writer thread, which they wake. While the
+//!   machine's transmit buffer is over its limit an intent waits (on the condition
+//!   variable, lock released) for the writer to take bytes out: that is the backpressure
+//!   of a peer that reads slowly.
+//! * the **writer thread** takes what the machine queued (under the lock, in order, so
+//!   packets leave as the machine produced them), writes it without the lock, and sleeps
+//!   while there is nothing. It is the only thread that ever blocks in `write`.
+//! * the **reader thread** reads, feeds the machine, fires its timers, moves events to the
+//!   inboxes and wakes the writer when the machine queued something on its own (a
+//!   keepalive, requests held for the hello reply, the KILL of an expired deadline). It
+//!   waits for nothing a writer holds; it only waits for consumers when an inbox is full,
+//!   which is the backpressure of a slow consumer, by design.
+//!
+//! Why a thread of its own for writing: before, callers wrote under a writer lock that the
+//! reader also took after every read to flush the machine. A caller blocked in `send()`
+//! (the peer's buffer full) then kept the reader from reading; with `cat` the agent
+//! stopped reading its side because the command's output was not drained, and both sides'
+//! buffers stayed full until the command's timeout (issue #13.1). A writer thread makes the
+//! rule structural: no thread that reads ever writes. The cost is a wake-up of that thread
+//! per burst of requests (one futex call, skipped while it is busy writing).
+//!
+//! On drop, the writer finishes what is queued (a `quit`, say); the reader keeps reading
+//! meanwhile and, after [`CLOSE_GRACE`], shuts the stream down so that a writer stuck on
+//! a peer that never reads again returns too.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
@@ -11,7 +38,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tuppence::link::{Client, ClientConfig, ClientEvent, LinkError, Outcome};
 
 use tuppence_transport::Target;
@@ -22,6 +49,10 @@ use crate::{Error, Stream};
 const INBOX_EVENTS: usize = 256;
 /// Size of the reader's reused buffer.
 const READ_BUF: usize = 256 * 1024;
+/// How long a dropped session's writer may take to write what is still queued.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Segments per vectored write (headers and payloads alternate: 32 data packets).
+const MAX_IOV: usize = 64;
 
 /// What the server said in its hello reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +69,10 @@ pub struct ConnectInfo {
 struct Inbox {
     events: VecDeque<ClientEvent>,
     detached: bool,
+    /// An inject or extract (see [`AbortHandle`]).
+    transfer: bool,
+    /// Aborted by an [`AbortHandle`]: waits on it return [`Error::Aborted`].
+    aborted: bool,
 }
 
 struct State {
@@ -52,12 +87,24 @@ struct State {
     /// Threads blocked on the condition variable: notifying costs a syscall, so it is
     /// skipped when nobody waits (every event used to cost one, twice).
     waiting: usize,
+    /// Bytes the writer thread took from the machine and has not finished writing.
+    unwritten: usize,
+    /// The writer thread sleeps on `write_cond` (nothing to write).
+    writer_idle: bool,
+    writer_done: bool,
+    /// Transactions given up on (see `Client::abandon`: a dropped monitor, an aborted or
+    /// failed transfer) whose request met a full transmit queue where nobody may wait for
+    /// room (a `Drop`, a signal handler); the writer thread retries as it makes room.
+    deferred: Vec<u16>,
 }
 
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Consumers, callers waiting for transmit room or a flush, and the reader waiting for
+    /// inbox room wait here.
     cond: Condvar,
-    writer: Mutex<Box<dyn Write + Send>>,
+    /// Only the writer thread waits here, for bytes to write.
+    write_cond: Condvar,
     closing: AtomicBool,
 }
 
@@ -88,17 +135,33 @@ impl Session {
                 io_failure: None,
                 reader_done: false,
                 waiting: 0,
+                unwritten: 0,
+                writer_idle: false,
+                writer_done: false,
+                deferred: Vec::new(),
             }),
             cond: Condvar::new(),
-            writer: Mutex::new(Box::new(writer)),
+            write_cond: Condvar::new(),
             closing: AtomicBool::new(false),
         });
-        shared.flush()?;
+        {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("tuppence-writer".into())
+                .spawn(move || shared.writer_loop(writer))?;
+        }
         let reader = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("tuppence-reader".into())
-                .spawn(move || shared.reader_loop(stream))?
+                .spawn(move || shared.reader_loop(stream))
+        };
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                shared.close();
+                return Err(e.into());
+            }
         };
         let session = Session {
             shared,
@@ -148,42 +211,40 @@ impl Session {
     }
 
     /// Runs an intent on the machine under the lock, registers an inbox for the new
-    /// transaction, and sends what it queued.
+    /// transaction, and hands what it queued to the writer thread. `transfer` marks an
+    /// inject or extract, which an [`AbortHandle`] can abort.
     pub(crate) fn open(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<u16, tuppence::link::UsageError>,
+        transfer: bool,
+        mut f: impl FnMut(&mut Client) -> Result<u16, tuppence::link::UsageError>,
     ) -> Result<u16, Error> {
-        let xid = {
-            let mut st = self.shared.lock();
-            if let Some(e) = self.shared.failure_of(&st) {
-                return Err(e);
-            }
+        self.shared.intent(None, |st| {
             let xid = f(&mut st.client)?;
-            st.inboxes.insert(xid, Inbox::default());
-            xid
-        };
-        self.shared.flush()?;
-        Ok(xid)
+            st.inboxes.insert(
+                xid,
+                Inbox {
+                    transfer,
+                    ..Inbox::default()
+                },
+            );
+            Ok(xid)
+        })
     }
 
-    /// Runs an intent on an existing transaction and sends what it queued.
+    /// Runs an intent on an existing transaction and hands what it queued to the writer
+    /// thread. While the transmit buffer is full, waits for the writer to drain it.
     pub(crate) fn act(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<(), tuppence::link::UsageError>,
+        mut f: impl FnMut(&mut Client) -> Result<(), tuppence::link::UsageError>,
     ) -> Result<(), Error> {
-        {
-            let mut st = self.shared.lock();
-            if let Some(e) = self.shared.failure_of(&st) {
-                return Err(e);
-            }
-            f(&mut st.client)?;
-        }
-        self.shared.flush()
+        self.shared.intent(None, |st| Ok(f(&mut st.client)?))
     }
 
-    /// Sends data in pieces so the machine's transmit buffer stays bounded.
+    /// Sends data in pieces so the machine's transmit buffer stays bounded; a wait for
+    /// room ends with [`Error::Aborted`] if the transaction is aborted meanwhile.
     pub(crate) fn send_data(
         &self,
+        xid: u16,
         data: Bytes,
         f: impl Fn(&mut Client, Bytes) -> Result<(), tuppence::link::UsageError>,
     ) -> Result<(), Error> {
@@ -191,9 +252,61 @@ impl Session {
         let mut rest = data;
         while !rest.is_empty() {
             let piece = rest.split_to(rest.len().min(PIECE));
-            self.act(|c| f(c, piece))?;
+            self.shared
+                .intent(Some(xid), |st| Ok(f(&mut st.client, piece.clone())?))?;
         }
         Ok(())
+    }
+
+    /// Sends what a transaction given up on owes the agent (`Client::abandon`: end a
+    /// monitor, abort a transfer) without waiting for transmit room (from a `Drop`, or
+    /// after a local failure): queued now, or by the writer thread once it has made room.
+    pub(crate) fn abandon(&self, xid: u16) {
+        let mut st = self.shared.lock();
+        if self.shared.failure_of(&st).is_some() {
+            return;
+        }
+        self.shared.abandon(&mut st, xid);
+    }
+
+    /// Waits until everything requested so far has been written to the stream, for at
+    /// most `timeout` (`None` = as long as it takes). Returns false on timeout. Intents
+    /// return once their packets are queued; this is for callers that must know they
+    /// left before the process exits (`quit`, the interrupt of an aborted transfer).
+    pub fn flush(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.shared.lock();
+        loop {
+            if st.client.transmit_buffered() == 0 && st.unwritten == 0 {
+                return Ok(true);
+            }
+            // A failure alone is not checked here: the peer may close right after reading
+            // the last request (`quit`) while the writer has yet to record the write.
+            if st.writer_done {
+                return Err(self
+                    .shared
+                    .failure_of(&st)
+                    .unwrap_or(Error::Link(LinkError::Closed)));
+            }
+            st = match deadline {
+                None => self.shared.wait(st),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(false);
+                    }
+                    self.shared.wait_timeout(st, d - now)
+                }
+            };
+        }
+    }
+
+    /// A handle that aborts this session's transfers from another thread (a Ctrl-C
+    /// handler). It does not keep the session alive.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// The next event of transaction `xid`, waiting up to `timeout` (`None` = forever).
@@ -225,6 +338,9 @@ impl Session {
             // has sent everything (the tail of a large extract stalled for seconds).
             self.shared.dispatch(&mut st);
             if let Some(inbox) = st.inboxes.get_mut(&xid) {
+                if inbox.aborted {
+                    return Err(Error::Aborted);
+                }
                 if !inbox.events.is_empty() {
                     let mut finished = false;
                     for _ in 0..max.max(1) {
@@ -301,9 +417,23 @@ impl Session {
         self.shared.notify(&st);
     }
 
-    /// Asks the agent to exit, and closes this session.
-    pub fn quit(self) -> Result<(), Error> {
-        self.act(|c| c.quit())
+    /// Asks the agent to exit and waits (up to a few seconds) until the request is written.
+    /// The agent then closes the connection.
+    pub fn quit(&self) -> Result<(), Error> {
+        self.act(|c| c.quit())?;
+        if !self.flush(Some(CLOSE_GRACE))? {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the quit request could not be written in time",
+            )));
+        }
+        Ok(())
+    }
+
+    /// The machine's counters (packets, drops, violations, command deadlines that expired
+    /// on this side).
+    pub fn stats(&self) -> tuppence::link::Stats {
+        self.shared.lock().client.stats().clone()
     }
 
     /// True once the connection has failed or closed.
@@ -315,10 +445,55 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.close();
         // The reader wakes at its next read timeout at the latest; do not wait for it:
         // a read without timeout (keepalive off) may block until the peer closes.
         drop(self.reader.take());
+    }
+}
+
+/// Aborts the transfers of a session from another thread, e.g. a Ctrl-C handler, while
+/// the thread that runs them is blocked in `inject` or `extract`.
+#[derive(Clone, Debug)]
+pub struct AbortHandle {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl AbortHandle {
+    /// Aborts every inject and extract in progress on the session: each sends the agent
+    /// an interrupt (it removes an inject's temporary and stops reading an extract's
+    /// file) and returns [`Error::Aborted`] promptly, even while it waits for the agent,
+    /// for transmit room, or (with a source that checks for it, as the CLI's does) for
+    /// its input. Transfers started afterwards are not affected; commands and monitors
+    /// never are. Returns how many transfers were aborted.
+    pub fn abort(&self) -> usize {
+        let Some(shared) = self.shared.upgrade() else {
+            return 0;
+        };
+        let mut st = shared.lock();
+        let xids: Vec<u16> = st
+            .inboxes
+            .iter()
+            .filter(|(_, i)| i.transfer && !i.aborted && !i.detached)
+            .map(|(&x, _)| x)
+            .collect();
+        for &xid in &xids {
+            // An interrupt on a transfer aborts it on the agent. Unknown xid: it has just
+            // ended, nothing to undo. A full queue (inject data): sent once there is room.
+            shared.abandon(&mut st, xid);
+            if let Some(inbox) = st.inboxes.get_mut(&xid) {
+                inbox.aborted = true;
+            }
+        }
+        shared.wake_writer(&st);
+        shared.cond.notify_all();
+        xids.len()
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
     }
 }
 
@@ -365,22 +540,122 @@ impl Shared {
         None
     }
 
-    /// Writes everything the machine has queued, in order.
-    pub(crate) fn flush(&self) -> Result<(), Error> {
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut buf = BytesMut::new();
-        self.lock().client.poll_transmit(Instant::now(), &mut buf);
-        if buf.is_empty() {
-            return Ok(());
+    /// Runs an intent under the lock; while the machine answers `QueueFull`, waits for
+    /// the writer thread to make room and tries again (`f` may run several times). With
+    /// `xid`, the wait ends with [`Error::Aborted`] once that transaction is aborted.
+    /// Wakes the writer thread for what the intent queued.
+    fn intent<T>(
+        &self,
+        xid: Option<u16>,
+        mut f: impl FnMut(&mut State) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut st = self.lock();
+        loop {
+            if let Some(e) = self.failure_of(&st) {
+                return Err(e);
+            }
+            if xid.is_some_and(|x| st.inboxes.get(&x).is_some_and(|i| i.aborted)) {
+                return Err(Error::Aborted);
+            }
+            match f(&mut st) {
+                Err(Error::Usage(tuppence::link::UsageError::QueueFull { .. })) => {
+                    // The writer notifies after taking bytes out of the machine.
+                    self.wake_writer(&st);
+                    st = self.wait(st);
+                }
+                r => {
+                    self.wake_writer(&st);
+                    return r;
+                }
+            }
         }
-        let r = w.write_all(&buf).and_then(|()| w.flush());
-        if let Err(e) = r {
+    }
+
+    /// `Client::abandon(xid)`, or, while the transmit queue is full, remembered for the
+    /// writer thread to retry; wakes the writer either way.
+    fn abandon(&self, st: &mut State, xid: u16) {
+        if let Err(tuppence::link::UsageError::QueueFull { .. }) = st.client.abandon(xid) {
+            st.deferred.push(xid);
+        }
+        self.wake_writer(st);
+    }
+
+    /// Wakes the writer thread if it sleeps and the machine has bytes for it. Call with
+    /// the lock held (the writer checks for work under it before sleeping).
+    fn wake_writer(&self, st: &State) {
+        if st.writer_idle && (st.client.transmit_buffered() > 0 || !st.deferred.is_empty()) {
+            self.write_cond.notify_one();
+        }
+    }
+
+    /// Asks both threads to finish: the writer writes what is queued, then stops.
+    fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _st = self.lock();
+        self.write_cond.notify_one();
+        self.cond.notify_all();
+    }
+
+    /// The writer thread: takes what the machine queued and writes it, in order, until
+    /// the session closes (with nothing left to write) or the link fails.
+    fn writer_loop<W: Write>(self: Arc<Self>, mut w: W) {
+        let mut segments: VecDeque<Bytes> = VecDeque::new();
+        loop {
+            {
+                let mut st = self.lock();
+                loop {
+                    if st.failure.is_some() || st.io_failure.is_some() {
+                        return self.writer_exit(st);
+                    }
+                    if !st.deferred.is_empty() {
+                        let mut deferred = std::mem::take(&mut st.deferred);
+                        deferred.retain(|&xid| {
+                            matches!(
+                                st.client.abandon(xid),
+                                Err(tuppence::link::UsageError::QueueFull { .. })
+                            )
+                        });
+                        st.deferred = deferred;
+                    }
+                    let n = st
+                        .client
+                        .poll_transmit_segments(Instant::now(), &mut segments);
+                    if n > 0 {
+                        st.unwritten = n;
+                        // Room for callers waiting on `QueueFull`.
+                        self.notify(&st);
+                        break;
+                    }
+                    if self.closing.load(Ordering::SeqCst) || st.reader_done {
+                        return self.writer_exit(st);
+                    }
+                    st.writer_idle = true;
+                    st = self.write_cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.writer_idle = false;
+                }
+            }
+            let r = write_segments(&mut w, &mut segments).and_then(|()| w.flush());
             let mut st = self.lock();
-            st.io_failure.get_or_insert_with(|| e.to_string());
+            st.unwritten = 0;
+            if let Err(e) = r {
+                segments.clear();
+                // The link is unusable: end it, so that every waiter sees it now rather
+                // than at the reader's next wake-up.
+                st.io_failure.get_or_insert_with(|| e.to_string());
+                st.client.handle_eof(Instant::now());
+                self.dispatch(&mut st);
+                st.failure.get_or_insert(LinkError::Closed);
+                return self.writer_exit(st);
+            }
+            // Flush waiters.
             self.notify(&st);
-            return Err(Error::Io(e));
         }
-        Ok(())
+    }
+
+    fn writer_exit(&self, mut st: MutexGuard<'_, State>) {
+        st.writer_done = true;
+        st.unwritten = 0;
+        self.cond.notify_all();
     }
 
     /// Moves the machine's events into the per-transaction inboxes. Stops at an inbox that
@@ -435,9 +710,19 @@ impl Shared {
 
     fn reader_loop<S: Stream>(self: Arc<Self>, mut stream: S) {
         let mut buf = vec![0u8; READ_BUF];
+        // When the session was dropped: the writer gets `CLOSE_GRACE` to finish.
+        let mut closing_since: Option<Instant> = None;
         loop {
             if self.closing.load(Ordering::SeqCst) {
-                break;
+                let since = *closing_since.get_or_insert_with(Instant::now);
+                if self.lock().writer_done {
+                    break;
+                }
+                if since.elapsed() >= CLOSE_GRACE {
+                    // A writer stuck on a peer that never reads: make its write fail.
+                    let _ = stream.shutdown();
+                    break;
+                }
             }
             let timeout = {
                 let st = self.lock();
@@ -445,12 +730,14 @@ impl Shared {
                     .poll_timeout()
                     .map(|t| t.saturating_duration_since(Instant::now()))
             };
-            // Wake at least once a second so a dropped session lets its thread go.
-            let timeout = Some(
-                timeout
-                    .unwrap_or(Duration::from_secs(1))
-                    .min(Duration::from_secs(1)),
-            );
+            // Wake at least once a second so a dropped session lets its thread go (and
+            // often while a dropped session's writer finishes).
+            let most = if closing_since.is_some() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(1)
+            };
+            let timeout = Some(timeout.unwrap_or(most).min(most));
             match stream.read_timeout(&mut buf, timeout) {
                 Ok(0) => {
                     self.end(None);
@@ -485,6 +772,8 @@ impl Shared {
                 let mut st = self.lock();
                 st.client.handle_timeout(Instant::now());
                 self.dispatch(&mut st);
+                // Keepalives, requests held for the hello reply, a deadline's KILL.
+                self.wake_writer(&st);
                 if let Some(e) = st.client.error().cloned() {
                     st.failure.get_or_insert(e);
                     st.reader_done = true;
@@ -493,11 +782,12 @@ impl Shared {
                 }
                 self.notify(&st);
             }
-            let _ = self.flush();
         }
         let mut st = self.lock();
         st.reader_done = true;
         self.notify(&st);
+        // A writer waiting for work must see that the session is over.
+        self.write_cond.notify_one();
     }
 
     /// Offers received bytes to the machine, waiting for consumers when it pushes back.
@@ -518,6 +808,7 @@ impl Shared {
                 }
             }
             self.dispatch(&mut st);
+            self.wake_writer(&st);
             self.notify(&st);
             if offset < data.len() {
                 if self.closing.load(Ordering::SeqCst) {
@@ -542,5 +833,40 @@ impl Shared {
         st.failure.get_or_insert(failure);
         st.reader_done = true;
         self.notify(&st);
+        self.write_cond.notify_one();
     }
+}
+
+/// Writes every segment, in order, with vectored writes; drops what was written.
+fn write_segments<W: Write>(w: &mut W, segments: &mut VecDeque<Bytes>) -> io::Result<()> {
+    while !segments.is_empty() {
+        let r = {
+            let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for (slot, seg) in iov.iter_mut().zip(segments.iter()) {
+                *slot = io::IoSlice::new(seg);
+                k += 1;
+            }
+            w.write_vectored(iov.get(..k).unwrap_or_default())
+        };
+        let mut n = match r {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 {
+            let Some(front) = segments.front_mut() else {
+                break;
+            };
+            if n < front.len() {
+                bytes::Buf::advance(front, n);
+                n = 0;
+            } else {
+                n -= front.len();
+                segments.pop_front();
+            }
+        }
+    }
+    Ok(())
 }

@@ -18,6 +18,14 @@ pub trait Stream: Write + Send + 'static {
     /// Reads, waiting at most `timeout` (`None` = until data or EOF). A read that timed
     /// out returns `WouldBlock` or `TimedOut`; the session treats both as "no data yet".
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize>;
+    /// Shuts both directions down, so that a write blocked on a peer that never reads
+    /// again returns (with an error). Used when a dropped session's writer thread could
+    /// not finish within its grace period. The default does nothing: a stream without a
+    /// shutdown (a serial line) keeps such a writer until the peer reads or the process
+    /// exits.
+    fn shutdown(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn at_least_1ms(t: Option<Duration>) -> Option<Duration> {
@@ -28,6 +36,9 @@ impl Stream for UnixStream {
     fn try_clone_stream(&self) -> io::Result<Self> {
         self.try_clone()
     }
+    fn shutdown(&self) -> io::Result<()> {
+        UnixStream::shutdown(self, std::net::Shutdown::Both)
+    }
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         self.set_read_timeout(at_least_1ms(timeout))?;
         self.read(buf)
@@ -37,6 +48,9 @@ impl Stream for UnixStream {
 impl Stream for TcpStream {
     fn try_clone_stream(&self) -> io::Result<Self> {
         self.try_clone()
+    }
+    fn shutdown(&self) -> io::Result<()> {
+        TcpStream::shutdown(self, std::net::Shutdown::Both)
     }
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         self.set_read_timeout(at_least_1ms(timeout))?;
@@ -61,6 +75,9 @@ impl Stream for serial2::SerialPort {
 impl Stream for Transport {
     fn try_clone_stream(&self) -> io::Result<Self> {
         self.try_clone()
+    }
+    fn shutdown(&self) -> io::Result<()> {
+        Transport::shutdown(self).map(|_| ())
     }
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         if !self.wait_readable(timeout)? {

@@ -105,9 +105,14 @@ quote what the remote shell should see, e.g. tuppence run -- 'echo $HOME'.
 Ctrl-C sends INT to the remote command's process group (TERM, HUP and QUIT are forwarded \
 as themselves); a second signal sends KILL; a third gives up waiting and exits with 130.
 
-Exit status: the remote exit code, 128+N if signal N killed it, 200 if the agent killed it \
-at its timeout, 201 if it could not be started, 202 connection failure, 203 protocol \
-failure, 204 bad usage, 205 local output file failure.";
+With --timeout T, tuppence itself gives up T + 5 s after sending the command if the \
+agent has not ended it by then (the C agent cannot always: a background child keeps it \
+waiting): the command is sent KILL and the status is 200.
+
+Exit status: the remote exit code, 128+N if signal N killed it, 200 if it timed out, 201 \
+if it could not be started, 202 connection failure, 203 protocol failure, 204 bad usage \
+(also: command, environment and user too large for one packet, 32768 bytes with legacy+), \
+205 local output file failure.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -117,7 +122,8 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub user: Option<String>,
     /// Seconds after which the agent kills the command (rounded up); 0 = the agent's
-    /// default (60 s unless `serve --default-timeout` says otherwise).
+    /// default (60 s unless `serve --default-timeout` says otherwise; a legacy+ target is
+    /// sent 60, since the C agent reads 0 as 12 s).
     #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
     pub timeout: f64,
     /// Run on a pseudo-terminal: stdout and stderr arrive merged, Ctrl-C and other keys go
@@ -151,7 +157,10 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit status: 0 done, 201 the agent could not write the file, 202 \
+    after_help = "Ctrl-C aborts the transfer at once, even while LOCAL (a pipe, a terminal) \
+has nothing to read: the agent removes its temporary and nothing is written remotely.
+
+Exit status: 0 done, 201 the agent could not write the file, 202 \
 connection failure, 204 bad usage, 205 the local file could not be read, 130 Ctrl-C."
 )]
 pub struct InjectArgs {
@@ -174,9 +183,13 @@ pub struct InjectArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "The file is written to a temporary beside LOCAL and renamed into \
-place only when the transfer succeeded, so a failure never leaves an empty or partial file. \
-An existing LOCAL keeps its permission bits; a new one gets 0666 minus the umask.
+    after_help = "LOCAL is treated as cp treats its destination. A new or regular file is \
+written to a temporary beside it and renamed into place only when the transfer succeeded, \
+so a failure never leaves an empty or partial file; an existing one keeps its permission \
+bits, a new one gets 0666 minus the umask. A FIFO or device is written in place (a FIFO \
+waits for its reader; /dev/full fails with status 205). A symbolic link is followed and \
+stays; a link to nothing is refused. A remote file that shrinks while it is read fails \
+with 201 and nothing is kept.
 
 Exit status: 0 done, 201 the agent could not read the file, 202 connection failure, 204 \
 bad usage, 205 the local file could not be written, 130 Ctrl-C."

@@ -20,6 +20,8 @@ use crate::exit::{self, Failure};
 /// How long [`Connection::close`] waits for an embedded agent to kill and reap what it
 /// started before the process exits anyway.
 const LOCAL_SHUTDOWN: Duration = Duration::from_secs(3);
+/// How long closing a connection waits for queued requests to be written.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// A session and, for `local`, the agent thread behind it.
 ///
@@ -190,9 +192,16 @@ impl Connection {
 
     /// Sends `q`. The session is closed afterwards; an embedded agent quits by itself.
     pub fn quit(self) -> Result<(), tuppence_blocking::Error> {
-        let Connection { session, local, .. } = self;
-        let r = session.quit();
-        drop(local);
-        r
+        self.session.quit()
+    }
+}
+
+impl Drop for Connection {
+    /// Lets requests still queued leave before the session closes and this process exits:
+    /// the KILL of a command whose deadline expired, the interrupt of an aborted inject
+    /// (so the agent removes its temporary). Bounded, so a peer that stopped reading
+    /// cannot hold the exit.
+    fn drop(&mut self) {
+        let _ = self.session.flush(Some(CLOSE_FLUSH));
     }
 }

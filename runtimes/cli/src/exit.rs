@@ -14,7 +14,9 @@ use tuppence::link::{LinkError, UsageError};
 use tuppence_blocking::Error as SessionError;
 use tuppence_transport::TransportError;
 
-/// The agent killed the command at its timeout.
+/// The command timed out: the agent killed it at its timeout, or it had not ended 5 s
+/// after it (an agent that cannot enforce it, such as the C executor with a grandchild
+/// holding the output), when tuppence sent it KILL and stopped waiting.
 pub const TIMEOUT: u8 = 200;
 /// The agent could not do what was asked: the command could not be started (unknown user,
 /// user not allowed), a file could not be opened or written, an event source does not
@@ -29,7 +31,8 @@ pub const CONNECTION: u8 = 202;
 pub const PROTOCOL: u8 = 203;
 /// The command line is wrong (also for clap's own errors, which would otherwise use 2 and
 /// collide with a remote command's exit code 2), or the target cannot do what was asked
-/// (e.g. a monitor over the 3.0 dialect).
+/// (e.g. a monitor over the 3.0 dialect, or a command, environment and user too large for
+/// one packet: 32768 bytes in 3.0).
 pub const USAGE: u8 = 204;
 /// A local file or stream failed: reading the file to inject, writing the extracted file,
 /// writing `--stdout`/`--stderr` files.
@@ -44,11 +47,12 @@ Exit status:
   0-199    the remote command's exit code (run, procinfo --wait); 0 = success otherwise
   128+N    the remote command was killed by signal N (e.g. 143 for TERM)
   130      interrupted by Ctrl-C during a transfer
-  200      the agent killed the command at its timeout
+  200      the command timed out (killed by the agent, or not ended 5 s after its timeout)
   201      the agent could not do it (command did not start, file error, unknown source)
   202      connection failure (cannot connect, refused, peer closed, keepalive expired)
   203      protocol failure (version mismatch, handshake, framing)
-  204      bad usage (command line, target syntax, operation not in the target's dialect)
+  204      bad usage (command line, target syntax, operation not in the target's dialect,
+           a request too large for one packet)
   205      local file or stream failure";
 
 /// A failure, printed as one line: `tuppence: CONTEXT: MESSAGE`, where the context is
@@ -138,7 +142,9 @@ pub fn link(e: &LinkError) -> Failure {
 fn usage_error(e: &UsageError) -> Failure {
     match e {
         UsageError::Link(e) => link(e),
-        UsageError::NotSupported { .. } | UsageError::Encode(_) => Failure::usage(e.to_string()),
+        UsageError::NotSupported { .. } | UsageError::TooLarge { .. } | UsageError::Encode(_) => {
+            Failure::usage(e.to_string())
+        }
         other => Failure::new(PROTOCOL, other.to_string()),
     }
 }

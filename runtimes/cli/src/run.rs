@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tuppence::link::{Command, Outcome, Signal};
+use tuppence::link::{COMMAND_DEADLINE_GRACE, Command, Outcome, Signal};
 use tuppence::wire::{Dialect, field};
 use tuppence_blocking::{Run, RunEvent, errno_text};
 
@@ -49,6 +49,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     for (name, value) in &env {
         cmd = cmd.env(name, value);
     }
+    // What the agent is told (60 in 3.0 without --timeout), for the deadline's message.
+    let timeout_secs = cmd.timeout_secs_in(conn.target.dialect);
     let session = conn.session();
     let run = session.run(cmd).map_err(|e| Failure::session(e).at(&ctx))?;
     log_start(&run, conn.target.dialect);
@@ -85,12 +87,26 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     });
     drop(raw);
     drop(run);
-    // Closes the session; an embedded agent is stopped, killing anything left over.
+    // The client's own deadline ended it, not the agent (DESIGN §8).
+    let ended_here = conn.session().stats().deadlines_expired > 0;
+    // Closes the session (after the KILL of an expired deadline has left); an embedded
+    // agent is stopped, killing anything left over.
     drop(conn);
 
     let (outcome, local_failure) = result.map_err(|e| Failure::session(e).at(&ctx))?;
     if let Some(f) = local_failure {
         return Err(f.at(&ctx));
+    }
+    if outcome == Outcome::TimedOut && ended_here {
+        return Err(Failure::new(
+            exit::TIMEOUT,
+            format!(
+                "command timed out after {} s; the agent had not ended it {} s later, so it was sent KILL and not waited for",
+                timeout_secs,
+                COMMAND_DEADLINE_GRACE.as_secs()
+            ),
+        )
+        .at(&ctx));
     }
     outcome_status(outcome, args.timeout, &user).map_err(|f| f.at(&ctx))
 }

@@ -5,8 +5,12 @@
 //! ready on ...`, goes to stderr: test harnesses (the QEMU test among them) wait for it
 //! instead of polling for a socket file. SIGTERM and SIGINT go to a thread that asks the
 //! agent loop to stop, so it kills and reaps its commands and removes partial files
-//! before the process exits.
+//! before the process exits; its unix sockets' files go when the listeners are dropped.
+//! A second signal while it winds down exits at once, after removing those files itself
+//! (the listeners are never dropped then). `sniff serve` uses the same handling.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -35,6 +39,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         let listener = Listener::bind(target, &options).map_err(listen_failure)?;
         listeners.push(listener);
     }
+    let sockets: Vec<SocketFile> = targets.iter().filter_map(SocketFile::of).collect();
     let shown: Vec<String> = listeners
         .iter()
         .zip(&targets)
@@ -79,25 +84,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         agent.add_listener(l).map_err(cannot)?;
     }
     let stop = agent.stop_handle().map_err(cannot)?;
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::local("signal handlers", &e))?;
-    let signal_handle = signals.handle();
-    std::thread::Builder::new()
-        .name("tuppence-signals".into())
-        .spawn(move || {
-            let mut stopping = false;
-            for sig in signals.forever() {
-                if stopping {
-                    // A second signal while the agent winds down: the user means it.
-                    exit::say("tuppence serve: killed while stopping");
-                    std::process::exit(128 + sig);
-                }
-                stopping = true;
-                stop.stop();
-                tracing::info!(signal = sig, "stopping");
-            }
-        })
-        .map_err(cannot)?;
+    let signal_handle = stop_on_signals("tuppence serve", sockets, move || stop.stop())?;
 
     exit::say(format_args!(
         "tuppence serve: ready on {}",
@@ -112,6 +99,74 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         RunEnd::Idle => tracing::info!("nothing left to serve"),
     }
     Ok(0)
+}
+
+/// A unix socket file a server created, and its identity right after `bind`: removed on
+/// a forced exit only while the path still names that socket (not a newer agent's).
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    /// The socket file of a bound unix target; `None` for other transports.
+    pub(crate) fn of(target: &Target) -> Option<SocketFile> {
+        let Endpoint::Unix { path } = &target.endpoint else {
+            return None;
+        };
+        let identity = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Some(SocketFile {
+            path: path.clone(),
+            identity,
+        })
+    }
+
+    fn remove(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && Some((m.dev(), m.ino())) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// SIGTERM and SIGINT for a server (`serve`, `sniff serve`), on a thread of their own: the
+/// first calls `stop`, and the server winds down (kills what it started, drops its
+/// listeners, which removes their socket files); a second one while it does exits at once
+/// with 128 + the signal, after removing `sockets`, which the listeners, never dropped on
+/// that path, would leave behind. Close the returned handle once the server has stopped.
+pub(crate) fn stop_on_signals(
+    name: &'static str,
+    sockets: Vec<SocketFile>,
+    stop: impl Fn() + Send + 'static,
+) -> Result<signal_hook::iterator::Handle, Failure> {
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::local("signal handlers", &e))?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("tuppence-signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            for sig in signals.forever() {
+                if stopping {
+                    // A second signal while the server winds down: the user means it.
+                    for s in &sockets {
+                        s.remove();
+                    }
+                    exit::say(format_args!("{name}: killed while stopping"));
+                    std::process::exit(128 + sig);
+                }
+                stopping = true;
+                // Stop first: with a closed stderr the log line can fail, and the agent
+                // must stop all the same.
+                stop();
+                tracing::info!(signal = sig, "stopping");
+            }
+        })
+        .map_err(|e| Failure::local("signal thread", &e))?;
+    Ok(handle)
 }
 
 /// The listeners in a fixed order: virtio, serial, vsock, unix, tcp; with none given, the

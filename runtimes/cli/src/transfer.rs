@@ -1,33 +1,48 @@
 //! `tuppence inject` and `tuppence extract`.
 //!
-//! Both ends write atomically: the agent writes an injected file to a temporary and renames
-//! it into place, and so does `extract` locally, so a failed or interrupted transfer never
-//! leaves a truncated file where a test expects a whole one.
+//! Both ends write atomically where a file is replaced: the agent writes an injected file
+//! to a temporary and renames it into place, and so does `extract` locally for a new or
+//! regular file, so a failed or interrupted transfer never leaves a truncated file where a
+//! test expects a whole one. Other local destinations follow `cp` (DESIGN §8,
+//! [`LocalFile`]): a FIFO, a device or `-` is written in place, a symbolic link is
+//! followed; a failed write there (`/dev/full`) is reported with status 205.
 //!
-//! Ctrl-C during `inject` is noticed between chunks: the transfer is aborted with an
-//! interrupt, so the agent removes its temporary (this matters for `local`, whose agent
-//! dies with us), and the status is 130; a second Ctrl-C exits at once. During `extract`
-//! nothing remote needs cleaning up, so the first Ctrl-C removes the local temporary and
-//! exits at once, even while the agent is silent.
+//! Ctrl-C during `inject` aborts the transfer at once, wherever it waits (for the agent,
+//! for room on the link, or for input from a stalled pipe): the agent is sent an interrupt
+//! and removes its temporary, and the status is 130; a second Ctrl-C exits without
+//! waiting for anything. During `extract` nothing remote needs cleaning up, so the first
+//! Ctrl-C removes the local temporary and exits at once, even while the agent is silent.
+//!
+//! An extract whose remote file shrank while the agent read it fails (the agent answers
+//! 61, ENODATA): what arrived is no state the file was ever in, so it is discarded and the
+//! reason printed, rather than a short copy passed off as the file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tuppence_blocking::{Error as SessionError, errno_text};
+use tuppence::link::status::ENODATA;
+use tuppence_blocking::{AbortHandle, Error as SessionError, errno_text};
+use tuppence_transport::{LocalFile, LocalFileError};
 
 use crate::cli::{ExtractArgs, InjectArgs};
 use crate::exit::{self, Failure};
 
 /// Mode of an injected file read from stdin (no local file to copy the mode from).
 const STDIN_MODE: u32 = 0o644;
+/// Pieces read ahead from a source that may stall (a pipe, a terminal), and their size.
+const READ_AHEAD: usize = 4;
+const READ_PIECE: usize = 256 * 1024;
+/// How often a wait for such a source checks whether the user interrupted.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
 pub fn inject(args: InjectArgs) -> Result<u8, Failure> {
     let from_stdin = args.local.as_os_str() == "-";
@@ -73,11 +88,17 @@ pub fn inject(args: InjectArgs) -> Result<u8, Failure> {
     let conn = args.target.connect()?;
     let ctx = conn.target.to_string();
     let user = args.user.clone().unwrap_or_else(|| conn.default_user());
-    let watch = Interrupts::watch(None, false)?;
+    let watch = Interrupts::watch(None, false, Some(conn.session().abort_handle()))?;
     let bar = progress_bar(size);
-    let reader = Watched {
-        inner: source,
-        stop: watch.flag.clone(),
+    // A source that is not a regular file (stdin, a FIFO, a device) may stall forever: it
+    // is read on a thread of its own, so that a Ctrl-C is not stuck behind a read.
+    let reader: Box<dyn Read + Send> = if size.is_some() {
+        Box::new(Watched {
+            inner: source,
+            stop: watch.flag.clone(),
+        })
+    } else {
+        Box::new(ReadAhead::spawn(source, watch.flag.clone()))
     };
     let result = conn
         .session()
@@ -107,34 +128,23 @@ pub fn extract(args: ExtractArgs) -> Result<u8, Failure> {
     if args.remote.is_empty() {
         return Err(Failure::usage("empty remote path"));
     }
-    let to_stdout = args.local.as_os_str() == "-";
-    let dest = if !to_stdout && args.local.is_dir() {
-        let name = Path::new(&args.remote)
-            .file_name()
-            .ok_or_else(|| Failure::usage(format!("{} has no file name", args.remote)))?;
-        args.local.join(name)
+    // Opened before connecting: a local problem (no such directory, no permission, a
+    // dangling link) is reported without touching the target. A FIFO's open waits for its
+    // reader, as `cp` does.
+    let mut dest = LocalFile::for_extract(&args.local, &args.remote).map_err(local_failure)?;
+    let shown = if args.local.as_os_str() == "-" {
+        PathBuf::from("stdout")
     } else {
-        args.local.clone()
-    };
-    // Create the temporary before connecting: a local problem (no such directory, no
-    // permission) is then reported without touching the target.
-    let mut temp = if to_stdout {
-        None
-    } else {
-        Some(TempFile::beside(&dest)?)
+        dest.path().to_owned()
     };
 
     let conn = args.target.connect()?;
     let ctx = conn.target.to_string();
     let user = args.user.clone().unwrap_or_else(|| conn.default_user());
-    let watch = Interrupts::watch(temp.as_ref().map(|t| t.path.clone()), true)?;
+    let watch = Interrupts::watch(dest.temporary().map(Path::to_owned), true, None)?;
     let bar = progress_bar(None);
-    let sink: Box<dyn Write> = match &temp {
-        Some(t) => Box::new(&t.file),
-        None => Box::new(io::stdout().lock()),
-    };
     let writer = Watched {
-        inner: sink,
+        inner: &mut dest,
         stop: watch.flag.clone(),
     };
     let result = conn
@@ -144,17 +154,15 @@ pub fn extract(args: ExtractArgs) -> Result<u8, Failure> {
     drop(conn);
     match result {
         Ok(n) => {
-            if let Some(t) = temp.take() {
-                t.persist(&dest)?;
-            }
+            dest.commit().map_err(|e| local_failure(e).at(&ctx))?;
             bar.finish();
             tracing::info!(bytes = n, remote = %args.remote, "extracted");
             Ok(0)
         }
         Err(e) => {
             bar.abandon();
-            // `temp` is dropped here, removing the partial file.
-            drop(temp);
+            // A replaced file's temporary is removed here; nothing was renamed.
+            drop(dest);
             if interrupted {
                 return Err(Failure::new(
                     exit::INTERRUPTED,
@@ -162,14 +170,33 @@ pub fn extract(args: ExtractArgs) -> Result<u8, Failure> {
                 )
                 .at(&ctx));
             }
-            Err(transfer_failure(e, "extract", &args.remote, &dest).at(&ctx))
+            Err(transfer_failure(e, "extract", &args.remote, &shown).at(&ctx))
         }
+    }
+}
+
+/// A local destination that cannot be opened or put in place: a local I/O failure, or a
+/// usage error when the command line names no file (a remote path without a name).
+fn local_failure(e: LocalFileError) -> Failure {
+    let what = format!("cannot {} {}", e.action, e.path.display());
+    if e.source.kind() == io::ErrorKind::InvalidInput {
+        Failure::usage(format!("{what}: {}", exit::io_text(&e.source)))
+    } else {
+        Failure::local(what, &e.source)
     }
 }
 
 /// Names the file that failed: the remote one for the agent's errors, the local one for ours.
 fn transfer_failure(e: SessionError, verb: &str, remote: &str, local: &Path) -> Failure {
     match e {
+        SessionError::Remote { errno: ENODATA, .. } if verb == "extract" => Failure::new(
+            exit::REMOTE_FAILURE,
+            format!(
+                "cannot extract {remote}: it shrank while it was read (truncated or rewritten \
+                 meanwhile; {}); nothing was kept",
+                errno_text(ENODATA)
+            ),
+        ),
         SessionError::Remote { errno, .. } => Failure::new(
             exit::REMOTE_FAILURE,
             format!("cannot {verb} {remote}: {}", errno_text(errno)),
@@ -212,15 +239,19 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
 }
 
 /// Ctrl-C (and TERM, HUP) during a transfer: the first sets a flag the data path checks
-/// (or, with `at_once`, acts like the second); the second removes the local temporary and
-/// exits.
+/// and aborts the session's transfers through `abort` (or, with `at_once`, acts like the
+/// second); the second removes the local temporary and exits.
 struct Interrupts {
     flag: Arc<AtomicBool>,
     handle: signal_hook::iterator::Handle,
 }
 
 impl Interrupts {
-    fn watch(cleanup: Option<PathBuf>, at_once: bool) -> Result<Interrupts, Failure> {
+    fn watch(
+        cleanup: Option<PathBuf>,
+        at_once: bool,
+        abort: Option<AbortHandle>,
+    ) -> Result<Interrupts, Failure> {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
             .map_err(|e| Failure::local("signal handlers", &e))?;
         let handle = signals.handle();
@@ -237,6 +268,9 @@ impl Interrupts {
                         }
                         exit::say("tuppence: interrupted");
                         std::process::exit(i32::from(exit::INTERRUPTED));
+                    }
+                    if let Some(abort) = &abort {
+                        abort.abort();
                     }
                 }
             });
@@ -285,82 +319,88 @@ impl<T: Write> Write for Watched<T> {
     }
 }
 
-/// A temporary file beside the destination (same directory, so the final rename is atomic
-/// and never crosses a filesystem), removed on drop unless persisted.
-struct TempFile {
-    path: PathBuf,
-    file: File,
-    /// Permission bits to give the result: those of the file it replaces, if any.
-    keep_mode: Option<u32>,
-    persisted: bool,
+/// A source read on a detached thread of its own, a piece ahead, so that a read that never
+/// returns (a stalled pipe, an idle terminal) cannot keep the transfer from noticing the
+/// user's Ctrl-C: waits for the next piece check the flag every [`INTERRUPT_POLL`]. The
+/// thread is left behind when the process exits.
+struct ReadAhead {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    piece: Vec<u8>,
+    at: usize,
+    eof: bool,
+    stop: Arc<AtomicBool>,
 }
 
-impl TempFile {
-    fn beside(dest: &Path) -> Result<TempFile, Failure> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| Failure::usage(format!("{} has no file name", dest.display())))?;
-        let dir = match dest.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let keep_mode = std::fs::metadata(dest)
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.permissions().mode() & 0o7777);
-        let pid = std::process::id();
-        for n in 0u32..100 {
-            let path = dir.join(format!(".{}.tuppence-{pid}-{n}", name.to_string_lossy()));
-            // 0666 minus the umask, as for any new file; `create_new` never follows or
-            // reuses something already there.
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o666)
-                .open(&path)
-            {
-                Ok(file) => {
-                    return Ok(TempFile {
-                        path,
-                        file,
-                        keep_mode,
-                        persisted: false,
-                    });
+impl ReadAhead {
+    fn spawn(mut source: Box<dyn Read + Send>, stop: Arc<AtomicBool>) -> ReadAhead {
+        let (tx, rx) = sync_channel(READ_AHEAD);
+        let spawned = std::thread::Builder::new()
+            .name("tuppence-source".into())
+            .spawn(move || {
+                loop {
+                    let mut buf = vec![0u8; READ_PIECE];
+                    let msg = match source.read(&mut buf) {
+                        Ok(n) => {
+                            buf.truncate(n);
+                            Ok(buf)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => Err(e),
+                    };
+                    let last = !matches!(&msg, Ok(b) if !b.is_empty());
+                    if tx.send(msg).is_err() || last {
+                        return;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(Failure::local(
-                        format!("cannot create a file in {}", dir.display()),
-                        &e,
-                    ));
-                }
+            });
+        let rx = match spawned {
+            Ok(_) => rx,
+            Err(e) => {
+                // The transfer then fails with this error instead of reading nothing.
+                let (tx, rx) = sync_channel(1);
+                let _ = tx.send(Err(e));
+                rx
             }
+        };
+        ReadAhead {
+            rx,
+            piece: Vec::new(),
+            at: 0,
+            eof: false,
+            stop,
         }
-        Err(Failure::new(
-            exit::LOCAL_IO,
-            format!("cannot find a free temporary name in {}", dir.display()),
-        ))
-    }
-
-    /// Flushes to disk and renames into place.
-    fn persist(mut self, dest: &Path) -> Result<(), Failure> {
-        let fail = |e: &io::Error| Failure::local(dest.display(), e);
-        self.file.sync_all().map_err(|e| fail(&e))?;
-        if let Some(mode) = self.keep_mode {
-            self.file
-                .set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(|e| fail(&e))?;
-        }
-        std::fs::rename(&self.path, dest).map_err(|e| fail(&e))?;
-        self.persisted = true;
-        Ok(())
     }
 }
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.persisted {
-            let _ = std::fs::remove_file(&self.path);
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(interrupted_error());
+            }
+            if let Some(rest) = self.piece.get(self.at..)
+                && !rest.is_empty()
+            {
+                let n = rest.len().min(buf.len());
+                buf.get_mut(..n)
+                    .unwrap_or_default()
+                    .copy_from_slice(rest.get(..n).unwrap_or_default());
+                self.at += n;
+                return Ok(n);
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            match self.rx.recv_timeout(INTERRUPT_POLL) {
+                Ok(Ok(piece)) if piece.is_empty() => self.eof = true,
+                Ok(Ok(piece)) => {
+                    self.piece = piece;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.eof = true,
+            }
         }
     }
 }

@@ -51,15 +51,20 @@ fn tuppence() -> Command {
     c
 }
 
-/// Runs the binary with `stdin` as its input; output collected.
-fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = tuppence()
+/// The binary started with `args`, all three standard streams piped.
+fn spawn_piped(args: &[&str]) -> Child {
+    tuppence()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn tuppence");
+        .expect("spawn tuppence")
+}
+
+/// Runs the binary with `stdin` as its input; output collected.
+fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = spawn_piped(args);
     let mut input = child.stdin.take().expect("stdin");
     let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
@@ -148,16 +153,7 @@ impl Server {
 
     /// Waits (bounded) for the agent process to exit.
     fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_exit(&mut self.child, limit)
     }
 }
 
@@ -748,4 +744,580 @@ fn serve_with_a_closed_stderr_keeps_serving_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(st.code(), Some(0));
+}
+
+// ---------------------------------------------------------------- client side (#13, #14)
+
+/// Runs the binary with `input` on stdin and its stdout read slowly (a consumer that keeps
+/// the output pipe full), killing it if it has not exited within `limit`: a hang fails the
+/// test with what came back so far instead of hanging the test run.
+fn run_slow_reader(args: &[&str], input: Vec<u8>, limit: Duration) -> (Output, usize) {
+    let mut child = spawn_piped(args);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    let _ = tx.send(out.len());
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+        out
+    });
+    let deadline = Instant::now() + limit;
+    let mut seen = 0;
+    let status = loop {
+        while let Ok(n) = rx.try_recv() {
+            seen = n;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tuppence {args:?} hung: killed after {limit:?}, {seen} bytes of output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    let stdout = reader.join().expect("reader");
+    let mut stderr = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_end(&mut stderr);
+    }
+    let n = stdout.len();
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        n,
+    )
+}
+
+/// #13.1: large stdin through `cat` with slowly drained output, on every kind of target
+/// and in both dialects, repeated: the client must never stop reading while it writes.
+#[test]
+fn large_stdin_through_cat_with_a_slow_reader_does_not_hang() {
+    const SIZE: usize = 30_000_000;
+    let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 253) as u8).collect();
+    let server = Server::start(&[]);
+    let legacy = format!("legacy+{}", server.target);
+    for target in ["local", server.target.as_str(), legacy.as_str()] {
+        for round in 0..2 {
+            let (out, n) = run_slow_reader(
+                &["run", "-t", target, "--timeout", "120", "--", "cat"],
+                data.clone(),
+                Duration::from_secs(60),
+            );
+            assert_eq!(code(&out), 0, "{target} #{round}: {}", stderr(&out));
+            assert_eq!(n, SIZE, "{target} #{round}");
+            assert!(out.stdout == data, "{target} #{round}: output differs");
+        }
+    }
+}
+
+/// What an exited child wrote to its piped stderr.
+fn child_stderr(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
+/// Waits (bounded) for `child` to exit; `None` if it did not.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (bounded) for `child` to exit; kills it and returns `None` if it did not.
+fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let st = wait_exit(child, limit);
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    st
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+fn mkfifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(ok.success(), "mkfifo {}", path.display());
+}
+
+/// Reads a FIFO to its end on a thread: `skip` bytes first, then `between` runs, then the
+/// rest. The receiver gets the bytes read (or nothing, if no writer ever came): wait on it
+/// with a timeout, so a client that never opens the FIFO fails the test instead of
+/// hanging it.
+fn read_fifo(
+    path: &Path,
+    skip: usize,
+    between: impl FnOnce() + Send + 'static,
+) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::open(&path).expect("open fifo");
+        let mut v = vec![0u8; skip];
+        f.read_exact(&mut v).expect("read fifo");
+        between();
+        f.read_to_end(&mut v).expect("read fifo");
+        let _ = tx.send(v);
+    });
+    rx
+}
+
+/// A character device node in a scratch directory with the numbers of `/dev/null` (1:3)
+/// or `/dev/full` (1:7), so that a client that replaces what it writes to cannot harm the
+/// real ones. `None` (with the reason printed) where nodes cannot be made or opened.
+fn device_node(dir: &Path, name: &str, minor: u32) -> Option<PathBuf> {
+    let path = dir.join(name);
+    let made = Command::new("mknod")
+        .arg(&path)
+        .args(["c", "1", &minor.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made || std::fs::OpenOptions::new().write(true).open(&path).is_err() {
+        eprintln!(
+            "cannot make or open a device node in {}: device destinations not checked here",
+            dir.display()
+        );
+        return None;
+    }
+    Some(path)
+}
+
+fn is_char_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// #13.2: `extract` treats its destination as `cp` does: devices and FIFOs are written in
+/// place (and their write errors reported), symbolic links are followed and stay.
+#[test]
+fn extract_writes_non_regular_destinations_in_place_like_cp() {
+    let dir = TempDir::new("cp");
+    let src = dir.path().join("src");
+    let content = b"extracted bytes\n".repeat(1000);
+    std::fs::write(&src, &content).expect("seed");
+    let src = src.to_str().expect("utf-8").to_owned();
+    let extract_to = |dest: &Path| {
+        run(&[
+            "extract",
+            "-t",
+            "local",
+            &src,
+            dest.to_str().expect("utf-8"),
+        ])
+    };
+
+    // A symbolic link: its target gets the bytes, the link stays.
+    let target = dir.path().join("target");
+    std::fs::write(&target, b"old").expect("seed target");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let out = extract_to(&link);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read(&target).expect("target") == content);
+
+    // A FIFO: its reader gets the bytes; it stays a FIFO.
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let reader = read_fifo(&fifo, 0, || {});
+    let mut child = spawn_piped(&[
+        "extract",
+        "-t",
+        "local",
+        &src,
+        fifo.to_str().expect("utf-8"),
+    ]);
+    let got = reader.recv_timeout(Duration::from_secs(20));
+    let st = wait_for(&mut child, Duration::from_secs(20));
+    assert_eq!(st.and_then(|s| s.code()), Some(0));
+    assert!(got.expect("the FIFO's reader got nothing") == content);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .expect("fifo")
+            .file_type()
+            .is_fifo()
+    );
+
+    // Devices (made here, never the real ones): written in place, ENOSPC reported.
+    if let Some(null) = device_node(dir.path(), "null", 3) {
+        let out = extract_to(&null);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(is_char_device(&null), "the null device was replaced");
+    }
+    if let Some(full) = device_node(dir.path(), "full", 7) {
+        let out = extract_to(&full);
+        assert_eq!(code(&out), 205, "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("No space left on device") && err.contains("full"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(is_char_device(&full), "the full device was replaced");
+    }
+    // Nothing else was left in the directory (no temporaries).
+    let mut expected = vec!["fifo", "link", "src", "target"];
+    for dev in ["full", "null"] {
+        if dir.path().join(dev).exists() {
+            expected.push(dev);
+        }
+    }
+    expected.sort_unstable();
+    assert_eq!(dir.entries(), expected);
+}
+
+/// #13.12: the first Ctrl-C during an inject from a pipe that has stalled aborts it at once,
+/// and the agent removes its temporary.
+#[test]
+fn ctrl_c_aborts_an_inject_from_a_stalled_pipe() {
+    let server = Server::start(&[]);
+    let dir = TempDir::new("inject-int");
+    let remote = dir.path().join("file");
+    let mut child = spawn_piped(&[
+        "inject",
+        "-t",
+        &server.target,
+        "-",
+        remote.to_str().expect("utf-8"),
+    ]);
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&[7u8; 100_000]).expect("feed");
+    // The agent's temporary appears once the inject is under way; then the pipe stalls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir
+        .entries()
+        .iter()
+        .any(|n| n.starts_with(".file.tuppence-"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no temporary appeared: {:?}",
+            dir.entries()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let interrupted = Instant::now();
+    signal(child.id(), "-INT");
+    let st = wait_for(&mut child, Duration::from_secs(5));
+    drop(stdin);
+    let st = st.expect("the first Ctrl-C did not end the inject within 5 s");
+    assert_eq!(st.code(), Some(130));
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        interrupted.elapsed()
+    );
+    let err = child_stderr(&mut child);
+    assert!(err.contains("interrupted"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dir.entries().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            dir.entries()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// #13.12: the listeners' socket files go when a server is stopped by a signal: `sniff
+/// serve` on SIGTERM, and `serve` also when a second signal forces it out while it stops.
+#[test]
+fn servers_remove_their_socket_files_on_signals() {
+    for sig in ["-TERM", "-INT"] {
+        let dir = TempDir::new("sniff-term");
+        let sock = dir.path().join("sniff.sock");
+        let mut agent = tuppence()
+            .args([
+                "sniff",
+                "serve",
+                "--listen",
+                &format!("unix:{}", sock.display()),
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sniff agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "no socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The handler is installed right after the bind; a signal before it would kill.
+        std::thread::sleep(Duration::from_millis(200));
+        signal(agent.id(), sig);
+        let st = wait_for(&mut agent, Duration::from_secs(10)).expect("sniff serve exited");
+        assert_eq!(st.code(), Some(0), "{sig}");
+        assert!(
+            !sock.exists(),
+            "sniff serve left {} after {sig}",
+            sock.display()
+        );
+    }
+
+    let mut server = Server::start(&[]);
+    signal(server.child.id(), "-TERM");
+    signal(server.child.id(), "-TERM");
+    let st = server.wait(Duration::from_secs(10)).expect("serve exited");
+    assert!(matches!(st.code(), Some(0) | Some(143)), "{st:?}");
+    assert!(
+        !server.sock.exists(),
+        "serve left {}",
+        server.sock.display()
+    );
+}
+
+/// A fake agent on a unix socket: answers the hello in the client's dialect (keepalive
+/// off), records every packet, and answers commands with exit 0 only when told to; so a
+/// command can be left without an answer forever, as a broken agent would.
+struct FakeAgent {
+    target: String,
+    packets: std::sync::Arc<std::sync::Mutex<Vec<tuppence::wire::Packet>>>,
+    _dir: TempDir,
+}
+
+impl FakeAgent {
+    fn start(answer_commands: bool) -> FakeAgent {
+        use std::os::unix::net::UnixListener;
+        let dir = TempDir::new("fake");
+        let sock = dir.path().join("fake.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        let packets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = packets.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let log = log.clone();
+                std::thread::spawn(move || fake_agent_conn(conn, answer_commands, &log));
+            }
+        });
+        FakeAgent {
+            target: format!("unix:{}", sock.display()),
+            packets,
+            _dir: dir,
+        }
+    }
+
+    fn packets(&self) -> Vec<tuppence::wire::Packet> {
+        self.packets.lock().expect("packets").clone()
+    }
+}
+
+fn fake_agent_conn(
+    mut conn: std::os::unix::net::UnixStream,
+    answer_commands: bool,
+    log: &std::sync::Mutex<Vec<tuppence::wire::Packet>>,
+) {
+    use tuppence::wire::{Decoder, Hello, Packet, Sender, detect_dialect};
+    let mut head = [0u8; 8];
+    if conn.read_exact(&mut head).is_err() {
+        return;
+    }
+    let Some(dialect) = detect_dialect(&head) else {
+        return;
+    };
+    let mut dec = Decoder::new(dialect, Sender::Client);
+    dec.push(&head);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        while let Ok(Some(frame)) = dec.next_frame() {
+            let answers = match &frame.packet {
+                Packet::Hello(_) => {
+                    let (major, minor) = dialect.version();
+                    vec![Packet::Hello(Hello {
+                        major,
+                        minor,
+                        keepalive: 0,
+                    })]
+                }
+                Packet::Command(_) if answer_commands => vec![Packet::Major(0), Packet::Minor(0)],
+                _ => Vec::new(),
+            };
+            log.lock().expect("log").push(frame.packet.clone());
+            for a in answers {
+                let bytes = a.to_bytes(dialect, 1, frame.xid).expect("encode");
+                if conn.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dec.push(&buf[..n]),
+        }
+    }
+}
+
+/// #14.3: the client enforces timeout + 5 s itself when the agent never reports the end
+/// (the C executor with a grandchild holding the output; a hung agent): exit 200, and the
+/// agent is sent KILL.
+#[test]
+fn the_client_times_a_command_out_when_the_agent_never_answers() {
+    let agent = FakeAgent::start(false);
+    let legacy = format!("legacy+{}", agent.target);
+    let checks: Vec<(String, &[u8])> = vec![(agent.target.clone(), b"KILL"), (legacy, b"")];
+    let results: Vec<_> = checks
+        .into_iter()
+        .map(|(target, kill)| {
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut child =
+                    spawn_piped(&["run", "-t", &target, "--timeout", "1", "--", "sleep 100"]);
+                let st = wait_for(&mut child, Duration::from_secs(30));
+                let took = start.elapsed();
+                let err = child_stderr(&mut child);
+                (target, kill, st, took, err)
+            })
+        })
+        .collect();
+    for r in results {
+        let (target, kill, st, took, err) = r.join().expect("check");
+        let st = st.unwrap_or_else(|| panic!("{target}: no end within 30 s"));
+        assert_eq!(st.code(), Some(TIMEOUT), "{target}: {err}");
+        // 1 s rounded up, plus the 5 s grace.
+        assert!(took >= Duration::from_secs(6), "{target}: {took:?}");
+        assert!(took < Duration::from_secs(20), "{target}: {took:?}");
+        assert!(
+            err.contains("timed out after 1 s") && err.contains("KILL"),
+            "{target}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let _ = kill;
+    }
+    let kills: Vec<Vec<u8>> = agent
+        .packets()
+        .into_iter()
+        .filter_map(|p| match p {
+            tuppence::wire::Packet::Interrupt { signal } => Some(signal.to_vec()),
+            _ => None,
+        })
+        .collect();
+    assert!(kills.contains(&b"KILL".to_vec()), "{kills:?}");
+    assert!(kills.contains(&Vec::new()), "the 3.0 interrupt: {kills:?}");
+}
+
+/// #14.3 and #14.4: in 3.0 the command carries the effective timeout (60 without one,
+/// never 0, which the C executor reads as 12 s), and a request that does not fit in the
+/// C executor's 32768-byte packet is refused at once with the usage status.
+#[test]
+fn legacy_requests_carry_a_timeout_and_fit_in_32768_bytes() {
+    let agent = FakeAgent::start(true);
+    let legacy = format!("legacy+{}", agent.target);
+    let out = run(&["run", "-t", &legacy, "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(&["run", "-t", &legacy, "--timeout", "7", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(&["run", "-t", &agent.target, "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let timeouts: Vec<u32> = agent
+        .packets()
+        .into_iter()
+        .filter_map(|p| match p {
+            tuppence::wire::Packet::Command(c) => Some(c.timeout),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timeouts, vec![60, 7, 0]);
+
+    // 33 000 bytes of command: over the 3.0 limit, fine in 4.0 (the real agent).
+    let server = Server::start(&[]);
+    let long = format!("true {}", "x".repeat(33_000));
+    let legacy = format!("legacy+{}", server.target);
+    let start = Instant::now();
+    let out = run(&["run", "-t", &legacy, "--", &long]);
+    assert_eq!(code(&out), USAGE, "{}", stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let err = stderr(&out);
+    assert!(err.contains("32768") && err.contains("3.0"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = run(&["run", "-t", &server.target, "--", &long]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Long data is no problem in either: it is split into packets that fit.
+    let data = vec![b'y'; 200_000];
+    let out = run_with_input(&["run", "-t", &legacy, "--", "wc -c"], &data);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200000");
+}
+
+/// #13.12: an extract whose remote file shrinks while it is read is not reported as a
+/// success.
+#[test]
+fn an_extract_of_a_file_that_shrinks_fails() {
+    let server = Server::start(&[]);
+    let dir = TempDir::new("shrink");
+    let remote = dir.path().join("growing.log");
+    std::fs::write(&remote, vec![b'l'; 64 << 20]).expect("seed");
+    // The local side is a FIFO this test drains: until it reads, the client cannot write,
+    // stops reading the link, and the agent stops reading the file a few MiB in.
+    let fifo = dir.path().join("copy");
+    mkfifo(&fifo);
+    let mut child = spawn_piped(&[
+        "extract",
+        "-t",
+        &server.target,
+        remote.to_str().expect("utf-8"),
+        fifo.to_str().expect("utf-8"),
+    ]);
+    // After the first bytes, the file is truncated in place while being read (logrotate's
+    // copytruncate); then the FIFO is drained.
+    let truncate = {
+        let remote = remote.clone();
+        move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&remote)
+                .expect("reopen")
+                .set_len(1000)
+                .expect("truncate");
+        }
+    };
+    let got = read_fifo(&fifo, 65536, truncate).recv_timeout(Duration::from_secs(30));
+    let st = wait_for(&mut child, Duration::from_secs(30)).expect("extract ended");
+    let err = child_stderr(&mut child);
+    assert_eq!(st.code(), Some(REMOTE_FAILURE), "{err}");
+    assert!(err.contains("shrank"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let got = got.expect("the FIFO's reader got nothing");
+    assert!(got.len() < 64 << 20, "{}", got.len());
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, future};
-use tuppence::link::{Client, ClientConfig, ClientEvent, LinkError, Outcome, Signal, UsageError};
+use tuppence::link::{Client, ClientConfig, ClientEvent, LinkError, Outcome, UsageError};
 use tuppence::wire::ProcInfoField;
 
 use crate::Error;
@@ -150,26 +150,9 @@ pub(crate) struct ClientState {
     connected: Option<ConnectInfo>,
     started: Instant,
     violations: u64,
-    /// Requests from `Drop` impls that met a full transmit queue; retried by the driver.
-    deferred: Vec<(u16, Deferred)>,
-}
-
-/// A request a dropped handle still owes the agent.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Deferred {
-    /// A dropped monitor: end the subscription.
-    EndMonitor,
-    /// A dropped transfer: abort it so the agent removes its temporary file.
-    Abort,
-}
-
-impl Deferred {
-    fn apply(self, client: &mut Client, xid: u16) -> Result<(), UsageError> {
-        match self {
-            Deferred::EndMonitor => client.end_monitor(xid),
-            Deferred::Abort => client.interrupt(xid, Signal::KILL),
-        }
-    }
+    /// Transactions whose dropped handles owe the agent a request (see
+    /// `Client::abandon`) that met a full transmit queue; retried by the driver.
+    deferred: Vec<u16>,
 }
 
 impl LinkState for ClientState {
@@ -198,9 +181,8 @@ impl LinkState for ClientState {
     fn route(&mut self, ended: bool, wake: &mut Wake) -> bool {
         if !ended && !self.deferred.is_empty() {
             let client = &mut self.client;
-            self.deferred.retain(|(xid, d)| {
-                matches!(d.apply(client, *xid), Err(UsageError::QueueFull { .. }))
-            });
+            self.deferred
+                .retain(|&xid| matches!(client.abandon(xid), Err(UsageError::QueueFull { .. })));
         }
         let mut moved = false;
         loop {
@@ -669,16 +651,17 @@ impl Session {
         }
     }
 
-    /// Sends what a dropped handle owes the agent without waiting (`Drop` cannot await);
-    /// if the transmit queue is full the driver sends it once there is room.
-    pub(crate) fn act_or_defer(&self, xid: u16, what: Deferred) {
+    /// Sends what a dropped handle owes the agent (`Client::abandon`: end a monitor,
+    /// abort a transfer) without waiting (`Drop` cannot await); if the transmit queue is
+    /// full the driver sends it once there is room.
+    pub(crate) fn abandon(&self, xid: u16) {
         let shared = self.shared();
         let mut g = shared.lock();
         if g.end.is_some() {
             return;
         }
-        if let Err(UsageError::QueueFull { .. }) = what.apply(&mut g.link.client, xid) {
-            g.link.deferred.push((xid, what));
+        if let Err(UsageError::QueueFull { .. }) = g.link.client.abandon(xid) {
+            g.link.deferred.push(xid);
         }
         let w = g.take_driver();
         drop(g);

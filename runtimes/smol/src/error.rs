@@ -39,6 +39,10 @@ pub enum Error {
     /// The agent did not answer the hello in time.
     #[error("no hello reply within {0:?}")]
     ConnectTimeout(Duration),
+    /// The local destination of [`crate::Session::extract_to`] could not be opened or put
+    /// in place.
+    #[error(transparent)]
+    LocalFile(Arc<tuppence_transport::LocalFileError>),
     /// A local source or sink of a transfer failed.
     #[error("local {what}: {source}")]
     Local {
@@ -60,6 +64,12 @@ impl From<UsageError> for Error {
             UsageError::Link(link) => Error::Link(link),
             other => Error::Usage(other),
         }
+    }
+}
+
+impl From<tuppence_transport::LocalFileError> for Error {
+    fn from(e: tuppence_transport::LocalFileError) -> Self {
+        Error::LocalFile(Arc::new(e))
     }
 }
 

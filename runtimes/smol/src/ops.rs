@@ -1,14 +1,17 @@
 //! The operations of a session: commands, transfers, monitors.
 
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, future};
 use tuppence::link::{ClientEvent, Command, Outcome, Signal, UsageError};
 use tuppence::wire::ProcInfoField;
+use tuppence_transport::LocalFile;
 
-use crate::client::{Batch, Deferred, SEND_PIECE};
+use crate::client::{Batch, SEND_PIECE};
 use crate::{Error, Session};
 
 /// errno the agent uses for "no such process".
@@ -175,6 +178,40 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// Copies `path` from the system under test (read as `user`) to the local `dest`,
+    /// opened as `cp` opens its destination ([`LocalFile`]): a new or regular file is
+    /// written to a temporary and renamed into place only when the whole file arrived; a
+    /// FIFO, device or `-` (stdout) is written in place; a symbolic link is followed; an
+    /// existing directory gets the remote file's name inside it. Opening, writing and the
+    /// final rename run on smol's blocking pool (opening a FIFO waits for its reader).
+    /// Returns the number of bytes received; a failed write is an error, never dropped.
+    pub async fn extract_to(
+        &self,
+        user: impl AsRef<[u8]>,
+        path: impl AsRef<[u8]>,
+        dest: impl AsRef<Path>,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let dest = dest.as_ref().to_owned();
+        let remote = String::from_utf8_lossy(path.as_ref()).into_owned();
+        let file = smol::unblock(move || LocalFile::for_extract(&dest, &remote)).await?;
+        let failure = Arc::new(Mutex::new(None));
+        let mut sink = smol::Unblock::new(Recording {
+            file,
+            failure: failure.clone(),
+        });
+        let result = self.extract(user, path, &mut sink, progress).await;
+        // `Unblock` reports a failed write as "write zero"; say what really failed.
+        let recorded = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let n = match (result, recorded) {
+            (Err(Error::Local { .. }), Some(e)) => return Err(Error::local("write", e)),
+            (r, _) => r?,
+        };
+        let file = sink.into_inner().await.file;
+        smol::unblock(move || file.commit()).await?;
+        Ok(n)
     }
 
     /// Subscribes to an event source of the agent (`agent`, `kmsg`, `file:PATH`).
@@ -445,7 +482,7 @@ impl Drop for Monitor {
     fn drop(&mut self) {
         if !self.done {
             // An already-ending monitor refuses a second end; that is fine.
-            self.session.act_or_defer(self.xid, Deferred::EndMonitor);
+            self.session.abandon(self.xid);
             self.session.detach(self.xid);
         }
     }
@@ -498,8 +535,39 @@ impl<'s> Transfer<'s> {
 impl Drop for Transfer<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.session.act_or_defer(self.xid, Deferred::Abort);
+            self.session.abandon(self.xid);
             self.session.detach(self.xid);
         }
+    }
+}
+
+/// The destination of `extract_to`, written on smol's blocking pool: keeps the first write
+/// error, which `Unblock` would turn into a bare "write zero".
+struct Recording {
+    file: LocalFile,
+    failure: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl std::io::Write for Recording {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.record(e))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().map_err(|e| self.record(e))
+    }
+}
+
+impl Recording {
+    /// Keeps `e` (the first one) and returns an error of the same kind to `Unblock`.
+    fn record(&self, e: std::io::Error) -> std::io::Error {
+        let copy = match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        copy
     }
 }

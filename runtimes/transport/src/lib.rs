@@ -81,6 +81,7 @@
 mod device;
 mod error;
 mod listener;
+mod local_file;
 mod sys;
 mod target;
 mod transport;
@@ -92,6 +93,7 @@ pub use error::TransportError;
 pub use listener::{
     ListenOptions, Listener, Peer, SerialListener, UnixCredentials, UnixSocketListener,
 };
+pub use local_file::{LocalFile, LocalFileError};
 pub use sys::{SOCKET_BUFFER, tune_socket_buffers};
 pub use target::{
     DEFAULT_BAUD, DEFAULT_VIRTIO_PORT, Endpoint, LEGACY_PREFIX, ParseTargetError, Target,

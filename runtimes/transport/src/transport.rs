@@ -222,6 +222,18 @@ impl Transport {
         }
     }
 
+    /// Shuts both directions of a socket down (a blocked read or write on any handle of
+    /// it returns). Serial and virtio links have no shutdown: `Ok(false)` for them.
+    pub fn shutdown(&self) -> io::Result<bool> {
+        match self {
+            Transport::Unix(s) => s.shutdown(Shutdown::Both).map(|()| true),
+            Transport::Tcp(s) => s.shutdown(Shutdown::Both).map(|()| true),
+            Transport::Serial(_) | Transport::Virtio(_) => Ok(false),
+            #[cfg(target_os = "linux")]
+            Transport::Vsock(s) => s.shutdown(Shutdown::Both).map(|()| true),
+        }
+    }
+
     /// Waits until a read would not block (data, EOF or an error is pending), for at most
     /// `timeout` (`None` = forever). `Ok(false)` on timeout.
     ///

@@ -29,7 +29,7 @@ use tuppence_transport::{ListenOptions, Listener, Target, TransportError};
 
 use super::client::{ClientError, SniffRequest, request};
 use super::runner::{RunnerConfig, TaskStderr};
-use super::serve::{ServeConfig, ServeError, serve, serve_listener};
+use super::serve::{ServeConfig, ServeError, StopHandle, serve_listener_until, serve_until};
 
 /// The usage text.
 pub const USAGE: &str = "\
@@ -531,17 +531,21 @@ pub fn serve_config(args: &ServeArgs) -> ServeConfig {
     }
 }
 
-/// Runs `sniff serve`: until the connection closes (`--connect`) or forever (`--listen`).
-pub fn run_serve(args: &ServeArgs) -> Result<(), CliError> {
+/// Runs `sniff serve`: until the connection closes (`--connect`) or forever (`--listen`),
+/// or until the [`StopHandle`] handed to `stopper` (once the listener or connection is
+/// open) is used. A program wires it to SIGTERM and SIGINT: stopping kills every task and
+/// removes a unix listener's socket file, which a process killed by the signal would leave
+/// behind.
+pub fn run_serve(args: &ServeArgs, stopper: impl FnOnce(StopHandle)) -> Result<(), CliError> {
     let config = serve_config(args);
     match &args.mode {
         ServeMode::Listen(t) => {
             let listener = Listener::bind(t, &ListenOptions::default())?;
-            serve_listener(listener, || new_agent(args), &config)?;
+            serve_listener_until(listener, || new_agent(args), &config, stopper)?;
         }
         ServeMode::Connect(t) => {
             let transport = t.connect()?;
-            serve(new_agent(args), transport, &config)?;
+            serve_until(new_agent(args), transport, &config, stopper)?;
         }
     }
     Ok(())

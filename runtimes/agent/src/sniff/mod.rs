@@ -34,4 +34,7 @@ pub mod serve;
 
 pub use client::{Client, ClientError, SniffRequest, request};
 pub use runner::{RunnerConfig, StartError, TaskRunner, TaskStderr};
-pub use serve::{ListenServer, ServeConfig, ServeError, StopHandle, serve, serve_listener};
+pub use serve::{
+    ListenServer, ServeConfig, ServeError, StopHandle, serve, serve_listener, serve_listener_until,
+    serve_until,
+};

@@ -313,6 +313,9 @@ struct Engine {
     runner: TaskRunner<Key>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
+    /// Set by a [`StopHandle`]; the loops check it after every wake-up.
+    stop: Arc<AtomicBool>,
+    waker: Option<Arc<Waker>>,
 }
 
 impl Engine {
@@ -330,7 +333,29 @@ impl Engine {
             runner,
             conns: BTreeMap::new(),
             next_conn: 0,
+            stop: Arc::new(AtomicBool::new(false)),
+            waker: None,
         })
+    }
+
+    /// A handle that makes the loop return (its waker is registered once).
+    fn stop_handle(&mut self) -> io::Result<StopHandle> {
+        let waker = match &self.waker {
+            Some(w) => w.clone(),
+            None => {
+                let w = Arc::new(Waker::new(self.poll.registry(), WAKER)?);
+                self.waker = Some(w.clone());
+                w
+            }
+        };
+        Ok(StopHandle {
+            flag: self.stop.clone(),
+            waker,
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     fn add(&mut self, transport: Transport, agent: Agent, peer: String) -> io::Result<u64> {
@@ -439,13 +464,30 @@ pub fn serve(
     transport: Transport,
     config: &ServeConfig,
 ) -> Result<AgentStats, ServeError> {
+    serve_until(agent, transport, config, |_| {})
+}
+
+/// [`serve`], also ending (as if the peer had closed) when the [`StopHandle`] handed to
+/// `stopper` before serving starts is used, e.g. from a SIGTERM handler: the tasks are
+/// killed and reaped rather than left running when the process is told to go.
+pub fn serve_until(
+    agent: Agent,
+    transport: Transport,
+    config: &ServeConfig,
+    stopper: impl FnOnce(StopHandle),
+) -> Result<AgentStats, ServeError> {
     let mut engine = Engine::new(config).map_err(ServeError::Poll)?;
-    engine
+    stopper(engine.stop_handle().map_err(ServeError::Poll)?);
+    let id = engine
         .add(transport, agent, "peer".to_owned())
         .map_err(ServeError::Io)?;
     let result = loop {
         if let Err(e) = engine.wait(None) {
             break Err(ServeError::Poll(e));
+        }
+        if engine.stopped() {
+            let stats = engine.conns.get(&id).map(|c| c.agent.stats());
+            break Ok(stats.unwrap_or_default());
         }
         if let Some((_, _, stats, end)) = engine.step().pop() {
             break match end {
@@ -474,8 +516,6 @@ pub struct ListenServer<F> {
     /// Given up to close a waiting client when fds ran out for too long.
     reserve: Reserve,
     refusals: Throttle,
-    stop: Arc<AtomicBool>,
-    waker: Option<Arc<Waker>>,
 }
 
 impl<F: FnMut() -> Agent> ListenServer<F> {
@@ -502,8 +542,6 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
             starved: None,
             reserve: Reserve::new(),
             refusals: Throttle::default(),
-            stop: Arc::new(AtomicBool::new(false)),
-            waker: None,
         })
     }
 
@@ -519,18 +557,7 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
 
     /// A handle that makes [`ListenServer::run`] return.
     pub fn stop_handle(&mut self) -> io::Result<StopHandle> {
-        let waker = match &self.waker {
-            Some(w) => w.clone(),
-            None => {
-                let w = Arc::new(Waker::new(self.engine.poll.registry(), WAKER)?);
-                self.waker = Some(w.clone());
-                w
-            }
-        };
-        Ok(StopHandle {
-            flag: self.stop.clone(),
-            waker,
-        })
+        self.engine.stop_handle()
     }
 
     /// Serves until [`StopHandle::stop`]; then kills every task and waits up to a second for
@@ -544,7 +571,7 @@ impl<F: FnMut() -> Agent> ListenServer<F> {
     }
 
     fn serve_until_stopped(&mut self) -> Result<(), ServeError> {
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.engine.stopped() {
             let ready = self.engine.wait(self.accept_at).map_err(ServeError::Poll)?;
             let due = self.accept_at.is_some_and(|at| at <= Instant::now());
             if ready.contains(&LISTENER) || due {
@@ -650,7 +677,19 @@ pub fn serve_listener<F: FnMut() -> Agent>(
     new_agent: F,
     config: &ServeConfig,
 ) -> Result<(), ServeError> {
-    ListenServer::new(listener, new_agent, config)
-        .map_err(ServeError::Poll)?
-        .run()
+    serve_listener_until(listener, new_agent, config, |_| {})
+}
+
+/// [`serve_listener`] until the [`StopHandle`] handed to `stopper` before serving starts is
+/// used (e.g. from a SIGTERM handler). Then every task is killed and reaped, and the
+/// listener is dropped, which removes a unix socket's file.
+pub fn serve_listener_until<F: FnMut() -> Agent>(
+    listener: Listener,
+    new_agent: F,
+    config: &ServeConfig,
+    stopper: impl FnOnce(StopHandle),
+) -> Result<(), ServeError> {
+    let mut server = ListenServer::new(listener, new_agent, config).map_err(ServeError::Poll)?;
+    stopper(server.stop_handle().map_err(ServeError::Poll)?);
+    server.run()
 }
