@@ -71,6 +71,9 @@ fn a_full_disk_inject_leaves_its_record() {
     let agent = TestAgent::start();
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     let worker = agent.session();
     let cid = worker.info().cid;
     let path = fs.dir.join("big.bin");
@@ -101,6 +104,9 @@ fn requests_cut_off_by_a_disconnect_leave_their_records() {
     let agent = TestAgent::start();
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     let files = TempDir::new("audit-cut");
     let big = files.join("big.img");
     std::fs::File::create(&big)
@@ -179,6 +185,9 @@ fn interrupts_and_monitors_leave_their_records() {
     let agent = TestAgent::start();
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     let files = TempDir::new("audit-int");
     let target = files.join("t.bin");
 
@@ -264,6 +273,9 @@ fn refused_requests_leave_their_records() {
     });
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     let worker = agent.session();
     let cid = worker.info().cid;
     let out = worker
@@ -305,6 +317,9 @@ fn a_command_that_cannot_start_leaves_one_record() {
     let agent = TestAgent::start();
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     let worker = agent.session();
     let cid = worker.info().cid;
     let out = worker

@@ -17,6 +17,9 @@ fn agent_trail_shows_commands_of_another_connection_after_settle() {
     let agent = TestAgent::start();
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     // Nothing happened yet: settling is immediate and empty.
     assert_eq!(settle(&mut m, 1), "");
 
@@ -61,6 +64,9 @@ fn agent_trail_delivers_without_settle() {
     let agent = TestAgent::start();
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     let (worker, handle) = agent.session_with_handle();
     let cid = worker.info().cid;
     let out = worker.output(Command::new("exit 6")).unwrap();
@@ -131,6 +137,9 @@ fn agent_trail_records_transfers() {
     let agent = TestAgent::start();
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     let worker = agent.session();
     let cid = worker.info().cid;
     let dir = TempDir::new("trail-files");
@@ -161,6 +170,9 @@ fn agent_trail_ends_the_commands_of_a_client_that_left() {
     let agent = TestAgent::start();
     let watcher = agent.session();
     let mut m = watcher.monitor("agent").unwrap();
+    // Requests of another connection race this one: settle first, so the
+    // monitor is live before anything it must record happens.
+    settle(&mut m, 0);
     let (worker, handle) = agent.session_with_handle();
     let cid = worker.info().cid;
     let run = worker.run(Command::new("echo $$; exec sleep 100")).unwrap();

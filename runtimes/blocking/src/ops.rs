@@ -130,7 +130,9 @@ impl Session {
                 }
             };
             let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-            self.send_data(xid, piece, |c, d| c.send_file_data(xid, d))?;
+            if let Err(e) = self.send_data(xid, piece, |c, d| c.send_file_data(xid, d)) {
+                return Err(self.ended_early(&mut guard, e));
+            }
             sent += n as u64;
             progress(sent);
             // A failure reported mid-transfer ends it early.
@@ -141,7 +143,9 @@ impl Session {
                 return Err(outcome_error("inject", outcome));
             }
         }
-        self.act(|c| c.finish_file(xid))?;
+        if let Err(e) = self.act(|c| c.finish_file(xid)) {
+            return Err(self.ended_early(&mut guard, e));
+        }
         loop {
             if let Some(ClientEvent::Finished { outcome, .. }) = self.next_event(xid, None)? {
                 guard.xid = 0;
@@ -436,6 +440,32 @@ impl Drop for Monitor<'_> {
             // No waiting for transmit room in a drop: deferred if the queue is full.
             self.session.abandon(self.xid);
             self.session.detach(self.xid);
+        }
+    }
+}
+
+impl Session {
+    /// A send on a transfer failed. If the transaction is gone, the agent ended it first
+    /// (a full disk, say) and the reader has already handed its `Finished` to the machine:
+    /// that outcome is the error to report, not the refused send.
+    fn ended_early(&self, guard: &mut Detach<'_>, e: Error) -> Error {
+        use tuppence::link::UsageError;
+        if !matches!(
+            e,
+            Error::Usage(UsageError::UnknownTransaction(_) | UsageError::WrongState { .. })
+        ) {
+            return e;
+        }
+        loop {
+            match self.next_event(guard.xid, None) {
+                Ok(Some(ClientEvent::Finished { outcome, .. })) => {
+                    guard.xid = 0;
+                    return outcome_error("inject", outcome);
+                }
+                Ok(Some(_)) => {}
+                // Nothing more will come for it: the send's own error says what happened.
+                Ok(None) | Err(_) => return e,
+            }
         }
     }
 }

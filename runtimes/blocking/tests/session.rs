@@ -269,3 +269,79 @@ fn serial_cable_emulated_by_a_pty_pair_carries_one_mebibyte() {
     assert_eq!(out.stdout.len(), data.len());
     assert!(out.stdout == data);
 }
+
+/// The agent fails an inject while data is still coming (a full disk): the next piece the
+/// client sends finds the transaction gone. The inject must report the agent's status, not
+/// the refused send ("no live transaction"): seen as a flaky ENOSPC test once the writer
+/// thread made sends and the reader's dispatch independent.
+#[test]
+fn an_inject_the_agent_fails_mid_transfer_reports_the_agents_status() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let (failed_tx, failed_rx) = std::sync::mpsc::channel::<()>();
+    thread::spawn(move || {
+        let mut b = b;
+        let mut server = Server::new(ServerConfig::default(), Instant::now());
+        let mut buf = vec![0u8; 65536];
+        let mut failed = false;
+        loop {
+            let n = match b.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut off = 0;
+            while off < n {
+                off += server.handle_bytes(Instant::now(), &buf[off..n]).unwrap();
+                while let Some(ev) = server.poll_event() {
+                    match ev {
+                        ServerEvent::Inject { xid, .. } => server.inject_ready(xid).unwrap(),
+                        ServerEvent::InjectData { xid, .. } if !failed => {
+                            failed = true;
+                            server.inject_done(xid, Err(28)).unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let mut out = BytesMut::new();
+            server.poll_transmit(Instant::now(), &mut out);
+            if b.write_all(&out).is_err() {
+                return;
+            }
+            if failed && !out.is_empty() {
+                let _ = failed_tx.send(());
+            }
+        }
+    });
+    /// Gives one piece, then waits until the agent has failed the inject (and a little
+    /// longer, for the session's reader to take the answer in) before the next.
+    struct Source {
+        reads: usize,
+        failed: std::sync::mpsc::Receiver<()>,
+    }
+    impl Read for Source {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            if self.reads == 2 {
+                self.failed
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the agent failed the inject");
+                thread::sleep(Duration::from_millis(200));
+            }
+            let n = buf.len().min(4096);
+            buf[..n].fill(7);
+            Ok(n)
+        }
+    }
+    let session = Session::new(a, ClientConfig::default(), Duration::from_secs(5)).unwrap();
+    let source = Source {
+        reads: 0,
+        failed: failed_rx,
+    };
+    let e = session
+        .inject("root", "/full/disk", 0o644, source, |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Remote { errno: 28, .. }),
+        "expected the agent's 28, got {e:?}"
+    );
+}
