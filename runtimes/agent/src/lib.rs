@@ -24,7 +24,11 @@
 //!
 //! The agent process is expected to ignore SIGPIPE (Rust binaries do) and must not set SIGCHLD
 //! to `SIG_IGN` (children are reaped through their pidfds; the [`reaper`] installs a SIGCHLD
-//! handler of its own).
+//! handler of its own). That handler is installed with `SA_RESTART`, but some system calls
+//! are never restarted after a handler ran (signal(7): socket reads and writes with a
+//! `SO_RCVTIMEO`/`SO_SNDTIMEO` timeout, `epoll_wait`, `nanosleep`, …): an application that
+//! embeds the agent sees `EINTR` (`ErrorKind::Interrupted`) there and must retry, as the
+//! client adapters of this workspace do.
 
 mod admission;
 pub mod cgroup;

@@ -81,6 +81,7 @@ fn answered_or_closed(conn: &mut RawConn, deadline: Instant) -> Option<bool> {
             Ok(0) => return Some(false),
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(false),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,
         }
     }

@@ -242,6 +242,9 @@ impl Raw {
                     return None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+                // The in-process agent's SIGCHLD handler: a socket read with a timeout is
+                // never restarted, SA_RESTART or not (signal(7)).
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("read: {e}"),
             }
         }
@@ -279,6 +282,7 @@ impl Raw {
                 Ok(0) => return true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
         }

@@ -225,7 +225,11 @@ impl RawConn {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            // An in-process agent's SIGCHLD handler: a socket read with a
+                            // timeout is never restarted (signal(7)).
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => panic!("read: {e}"),
             }
