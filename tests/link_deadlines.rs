@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::pair::{NoAgent, Pair, ScriptedAgent};
+use tuppence::Machine;
 use tuppence::link::{
     COMMAND_DEADLINE_GRACE, ClientConfig, ClientEvent, Command, DEFAULT_COMMAND_TIMEOUT_SECS,
     Outcome, ServerConfig, ServerEvent,

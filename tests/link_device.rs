@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::pair::{NoAgent, Pair, ScriptedAgent, command_packet, hello_packet, packet};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, DEVICE_HELLO_RETRY, DEVICE_STALE_PARTIAL_AFTER,
     Limits, LinkError, Outcome, Server, ServerConfig, ServerEvent, Violation,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::pair::{Agent, Chunking, NoAgent, Pair, ScriptedAgent, packet, raw_headers, signo};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, Limits, LinkError, Outcome, Server, ServerConfig,
     ServerEvent, Signal, UsageError, Violation,

@@ -6,6 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::pair::{NoAgent, Pair, ScriptedAgent, raw_headers};
+use tuppence::Machine;
 use tuppence::link::{ClientConfig, Command, Limits, ServerConfig, UsageError};
 use tuppence::wire::{Dialect, HEADER_LEN, LEGACY_MAX_PACKET_LEN, MAX_PACKET_LEN, Packet};
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use common::{DIALECTS, encode, raw_packet};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, LinkError, Outcome, Refusal, Server, ServerConfig,
     ServerEvent, status,

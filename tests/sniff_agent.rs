@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tuppence::Machine;
 use tuppence::sniff::{
     Action, Agent, AgentConfig, Outcome, Request, RequestError, TaskId, TaskOutput, TaskPlan,
     TaskType, encode_frame,
@@ -152,7 +153,7 @@ fn backpressure_stops_consuming() {
     while !rest.is_empty() {
         let n = a.handle_bytes(now, rest).unwrap();
         rest = &rest[n..];
-        total += a.poll_transmit(&mut out) / 9;
+        total += a.poll_transmit(now, &mut out) / 9;
     }
     assert_eq!(total, 10);
 }
@@ -224,6 +225,6 @@ fn an_unread_nop_flood_is_bounded_by_memory() {
     assert!(a.queued_bytes() <= limit + each);
     // Reading them lets the flood go on.
     let mut out = BytesMut::new();
-    assert_eq!(a.poll_transmit(&mut out), queued * 9);
+    assert_eq!(a.poll_transmit(now, &mut out), queued * 9);
     assert!(a.wants_input());
 }

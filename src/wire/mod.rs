@@ -2,7 +2,10 @@
 //! encoder, for both wire dialects.
 //!
 //! This module is pure: it never panics on input, never allocates more than the packet it
-//! is decoding, and knows nothing about connections or transactions (that is `link`).
+//! is decoding, and knows nothing about connections or transactions (that is `link`, which
+//! depends on this module and never the other way round). All framing lives here: where a
+//! packet starts and ends, which dialect a stream speaks, and where a device link's stream
+//! picks up again after line noise ([`Decoder`]).
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -15,14 +18,6 @@
 //! let frame = dec.next_frame().unwrap().unwrap();
 //! assert_eq!((frame.cid, frame.xid, frame.packet), (2, 1, Packet::Major(0)));
 //! ```
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
-
 mod chunk;
 mod decoder;
 mod error;
@@ -39,8 +34,8 @@ pub use header::{Header, PacketType};
 pub use packet::{CommandRequest, Frame, Hello, Packet};
 pub use procinfo::{MAX_PROCINFO_FIELDS, ProcInfoField, field};
 pub use resync::{
-    HELLO_LEN, HELLO_SIGNATURE_LEN, HelloMatch, find_hello, hello_signature, match_hello,
-    rfind_hello,
+    HELLO_LEN, HELLO_SIGNATURE_LEN, HelloMatch, Resynced, find_hello, hello_signature, match_hello,
+    reply_start, rfind_hello,
 };
 
 use std::fmt;

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, LinkError, Server, ServerConfig, ServerEvent,
 };

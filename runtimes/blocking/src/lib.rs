@@ -34,6 +34,8 @@ mod session;
 mod stream;
 
 pub use error::{Error, errno_text};
-pub use ops::{Monitor, MonitorEvent, Output, Run, RunEvent};
-pub use session::{AbortHandle, ConnectInfo, Session};
+pub use ops::{Monitor, Run};
+pub use session::{AbortHandle, Session};
 pub use stream::Stream;
+/// What a session reports, the same types in every client adapter (defined in the core).
+pub use tuppence::link::{ConnectInfo, MonitorEvent, Output, RunEvent};

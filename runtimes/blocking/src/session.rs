@@ -32,16 +32,16 @@
 //! a peer that never reads again returns too.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tuppence::link::{Client, ClientConfig, ClientEvent, LinkError, Outcome};
-
-use tuppence_transport::Target;
+use tuppence::link::{Client, ClientConfig, ClientEvent, ConnectInfo, LinkError, Outcome};
+use tuppence::{Machine, Transmit};
+use tuppence_transport::{Target, is_hangup};
 
 use crate::{Error, Stream};
 
@@ -53,17 +53,6 @@ const READ_BUF: usize = 256 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Segments per vectored write (headers and payloads alternate: 32 data packets).
 const MAX_IOV: usize = 64;
-
-/// What the server said in its hello reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectInfo {
-    pub cid: u16,
-    pub server_version: (u8, u8),
-    /// Negotiated keepalive in seconds (0 = off).
-    pub keepalive: u16,
-    /// Time from sending the hello to receiving the reply.
-    pub latency: Duration,
-}
 
 #[derive(Default)]
 struct Inbox {
@@ -79,7 +68,6 @@ struct State {
     client: Client,
     inboxes: HashMap<u16, Inbox>,
     connected: Option<ConnectInfo>,
-    started: Instant,
     /// Set once the connection is unusable; every waiter sees it.
     failure: Option<LinkError>,
     io_failure: Option<String>,
@@ -130,7 +118,6 @@ impl Session {
                 client: Client::new(config, started),
                 inboxes: HashMap::new(),
                 connected: None,
-                started,
                 failure: None,
                 io_failure: None,
                 reader_done: false,
@@ -599,7 +586,7 @@ impl Shared {
     /// The writer thread: takes what the machine queued and writes it, in order, until
     /// the session closes (with nothing left to write) or the link fails.
     fn writer_loop<W: Write>(self: Arc<Self>, mut w: W) {
-        let mut segments: VecDeque<Bytes> = VecDeque::new();
+        let mut segments = Transmit::new();
         loop {
             {
                 let mut st = self.lock();
@@ -673,19 +660,14 @@ impl Shared {
             };
             moved = true;
             let xid = match &ev {
-                ClientEvent::Connected {
-                    cid,
-                    server_version,
-                    keepalive,
-                } => {
-                    st.connected = Some(ConnectInfo {
-                        cid: *cid,
-                        server_version: *server_version,
-                        keepalive: *keepalive,
-                        latency: st.started.elapsed(),
-                    });
+                ClientEvent::Connected { .. } => {
+                    st.connected = st.client.connect_info().cloned();
                     continue;
                 }
+                // The `Finished` events that follow say it per transaction.
+                ClientEvent::LinkDead => continue,
+                // Counted by the machine (`Session::stats`).
+                ClientEvent::ProtocolViolation(_) => continue,
                 ClientEvent::Output { xid, .. }
                 | ClientEvent::OutputEnd { xid, .. }
                 | ClientEvent::InjectReady { xid }
@@ -693,7 +675,6 @@ impl Shared {
                 | ClientEvent::Settled { xid, .. }
                 | ClientEvent::ProcInfo { xid, .. }
                 | ClientEvent::Finished { xid, .. } => *xid,
-                _ => continue,
             };
             let finished = matches!(ev, ClientEvent::Finished { .. });
             if let Some(inbox) = st.inboxes.get_mut(&xid) {
@@ -756,10 +737,7 @@ impl Shared {
                             | io::ErrorKind::Interrupted
                     ) => {}
                 // A pty master reads EIO when the other end hung up: end of stream.
-                Err(e)
-                    if e.raw_os_error() == Some(5)
-                        || e.kind() == io::ErrorKind::ConnectionReset =>
-                {
+                Err(e) if is_hangup(&e) => {
                     self.end(None);
                     break;
                 }
@@ -838,34 +816,18 @@ impl Shared {
 }
 
 /// Writes every segment, in order, with vectored writes; drops what was written.
-fn write_segments<W: Write>(w: &mut W, segments: &mut VecDeque<Bytes>) -> io::Result<()> {
+fn write_segments<W: Write>(w: &mut W, segments: &mut Transmit) -> io::Result<()> {
     while !segments.is_empty() {
         let r = {
-            let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
-            let mut k = 0;
-            for (slot, seg) in iov.iter_mut().zip(segments.iter()) {
-                *slot = io::IoSlice::new(seg);
-                k += 1;
-            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let k = segments.io_slices(&mut iov);
             w.write_vectored(iov.get(..k).unwrap_or_default())
         };
-        let mut n = match r {
+        match r {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => segments.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        };
-        while n > 0 {
-            let Some(front) = segments.front_mut() else {
-                break;
-            };
-            if n < front.len() {
-                bytes::Buf::advance(front, n);
-                n = 0;
-            } else {
-                n -= front.len();
-                segments.pop_front();
-            }
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tuppence::Machine;
 use tuppence::link::{ClientConfig, Command, Outcome, Server, ServerConfig, ServerEvent, Signal};
 use tuppence_blocking::{Error, RunEvent, Session};
 

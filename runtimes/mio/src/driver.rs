@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::{LinkIo, LinkIoError, Machine};
+use tuppence::Machine;
+
+use crate::{LinkIo, LinkIoError};
 
 /// Identifies a connection inside a [`Driver`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,11 +33,14 @@ pub struct ExtraReady {
 /// Tokens: even = connection, odd = extra fd; the top one wakes the loop from other threads.
 const WAKER: Token = Token(usize::MAX);
 
-struct Slot<T, M> {
+struct Slot<T, M: Machine> {
     link: LinkIo<T, M>,
     interest: Interest,
-    failed: Option<LinkIoError>,
+    failed: Option<LinkIoError<M::Error>>,
 }
+
+/// A connection taken out of the driver because it failed, with the cause.
+pub type Failed<T, M> = (ConnId, LinkIo<T, M>, LinkIoError<<M as Machine>::Error>);
 
 /// Drives link machines over non-blocking fds.
 ///
@@ -49,7 +54,7 @@ struct Slot<T, M> {
 /// gets room back when [`Driver::flush`] hands its bytes to the socket, and no event says
 /// so. Offer more after every `flush` while the machine's `can_send()` is true, before the
 /// next `wait`; otherwise the loop can sleep with room available until a keepalive.
-pub struct Driver<T, M> {
+pub struct Driver<T, M: Machine> {
     poll: Poll,
     events: Events,
     links: Vec<Option<Slot<T, M>>>,
@@ -277,7 +282,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> Driver<T, M> {
 
     /// Connections whose transport or machine failed, with the cause. They stay in the
     /// driver (so the application can still read their machine) until removed.
-    pub fn failed(&self) -> Vec<(ConnId, &LinkIoError)> {
+    pub fn failed(&self) -> Vec<(ConnId, &LinkIoError<M::Error>)> {
         self.links
             .iter()
             .enumerate()
@@ -289,7 +294,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> Driver<T, M> {
     }
 
     /// Removes failed connections and returns them with their error.
-    pub fn take_failed(&mut self) -> Vec<(ConnId, LinkIo<T, M>, LinkIoError)> {
+    pub fn take_failed(&mut self) -> Vec<Failed<T, M>> {
         let ids: Vec<ConnId> = self.failed().into_iter().map(|(id, _)| id).collect();
         let mut out = Vec::new();
         for id in ids {

@@ -1,7 +1,8 @@
 //! # tuppence-mio — the mio runtime adapter
 //!
-//! Drives the sans-IO [`tuppence::link`] machines over non-blocking file descriptors:
-//! sockets, serial ports (a dup'd fd configured by serial2), vsock streams, virtio ports.
+//! Drives any sans-IO [`tuppence::Machine`] — the link protocol's `Client` and `Server`,
+//! the sniff protocol's `Agent` — over non-blocking file descriptors: sockets, serial
+//! ports (a dup'd fd configured by serial2), vsock streams, virtio ports.
 //!
 //! * [`LinkIo`] binds one machine to one transport: reads into a reused buffer, feeds the
 //!   machine, respects its backpressure, writes what it transmits, and tracks readiness
@@ -31,9 +32,7 @@
 mod client;
 mod driver;
 mod link_io;
-mod machine;
 
 pub use client::{Flow, RunClientError, run_client};
 pub use driver::{ConnId, Driver, ExtraId, ExtraReady};
 pub use link_io::{LinkIo, LinkIoError};
-pub use machine::Machine;

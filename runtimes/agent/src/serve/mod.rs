@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mio::Interest;
 use tracing::{debug, info, warn};
+use tuppence::Machine;
 use tuppence::link::{Carryover, Limits, Server, ServerConfig, ServerEvent};
 use tuppence::wire::{ProcInfoField, field};
 use tuppence_mio::{ConnId, Driver, ExtraId, ExtraReady, LinkIo};
@@ -1127,7 +1128,6 @@ impl Agent {
                     );
                 }
             }
-            _ => {}
         }
     }
 

@@ -46,6 +46,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
+use tuppence::Machine;
 use tuppence::sniff::{Action, Agent, AgentStats, DecodeError, TaskHandle};
 use tuppence_transport::{Listener, Transport};
 
