@@ -219,22 +219,22 @@ fn smol_legacy3() {
 
 // ---------------------------------------------------------------------------- mio
 
-/// The mio `Driver` in a hand-written loop, fed as its documentation says: after every
+/// The mio `EventLoop` in a hand-written loop, fed as its documentation says: after every
 /// flush, queue more while the machine has room.
 fn mio_adapter(dialect: Dialect) {
-    use tuppence_mio::{Driver, LinkIo};
+    use tuppence_mio::{EventLoop, LinkIo};
     for round in 0..REPEAT {
         let progress = Arc::new(AtomicU64::new(0));
         let seen = progress.clone();
         watchdog(&format!("mio {dialect} #{round}"), progress, move || {
             let (_agent, stream) = LocalAgent::start();
             stream.set_nonblocking(true).expect("nonblocking");
-            let mut driver: Driver<UnixStream, Client> = Driver::new().expect("driver");
+            let mut driver: EventLoop<UnixStream, Client> = EventLoop::new().expect("driver");
             let id = driver
-                .add(LinkIo::new(
-                    stream,
-                    Client::new(config(dialect), Instant::now()),
-                ))
+                .add(
+                    LinkIo::new(stream, Client::new(config(dialect), Instant::now())),
+                    (),
+                )
                 .expect("add");
             let mut xid = None;
             let mut at = 0u64;
@@ -244,8 +244,7 @@ fn mio_adapter(dialect: Dialect) {
             while outcome.is_none() {
                 driver.flush();
                 loop {
-                    let link = driver.get_mut(id).expect("link");
-                    let client = link.machine_mut();
+                    let client = driver.get_mut(id).expect("link").link.machine_mut();
                     let Some(x) = xid else { break };
                     if closed || !client.can_send() {
                         break;
@@ -260,19 +259,19 @@ fn mio_adapter(dialect: Dialect) {
                     }
                     driver.flush();
                 }
-                if let Some((_, _, e)) = driver.take_failed().pop() {
-                    panic!("link failed: {e}");
+                if let Some(ended) = driver.take_ended().pop() {
+                    panic!("link failed: {}", ended.error);
                 }
                 driver.wait(None).expect("wait");
-                let link = driver.get_mut(id).expect("link");
+                let client = driver.get_mut(id).expect("link").link.machine_mut();
                 let mut events = Vec::new();
-                while let Some(ev) = link.machine_mut().poll_event() {
+                while let Some(ev) = client.poll_event() {
                     events.push(ev);
                 }
                 for ev in events {
                     match ev {
                         ClientEvent::Connected { .. } => {
-                            let client = driver.get_mut(id).expect("link").machine_mut();
+                            let client = driver.get_mut(id).expect("link").link.machine_mut();
                             xid = Some(client.run(cat()).expect("run"));
                         }
                         ClientEvent::Output { data, .. } => {

@@ -1,5 +1,5 @@
 //! The three client adapters, each used the way its documentation shows: the mio
-//! `Driver` in a hand-written loop, a smol `Session` (driver task on smol's global
+//! `EventLoop` in a hand-written loop, a smol `Session` (driver task on smol's global
 //! executor, callers in `block_on`), and a blocking `Session` (reader thread).
 
 use std::fs::File;
@@ -14,7 +14,7 @@ use async_io::Async;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Outcome};
-use tuppence_mio::{ConnId, Driver, LinkIo};
+use tuppence_mio::{ConnId, EventLoop, LinkIo};
 
 /// What every figure asks of an adapter.
 pub trait Adapter {
@@ -44,9 +44,9 @@ fn connect_unix(sock: &Path) -> UnixStream {
 // ---------------------------------------------------------------------------------------
 // mio
 
-/// A client machine on the mio `Driver`.
+/// A client machine on the mio `EventLoop`.
 pub struct MioClient {
-    driver: Driver<UnixStream, Client>,
+    driver: EventLoop<UnixStream, Client>,
     id: ConnId,
     user: String,
 }
@@ -55,9 +55,11 @@ impl MioClient {
     pub fn connect(sock: &Path) -> MioClient {
         let stream = connect_unix(sock);
         stream.set_nonblocking(true).expect("nonblocking");
-        let mut driver = Driver::new().expect("mio driver");
+        let mut driver = EventLoop::new().expect("mio event loop");
         let client = Client::new(ClientConfig::default(), Instant::now());
-        let id = driver.add(LinkIo::new(stream, client)).expect("add link");
+        let id = driver
+            .add(LinkIo::new(stream, client), ())
+            .expect("add link");
         let mut c = MioClient {
             driver,
             id,
@@ -71,6 +73,7 @@ impl MioClient {
         self.driver
             .get_mut(self.id)
             .expect("the link is alive")
+            .link
             .machine_mut()
     }
 
@@ -98,14 +101,19 @@ impl MioClient {
             while feed(self.client()) {
                 self.driver.flush();
             }
-            if let Some((_, _, e)) = self.driver.take_failed().pop() {
-                panic!("mio: the link failed: {e}");
+            if let Some(ended) = self.driver.take_ended().pop() {
+                panic!("mio: the link failed: {}", ended.error);
             }
             self.driver.wait(None).expect("mio wait");
-            let link = self.driver.get_mut(self.id).expect("the link is alive");
+            let client = self
+                .driver
+                .get_mut(self.id)
+                .expect("the link is alive")
+                .link
+                .machine_mut();
             let mut done = false;
-            while let Some(ev) = link.machine_mut().poll_event() {
-                done |= on_event(link.machine_mut(), ev);
+            while let Some(ev) = client.poll_event() {
+                done |= on_event(client, ev);
             }
             if done {
                 self.driver.flush();

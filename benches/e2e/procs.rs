@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tuppence_agent::serve::{Agent, AgentConfig};
+use tuppence_agent::serve::{LinkDaemon, LinkDaemonConfig};
 use tuppence_transport::Listener;
 
 pub const ROLE_ENV: &str = "TUPPENCE_E2E_ROLE";
@@ -18,10 +18,10 @@ pub const AGENT_WRAP_ENV: &str = "TUPPENCE_E2E_AGENT_WRAP";
 
 /// The agent's settings in every figure: the defaults, with room for the 100-connection
 /// figure (the default allows 64 clients).
-pub fn agent_config() -> AgentConfig {
-    let mut c = AgentConfig {
+pub fn agent_config() -> LinkDaemonConfig {
+    let mut c = LinkDaemonConfig {
         max_clients: 256,
-        ..AgentConfig::default()
+        ..LinkDaemonConfig::default()
     };
     if let Some(v) = std::env::var("TUPPENCE_E2E_TRANSMIT_LIMIT")
         .ok()
@@ -45,7 +45,7 @@ pub fn run_role_if_asked() {
     match role.to_str() {
         Some("agent") => {
             let listener = Listener::unix(&sock, 0o600).expect("agent listener");
-            let mut agent = Agent::new(agent_config()).expect("agent");
+            let mut agent = LinkDaemon::new(agent_config()).expect("agent");
             agent.add_listener(listener).expect("add listener");
             if let Err(e) = agent.run() {
                 eprintln!("agent: {e}");

@@ -5,7 +5,7 @@
 use std::os::unix::net::UnixStream;
 use std::thread;
 
-use tuppence_agent::serve::{Agent, AgentConfig, StopHandle};
+use tuppence_agent::serve::{LinkDaemon, LinkDaemonConfig, StopHandle};
 use tuppence_transport::Transport;
 
 /// A running agent; stopped (its commands killed) when dropped.
@@ -19,10 +19,10 @@ impl LocalAgent {
     pub fn start() -> (LocalAgent, UnixStream) {
         let (ours, theirs) = UnixStream::pair().expect("socket pair");
         tuppence_transport::tune_socket_buffers(&ours);
-        let mut agent = Agent::new(AgentConfig {
+        let mut agent = LinkDaemon::new(LinkDaemonConfig {
             exit_when_idle: true,
             audit: false,
-            ..AgentConfig::default()
+            ..LinkDaemonConfig::default()
         })
         .expect("agent");
         agent

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tuppence::sniff::{Event, TaskId, TaskKind, TaskResult};
-use tuppence_agent::sniff::{Client, ServeConfig, SniffRequest, serve};
+use tuppence_agent::sniff::{Client, SniffDaemonConfig, SniffRequest, serve};
 use tuppence_transport::Transport;
 
 use sniff_support::*;
@@ -233,7 +233,7 @@ fn serve_runs_one_stream_until_the_peer_closes() {
         serve(
             test_agent(),
             Transport::Unix(theirs),
-            &ServeConfig::default(),
+            &SniffDaemonConfig::default(),
         )
     });
     let mut client = Client::new(Transport::Unix(ours)).unwrap();

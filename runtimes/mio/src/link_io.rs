@@ -20,6 +20,10 @@ const TX_HIGH_WATER: usize = 256 * 1024;
 /// Segments per `writev` (headers and payloads alternate, so this is 32 data packets;
 /// well under the kernel's `IOV_MAX` of 1024).
 const MAX_IOV: usize = 64;
+/// Reads per `pump_read`, so that one peer sending without pause (packets the machine
+/// drops without an event, say) cannot keep the loop from its other connections: the loop
+/// comes back at once to a connection that still has input ([`LinkIo::can_read_more`]).
+const READS_PER_PUMP: usize = 16;
 
 /// Why a connection stopped. `E` is the machine's error ([`Machine::Error`]): a
 /// [`LinkError`] for the link protocol's machines.
@@ -28,6 +32,10 @@ pub enum LinkIoError<E = LinkError> {
     /// The protocol machine failed (framing error, keepalive expired, peer closed, …).
     #[error(transparent)]
     Link(E),
+    /// The peer closed the stream, and the machine took it as no failure of its own (the
+    /// link machines report it as `LinkError::Closed` instead).
+    #[error("the peer closed the connection")]
+    Closed,
     /// The transport failed.
     #[error("transport error: {0}")]
     Io(#[from] io::Error),
@@ -155,6 +163,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     /// machine was given new input (so the caller should drain its events).
     pub fn pump_read(&mut self, now: Instant) -> Result<bool, LinkIoError<M::Error>> {
         let mut fed = false;
+        let mut reads = 0usize;
         loop {
             if self.rx_start < self.rx_end {
                 let pending = self.rx.get(self.rx_start..self.rx_end).unwrap_or_default();
@@ -175,6 +184,11 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
             if self.eof || self.read_paused || !self.readable {
                 return Ok(fed);
             }
+            if reads == READS_PER_PUMP {
+                // Still readable: `can_read_more` brings the loop back without waiting.
+                return Ok(fed);
+            }
+            reads += 1;
             match self.io.read(&mut self.rx) {
                 Ok(0) => {
                     self.eof = true;

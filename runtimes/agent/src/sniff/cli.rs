@@ -28,8 +28,8 @@ use tuppence::sniff::{Agent, AgentConfig, EncodeError, TaskId, TaskKind, TaskRes
 use tuppence_transport::{ListenOptions, Listener, Target, TransportError};
 
 use super::client::{ClientError, SniffRequest, request};
+use super::daemon::{ServeError, SniffDaemonConfig, StopHandle, serve_listener_until, serve_until};
 use super::runner::{RunnerConfig, TaskStderr};
-use super::serve::{ServeConfig, ServeError, StopHandle, serve_listener_until, serve_until};
 
 /// The usage text.
 pub const USAGE: &str = "\
@@ -517,8 +517,8 @@ pub fn new_agent(args: &ServeArgs) -> Agent {
 }
 
 /// The serve settings for `args`.
-pub fn serve_config(args: &ServeArgs) -> ServeConfig {
-    ServeConfig {
+pub fn serve_config(args: &ServeArgs) -> SniffDaemonConfig {
+    SniffDaemonConfig {
         runner: RunnerConfig {
             stderr: if args.task_stderr {
                 TaskStderr::Inherit
@@ -527,7 +527,7 @@ pub fn serve_config(args: &ServeArgs) -> ServeConfig {
             },
             ..RunnerConfig::default()
         },
-        ..ServeConfig::default()
+        ..SniffDaemonConfig::default()
     }
 }
 

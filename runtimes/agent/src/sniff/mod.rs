@@ -8,9 +8,9 @@
 //! * [`runner`] — [`TaskRunner`]: starts each task's process in its own process group, reads
 //!   its stdout up to the cap, reaps it through a pidfd, kills whole groups on abort. Any
 //!   number of tasks in one thread.
-//! * [`serve`](mod@serve) — the agent side over transports: [`serve()`] for one connected
-//!   stream, [`ListenServer`] / [`serve_listener`] for a listener (one agent per
-//!   connection).
+//! * [`daemon`] — the agent side over transports, on the same event loop as `tuppence
+//!   serve`: [`serve()`] for one connected stream, [`SniffDaemon`] / [`serve_listener`] for
+//!   a listener (one agent per connection).
 //! * [`client`] — the requesting side, blocking: [`Client`] for several requests on one
 //!   connection, [`request`] for one request with a timeout.
 //! * [`cli`] — argument parsing and answer printing (human text or JSON) for a `sniff`
@@ -29,12 +29,12 @@
 
 pub mod cli;
 pub mod client;
+pub mod daemon;
 pub mod runner;
-pub mod serve;
 
 pub use client::{Client, ClientError, SniffRequest, request};
-pub use runner::{RunnerConfig, StartError, TaskRunner, TaskStderr};
-pub use serve::{
-    ListenServer, ServeConfig, ServeError, StopHandle, serve, serve_listener, serve_listener_until,
-    serve_until,
+pub use daemon::{
+    ServeError, SniffDaemon, SniffDaemonConfig, StopHandle, serve, serve_listener,
+    serve_listener_until, serve_until,
 };
+pub use runner::{RunnerConfig, StartError, TaskRunner, TaskStderr};
