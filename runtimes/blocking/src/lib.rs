@@ -27,10 +27,14 @@
 //! transfers from another thread (a Ctrl-C handler). Each transaction's events are buffered up to a bound; a consumer
 //! that stops reading eventually stops the reader thread (and, through the transport,
 //! the agent) rather than growing memory.
+//!
+//! [`sniff`] is the requesting side of the other protocol, the sniff background tasks: a
+//! [`sniff::SniffClient`] on one connection, or [`sniff::request`] for one request.
 
 mod error;
 mod ops;
 mod session;
+pub mod sniff;
 mod stream;
 
 pub use error::{Error, errno_text};

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tuppence::link::status::ESRCH;
 use tuppence::link::{
     ClientEvent, Command, MonitorEvent, Outcome, Output, RunEvent, Signal, TransferEvent,
+    UsageError,
 };
 use tuppence::wire::ProcInfoField;
 use tuppence_transport::LocalFile;
@@ -120,7 +121,9 @@ impl Session {
                 }
             };
             let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-            self.send_data(xid, piece, |c, d| c.send_file_data(xid, d))?;
+            if let Err(e) = self.send_data(xid, piece, |c, d| c.send_file_data(xid, d)) {
+                return Err(self.ended_early(xid, e)?);
+            }
             sent += n as u64;
             progress(sent);
             // A failure reported mid-transfer ends it early.
@@ -132,7 +135,9 @@ impl Session {
                 return Err(outcome_error("inject", outcome));
             }
         }
-        self.act(|c| c.finish_file(xid))?;
+        if let Err(e) = self.act(|c| c.finish_file(xid)) {
+            return Err(self.ended_early(xid, e)?);
+        }
         loop {
             if let Some(TransferEvent::Finished(outcome)) = self
                 .next_event(xid, None)?
@@ -225,6 +230,25 @@ impl Session {
         let n = self.extract(user, path, &mut file, progress)?;
         file.commit()?;
         Ok(n)
+    }
+
+    /// A send of a transfer failed. If the transaction is gone the agent ended it first
+    /// (a failure it reported between two pieces: its `Finished` explains why, and that is
+    /// the error); otherwise the send's own error.
+    fn ended_early(&self, xid: u16, e: Error) -> Result<Error, Error> {
+        match e {
+            Error::Usage(UsageError::UnknownTransaction(_) | UsageError::WrongState { .. }) => {
+                loop {
+                    if let Some(TransferEvent::Finished(outcome)) = self
+                        .next_event(xid, None)?
+                        .and_then(TransferEvent::from_event)
+                    {
+                        return Ok(outcome_error("inject", outcome));
+                    }
+                }
+            }
+            other => Ok(other),
+        }
     }
 
     /// After a transfer aborted through an [`crate::AbortHandle`]: waits a little for the

@@ -1,15 +1,25 @@
-//! The requesting side of sniff, blocking: a [`Transport`] and a [`Requester`], nothing
-//! else.
+//! The requesting side of the sniff protocol, blocking: a [`Transport`] and the core's
+//! [`Requester`] machine, nothing else. The agent side is `tuppence_agent::sniff`.
 //!
 //! Blocking is enough here: a requester sends a few requests and waits for their answers,
 //! and [`Transport::wait_readable`] bounds every wait, so a silent agent costs a timeout, not
 //! a hang.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tuppence::sniff::{TaskId, TaskResult};
+//! use tuppence_blocking::sniff::{SniffRequest, request};
+//!
+//! let target = "unix:/run/tuppence-sniff.sock".parse()?;
+//! let result = request(&target, TaskId::from(7), &SniffRequest::nop(), Duration::from_secs(5))?;
+//! assert_eq!(result, TaskResult::Nop);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tracing::debug;
 use tuppence::sniff::cert::CertRequest;
 use tuppence::sniff::nat::NatParams;
 use tuppence::sniff::ping::PingRequest;
@@ -18,8 +28,6 @@ use tuppence::sniff::{
     UsageError,
 };
 use tuppence_transport::{Target, Transport, TransportError};
-
-use crate::fdio::{self, ReadOutcome};
 
 /// Bytes read per call.
 const CHUNK: usize = 64 * 1024;
@@ -84,7 +92,7 @@ impl SniffRequest {
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ClientError {
+pub enum SniffError {
     /// The target could not be opened.
     #[error(transparent)]
     Connect(#[from] TransportError),
@@ -105,30 +113,43 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
-/// A blocking sniff requester on one connection.
-pub struct Client {
+/// A blocking sniff requester on one connection. (A link-protocol session is
+/// [`crate::Session`]; this is the other protocol's client, hence its own name.)
+pub struct SniffClient {
     transport: Transport,
     requester: Requester,
     /// Received bytes the requester has not taken yet.
     rx: BytesMut,
+    /// The reused read buffer.
+    buf: Box<[u8]>,
     closed: bool,
+    /// Events [`SniffClient::wait_for`] passed over (answers to other ids, `A`s,
+    /// malformed answers).
+    skipped: u64,
 }
 
-impl Client {
+impl SniffClient {
     /// Wraps a connected transport (put in blocking mode).
-    pub fn new(transport: Transport) -> io::Result<Client> {
+    pub fn new(transport: Transport) -> io::Result<SniffClient> {
         transport.set_nonblocking(false)?;
-        Ok(Client {
+        Ok(SniffClient {
             transport,
             requester: Requester::new(RequesterConfig::default()),
             rx: BytesMut::new(),
+            buf: vec![0; CHUNK].into_boxed_slice(),
             closed: false,
+            skipped: 0,
         })
     }
 
     /// Connects to an agent.
-    pub fn connect(target: &Target) -> Result<Client, ClientError> {
-        Ok(Client::new(target.connect()?)?)
+    pub fn connect(target: &Target) -> Result<SniffClient, SniffError> {
+        Ok(SniffClient::new(target.connect()?)?)
+    }
+
+    /// Events [`SniffClient::wait_for`] passed over so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// The transport, e.g. to send raw bytes in a test.
@@ -143,7 +164,7 @@ impl Client {
 
     /// Sends `req` under `id` (see [`Requester::send_as`]: a request already pending under
     /// `id` is aborted by the agent, `A` first).
-    pub fn send(&mut self, id: TaskId, req: &SniffRequest) -> Result<(), ClientError> {
+    pub fn send(&mut self, id: TaskId, req: &SniffRequest) -> Result<(), SniffError> {
         self.requester
             .send_as(id, req.kind.clone(), req.params.clone())?;
         let mut out = BytesMut::new();
@@ -153,7 +174,7 @@ impl Client {
     }
 
     /// The next event, waiting at most `timeout` for it.
-    pub fn next_event(&mut self, timeout: Duration) -> Result<Event, ClientError> {
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Event, SniffError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(ev) = self.requester.poll_event() {
@@ -167,38 +188,49 @@ impl Client {
                 }
             }
             if self.closed {
-                return Err(ClientError::Closed);
+                return Err(SniffError::Closed);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !self.transport.wait_readable(Some(left))? {
-                return Err(ClientError::Timeout(timeout));
+                return Err(SniffError::Timeout(timeout));
             }
             self.read()?;
         }
     }
 
     /// Waits at most `timeout` for the final answer to the request under `id`; other events
-    /// (answers to other ids, `A`s, malformed answers) are logged and skipped.
-    pub fn wait_for(&mut self, id: TaskId, timeout: Duration) -> Result<TaskResult, ClientError> {
+    /// (answers to other ids, `A`s, malformed answers) are counted ([`SniffClient::skipped`])
+    /// and passed over.
+    pub fn wait_for(&mut self, id: TaskId, timeout: Duration) -> Result<TaskResult, SniffError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_event(left).map_err(|e| match e {
-                ClientError::Timeout(_) => ClientError::Timeout(timeout),
+                SniffError::Timeout(_) => SniffError::Timeout(timeout),
                 other => other,
             })? {
                 Event::Finished { id: i, result } if i == id => return Ok(result),
-                other => debug!(?other, "sniff event skipped"),
+                Event::Finished { .. }
+                | Event::Aborted { .. }
+                | Event::Unsolicited(_)
+                | Event::Malformed(_) => self.skipped += 1,
             }
         }
     }
 
-    fn read(&mut self) -> Result<(), ClientError> {
-        match fdio::read_from(&self.transport, &mut self.rx, CHUNK)? {
-            ReadOutcome::Data(_) => {}
-            ReadOutcome::Eof => self.closed = true,
+    fn read(&mut self) -> Result<(), SniffError> {
+        match (&self.transport).read(&mut self.buf) {
+            Ok(0) => self.closed = true,
+            Ok(n) => self
+                .rx
+                .extend_from_slice(self.buf.get(..n).unwrap_or_default()),
             // A spurious wake-up: the caller waits again.
-            ReadOutcome::WouldBlock => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
@@ -212,8 +244,8 @@ pub fn request(
     id: TaskId,
     req: &SniffRequest,
     timeout: Duration,
-) -> Result<TaskResult, ClientError> {
-    let mut client = Client::connect(target)?;
+) -> Result<TaskResult, SniffError> {
+    let mut client = SniffClient::connect(target)?;
     client.send(id, req)?;
     client.wait_for(id, timeout)
 }
