@@ -9,8 +9,6 @@
 //! watchdog: a hang fails the test (naming the adapter, dialect and progress) instead of
 //! hanging the test run.
 
-mod agent_support;
-
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +16,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agent_support::{LocalAgent, me};
 use bytes::Bytes;
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Outcome};
 use tuppence::wire::Dialect;
+use tuppence_e2e::{LocalAgent, me};
 
 /// Bytes sent through `cat` per run.
 const TOTAL: u64 = 50_000_000;

@@ -1,12 +1,13 @@
 //! End-to-end benchmarks: a real agent process on a unix socket, driven by the mio, smol
 //! and blocking client adapters, each figure measured in the same run as its physical
-//! limit (interleaved with it), and the ratio printed. See `benches/e2e/README.md`.
+//! limit (interleaved with it), and the ratio printed. See `e2e/benches/e2e/README.md`.
 //!
 //! `cargo bench --bench e2e` (full, a few minutes) or `cargo bench --bench e2e -- --quick`
 //! (smaller, under 2 minutes; exits 1 if a figure is twice as far from its goal as its
 //! target allows).
 
 mod clients;
+mod plan;
 mod procs;
 mod raw;
 mod stats;
@@ -20,144 +21,13 @@ use std::process::{Command as StdCommand, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clients::{Adapter, BlockingClient, MioClient, SmolClient};
+use clients::{Adapter, MioClient};
+use plan::{Plan, parse_args};
 use procs::{Helper, Scratch};
 use stats::{Row, Target, mean, median, percentile, spread, us};
 use tuppence::link::{ClientEvent, Outcome};
 
 /// Sizes of one run.
-#[derive(Clone, Debug)]
-struct Plan {
-    quick: bool,
-    /// `true` round trips per method, in blocks of `rt_block` (methods interleaved).
-    rt_n: usize,
-    rt_block: usize,
-    /// Bytes of the transfer and output figures, and repetitions of each.
-    size: u64,
-    reps: usize,
-    /// Concurrent `sleep 1`s on one connection, and repetitions.
-    sleeps: usize,
-    sleep_reps: usize,
-    /// Connections × `true`s per connection.
-    conns: usize,
-    per_conn: usize,
-    /// Memory: output size and how long the client stops reading; stdin flood and the
-    /// `sleep` it goes into.
-    mem_output: u64,
-    stall: Duration,
-    flood: usize,
-    flood_sleep: u32,
-    only: Option<Vec<String>>,
-    adapters: Option<Vec<String>>,
-}
-
-impl Plan {
-    fn full() -> Plan {
-        Plan {
-            quick: false,
-            rt_n: 1000,
-            rt_block: 100,
-            size: 256 << 20,
-            reps: 9,
-            sleeps: 1000,
-            sleep_reps: 3,
-            conns: 100,
-            per_conn: 20,
-            mem_output: 256 << 20,
-            stall: Duration::from_secs(3),
-            flood: 64 << 20,
-            flood_sleep: 5,
-            only: None,
-            adapters: None,
-        }
-    }
-
-    fn quick() -> Plan {
-        Plan {
-            quick: true,
-            rt_n: 200,
-            rt_block: 50,
-            size: 32 << 20,
-            reps: 3,
-            sleeps: 200,
-            sleep_reps: 1,
-            conns: 100,
-            per_conn: 5,
-            mem_output: 64 << 20,
-            stall: Duration::from_secs(1),
-            flood: 16 << 20,
-            flood_sleep: 2,
-            only: None,
-            adapters: None,
-        }
-    }
-
-    /// The adapters to measure, connected to `sock`.
-    fn adapters(&self, sock: &Path) -> Vec<Box<dyn Adapter>> {
-        let want = |n: &str| {
-            self.adapters
-                .as_ref()
-                .is_none_or(|o| o.iter().any(|a| a == n))
-        };
-        let mut v: Vec<Box<dyn Adapter>> = Vec::new();
-        if want("mio") {
-            v.push(Box::new(MioClient::connect(sock)));
-        }
-        if want("smol") {
-            v.push(Box::new(SmolClient::connect(sock)));
-        }
-        if want("smol1") {
-            v.push(Box::new(SmolClient::connect_local(sock)));
-        }
-        if want("blocking") {
-            v.push(Box::new(BlockingClient::connect(sock)));
-        }
-        v
-    }
-
-    fn wants(&self, figure: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|o| o.iter().any(|f| f == figure))
-    }
-}
-
-const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,sleep,conns,mem] \
-                     [--adapters mio,smol,smol1,blocking] [--reps N] [--size MIB] [--rt N]";
-
-fn parse_args() -> Result<Plan, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut plan = if args.iter().any(|a| a == "--quick") {
-        Plan::quick()
-    } else {
-        Plan::full()
-    };
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match a.as_str() {
-            "--quick" | "--bench" => {}
-            "--only" => plan.only = Some(value("--only")?.split(',').map(str::to_owned).collect()),
-            "--adapters" => {
-                plan.adapters = Some(value("--adapters")?.split(',').map(str::to_owned).collect())
-            }
-            "--reps" => plan.reps = value("--reps")?.parse().map_err(|e| format!("{e}"))?,
-            "--size" => {
-                plan.size = value("--size")?
-                    .parse::<u64>()
-                    .map_err(|e| format!("{e}"))?
-                    << 20
-            }
-            "--rt" => plan.rt_n = value("--rt")?.parse().map_err(|e| format!("{e}"))?,
-            "-h" | "--help" => return Err(USAGE.into()),
-            // cargo bench passes filters through; there is nothing to filter.
-            _ => {}
-        }
-    }
-    plan.rt_block = plan.rt_block.min(plan.rt_n).max(1);
-    Ok(plan)
-}
-
 fn main() -> ExitCode {
     procs::run_role_if_asked();
     let plan = match parse_args() {

@@ -1,6 +1,14 @@
-//! The agent `tuppence serve` runs, started in the test process on one end of a socket
-//! pair (as the CLI's `local` target does), for the adapter tests.
-#![allow(dead_code)] // each test binary uses a different subset
+//! `tuppence-e2e`: the whole stack end to end — every client adapter against the real
+//! agent — kept out of the core crate, whose dependency tree (normal and dev) names no
+//! runtime crate.
+//!
+//! * `tests/`: behaviour every adapter must share (client deadlines, `extract_to`, a 50 MB
+//!   stdin flood into `cat` with a slow consumer), each adapter against [`LocalAgent`].
+//! * `benches/e2e`: the end-to-end figures (`cargo bench --bench e2e` from the repository
+//!   root; see `benches/e2e/README.md`).
+//!
+//! This library is what they share: the agent `tuppence serve` runs, started in the test
+//! process on one end of a socket pair (as the CLI's `local` target does).
 
 use std::os::unix::net::UnixStream;
 use std::thread;

@@ -6,8 +6,6 @@
 //! * `extract_to` of the blocking and smol sessions against the real agent: destinations
 //!   opened as `cp` opens them (FIFOs and devices in place, links followed).
 
-mod agent_support;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -16,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agent_support::{LocalAgent, me};
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Outcome};
 use tuppence::wire::{Decoder, Dialect, Hello, Packet, Sender, detect_dialect};
+use tuppence_e2e::{LocalAgent, me};
 
 /// The grace the tests give: short, so a run takes about a second.
 const GRACE: Duration = Duration::from_millis(300);
