@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::Interest;
-use tracing::{info, warn};
+use tracing::warn;
 use tuppence::link::status;
 use tuppence::wire::{ProcInfoField, field};
 use tuppence_mio::{ConnId, ExtraId, ExtraReady};
@@ -17,7 +17,7 @@ use tuppence_mio::{ConnId, ExtraId, ExtraReady};
 use super::arena::BULK_CHUNK;
 use super::connections::Tx;
 use super::{LinkDaemon, Tag};
-use crate::escape::{Clean, Quoted};
+use crate::escape::Quoted;
 use crate::fdio::{self, ReadOutcome};
 use crate::read_procinfo;
 use crate::sources::{AuditEvent, CommandEnd};
@@ -143,19 +143,24 @@ impl LinkDaemon {
             tty,
             env,
         } = request;
-        let failed = |daemon: &mut LinkDaemon, status: u32| {
-            daemon.audit(&AuditEvent::CommandFailed {
-                cid,
-                xid,
-                user: &user,
-                command: &command,
-                tty,
-                status,
-            });
-            daemon.answer(id, xid, "fail", |s| s.fail(xid, status));
-        };
+        let failed =
+            |daemon: &mut LinkDaemon, status: u32, error: Option<&dyn std::fmt::Display>| {
+                let record = AuditEvent::CommandFailed {
+                    cid,
+                    xid,
+                    user: &user,
+                    command: &command,
+                    tty,
+                    status,
+                };
+                match error {
+                    Some(e) => daemon.audit_failure(&record, e),
+                    None => daemon.audit(&record),
+                }
+                daemon.answer(id, xid, "fail", |s| s.fail(xid, status));
+            };
         if !self.user_allowed(&user) {
-            return failed(self, status::EACCES);
+            return failed(self, status::EACCES, None);
         }
         let mut spec = SpawnSpec::new(user.to_vec(), command.to_vec());
         spec.env = env.iter().map(|e| e.to_vec()).collect();
@@ -165,12 +170,7 @@ impl LinkDaemon {
         // itself up and exec'd. A failure there is reported when the child has exited.
         let mut child = match spawn_command_nowait_in(&spec, self.contain.cgroups.as_ref()) {
             Ok(child) => child,
-            Err(e) => {
-                if self.config.audit {
-                    info!(cid, xid, error = %Clean(&e), "command failed to start");
-                }
-                return failed(self, e.errno());
-            }
+            Err(e) => return failed(self, e.errno(), Some(&e)),
         };
         self.audit(&AuditEvent::CommandStart {
             cid,
@@ -492,13 +492,12 @@ impl LinkDaemon {
     fn finish_command(&mut self, id: ConnId, xid: u16, c: CommandTx) {
         let cid = self.cid(id);
         let pid = c.child.pid();
+        let mut failure = None;
         let end = if let Some(e) = c.child.exec_error() {
             // The child could not become the command (switching user or exec failed).
             let errno = crate::errno_of(&e);
-            if self.config.audit {
-                info!(cid, xid, pid, error = %Clean(&e), "command failed to start");
-            }
             self.answer(id, xid, "fail", |s| s.fail(xid, errno));
+            failure = Some(e);
             CommandEnd::SpawnFailed(errno)
         } else if c.timed_out {
             self.answer(id, xid, "timed out", |s| s.timed_out(xid));
@@ -517,13 +516,17 @@ impl LinkDaemon {
                 }
             }
         };
-        self.audit(&AuditEvent::CommandEnd {
+        let record = AuditEvent::CommandEnd {
             cid,
             xid,
             pid,
             end,
             cut: None,
-        });
+        };
+        match failure {
+            Some(e) => self.audit_failure(&record, &e),
+            None => self.audit(&record),
+        }
         self.drop_command(c);
     }
 

@@ -130,6 +130,8 @@ impl LinkDaemon {
         let id = self
             .io
             .add(link, ConnState::new(cid, peer.clone(), listener))?;
+        // A connection's records go to the trail only; its log line (with the transport, or
+        // the reason it ended) says more than the record.
         self.trail.push(&AuditEvent::Connect { cid, peer: &peer });
         if self.config.audit {
             info!(cid, peer = %Quoted::str(&peer), transport = kind.as_str(), "client connected");
@@ -197,7 +199,7 @@ impl LinkDaemon {
     pub(super) fn finish_tx(&mut self, id: ConnId, xid: u16, status: u32) {
         let cid = self.cid(id);
         if let Some(tx) = self.take_tx(id, xid) {
-            self.audit_end(cid, xid, &tx, AuditOutcome::Status(status));
+            self.audit_end(cid, xid, &tx, AuditOutcome::Status(status), None);
             self.drop_tx(tx);
         }
     }
@@ -266,7 +268,7 @@ impl LinkDaemon {
         xids.sort_unstable();
         for xid in xids {
             if let Some(tx) = txs.get(&xid) {
-                self.audit_end(cid, xid, tx, AuditOutcome::Cut(cut));
+                self.audit_end(cid, xid, tx, AuditOutcome::Cut(cut), None);
             }
         }
         self.trail.push(&AuditEvent::Disconnect { cid });
@@ -277,7 +279,18 @@ impl LinkDaemon {
 
     /// The outcome record of a request that ended with `outcome`. A command's ordinary end
     /// is recorded where its status is sent (`pump_command`); here only its cut-off.
-    pub(super) fn audit_end(&self, cid: u16, xid: u16, tx: &Tx, outcome: AuditOutcome) {
+    pub(super) fn audit_end(
+        &self,
+        cid: u16,
+        xid: u16,
+        tx: &Tx,
+        outcome: AuditOutcome,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
+        let audit = |event: &AuditEvent<'_>| match error {
+            Some(e) => self.audit_failure(event, e),
+            None => self.audit(event),
+        };
         match tx {
             Tx::Command(c) => {
                 let AuditOutcome::Cut(cut) = outcome else {
@@ -289,7 +302,7 @@ impl LinkDaemon {
                     Some(ExitStatus::Signaled(sig)) => CommandEnd::Signaled(sig),
                     None => CommandEnd::Signaled(libc::SIGKILL),
                 };
-                self.audit(&AuditEvent::CommandEnd {
+                audit(&AuditEvent::CommandEnd {
                     cid,
                     xid,
                     pid: c.child.pid(),
@@ -297,7 +310,7 @@ impl LinkDaemon {
                     cut: Some(cut),
                 });
             }
-            Tx::Inject(t) => self.audit(&AuditEvent::Inject {
+            Tx::Inject(t) => audit(&AuditEvent::Inject {
                 cid,
                 xid,
                 user: &t.user,
@@ -306,7 +319,7 @@ impl LinkDaemon {
                 bytes: t.file.written(),
                 outcome,
             }),
-            Tx::Extract(t) => self.audit(&AuditEvent::Extract {
+            Tx::Extract(t) => audit(&AuditEvent::Extract {
                 cid,
                 xid,
                 user: &t.user,
@@ -314,7 +327,7 @@ impl LinkDaemon {
                 bytes: t.file.read_so_far(),
                 outcome,
             }),
-            Tx::Monitor(m) => self.audit(&AuditEvent::Monitor {
+            Tx::Monitor(m) => audit(&AuditEvent::Monitor {
                 cid,
                 xid,
                 source: &m.name,

@@ -37,6 +37,7 @@ use tuppence_mio::{ConnId, EventLoop, ExtraId, ExtraReady};
 use tuppence_transport::Transport;
 
 use crate::contain::Containment;
+use crate::escape::Clean;
 use crate::sources::{AUDIT_CAPACITY, AuditEvent, AuditTrail, ReadAs};
 use crate::spawn::Child;
 use accept::{Gate, ListenerSlot};
@@ -456,12 +457,22 @@ impl LinkDaemon {
         }
     }
 
-    /// Records a request's outcome in the trail, and in the log with `--audit`: the one
-    /// place an audit record is made. Peer strings are escaped by the record's format
-    /// ([`crate::escape`]).
+    /// Records a request's outcome: the `agent` trail gets the record and, with `--audit`,
+    /// the log gets it as one line. The one place a request's record is made (connections
+    /// get trail records of their own, and richer log lines: `connections`). Peer strings
+    /// are escaped by the record's format ([`crate::escape`]).
     fn audit(&self, event: &AuditEvent<'_>) {
         if self.config.audit {
             info!("{}", event.text());
+        }
+        self.trail.push(event);
+    }
+
+    /// [`LinkDaemon::audit`] for a request that failed on the agent's side: the error
+    /// behind the status goes into the record's one log line (not a line of its own).
+    fn audit_failure(&self, event: &AuditEvent<'_>, error: &dyn std::fmt::Display) {
+        if self.config.audit {
+            info!(error = %Clean(error), "{}", event.text());
         }
         self.trail.push(event);
     }

@@ -111,9 +111,12 @@ impl LinkDaemon {
                     // The source cannot go on (a FIFO swapped in for a followed file, a file
                     // its readers may no longer open...): the monitor ends with the status.
                     let cid = self.cid(id);
-                    warn!(cid, xid, error = %Clean(&e), "event source failed; monitor ended");
+                    if !self.config.audit {
+                        // (With --audit the record's line says it, with the error.)
+                        warn!(cid, xid, error = %Clean(&e), "event source failed; monitor ended");
+                    }
                     let tx = Tx::Monitor(m);
-                    self.audit_end(cid, xid, &tx, AuditOutcome::Status(e.errno()));
+                    self.audit_end(cid, xid, &tx, AuditOutcome::Status(e.errno()), Some(&e));
                     self.drop_tx(tx);
                     self.answer(id, xid, "fail", |s| s.fail(xid, e.errno()));
                     return;

@@ -3,14 +3,12 @@
 //! (many transfers on one link take turns). Each ends with exactly one record.
 
 use bytes::Bytes;
-use tracing::info;
 use tuppence::link::status;
 use tuppence_mio::ConnId;
 
 use super::LinkDaemon;
 use super::arena::BULK_CHUNK;
 use super::connections::Tx;
-use crate::escape::Clean;
 use crate::sources::{AuditEvent, AuditOutcome};
 use crate::{ExtractFile, InjectFile};
 
@@ -187,14 +185,17 @@ impl LinkDaemon {
                 self.busy = true;
                 return;
             }
-            Err(e) => {
-                if self.config.audit {
-                    info!(cid = self.cid(id), xid, error = %Clean(&e), "extract failed");
-                }
-                Err(e.errno())
-            }
+            Err(e) => Err(e),
         };
-        self.finish_tx(id, xid, result.err().unwrap_or(0));
+        // The end: its record (with the error behind a failure), then the answer.
+        let status = result.as_ref().map_or_else(|e| e.errno(), |()| 0);
+        let cid = self.cid(id);
+        if let Some(tx) = self.take_tx(id, xid) {
+            let error = result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+            self.audit_end(cid, xid, &tx, AuditOutcome::Status(status), error);
+            self.drop_tx(tx);
+        }
+        let result = result.map_err(|e| e.errno());
         self.answer(id, xid, "extract done", |s| s.extract_done(xid, result));
     }
 }
