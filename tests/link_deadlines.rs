@@ -1,5 +1,6 @@
-//! The client's own command deadlines (DESIGN §8: timeout + 5 s) and the timeout it sends,
-//! in both dialects, through a Client↔Server pair on a simulated clock.
+//! The client's own command deadlines (ARCHITECTURE.md, "Client deadlines": timeout + 5 s)
+//! and the timeout it sends, in both dialects, through a Client↔Server pair on a simulated
+//! clock.
 
 #[macro_use]
 mod common;

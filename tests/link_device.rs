@@ -145,7 +145,8 @@ fn new_client_does_not_land_in_the_old_session_legacy3() {
     new_client_does_not_land_in_the_old_session(Dialect::Legacy3);
 }
 
-/// Sockets keep DESIGN §3's rule: a repeated hello is answered again and changes nothing.
+/// Sockets keep the rule of ARCHITECTURE.md, "Link protocol": a repeated hello is answered
+/// again and changes nothing.
 #[test]
 fn socket_hello_does_not_reset() {
     let mut p = Pair::new(Dialect::V4);
@@ -608,7 +609,7 @@ fn a_framing_error_on_a_port_resyncs_on_the_next_hello() {
             );
         }
     }
-    // Sockets keep DESIGN §3: a framing error closes the connection.
+    // Sockets keep ARCHITECTURE.md, "Link protocol": a framing error closes the connection.
     let t0 = Instant::now();
     let mut server = Server::new(ServerConfig::default(), t0);
     server

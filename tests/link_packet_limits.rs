@@ -1,6 +1,7 @@
 //! Packet sizes per dialect: a 3.0 peer (the C executor) takes at most 32768 bytes per
 //! packet, so a 3.0 connection never sends more, and a request that cannot fit is refused
-//! at once with a typed error (DESIGN §8), never sent to stall the peer.
+//! at once with a typed error (ARCHITECTURE.md, "Link protocol", the 3.0 dialect), never
+//! sent to stall the peer.
 
 mod common;
 

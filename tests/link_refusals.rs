@@ -1,6 +1,6 @@
-//! Refusals have words (DESIGN §8): a connection the agent will not serve, a hello it
-//! cannot read and a request on an xid that is still live are all answered with a status,
-//! never with silence or a bare close.
+//! Refusals have words (ARCHITECTURE.md, "Agent behaviour"): a connection the agent will
+//! not serve, a hello it cannot read and a request on an xid that is still live are all
+//! answered with a status, never with silence or a bare close.
 
 mod common;
 

@@ -177,7 +177,7 @@ impl PingRequest {
         Ok(())
     }
 
-    /// Parses the script's output, strictly (research §4.2): exactly one `\n`-terminated line
+    /// Parses the script's output, strictly (as the C plugin's parser): exactly one `\n`-terminated line
     /// per target and nothing after; `END` alone for an unresolved host, else
     /// `IP {SEQ:MS }… END` with at most `count` reply tokens, each `SEQ < count`. A repeated
     /// sequence number overwrites the earlier time. Returns the failure code otherwise.

@@ -48,7 +48,7 @@ pub const MAX_PACKET_LEN: usize = u16::MAX as usize;
 pub const DEFAULT_SEND_PACKET_LEN: usize = 32768;
 /// The largest packet the C executor (protocol 3.0) takes: its receive buffer is exactly this
 /// long, and a longer packet never completes there (the server stalls until the link's idle
-/// timeout; research §1.1). A 3.0 connection never sends more, whatever is configured.
+/// timeout, as measured against the C executor). A 3.0 connection never sends more, whatever is configured.
 pub const LEGACY_MAX_PACKET_LEN: usize = 32768;
 /// Most `NAME=value` strings accepted in one command packet.
 pub const MAX_ENV_ENTRIES: usize = 1024;

@@ -1,8 +1,8 @@
 //! Status words: the numbers the agent puts in `M`/`m` packets.
 //!
-//! The link protocol reports failures with the *agent's* Linux errno values, exactly as the C
-//! executor did (ARCHITECTURE.md, "Link protocol"), so a client can print them with its own
-//! `strerror` when the architectures agree. The constants are the core's one table
+//! The link protocol reports failures with the *agent's* Linux errno values, exactly as the
+//! C executor did (ARCHITECTURE.md, "Link protocol"), so a client can print them with its
+//! own `strerror` when the architectures agree. The constants are the core's one table
 //! ([`tuppence::link::status`], re-exported here); every error type of this crate has an
 //! `errno()` method returning one of them (or another raw errno the kernel gave us), and
 //! this module is the single place that turns an [`io::Error`] into such a number.

@@ -1,8 +1,9 @@
-//! Every descendant dies with its command (DESIGN §8): a command that starts a process in
-//! a new session (`setsid`) and a double-forked grandchild, then times out, is interrupted
-//! with KILL, or loses its client, leaves no process and no zombie behind. Where cgroups
-//! cannot be used (here: switched off) the process group is killed, which `setsid`
-//! escapes; the agent is a subreaper there too and reaps what it inherits.
+//! Every descendant dies with its command (ARCHITECTURE.md, "Agent behaviour"): a command
+//! that starts a process in a new session (`setsid`) and a double-forked grandchild, then
+//! times out, is interrupted with KILL, or loses its client, leaves no process and no
+//! zombie behind. Where cgroups cannot be used (here: switched off) the process group is
+//! killed, which `setsid` escapes; the agent is a subreaper there too and reaps what it
+//! inherits.
 //!
 //! The agent runs in a child process, so that its children (and zombies) are its own and
 //! can be told apart from the test's.

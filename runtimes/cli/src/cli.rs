@@ -289,7 +289,7 @@ pub struct ProcinfoArgs {
     pub command: Vec<OsString>,
 }
 
-/// Procinfo fields by name (DESIGN §3 types 1..=11).
+/// Procinfo fields by name (ARCHITECTURE.md, "Link protocol": types 1..=11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub enum Field {

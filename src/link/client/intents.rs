@@ -16,7 +16,7 @@ impl Client {
     /// The timeout sent is [`Command::timeout_secs_in`] the dialect: without one, a 4.0
     /// agent applies its own default, while a 3.0 agent is sent 60 s (the C executor would
     /// read 0 as 12 s). A command with a timeout also gets a client deadline (see
-    /// [`ClientConfig::deadline_grace`]). Refused with [`UsageError::TooLarge`] when user,
+    /// [`ClientConfig::deadline_grace`](crate::link::ClientConfig::deadline_grace)). Refused with [`UsageError::TooLarge`] when user,
     /// command and environment do not fit in one packet of the dialect.
     pub fn run(&mut self, cmd: Command) -> Result<u16, UsageError> {
         let timeout = cmd.timeout_secs_in(self.config.dialect);
@@ -94,7 +94,7 @@ impl Client {
     }
 
     /// Asks the agent to create `path` as `user` with `mode`; wait for
-    /// [`ClientEvent::InjectReady`], then `send_file_data` and `finish_file`.
+    /// [`ClientEvent::InjectReady`](crate::link::ClientEvent::InjectReady), then `send_file_data` and `finish_file`.
     pub fn inject(
         &mut self,
         user: impl Into<Bytes>,
@@ -153,7 +153,7 @@ impl Client {
         }
     }
 
-    /// Asks for the content of `path`, read as `user`: [`ClientEvent::Output`] on channel 0,
+    /// Asks for the content of `path`, read as `user`: [`ClientEvent::Output`](crate::link::ClientEvent::Output) on channel 0,
     /// then `OutputEnd` and `Finished`.
     pub fn extract(
         &mut self,

@@ -10,7 +10,7 @@ use crate::wire::{Dialect, Packet, ProcInfoField};
 impl Server {
     /// Refuses the connection with words: the client's hello (or whatever it sends first)
     /// is answered with `M`=`refusal.status`, `m`=`refusal.detail` on xid 0 instead of a
-    /// hello reply, and the machine then fails with [`LinkError::Refused`] (flush what it
+    /// hello reply, and the machine then fails with [`LinkError::Refused`](crate::link::LinkError::Refused) (flush what it
     /// queued, then close). At once if the dialect is already known, otherwise when the
     /// client's first bytes arrive (the answer must be in its dialect). Call it right after
     /// [`Server::new`]; a connection already in use is not refused.

@@ -36,7 +36,8 @@ pub(super) enum Kind {
 }
 
 /// The server machine: answers hellos, turns requests into [`ServerEvent`]s and the
-/// application's answers into packets in the order the protocol prescribes (ARCHITECTURE.md, "Link protocol").
+/// application's answers into packets in the order the protocol prescribes
+/// (ARCHITECTURE.md, "Link protocol").
 ///
 /// It enforces the ordering rules itself: no packet after a transaction's terminal one,
 /// `X` on channels 1 and 2 before the status in 4.0 (none in 3.0), extract success without
@@ -189,14 +190,14 @@ impl Server {
     /// taken from `poll_transmit` the runtime never wrote.
     ///
     /// A hang-up is not always the last client's: a virtio-serial guest can read a new
-    /// client's hello before it learns that the previous host connection closed. So a
-    /// hello that arrived last — nothing from its client followed it, and its reply was
-    /// not entirely written — belongs to the next session, which answers it (ARCHITECTURE.md, "Device links").
-    /// So do the bytes from a hello found among the unfinished bytes (a new client's hello
-    /// behind a dead one's debris), or the start of one at their very end. Everything
-    /// else buffered is debris of the client that hung up. Create the next session's
-    /// machine with the same cid (a client that did get the reply goes on with it), call
-    /// [`Server::resume_from`] and feed it [`Carryover::input`] first.
+    /// client's hello before it learns that the previous host connection closed. So a hello
+    /// that arrived last — nothing from its client followed it, and its reply was not
+    /// entirely written — belongs to the next session, which answers it (ARCHITECTURE.md,
+    /// "Device links"). So do the bytes from a hello found among the unfinished bytes (a
+    /// new client's hello behind a dead one's debris), or the start of one at their very
+    /// end. Everything else buffered is debris of the client that hung up. Create the next
+    /// session's machine with the same cid (a client that did get the reply goes on with
+    /// it), call [`Server::resume_from`] and feed it [`Carryover::input`] first.
     ///
     /// Empty (and no dialect) on other links, where a hang-up ends the one client.
     pub fn carryover(&self, unwritten: usize) -> Carryover {

@@ -23,7 +23,8 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
-    /// The `(M, m)` status words: `(0, code)` or `(14, signo)` (DESIGN §3).
+    /// The `(M, m)` status words: `(0, code)` or `(14, signo)` (ARCHITECTURE.md, "Link
+    /// protocol").
     pub fn status_words(self) -> (u32, u32) {
         match self {
             ExitStatus::Exited(code) => (0, u32::try_from(code).unwrap_or(0)),
@@ -293,7 +294,7 @@ impl Drop for Child {
             return;
         }
         // The owner gave up on a command that is still running (or unreaped): do not leave
-        // it behind (research §5: the C executor leaked children on disconnect).
+        // it behind (the C executor leaked children on disconnect).
         if let Err(e) = self.kill_all() {
             tracing::debug!(pid = self.pid, error = %e, "killing a dropped command");
         }

@@ -1,7 +1,7 @@
 //! Running a command for the `c` request.
 //!
-//! [`spawn_command`] starts `/bin/sh -c COMMAND` the way ARCHITECTURE.md ("Agent behaviour") asks, fixing what the C
-//! executor got wrong (research §2.2, §5, §8):
+//! [`spawn_command`] starts `/bin/sh -c COMMAND` the way ARCHITECTURE.md ("Agent
+//! behaviour") asks, fixing what the C executor got wrong:
 //!
 //! * **A new session** (`setsid`): the shell leads its own process group (pgid = pid), so
 //!   [`Child::kill_group`] reaches every process the command started, and a tty can become its
@@ -34,7 +34,7 @@
 //!   Without one the command stays in the agent's cgroup and only its process group can be
 //!   killed.
 //! * **Reaping**: a pidfd, readable as soon as the shell exits, independent of its pipes; a
-//!   grandchild that keeps stdout open no longer delays the exit status (research §8). The
+//!   grandchild that keeps stdout open no longer delays the exit status. The
 //!   child is tracked from its `clone` to its reaping, so the agent's orphan reaper (see
 //!   [`crate::reaper`]) never takes its status.
 //!
