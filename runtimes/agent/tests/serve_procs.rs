@@ -70,9 +70,12 @@ fn escaper_pids(run: &Run<'_>) -> (u32, u32) {
     let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
     assert_eq!(pids.len(), 2, "{text:?}");
     for &pid in &pids {
+        // Just forked or exec'ing (state `D` for a moment on a loaded machine): wait for it
+        // to be a running process, which it must become.
         assert!(
-            matches!(proc_state(pid), Some(b'S' | b'R')),
-            "{pid} is not running"
+            eventually(PATIENCE, || matches!(proc_state(pid), Some(b'S' | b'R'))),
+            "{pid} is not running: state {:?}",
+            proc_state(pid)
         );
     }
     (pids[0], pids[1])
