@@ -1,4 +1,5 @@
-//! Codec throughput, compared with a physical limit measured in the same run (DESIGN §7).
+//! Codec throughput, compared with a physical limit measured in the same run
+//! (ARCHITECTURE.md, "Testing").
 //!
 //! * `data`: 32 KiB channel-data packets (the default packet size): `decode` (zero-copy: the
 //!   payload is a slice of the input), `encode` (copies the payload into the output), and

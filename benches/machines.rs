@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, Server, ServerConfig, ServerEvent,
 };

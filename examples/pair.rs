@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, Outcome, Server, ServerConfig, ServerEvent,
 };

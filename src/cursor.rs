@@ -7,14 +7,6 @@
 //! encodings (NUL-terminated on the link, u32-length-prefixed in sniff), which each module
 //! adds on top of this cursor. [`CursorError`] is how the cursor builds either error.
 
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
-
 use std::marker::PhantomData;
 
 use bytes::{Buf, Bytes};

@@ -14,12 +14,32 @@
 //! * [`link`] — the link protocol's connection machines, [`link::Client`] and [`link::Server`].
 //! * [`sniff`] — the sniff task protocol: framing, messages, pluggable task types, the
 //!   `Agent` and `Requester` machines.
+//! * [`Machine`] — what every machine offers an I/O loop (bytes and time in, bytes and
+//!   deadlines out), and [`Transmit`], the queued bytes it hands over as segments.
+//!
+//! `ARCHITECTURE.md` at the repository root maps the crates and modules and records the
+//! protocol decisions the code relies on.
+
+// No peer input may panic the core: every wire length is checked before it is used and
+// every count is bounded (ARCHITECTURE.md, "Boundaries"). These lints hold that line for
+// every module of the crate; test code (`cfg(test)`) may index and unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 mod cursor;
 pub mod link;
+mod machine;
 pub mod sniff;
+mod transmit;
 pub mod wire;
 
-#[cfg(fuzzing)]
-#[doc(hidden)]
-pub mod fuzzing;
+pub use machine::Machine;
+pub use transmit::Transmit;

@@ -1,12 +1,14 @@
-//! The client's own command deadlines (DESIGN §8: timeout + 5 s) and the timeout it sends,
-//! in both dialects, through a Client↔Server pair on a simulated clock.
+//! The client's own command deadlines (ARCHITECTURE.md, "Client deadlines": timeout + 5 s)
+//! and the timeout it sends, in both dialects, through a Client↔Server pair on a simulated
+//! clock.
 
 #[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::pair::{NoAgent, Pair, ScriptedAgent};
+use common::pair::{NoApp, Pair, ScriptedApp};
+use tuppence::Machine;
 use tuppence::link::{
     COMMAND_DEADLINE_GRACE, ClientConfig, ClientEvent, Command, DEFAULT_COMMAND_TIMEOUT_SECS,
     Outcome, ServerConfig, ServerEvent,
@@ -28,7 +30,7 @@ both_dialects!(
 
 /// A pair whose client has `grace` and whose keepalives are off, so that the only timers
 /// are the command deadlines.
-fn pair<A: common::pair::Agent>(dialect: Dialect, grace: Option<Duration>, agent: A) -> Pair<A> {
+fn pair<A: common::pair::App>(dialect: Dialect, grace: Option<Duration>, agent: A) -> Pair<A> {
     let mut p = Pair::with_agent(
         ClientConfig {
             dialect,
@@ -46,8 +48,8 @@ fn pair<A: common::pair::Agent>(dialect: Dialect, grace: Option<Duration>, agent
     p
 }
 
-fn silent(dialect: Dialect) -> Pair<NoAgent> {
-    pair(dialect, Some(COMMAND_DEADLINE_GRACE), NoAgent)
+fn silent(dialect: Dialect) -> Pair<NoApp> {
+    pair(dialect, Some(COMMAND_DEADLINE_GRACE), NoApp)
 }
 
 fn timed_out(xid: u16) -> ClientEvent {
@@ -58,7 +60,7 @@ fn timed_out(xid: u16) -> ClientEvent {
 }
 
 /// The timeouts the server machine was asked for, in order.
-fn requested_timeouts(p: &Pair<impl common::pair::Agent>) -> Vec<Duration> {
+fn requested_timeouts(p: &Pair<impl common::pair::App>) -> Vec<Duration> {
     p.server_events
         .iter()
         .filter_map(|e| match e {
@@ -69,7 +71,7 @@ fn requested_timeouts(p: &Pair<impl common::pair::Agent>) -> Vec<Duration> {
 }
 
 /// The timeout field of every command packet the client sent.
-fn wire_timeouts(p: &Pair<impl common::pair::Agent>) -> Vec<u32> {
+fn wire_timeouts(p: &Pair<impl common::pair::App>) -> Vec<u32> {
     p.client_frames()
         .into_iter()
         .filter_map(|f| match f.packet {
@@ -146,7 +148,7 @@ fn agent_answer_after_the_deadline_is_dropped(dialect: Dialect) {
     let mut p = pair(
         dialect,
         Some(COMMAND_DEADLINE_GRACE),
-        ScriptedAgent::default(),
+        ScriptedApp::default(),
     );
     let xid = p
         .client
@@ -174,7 +176,7 @@ fn an_answered_command_leaves_no_deadline(dialect: Dialect) {
     let mut p = pair(
         dialect,
         Some(COMMAND_DEADLINE_GRACE),
-        ScriptedAgent::default(),
+        ScriptedApp::default(),
     );
     // The agent's own timeout (`T`) comes first and ends it; then an ordinary exit.
     let a = p
@@ -237,7 +239,7 @@ fn deadline_counts_from_the_hello_reply_for_held_requests(dialect: Dialect) {
             keepalive: 0,
             ..ServerConfig::default()
         },
-        NoAgent,
+        NoApp,
     );
     let xid = p
         .client
@@ -271,7 +273,7 @@ fn deadline_counts_from_the_hello_reply_for_held_requests(dialect: Dialect) {
 }
 
 fn deadlines_expire_in_their_own_order(dialect: Dialect) {
-    let mut p = pair(dialect, Some(Duration::from_secs(1)), NoAgent);
+    let mut p = pair(dialect, Some(Duration::from_secs(1)), NoApp);
     let start = p.now;
     let xids: Vec<u16> = [3u64, 1, 2]
         .iter()
@@ -305,7 +307,7 @@ fn deadlines_expire_in_their_own_order(dialect: Dialect) {
 }
 
 fn no_grace_leaves_timeouts_to_the_agent(dialect: Dialect) {
-    let mut p = pair(dialect, None, NoAgent);
+    let mut p = pair(dialect, None, NoApp);
     let xid = p
         .client
         .run(Command::new("x").timeout(Duration::from_secs(1)))
@@ -346,7 +348,7 @@ fn a_dead_link_ends_commands_once(dialect: Dialect) {
 /// `Client::abandon`: what a transaction given up on owes the agent (used by the adapters
 /// for dropped handles, local failures and aborts).
 fn abandon_owes_what_each_kind_needs(dialect: Dialect) {
-    let mut p = pair(dialect, None, NoAgent);
+    let mut p = pair(dialect, None, NoApp);
     let cmd = p.client.run(Command::new("x")).unwrap();
     let extract = p.client.extract("root", "/f").unwrap();
     let inject = p.client.inject("root", "/g", 0o644).unwrap();

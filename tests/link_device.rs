@@ -12,7 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::pair::{NoAgent, Pair, ScriptedAgent, command_packet, hello_packet, packet};
+use common::pair::{NoApp, Pair, ScriptedApp, command_packet, hello_packet, packet};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, DEVICE_HELLO_RETRY, DEVICE_STALE_PARTIAL_AFTER,
     Limits, LinkError, Outcome, Server, ServerConfig, ServerEvent, Violation,
@@ -51,7 +52,7 @@ fn new_client_does_not_land_in_the_old_session(dialect: Dialect) {
     let mut p = Pair::with_agent(
         device_client(dialect),
         device_server(),
-        ScriptedAgent::default(),
+        ScriptedApp::default(),
     );
     p.connect();
     let inject = p.client.inject("root", "/tmp/half", 0o644).unwrap();
@@ -144,7 +145,8 @@ fn new_client_does_not_land_in_the_old_session_legacy3() {
     new_client_does_not_land_in_the_old_session(Dialect::Legacy3);
 }
 
-/// Sockets keep DESIGN §3's rule: a repeated hello is answered again and changes nothing.
+/// Sockets keep the rule of ARCHITECTURE.md, "Link protocol": a repeated hello is answered
+/// again and changes nothing.
 #[test]
 fn socket_hello_does_not_reset() {
     let mut p = Pair::new(Dialect::V4);
@@ -607,7 +609,7 @@ fn a_framing_error_on_a_port_resyncs_on_the_next_hello() {
             );
         }
     }
-    // Sockets keep DESIGN §3: a framing error closes the connection.
+    // Sockets keep ARCHITECTURE.md, "Link protocol": a framing error closes the connection.
     let t0 = Instant::now();
     let mut server = Server::new(ServerConfig::default(), t0);
     server
@@ -665,7 +667,7 @@ fn a_hello_once_client_after_a_client_died_mid_packet() {
         let mut p = Pair::with_agent(
             device_client(dialect),
             device_server(),
-            ScriptedAgent::default(),
+            ScriptedApp::default(),
         );
         p.connect();
         // The old client dies in the middle of its next packet.
@@ -832,7 +834,7 @@ fn client_says_hello_again_once() {
     let mut p = Pair::with_agent(
         device_client(Dialect::V4),
         device_server(),
-        ScriptedAgent::default(),
+        ScriptedApp::default(),
     );
     let xid = p.client.run(Command::new("out=hi")).unwrap();
     p.link_up = false;
@@ -979,7 +981,7 @@ fn client_skips_stale_output_before_the_hello_reply() {
 #[test]
 fn device_settings_do_not_change_a_normal_session() {
     for seed in 0..20 {
-        let mut p = Pair::with_agent(device_client(Dialect::V4), device_server(), NoAgent)
+        let mut p = Pair::with_agent(device_client(Dialect::V4), device_server(), NoApp)
             .chunked(common::pair::Chunking::Random(seed));
         p.connect();
         let xid = p.client.run(Command::new("x")).unwrap();

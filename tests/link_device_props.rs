@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::pair::{XorShift, command_packet, hello_packet as hello, packet};
 use proptest::prelude::*;
+use tuppence::Machine;
 use tuppence::link::{DEVICE_STALE_PARTIAL_AFTER, Server, ServerConfig, ServerEvent, Violation};
 use tuppence::wire::{
     CommandRequest, Decoder, Dialect, HELLO_SIGNATURE_LEN, Packet, Sender, hello_signature,

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use tuppence::Machine;
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, LinkError, Outcome};
 
 #[test]

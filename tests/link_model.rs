@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use common::pair::{Chunking, Pair, ScriptedAgent};
+use common::pair::{Chunking, Pair, ScriptedApp};
 use proptest::prelude::*;
 use tuppence::link::{
     ClientConfig, ClientEvent, Command, Limits, Outcome, ServerConfig, ServerEvent, Signal,
@@ -144,7 +144,7 @@ fn run(dialect: Dialect, batches: &[Vec<Intent>], chunking: Chunking, max_events
             limits,
             ..ServerConfig::default()
         },
-        ScriptedAgent::default(),
+        ScriptedApp::default(),
     )
     .chunked(chunking);
     let mut log = Vec::new();

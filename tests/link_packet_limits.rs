@@ -1,11 +1,13 @@
 //! Packet sizes per dialect: a 3.0 peer (the C executor) takes at most 32768 bytes per
 //! packet, so a 3.0 connection never sends more, and a request that cannot fit is refused
-//! at once with a typed error (DESIGN §8), never sent to stall the peer.
+//! at once with a typed error (ARCHITECTURE.md, "Link protocol", the 3.0 dialect), never
+//! sent to stall the peer.
 
 mod common;
 
 use bytes::Bytes;
-use common::pair::{NoAgent, Pair, ScriptedAgent, raw_headers};
+use common::pair::{NoApp, Pair, ScriptedApp, raw_headers};
+use tuppence::Machine;
 use tuppence::link::{ClientConfig, Command, Limits, ServerConfig, UsageError};
 use tuppence::wire::{Dialect, HEADER_LEN, LEGACY_MAX_PACKET_LEN, MAX_PACKET_LEN, Packet};
 
@@ -20,7 +22,7 @@ fn limits_max_send(max: usize) -> Limits {
     }
 }
 
-fn configured(dialect: Dialect, client_max: usize, server_max: usize) -> Pair<ScriptedAgent> {
+fn configured(dialect: Dialect, client_max: usize, server_max: usize) -> Pair<ScriptedApp> {
     let mut p = Pair::with_agent(
         ClientConfig {
             dialect,
@@ -31,28 +33,28 @@ fn configured(dialect: Dialect, client_max: usize, server_max: usize) -> Pair<Sc
             limits: limits_max_send(server_max),
             ..ServerConfig::default()
         },
-        ScriptedAgent::default(),
+        ScriptedApp::default(),
     );
     p.connect();
     p
 }
 
 /// A connected pair whose agent answers nothing (the commands here are not scripts).
-fn quiet(dialect: Dialect) -> Pair<NoAgent> {
+fn quiet(dialect: Dialect) -> Pair<NoApp> {
     let mut p = Pair::with_agent(
         ClientConfig {
             dialect,
             ..ClientConfig::default()
         },
         ServerConfig::default(),
-        NoAgent,
+        NoApp,
     );
     p.connect();
     p
 }
 
 /// The length of every command the server machine was asked to run.
-fn commands_received(p: &Pair<NoAgent>) -> Vec<usize> {
+fn commands_received(p: &Pair<NoApp>) -> Vec<usize> {
     p.server_events
         .iter()
         .filter_map(|e| match e {
@@ -146,7 +148,7 @@ fn requests_held_for_the_hello_reply_are_checked_at_once() {
             ..ClientConfig::default()
         },
         ServerConfig::default(),
-        NoAgent,
+        NoApp,
     );
     assert!(!p.client.is_connected());
     let over = "x".repeat(LEGACY_MAX_PACKET_LEN);

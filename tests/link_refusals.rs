@@ -1,6 +1,6 @@
-//! Refusals have words (DESIGN §8): a connection the agent will not serve, a hello it
-//! cannot read and a request on an xid that is still live are all answered with a status,
-//! never with silence or a bare close.
+//! Refusals have words (ARCHITECTURE.md, "Agent behaviour"): a connection the agent will
+//! not serve, a hello it cannot read and a request on an xid that is still live are all
+//! answered with a status, never with silence or a bare close.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use common::{DIALECTS, encode, raw_packet};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, LinkError, Outcome, Refusal, Server, ServerConfig,
     ServerEvent, status,

@@ -4,10 +4,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tuppence::Machine;
+use tuppence::Transmit;
 use tuppence::sniff::{
     Action, Agent, AgentConfig, Outcome, Request, RequestError, TaskId, TaskOutput, TaskPlan,
     TaskType, encode_frame,
 };
+
 fn req(id: u32, kind: u8, params: &[u8]) -> Bytes {
     let mut b = BytesMut::new();
     Request {
@@ -152,7 +155,7 @@ fn backpressure_stops_consuming() {
     while !rest.is_empty() {
         let n = a.handle_bytes(now, rest).unwrap();
         rest = &rest[n..];
-        total += a.poll_transmit(&mut out) / 9;
+        total += a.poll_transmit(now, &mut out) / 9;
     }
     assert_eq!(total, 10);
 }
@@ -224,6 +227,54 @@ fn an_unread_nop_flood_is_bounded_by_memory() {
     assert!(a.queued_bytes() <= limit + each);
     // Reading them lets the flood go on.
     let mut out = BytesMut::new();
-    assert_eq!(a.poll_transmit(&mut out), queued * 9);
+    assert_eq!(a.poll_transmit(now, &mut out), queued * 9);
     assert!(a.wants_input());
+}
+
+/// The agent as an I/O loop drives it, through the core's `Machine` surface: the answers
+/// it transmits (flat or as segments) are the same bytes, it counts them as buffered until
+/// taken, it takes no request after the requester closed its side, and a length prefix
+/// over the frame limit is its sticky error.
+#[test]
+fn the_machine_surface() {
+    let now = Instant::now();
+    let framed = |ids: std::ops::Range<u32>| {
+        let mut wire = BytesMut::new();
+        for id in ids {
+            encode_frame(&req(id, b'N', b""), 1 << 20, &mut wire).unwrap();
+        }
+        wire
+    };
+    let mut flat = Agent::new(AgentConfig::default());
+    let mut segs = Agent::new(AgentConfig::default());
+    let wire = framed(1..4);
+    assert_eq!(flat.handle_bytes(now, &wire), Ok(wire.len()));
+    assert_eq!(segs.handle_bytes(now, &wire), Ok(wire.len()));
+    assert_eq!(flat.transmit_buffered(), segs.transmit_buffered());
+    assert!(segs.transmit_buffered() > 0);
+    let mut out = BytesMut::new();
+    let n = flat.poll_transmit(now, &mut out);
+    let mut tx = Transmit::new();
+    assert_eq!(segs.poll_transmit_segments(now, &mut tx), n);
+    let joined: Vec<u8> = tx.segments().flat_map(|s| s.iter().copied()).collect();
+    assert_eq!(joined, &out[..]);
+    assert_eq!((flat.transmit_buffered(), segs.transmit_buffered()), (0, 0));
+
+    // The requester closed its side: no more requests are taken.
+    assert!(flat.accepts_input());
+    flat.handle_eof(now);
+    assert!(!flat.accepts_input());
+    assert_eq!(flat.handle_bytes(now, &framed(9..10)), Ok(0));
+    assert_eq!(flat.error(), None);
+
+    // A length prefix over the limit: the stream is out of step for good.
+    let mut bad = Agent::new(AgentConfig {
+        max_frame: 64,
+        ..AgentConfig::default()
+    });
+    let e = bad.handle_bytes(now, &[0, 0, 1, 0, b'x']).unwrap_err();
+    assert!(e.is_fatal());
+    assert_eq!(bad.error(), Some(&e));
+    assert!(!bad.accepts_input());
+    assert_eq!(bad.handle_bytes(now, b"more"), Err(e));
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tuppence::Machine;
 use tuppence::sniff::cert::{CertRequest, CertTarget, StartTls};
 use tuppence::sniff::nat::{NatReply, NatStatus};
 use tuppence::sniff::ping::{Family, PingReply, PingRequest, PingTarget};
@@ -85,7 +86,7 @@ impl Pair {
             }
             self.actions.push(a);
         }
-        self.agent.poll_transmit(to_server);
+        self.agent.poll_transmit(self.now, to_server);
     }
 
     /// Raw bytes to the agent, honouring its backpressure.

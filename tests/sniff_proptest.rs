@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use tuppence::Machine;
 use tuppence::sniff::cert::{
     CertDetails, CertEntry, CertReply, CertRequest, CertTarget, StartTls, TlsParams,
 };
@@ -315,7 +316,7 @@ proptest! {
                 while let Some(act) = a.poll_action() {
                     if let Action::Start { handle, .. } = act { started.push(handle); }
                 }
-                a.poll_transmit(&mut out);
+                a.poll_transmit(t, &mut out);
             }
             a.handle_timeout(t);
         }
@@ -325,7 +326,7 @@ proptest! {
             }
         }
         prop_assert!(a.running() <= 4);
-        a.poll_transmit(&mut out);
+        a.poll_transmit(now, &mut out);
         let mut d = FrameDecoder::new(256);
         d.push(&out);
         while let Some(m) = d.next_frame().unwrap() {

@@ -1,5 +1,5 @@
-//! Every packet type, written out byte by byte from the spec (DESIGN §3, research §7) in
-//! both dialects: decoding gives the fields, encoding gives the bytes.
+//! Every packet type, written out byte by byte from the spec (ARCHITECTURE.md, "Link
+//! protocol") in both dialects: decoding gives the fields, encoding gives the bytes.
 //!
 //! Header layouts, all big-endian, `len` counting the 8 header bytes:
 //!   4.0: type | reserved | len | cid | xid

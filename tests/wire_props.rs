@@ -289,8 +289,8 @@ proptest! {
             prop_assert_eq!(consumed + dec.buffered(), pushed);
             // What the buffer holds is input, plus room for at most one packet.
             prop_assert!(
-                dec.buffer_mut().capacity() <= 2 * pushed + 2 * (MAX_PACKET_LEN + 1),
-                "capacity {} after {} bytes", dec.buffer_mut().capacity(), pushed
+                dec.buffer_capacity() <= 2 * pushed + 2 * (MAX_PACKET_LEN + 1),
+                "capacity {} after {} bytes", dec.buffer_capacity(), pushed
             );
         }
     }
@@ -318,5 +318,86 @@ fn every_valid_legacy_client_hello_is_detected() {
         );
         let v4 = hello.to_bytes(Dialect::V4, 0, 0).unwrap();
         assert_eq!(tuppence::wire::detect_dialect(&v4), Some(Dialect::V4));
+    }
+}
+
+proptest! {
+    /// `Decoder::feed` takes one packet at a time: never past the end of the packet at
+    /// the front of its buffer, so a caller that decodes after every `feed` never holds a
+    /// decodable packet while it refuses input, and what it leaves untaken is exactly what
+    /// it was offered beyond that packet. The frames are those of the stream, in order.
+    #[test]
+    fn feed_takes_one_packet_at_a_time(
+        (d, s, frames) in stream(24),
+        splits in vec(1usize..600, 1..40),
+    ) {
+        let bytes = encode_all(d, &frames);
+        let lens: Vec<usize> = frames.iter().map(|f| f.packet.encoded_len(d)).collect();
+        let mut dec = Decoder::new(d, s);
+        let mut got = Vec::new();
+        let mut at = 0usize;
+        let mut sizes = splits.iter().copied().cycle();
+        while at < bytes.len() {
+            let piece = &bytes[at..(at + sizes.next().unwrap()).min(bytes.len())];
+            let mut offered = piece;
+            while !offered.is_empty() {
+                let before = dec.buffered();
+                let n = dec.feed(offered);
+                prop_assert!(n >= 1 && n <= offered.len());
+                // The buffer holds at most the packet at the front: the frames decoded so
+                // far plus what is buffered end on or before the next packet boundary.
+                let front_end: usize = lens[..=got.len().min(lens.len() - 1)].iter().sum();
+                prop_assert!(at + n <= front_end, "took {n} past a packet's end");
+                if n < offered.len() {
+                    // Stopped short at a boundary: the header just completed (its length
+                    // says how much more to take), or the front packet is whole.
+                    prop_assert!(
+                        dec.bytes_needed() == 0 || dec.buffered() == HEADER_LEN,
+                        "stopped inside a header or a packet"
+                    );
+                }
+                prop_assert_eq!(dec.buffered(), before + n);
+                at += n;
+                offered = &offered[n..];
+                while let Some(f) = dec.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+        }
+        prop_assert_eq!(dec.buffered(), 0);
+        prop_assert_eq!(got, frames);
+    }
+
+    /// A detecting decoder (an agent's, which does not know the client's dialect) takes
+    /// at most the 8 header bytes before it knows it, and then reads a client's stream of
+    /// either dialect that starts with a hello.
+    #[test]
+    fn a_detecting_decoder_learns_the_dialect_from_the_first_eight_bytes(
+        (d, frames) in dialect().prop_flat_map(|d| (Just(d), vec(frame(d, Sender::Client), 0..8))),
+        splits in vec(1usize..40, 1..20),
+    ) {
+        let (major, minor) = d.version();
+        let hello = Frame { cid: 0, xid: 0, packet: Packet::Hello(Hello { major, minor, keepalive: 60 }) };
+        let mut all = vec![hello];
+        all.extend(frames);
+        let bytes = encode_all(d, &all);
+        let mut dec = Decoder::detecting(Sender::Client);
+        let mut got = Vec::new();
+        let mut rest = &bytes[..];
+        let mut sizes = splits.iter().copied().cycle();
+        while !rest.is_empty() {
+            let piece = &rest[..sizes.next().unwrap().min(rest.len())];
+            let n = dec.feed(piece);
+            if !dec.dialect_known() {
+                prop_assert!(dec.buffered() <= HEADER_LEN);
+            }
+            rest = &rest[n..];
+            while let Some(f) = dec.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        prop_assert!(dec.dialect_known());
+        prop_assert_eq!(dec.dialect(), d);
+        prop_assert_eq!(got, all);
     }
 }

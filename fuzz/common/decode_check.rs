@@ -153,9 +153,9 @@ pub fn check(dialect: Dialect, input: &Input<'_>) -> Outcome {
         assert!(dec.buffered() <= pushed);
         // The buffer holds input, plus room reserved for at most one packet.
         assert!(
-            dec.buffer_mut().capacity() <= 2 * pushed + 2 * (MAX_PACKET_LEN + 1),
+            dec.buffer_capacity() <= 2 * pushed + 2 * (MAX_PACKET_LEN + 1),
             "capacity {} after {pushed} bytes",
-            dec.buffer_mut().capacity()
+            dec.buffer_capacity()
         );
     }
     out

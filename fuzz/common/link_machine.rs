@@ -1,12 +1,14 @@
 //! What the `client` and `server` fuzz targets share: the limits both machines take from the
 //! input, the conversions of arbitrary values into well-formed packet fields, and the check
-//! that feeding bytes consumes at most what was given and that an error is sticky.
+//! (through the core's `Machine` surface) that feeding bytes consumes at most what was given
+//! and that an error is sticky.
 
 use std::time::Instant;
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use tuppence::link::{Client, Limits, LinkError, Server};
+use tuppence::Machine;
+use tuppence::link::{Limits, LinkError};
 use tuppence::wire::ProcInfoField;
 
 /// The machine limits an input picks, kept small so that they are actually reached.
@@ -51,41 +53,10 @@ pub fn procinfo_fields(fields: Vec<(u8, Vec<u8>)>) -> Vec<ProcInfoField> {
         .collect()
 }
 
-/// The byte intake both machines have, so that [`feed`] checks them alike.
-pub trait Machine {
-    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError>;
-    fn error(&self) -> Option<&LinkError>;
-    fn poll_timeout(&self) -> Option<Instant>;
-}
-
-impl Machine for Client {
-    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
-        Client::handle_bytes(self, now, data)
-    }
-    fn error(&self) -> Option<&LinkError> {
-        Client::error(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Client::poll_timeout(self)
-    }
-}
-
-impl Machine for Server {
-    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
-        Server::handle_bytes(self, now, data)
-    }
-    fn error(&self) -> Option<&LinkError> {
-        Server::error(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Server::poll_timeout(self)
-    }
-}
-
 /// Feeds `inbox` to `m` and drops what it consumed (backpressure keeps the rest). On an
 /// error: sticky (the same error again, and the machine says so), no more timers, and the
 /// inbox is discarded. Returns whether the machine failed.
-pub fn feed(m: &mut impl Machine, now: Instant, inbox: &mut Vec<u8>) -> bool {
+pub fn feed(m: &mut impl Machine<Error = LinkError>, now: Instant, inbox: &mut Vec<u8>) -> bool {
     match m.handle_bytes(now, inbox) {
         Ok(n) => {
             assert!(n <= inbox.len());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use tuppence::Machine;
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Signal, UsageError};
 use tuppence::wire::{Decoder, Dialect, Hello, Packet, Sender};
 

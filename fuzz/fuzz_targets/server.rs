@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use tuppence::Machine;
 use tuppence::link::{Server, ServerConfig};
 use tuppence::wire::{CommandRequest, Decoder, Dialect, Hello, Packet, Sender};
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use tuppence::Machine;
 use tuppence::sniff::{
     Action, Agent, AgentConfig, Answer, FrameDecoder, Request, TaskHandle, TaskId, TaskOutput,
     encode_frame,
@@ -81,7 +82,7 @@ impl World {
                 }
             }
         }
-        self.agent.poll_transmit(&mut self.out);
+        self.agent.poll_transmit(self.now, &mut self.out);
         let mut d = FrameDecoder::new(CFG.max_frame);
         d.push(&self.out);
         while let Some(m) = d.next_frame().unwrap() {

@@ -61,7 +61,12 @@ impl Command {
     /// Adds `NAME=value` to the command's environment (the client's value wins over the
     /// agent's defaults for `HOME`, `USER` and `PATH`).
     pub fn env(mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
-        let mut entry = Vec::with_capacity(name.as_ref().len() + value.as_ref().len() + 1);
+        let mut entry = Vec::with_capacity(
+            name.as_ref()
+                .len()
+                .saturating_add(value.as_ref().len())
+                .saturating_add(1),
+        );
         entry.extend_from_slice(name.as_ref());
         entry.push(b'=');
         entry.extend_from_slice(value.as_ref());

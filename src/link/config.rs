@@ -14,7 +14,8 @@ pub const MIN_KEEPALIVE: Duration = Duration::from_secs(10);
 /// without a timeout (the C executor reads 0 as 12 s, its library always sends 60).
 pub const DEFAULT_COMMAND_TIMEOUT_SECS: u32 = 60;
 /// How long past a command's timeout a client waits for the agent to end it before it
-/// reports the timeout itself (see [`ClientConfig::deadline_grace`]; DESIGN §8).
+/// reports the timeout itself (see [`ClientConfig::deadline_grace`]; ARCHITECTURE.md,
+/// "Client deadlines").
 pub const COMMAND_DEADLINE_GRACE: Duration = Duration::from_secs(5);
 /// On a device link, how long a silence inside a packet must last before the agent looks
 /// for a new client's hello around it (see [`Limits::stale_partial_after`]).
@@ -130,7 +131,7 @@ pub struct ClientConfig {
     pub resync_before_hello: bool,
     /// `Some(grace)`: a command with a timeout that the agent has not ended within its
     /// timeout plus `grace` (counted from when its request was handed to the transport,
-    /// see [`super::Client::poll_transmit`]) is ended by the client: it sends the agent
+    /// see [`crate::Machine::poll_transmit`]) is ended by the client: it sends the agent
     /// an interrupt (KILL), reports `Finished { outcome: TimedOut }` and forgets the xid
     /// (later packets for it are dropped as for any unknown xid).
     ///
@@ -189,7 +190,7 @@ pub struct ServerConfig {
     /// by [`super::ServerEvent::SessionReset`] before the hello's own event, so that the
     /// application kills their processes, closes their monitors and removes partial
     /// files, as after a disconnect) and output not yet transmitted is discarded (see
-    /// [`super::Server::poll_discard_unsent`]), so none of it reaches the new client. The
+    /// [`crate::Machine::poll_discard_unsent`]), so none of it reaches the new client. The
     /// cid stays the same.
     ///
     /// For device links (serial tty, virtio-serial port): a tty has no disconnect and
@@ -200,7 +201,7 @@ pub struct ServerConfig {
     /// Clients only repeat a hello before their first request (see
     /// [`ClientConfig::hello_retry`]), so a repeated hello never ends their own session.
     /// `false` (the default, right for sockets) answers a repeated hello and changes
-    /// nothing else, as DESIGN §3 says.
+    /// nothing else, as ARCHITECTURE.md ("Link protocol") says.
     pub hello_resets_session: bool,
     pub limits: Limits,
 }

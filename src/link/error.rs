@@ -37,8 +37,9 @@ pub enum LinkError {
 }
 
 /// Why an agent will not serve a connection: its answer to the hello in place of the hello
-/// reply, `M`=status then `m`=detail on xid 0, before it closes the connection (DESIGN §8,
-/// "refusals have words"). A client of the C executor reads it as a failed handshake.
+/// reply, `M`=status then `m`=detail on xid 0, before it closes the connection
+/// (ARCHITECTURE.md, "Agent behaviour": refusals have words). A client of the C executor
+/// reads it as a failed handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Refusal {
     /// An errno of the agent's system: [`status::EUSERS`] too many clients,

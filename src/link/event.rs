@@ -33,8 +33,12 @@ impl Outcome {
 }
 
 /// Events of a [`super::Client`].
+///
+/// Not `#[non_exhaustive]`, on purpose (nor is [`ServerEvent`]): every event needs an
+/// answer from whoever drives the machine, so the runtimes match them exhaustively, and a
+/// new event is a compile error in each of them rather than an event silently dropped by a
+/// wildcard. (Errors keep `#[non_exhaustive]`: code reports them, it does not answer them.)
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ClientEvent {
     /// The server answered the hello.
     Connected {
@@ -67,9 +71,59 @@ pub enum ClientEvent {
     ProtocolViolation(Violation),
 }
 
-/// Events of a [`super::Server`]: the requests the agent must carry out.
+impl ClientEvent {
+    /// The transaction the event belongs to; `None` for the connection's own events
+    /// (`Connected`, `LinkDead`, `ProtocolViolation`), which concern every transaction or
+    /// none.
+    pub fn xid(&self) -> Option<u16> {
+        match self {
+            ClientEvent::Output { xid, .. }
+            | ClientEvent::OutputEnd { xid, .. }
+            | ClientEvent::InjectReady { xid }
+            | ClientEvent::MonitorData { xid, .. }
+            | ClientEvent::Settled { xid, .. }
+            | ClientEvent::ProcInfo { xid, .. }
+            | ClientEvent::Finished { xid, .. } => Some(*xid),
+            ClientEvent::Connected { .. }
+            | ClientEvent::LinkDead
+            | ClientEvent::ProtocolViolation(_) => None,
+        }
+    }
+
+    /// Bytes of data the event carries (output, extracted data, monitor events): what an
+    /// adapter counts against its per-transaction buffering bound.
+    pub fn data_len(&self) -> usize {
+        match self {
+            ClientEvent::Output { data, .. } | ClientEvent::MonitorData { data, .. } => data.len(),
+            ClientEvent::Connected { .. }
+            | ClientEvent::OutputEnd { .. }
+            | ClientEvent::InjectReady { .. }
+            | ClientEvent::Settled { .. }
+            | ClientEvent::ProcInfo { .. }
+            | ClientEvent::Finished { .. }
+            | ClientEvent::LinkDead
+            | ClientEvent::ProtocolViolation(_) => 0,
+        }
+    }
+}
+
+/// What the agent said in its hello reply, and how long it took
+/// ([`super::Client::connect_info`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
+pub struct ConnectInfo {
+    /// The connection id the agent assigned.
+    pub cid: u16,
+    pub server_version: (u8, u8),
+    /// Negotiated keepalive in seconds (0 = off).
+    pub keepalive: u16,
+    /// From creating the client (its hello queued) to the reply arriving, by the times
+    /// passed to the machine.
+    pub latency: Duration,
+}
+
+/// Events of a [`super::Server`]: the requests the agent must carry out. Not
+/// `#[non_exhaustive]`, on purpose: see [`ClientEvent`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerEvent {
     /// A hello ended the session in progress (only with
     /// [`super::ServerConfig::hello_resets_session`], and only when transactions were

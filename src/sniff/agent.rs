@@ -15,6 +15,7 @@ use super::{
     MESSAGE_HEADER_LEN, Outcome, ProcessSpec, Request, Status, TaskFinish, TaskId, TaskOutput,
     TaskPlan, TaskType, code,
 };
+use crate::{Machine, Transmit};
 
 /// How many dropped-message errors are kept for [`Agent::poll_error`]; more are only counted.
 const MAX_ERRORS: usize = 16;
@@ -130,18 +131,18 @@ struct Running {
 ///
 /// # Driving it (quinn-proto style)
 ///
-/// * **Inputs** (`handle_*`): [`Agent::handle_bytes`] for a framed byte stream (any
+/// * **Inputs** (`handle_*`): [`Machine::handle_bytes`] for a framed byte stream (any
 ///   chunking; returns the bytes consumed), or [`Agent::handle_request`] for one unframed
 ///   message from a transport that frames itself; [`Agent::task_finished`] when a process's
-///   stdout reached EOF (or it failed); [`Agent::handle_timeout`] when [`Agent::poll_timeout`]
+///   stdout reached EOF (or it failed); [`Machine::handle_timeout`] when [`Machine::poll_timeout`]
 ///   has passed. Time is always passed in and clamped never to go backwards.
 /// * **Outputs** (`poll_*`), drained after every input: [`Agent::poll_action`] first
-///   ([`Action::Start`]/[`Action::Abort`], in order), then [`Agent::poll_transmit`] (framed
+///   ([`Action::Start`]/[`Action::Abort`], in order), then [`Machine::poll_transmit`] (framed
 ///   answers appended to the caller's buffer) or [`Agent::poll_answer`] (unframed), then
-///   [`Agent::poll_timeout`]; [`Agent::poll_error`] reports malformed messages that were
+///   [`Machine::poll_timeout`]; [`Agent::poll_error`] reports malformed messages that were
 ///   dropped.
 ///
-/// # Rules (DESIGN §5, the C plugin's order)
+/// # Rules (ARCHITECTURE.md, "Sniff protocol"; the C plugin's order)
 ///
 /// * Unknown type → `U`; a task running under that id keeps running.
 /// * Known type under a running id → the old task is aborted ([`Action::Abort`], its output
@@ -182,6 +183,8 @@ pub struct Agent {
     decoder: FrameDecoder,
     errors: VecDeque<DecodeError>,
     now: Option<Instant>,
+    /// The requester closed its side ([`Machine::handle_eof`]): no more requests.
+    input_closed: bool,
     stats: AgentStats,
 }
 
@@ -229,6 +232,7 @@ impl Agent {
             decoder: FrameDecoder::new(max_frame),
             errors: VecDeque::new(),
             now: None,
+            input_closed: false,
             stats: AgentStats::default(),
         }
     }
@@ -259,31 +263,21 @@ impl Agent {
         self.tasks.get(&id).map(|t| TaskHandle { id, run: t.run })
     }
 
-    /// Whether the agent takes more requests now (its output queues are under their bounds).
+    /// Whether the agent takes more requests now (its output queues are under their bounds
+    /// and the requester has not closed its side).
     pub fn wants_input(&self) -> bool {
-        self.queued_bytes < self.config.max_queued_bytes
+        !self.input_closed
+            && self.queued_bytes < self.config.max_queued_bytes
             && self.actions.len() < self.config.max_queued_actions
     }
 
-    /// What the answers waiting for [`Agent::poll_transmit`] take: their framed bytes plus
+    /// What the answers waiting for [`Machine::poll_transmit`] take: their framed bytes plus
     /// [`ANSWER_OVERHEAD`] each (0 when none wait).
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }
 
     // ---- inputs ----
-
-    /// Feeds bytes of the framed request stream (any chunking). Returns how many bytes were
-    /// consumed: fewer than `data.len()` only under backpressure (drain the outputs, then
-    /// offer the rest again). Internal buffering never exceeds one frame.
-    ///
-    /// Malformed messages inside intact framing are dropped and reported by
-    /// [`Agent::poll_error`]; the stream goes on. `Err` is only the fatal, sticky
-    /// [`DecodeError::FrameTooLong`].
-    pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, DecodeError> {
-        self.advance(now);
-        feed(self, data)
-    }
 
     /// Handles one unframed request (for transports that frame messages themselves).
     pub fn handle_request(&mut self, now: Instant, message: Bytes) -> Result<(), RequestError> {
@@ -326,28 +320,6 @@ impl Agent {
         true
     }
 
-    /// Aborts every task whose deadline is at or before `now` and answers it with its type's
-    /// [`TaskOutput::TimedOut`] failure. Idempotent; early calls do nothing.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let now = self.advance(now);
-        while let Some((&(deadline, run), &id)) = self.deadlines.first_key_value() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.remove(&(deadline, run));
-            if self.tasks.get(&id).is_none_or(|t| t.run != run) {
-                continue;
-            }
-            let Some(task) = self.tasks.remove(&id) else {
-                continue;
-            };
-            self.stats.timed_out = self.stats.timed_out.saturating_add(1);
-            self.stop(TaskHandle { id, run });
-            let outcome = task.finish.finish(TaskOutput::TimedOut);
-            self.answer(id, outcome, Some(&*task.finish));
-        }
-    }
-
     // ---- outputs ----
 
     /// The next thing the runtime must do, in order.
@@ -360,26 +332,6 @@ impl Agent {
         let a = self.answers.pop_front()?;
         self.queued_bytes = self.queued_bytes.saturating_sub(queue_cost(&a));
         Some(a)
-    }
-
-    /// Appends every queued answer, framed, to `out`. Returns the bytes appended.
-    pub fn poll_transmit(&mut self, out: &mut BytesMut) -> usize {
-        let before = out.len();
-        out.reserve(
-            self.queued_bytes
-                .saturating_sub(self.answers.len().saturating_mul(ANSWER_OVERHEAD)),
-        );
-        while let Some(a) = self.poll_answer() {
-            // `answer` made sure every queued answer fits in `max_frame` ≤ u32::MAX.
-            out.put_u32(u32::try_from(a.encoded_len()).unwrap_or(u32::MAX));
-            a.encode(out);
-        }
-        out.len().saturating_sub(before)
-    }
-
-    /// When [`Agent::handle_timeout`] should next be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first_key_value().map(|(&(d, _), _)| d)
     }
 
     /// The next malformed message that was dropped (at most 16 are kept; all are counted in
@@ -508,6 +460,94 @@ impl Agent {
         self.stats.answers = self.stats.answers.saturating_add(1);
         self.queued_bytes = self.queued_bytes.saturating_add(queue_cost(&a));
         self.answers.push_back(a);
+    }
+}
+
+/// The I/O surface (see [`Machine`]). `Error` is the fatal, sticky framing error: the
+/// request stream went out of step.
+impl Machine for Agent {
+    type Error = DecodeError;
+
+    /// Feeds bytes of the framed request stream (any chunking). Returns how many bytes were
+    /// consumed: fewer than `data.len()` only under backpressure (drain the outputs, then
+    /// offer the rest again). Internal buffering never exceeds one frame.
+    ///
+    /// Malformed messages inside intact framing are dropped and reported by
+    /// [`Agent::poll_error`]; the stream goes on. `Err` is only the fatal, sticky
+    /// [`DecodeError::FrameTooLong`].
+    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, DecodeError> {
+        self.advance(now);
+        feed(self, data)
+    }
+
+    /// The requester closed its side: no more requests are taken. Running tasks go on and
+    /// their answers are still queued (the runtime decides how long it waits for them).
+    fn handle_eof(&mut self, now: Instant) {
+        self.advance(now);
+        self.input_closed = true;
+    }
+
+    /// Aborts every task whose deadline is at or before `now` and answers it with its type's
+    /// [`TaskOutput::TimedOut`] failure. Idempotent; early calls do nothing.
+    fn handle_timeout(&mut self, now: Instant) {
+        let now = self.advance(now);
+        while let Some((&(deadline, run), &id)) = self.deadlines.first_key_value() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.remove(&(deadline, run));
+            if self.tasks.get(&id).is_none_or(|t| t.run != run) {
+                continue;
+            }
+            let Some(task) = self.tasks.remove(&id) else {
+                continue;
+            };
+            self.stats.timed_out = self.stats.timed_out.saturating_add(1);
+            self.stop(TaskHandle { id, run });
+            let outcome = task.finish.finish(TaskOutput::TimedOut);
+            self.answer(id, outcome, Some(&*task.finish));
+        }
+    }
+
+    /// Appends every queued answer, framed, to `out`. Returns the bytes appended.
+    fn poll_transmit(&mut self, _now: Instant, out: &mut BytesMut) -> usize {
+        let before = out.len();
+        out.reserve(
+            self.queued_bytes
+                .saturating_sub(self.answers.len().saturating_mul(ANSWER_OVERHEAD)),
+        );
+        while let Some(a) = self.poll_answer() {
+            // `answer` made sure every queued answer fits in `max_frame` ≤ u32::MAX.
+            out.put_u32(u32::try_from(a.encoded_len()).unwrap_or(u32::MAX));
+            a.encode(out);
+        }
+        out.len().saturating_sub(before)
+    }
+
+    /// Every queued answer, framed, as one segment.
+    fn poll_transmit_segments(&mut self, now: Instant, out: &mut Transmit) -> usize {
+        let mut buf = BytesMut::new();
+        let n = self.poll_transmit(now, &mut buf);
+        out.push(buf.freeze());
+        n
+    }
+
+    /// When [`Machine::handle_timeout`] should next be called.
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first_key_value().map(|(&(d, _), _)| d)
+    }
+
+    fn error(&self) -> Option<&DecodeError> {
+        self.decoder.error()
+    }
+
+    fn accepts_input(&self) -> bool {
+        self.wants_input() && self.decoder.error().is_none()
+    }
+
+    /// What the queued answers take (see [`Agent::queued_bytes`]).
+    fn transmit_buffered(&self) -> usize {
+        self.queued_bytes
     }
 }
 

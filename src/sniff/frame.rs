@@ -60,9 +60,10 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Dec
 
 /// An incremental frame decoder with its own buffer, for streams read in any chunking.
 ///
-/// The buffer never holds more than one frame's prefix and body plus whatever the caller
-/// pushes at once; callers that must bound memory push at most [`FrameDecoder::bytes_needed`]
-/// bytes at a time (the machines do). A refused length is sticky: every later call returns
+/// **One frame at a time.** [`FrameDecoder::feed`] takes only the bytes that complete the
+/// frame at the front (the rest of its prefix, then the rest of its body), so the buffer
+/// never holds more than one frame; [`FrameDecoder::push`] appends everything, for callers
+/// that bound their input themselves. A refused length is sticky: every later call returns
 /// the same error, as there is no way to find the next frame boundary.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -95,6 +96,17 @@ impl FrameDecoder {
     /// Appends received bytes.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// Takes from `data` the bytes that complete the frame at the front (at least one);
+    /// returns how many it took.
+    pub fn feed(&mut self, data: &[u8]) -> usize {
+        let take = self
+            .bytes_needed()
+            .clamp(1, data.len().max(1))
+            .min(data.len());
+        self.push(data.get(..take).unwrap_or_default());
+        take
     }
 
     /// Bytes received but not yet returned.
@@ -157,20 +169,11 @@ pub(crate) fn feed(m: &mut impl FramedInput, data: &[u8]) -> Result<usize, Decod
         if rest.is_empty() || !m.wants_input() {
             return Ok(used);
         }
-        let d = m.decoder();
-        let take = d.bytes_needed().clamp(1, rest.len());
-        d.push(rest.get(..take).unwrap_or_default());
-        used = used.saturating_add(take);
+        used = used.saturating_add(m.decoder().feed(rest));
     }
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
 mod tests {
     use super::*;
 

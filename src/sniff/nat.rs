@@ -297,12 +297,6 @@ impl TaskType for Nat {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
 mod tests {
     use super::*;
     use crate::sniff::test_support::{answered, assert_endings, spec_of};

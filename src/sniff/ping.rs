@@ -177,7 +177,7 @@ impl PingRequest {
         Ok(())
     }
 
-    /// Parses the script's output, strictly (research §4.2): exactly one `\n`-terminated line
+    /// Parses the script's output, strictly (as the C plugin's parser): exactly one `\n`-terminated line
     /// per target and nothing after; `END` alone for an unresolved host, else
     /// `IP {SEQ:MS }… END` with at most `count` reply tokens, each `SEQ < count`. A repeated
     /// sequence number overwrites the earlier time. Returns the failure code otherwise.
@@ -432,12 +432,6 @@ impl TaskFinish for PingRequest {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
 mod tests {
     use super::*;
     use crate::sniff::test_support::{answered, assert_endings, spec_of};

@@ -397,12 +397,6 @@ fn decode_ok(kind: &TaskKind, data: Bytes) -> TaskResult {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
 mod tests {
     use super::*;
 

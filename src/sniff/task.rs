@@ -9,8 +9,8 @@ use bytes::Bytes;
 
 use super::PayloadError;
 
-/// Default cap on a task's stdout (DESIGN §5): past it the runtime stops the task and
-/// reports [`TaskOutput::OutputTooLarge`].
+/// Default cap on a task's stdout (ARCHITECTURE.md, "Sniff protocol"): past it the runtime
+/// stops the task and reports [`TaskOutput::OutputTooLarge`].
 pub const DEFAULT_OUTPUT_CAP: usize = 16 * 1024 * 1024;
 
 /// Failure codes the agent's own limits produce, shared by every built-in task type.

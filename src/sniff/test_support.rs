@@ -1,8 +1,6 @@
 //! Helpers shared by the built-in task types' unit tests, which all check the same plans and
 //! the same endings.
 
-#![allow(clippy::panic)]
-
 use super::{Outcome, ProcessSpec, TaskFinish, TaskOutput, TaskPlan};
 
 /// The outcome of a plan that answers at once; a plan that runs a process fails the test.

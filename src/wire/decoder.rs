@@ -1,10 +1,21 @@
 //! Incremental framing: bytes in any chunking in, whole typed packets out.
+//!
+//! Every rule about where a packet starts and ends lives here: [`decode_frame`] takes one
+//! packet off a buffer, and [`Decoder`] owns the receive buffer, takes input one packet at
+//! a time ([`Decoder::feed`]), tells the dialect from the first bytes
+//! ([`Decoder::detecting`]) and, on device links, finds the stream again after line noise
+//! (the `resync` module). Nothing outside this module touches the buffer.
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::resync::{Recent, Sync, reply_start};
 use super::{
     DecodeError, Dialect, Frame, HEADER_LEN, Header, MAX_PACKET_LEN, Packet, PacketType, Sender,
+    detect_dialect, hello_signature,
 };
+
+/// Receive buffer allocation granularity: decoded payloads are zero-copy slices of it.
+const RX_ALLOC: usize = 128 * 1024;
 
 /// Takes one whole packet off the front of `buf`, tokio-`Decoder` style.
 ///
@@ -102,15 +113,32 @@ fn decode_general(
 
 /// A packet decoder with its own buffer, for byte streams read in arbitrary pieces.
 ///
+/// **One packet at a time.** [`Decoder::feed`] takes only the bytes that complete the
+/// packet at the front of the buffer (the rest of its header, then the rest of the packet),
+/// so a machine that decodes after every `feed` never holds a decodable packet while it
+/// refuses input: what it did not take is exactly what it reports as not consumed.
+/// [`Decoder::push`] appends everything, for callers that bound their input themselves.
+///
 /// Framing errors are sticky: once the stream is known to be out of step, every later call
-/// returns the same error (there is no way to find the next packet boundary).
+/// returns the same error (there is no way to find the next packet boundary) — except on a
+/// device link ([`Decoder::enable_resync`]), where a new client's hello is where the stream
+/// picks up again.
 #[derive(Debug)]
 pub struct Decoder {
     dialect: Dialect,
+    /// The header layout is known: always, except for a [`Decoder::detecting`] decoder
+    /// until the first 8 bytes arrived.
+    known: bool,
+    /// What a detecting decoder assumes when the first bytes are not a hello.
+    fallback: Option<Dialect>,
     sender: Sender,
     buf: BytesMut,
     max_packet_len: usize,
     fatal: Option<DecodeError>,
+    /// Device links: where the decoder stands relative to the peer's packet boundaries.
+    pub(super) sync: Sync,
+    /// Device links: the last bytes received (`None` = resynchronisation off).
+    pub(super) recent: Option<Recent>,
 }
 
 impl Decoder {
@@ -118,10 +146,25 @@ impl Decoder {
     pub fn new(dialect: Dialect, sender: Sender) -> Self {
         Decoder {
             dialect,
+            known: true,
+            fallback: None,
             sender,
             buf: BytesMut::new(),
             max_packet_len: MAX_PACKET_LEN,
             fatal: None,
+            sync: Sync::InStep,
+            recent: None,
+        }
+    }
+
+    /// A decoder that learns the dialect from the stream's first 8 bytes (an agent does not
+    /// know which dialect a client speaks): a hello says it; anything else is read in the
+    /// [fallback](Self::set_fallback_dialect) dialect if there is one, else as
+    /// [`detect_dialect`] guesses. Until then `feed` takes at most those 8 bytes.
+    pub fn detecting(sender: Sender) -> Self {
+        Decoder {
+            known: false,
+            ..Decoder::new(Dialect::default(), sender)
         }
     }
 
@@ -131,23 +174,67 @@ impl Decoder {
         self
     }
 
+    /// The dialect in use (the default until a detecting decoder has seen 8 bytes).
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    /// Switches dialect, e.g. after [`super::detect_dialect`] looked at the first bytes.
+    /// Whether the dialect is known (see [`Decoder::detecting`]).
+    pub fn dialect_known(&self) -> bool {
+        self.known
+    }
+
+    /// Sets the dialect (and stops detecting it).
     pub fn set_dialect(&mut self, dialect: Dialect) {
         self.dialect = dialect;
+        self.known = true;
     }
 
-    /// Appends received bytes.
+    /// The dialect a detecting decoder assumes when the first bytes are not a hello: that of
+    /// the previous session on the same device port, whose client may simply go on.
+    pub fn set_fallback_dialect(&mut self, dialect: Option<Dialect>) {
+        self.fallback = dialect;
+    }
+
+    /// Appends received bytes, all of them (see the type's docs for [`Decoder::feed`]).
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+        if let Some(recent) = &mut self.recent {
+            recent.remember(data);
+        }
     }
 
-    /// The internal buffer, so a runtime can read from a socket straight into it.
-    pub fn buffer_mut(&mut self) -> &mut BytesMut {
-        &mut self.buf
+    /// Takes from `data` the bytes that complete the packet at the front of the buffer (a
+    /// whole packet at once when the buffer is empty and `data` starts with a header), at
+    /// least one; returns how many it took. While the dialect is being detected only the
+    /// first 8 bytes are taken, and while a device link waits to tell a hello from a live
+    /// sender's bytes, only as many as decide it (see `resync`).
+    pub fn feed(&mut self, data: &[u8]) -> usize {
+        self.detect();
+        let buffered = self.buf.len();
+        let whole = match data.get(..HEADER_LEN) {
+            Some(head) if buffered == 0 && self.known && self.sync == Sync::InStep => {
+                <&[u8; HEADER_LEN]>::try_from(head)
+                    .ok()
+                    .map(|head| usize::from(Header::decode(self.dialect, head).len).max(HEADER_LEN))
+            }
+            _ => None,
+        };
+        let needed = match self.sync {
+            Sync::InStep => self.bytes_needed(),
+            other => other.bytes_deciding(buffered),
+        };
+        // Never 0: a call always makes progress.
+        let want = whole.unwrap_or(needed).max(1);
+        let take = want.min(data.len());
+        let Some(chunk) = data.get(..take) else {
+            return 0;
+        };
+        if self.buf.capacity().saturating_sub(self.buf.len()) < take {
+            self.buf.reserve(take.max(RX_ALLOC));
+        }
+        self.push(chunk);
+        take
     }
 
     /// Bytes received but not yet returned as packets.
@@ -155,14 +242,13 @@ impl Decoder {
         self.buf.len()
     }
 
-    /// The bytes already buffered (for dialect detection).
-    pub fn peek(&self) -> &[u8] {
-        &self.buf
+    /// The memory the buffer holds (for callers that check their bounds).
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// How many more bytes would complete the packet at the front of the buffer: the rest
-    /// of the header, or the rest of the packet once the header is known. Callers that
-    /// must bound their buffering push at most this many bytes before decoding again.
+    /// of the header, or the rest of the packet once the header is known.
     pub fn bytes_needed(&self) -> usize {
         let have = self.buf.len();
         let Some(Ok(head)) = self
@@ -172,32 +258,24 @@ impl Decoder {
         else {
             return HEADER_LEN.saturating_sub(have);
         };
+        if !self.known {
+            return 0;
+        }
         let len = usize::from(Header::decode(self.dialect, head).len).max(HEADER_LEN);
         len.saturating_sub(have)
     }
 
-    /// Drops the first `n` buffered bytes and forgets a framing error: for a caller that
-    /// found where the stream picks up again (e.g. a client's hello after line noise on a
-    /// device link, see [`super::find_hello`]).
-    pub fn skip(&mut self, n: usize) {
-        let n = n.min(self.buf.len());
-        self.buf.advance(n);
-        self.fatal = None;
-    }
-
-    /// Replaces the buffered bytes with `bytes` and forgets a framing error: for a caller
-    /// that found the stream's next packet start in bytes it had already decoded (a hello
-    /// whose first bytes completed a stale packet).
-    pub fn restart(&mut self, bytes: &[u8]) {
-        self.buf.clear();
-        self.buf.extend_from_slice(bytes);
-        self.fatal = None;
-    }
-
-    /// The next whole packet, `Ok(None)` if more bytes are needed.
+    /// The next whole packet, `Ok(None)` if more bytes are needed (or, on a device link,
+    /// while the decoder waits to learn where the stream goes on).
+    ///
+    /// A framing error on a device link is returned once and not kept: the decoder then
+    /// skips to the next hello ([`Decoder::resynced`] says when it found one).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
         if let Some(e) = &self.fatal {
             return Err(e.clone());
+        }
+        if !self.detect() || self.sync != Sync::InStep {
+            return Ok(None);
         }
         let r = decode_frame(
             self.dialect,
@@ -208,8 +286,58 @@ impl Decoder {
         if let Err(e) = &r
             && e.is_fatal()
         {
-            self.fatal = Some(e.clone());
+            if self.recent.is_some() {
+                self.lose_step();
+            } else {
+                self.fatal = Some(e.clone());
+            }
         }
         r
+    }
+
+    /// Before the hello reply, a client on a device link drops what cannot start that
+    /// reply (stale output of a previous session, even from the middle of a packet): every
+    /// buffered byte up to the first place where a hello reply or a refusal could begin
+    /// (see [`super::reply_start`]). Bytes at the end that could still become one are kept.
+    /// Returns how many bytes were dropped.
+    pub fn skip_to_reply(&mut self) -> usize {
+        let skip = reply_start(&self.buf, self.dialect);
+        self.skip(skip);
+        skip
+    }
+
+    /// Runs dialect detection if it is pending; returns whether the dialect is known.
+    fn detect(&mut self) -> bool {
+        if self.known {
+            return true;
+        }
+        let Some(guess) = detect_dialect(&self.buf) else {
+            return false;
+        };
+        let first = self.buf.get(..HEADER_LEN);
+        let hello = [Dialect::V4, Dialect::Legacy3]
+            .into_iter()
+            .find(|&d| first == hello_signature(d).get(..HEADER_LEN));
+        self.set_dialect(hello.or(self.fallback).unwrap_or(guess));
+        true
+    }
+
+    /// Drops the first `n` buffered bytes and forgets a framing error.
+    pub(super) fn skip(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.advance(n);
+        self.fatal = None;
+    }
+
+    /// Replaces the buffered bytes with `bytes` and forgets a framing error.
+    pub(super) fn restart(&mut self, bytes: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(bytes);
+        self.fatal = None;
+    }
+
+    /// The buffered bytes.
+    pub(super) fn peek(&self) -> &[u8] {
+        &self.buf
     }
 }

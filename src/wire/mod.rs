@@ -2,7 +2,10 @@
 //! encoder, for both wire dialects.
 //!
 //! This module is pure: it never panics on input, never allocates more than the packet it
-//! is decoding, and knows nothing about connections or transactions (that is `link`).
+//! is decoding, and knows nothing about connections or transactions (that is `link`, which
+//! depends on this module and never the other way round). All framing lives here: where a
+//! packet starts and ends, which dialect a stream speaks, and where a device link's stream
+//! picks up again after line noise ([`Decoder`]).
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -15,14 +18,6 @@
 //! let frame = dec.next_frame().unwrap().unwrap();
 //! assert_eq!((frame.cid, frame.xid, frame.packet), (2, 1, Packet::Major(0)));
 //! ```
-#![deny(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::arithmetic_side_effects
-)]
-
 mod chunk;
 mod decoder;
 mod error;
@@ -39,8 +34,8 @@ pub use header::{Header, PacketType};
 pub use packet::{CommandRequest, Frame, Hello, Packet};
 pub use procinfo::{MAX_PROCINFO_FIELDS, ProcInfoField, field};
 pub use resync::{
-    HELLO_LEN, HELLO_SIGNATURE_LEN, HelloMatch, find_hello, hello_signature, match_hello,
-    rfind_hello,
+    HELLO_LEN, HELLO_SIGNATURE_LEN, HelloMatch, Resynced, find_hello, hello_signature, match_hello,
+    reply_start, rfind_hello,
 };
 
 use std::fmt;
@@ -53,7 +48,7 @@ pub const MAX_PACKET_LEN: usize = u16::MAX as usize;
 pub const DEFAULT_SEND_PACKET_LEN: usize = 32768;
 /// The largest packet the C executor (protocol 3.0) takes: its receive buffer is exactly this
 /// long, and a longer packet never completes there (the server stalls until the link's idle
-/// timeout; research §1.1). A 3.0 connection never sends more, whatever is configured.
+/// timeout, as measured against the C executor). A 3.0 connection never sends more, whatever is configured.
 pub const LEGACY_MAX_PACKET_LEN: usize = 32768;
 /// Most `NAME=value` strings accepted in one command packet.
 pub const MAX_ENV_ENTRIES: usize = 1024;

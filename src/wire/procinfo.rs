@@ -1,6 +1,7 @@
 //! Procinfo TLVs: `type u8 | len u8 | value`, a type-0 TLV ends the list.
 //!
-//! Field types follow DESIGN §3; bit *n* of a query mask asks for type *n*.
+//! Field types follow ARCHITECTURE.md, "Link protocol"; bit *n* of a query mask asks for
+//! type *n*.
 
 use bytes::Bytes;
 
@@ -33,7 +34,7 @@ impl ProcInfoField {
     }
 }
 
-/// The procinfo field types of DESIGN §3.
+/// The procinfo field types (ARCHITECTURE.md, "Link protocol").
 pub mod field {
     /// Process id, u32.
     pub const PID: u8 = 1;

@@ -4,8 +4,8 @@
 //!   earliest `poll_timeout` of the two machines ([`Pair::jump`], [`Pair::run_until`]);
 //! * a link that re-chunks the bytes in flight ([`Chunking`]: whole, 1 byte at a time, or
 //!   random splits from a seeded xorshift) and can be cut ([`Pair::link_up`]);
-//! * a fake agent on the server side ([`Agent`]; [`ScriptedAgent`] runs a tiny script
-//!   written in the command text, [`NoAgent`] leaves every answer to the test);
+//! * the application behind the server (an [`App`], as `tuppence_smol::App` is; [`ScriptedApp`] runs a tiny script
+//!   written in the command text, [`NoApp`] leaves every answer to the test);
 //! * [`Pair::drive`] shuttles bytes until both sides are quiet, with a step bound.
 //!
 //! Backpressure is respected: when `handle_bytes` consumes less than offered, the harness
@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, LinkError, Server, ServerConfig, ServerEvent,
 };
@@ -63,20 +64,21 @@ pub enum Chunking {
     Random(u64),
 }
 
-/// The server-side application: answers the machine's events through its intents.
-pub trait Agent {
+/// The server-side application: answers the machine's events through its intents (the
+/// same concept as `tuppence_smol::App`, in memory).
+pub trait App {
     fn on_event(&mut self, server: &mut Server, now: Instant, event: &ServerEvent);
 }
 
 /// An agent that does nothing: the test answers every request itself.
 #[derive(Debug, Default)]
-pub struct NoAgent;
+pub struct NoApp;
 
-impl Agent for NoAgent {
+impl App for NoApp {
     fn on_event(&mut self, _: &mut Server, _: Instant, _: &ServerEvent) {}
 }
 
-/// What a [`ScriptedAgent`] still has to do for a command.
+/// What a [`ScriptedApp`] still has to do for a command.
 #[derive(Clone, Debug)]
 struct Running {
     /// Script tokens not yet carried out (after a `cat` or `hold`).
@@ -102,7 +104,7 @@ struct Running {
 /// * monitor `agent` is accepted (anything else → 2); settle sends `event-SEQ` then `S`.
 /// * procinfo answers pid = 4000 + xid when bit 1 of the mask is set.
 #[derive(Debug)]
-pub struct ScriptedAgent {
+pub struct ScriptedApp {
     running: HashMap<u16, Running>,
     injects: HashMap<u16, (Bytes, Vec<u8>)>,
     pub files: HashMap<Vec<u8>, Vec<u8>>,
@@ -113,9 +115,9 @@ pub struct ScriptedAgent {
     pub errors: Vec<String>,
 }
 
-impl Default for ScriptedAgent {
+impl Default for ScriptedApp {
     fn default() -> Self {
-        ScriptedAgent {
+        ScriptedApp {
             running: HashMap::new(),
             injects: HashMap::new(),
             files: HashMap::new(),
@@ -142,7 +144,7 @@ pub fn signo(name: &[u8]) -> u32 {
     }
 }
 
-impl ScriptedAgent {
+impl ScriptedApp {
     fn check(&mut self, r: Result<(), tuppence::link::UsageError>) {
         if let Err(e) = r {
             self.errors.push(e.to_string());
@@ -189,7 +191,7 @@ impl ScriptedAgent {
     }
 }
 
-impl Agent for ScriptedAgent {
+impl App for ScriptedApp {
     fn on_event(&mut self, server: &mut Server, _now: Instant, event: &ServerEvent) {
         match event {
             ServerEvent::RunCommand {
@@ -330,7 +332,7 @@ pub fn decode_all(dialect: Dialect, sender: Sender, bytes: &[u8]) -> Vec<Frame> 
 }
 
 /// The client and the server wired in memory.
-pub struct Pair<A: Agent = ScriptedAgent> {
+pub struct Pair<A: App = ScriptedApp> {
     pub client: Client,
     pub server: Server,
     pub agent: A,
@@ -354,7 +356,7 @@ pub struct Pair<A: Agent = ScriptedAgent> {
     pub short_reads: usize,
 }
 
-impl Pair<ScriptedAgent> {
+impl Pair<ScriptedApp> {
     /// A pair speaking `dialect` (the server detects it) with default configs.
     pub fn new(dialect: Dialect) -> Self {
         Pair::with_agent(
@@ -363,12 +365,12 @@ impl Pair<ScriptedAgent> {
                 ..ClientConfig::default()
             },
             ServerConfig::default(),
-            ScriptedAgent::default(),
+            ScriptedApp::default(),
         )
     }
 }
 
-impl<A: Agent> Pair<A> {
+impl<A: App> Pair<A> {
     pub fn with_agent(client: ClientConfig, server: ServerConfig, agent: A) -> Self {
         let epoch = Instant::now();
         Pair {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// How long a listener stays starved before waiting clients are refused (the default of
-/// `AgentConfig::fd_wait`).
+/// `LinkDaemonConfig::fd_wait`).
 pub const REFUSE_AFTER: Duration = Duration::from_millis(500);
 
 /// Whether an `accept` error means that resources ran out for a while (the client is still

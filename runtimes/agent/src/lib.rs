@@ -1,8 +1,11 @@
 //! # tuppence-agent — the agent's side effects
 //!
-//! The building blocks `tuppence serve` needs inside the system under test, independent of the
-//! protocol state machines in the core crate:
+//! The agent's two daemons, on one event loop (`tuppence_mio::EventLoop`), and the building
+//! blocks they need inside the system under test, independent of the protocol machines in
+//! the core crate:
 //!
+//! * [`serve`] — [`serve::LinkDaemon`], `tuppence serve`: the link protocol's agent.
+//! * [`sniff`] — [`sniff::SniffDaemon`], `tuppence sniff serve`, and its task runner.
 //! * [`spawn`] — run `/bin/sh -c COMMAND` as a user, on pipes or a pty, with a pidfd.
 //! * [`cgroup`] — a cgroup v2 per command, so that nothing a command starts escapes it.
 //! * [`reaper`] — the agent as a child subreaper: orphans of commands are adopted and reaped.
@@ -15,10 +18,11 @@
 //! * [`status`] — the status words (errno values) the protocol reports.
 //! * [`user`] — account lookup and acting as a user for file access.
 //! * [`fdio`] — non-blocking read/write helpers.
-//! * [`sniff`] — the sniff task protocol over processes and transports: task runner, serve
-//!   loops, blocking client, command line.
 //!
-//! Linux only. Nothing here blocks or starts threads: every fd handed out is
+//! Host-side code is not here: the clients are `tuppence-blocking` and `tuppence-smol`, the
+//! command line is the `tuppence` binary.
+//!
+//! Linux only. Nothing here blocks the loop or starts threads: every fd handed out is
 //! `O_NONBLOCK|O_CLOEXEC` so a readiness loop (mio) can poll it, and sources that cannot be
 //! polled say how often to look ([`sources::EventSource::poll_interval`]).
 //!

@@ -1,14 +1,14 @@
 //! Paths a client names (inject, extract, `file:` monitors), resolved by the kernel.
 //!
-//! DESIGN §8: the agent resolves a client's path the way the kernel would for the requesting
-//! user, and never follows a symbolic link by hand. Reading a link (`readlinkat`) and walking
-//! to its target ourselves skips the kernel's checks for the last step — permissions as the
-//! user, mount options, and `fs.protected_symlinks` (a link in a sticky world-writable
-//! directory is followed only by its owner or the directory's owner; with it, a user could
-//! plant `/tmp/x -> /etc/shadow` and have root's inject overwrite the shadow file). So every
-//! function here lets the kernel follow links (`open`/`openat` without `O_NOFOLLOW`), called
-//! while the thread acts as the user ([`crate::user::AsUser`]), and looks at what the kernel
-//! opened.
+//! ARCHITECTURE.md, "Agent behaviour": the agent resolves a client's path the way the
+//! kernel would for the requesting user, and never follows a symbolic link by hand. Reading
+//! a link (`readlinkat`) and walking to its target ourselves skips the kernel's checks for
+//! the last step — permissions as the user, mount options, and `fs.protected_symlinks` (a
+//! link in a sticky world-writable directory is followed only by its owner or the
+//! directory's owner; with it, a user could plant `/tmp/x -> /etc/shadow` and have root's
+//! inject overwrite the shadow file). So every function here lets the kernel follow links
+//! (`open`/`openat` without `O_NOFOLLOW`), called while the thread acts as the user
+//! ([`crate::user::AsUser`]), and looks at what the kernel opened.
 //!
 //! **Nothing here blocks.** A client's path is first opened with `O_PATH`: that resolves the
 //! name and checks search permissions but opens nothing (no driver `open`, no FIFO rendezvous).

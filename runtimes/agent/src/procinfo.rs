@@ -1,6 +1,7 @@
 //! The `P` request: facts about a command's process from `/proc`.
 //!
-//! Field types (DESIGN §3; bit *n* of the mask asks for type *n*), all big-endian:
+//! Field types (ARCHITECTURE.md, "Link protocol"; bit *n* of the mask asks for type *n*),
+//! all big-endian:
 //!
 //! | type | field | encoding | source |
 //! |---|---|---|---|

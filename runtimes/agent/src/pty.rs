@@ -1,7 +1,7 @@
 //! Pseudo-terminals for commands that asked for a tty.
 //!
 //! The C executor opened the slave with `O_NOCTTY` in the child, so the command had no
-//! controlling terminal and Ctrl-C did nothing (research §2.2). Here the parent opens the pair,
+//! controlling terminal and Ctrl-C did nothing. Here the parent opens the pair,
 //! the child gets the slave as fds 0/1/2 and, after `setsid`, makes it its controlling
 //! terminal with `TIOCSCTTY` (see [`crate::spawn`]); then `\x03` written to the master raises
 //! SIGINT in the command's process group, as in an interactive shell.

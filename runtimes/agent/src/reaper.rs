@@ -25,7 +25,7 @@
 //!   another session; children that an application embedding the agent starts itself
 //!   (`std::process::Command`, without `setsid`) stay in the application's session and are
 //!   never touched. (An embedding application whose own children call `setsid` must not
-//!   run an agent with orphan reaping on: see `AgentConfig::reap_orphans`.)
+//!   run an agent with orphan reaping on: see `LinkDaemonConfig::reap_orphans`.)
 //!
 //! Orphans are found when they exit: each exit of a child sends the agent `SIGCHLD`
 //! (including the exit of an adopted one, and the adoption of one that is already a

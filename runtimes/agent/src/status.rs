@@ -1,40 +1,15 @@
 //! Status words: the numbers the agent puts in `M`/`m` packets.
 //!
-//! The link protocol reports failures with the *agent's* Linux errno values, exactly as the C
-//! executor did (DESIGN §3), so a client can print them with its own `strerror` when the
-//! architectures agree. Every error type of this crate has an `errno()` method returning one of
-//! these (or another raw errno the kernel gave us); this module is the single place that turns
-//! an [`io::Error`] into such a number.
+//! The link protocol reports failures with the *agent's* Linux errno values, exactly as the
+//! C executor did (ARCHITECTURE.md, "Link protocol"), so a client can print them with its
+//! own `strerror` when the architectures agree. The constants are the core's one table
+//! ([`tuppence::link::status`], re-exported here); every error type of this crate has an
+//! `errno()` method returning one of them (or another raw errno the kernel gave us), and
+//! this module is the single place that turns an [`io::Error`] into such a number.
 
 use std::io;
 
-/// Operation not permitted: the agent cannot act as the requested user.
-pub const EPERM: u32 = 1;
-/// No such user, file or directory; also "unknown event source".
-pub const ENOENT: u32 = 2;
-/// No such process (procinfo for a process that is gone).
-pub const ESRCH: u32 = 3;
-/// Interrupted: an inject or extract aborted by `I`.
-pub const EINTR: u32 = 4;
-/// Input/output error; the fallback for errors without an OS code.
-pub const EIO: u32 = 5;
-/// Permission denied.
-pub const EACCES: u32 = 13;
-/// "Killed by a signal": the major status of a command that died of a signal (minor = signo).
-pub const EFAULT: u32 = 14;
-/// Is a directory (also: not a regular file, as the C executor reported it).
-pub const EISDIR: u32 = 21;
-/// Invalid argument.
-pub const EINVAL: u32 = 22;
-/// File name too long.
-pub const ENAMETOOLONG: u32 = 36;
-/// Too many levels of symbolic links.
-pub const ELOOP: u32 = 40;
-/// No data available: an extracted file shrank while it was read (see
-/// `FileError::Shrank`); the client discards what it received.
-pub const ENODATA: u32 = 61;
-/// Protocol error: a request the agent cannot parse or act on.
-pub const EPROTO: u32 = 71;
+pub use tuppence::link::status::*;
 
 /// The status word for an I/O error.
 ///

@@ -9,7 +9,7 @@ use agent_harness::{PATIENCE, Raw, TempDir, TestAgent, eventually, settle, wait_
 use bytes::Bytes;
 use tuppence::link::{Command, Outcome, Signal};
 use tuppence::wire::Packet;
-use tuppence_agent::serve::AgentConfig;
+use tuppence_agent::serve::LinkDaemonConfig;
 use tuppence_blocking::{Error, MonitorEvent};
 
 fn remote_errno(e: &Error) -> Option<u32> {
@@ -266,7 +266,7 @@ fn refused_requests_leave_their_records() {
     let Some(user) = common::test_user() else {
         return;
     };
-    let agent = TestAgent::with_config(AgentConfig {
+    let agent = TestAgent::with_config(LinkDaemonConfig {
         allow_users: Some(vec![b"root".to_vec()]),
         allow_quit: false,
         ..agent_harness::quiet_config()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use agent_harness::{PATIENCE, TestAgent, dead, eventually, first_line_pid, gone, proc_state};
 use tuppence::link::{Command, Outcome, Signal};
 use tuppence::wire::field;
-use tuppence_agent::serve::AgentConfig;
+use tuppence_agent::serve::LinkDaemonConfig;
 use tuppence_blocking::{Run, RunEvent};
 
 /// Reads a running command's output until it contains `marker`; returns what was read.
@@ -436,7 +436,7 @@ fn procinfo_right_after_the_start_gives_the_command_s_own_group() {
 
 #[test]
 fn allow_users_refuses_other_users_with_eacces() {
-    let agent = TestAgent::with_config(AgentConfig {
+    let agent = TestAgent::with_config(LinkDaemonConfig {
         allow_users: Some(vec![b"root".to_vec()]),
         ..agent_harness::quiet_config()
     });

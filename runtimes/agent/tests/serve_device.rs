@@ -20,7 +20,7 @@ use bytes::Bytes;
 use rustix::event::{PollFd, PollFlags, poll};
 use tuppence::link::ClientConfig;
 use tuppence::wire::{CommandRequest, Decoder, Dialect, Frame, Hello, Packet, Sender};
-use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
+use tuppence_agent::serve::{LinkDaemon, LinkDaemonConfig, RunEnd, StopHandle};
 use tuppence_blocking::Session;
 use tuppence_transport::{Listener, SerialLink, Transport};
 
@@ -240,9 +240,9 @@ struct SerialAgent {
 }
 
 impl SerialAgent {
-    fn start(config: AgentConfig, slave: &Path) -> SerialAgent {
+    fn start(config: LinkDaemonConfig, slave: &Path) -> SerialAgent {
         let listener = Listener::serial(slave, 115_200).expect("serve the pty slave");
-        let mut agent = Agent::new(config).unwrap();
+        let mut agent = LinkDaemon::new(config).unwrap();
         agent.add_listener(listener).unwrap();
         let stop = agent.stop_handle().unwrap();
         let handle = std::thread::Builder::new()
@@ -354,7 +354,7 @@ fn new_client_on_a_serial_line_ends_the_vanished_clients_session() {
 #[test]
 fn stale_partial_packet_does_not_eat_the_next_hello() {
     let line = Line::open();
-    let config = AgentConfig {
+    let config = LinkDaemonConfig {
         port_stale_partial_after: Some(Duration::from_millis(300)),
         ..quiet_config()
     };
@@ -481,8 +481,8 @@ fn old_output_before_the_reply(leftover: bool) {
 
 /// The port's settings with a short limit for silences inside packets (see
 /// `Limits::stale_partial_after`), so that the tests need not wait a second each time.
-fn short_limit() -> AgentConfig {
-    AgentConfig {
+fn short_limit() -> LinkDaemonConfig {
+    LinkDaemonConfig {
         port_stale_partial_after: Some(LIMIT),
         ..quiet_config()
     }
@@ -617,7 +617,7 @@ fn virtio_agent_process() {
         File::from(line.master.try_clone().unwrap()),
         "pty master standing in for a virtio-serial port",
     );
-    let mut agent = Agent::new(quiet_config()).unwrap();
+    let mut agent = LinkDaemon::new(quiet_config()).unwrap();
     agent.add_listener(Listener::Virtio(port)).unwrap();
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, line.slave.to_str().unwrap()).unwrap();

@@ -13,7 +13,7 @@ use agent_harness::{
 use bytes::Bytes;
 use tuppence::link::{ClientConfig, Command, LinkError, Outcome, Refusal};
 use tuppence::wire::{CommandRequest, Packet};
-use tuppence_agent::serve::{AgentConfig, RunEnd};
+use tuppence_agent::serve::{LinkDaemonConfig, RunEnd};
 use tuppence_blocking::{Error, Run, RunEvent, Session};
 
 /// Reads a command's first line: the pid it printed.
@@ -186,7 +186,7 @@ fn disconnect_kills_and_reaps_what_the_connection_started() {
 
 #[test]
 fn max_clients_limit() {
-    let agent = TestAgent::with_config(AgentConfig {
+    let agent = TestAgent::with_config(LinkDaemonConfig {
         max_clients: 2,
         ..quiet_config()
     });
@@ -263,7 +263,7 @@ fn quit_returns_quit_and_kills_children() {
 
 #[test]
 fn quit_can_be_refused() {
-    let agent = TestAgent::with_config(AgentConfig {
+    let agent = TestAgent::with_config(LinkDaemonConfig {
         allow_quit: false,
         ..quiet_config()
     });
@@ -342,7 +342,7 @@ fn a_burst_of_many_small_packets_is_served_without_waiting_for_more_input() {
 #[test]
 fn embedded_connection_and_exit_when_idle() {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut agent = tuppence_agent::serve::Agent::new(AgentConfig {
+    let mut agent = tuppence_agent::serve::LinkDaemon::new(LinkDaemonConfig {
         exit_when_idle: true,
         ..quiet_config()
     })

@@ -12,7 +12,7 @@ use agent_harness::{PATIENCE, TempDir, TestAgent, settle};
 use bytes::Bytes;
 use tuppence::link::{Command, Outcome, Signal};
 use tuppence::wire::{CommandRequest, Packet};
-use tuppence_agent::serve::AgentConfig;
+use tuppence_agent::serve::LinkDaemonConfig;
 
 /// Everything logged by this test binary.
 static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -52,7 +52,7 @@ const ESCAPED: &str = "\\x0a2026-01-01T00:00:00.000000Z  INFO FORGED by a client
 #[test]
 fn client_strings_cannot_forge_log_lines() {
     capture_logs();
-    let agent = TestAgent::with_config(AgentConfig {
+    let agent = TestAgent::with_config(LinkDaemonConfig {
         audit: true,
         ..agent_harness::quiet_config()
     });

@@ -285,7 +285,7 @@ fn a_fifo_appearing_later_ends_the_monitor() {
 
 /// An agent restricted to `users`.
 fn restricted(users: &[&str]) -> TestAgent {
-    TestAgent::with_config(tuppence_agent::serve::AgentConfig {
+    TestAgent::with_config(tuppence_agent::serve::LinkDaemonConfig {
         allow_users: Some(users.iter().map(|u| u.as_bytes().to_vec()).collect()),
         ..agent_harness::quiet_config()
     })

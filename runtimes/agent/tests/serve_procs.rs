@@ -1,8 +1,9 @@
-//! Every descendant dies with its command (DESIGN §8): a command that starts a process in
-//! a new session (`setsid`) and a double-forked grandchild, then times out, is interrupted
-//! with KILL, or loses its client, leaves no process and no zombie behind. Where cgroups
-//! cannot be used (here: switched off) the process group is killed, which `setsid`
-//! escapes; the agent is a subreaper there too and reaps what it inherits.
+//! Every descendant dies with its command (ARCHITECTURE.md, "Agent behaviour"): a command
+//! that starts a process in a new session (`setsid`) and a double-forked grandchild, then
+//! times out, is interrupted with KILL, or loses its client, leaves no process and no
+//! zombie behind. Where cgroups cannot be used (here: switched off) the process group is
+//! killed, which `setsid` escapes; the agent is a subreaper there too and reaps what it
+//! inherits.
 //!
 //! The agent runs in a child process, so that its children (and zombies) are its own and
 //! can be told apart from the test's.
@@ -69,9 +70,12 @@ fn escaper_pids(run: &Run<'_>) -> (u32, u32) {
     let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
     assert_eq!(pids.len(), 2, "{text:?}");
     for &pid in &pids {
+        // Just forked or exec'ing (state `D` for a moment on a loaded machine): wait for it
+        // to be a running process, which it must become.
         assert!(
-            matches!(proc_state(pid), Some(b'S' | b'R')),
-            "{pid} is not running"
+            eventually(PATIENCE, || matches!(proc_state(pid), Some(b'S' | b'R'))),
+            "{pid} is not running: state {:?}",
+            proc_state(pid)
         );
     }
     (pids[0], pids[1])

@@ -14,8 +14,7 @@ use tuppence::sniff::cert::{CertRequest, CertTarget, StartTls};
 use tuppence::sniff::nat::{NatParams, NatReply, NatStatus};
 use tuppence::sniff::ping::{Family, PingRequest, PingTarget};
 use tuppence::sniff::{TaskId, TaskResult};
-use tuppence_agent::sniff::cli::{SniffCommand, parse_args, run_request};
-use tuppence_agent::sniff::{SniffRequest, request};
+use tuppence_blocking::sniff::{SniffRequest, request};
 
 use sniff_support::*;
 
@@ -304,35 +303,4 @@ fn nat_against_a_local_address_service_is_direct() {
     c.send(7, b'n', &params);
     let a = c.answer(LIMIT).unwrap();
     assert_eq!((a.status.byte(), a.data.first()), (b'O', Some(&b'D')));
-}
-
-#[test]
-fn the_cli_prints_json_for_a_real_answer() {
-    let server = Server::start();
-    let target = server.target.to_string();
-    let Ok(SniffCommand::Request(args)) =
-        parse_args(["request", &target, "--id", "77", "--json", "nop"])
-    else {
-        panic!("parse")
-    };
-    let mut out = Vec::new();
-    assert_eq!(run_request(&args, &mut out).unwrap(), 0);
-    assert_eq!(
-        String::from_utf8(out).unwrap(),
-        "{\"id\":77,\"task\":\"nop\",\"status\":\"ok\"}\n"
-    );
-    // A listener nobody accepts from: curl connects (the kernel's backlog) and waits up to
-    // 30 s for an answer; the client gives up after 0.2 s and its closed connection kills
-    // the task.
-    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/", silent.local_addr().unwrap());
-    let Ok(SniffCommand::Request(args)) =
-        parse_args(["request", &target, "--timeout", "0.2", "nat", "--url", &url])
-    else {
-        panic!("parse")
-    };
-    let started = Instant::now();
-    let err = run_request(&args, &mut Vec::new()).unwrap_err();
-    assert!(err.to_string().contains("no answer within"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
 }

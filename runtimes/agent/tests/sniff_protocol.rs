@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tuppence::sniff::{Event, TaskId, TaskKind, TaskResult};
-use tuppence_agent::sniff::{Client, ServeConfig, SniffRequest, serve};
+use tuppence_agent::sniff::{SniffDaemonConfig, serve};
+use tuppence_blocking::sniff::{SniffClient, SniffRequest};
 use tuppence_transport::Transport;
 
 use sniff_support::*;
@@ -58,7 +59,7 @@ fn a_second_request_under_a_running_id_aborts_the_first_and_kills_its_group() {
 #[test]
 fn nop_cancels_a_running_task() {
     let server = Server::start();
-    let mut client = Client::connect(&server.target).unwrap();
+    let mut client = SniffClient::connect(&server.target).unwrap();
     let id = TaskId::from(3);
     let (script, pidfile) = pid_script(&server.dir, "exec sleep 30");
     client
@@ -88,7 +89,7 @@ fn nop_cancels_a_running_task() {
 #[test]
 fn a_hundred_tasks_run_at_once() {
     let server = Server::start();
-    let mut client = Client::connect(&server.target).unwrap();
+    let mut client = SniffClient::connect(&server.target).unwrap();
     let started = Instant::now();
     for n in 0..100u32 {
         let script = format!("sleep 1; echo {n}");
@@ -233,10 +234,10 @@ fn serve_runs_one_stream_until_the_peer_closes() {
         serve(
             test_agent(),
             Transport::Unix(theirs),
-            &ServeConfig::default(),
+            &SniffDaemonConfig::default(),
         )
     });
-    let mut client = Client::new(Transport::Unix(ours)).unwrap();
+    let mut client = SniffClient::new(Transport::Unix(ours)).unwrap();
     let id = TaskId::from(42);
     client
         .send(id, &SniffRequest::raw(b's', Bytes::from_static(b"echo hi")))

@@ -27,13 +27,19 @@
 //! transfers from another thread (a Ctrl-C handler). Each transaction's events are buffered up to a bound; a consumer
 //! that stops reading eventually stops the reader thread (and, through the transport,
 //! the agent) rather than growing memory.
+//!
+//! [`sniff`] is the requesting side of the other protocol, the sniff background tasks: a
+//! [`sniff::SniffClient`] on one connection, or [`sniff::request`] for one request.
 
 mod error;
 mod ops;
 mod session;
+pub mod sniff;
 mod stream;
 
 pub use error::{Error, errno_text};
-pub use ops::{Monitor, MonitorEvent, Output, Run, RunEvent};
-pub use session::{AbortHandle, ConnectInfo, Session};
+pub use ops::{Monitor, Run};
+pub use session::{AbortHandle, Session};
 pub use stream::Stream;
+/// What a session reports, the same types in every client adapter (defined in the core).
+pub use tuppence::link::{ConnectInfo, MonitorEvent, Output, RunEvent};

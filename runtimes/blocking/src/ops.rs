@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tuppence::link::{ClientEvent, Command, Outcome, Signal};
+use tuppence::link::status::ESRCH;
+use tuppence::link::{
+    ClientEvent, Command, MonitorEvent, Outcome, Output, RunEvent, Signal, TransferEvent,
+    UsageError,
+};
 use tuppence::wire::ProcInfoField;
 use tuppence_transport::LocalFile;
 
@@ -16,23 +20,6 @@ use crate::{Error, Session};
 
 /// How long an aborted transfer waits for its interrupt to be written.
 const ABORT_FLUSH: Duration = Duration::from_secs(2);
-
-/// One piece of a running command's output.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RunEvent {
-    Stdout(Bytes),
-    Stderr(Bytes),
-    /// The command ended; no more events follow.
-    Finished(Outcome),
-}
-
-/// Everything a finished command printed, and how it ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Output {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub outcome: Outcome,
-}
 
 /// A running command. Dropping it stops delivery of its output (the command keeps running
 /// until it ends or the session closes).
@@ -102,13 +89,17 @@ impl Session {
         let xid = self.open(true, |c| c.inject(user.to_owned(), path.to_owned(), mode))?;
         let mut guard = Detach { session: self, xid };
         loop {
-            match self.next_event(xid, None)? {
-                Some(ClientEvent::InjectReady { .. }) => break,
-                Some(ClientEvent::Finished { outcome, .. }) => {
+            match self
+                .next_event(xid, None)?
+                .and_then(TransferEvent::from_event)
+            {
+                Some(TransferEvent::Ready) => break,
+                Some(TransferEvent::Finished(outcome)) => {
                     guard.xid = 0;
                     return Err(outcome_error("inject", outcome));
                 }
-                _ => {}
+                // No data comes for an inject.
+                Some(TransferEvent::Data(_)) | None => {}
             }
         }
         let mut sent = 0u64;
@@ -131,23 +122,27 @@ impl Session {
             };
             let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
             if let Err(e) = self.send_data(xid, piece, |c, d| c.send_file_data(xid, d)) {
-                return Err(self.ended_early(&mut guard, e));
+                return Err(self.ended_early(xid, e)?);
             }
             sent += n as u64;
             progress(sent);
             // A failure reported mid-transfer ends it early.
-            if let Some(ClientEvent::Finished { outcome, .. }) =
-                self.next_event(xid, Some(Duration::ZERO))?
+            if let Some(TransferEvent::Finished(outcome)) = self
+                .next_event(xid, Some(Duration::ZERO))?
+                .and_then(TransferEvent::from_event)
             {
                 guard.xid = 0;
                 return Err(outcome_error("inject", outcome));
             }
         }
         if let Err(e) = self.act(|c| c.finish_file(xid)) {
-            return Err(self.ended_early(&mut guard, e));
+            return Err(self.ended_early(xid, e)?);
         }
         loop {
-            if let Some(ClientEvent::Finished { outcome, .. }) = self.next_event(xid, None)? {
+            if let Some(TransferEvent::Finished(outcome)) = self
+                .next_event(xid, None)?
+                .and_then(TransferEvent::from_event)
+            {
                 guard.xid = 0;
                 return match outcome {
                     Outcome::Completed => Ok(sent),
@@ -188,8 +183,8 @@ impl Session {
             if batch.is_empty() {
                 self.take_events(xid, None, usize::MAX, &mut batch)?;
             }
-            match batch.pop_front() {
-                Some(ClientEvent::Output { data, .. }) => {
+            match batch.pop_front().and_then(TransferEvent::from_event) {
+                Some(TransferEvent::Data(data)) => {
                     if let Err(e) = sink.write_all(&data) {
                         // Nobody will take the rest: stop the agent sending it.
                         self.abandon(xid);
@@ -201,7 +196,7 @@ impl Session {
                     received += data.len() as u64;
                     progress(received);
                 }
-                Some(ClientEvent::Finished { outcome, .. }) => {
+                Some(TransferEvent::Finished(outcome)) => {
                     guard.xid = 0;
                     sink.flush().map_err(|e| Error::Local {
                         what: "write",
@@ -212,7 +207,8 @@ impl Session {
                         other => Err(outcome_error("extract", other)),
                     };
                 }
-                _ => {}
+                // An extract is never "ready" without data (its `M`=0 is no event).
+                Some(TransferEvent::Ready) | None => {}
             }
         }
     }
@@ -234,6 +230,29 @@ impl Session {
         let n = self.extract(user, path, &mut file, progress)?;
         file.commit()?;
         Ok(n)
+    }
+
+    /// A send of a transfer failed. If the transaction is gone the agent ended it first
+    /// (a failure it reported between two pieces: its `Finished` explains why, and that is
+    /// the error); otherwise the send's own error.
+    fn ended_early(&self, xid: u16, e: Error) -> Result<Error, Error> {
+        if !matches!(
+            e,
+            Error::Usage(UsageError::UnknownTransaction(_) | UsageError::WrongState { .. })
+        ) {
+            return Ok(e);
+        }
+        loop {
+            match self.next_event(xid, None)? {
+                Some(ev) => {
+                    if let Some(TransferEvent::Finished(outcome)) = TransferEvent::from_event(ev) {
+                        return Ok(outcome_error("inject", outcome));
+                    }
+                }
+                // Nothing more will come for it: the send's own error says what happened.
+                None => return Ok(e),
+            }
+        }
     }
 
     /// After a transfer aborted through an [`crate::AbortHandle`]: waits a little for the
@@ -299,7 +318,7 @@ impl Run<'_> {
                     held.push(ev);
                     break Err(Error::Remote {
                         what: "procinfo",
-                        errno: 3,
+                        errno: ESRCH,
                     });
                 }
                 Some(ev) => held.push(ev),
@@ -328,16 +347,11 @@ impl Run<'_> {
             let Some(ev) = batch.pop_front() else {
                 continue;
             };
-            match ev {
-                ClientEvent::Output {
-                    channel: 2, data, ..
-                } => return Ok(Some(RunEvent::Stderr(data))),
-                ClientEvent::Output { data, .. } => return Ok(Some(RunEvent::Stdout(data))),
-                ClientEvent::Finished { outcome, .. } => {
+            if let Some(ev) = RunEvent::from_event(ev) {
+                if matches!(ev, RunEvent::Finished(_)) {
                     self.done.store(true, Ordering::SeqCst);
-                    return Ok(Some(RunEvent::Finished(outcome)));
                 }
-                _ => {}
+                return Ok(Some(ev));
             }
         }
     }
@@ -350,27 +364,13 @@ impl Run<'_> {
 
     /// Waits for the end, collecting all output.
     pub fn collect(self) -> Result<Output, Error> {
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        loop {
-            match self.next()? {
-                Some(RunEvent::Stdout(d)) => stdout.extend_from_slice(&d),
-                Some(RunEvent::Stderr(d)) => stderr.extend_from_slice(&d),
-                Some(RunEvent::Finished(outcome)) => {
-                    return Ok(Output {
-                        stdout,
-                        stderr,
-                        outcome,
-                    });
-                }
-                None => {
-                    return Ok(Output {
-                        stdout,
-                        stderr,
-                        outcome: Outcome::LinkLost(tuppence::link::LinkError::Closed),
-                    });
-                }
+        let mut out = Output::collect([]);
+        while let Some(ev) = self.next()? {
+            if out.add(ev) {
+                break;
             }
         }
+        Ok(out)
     }
 }
 
@@ -391,14 +391,6 @@ pub struct Monitor<'s> {
     done: AtomicBool,
 }
 
-/// What a monitor delivers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MonitorEvent {
-    Data(Bytes),
-    Settled(u32),
-    Finished(Outcome),
-}
-
 impl Monitor<'_> {
     /// The next event; `Ok(None)` on timeout or after the end.
     pub fn next_timeout(&self, timeout: Option<Duration>) -> Result<Option<MonitorEvent>, Error> {
@@ -409,14 +401,11 @@ impl Monitor<'_> {
             let Some(ev) = self.session.next_event(self.xid, timeout)? else {
                 return Ok(None);
             };
-            match ev {
-                ClientEvent::MonitorData { data, .. } => return Ok(Some(MonitorEvent::Data(data))),
-                ClientEvent::Settled { seq, .. } => return Ok(Some(MonitorEvent::Settled(seq))),
-                ClientEvent::Finished { outcome, .. } => {
+            if let Some(ev) = MonitorEvent::from_event(ev) {
+                if matches!(ev, MonitorEvent::Finished(_)) {
                     self.done.store(true, Ordering::SeqCst);
-                    return Ok(Some(MonitorEvent::Finished(outcome)));
                 }
-                _ => {}
+                return Ok(Some(ev));
             }
         }
     }
@@ -440,32 +429,6 @@ impl Drop for Monitor<'_> {
             // No waiting for transmit room in a drop: deferred if the queue is full.
             self.session.abandon(self.xid);
             self.session.detach(self.xid);
-        }
-    }
-}
-
-impl Session {
-    /// A send on a transfer failed. If the transaction is gone, the agent ended it first
-    /// (a full disk, say) and the reader has already handed its `Finished` to the machine:
-    /// that outcome is the error to report, not the refused send.
-    fn ended_early(&self, guard: &mut Detach<'_>, e: Error) -> Error {
-        use tuppence::link::UsageError;
-        if !matches!(
-            e,
-            Error::Usage(UsageError::UnknownTransaction(_) | UsageError::WrongState { .. })
-        ) {
-            return e;
-        }
-        loop {
-            match self.next_event(guard.xid, None) {
-                Ok(Some(ClientEvent::Finished { outcome, .. })) => {
-                    guard.xid = 0;
-                    return outcome_error("inject", outcome);
-                }
-                Ok(Some(_)) => {}
-                // Nothing more will come for it: the send's own error says what happened.
-                Ok(None) | Err(_) => return e,
-            }
         }
     }
 }

@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tuppence::Machine;
 use tuppence::link::{ClientConfig, Command, Outcome, Server, ServerConfig, ServerEvent, Signal};
 use tuppence_blocking::{Error, RunEvent, Session};
 
@@ -344,4 +345,60 @@ fn an_inject_the_agent_fails_mid_transfer_reports_the_agents_status() {
         matches!(e, Error::Remote { errno: 28, .. }),
         "expected the agent's 28, got {e:?}"
     );
+}
+
+/// An agent that fails an inject right after saying it is ready (a full disk, say), before
+/// any data arrived: the ready and the failure reach the session in one read, so the
+/// transaction is over before the first piece of data is sent. The inject reports the
+/// agent's errno, not that its transaction vanished.
+#[test]
+fn an_inject_the_agent_fails_before_any_data_reports_the_agents_errno() {
+    use tuppence::wire::{Decoder, Dialect, Hello, Packet, Sender};
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let agent = thread::spawn(move || {
+        let mut s = theirs;
+        let mut dec = Decoder::new(Dialect::V4, Sender::Client);
+        let mut buf = vec![0u8; 65536];
+        let mut answered = false;
+        loop {
+            let n = match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            dec.push(&buf[..n]);
+            while let Some(frame) = dec.next_frame().unwrap() {
+                let mut out = BytesMut::new();
+                match frame.packet {
+                    Packet::Hello(_) => Packet::Hello(Hello {
+                        major: 4,
+                        minor: 0,
+                        keepalive: 0,
+                    })
+                    .encode(Dialect::V4, 1, 0, &mut out)
+                    .unwrap(),
+                    Packet::Inject { .. } if !answered => {
+                        answered = true;
+                        Packet::Major(0)
+                            .encode(Dialect::V4, 1, frame.xid, &mut out)
+                            .unwrap();
+                        Packet::Minor(28)
+                            .encode(Dialect::V4, 1, frame.xid, &mut out)
+                            .unwrap();
+                    }
+                    _ => {}
+                }
+                s.write_all(&out).unwrap();
+            }
+        }
+    });
+    let session = Session::new(ours, ClientConfig::default(), Duration::from_secs(10)).unwrap();
+    let e = session
+        .inject("root", "/f", 0o644, &vec![1u8; 1 << 20][..], |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Remote { errno: 28, .. }),
+        "the agent's failure, not {e:?}"
+    );
+    drop(session);
+    agent.join().unwrap();
 }

@@ -78,8 +78,7 @@ pub enum Command {
     #[command(after_help = SERVE_AFTER)]
     Serve(ServeArgs),
     /// The sniff background-task protocol: `sniff serve` (agent) and `sniff request`.
-    #[command(disable_help_flag = true)]
-    Sniff(SniffArgs),
+    Sniff(crate::sniff::SniffArgs),
     /// Print a shell completion script to stdout.
     Completions(CompletionsArgs),
 }
@@ -290,7 +289,7 @@ pub struct ProcinfoArgs {
     pub command: Vec<OsString>,
 }
 
-/// Procinfo fields by name (DESIGN §3 types 1..=11).
+/// Procinfo fields by name (ARCHITECTURE.md, "Link protocol": types 1..=11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub enum Field {
@@ -405,13 +404,6 @@ pub struct ServeArgs {
     /// its process group with setsid; without cgroups only the process group is killed.
     #[arg(long)]
     pub no_cgroups: bool,
-}
-
-/// Everything after `sniff` goes to the sniff parser (`tuppence sniff --help` for its usage).
-#[derive(Debug, Args)]
-pub struct SniffArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

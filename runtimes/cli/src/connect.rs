@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tuppence::link::{ClientConfig, KEEPALIVE_SERVER_DEFAULT};
-use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
+use tuppence_agent::serve::{LinkDaemon, LinkDaemonConfig, RunEnd, StopHandle};
 use tuppence_blocking::Session;
 use tuppence_transport::{Endpoint, Target, Transport};
 
@@ -99,13 +99,13 @@ fn connect_local(
         )
     };
     let (ours, theirs) = UnixStream::pair().map_err(cannot)?;
-    let mut agent = Agent::new(AgentConfig {
+    let mut agent = LinkDaemon::new(LinkDaemonConfig {
         // The agent lives as long as our end of the pair: when the session closes it has
         // nothing left to serve and returns.
         exit_when_idle: true,
         // Its audit lines would only repeat what the user just typed.
         audit: false,
-        ..AgentConfig::default()
+        ..LinkDaemonConfig::default()
     })
     .map_err(cannot)?;
     agent

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         Command::Quit(a) => control::quit(a),
         Command::Ping(a) => control::ping(a),
         Command::Serve(a) => serve::serve(a),
-        Command::Sniff(a) => sniff::sniff(a.args),
+        Command::Sniff(a) => sniff::sniff(a),
         Command::Completions(a) => {
             let mut cmd = Cli::command();
             clap_complete::generate(a.shell, &mut cmd, "tuppence", &mut std::io::stdout());

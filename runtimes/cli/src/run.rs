@@ -87,7 +87,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     });
     drop(raw);
     drop(run);
-    // The client's own deadline ended it, not the agent (DESIGN §8).
+    // The client's own deadline ended it, not the agent (ARCHITECTURE.md, "Client
+    // deadlines").
     let ended_here = conn.session().stats().deadlines_expired > 0;
     // Closes the session (after the KILL of an expired deadline has left); an embedded
     // agent is stopped, killing anything left over.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tuppence_agent::serve::{Agent, AgentConfig, RunEnd};
+use tuppence_agent::serve::{LinkDaemon, LinkDaemonConfig, RunEnd};
 use tuppence_transport::{
     DEFAULT_VIRTIO_PORT, Endpoint, ListenOptions, Listener, Target, TransportError, VSOCK_CID_ANY,
 };
@@ -49,7 +49,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         })
         .collect();
 
-    let config = AgentConfig {
+    let config = LinkDaemonConfig {
         max_clients: args.max_clients.max(1),
         max_transactions: args.max_transactions.max(1),
         default_timeout: Duration::from_secs_f64(args.default_timeout),
@@ -71,7 +71,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         audit: !args.no_audit,
         exit_when_idle: false,
         cgroups: !args.no_cgroups,
-        ..AgentConfig::default()
+        ..LinkDaemonConfig::default()
     };
     let cannot = |e: std::io::Error| {
         Failure::new(
@@ -79,7 +79,7 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
             format!("cannot start the agent: {}", exit::io_text(&e)),
         )
     };
-    let mut agent = Agent::new(config).map_err(cannot)?;
+    let mut agent = LinkDaemon::new(config).map_err(cannot)?;
     for l in listeners {
         agent.add_listener(l).map_err(cannot)?;
     }

@@ -3,9 +3,9 @@
 //! Both ends write atomically where a file is replaced: the agent writes an injected file
 //! to a temporary and renames it into place, and so does `extract` locally for a new or
 //! regular file, so a failed or interrupted transfer never leaves a truncated file where a
-//! test expects a whole one. Other local destinations follow `cp` (DESIGN §8,
-//! [`LocalFile`]): a FIFO, a device or `-` is written in place, a symbolic link is
-//! followed; a failed write there (`/dev/full`) is reported with status 205.
+//! test expects a whole one. Other local destinations follow `cp` (ARCHITECTURE.md, "Agent
+//! behaviour"; [`LocalFile`]): a FIFO, a device or `-` is written in place, a symbolic link
+//! is followed; a failed write there (`/dev/full`) is reported with status 205.
 //!
 //! Ctrl-C during `inject` aborts the transfer at once, wherever it waits (for the agent,
 //! for room on the link, or for input from a stalled pipe): the agent is sent an interrupt

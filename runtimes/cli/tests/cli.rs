@@ -611,20 +611,60 @@ fn sniff_serve_and_request_through_the_cli() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let out = run(&["sniff", "request", &target, "--id", "7", "--json", "nop"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"id\":7,\"task\":\"nop\",\"status\":\"ok\"}\n"
+    );
+    // The request-level options may follow the task too.
+    let out = run(&["sniff", "request", &target, "nop", "--json", "--id", "8"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("{\"id\":8,"));
+    // A listener nobody accepts from: curl connects (the kernel's backlog) and waits up to
+    // 30 s for an answer; the client gives up after 0.2 s and its closed connection kills
+    // the task.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = run(&[
+        "sniff",
+        "request",
+        &target,
+        "--timeout",
+        "0.2",
+        "nat",
+        "--url",
+        &url,
+    ]);
+    assert_eq!(code(&out), 202, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no answer within"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let _ = agent.kill();
     let _ = agent.wait();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("\"id\":7") && text.contains("\"status\":\"ok\""),
-        "{text}"
-    );
 
     let out = run(&["sniff", "request", &target, "nop"]);
     assert_eq!(code(&out), 202, "agent gone: {}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     let out = run(&["sniff", "frobnicate"]);
     assert_eq!(code(&out), 204);
+    // Like every other command, `sniff` and its subcommands document themselves.
+    for help in [
+        &["sniff", "--help"][..],
+        &["sniff", "serve", "--help"],
+        &["sniff", "request", "--help"],
+        &["sniff", "request", "unix:/x", "cert", "--help"],
+    ] {
+        let out = run(help);
+        assert_eq!(code(&out), 0, "{help:?}: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{help:?}"
+        );
+    }
 }
 
 /// A peer sending garbage cannot flood the agent's log: the first violations are logged,

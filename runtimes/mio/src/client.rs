@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 
 use tuppence::link::{Client, ClientEvent};
 
-use crate::{Driver, LinkIo, LinkIoError};
+use crate::{EventLoop, LinkIo, LinkIoError};
 
 /// What the event callback wants next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,15 +31,16 @@ where
     T: Read + Write + AsRawFd,
     F: FnMut(&mut Client, ClientEvent) -> Flow,
 {
-    let mut driver: Driver<T, Client> = Driver::new()?;
-    let id = driver.add(LinkIo::new(io, client))?;
+    let mut driver: EventLoop<T, Client> = EventLoop::new()?;
+    let id = driver.add(LinkIo::new(io, client), ())?;
     driver.flush();
     loop {
         driver.wait(None)?;
         let mut stop = false;
-        if let Some(link) = driver.get_mut(id) {
-            while let Some(ev) = link.machine_mut().poll_event() {
-                if on_event(link.machine_mut(), ev) == Flow::Stop {
+        if let Some(conn) = driver.get_mut(id) {
+            let client = conn.link.machine_mut();
+            while let Some(ev) = client.poll_event() {
+                if on_event(client, ev) == Flow::Stop {
                     stop = true;
                     break;
                 }
@@ -47,15 +48,16 @@ where
         }
         driver.flush();
         if stop {
-            let mut link = driver
+            let mut conn = driver
                 .remove(id)
                 .ok_or(std::io::Error::other("connection vanished"))?;
-            let _ =
-                link.flush_blocking(std::time::Instant::now(), std::time::Duration::from_secs(5));
-            return Ok(link.into_parts().1);
+            let _ = conn
+                .link
+                .flush_blocking(std::time::Instant::now(), std::time::Duration::from_secs(5));
+            return Ok(conn.link.into_parts().1);
         }
-        if let Some((_, _, err)) = driver.take_failed().into_iter().next() {
-            return Err(err.into());
+        if let Some(ended) = driver.take_ended().into_iter().next() {
+            return Err(ended.error.into());
         }
     }
 }

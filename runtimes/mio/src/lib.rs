@@ -1,15 +1,18 @@
 //! # tuppence-mio — the mio runtime adapter
 //!
-//! Drives the sans-IO [`tuppence::link`] machines over non-blocking file descriptors:
-//! sockets, serial ports (a dup'd fd configured by serial2), vsock streams, virtio ports.
+//! Drives any sans-IO [`tuppence::Machine`] — the link protocol's `Client` and `Server`,
+//! the sniff protocol's `Agent` — over non-blocking file descriptors: sockets, serial
+//! ports (a dup'd fd configured by serial2), vsock streams, virtio ports.
 //!
 //! * [`LinkIo`] binds one machine to one transport: reads into a reused buffer, feeds the
 //!   machine, respects its backpressure, writes what it transmits, and tracks readiness
 //!   (mio is edge-triggered, so work stopped by backpressure must resume without a new
 //!   event).
-//! * [`Driver`] runs any number of connections in one `mio::Poll`, with timers taken from
-//!   the machines' `poll_timeout`, and lets the application register extra fds (child
-//!   pipes, pidfds, event sources) — the extension point the agent is built on.
+//! * [`EventLoop`] runs any number of connections in one `mio::Poll`, each with the
+//!   application's state for it ([`Connection`]), with timers taken from the machines'
+//!   `poll_timeout`, and lets the application register extra fds (child pipes, pidfds,
+//!   event sources) with a tag — the one loop both of the agent's daemons (`tuppence
+//!   serve`, `tuppence sniff serve`) are built on.
 //! * [`run_client`] is the simplest use: one client connection driven to completion.
 //!
 //! ```no_run
@@ -29,11 +32,9 @@
 //! ```
 
 mod client;
-mod driver;
+mod event_loop;
 mod link_io;
-mod machine;
 
 pub use client::{Flow, RunClientError, run_client};
-pub use driver::{ConnId, Driver, ExtraId, ExtraReady};
+pub use event_loop::{ConnId, Connection, Ended, EventLoop, ExtraId, ExtraReady, StopHandle};
 pub use link_io::{LinkIo, LinkIoError};
-pub use machine::Machine;

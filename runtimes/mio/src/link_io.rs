@@ -2,16 +2,14 @@
 //! machine, writes what it transmits with vectored writes (data payloads are not copied
 //! on the way out), and remembers readiness (mio is edge-triggered).
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use bytes::{Buf, Bytes};
 use mio::Interest;
 use tuppence::link::LinkError;
-
-use crate::Machine;
+use tuppence::{Machine, Transmit};
+use tuppence_transport::is_hangup;
 
 /// Size of the reused receive buffer.
 const READ_BUF: usize = 256 * 1024;
@@ -22,13 +20,22 @@ const TX_HIGH_WATER: usize = 256 * 1024;
 /// Segments per `writev` (headers and payloads alternate, so this is 32 data packets;
 /// well under the kernel's `IOV_MAX` of 1024).
 const MAX_IOV: usize = 64;
+/// Reads per `pump_read`, so that one peer sending without pause (packets the machine
+/// drops without an event, say) cannot keep the loop from its other connections: the loop
+/// comes back at once to a connection that still has input ([`LinkIo::can_read_more`]).
+const READS_PER_PUMP: usize = 16;
 
-/// Why a connection stopped.
+/// Why a connection stopped. `E` is the machine's error ([`Machine::Error`]): a
+/// [`LinkError`] for the link protocol's machines.
 #[derive(Debug, thiserror::Error)]
-pub enum LinkIoError {
+pub enum LinkIoError<E = LinkError> {
     /// The protocol machine failed (framing error, keepalive expired, peer closed, …).
     #[error(transparent)]
-    Link(#[from] LinkError),
+    Link(E),
+    /// The peer closed the stream, and the machine took it as no failure of its own (the
+    /// link machines report it as `LinkError::Closed` instead).
+    #[error("the peer closed the connection")]
+    Closed,
     /// The transport failed.
     #[error("transport error: {0}")]
     Io(#[from] io::Error),
@@ -45,9 +52,8 @@ pub struct LinkIo<T, M> {
     rx: Box<[u8]>,
     rx_start: usize,
     rx_end: usize,
-    /// Bytes taken from the machine, not yet written: segments in order.
-    tx: VecDeque<Bytes>,
-    tx_len: usize,
+    /// Bytes taken from the machine, not yet written.
+    tx: Transmit,
     readable: bool,
     writable: bool,
     read_paused: bool,
@@ -63,8 +69,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
             rx: vec![0; READ_BUF].into_boxed_slice(),
             rx_start: 0,
             rx_end: 0,
-            tx: VecDeque::new(),
-            tx_len: 0,
+            tx: Transmit::new(),
             readable: true,
             writable: true,
             read_paused: false,
@@ -109,9 +114,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     /// other fds). Returns the bytes dropped here. Done when the machine says so (a hello
     /// reset the session on a device link): that output belongs to the old session.
     pub fn discard_unsent(&mut self) -> usize {
-        let n = self.tx_len;
-        self.tx.clear();
-        self.tx_len = 0;
+        let n = self.tx.clear();
         // SAFETY: tcflush on an fd we own; ENOTTY on sockets and other non-ttys is ignored.
         unsafe { libc::tcflush(self.io.as_raw_fd(), libc::TCOFLUSH) };
         n
@@ -144,12 +147,12 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
 
     /// Bytes handed out by the machine but not yet accepted by the transport.
     pub fn unwritten(&self) -> usize {
-        self.tx_len
+        self.tx.len()
     }
 
     /// The interest to register: always readable, writable while output is pending.
     pub fn interest(&self) -> Interest {
-        if self.tx_len == 0 {
+        if self.tx.is_empty() {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
@@ -158,12 +161,16 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
 
     /// Reads while the transport has data and the machine accepts it. Returns whether the
     /// machine was given new input (so the caller should drain its events).
-    pub fn pump_read(&mut self, now: Instant) -> Result<bool, LinkIoError> {
+    pub fn pump_read(&mut self, now: Instant) -> Result<bool, LinkIoError<M::Error>> {
         let mut fed = false;
+        let mut reads = 0usize;
         loop {
             if self.rx_start < self.rx_end {
                 let pending = self.rx.get(self.rx_start..self.rx_end).unwrap_or_default();
-                let n = self.machine.handle_bytes(now, pending)?;
+                let n = self
+                    .machine
+                    .handle_bytes(now, pending)
+                    .map_err(LinkIoError::Link)?;
                 if self.machine.poll_discard_unsent() {
                     self.discard_unsent();
                 }
@@ -177,6 +184,11 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
             if self.eof || self.read_paused || !self.readable {
                 return Ok(fed);
             }
+            if reads == READS_PER_PUMP {
+                // Still readable: `can_read_more` brings the loop back without waiting.
+                return Ok(fed);
+            }
+            reads += 1;
             match self.io.read(&mut self.rx) {
                 Ok(0) => {
                     self.eof = true;
@@ -192,7 +204,8 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
                     return Ok(fed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A pty master reads EIO once the other side hung up; a reset peer is gone.
+                // A pty master reads EIO once the other side hung up; a reset peer is gone
+                // (see `tuppence_transport::is_hangup`).
                 Err(e) if is_hangup(&e) => {
                     self.eof = true;
                     self.machine.handle_eof(now);
@@ -204,13 +217,12 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     }
 
     /// Collects what the machine wants to send and writes as much as the transport takes.
-    pub fn pump_write(&mut self, now: Instant) -> Result<(), LinkIoError> {
+    pub fn pump_write(&mut self, now: Instant) -> Result<(), LinkIoError<M::Error>> {
         loop {
-            if self.tx_len < TX_HIGH_WATER {
-                let n = self.machine.poll_transmit_segments(now, &mut self.tx);
-                self.tx_len = self.tx_len.saturating_add(n);
+            if self.tx.len() < TX_HIGH_WATER {
+                self.machine.poll_transmit_segments(now, &mut self.tx);
             }
-            if self.tx_len == 0 || !self.writable {
+            if self.tx.is_empty() || !self.writable {
                 return Ok(());
             }
             self.write_some()?;
@@ -218,15 +230,11 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     }
 
     /// Writes from `tx` until it is empty or the transport would block.
-    fn write_some(&mut self) -> Result<(), LinkIoError> {
-        while self.tx_len > 0 && self.writable {
+    fn write_some(&mut self) -> Result<(), LinkIoError<M::Error>> {
+        while !self.tx.is_empty() && self.writable {
             let r = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let mut k = 0;
-                for (slot, seg) in iov.iter_mut().zip(self.tx.iter()) {
-                    *slot = IoSlice::new(seg);
-                    k += 1;
-                }
+                let k = self.tx.io_slices(&mut iov);
                 self.io.write_vectored(iov.get(..k).unwrap_or_default())
             };
             match r {
@@ -237,29 +245,13 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
                     )
                     .into());
                 }
-                Ok(n) => self.consume(n),
+                Ok(n) => self.tx.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
-    }
-
-    /// Drops `n` written bytes from the front of `tx`.
-    fn consume(&mut self, mut n: usize) {
-        self.tx_len = self.tx_len.saturating_sub(n);
-        while n > 0 {
-            let Some(front) = self.tx.front_mut() else {
-                return;
-            };
-            if n < front.len() {
-                front.advance(n);
-                return;
-            }
-            n -= front.len();
-            self.tx.pop_front();
-        }
     }
 
     /// Fires the machine's timers if due. A timer can start a new session too (a device
@@ -291,7 +283,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     /// waiting. For a connection that has just failed (the machine ended it after queueing
     /// its last answers, e.g. a refusal): those answers reach the peer before the fd is
     /// closed. Errors (a peer already gone) are returned, and can be ignored.
-    pub fn flush_now(&mut self, now: Instant) -> Result<(), LinkIoError> {
+    pub fn flush_now(&mut self, now: Instant) -> Result<(), LinkIoError<M::Error>> {
         self.writable = true;
         self.pump_write(now)
     }
@@ -302,12 +294,12 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         &mut self,
         now: Instant,
         timeout: std::time::Duration,
-    ) -> Result<(), LinkIoError> {
+    ) -> Result<(), LinkIoError<M::Error>> {
         let end = now.checked_add(timeout);
         loop {
             self.writable = true;
             self.pump_write(now)?;
-            if self.tx_len == 0 {
+            if self.tx.is_empty() {
                 return Ok(());
             }
             let wait = end.map(|e| e.saturating_duration_since(std::time::Instant::now()));
@@ -329,8 +321,4 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     pub fn into_parts(self) -> (T, M) {
         (self.io, self.machine)
     }
-}
-
-fn is_hangup(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ECONNRESET))
 }

@@ -1,5 +1,5 @@
 //! tuppence-mio over real unix sockets: a client driven by `run_client` against a server
-//! machine driven by a `Driver` in another thread.
+//! machine driven by an `EventLoop` in another thread.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -7,27 +7,28 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tuppence::Machine;
 use tuppence::link::{
     Client, ClientConfig, ClientEvent, Command, Limits, LinkError, Outcome, Server, ServerConfig,
     ServerEvent,
 };
 use tuppence::wire::{Dialect, Hello, Packet};
-use tuppence_mio::{Driver, Flow, LinkIo, LinkIoError, RunClientError, run_client};
+use tuppence_mio::{EventLoop, Flow, LinkIo, LinkIoError, RunClientError, run_client};
 
 /// A toy agent: echoes stdin to stdout; a command `exit N` exits with N once stdin ends.
 fn serve(stream: UnixStream) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         stream.set_nonblocking(true).unwrap();
         let server = Server::new(ServerConfig::default(), Instant::now());
-        let mut driver: Driver<UnixStream, Server> = Driver::new().unwrap();
-        let id = driver.add(LinkIo::new(stream, server)).unwrap();
+        let mut driver: EventLoop<UnixStream, Server> = EventLoop::new().unwrap();
+        let id = driver.add(LinkIo::new(stream, server), ()).unwrap();
         let mut codes = std::collections::HashMap::new();
         loop {
             driver.wait(None).unwrap();
-            let Some(link) = driver.get_mut(id) else {
+            let Some(conn) = driver.get_mut(id) else {
                 return;
             };
-            let m = link.machine_mut();
+            let m = conn.link.machine_mut();
             while let Some(ev) = m.poll_event() {
                 match ev {
                     ServerEvent::RunCommand { xid, command, .. } => {
@@ -45,7 +46,7 @@ fn serve(stream: UnixStream) -> thread::JoinHandle<()> {
                 }
             }
             driver.flush();
-            if !driver.take_failed().is_empty() {
+            if !driver.take_ended().is_empty() {
                 return;
             }
         }

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, future};
-use tuppence::link::{Client, ClientConfig, ClientEvent, LinkError, Outcome, UsageError};
+use tuppence::Machine;
+use tuppence::link::{
+    Client, ClientConfig, ClientEvent, ConnectInfo, LinkError, Outcome, UsageError,
+};
 use tuppence::wire::ProcInfoField;
 
 use crate::Error;
@@ -33,18 +36,6 @@ pub(crate) const INBOX_BYTES: usize = 1 << 20;
 pub(crate) const SEND_PIECE: usize = 2 * tuppence::wire::DEFAULT_MAX_CHUNK;
 /// How long [`Session::new`] waits for the hello reply.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the server said in its hello reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectInfo {
-    /// The connection id the agent assigned.
-    pub cid: u16,
-    pub server_version: (u8, u8),
-    /// Negotiated keepalive in seconds (0 = off).
-    pub keepalive: u16,
-    /// Time from creating the session to receiving the reply.
-    pub latency: Duration,
-}
 
 #[derive(Default)]
 pub(crate) struct Inbox {
@@ -79,7 +70,7 @@ impl Inbox {
         self.lent_events = 0;
         self.lent_bytes = 0;
         while let Some(ev) = self.events.front() {
-            let len = data_len(ev);
+            let len = ev.data_len();
             let fits = self.lent_events < INBOX_EVENTS / 2
                 && self.lent_bytes.saturating_add(len) <= INBOX_BYTES / 2;
             if self.lent_events > 0 && !fits {
@@ -93,34 +84,14 @@ impl Inbox {
     }
 
     fn push(&mut self, ev: ClientEvent) {
-        self.bytes = self.bytes.saturating_add(data_len(&ev));
+        self.bytes = self.bytes.saturating_add(ev.data_len());
         self.events.push_back(ev);
     }
 
     fn pop(&mut self) -> Option<ClientEvent> {
         let ev = self.events.pop_front()?;
-        self.bytes = self.bytes.saturating_sub(data_len(&ev));
+        self.bytes = self.bytes.saturating_sub(ev.data_len());
         Some(ev)
-    }
-}
-
-fn data_len(ev: &ClientEvent) -> usize {
-    match ev {
-        ClientEvent::Output { data, .. } | ClientEvent::MonitorData { data, .. } => data.len(),
-        _ => 0,
-    }
-}
-
-fn event_xid(ev: &ClientEvent) -> Option<u16> {
-    match ev {
-        ClientEvent::Output { xid, .. }
-        | ClientEvent::OutputEnd { xid, .. }
-        | ClientEvent::InjectReady { xid }
-        | ClientEvent::MonitorData { xid, .. }
-        | ClientEvent::Settled { xid, .. }
-        | ClientEvent::ProcInfo { xid, .. }
-        | ClientEvent::Finished { xid, .. } => Some(*xid),
-        _ => None,
     }
 }
 
@@ -148,7 +119,6 @@ pub(crate) struct ClientState {
     /// The next event, whose inbox was full when it was routed.
     held: Option<ClientEvent>,
     connected: Option<ConnectInfo>,
-    started: Instant,
     violations: u64,
     /// Transactions whose dropped handles owe the agent a request (see
     /// `Client::abandon`) that met a full transmit queue; retried by the driver.
@@ -156,26 +126,13 @@ pub(crate) struct ClientState {
 }
 
 impl LinkState for ClientState {
-    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
-        self.client.handle_bytes(now, data)
+    type Machine = Client;
+
+    fn machine(&self) -> &Client {
+        &self.client
     }
-    fn handle_eof(&mut self, now: Instant) {
-        self.client.handle_eof(now)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.client.handle_timeout(now)
-    }
-    fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize {
-        self.client.poll_transmit_segments(now, out)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.client.poll_timeout()
-    }
-    fn transmit_buffered(&self) -> usize {
-        self.client.transmit_buffered()
-    }
-    fn error(&self) -> Option<&LinkError> {
-        self.client.error()
+    fn machine_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 
     fn route(&mut self, ended: bool, wake: &mut Wake) -> bool {
@@ -196,18 +153,11 @@ impl LinkState for ClientState {
                     None => break,
                 },
             };
-            match ev {
-                ClientEvent::Connected {
-                    cid,
-                    server_version,
-                    keepalive,
-                } => {
-                    self.connected = Some(ConnectInfo {
-                        cid,
-                        server_version,
-                        keepalive,
-                        latency: self.started.elapsed(),
-                    });
+            let xid = match &ev {
+                ClientEvent::Connected { .. } => {
+                    // The machine keeps the reply (`Client::connect_info`); waiters of
+                    // `connected()` look there.
+                    self.connected = self.client.connect_info().cloned();
                     wake.changed = true;
                     continue;
                 }
@@ -215,10 +165,10 @@ impl LinkState for ClientState {
                     // Answers bypass the bound: there is at most one per query sent.
                     if let Some(waiter) = self
                         .inboxes
-                        .get_mut(&xid)
+                        .get_mut(xid)
                         .and_then(|i| i.procinfo.pop_front())
                     {
-                        let _ = waiter.try_send(fields);
+                        let _ = waiter.try_send(fields.clone());
                     }
                     continue;
                 }
@@ -226,11 +176,14 @@ impl LinkState for ClientState {
                     self.violations = self.violations.saturating_add(1);
                     continue;
                 }
-                _ => {}
-            }
-            let Some(xid) = event_xid(&ev) else {
-                // LinkDead: the Finished events that follow say it per transaction.
-                continue;
+                // The `Finished` events that follow say it per transaction.
+                ClientEvent::LinkDead => continue,
+                ClientEvent::Output { xid, .. }
+                | ClientEvent::OutputEnd { xid, .. }
+                | ClientEvent::InjectReady { xid }
+                | ClientEvent::MonitorData { xid, .. }
+                | ClientEvent::Settled { xid, .. }
+                | ClientEvent::Finished { xid, .. } => *xid,
             };
             let finished = matches!(ev, ClientEvent::Finished { .. });
             let Some(inbox) = self.inboxes.get_mut(&xid) else {
@@ -384,7 +337,6 @@ impl Session {
             inboxes: HashMap::new(),
             held: None,
             connected: None,
-            started,
             violations: 0,
             deferred: Vec::new(),
         }));
@@ -709,7 +661,7 @@ mod tests {
                 inbox.lend(&mut batch);
                 assert!(!batch.is_empty());
                 assert!(batch.len() <= INBOX_EVENTS / 2, "{len}");
-                let lent: usize = batch.iter().map(data_len).sum();
+                let lent: usize = batch.iter().map(ClientEvent::data_len).sum();
                 assert!(lent <= INBOX_BYTES / 2, "{len}: {lent}");
                 // The batch still counts: refilling stops at the same total.
                 next = fill(&mut inbox, next, len);

@@ -67,7 +67,9 @@ mod ops;
 mod pump;
 mod server;
 
-pub use client::{ConnectInfo, DEFAULT_CONNECT_TIMEOUT, Driver, Session};
+pub use client::{DEFAULT_CONNECT_TIMEOUT, Driver, Session};
 pub use error::{Error, errno_text};
-pub use ops::{Monitor, MonitorEvent, Output, RunControl, RunEvent, RunHandle};
+pub use ops::{Monitor, RunControl, RunHandle};
 pub use server::{App, Responder, serve};
+/// What a session reports, the same types in every client adapter (defined in the core).
+pub use tuppence::link::{ConnectInfo, MonitorEvent, Output, RunEvent};

@@ -7,44 +7,15 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, future};
-use tuppence::link::{ClientEvent, Command, Outcome, Signal, UsageError};
+use tuppence::link::status::ESRCH;
+use tuppence::link::{
+    Command, MonitorEvent, Outcome, Output, RunEvent, Signal, TransferEvent, UsageError,
+};
 use tuppence::wire::ProcInfoField;
 use tuppence_transport::LocalFile;
 
 use crate::client::{Batch, SEND_PIECE};
 use crate::{Error, Session};
-
-/// errno the agent uses for "no such process".
-const ESRCH: u32 = 3;
-
-/// One piece of a running command's output, or its end.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RunEvent {
-    Stdout(Bytes),
-    Stderr(Bytes),
-    /// The command ended; nothing follows. A lost link ends with
-    /// `Finished(Outcome::LinkLost(_))`.
-    Finished(Outcome),
-}
-
-/// Everything a finished command printed, and how it ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Output {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub outcome: Outcome,
-}
-
-/// What a monitor delivers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MonitorEvent {
-    /// One event of the source (for line sources, one or more lines).
-    Data(Bytes),
-    /// Everything pending when `settle(seq)` arrived has been delivered.
-    Settled(u32),
-    /// The subscription is over (`Completed` after [`Monitor::end`]).
-    Finished(Outcome),
-}
 
 impl Session {
     /// Starts a command. Its output is read from the returned handle; stdin stays open
@@ -92,13 +63,14 @@ impl Session {
             .await?;
         let mut guard = Transfer::new(self, xid);
         loop {
-            match self.next_event(xid).await {
-                ClientEvent::InjectReady { .. } => break,
-                ClientEvent::Finished { outcome, .. } => {
+            match TransferEvent::from_event(self.next_event(xid).await) {
+                Some(TransferEvent::Ready) => break,
+                Some(TransferEvent::Finished(outcome)) => {
                     guard.disarm();
                     return Err(Error::from_outcome(WHAT, outcome));
                 }
-                _ => {}
+                // No data comes for an inject.
+                Some(TransferEvent::Data(_)) | None => {}
             }
         }
         let mut sent = 0u64;
@@ -121,7 +93,7 @@ impl Session {
             progress(sent);
             // The agent may have given up mid-way (disk full, …): stop sending then.
             if let Poll::Ready(ev) = self.poll_inbox(xid, None)
-                && let ClientEvent::Finished { outcome, .. } = ev
+                && let Some(TransferEvent::Finished(outcome)) = TransferEvent::from_event(ev)
             {
                 guard.disarm();
                 return Err(Error::from_outcome(WHAT, outcome));
@@ -159,15 +131,15 @@ impl Session {
         let mut batch = Batch::default();
         loop {
             let ev = future::poll_fn(|cx| self.poll_batch(xid, &mut batch, cx)).await;
-            match ev {
-                ClientEvent::Output { data, .. } => {
+            match TransferEvent::from_event(ev) {
+                Some(TransferEvent::Data(data)) => {
                     sink.write_all(&data)
                         .await
                         .map_err(|e| Error::local("write", e))?;
                     received = received.saturating_add(data.len() as u64);
                     progress(received);
                 }
-                ClientEvent::Finished { outcome, .. } => {
+                Some(TransferEvent::Finished(outcome)) => {
                     guard.disarm();
                     sink.flush().await.map_err(|e| Error::local("write", e))?;
                     return match outcome {
@@ -175,7 +147,8 @@ impl Session {
                         other => Err(Error::from_outcome(WHAT, other)),
                     };
                 }
-                _ => {}
+                // An extract is never "ready" without data (its `M`=0 is no event).
+                Some(TransferEvent::Ready) | None => {}
             }
         }
     }
@@ -342,26 +315,13 @@ impl RunHandle {
 
     /// Waits for the end, collecting all output.
     pub async fn output(mut self) -> Output {
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut out = Output::collect([]);
         while let Some(ev) = self.next().await {
-            match ev {
-                RunEvent::Stdout(d) => stdout.extend_from_slice(&d),
-                RunEvent::Stderr(d) => stderr.extend_from_slice(&d),
-                RunEvent::Finished(outcome) => {
-                    return Output {
-                        stdout,
-                        stderr,
-                        outcome,
-                    };
-                }
+            if out.add(ev) {
+                break;
             }
         }
-        // `next` yields `Finished` before `None`; reaching here means it was taken before.
-        Output {
-            stdout,
-            stderr,
-            outcome: Outcome::LinkLost(tuppence::link::LinkError::Closed),
-        }
+        out
     }
 
     /// Waits for the end, discarding output.
@@ -379,18 +339,9 @@ impl RunHandle {
                 Poll::Ready(ev) => ev,
                 Poll::Pending => return Poll::Pending,
             };
-            match ev {
-                ClientEvent::Output {
-                    channel: 2, data, ..
-                } => return Poll::Ready(Some(RunEvent::Stderr(data))),
-                ClientEvent::Output { data, .. } => {
-                    return Poll::Ready(Some(RunEvent::Stdout(data)));
-                }
-                ClientEvent::Finished { outcome, .. } => {
-                    self.done = true;
-                    return Poll::Ready(Some(RunEvent::Finished(outcome)));
-                }
-                _ => {}
+            if let Some(ev) = RunEvent::from_event(ev) {
+                self.done = matches!(ev, RunEvent::Finished(_));
+                return Poll::Ready(Some(ev));
             }
         }
     }
@@ -453,18 +404,9 @@ impl Monitor {
                 Poll::Ready(ev) => ev,
                 Poll::Pending => return Poll::Pending,
             };
-            match ev {
-                ClientEvent::MonitorData { data, .. } => {
-                    return Poll::Ready(Some(MonitorEvent::Data(data)));
-                }
-                ClientEvent::Settled { seq, .. } => {
-                    return Poll::Ready(Some(MonitorEvent::Settled(seq)));
-                }
-                ClientEvent::Finished { outcome, .. } => {
-                    self.done = true;
-                    return Poll::Ready(Some(MonitorEvent::Finished(outcome)));
-                }
-                _ => {}
+            if let Some(ev) = MonitorEvent::from_event(ev) {
+                self.done = matches!(ev, MonitorEvent::Finished(_));
+                return Poll::Ready(Some(ev));
             }
         }
     }
@@ -512,7 +454,8 @@ impl<'s> Transfer<'s> {
     /// Waits for the transaction's `Finished`.
     async fn finished(&mut self) -> Outcome {
         loop {
-            if let ClientEvent::Finished { outcome, .. } = self.session.next_event(self.xid).await {
+            let ev = self.session.next_event(self.xid).await;
+            if let Some(TransferEvent::Finished(outcome)) = TransferEvent::from_event(ev) {
                 self.disarm();
                 return outcome;
             }

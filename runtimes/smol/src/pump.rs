@@ -13,7 +13,6 @@
 //! a routing pass). It is never held across an `.await` or an I/O call, and wakers are
 //! woken after it is released.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -23,10 +22,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use bytes::{Buf, Bytes};
 use event_listener::Event;
 use futures_lite::{AsyncRead, AsyncWrite, Stream};
 use tuppence::link::{LinkError, UsageError};
+use tuppence::{Machine, Transmit};
+use tuppence_transport::is_hangup;
 
 use crate::Error;
 
@@ -41,24 +41,13 @@ const BUDGET: usize = 64;
 /// peer that stopped reading cannot keep a dropped session's task alive forever.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// What the pump needs from the state behind the mutex: the machine's inputs and outputs,
-/// plus `route`, which hands the machine's events to whoever consumes them.
+/// What the pump needs from the state behind the mutex: the machine (driven through the
+/// core's [`Machine`] surface), plus `route`, which hands the machine's events to whoever
+/// consumes them.
 pub(crate) trait LinkState: Send + 'static {
-    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError>;
-    fn handle_eof(&mut self, now: Instant);
-    fn handle_timeout(&mut self, now: Instant);
-    /// Queued bytes as segments (data payloads are not copied); see
-    /// `Client::poll_transmit_segments`.
-    fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize;
-    fn poll_timeout(&self) -> Option<Instant>;
-    /// Whether the bytes taken from `poll_transmit_segments` but not written must be
-    /// dropped: a hello started a new session on a device link (see
-    /// `Server::poll_discard_unsent`). Never for a client.
-    fn poll_discard_unsent(&mut self) -> bool {
-        false
-    }
-    fn transmit_buffered(&self) -> usize;
-    fn error(&self) -> Option<&LinkError>;
+    type Machine: Machine<Error = LinkError>;
+    fn machine(&self) -> &Self::Machine;
+    fn machine_mut(&mut self) -> &mut Self::Machine;
     /// Moves events from the machine towards their consumers, collecting the wakers to
     /// wake. With `ended` the link is over: deliver everything regardless of bounds (no
     /// more input can arrive, so this is bounded by the machine's own queue) and wake
@@ -271,7 +260,7 @@ impl<L: LinkState> Shared<L> {
                 let g = self.lock();
                 // Checked before the end: a peer that closes right after reading the last
                 // request (`quit`) must not turn a completed flush into an error.
-                if g.unsent == 0 && g.link.transmit_buffered() == 0 {
+                if g.unsent == 0 && g.link.machine().transmit_buffered() == 0 {
                     return Ok(());
                 }
                 g.check()?;
@@ -301,9 +290,8 @@ pub(crate) struct Pump<S, L: LinkState> {
     rx: Box<[u8]>,
     rx_start: usize,
     rx_end: usize,
-    /// Bytes taken from the machine, not yet written: segments in order.
-    tx: VecDeque<Bytes>,
-    tx_len: usize,
+    /// Bytes taken from the machine, not yet written.
+    tx: Transmit,
     timer: Timer,
     timer_at: Option<Instant>,
     /// The machine deadline already handled; not fired again if the machine keeps it.
@@ -326,8 +314,7 @@ where
             rx: vec![0; READ_BUF].into_boxed_slice(),
             rx_start: 0,
             rx_end: 0,
-            tx: VecDeque::new(),
-            tx_len: 0,
+            tx: Transmit::new(),
             timer: Timer::never(),
             timer_at: None,
             fired: None,
@@ -355,53 +342,57 @@ where
             if g.closing && self.close_by.is_none() {
                 self.close_by = Some(now.checked_add(CLOSE_GRACE).unwrap_or(now));
             }
-            if let Some(t) = g.link.poll_timeout()
+            if let Some(t) = g.link.machine().poll_timeout()
                 && now >= t
                 && self.fired != Some(t)
             {
                 self.fired = Some(t);
-                g.link.handle_timeout(now);
+                g.link.machine_mut().handle_timeout(now);
                 progress = true;
             }
             if let Some(data) = self.rx.get(self.rx_start..self.rx_end)
                 && !data.is_empty()
-                && let Ok(n) = g.link.handle_bytes(now, data)
+                && let Ok(n) = g.link.machine_mut().handle_bytes(now, data)
             {
                 self.rx_start = self.rx_start.saturating_add(n);
                 progress |= n > 0;
             }
             // (After input and timers alike: either can start a new session.)
-            if g.link.poll_discard_unsent() {
+            if g.link.machine_mut().poll_discard_unsent() {
                 self.tx.clear();
-                self.tx_len = 0;
             }
             if self.eof && self.rx_start >= self.rx_end && !self.eof_fed {
                 self.eof_fed = true;
-                g.link.handle_eof(now);
+                g.link.machine_mut().handle_eof(now);
                 progress = true;
             }
             // A failed machine is left to `finish`, which routes its last events and
             // records the end under one lock: a waiter woken by a `LinkLost` outcome
             // then also sees why the session ended.
-            let failed = g.link.error().is_some();
+            let failed = g.link.machine().error().is_some();
             if !failed {
                 progress |= g.link.route(false, &mut wake);
             }
             g.stalled = self.rx_start < self.rx_end;
-            if self.tx_len == 0 {
-                let n = g.link.poll_transmit_segments(now, &mut self.tx);
+            if self.tx.is_empty() {
+                let n = g
+                    .link
+                    .machine_mut()
+                    .poll_transmit_segments(now, &mut self.tx);
                 if n > 0 {
-                    self.tx_len = n;
                     room = true;
                     progress = true;
                 }
             }
-            let unsent = self.tx_len.saturating_add(g.link.transmit_buffered());
+            let unsent = self
+                .tx
+                .len()
+                .saturating_add(g.link.machine().transmit_buffered());
             if unsent == 0 && g.unsent != 0 {
                 room = true;
             }
             g.unsent = unsent;
-            if let Some(e) = g.link.error() {
+            if let Some(e) = g.link.machine().error() {
                 stop = Some(End::Link(e.clone()));
             } else if (g.closing && unsent == 0) || self.close_by.is_some_and(|d| now >= d) {
                 stop = Some(End::Local);
@@ -411,7 +402,10 @@ where
                 room = true;
             }
             deadline = earliest(
-                g.link.poll_timeout().filter(|t| Some(*t) != self.fired),
+                g.link
+                    .machine()
+                    .poll_timeout()
+                    .filter(|t| Some(*t) != self.fired),
                 self.close_by,
             );
         }
@@ -420,7 +414,7 @@ where
             self.shared.room.notify(usize::MAX);
         }
         if let Some(end) = stop {
-            if self.tx_len > 0 {
+            if !self.tx.is_empty() {
                 // Best effort for what the machine queued before failing (status words).
                 let _ = self.poll_write_tx(cx);
             }
@@ -430,13 +424,13 @@ where
 
         // Write everything the machine produced.
         let mut wrote = false;
-        while self.tx_len > 0 {
+        while !self.tx.is_empty() {
             match self.poll_write_tx(cx) {
                 Poll::Ready(Ok(0)) => {
                     return Err(End::Transport(Arc::new(io::ErrorKind::WriteZero.into())));
                 }
                 Poll::Ready(Ok(n)) => {
-                    self.consume(n);
+                    self.tx.consume(n);
                     wrote = true;
                     progress = true;
                 }
@@ -444,7 +438,6 @@ where
                 Poll::Ready(Err(e)) if is_hangup(&e) => {
                     // The peer is gone; the read side reports it as end of stream.
                     self.tx.clear();
-                    self.tx_len = 0;
                     self.eof = true;
                     progress = true;
                 }
@@ -454,8 +447,8 @@ where
         }
         self.shared
             .writing
-            .store(self.tx_len > 0, Ordering::Relaxed);
-        if wrote && self.tx_len == 0 {
+            .store(!self.tx.is_empty(), Ordering::Relaxed);
+        if wrote && self.tx.is_empty() {
             // Sockets and files do not buffer; a buffering stream reports errors on the
             // next write, so a pending or failed flush is not acted on here.
             let _ = Pin::new(&mut self.io).poll_flush(cx);
@@ -507,28 +500,8 @@ where
     /// One vectored write of the front of `tx`.
     fn poll_write_tx(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let mut k = 0;
-        for (slot, seg) in iov.iter_mut().zip(self.tx.iter()) {
-            *slot = IoSlice::new(seg);
-            k += 1;
-        }
+        let k = self.tx.io_slices(&mut iov);
         Pin::new(&mut self.io).poll_write_vectored(cx, iov.get(..k).unwrap_or_default())
-    }
-
-    /// Drops `n` written bytes from the front of `tx`.
-    fn consume(&mut self, mut n: usize) {
-        self.tx_len = self.tx_len.saturating_sub(n);
-        while n > 0 {
-            let Some(front) = self.tx.front_mut() else {
-                return;
-            };
-            if n < front.len() {
-                front.advance(n);
-                return;
-            }
-            n -= front.len();
-            self.tx.pop_front();
-        }
     }
 }
 
@@ -584,8 +557,8 @@ impl<S, L: LinkState> Drop for Pump<S, L> {
 /// (every live transaction becomes `LinkLost`), so that a waiter woken by either sees
 /// both.
 fn end_locked<L: LinkState>(g: &mut Guarded<L>, end: &End, wake: &mut Wake) {
-    if g.link.error().is_none() {
-        g.link.handle_eof(Instant::now());
+    if g.link.machine().error().is_none() {
+        g.link.machine_mut().handle_eof(Instant::now());
     }
     g.end = Some(end.clone());
     g.driver = None;
@@ -599,19 +572,4 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// Errors that mean the peer went away rather than that the transport broke: a pty
-/// master reads `EIO` once the other side closed (DESIGN §2), sockets report resets and
-/// broken pipes.
-fn is_hangup(e: &io::Error) -> bool {
-    const EIO: i32 = 5;
-    e.raw_os_error() == Some(EIO)
-        || matches!(
-            e.kind(),
-            io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::UnexpectedEof
-        )
 }

@@ -6,7 +6,6 @@
 //! separate so that an `App` awaiting transmit room in [`Responder::output`] does not stop
 //! the pump from writing — which is what makes that room appear.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -71,29 +70,13 @@ pub(crate) struct ServerState {
 }
 
 impl LinkState for ServerState {
-    fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
-        self.server.handle_bytes(now, data)
+    type Machine = Server;
+
+    fn machine(&self) -> &Server {
+        &self.server
     }
-    fn handle_eof(&mut self, now: Instant) {
-        self.server.handle_eof(now)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.server.handle_timeout(now)
-    }
-    fn poll_transmit_segments(&mut self, now: Instant, out: &mut VecDeque<Bytes>) -> usize {
-        self.server.poll_transmit_segments(now, out)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.server.poll_timeout()
-    }
-    fn poll_discard_unsent(&mut self) -> bool {
-        self.server.poll_discard_unsent()
-    }
-    fn transmit_buffered(&self) -> usize {
-        self.server.transmit_buffered()
-    }
-    fn error(&self) -> Option<&LinkError> {
-        self.server.error()
+    fn machine_mut(&mut self) -> &mut Server {
+        &mut self.server
     }
 
     /// Events stay in the machine (its queue is the bound); the dispatcher is woken to

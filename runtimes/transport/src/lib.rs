@@ -94,7 +94,7 @@ pub use listener::{
     ListenOptions, Listener, Peer, SerialListener, UnixCredentials, UnixSocketListener,
 };
 pub use local_file::{LocalFile, LocalFileError};
-pub use sys::{SOCKET_BUFFER, tune_socket_buffers};
+pub use sys::{SOCKET_BUFFER, is_hangup, tune_socket_buffers};
 pub use target::{
     DEFAULT_BAUD, DEFAULT_VIRTIO_PORT, Endpoint, LEGACY_PREFIX, ParseTargetError, Target,
     VSOCK_CID_ANY,

@@ -1,5 +1,6 @@
-//! The local end of an extract: a destination opened the way `cp` opens one (DESIGN §8),
-//! shared by every adapter's extract-to-path helper and the CLI.
+//! The local end of an extract: a destination opened the way `cp` opens one
+//! (ARCHITECTURE.md, "Agent behaviour"), shared by every adapter's extract-to-path helper
+//! and the CLI.
 //!
 //! * a new name, or an existing **regular file**, is written to a temporary beside it and
 //!   renamed into place by [`LocalFile::commit`], so a failed or interrupted transfer never

@@ -81,6 +81,21 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Resu
     Ok(())
 }
 
+/// Whether an I/O error on a transport means the peer went away rather than that the
+/// transport broke: a pty master (a serial line's stand-in) fails with `EIO` once its other
+/// side closed, sockets report resets, aborts and broken pipes. Every adapter treats these
+/// as end of stream, so a peer that vanishes ends a connection the same way everywhere.
+pub fn is_hangup(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EIO)
+        || matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof
+        )
+}
+
 /// Reads a character device and turns `EIO` into end of file.
 ///
 /// A pty master whose slave has closed fails reads with `EIO` (measured on this host), and a

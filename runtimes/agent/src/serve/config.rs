@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use tuppence::link::DEVICE_STALE_PARTIAL_AFTER;
 
-/// Agent settings. Every per-connection resource has a bound here.
+/// The link daemon's settings. Every per-connection resource has a bound here.
 #[derive(Clone, Debug)]
-pub struct AgentConfig {
+pub struct LinkDaemonConfig {
     /// Connections served at once. More are refused with words: their hello is answered
     /// with `M`=EUSERS (87), `m`=this limit, then the connection is closed (logged at most
     /// once per 10 s, with a count).
@@ -58,9 +58,9 @@ pub struct AgentConfig {
     pub reap_orphans: bool,
 }
 
-impl Default for AgentConfig {
+impl Default for LinkDaemonConfig {
     fn default() -> Self {
-        AgentConfig {
+        LinkDaemonConfig {
             max_clients: 64,
             fd_wait: crate::admission::REFUSE_AFTER,
             max_transactions: 1024,

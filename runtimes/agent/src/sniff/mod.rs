@@ -1,40 +1,24 @@
-//! The sniff task protocol over real processes and transports.
+//! The agent side of the sniff task protocol, over real processes and transports.
 //!
 //! The core crate's [`tuppence::sniff`] machines decide *what* happens: the
-//! [`Agent`](tuppence::sniff::Agent) owns the task table and the order of answers, the
-//! [`Requester`](tuppence::sniff::Requester) builds requests and decodes answers. This module
-//! does the I/O:
+//! [`Agent`](tuppence::sniff::Agent) owns the task table and the order of answers. This
+//! module does the I/O:
 //!
 //! * [`runner`] — [`TaskRunner`]: starts each task's process in its own process group, reads
 //!   its stdout up to the cap, reaps it through a pidfd, kills whole groups on abort. Any
 //!   number of tasks in one thread.
-//! * [`serve`](mod@serve) — the agent side over transports: [`serve()`] for one connected
-//!   stream, [`ListenServer`] / [`serve_listener`] for a listener (one agent per
-//!   connection).
-//! * [`client`] — the requesting side, blocking: [`Client`] for several requests on one
-//!   connection, [`request`] for one request with a timeout.
-//! * [`cli`] — argument parsing and answer printing (human text or JSON) for a `sniff`
-//!   command line.
+//! * [`daemon`] — the sniff daemon's policy, on the same event loop as `tuppence serve`:
+//!   [`serve()`] for one connected stream, [`SniffDaemon`] / [`serve_listener`] for a
+//!   listener (one agent per connection).
 //!
-//! ```no_run
-//! use std::time::Duration;
-//! use tuppence::sniff::{TaskId, TaskResult};
-//! use tuppence_agent::sniff::{SniffRequest, request};
-//!
-//! let target = "unix:/run/tuppence-sniff.sock".parse()?;
-//! let result = request(&target, TaskId::from(7), &SniffRequest::nop(), Duration::from_secs(5))?;
-//! assert_eq!(result, TaskResult::Nop);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! The requesting side is a client: `tuppence_blocking::sniff`. The command line
+//! (`tuppence sniff serve|request`) is in the `tuppence` binary.
 
-pub mod cli;
-pub mod client;
+pub mod daemon;
 pub mod runner;
-pub mod serve;
 
-pub use client::{Client, ClientError, SniffRequest, request};
-pub use runner::{RunnerConfig, StartError, TaskRunner, TaskStderr};
-pub use serve::{
-    ListenServer, ServeConfig, ServeError, StopHandle, serve, serve_listener, serve_listener_until,
-    serve_until,
+pub use daemon::{
+    ServeError, SniffDaemon, SniffDaemonConfig, StopHandle, serve, serve_listener,
+    serve_listener_until, serve_until,
 };
+pub use runner::{RunnerConfig, StartError, TaskRunner, TaskStderr};

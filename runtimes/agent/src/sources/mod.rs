@@ -86,8 +86,9 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// The status word: 2 for an unknown source (DESIGN §3), 13 for a source the readers may
-    /// not read, 21 for a directory, 22 for a FIFO, socket or device, else the errno.
+    /// The status word: 2 for an unknown source (ARCHITECTURE.md, "Link protocol"), 13 for
+    /// a source the readers may not read, 21 for a directory, 22 for a FIFO, socket or
+    /// device, else the errno.
     pub fn errno(&self) -> u32 {
         match self {
             SourceError::Unknown(_) => status::ENOENT,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tuppence::link::ClientConfig;
 use tuppence::wire::{Decoder, Dialect, Frame, Hello, Packet, Sender};
-use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
+use tuppence_agent::serve::{LinkDaemon, LinkDaemonConfig, RunEnd, StopHandle};
 use tuppence_blocking::{Monitor, MonitorEvent, Session};
 use tuppence_transport::{Listener, Target};
 
@@ -57,10 +57,10 @@ impl Drop for TempDir {
 }
 
 /// The config the tests start from: defaults, without audit logging.
-pub fn quiet_config() -> AgentConfig {
-    AgentConfig {
+pub fn quiet_config() -> LinkDaemonConfig {
+    LinkDaemonConfig {
         audit: false,
-        ..AgentConfig::default()
+        ..LinkDaemonConfig::default()
     }
 }
 
@@ -79,11 +79,11 @@ impl TestAgent {
         TestAgent::with_config(quiet_config())
     }
 
-    pub fn with_config(config: AgentConfig) -> TestAgent {
+    pub fn with_config(config: LinkDaemonConfig) -> TestAgent {
         let dir = TempDir::new("serve");
         let sock = dir.join("agent.sock");
         let listener = Listener::unix(&sock, 0o600).unwrap();
-        let mut agent = Agent::new(config).unwrap();
+        let mut agent = LinkDaemon::new(config).unwrap();
         agent.add_listener(listener).unwrap();
         let stop = agent.stop_handle().unwrap();
         let handle = std::thread::Builder::new()
@@ -378,7 +378,7 @@ pub fn run_child_agent() {
         }
     }
     let listener = Listener::unix(PathBuf::from(sock), 0o600).unwrap();
-    let mut agent = Agent::new(config).unwrap();
+    let mut agent = LinkDaemon::new(config).unwrap();
     agent.add_listener(listener).unwrap();
     assert_eq!(agent.run().unwrap(), RunEnd::Quit);
 }

@@ -14,7 +14,7 @@ use tuppence::sniff::{
     Agent, AgentConfig, Answer, FrameDecoder, Outcome, ProcessSpec, Request, TaskFinish, TaskId,
     TaskOutput, TaskPlan, TaskType, code,
 };
-use tuppence_agent::sniff::{ListenServer, ServeConfig, StopHandle};
+use tuppence_agent::sniff::{SniffDaemon, SniffDaemonConfig, StopHandle};
 use tuppence_transport::{Listener, Target};
 
 #[path = "../child_process/mod.rs"]
@@ -149,7 +149,7 @@ impl Server {
         let path = dir.path("agent.sock");
         let listener = Listener::unix(&path, 0o600).expect("listen");
         let mut server =
-            ListenServer::new(listener, new_agent, &ServeConfig::default()).expect("server");
+            SniffDaemon::new(listener, new_agent, &SniffDaemonConfig::default()).expect("server");
         let stop = server.stop_handle().expect("stop handle");
         let thread = std::thread::spawn(move || server.run().expect("serve"));
         let target = format!("unix:{}", path.display()).parse().expect("target");
@@ -339,7 +339,7 @@ pub fn run_child_server() {
     }
     let listener = Listener::unix(PathBuf::from(sock), 0o600).expect("listen");
     let mut server =
-        ListenServer::new(listener, test_agent, &ServeConfig::default()).expect("server");
+        SniffDaemon::new(listener, test_agent, &SniffDaemonConfig::default()).expect("server");
     server.run().expect("serve");
 }
 

@@ -1,0 +1,60 @@
+//! The read buffers child output and extracted files are read into. Each read is split
+//! off and handed to the link as `Bytes` (no copy); a buffer is reused once everything
+//! carved from it has been written.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+/// Bytes read per call from a file, or from a pipe grown for bulk output.
+pub(super) const BULK_CHUNK: usize = 256 * 1024;
+/// The size of a read buffer.
+const ARENA: usize = 2 * BULK_CHUNK;
+/// Read buffers kept for reuse once everything carved from them has been written.
+const ARENAS: usize = 3;
+
+pub(super) struct Arena {
+    /// The buffer in use.
+    buf: BytesMut,
+    /// Earlier ones, waiting for their chunks to be written.
+    old: VecDeque<BytesMut>,
+}
+
+impl Arena {
+    pub(super) fn new() -> Arena {
+        Arena {
+            buf: BytesMut::with_capacity(ARENA),
+            old: VecDeque::new(),
+        }
+    }
+
+    /// The buffer to read into, with room for `want` bytes: when the rest is too short,
+    /// the buffer is set aside and one whose chunks have all been written is reused (a new
+    /// one otherwise). Fresh buffers of this size come from `mmap`: page faults and
+    /// zeroing, every time.
+    pub(super) fn room(&mut self, want: usize) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < want {
+            let reusable = self.old.iter_mut().position(|b| b.try_reclaim(ARENA));
+            let next = match reusable.and_then(|i| self.old.remove(i)) {
+                Some(b) => b,
+                None => BytesMut::with_capacity(ARENA.max(want)),
+            };
+            let full = std::mem::replace(&mut self.buf, next);
+            if self.old.len() >= ARENAS {
+                self.old.pop_front();
+            }
+            self.old.push_back(full);
+        }
+        &mut self.buf
+    }
+
+    /// What was read since the last call, as `Bytes` sharing the buffer.
+    pub(super) fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+
+    /// Forgets what was read since the last `take` (a read that failed).
+    pub(super) fn discard(&mut self) {
+        self.buf.clear();
+    }
+}

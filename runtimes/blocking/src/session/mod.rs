@@ -1,0 +1,583 @@
+//! A client session on a blocking stream: a reader thread, a writer thread, and callers.
+//!
+//! # Reading never waits on writing
+//!
+//! One lock, `state` (the machine and the inboxes), held only for short sections that do
+//! no I/O. Three kinds of threads share it:
+//!
+//! * **callers** run intents on the machine under the lock and return; they never write.
+//!   What an intent queued is written by the writer thread, which they wake. While the
+//!   machine's transmit buffer is over its limit an intent waits (on the condition
+//!   variable, lock released) for the writer to take bytes out: that is the backpressure
+//!   of a peer that reads slowly.
+//! * the **writer thread** takes what the machine queued (under the lock, in order, so
+//!   packets leave as the machine produced them), writes it without the lock, and sleeps
+//!   while there is nothing. It is the only thread that ever blocks in `write`.
+//! * the **reader thread** reads, feeds the machine, fires its timers, moves events to the
+//!   inboxes and wakes the writer when the machine queued something on its own (a
+//!   keepalive, requests held for the hello reply, the KILL of an expired deadline). It
+//!   waits for nothing a writer holds; it only waits for consumers when an inbox is full,
+//!   which is the backpressure of a slow consumer, by design.
+//!
+//! Why a thread of its own for writing: before, callers wrote under a writer lock that the
+//! reader also took after every read to flush the machine. A caller blocked in `send()`
+//! (the peer's buffer full) then kept the reader from reading; with `cat` the agent
+//! stopped reading its side because the command's output was not drained, and both sides'
+//! buffers stayed full until the command's timeout (issue #13.1). A writer thread makes the
+//! rule structural: no thread that reads ever writes. The cost is a wake-up of that thread
+//! per burst of requests (one futex call, skipped while it is busy writing).
+//!
+//! On drop, the writer finishes what is queued (a `quit`, say); the reader keeps reading
+//! meanwhile and, after [`CLOSE_GRACE`], shuts the stream down so that a writer stuck on
+//! a peer that never reads again returns too.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tuppence::Machine;
+use tuppence::link::{Client, ClientConfig, ClientEvent, ConnectInfo, LinkError, Outcome};
+use tuppence_transport::Target;
+
+mod threads;
+
+use crate::{Error, Stream};
+
+/// Events buffered per transaction before the reader thread waits for the consumer.
+const INBOX_EVENTS: usize = 256;
+/// How long a dropped session's writer may take to write what is still queued.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Inbox {
+    events: VecDeque<ClientEvent>,
+    detached: bool,
+    /// An inject or extract (see [`AbortHandle`]).
+    transfer: bool,
+    /// Aborted by an [`AbortHandle`]: waits on it return [`Error::Aborted`].
+    aborted: bool,
+}
+
+struct State {
+    client: Client,
+    inboxes: HashMap<u16, Inbox>,
+    connected: Option<ConnectInfo>,
+    /// Set once the connection is unusable; every waiter sees it.
+    failure: Option<LinkError>,
+    io_failure: Option<String>,
+    reader_done: bool,
+    /// Threads blocked on the condition variable: notifying costs a syscall, so it is
+    /// skipped when nobody waits (every event used to cost one, twice).
+    waiting: usize,
+    /// Bytes the writer thread took from the machine and has not finished writing.
+    unwritten: usize,
+    /// The writer thread sleeps on `write_cond` (nothing to write).
+    writer_idle: bool,
+    writer_done: bool,
+    /// Transactions given up on (see `Client::abandon`: a dropped monitor, an aborted or
+    /// failed transfer) whose request met a full transmit queue where nobody may wait for
+    /// room (a `Drop`, a signal handler); the writer thread retries as it makes room.
+    deferred: Vec<u16>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Consumers, callers waiting for transmit room or a flush, and the reader waiting for
+    /// inbox room wait here.
+    cond: Condvar,
+    /// Only the writer thread waits here, for bytes to write.
+    write_cond: Condvar,
+    closing: AtomicBool,
+}
+
+/// A connection to an agent. Cheap to share between threads (`&Session` is enough for
+/// every operation); operations on different transactions run concurrently.
+pub struct Session {
+    pub(crate) shared: Arc<Shared>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Session {
+    /// Starts a session over `stream` and waits (up to `connect_timeout`) for the hello
+    /// reply.
+    pub fn new<S: Stream>(
+        stream: S,
+        config: ClientConfig,
+        connect_timeout: Duration,
+    ) -> Result<Session, Error> {
+        let writer = stream.try_clone_stream()?;
+        let started = Instant::now();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                client: Client::new(config, started),
+                inboxes: HashMap::new(),
+                connected: None,
+                failure: None,
+                io_failure: None,
+                reader_done: false,
+                waiting: 0,
+                unwritten: 0,
+                writer_idle: false,
+                writer_done: false,
+                deferred: Vec::new(),
+            }),
+            cond: Condvar::new(),
+            write_cond: Condvar::new(),
+            closing: AtomicBool::new(false),
+        });
+        {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("tuppence-writer".into())
+                .spawn(move || shared.writer_loop(writer))?;
+        }
+        let reader = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("tuppence-reader".into())
+                .spawn(move || shared.reader_loop(stream))
+        };
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                shared.close();
+                return Err(e.into());
+            }
+        };
+        let session = Session {
+            shared,
+            reader: Some(reader),
+        };
+        let deadline = started + connect_timeout;
+        let mut st = session.shared.lock();
+        loop {
+            if st.connected.is_some() {
+                break;
+            }
+            if let Some(e) = session.shared.failure_of(&st) {
+                return Err(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::ConnectTimeout(connect_timeout));
+            }
+            st = session.shared.wait_timeout(st, deadline - now);
+        }
+        drop(st);
+        Ok(session)
+    }
+
+    /// Connects to `target` (any form but `local`, which needs an embedded agent) and
+    /// starts a session in the target's dialect.
+    pub fn connect(target: &Target, connect_timeout: Duration) -> Result<Session, Error> {
+        let transport = target.connect()?;
+        let mut config = ClientConfig {
+            dialect: target.dialect,
+            ..ClientConfig::default()
+        };
+        if target.endpoint.may_be_device_link() {
+            config = config.for_device_link();
+        }
+        Session::new(transport, config, connect_timeout)
+    }
+
+    /// The hello reply.
+    pub fn info(&self) -> ConnectInfo {
+        self.shared.lock().connected.clone().unwrap_or(ConnectInfo {
+            cid: 0,
+            server_version: (0, 0),
+            keepalive: 0,
+            latency: Duration::ZERO,
+        })
+    }
+
+    /// Runs an intent on the machine under the lock, registers an inbox for the new
+    /// transaction, and hands what it queued to the writer thread. `transfer` marks an
+    /// inject or extract, which an [`AbortHandle`] can abort.
+    pub(crate) fn open(
+        &self,
+        transfer: bool,
+        mut f: impl FnMut(&mut Client) -> Result<u16, tuppence::link::UsageError>,
+    ) -> Result<u16, Error> {
+        self.shared.intent(None, |st| {
+            let xid = f(&mut st.client)?;
+            st.inboxes.insert(
+                xid,
+                Inbox {
+                    transfer,
+                    ..Inbox::default()
+                },
+            );
+            Ok(xid)
+        })
+    }
+
+    /// Runs an intent on an existing transaction and hands what it queued to the writer
+    /// thread. While the transmit buffer is full, waits for the writer to drain it.
+    pub(crate) fn act(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<(), tuppence::link::UsageError>,
+    ) -> Result<(), Error> {
+        self.shared.intent(None, |st| Ok(f(&mut st.client)?))
+    }
+
+    /// Sends data in pieces so the machine's transmit buffer stays bounded; a wait for
+    /// room ends with [`Error::Aborted`] if the transaction is aborted meanwhile.
+    pub(crate) fn send_data(
+        &self,
+        xid: u16,
+        data: Bytes,
+        f: impl Fn(&mut Client, Bytes) -> Result<(), tuppence::link::UsageError>,
+    ) -> Result<(), Error> {
+        const PIECE: usize = 8 * tuppence::wire::DEFAULT_MAX_CHUNK;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let piece = rest.split_to(rest.len().min(PIECE));
+            self.shared
+                .intent(Some(xid), |st| Ok(f(&mut st.client, piece.clone())?))?;
+        }
+        Ok(())
+    }
+
+    /// Sends what a transaction given up on owes the agent (`Client::abandon`: end a
+    /// monitor, abort a transfer) without waiting for transmit room (from a `Drop`, or
+    /// after a local failure): queued now, or by the writer thread once it has made room.
+    pub(crate) fn abandon(&self, xid: u16) {
+        let mut st = self.shared.lock();
+        if self.shared.failure_of(&st).is_some() {
+            return;
+        }
+        self.shared.abandon(&mut st, xid);
+    }
+
+    /// Waits until everything requested so far has been written to the stream, for at
+    /// most `timeout` (`None` = as long as it takes). Returns false on timeout. Intents
+    /// return once their packets are queued; this is for callers that must know they
+    /// left before the process exits (`quit`, the interrupt of an aborted transfer).
+    pub fn flush(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.shared.lock();
+        loop {
+            if st.client.transmit_buffered() == 0 && st.unwritten == 0 {
+                return Ok(true);
+            }
+            // A failure alone is not checked here: the peer may close right after reading
+            // the last request (`quit`) while the writer has yet to record the write.
+            if st.writer_done {
+                return Err(self
+                    .shared
+                    .failure_of(&st)
+                    .unwrap_or(Error::Link(LinkError::Closed)));
+            }
+            st = match deadline {
+                None => self.shared.wait(st),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(false);
+                    }
+                    self.shared.wait_timeout(st, d - now)
+                }
+            };
+        }
+    }
+
+    /// A handle that aborts this session's transfers from another thread (a Ctrl-C
+    /// handler). It does not keep the session alive.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// The next event of transaction `xid`, waiting up to `timeout` (`None` = forever).
+    /// `Ok(None)` on timeout. After `Finished` the transaction's inbox is gone.
+    pub(crate) fn next_event(
+        &self,
+        xid: u16,
+        timeout: Option<Duration>,
+    ) -> Result<Option<ClientEvent>, Error> {
+        let mut out = VecDeque::with_capacity(1);
+        self.take_events(xid, timeout, 1, &mut out)?;
+        Ok(out.pop_front())
+    }
+
+    /// Like `next_event`, taking up to `max` events at once (one lock for a batch: the
+    /// reader delivers up to eight data events per read). Returns false on timeout.
+    pub(crate) fn take_events(
+        &self,
+        xid: u16,
+        timeout: Option<Duration>,
+        max: usize,
+        out: &mut VecDeque<ClientEvent>,
+    ) -> Result<bool, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.shared.lock();
+        loop {
+            // Events the reader left in the machine because an inbox was full: the reader
+            // moves them only after its next read, which can be a second away once the peer
+            // has sent everything (the tail of a large extract stalled for seconds).
+            self.shared.dispatch(&mut st);
+            if let Some(inbox) = st.inboxes.get_mut(&xid) {
+                if inbox.aborted {
+                    return Err(Error::Aborted);
+                }
+                if !inbox.events.is_empty() {
+                    let mut finished = false;
+                    for _ in 0..max.max(1) {
+                        let Some(ev) = inbox.events.pop_front() else {
+                            break;
+                        };
+                        finished = matches!(ev, ClientEvent::Finished { .. });
+                        out.push_back(ev);
+                        if finished {
+                            break;
+                        }
+                    }
+                    if finished {
+                        st.inboxes.remove(&xid);
+                    }
+                    self.shared.notify(&st);
+                    return Ok(true);
+                }
+            } else {
+                return Err(Error::Usage(
+                    tuppence::link::UsageError::UnknownTransaction(xid),
+                ));
+            }
+            // The reader stops moving events at a full inbox and goes back to reading;
+            // what is left in the machine (the end of a transfer, say) must not wait for
+            // more input to arrive: move it now.
+            if self.shared.dispatch(&mut st) {
+                self.shared.notify(&st);
+                continue;
+            }
+            if st.reader_done {
+                // The reader finished every transaction before exiting; an empty inbox
+                // here means the link died without a word for this xid.
+                st.inboxes.remove(&xid);
+                out.push_back(ClientEvent::Finished {
+                    xid,
+                    outcome: Outcome::LinkLost(st.failure.clone().unwrap_or(LinkError::Closed)),
+                });
+                return Ok(true);
+            }
+            match deadline {
+                None => st = self.shared.wait(st),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(false);
+                    }
+                    st = self.shared.wait_timeout(st, d - now);
+                }
+            }
+        }
+    }
+
+    /// Puts events taken out of order (while waiting for a specific answer) back in front.
+    pub(crate) fn requeue(&self, xid: u16, events: Vec<ClientEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut st = self.shared.lock();
+        let inbox = st.inboxes.entry(xid).or_default();
+        for ev in events.into_iter().rev() {
+            inbox.events.push_front(ev);
+        }
+        self.shared.notify(&st);
+    }
+
+    /// Stops delivering events of `xid` (its handle was dropped); they are discarded.
+    pub(crate) fn detach(&self, xid: u16) {
+        let mut st = self.shared.lock();
+        if let Some(inbox) = st.inboxes.get_mut(&xid) {
+            inbox.detached = true;
+            inbox.events.clear();
+        }
+        self.shared.notify(&st);
+    }
+
+    /// Asks the agent to exit and waits (up to a few seconds) until the request is written.
+    /// The agent then closes the connection.
+    pub fn quit(&self) -> Result<(), Error> {
+        self.act(|c| c.quit())?;
+        if !self.flush(Some(CLOSE_GRACE))? {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the quit request could not be written in time",
+            )));
+        }
+        Ok(())
+    }
+
+    /// The machine's counters (packets, drops, violations, command deadlines that expired
+    /// on this side).
+    pub fn stats(&self) -> tuppence::link::Stats {
+        self.shared.lock().client.stats().clone()
+    }
+
+    /// True once the connection has failed or closed.
+    pub fn is_closed(&self) -> bool {
+        let st = self.shared.lock();
+        st.reader_done || st.failure.is_some()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.close();
+        // The reader wakes at its next read timeout at the latest; do not wait for it:
+        // a read without timeout (keepalive off) may block until the peer closes.
+        drop(self.reader.take());
+    }
+}
+
+/// Aborts the transfers of a session from another thread, e.g. a Ctrl-C handler, while
+/// the thread that runs them is blocked in `inject` or `extract`.
+#[derive(Clone, Debug)]
+pub struct AbortHandle {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl AbortHandle {
+    /// Aborts every inject and extract in progress on the session: each sends the agent
+    /// an interrupt (it removes an inject's temporary and stops reading an extract's
+    /// file) and returns [`Error::Aborted`] promptly, even while it waits for the agent,
+    /// for transmit room, or (with a source that checks for it, as the CLI's does) for
+    /// its input. Transfers started afterwards are not affected; commands and monitors
+    /// never are. Returns how many transfers were aborted.
+    pub fn abort(&self) -> usize {
+        let Some(shared) = self.shared.upgrade() else {
+            return 0;
+        };
+        let mut st = shared.lock();
+        let xids: Vec<u16> = st
+            .inboxes
+            .iter()
+            .filter(|(_, i)| i.transfer && !i.aborted && !i.detached)
+            .map(|(&x, _)| x)
+            .collect();
+        for &xid in &xids {
+            // An interrupt on a transfer aborts it on the agent. Unknown xid: it has just
+            // ended, nothing to undo. A full queue (inject data): sent once there is room.
+            shared.abandon(&mut st, xid);
+            if let Some(inbox) = st.inboxes.get_mut(&xid) {
+                inbox.aborted = true;
+            }
+        }
+        shared.wake_writer(&st);
+        shared.cond.notify_all();
+        xids.len()
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_timeout<'a>(&self, mut g: MutexGuard<'a, State>, d: Duration) -> MutexGuard<'a, State> {
+        g.waiting += 1;
+        let mut g = match self.cond.wait_timeout(g, d) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        };
+        g.waiting -= 1;
+        g
+    }
+
+    fn wait<'a>(&self, mut g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        g.waiting += 1;
+        let mut g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        g.waiting -= 1;
+        g
+    }
+
+    /// Wakes every waiter, if there is one. Call with the lock held (waiters register
+    /// under it), after changing what they wait for.
+    fn notify(&self, st: &State) {
+        if st.waiting > 0 {
+            self.cond.notify_all();
+        }
+    }
+
+    fn failure_of(&self, st: &State) -> Option<Error> {
+        if let Some(e) = &st.failure {
+            return Some(Error::Link(e.clone()));
+        }
+        if let Some(e) = &st.io_failure {
+            return Some(Error::Io(io::Error::other(e.clone())));
+        }
+        if st.reader_done {
+            return Some(Error::Link(LinkError::Closed));
+        }
+        None
+    }
+
+    /// Runs an intent under the lock; while the machine answers `QueueFull`, waits for
+    /// the writer thread to make room and tries again (`f` may run several times). With
+    /// `xid`, the wait ends with [`Error::Aborted`] once that transaction is aborted.
+    /// Wakes the writer thread for what the intent queued.
+    fn intent<T>(
+        &self,
+        xid: Option<u16>,
+        mut f: impl FnMut(&mut State) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut st = self.lock();
+        loop {
+            if let Some(e) = self.failure_of(&st) {
+                return Err(e);
+            }
+            if xid.is_some_and(|x| st.inboxes.get(&x).is_some_and(|i| i.aborted)) {
+                return Err(Error::Aborted);
+            }
+            match f(&mut st) {
+                Err(Error::Usage(tuppence::link::UsageError::QueueFull { .. })) => {
+                    // The writer notifies after taking bytes out of the machine.
+                    self.wake_writer(&st);
+                    st = self.wait(st);
+                }
+                r => {
+                    self.wake_writer(&st);
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// `Client::abandon(xid)`, or, while the transmit queue is full, remembered for the
+    /// writer thread to retry; wakes the writer either way.
+    fn abandon(&self, st: &mut State, xid: u16) {
+        if let Err(tuppence::link::UsageError::QueueFull { .. }) = st.client.abandon(xid) {
+            st.deferred.push(xid);
+        }
+        self.wake_writer(st);
+    }
+
+    /// Wakes the writer thread if it sleeps and the machine has bytes for it. Call with
+    /// the lock held (the writer checks for work under it before sleeping).
+    fn wake_writer(&self, st: &State) {
+        if st.writer_idle && (st.client.transmit_buffered() > 0 || !st.deferred.is_empty()) {
+            self.write_cond.notify_one();
+        }
+    }
+
+    /// Asks both threads to finish: the writer writes what is queued, then stops.
+    fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _st = self.lock();
+        self.write_cond.notify_one();
+        self.cond.notify_all();
+    }
+}

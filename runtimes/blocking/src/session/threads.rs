@@ -1,0 +1,271 @@
+//! The session's two threads: the reader (reads, feeds the machine, fires its timers,
+//! moves events to the inboxes) and the writer (the only thread that writes). See the
+//! parent module for why reading never waits on writing.
+
+use std::io::{self, IoSlice, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tuppence::link::{ClientEvent, LinkError};
+use tuppence::{Machine, Transmit};
+use tuppence_transport::is_hangup;
+
+use super::{CLOSE_GRACE, INBOX_EVENTS, Shared, State};
+use crate::Stream;
+
+/// Size of the reader's reused buffer.
+const READ_BUF: usize = 256 * 1024;
+/// Segments per vectored write (headers and payloads alternate: 32 data packets).
+const MAX_IOV: usize = 64;
+
+impl Shared {
+    /// The writer thread: takes what the machine queued and writes it, in order, until
+    /// the session closes (with nothing left to write) or the link fails.
+    pub(super) fn writer_loop<W: Write>(self: Arc<Self>, mut w: W) {
+        let mut segments = Transmit::new();
+        loop {
+            {
+                let mut st = self.lock();
+                loop {
+                    if st.failure.is_some() || st.io_failure.is_some() {
+                        return self.writer_exit(st);
+                    }
+                    if !st.deferred.is_empty() {
+                        let mut deferred = std::mem::take(&mut st.deferred);
+                        deferred.retain(|&xid| {
+                            matches!(
+                                st.client.abandon(xid),
+                                Err(tuppence::link::UsageError::QueueFull { .. })
+                            )
+                        });
+                        st.deferred = deferred;
+                    }
+                    let n = st
+                        .client
+                        .poll_transmit_segments(Instant::now(), &mut segments);
+                    if n > 0 {
+                        st.unwritten = n;
+                        // Room for callers waiting on `QueueFull`.
+                        self.notify(&st);
+                        break;
+                    }
+                    if self.closing.load(Ordering::SeqCst) || st.reader_done {
+                        return self.writer_exit(st);
+                    }
+                    st.writer_idle = true;
+                    st = self.write_cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.writer_idle = false;
+                }
+            }
+            let r = write_segments(&mut w, &mut segments).and_then(|()| w.flush());
+            let mut st = self.lock();
+            st.unwritten = 0;
+            if let Err(e) = r {
+                segments.clear();
+                // The link is unusable: end it, so that every waiter sees it now rather
+                // than at the reader's next wake-up.
+                st.io_failure.get_or_insert_with(|| e.to_string());
+                st.client.handle_eof(Instant::now());
+                self.dispatch(&mut st);
+                st.failure.get_or_insert(LinkError::Closed);
+                return self.writer_exit(st);
+            }
+            // Flush waiters.
+            self.notify(&st);
+        }
+    }
+
+    fn writer_exit(&self, mut st: MutexGuard<'_, State>) {
+        st.writer_done = true;
+        st.unwritten = 0;
+        self.cond.notify_all();
+    }
+
+    /// Moves the machine's events into the per-transaction inboxes. Stops at an inbox that
+    /// is full, leaving the rest in the machine (which then stops consuming input).
+    /// Returns whether any event was taken from the machine.
+    pub(super) fn dispatch(&self, st: &mut State) -> bool {
+        let mut moved = false;
+        loop {
+            let full = st.inboxes.values().any(|i| i.events.len() >= INBOX_EVENTS);
+            if full {
+                return moved;
+            }
+            let Some(ev) = st.client.poll_event() else {
+                return moved;
+            };
+            moved = true;
+            let xid = match &ev {
+                ClientEvent::Connected { .. } => {
+                    st.connected = st.client.connect_info().cloned();
+                    continue;
+                }
+                // The `Finished` events that follow say it per transaction.
+                ClientEvent::LinkDead => continue,
+                // Counted by the machine (`Session::stats`).
+                ClientEvent::ProtocolViolation(_) => continue,
+                ClientEvent::Output { xid, .. }
+                | ClientEvent::OutputEnd { xid, .. }
+                | ClientEvent::InjectReady { xid }
+                | ClientEvent::MonitorData { xid, .. }
+                | ClientEvent::Settled { xid, .. }
+                | ClientEvent::ProcInfo { xid, .. }
+                | ClientEvent::Finished { xid, .. } => *xid,
+            };
+            let finished = matches!(ev, ClientEvent::Finished { .. });
+            if let Some(inbox) = st.inboxes.get_mut(&xid) {
+                if inbox.detached {
+                    if finished {
+                        st.inboxes.remove(&xid);
+                    }
+                } else {
+                    inbox.events.push_back(ev);
+                }
+            }
+        }
+    }
+
+    pub(super) fn reader_loop<S: Stream>(self: Arc<Self>, mut stream: S) {
+        let mut buf = vec![0u8; READ_BUF];
+        // When the session was dropped: the writer gets `CLOSE_GRACE` to finish.
+        let mut closing_since: Option<Instant> = None;
+        loop {
+            if self.closing.load(Ordering::SeqCst) {
+                let since = *closing_since.get_or_insert_with(Instant::now);
+                if self.lock().writer_done {
+                    break;
+                }
+                if since.elapsed() >= CLOSE_GRACE {
+                    // A writer stuck on a peer that never reads: make its write fail.
+                    let _ = stream.shutdown();
+                    break;
+                }
+            }
+            let timeout = {
+                let st = self.lock();
+                st.client
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            };
+            // Wake at least once a second so a dropped session lets its thread go (and
+            // often while a dropped session's writer finishes).
+            let most = if closing_since.is_some() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(1)
+            };
+            let timeout = Some(timeout.unwrap_or(most).min(most));
+            match stream.read_timeout(&mut buf, timeout) {
+                Ok(0) => {
+                    self.end(None);
+                    break;
+                }
+                Ok(n) => {
+                    if !self.feed(buf.get(..n).unwrap_or_default()) {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                // A pty master reads EIO when the other end hung up: end of stream.
+                Err(e) if is_hangup(&e) => {
+                    self.end(None);
+                    break;
+                }
+                Err(e) => {
+                    self.end(Some(e));
+                    break;
+                }
+            }
+            {
+                let mut st = self.lock();
+                st.client.handle_timeout(Instant::now());
+                self.dispatch(&mut st);
+                // Keepalives, requests held for the hello reply, a deadline's KILL.
+                self.wake_writer(&st);
+                if let Some(e) = st.client.error().cloned() {
+                    st.failure.get_or_insert(e);
+                    st.reader_done = true;
+                    self.notify(&st);
+                    break;
+                }
+                self.notify(&st);
+            }
+        }
+        let mut st = self.lock();
+        st.reader_done = true;
+        self.notify(&st);
+        // A writer waiting for work must see that the session is over.
+        self.write_cond.notify_one();
+    }
+
+    /// Offers received bytes to the machine, waiting for consumers when it pushes back.
+    /// Returns false once the connection is over.
+    fn feed(&self, data: &[u8]) -> bool {
+        let mut st = self.lock();
+        let mut offset = 0;
+        while offset < data.len() {
+            let rest = data.get(offset..).unwrap_or_default();
+            match st.client.handle_bytes(Instant::now(), rest) {
+                Ok(n) => offset += n,
+                Err(e) => {
+                    self.dispatch(&mut st);
+                    st.failure.get_or_insert(e);
+                    st.reader_done = true;
+                    self.notify(&st);
+                    return false;
+                }
+            }
+            self.dispatch(&mut st);
+            self.wake_writer(&st);
+            self.notify(&st);
+            if offset < data.len() {
+                if self.closing.load(Ordering::SeqCst) {
+                    return false;
+                }
+                // Consumers must drain an inbox before more input can be taken.
+                st = self.wait_timeout(st, Duration::from_millis(100));
+            }
+        }
+        true
+    }
+
+    fn end(&self, error: Option<io::Error>) {
+        let mut st = self.lock();
+        st.client.handle_eof(Instant::now());
+        self.dispatch(&mut st);
+        if let Some(e) = error {
+            st.io_failure.get_or_insert(e.to_string());
+        }
+        // The machine may know better than "closed" (a refusal before the close).
+        let failure = st.client.error().cloned().unwrap_or(LinkError::Closed);
+        st.failure.get_or_insert(failure);
+        st.reader_done = true;
+        self.notify(&st);
+        self.write_cond.notify_one();
+    }
+}
+
+/// Writes every segment, in order, with vectored writes; drops what was written.
+fn write_segments<W: Write>(w: &mut W, segments: &mut Transmit) -> io::Result<()> {
+    while !segments.is_empty() {
+        let r = {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let k = segments.io_slices(&mut iov);
+            w.write_vectored(iov.get(..k).unwrap_or_default())
+        };
+        match r {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => segments.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

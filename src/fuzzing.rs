@@ -1,1 +1,0 @@
-//! Internals exposed to the fuzz crate only (built with `--cfg fuzzing`).
