@@ -28,12 +28,16 @@
 //! that stops reading eventually stops the reader thread (and, through the transport,
 //! the agent) rather than growing memory.
 
+mod chat;
 mod error;
 mod ops;
 mod session;
 mod stream;
 
+pub use chat::Chat;
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, MonitorEvent, Output, Run, RunEvent};
 pub use session::{AbortHandle, ConnectInfo, Session};
 pub use stream::Stream;
+/// The matcher and errors of [`Chat`], re-exported.
+pub use tuppence_expect::{ChatError, Match, Pattern, PatternError, Patterns};

@@ -207,6 +207,12 @@ impl ExpectBuffer {
         self.stalled()
     }
 
+    /// For a wait for the command's end: `Eof` once the output has ended (everything
+    /// unconsumed stays buffered), `Full` while the buffer is full before that.
+    pub fn poll_end(&self) -> Step<std::convert::Infallible> {
+        if self.eof { Step::Eof } else { self.stalled() }
+    }
+
     /// Why nothing was found: full, ended or waiting.
     fn stalled<T>(&self) -> Step<T> {
         if self.buf.len() >= self.limit {

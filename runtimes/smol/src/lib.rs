@@ -61,13 +61,17 @@
     clippy::indexing_slicing
 )]
 
+mod chat;
 mod client;
 mod error;
 mod ops;
 mod pump;
 mod server;
 
+pub use chat::Chat;
 pub use client::{ConnectInfo, DEFAULT_CONNECT_TIMEOUT, Driver, Session};
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, MonitorEvent, Output, RunControl, RunEvent, RunHandle};
 pub use server::{App, Responder, serve};
+/// The matcher and errors of [`Chat`], re-exported.
+pub use tuppence_expect::{ChatError, Match, Pattern, PatternError, Patterns};
