@@ -15,6 +15,8 @@
 //! * [`status`] — the status words (errno values) the protocol reports.
 //! * [`user`] — account lookup and acting as a user for file access.
 //! * [`fdio`] — non-blocking read/write helpers.
+//! * [`embedded`] — an agent on a thread of the calling process over a socket pair (the
+//!   `local` target of the CLI and the Python package).
 //! * [`sniff`] — the sniff task protocol over processes and transports: task runner, serve
 //!   loops, blocking client, command line.
 //!
@@ -29,6 +31,7 @@
 mod admission;
 pub mod cgroup;
 mod contain;
+pub mod embedded;
 pub mod escape;
 pub mod fdio;
 pub mod files;
