@@ -40,4 +40,6 @@ pub use ops::{Monitor, MonitorEvent, Output, Run, RunEvent};
 pub use session::{AbortHandle, ConnectInfo, Session};
 pub use stream::Stream;
 /// The matcher and errors of [`Chat`], re-exported.
-pub use tuppence_expect::{ChatError, Match, Pattern, PatternError, Patterns};
+pub use tuppence_expect::{
+    ChatError, DEFAULT_LIMIT as CHAT_LIMIT, Match, Pattern, PatternError, Patterns,
+};

@@ -74,4 +74,6 @@ pub use error::{Error, errno_text};
 pub use ops::{Monitor, MonitorEvent, Output, RunControl, RunEvent, RunHandle};
 pub use server::{App, Responder, serve};
 /// The matcher and errors of [`Chat`], re-exported.
-pub use tuppence_expect::{ChatError, Match, Pattern, PatternError, Patterns};
+pub use tuppence_expect::{
+    ChatError, DEFAULT_LIMIT as CHAT_LIMIT, Match, Pattern, PatternError, Patterns,
+};
