@@ -112,6 +112,24 @@ fn connect(
     })
 }
 
+/// Parses a target without opening it: `(canonical form, kind)`, the kind being
+/// `local`, `virtio`, `serial`, `vsock`, `unix` or `tcp`.
+#[pyfunction]
+fn parse_target(py: Python<'_>, target: &str) -> PyResult<(String, &'static str)> {
+    let parsed: Target = target
+        .parse()
+        .map_err(|e| raise(py, "UsageError", (format!("bad target {target:?}: {e}"),)))?;
+    let kind = match parsed.endpoint {
+        Endpoint::Local => "local",
+        Endpoint::Virtio { .. } => "virtio",
+        Endpoint::Serial { .. } => "serial",
+        Endpoint::Vsock { .. } => "vsock",
+        Endpoint::Unix { .. } => "unix",
+        Endpoint::Tcp { .. } => "tcp",
+    };
+    Ok((parsed.to_string(), kind))
+}
+
 impl Connection {
     pub(crate) fn conn(&self, py: Python<'_>) -> PyResult<Arc<Conn>> {
         self.conn
@@ -299,6 +317,7 @@ pub(crate) fn bytes<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyAny> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_target, m)?)?;
     m.add_class::<Connection>()?;
     m.add_class::<process::Process>()?;
     m.add_class::<process::Monitor>()?;
