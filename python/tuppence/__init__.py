@@ -45,7 +45,7 @@ from typing import (
     Union,
 )
 
-from . import _native
+from . import _errors, _native
 from ._errors import (
     Aborted,
     BufferFull,
@@ -74,23 +74,7 @@ __all__ = [
     "ExpectMatch",
     "Monitor",
     "PROCINFO_FIELDS",
-    "Error",
-    "ConnectError",
-    "TransportError",
-    "LinkError",
-    "UsageError",
-    "RemoteError",
-    "LocalError",
-    "Aborted",
-    "TransferTimeout",
-    "TimeoutExpired",
-    "CalledProcessError",
-    "CommandFailed",
-    "PatternError",
-    "ExpectTimeout",
-    "EndOfOutput",
-    "BufferFull",
-]
+] + _errors.__all__
 
 Command = Union[str, bytes, Sequence[str]]
 """A command line for ``/bin/sh -c`` on the system under test; a list is joined with

@@ -148,21 +148,9 @@ impl<'s> Chat<'s> {
         let deadline = timeout.map(|t| Instant::now().checked_add(t));
         let mut st = self.lock();
         loop {
-            match step(&mut st.buffer) {
-                Step::Ready(v) => return Ok(v),
-                Step::Full => {
-                    return Err(ChatError::Full {
-                        limit: st.buffer.limit(),
-                    });
-                }
-                Step::Eof => {
-                    let outcome = st
-                        .outcome
-                        .clone()
-                        .unwrap_or(Outcome::LinkLost(tuppence::link::LinkError::Closed));
-                    return Err(ChatError::Eof(outcome));
-                }
-                Step::NeedData => {}
+            let step = step(&mut st.buffer);
+            if let Some(done) = ChatError::resolve(step, st.buffer.limit(), st.outcome.as_ref()) {
+                return done;
             }
             // `None` inside: a deadline too far to represent, i.e. none.
             let wait = match deadline {

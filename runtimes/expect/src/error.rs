@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use tuppence::link::Outcome;
+use tuppence::link::{LinkError, Outcome};
+
+use crate::Step;
 
 /// Why an expect, a line read or a wait of a chat did not complete. `E` is the client
 /// adapter's own error (the session failed).
@@ -23,4 +25,26 @@ pub enum ChatError<E> {
     /// The session failed.
     #[error(transparent)]
     Session(E),
+}
+
+impl<E> ChatError<E> {
+    /// What a chat call does with a step of its buffer: `Some` when it is over (the value,
+    /// or `Full`/`Eof` as errors, `outcome` being how the command ended), `None` when it
+    /// needs more output. Shared by the adapters' waiting loops.
+    pub fn resolve<T>(
+        step: Step<T>,
+        limit: usize,
+        outcome: Option<&Outcome>,
+    ) -> Option<Result<T, Self>> {
+        match step {
+            Step::Ready(v) => Some(Ok(v)),
+            Step::Full => Some(Err(ChatError::Full { limit })),
+            Step::Eof => Some(Err(ChatError::Eof(
+                outcome
+                    .cloned()
+                    .unwrap_or(Outcome::LinkLost(LinkError::Closed)),
+            ))),
+            Step::NeedData => None,
+        }
+    }
 }

@@ -132,21 +132,10 @@ impl Chat {
     ) -> Result<T, ChatError<Error>> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            match step(&mut self.buffer) {
-                Step::Ready(v) => return Ok(v),
-                Step::Full => {
-                    return Err(ChatError::Full {
-                        limit: self.buffer.limit(),
-                    });
-                }
-                Step::Eof => {
-                    let outcome = self
-                        .outcome
-                        .clone()
-                        .unwrap_or(Outcome::LinkLost(tuppence::link::LinkError::Closed));
-                    return Err(ChatError::Eof(outcome));
-                }
-                Step::NeedData => {}
+            let step = step(&mut self.buffer);
+            if let Some(done) = ChatError::resolve(step, self.buffer.limit(), self.outcome.as_ref())
+            {
+                return done;
             }
             let run = &mut self.run;
             let first = match deadline {
