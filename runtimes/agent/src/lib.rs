@@ -18,6 +18,10 @@
 //! * [`status`] — the status words (errno values) the protocol reports.
 //! * [`user`] — account lookup and acting as a user for file access.
 //! * [`fdio`] — non-blocking read/write helpers.
+//! * [`embedded`] — an agent on a thread of the calling process over a socket pair (the
+//!   `local` target of the CLI and the Python package).
+//! * [`sniff`] — the sniff task protocol over processes and transports: task runner, serve
+//!   loops, blocking client, command line.
 //!
 //! Host-side code is not here: the clients are `tuppence-blocking` and `tuppence-smol`, the
 //! command line is the `tuppence` binary.
@@ -37,6 +41,7 @@
 mod admission;
 pub mod cgroup;
 mod contain;
+pub mod embedded;
 pub mod escape;
 pub mod fdio;
 pub mod files;

@@ -31,15 +31,21 @@
 //! [`sniff`] is the requesting side of the other protocol, the sniff background tasks: a
 //! [`sniff::SniffClient`] on one connection, or [`sniff::request`] for one request.
 
+mod chat;
 mod error;
 mod ops;
 mod session;
 pub mod sniff;
 mod stream;
 
+pub use chat::Chat;
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, Run};
 pub use session::{AbortHandle, Session};
 pub use stream::Stream;
 /// What a session reports, the same types in every client adapter (defined in the core).
 pub use tuppence::link::{ConnectInfo, MonitorEvent, Output, RunEvent};
+/// The matcher and errors of [`Chat`], re-exported.
+pub use tuppence_expect::{
+    ChatError, DEFAULT_LIMIT as CHAT_LIMIT, Match, Pattern, PatternError, Patterns,
+};

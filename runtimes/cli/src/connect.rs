@@ -5,21 +5,17 @@
 //! and spoken to over one end of a unix socket pair. The commands it starts are therefore
 //! children of this process, and are killed when it stops.
 
-use std::os::unix::net::UnixStream;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tuppence::link::{ClientConfig, KEEPALIVE_SERVER_DEFAULT};
-use tuppence_agent::serve::{LinkDaemon, LinkDaemonConfig, RunEnd, StopHandle};
+use tuppence_agent::embedded::EmbeddedAgent;
+use tuppence_agent::serve::LinkDaemonConfig;
 use tuppence_blocking::Session;
-use tuppence_transport::{Endpoint, Target, Transport};
+use tuppence_transport::{Endpoint, Target};
 
 use crate::cli::TargetArgs;
 use crate::exit::{self, Failure};
 
-/// How long [`Connection::close`] waits for an embedded agent to kill and reap what it
-/// started before the process exits anyway.
-const LOCAL_SHUTDOWN: Duration = Duration::from_secs(3);
 /// How long closing a connection waits for queued requests to be written.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -30,12 +26,7 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 pub struct Connection {
     pub target: Target,
     session: Session,
-    local: Option<LocalAgent>,
-}
-
-struct LocalAgent {
-    stop: StopHandle,
-    thread: Option<JoinHandle<std::io::Result<RunEnd>>>,
+    local: Option<EmbeddedAgent>,
 }
 
 impl TargetArgs {
@@ -98,28 +89,12 @@ fn connect_local(
             format!("cannot start the embedded agent: {}", exit::io_text(&e)),
         )
     };
-    let (ours, theirs) = UnixStream::pair().map_err(cannot)?;
-    let mut agent = LinkDaemon::new(LinkDaemonConfig {
-        // The agent lives as long as our end of the pair: when the session closes it has
-        // nothing left to serve and returns.
-        exit_when_idle: true,
+    let (local, ours) = EmbeddedAgent::start(LinkDaemonConfig {
         // Its audit lines would only repeat what the user just typed.
         audit: false,
         ..LinkDaemonConfig::default()
     })
     .map_err(cannot)?;
-    agent
-        .add_connection(Transport::Unix(theirs), "local")
-        .map_err(cannot)?;
-    let stop = agent.stop_handle().map_err(cannot)?;
-    let thread = std::thread::Builder::new()
-        .name("tuppence-local-agent".into())
-        .spawn(move || agent.run())
-        .map_err(cannot)?;
-    let local = LocalAgent {
-        stop,
-        thread: Some(thread),
-    };
     match Session::new(ours, config, timeout) {
         Ok(session) => {
             log_hello(&session);
@@ -145,30 +120,6 @@ fn log_hello(session: &Session) {
         latency = ?info.latency,
         "connected"
     );
-}
-
-impl Drop for LocalAgent {
-    /// Stops the agent (which kills and reaps every command it started and removes partial
-    /// injected files) and waits a bounded time for it.
-    fn drop(&mut self) {
-        self.stop.stop();
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        let deadline = std::time::Instant::now() + LOCAL_SHUTDOWN;
-        while !thread.is_finished() {
-            if std::time::Instant::now() >= deadline {
-                tracing::warn!("the embedded agent did not stop in time");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        match thread.join() {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the embedded agent failed"),
-            Err(_) => tracing::warn!("the embedded agent panicked"),
-        }
-    }
 }
 
 impl Connection {

@@ -61,15 +61,21 @@
     clippy::indexing_slicing
 )]
 
+mod chat;
 mod client;
 mod error;
 mod ops;
 mod pump;
 mod server;
 
+pub use chat::Chat;
 pub use client::{DEFAULT_CONNECT_TIMEOUT, Driver, Session};
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, RunControl, RunHandle};
 pub use server::{App, Responder, serve};
 /// What a session reports, the same types in every client adapter (defined in the core).
 pub use tuppence::link::{ConnectInfo, MonitorEvent, Output, RunEvent};
+/// The matcher and errors of [`Chat`], re-exported.
+pub use tuppence_expect::{
+    ChatError, DEFAULT_LIMIT as CHAT_LIMIT, Match, Pattern, PatternError, Patterns,
+};
