@@ -9,9 +9,12 @@ use tuppence_transport::DEFAULT_VIRTIO_PORT;
 
 const TARGET_HELP: &str = "\
 Where the agent is: virtio:/HOST/SOCKET (QEMU's unix socket of the guest's virtio-serial \
-channel), serial:/dev/ttyX[@BAUD], vsock:CID:PORT, unix:/PATH, tcp:HOST:PORT, or local (an \
-agent embedded in this process; no setup). Prefix legacy+ to speak protocol 3.0, the C \
-twopence executor's.";
+channel), serial:/dev/ttyX[@BAUD], vsock:CID:PORT, unix:/PATH, tcp:HOST:PORT, local (an \
+agent embedded in this process; no setup), exec:COMMAND (run COMMAND, e.g. `podman exec -i \
+CTR tuppence serve --stdio`, and speak over its stdin/stdout; split like a shell would, \
+without one), ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION] (`tuppence serve --stdio` on \
+HOST through the system's ssh), or chroot:DIR[?agent=PATH] (this binary's agent chrooted \
+into DIR; root only). Prefix legacy+ to speak protocol 3.0, the C twopence executor's.";
 
 const ABOUT: &str =
     "Drive a system under test (VM, serial board, container) over a byte link with no network";
@@ -335,7 +338,21 @@ The protocol has no authentication: whoever can reach a listener can run command
 user the agent may switch to. Unix sockets are created mode 0600; TCP is opened only on the \
 address given.
 
-Exit status: 0 after quit or a signal, 202 a listener could not be opened, 204 bad usage.";
+With --stdio the agent serves exactly one client on its own stdin and stdout (or on a \
+connected socket on stdin) and exits when that link closes: this is what exec:, ssh: and \
+chroot: targets start, e.g. tuppence run -t 'exec:podman exec -i CTR tuppence serve \
+--stdio' -- uname -a. Stdout then carries nothing but the protocol; the log goes to stderr \
+(warnings only unless -v; there is no ready line) and the client shows it. The stdio fds \
+are never set non-blocking (they are shared with whoever started the agent): two threads \
+relay them to the agent's own socket.
+
+--root-directory DIR chroots into DIR (and changes to its /) before anything is served \
+or opened, as the C agent's option of that name; root only. Inside, the agent sees only \
+DIR: commands need DIR/bin/sh, users come from DIR/etc/passwd, tty commands need \
+DIR/dev/ptmx, procinfo needs DIR/proc, and cgroups are used only if mounted in DIR.
+
+Exit status: 0 after quit or a signal (or, with --stdio, the end of the link), 202 a \
+listener could not be opened (or the chroot failed), 204 bad usage.";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -405,6 +422,13 @@ pub struct ServeArgs {
     /// its process group with setsid; without cgroups only the process group is killed.
     #[arg(long)]
     pub no_cgroups: bool,
+    /// Serve one client on stdin/stdout (or a connected socket on stdin) and exit when it
+    /// leaves: the agent end of exec:, ssh: and chroot: targets.
+    #[arg(long, conflicts_with_all = ["virtio", "serial", "vsock", "unix", "tcp"])]
+    pub stdio: bool,
+    /// chroot(2) into DIR and change to its / before serving (root only).
+    #[arg(long, value_name = "DIR")]
+    pub root_directory: Option<PathBuf>,
 }
 
 /// Everything after `sniff` goes to the sniff parser (`tuppence sniff --help` for its usage).

@@ -6,13 +6,14 @@
 //! children of this process, and are killed when it stops.
 
 use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tuppence::link::{ClientConfig, KEEPALIVE_SERVER_DEFAULT};
 use tuppence_agent::serve::{Agent, AgentConfig, RunEnd, StopHandle};
 use tuppence_blocking::Session;
-use tuppence_transport::{Endpoint, Target, Transport};
+use tuppence_transport::{Endpoint, ExecHandle, Target, Transport};
 
 use crate::cli::TargetArgs;
 use crate::exit::{self, Failure};
@@ -31,6 +32,30 @@ pub struct Connection {
     pub target: Target,
     session: Session,
     local: Option<LocalAgent>,
+    /// `exec:`, `ssh:`, `chroot:`: the command behind the link, closed with the connection.
+    exec: Option<ExecHandle>,
+}
+
+/// The command behind this process's `exec:`/`ssh:`/`chroot:` connection, for
+/// [`explain`]: a failure is reported after the connection is gone.
+static EXEC: Mutex<Option<ExecHandle>> = Mutex::new(None);
+
+/// How long [`explain`] waits for a command that is still running to exit.
+const EXEC_REPORT_WAIT: Duration = Duration::from_millis(500);
+
+/// Adds to a connection or protocol failure how the command behind an `exec:`, `ssh:` or
+/// `chroot:` link ended (its exit status and last stderr lines): a link that closed is
+/// otherwise just "closed by peer", and the reason is in the command's fate.
+pub fn explain(mut failure: Failure) -> Failure {
+    if !matches!(failure.code, exit::CONNECTION | exit::PROTOCOL) {
+        return failure;
+    }
+    let handle = EXEC.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if let Some(handle) = handle {
+        let end = handle.end_report(EXEC_REPORT_WAIT);
+        failure.message = format!("{} ({end})", failure.message);
+    }
+    failure
 }
 
 struct LocalAgent {
@@ -65,24 +90,46 @@ impl TargetArgs {
 
     /// Opens the target and waits for the agent's hello.
     pub fn connect(&self) -> Result<Connection, Failure> {
-        let target = self.target()?;
+        let mut target = self.target()?;
         let timeout = Duration::from_secs_f64(self.connect_timeout);
         let config = self.client_config(&target);
         let context = target.to_string();
         if target.endpoint == Endpoint::Local {
             return connect_local(target, config, timeout).map_err(|f| f.at(&context));
         }
+        // chroot: runs this very binary's agent, unless the target names another.
+        if let Endpoint::Chroot {
+            agent: agent @ None,
+            ..
+        } = &mut target.endpoint
+        {
+            *agent = std::env::current_exe().ok();
+        }
         tracing::debug!(%target, "connecting");
         let transport = target
             .connect()
             .map_err(|e| exit::transport(e).at(&context))?;
-        let session = Session::new(transport, config, timeout)
-            .map_err(|e| Failure::session(e).at(&context))?;
+        let exec = transport.exec();
+        if let Some(handle) = &exec {
+            tracing::debug!(pid = handle.id(), command = handle.command(), "started");
+            *EXEC.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle.clone());
+        }
+        let session = match Session::new(transport, config, timeout) {
+            Ok(session) => session,
+            Err(e) => {
+                // A command that never answered is stopped before its fate is reported.
+                if let Some(handle) = &exec {
+                    handle.close();
+                }
+                return Err(Failure::session(e).at(&context));
+            }
+        };
         log_hello(&session);
         Ok(Connection {
             target,
             session,
             local: None,
+            exec,
         })
     }
 }
@@ -127,6 +174,7 @@ fn connect_local(
                 target,
                 session,
                 local: Some(local),
+                exec: None,
             })
         }
         Err(e) => {
@@ -203,5 +251,10 @@ impl Drop for Connection {
     /// cannot hold the exit.
     fn drop(&mut self) {
         let _ = self.session.flush(Some(CLOSE_FLUSH));
+        // The command behind an exec: link reads end of file and exits (an agent does at
+        // once); one that does not is signalled (bounded: see `ExecHandle::close`).
+        if let Some(exec) = &self.exec {
+            exec.close();
+        }
     }
 }

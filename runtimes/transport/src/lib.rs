@@ -80,26 +80,33 @@
 
 mod device;
 mod error;
+pub mod exec;
 mod listener;
 mod local_file;
+mod reach;
+pub mod stdio;
 mod sys;
 mod target;
 mod transport;
 mod virtio;
 mod vm_sockets;
+pub mod words;
 
 pub use device::{SerialLink, VirtioLink};
 pub use error::TransportError;
+pub use exec::{ExecEnd, ExecHandle, ExecLink, ExecStderr};
 pub use listener::{
     ListenOptions, Listener, Peer, SerialListener, UnixCredentials, UnixSocketListener,
 };
 pub use local_file::{LocalFile, LocalFileError};
+pub use reach::DEFAULT_AGENT;
+pub use stdio::StdioRelay;
 pub use sys::{SOCKET_BUFFER, tune_socket_buffers};
 pub use target::{
     DEFAULT_BAUD, DEFAULT_VIRTIO_PORT, Endpoint, LEGACY_PREFIX, ParseTargetError, Target,
     VSOCK_CID_ANY,
 };
-pub use transport::{Transport, TransportKind};
+pub use transport::{ConnectOptions, Transport, TransportKind};
 pub use virtio::VirtioPort;
 pub use vm_sockets::{VSOCK_CID_LOCAL, VSOCK_PORT_ANY, vsock_loopback_available};
 
@@ -116,4 +123,6 @@ const _: fn() = || {
     send_sync::<Target>();
     send_sync::<TransportError>();
     send_sync::<ParseTargetError>();
+    send_sync::<ExecHandle>();
+    send_sync::<StdioRelay>();
 };

@@ -193,7 +193,7 @@ fn errors_are_typed_and_say_what_was_expected() {
         ("foo:bar", E::UnknownTransport("foo".into())),
         ("foo", E::UnknownTransport("foo".into())),
         ("Unix:/x", E::UnknownTransport("Unix".into())),
-        ("legacy+ssh:host", E::UnknownTransport("ssh".into())),
+        ("legacy+telnet:host", E::UnknownTransport("telnet".into())),
         (
             "legacy+legacy+local",
             E::UnknownTransport("legacy+local".into()),
@@ -372,7 +372,7 @@ fn error_messages_name_the_expected_form() {
     let msg = |s: &str| err(s).to_string();
     assert_eq!(
         msg("foo:bar"),
-        r#"unknown transport "foo" (expected virtio, serial, vsock, unix, tcp or local)"#
+        r#"unknown transport "foo" (expected virtio, serial, vsock, unix, tcp, local, exec, ssh or chroot)"#
     );
     assert!(msg("serial:/dev/ttyS1@fast").contains(r#"bad baud rate "fast""#));
     assert!(msg("serial:/dev/ttyS1@fast").contains("serial:/dev/ttyS1@115200"));
