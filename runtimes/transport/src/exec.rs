@@ -33,8 +33,9 @@
 //! dropped, or on [`ExecHandle::close`]: the socket is shut down (the command reads end of
 //! file on its stdin, its writes fail), then the command gets [`EXIT_GRACE`] (2 s) to
 //! exit, then its process group is sent SIGTERM and given [`TERM_GRACE`] (1 s), then
-//! SIGKILL and [`KILL_WAIT`] (1 s) to be reaped. So closing never takes more than about
-//! 4 s, whatever the command does; a well-behaved agent (`tuppence serve --stdio` exits at
+//! SIGKILL and [`KILL_WAIT`] (1 s) to be reaped; once it has exited, the relay gets up to
+//! 0.5 s more to pass the rest of its stderr on. So closing never takes more than about
+//! 4.5 s, whatever the command does; a well-behaved agent (`tuppence serve --stdio` exits at
 //! once when its link closes; ssh then exits with it) takes milliseconds.
 
 use std::collections::VecDeque;
@@ -68,6 +69,8 @@ pub const STDERR_TAIL: usize = 4096;
 pub const STDERR_LINE: usize = 4096;
 /// A partial stderr line is shown after this long without more bytes.
 const PARTIAL_LINE_AFTER: Duration = Duration::from_millis(200);
+/// How long closing waits, once the command exited, for the rest of its stderr.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// Longest sleep between two checks for the command's exit.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 /// Lines of stderr quoted in an [`ExecEnd`]'s message.
@@ -367,15 +370,19 @@ impl ExecChild {
         if let Some(link) = lock(&self.link).as_ref() {
             let _ = link.shutdown(Shutdown::Both);
         }
-        if let Some(s) = self.wait_exit(EXIT_GRACE) {
-            return Some(s);
+        let status = self.wait_exit(EXIT_GRACE).or_else(|| {
+            lock(&self.proc).signal_group(self.pid, Signal::TERM);
+            self.wait_exit(TERM_GRACE)
+        });
+        let status = status.or_else(|| {
+            lock(&self.proc).signal_group(self.pid, Signal::KILL);
+            self.wait_exit(KILL_WAIT)
+        });
+        // Its last words are shown before this process goes on (perhaps to exit).
+        if status.is_some() {
+            self.wait_stderr(STDERR_DRAIN);
         }
-        lock(&self.proc).signal_group(self.pid, Signal::TERM);
-        if let Some(s) = self.wait_exit(TERM_GRACE) {
-            return Some(s);
-        }
-        lock(&self.proc).signal_group(self.pid, Signal::KILL);
-        self.wait_exit(KILL_WAIT)
+        status
     }
 
     fn report(&self, wait: Duration) -> ExecEnd {
