@@ -90,23 +90,25 @@ impl TargetArgs {
 
     /// Opens the target and waits for the agent's hello.
     pub fn connect(&self) -> Result<Connection, Failure> {
-        let mut target = self.target()?;
+        let target = self.target()?;
         let timeout = Duration::from_secs_f64(self.connect_timeout);
         let config = self.client_config(&target);
         let context = target.to_string();
         if target.endpoint == Endpoint::Local {
             return connect_local(target, config, timeout).map_err(|f| f.at(&context));
         }
-        // chroot: runs this very binary's agent, unless the target names another.
+        // chroot: runs this very binary's agent, unless the target names another (the
+        // target keeps its user-written form for messages).
+        let mut opened = target.clone();
         if let Endpoint::Chroot {
             agent: agent @ None,
             ..
-        } = &mut target.endpoint
+        } = &mut opened.endpoint
         {
             *agent = std::env::current_exe().ok();
         }
-        tracing::debug!(%target, "connecting");
-        let transport = target
+        tracing::debug!(target = %opened, "connecting");
+        let transport = opened
             .connect()
             .map_err(|e| exit::transport(e).at(&context))?;
         let exec = transport.exec();

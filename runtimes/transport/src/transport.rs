@@ -351,6 +351,13 @@ impl AsRawFd for Transport {
     }
 }
 
+/// With the `async-io` feature, `async_io::Async::new(transport)` gives an `AsyncRead +
+/// AsyncWrite` stream for the smol adapter, for every kind of transport.
+// SAFETY: `IoSafe` asks that reading and writing never close or replace the fd `AsFd`
+// returned: every variant reads and writes its one fd and keeps it until dropped.
+#[cfg(feature = "async-io")]
+unsafe impl async_io::IoSafe for Transport {}
+
 /// The stream's fd, for adapters that wrap it themselves. A serial or virtio fd read
 /// directly does not get the `EIO` → EOF mapping; an `exec:` command is then reaped once
 /// it exits, instead of being closed with the link (see [`ExecLink`]).
