@@ -16,6 +16,25 @@ without one), ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION] (`tuppence serve --st
 HOST through the system's ssh), or chroot:DIR[?agent=PATH] (this binary's agent chrooted \
 into DIR; root only). Prefix legacy+ to speak protocol 3.0, the C twopence executor's.";
 
+/// The target forms, shown by `tuppence --help` (`-t` repeats them in short).
+const TARGETS: &str = "\
+Targets (-t, or $TUPPENCE_TARGET; prefix legacy+ for protocol 3.0):
+  local                     an agent inside this process (the default)
+  virtio:/HOST/SOCKET       QEMU's unix socket of a guest's virtio-serial channel
+  serial:/dev/ttyS1[@BAUD]  a serial line, raw 8N1 (default 115200)
+  vsock:CID:PORT            AF_VSOCK
+  unix:/PATH, tcp:HOST:PORT sockets (no authentication: keep them private)
+  exec:COMMAND              run COMMAND and speak over its stdin/stdout; COMMAND is split
+                            like a shell would, without a shell (use sh -c '…' for one):
+                              exec:podman exec -i CTR tuppence serve --stdio
+                              exec:kubectl exec -i POD -- tuppence serve --stdio
+  ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION…]
+                            tuppence serve --stdio on HOST through your ssh (its config,
+                            keys and agent; -T, BatchMode=yes); agent= is the remote
+                            agent, each o= an ssh -o option:
+                              ssh:root@[::1]:2222?agent=/opt/tuppence
+  chroot:DIR[?agent=PATH]   this binary's agent chrooted into DIR (root only)";
+
 const ABOUT: &str =
     "Drive a system under test (VM, serial board, container) over a byte link with no network";
 
@@ -23,7 +42,9 @@ const LONG_ABOUT: &str = "\
 Drive a system under test (VM, serial board, container) over a byte link with no network.
 
 tuppence talks to an agent (`tuppence serve`, or the C twopence_test_server with a legacy+ \
-target) over a virtio-serial channel, a serial line, vsock, a unix socket or TCP. It runs \
+target) over a virtio-serial channel, a serial line, vsock, a unix socket or TCP, or over \
+the stdin/stdout of a command that starts one (exec:, e.g. podman exec or kubectl exec; \
+ssh:; chroot:). It runs \
 commands with live stdin/stdout/stderr, copies files in and out, watches event sources and \
 samples running commands. The default target, `local`, runs an agent inside this process, \
 so `tuppence run -- uname -a` works with nothing set up.
@@ -37,7 +58,7 @@ filter).";
     version,
     about = ABOUT,
     long_about = LONG_ABOUT,
-    after_help = crate::exit::TABLE,
+    after_help = format!("{TARGETS}\n\n{}", crate::exit::TABLE),
     propagate_version = true,
     subcommand_required = true,
     arg_required_else_help = true

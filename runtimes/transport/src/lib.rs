@@ -16,11 +16,21 @@
 //! | `unix:PATH` | `AF_UNIX` stream connect | listen, socket mode 0600 by default, stale socket file removed |
 //! | `tcp:HOST:PORT`, `tcp:[V6]:PORT` | connect with `TCP_NODELAY` | listen on that explicit address only (the protocol has no authentication) |
 //! | `local` | not opened here: the CLI runs an embedded agent | — |
+//! | `exec:COMMAND` | run COMMAND ([split like a shell would](words), without one) and speak over its stdin/stdout ([`ExecLink`]) | `tuppence serve --stdio` ([`StdioRelay`]) |
+//! | `ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION…]` | `exec:` of the system's `ssh … HOST tuppence serve --stdio` ([`Endpoint::command`]) | the same, on HOST |
+//! | `chroot:DIR[?agent=PATH]` | `exec:` of `AGENT serve --stdio --root-directory DIR` (root only) | — |
 //!
 //! Parsing is strict: `"foo:bar".parse::<Target>()` fails with
-//! `unknown transport "foo" (expected virtio, serial, vsock, unix, tcp or local)`, and bad
-//! baud rates, ports, CIDs and missing paths each get their own [`ParseTargetError`].
-//! `Display` prints a form that parses back to the same target.
+//! `unknown transport "foo" (expected virtio, serial, vsock, unix, tcp, local, exec, ssh or
+//! chroot)`, and bad baud rates, ports, CIDs, missing paths, unbalanced quotes and shell
+//! syntax in an `exec:` command each get their own [`ParseTargetError`]. `Display` prints
+//! a form that parses back to the same target.
+//!
+//! `exec:`, `ssh:` and `chroot:` are byte pipes to one agent for one client (DESIGN §8):
+//! unlike a serial line or a virtio port they are never reused by a next client, so they
+//! are not device links ([`Endpoint::may_be_device_link`] is false). `chroot:` runs a
+//! child agent rather than one embedded like `local`: `chroot(2)` changes the root of the
+//! whole process, which a client library cannot do to its caller.
 //!
 //! ```
 //! use tuppence::wire::Dialect;
@@ -50,7 +60,7 @@
 //!
 //! // Controller: connect; then hand the transport to a runtime adapter.
 //! let mut t = target.connect()?;
-//! t.set_nonblocking(true)?; // for mio / async-io; its fd is `t.as_fd()`
+//! t.set_nonblocking(true)?; // for mio; smol: `Async::new(t)` (feature `async-io`)
 //! # let _ = t.read(&mut [0u8; 1]);
 //! # Ok(())
 //! # }
