@@ -36,7 +36,9 @@
 //! SIGKILL and [`KILL_WAIT`] (1 s) to be reaped; once it has exited, the relay gets up to
 //! 0.5 s more to pass the rest of its stderr on. So closing never takes more than about
 //! 4.5 s, whatever the command does; a well-behaved agent (`tuppence serve --stdio` exits at
-//! once when its link closes; ssh then exits with it) takes milliseconds.
+//! once when its link closes; ssh then exits with it) takes milliseconds. That wait happens
+//! in whichever thread drops the last clone: async code that cannot afford it calls
+//! [`ExecHandle::close`] on a blocking thread first.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -558,59 +560,16 @@ impl fmt::Display for ExecEnd {
     }
 }
 
-impl Read for &ExecLink {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&self.stream).read(buf)
-    }
-    fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
-        (&self.stream).read_vectored(bufs)
-    }
+/// Plain socket reads: end of file is `Ok(0)`.
+fn read_socket(s: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    (&*s).read(buf)
 }
 
-impl Read for ExecLink {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self).read(buf)
-    }
-    fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
-        (&*self).read_vectored(bufs)
-    }
+fn read_socket_vectored(s: &UnixStream, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+    (&*s).read_vectored(bufs)
 }
 
-impl Write for &ExecLink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&self.stream).write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        (&self.stream).write_vectored(bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Write for ExecLink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self).write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        (&*self).write_vectored(bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl AsFd for ExecLink {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
-    }
-}
-
-impl AsRawFd for ExecLink {
-    fn as_raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
-    }
-}
+stream_io!(ExecLink, stream, read_socket, read_socket_vectored);
 
 /// The display form of a command (for errors and [`ExecHandle::command`]).
 pub(crate) fn show(argv: &[OsString]) -> String {

@@ -88,6 +88,62 @@
     clippy::unreachable
 )]
 
+/// `Read` and `Write` for `$ty` and `&$ty`, and `AsFd`/`AsRawFd`, all through its `$field`
+/// (a `File` or a socket); reads go through `$read`/`$read_vectored` (`fn(&Field, buf)`),
+/// writes straight to the field. Links with one fd (serial, virtio, exec) share it.
+macro_rules! stream_io {
+    ($ty:ty, $field:ident, $read:path, $read_vectored:path) => {
+        impl Read for &$ty {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                $read(&self.$field, buf)
+            }
+            fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+                $read_vectored(&self.$field, bufs)
+            }
+        }
+        impl Read for $ty {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                (&*self).read(buf)
+            }
+            fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+                (&*self).read_vectored(bufs)
+            }
+        }
+        impl Write for &$ty {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                (&self.$field).write(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                (&self.$field).write_vectored(bufs)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Write for $ty {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                (&*self).write(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                (&*self).write_vectored(bufs)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl AsFd for $ty {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.$field.as_fd()
+            }
+        }
+        impl AsRawFd for $ty {
+            fn as_raw_fd(&self) -> RawFd {
+                self.$field.as_raw_fd()
+            }
+        }
+    };
+}
+
 mod device;
 mod error;
 pub mod exec;

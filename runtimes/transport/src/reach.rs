@@ -37,6 +37,15 @@ pub(crate) fn parse_exec(arg: Option<&str>) -> Result<Endpoint, ParseTargetError
     Ok(Endpoint::Exec { argv })
 }
 
+/// The address part and the `?` parameters, split at the first `?`.
+fn split_query(arg: Option<&str>) -> (&str, Option<&str>) {
+    let arg = arg.unwrap_or("");
+    match arg.split_once('?') {
+        Some((addr, query)) => (addr, Some(query)),
+        None => (arg, None),
+    }
+}
+
 /// `key=value` pairs after the first `?`, each key checked against `allowed`.
 fn parse_query(
     transport: &'static str,
@@ -77,11 +86,7 @@ fn parse_query(
 pub(crate) fn parse_ssh(arg: Option<&str>) -> Result<Endpoint, ParseTargetError> {
     const T: &str = "ssh";
     const USAGE: &str = "ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION]";
-    let arg = arg.unwrap_or("");
-    let (addr, query) = match arg.split_once('?') {
-        Some((addr, query)) => (addr, Some(query)),
-        None => (arg, None),
-    };
+    let (addr, query) = split_query(arg);
     if addr.is_empty() {
         return Err(bad(T, format!("missing host (expected {USAGE})")));
     }
@@ -169,11 +174,7 @@ pub(crate) fn parse_ssh(arg: Option<&str>) -> Result<Endpoint, ParseTargetError>
 
 pub(crate) fn parse_chroot(arg: Option<&str>) -> Result<Endpoint, ParseTargetError> {
     const T: &str = "chroot";
-    let arg = arg.unwrap_or("");
-    let (dir, query) = match arg.split_once('?') {
-        Some((dir, query)) => (dir, Some(query)),
-        None => (arg, None),
-    };
+    let (dir, query) = split_query(arg);
     if dir.is_empty() {
         return Err(ParseTargetError::MissingPath {
             transport: T,

@@ -1,28 +1,17 @@
 //! `exec:`, `ssh:` and `chroot:` target syntax: what each form parses to, its canonical
 //! form, the command it runs, and the errors that say what was expected.
 
+mod common;
+
 use std::ffi::OsString;
 
+use common::{err, parse};
 use proptest::prelude::*;
 use tuppence_transport::words::{self, WordsError};
 use tuppence_transport::{
     DEFAULT_AGENT, Dialect, Endpoint, ListenOptions, Listener, ParseTargetError, Target,
     TransportError,
 };
-
-fn parse(s: &str) -> Target {
-    match s.parse::<Target>() {
-        Ok(t) => t,
-        Err(e) => panic!("{s:?} should parse, got {e}"),
-    }
-}
-
-fn err(s: &str) -> ParseTargetError {
-    match s.parse::<Target>() {
-        Ok(t) => panic!("{s:?} should fail, parsed as {t:?}"),
-        Err(e) => e,
-    }
-}
 
 fn argv(e: &Endpoint) -> Vec<String> {
     e.command()

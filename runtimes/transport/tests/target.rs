@@ -1,23 +1,12 @@
 //! Target syntax: every form parses, prints canonically and parses back; every error is typed
 //! and says what was expected.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{err, parse};
 use tuppence_transport::{Dialect, Endpoint, ParseTargetError, Target, TransportError};
-
-fn parse(s: &str) -> Target {
-    match s.parse::<Target>() {
-        Ok(t) => t,
-        Err(e) => panic!("{s:?} should parse, got {e}"),
-    }
-}
-
-fn err(s: &str) -> ParseTargetError {
-    match s.parse::<Target>() {
-        Ok(t) => panic!("{s:?} should fail, parsed as {t:?}"),
-        Err(e) => e,
-    }
-}
 
 /// `(input, expected endpoint, canonical display)` for every form.
 fn forms() -> Vec<(&'static str, Endpoint, &'static str)> {
