@@ -40,6 +40,12 @@ fn payload() -> Vec<u8> {
     (0..100_000u32).map(|i| (i % 253) as u8).collect()
 }
 
+/// A command to interrupt: it says when it runs, and is then `sleep` itself. (An INT
+/// that reaches `sh -c 'sleep 30'` while dash is still starting up, before it forked the
+/// sleep, can be lost: dash catches INT under `-c`, and sleep, forked after the signal,
+/// never gets it.)
+const SLEEPER: &str = "echo started; exec sleep 30";
+
 /// How a signal a test sends ends the command in each dialect (3.0's interrupt is KILL).
 fn interrupted(dialect: Dialect) -> (Signal, Outcome) {
     match dialect {
@@ -122,7 +128,11 @@ fn blocking_every_operation() {
             .expect("extract");
         assert!(back == data, "{dialect}");
 
-        let run = session.run(Command::new("sleep 30")).expect("run");
+        let run = session.run(Command::new(SLEEPER)).expect("run");
+        assert!(
+            matches!(run.next_timeout(Some(LIMIT)), Ok(Some(RunEvent::Stdout(_)))),
+            "{dialect}: no start line"
+        );
         if dialect == Dialect::V4 {
             let fields = run.procinfo(1 << field::PID).expect("procinfo");
             assert!(u32_field(&fields, field::PID).is_some(), "{fields:?}");
@@ -217,7 +227,11 @@ fn smol_every_operation() {
                 .expect("extract");
             assert!(back.into_inner() == data);
 
-            let run = session.run(Command::new("sleep 30")).await.expect("run");
+            let mut run = session.run(Command::new(SLEEPER)).await.expect("run");
+            assert!(
+                matches!(run.next().await, Some(RunEvent::Stdout(_))),
+                "no start line"
+            );
             if dialect == Dialect::V4 {
                 let fields = run.procinfo(1 << field::PID).await.expect("procinfo");
                 assert!(u32_field(&fields, field::PID).is_some(), "{fields:?}");
@@ -295,24 +309,37 @@ fn mio_every_operation() {
         let inject = client
             .inject("root", remote.clone(), 0o600)
             .expect("inject");
-        let sleep = client.run(Command::new("sleep 30")).expect("run");
+        let sleep = client.run(Command::new(SLEEPER)).expect("run");
         let (signal, want) = interrupted(dialect);
         let monitor = if dialect == Dialect::V4 {
-            client.procinfo(sleep, 1 << field::PID).expect("procinfo");
             let m = client.monitor("agent").expect("monitor");
             client.settle(m, 7).expect("settle");
             Some(m)
         } else {
-            client.interrupt(sleep, signal.clone()).expect("interrupt");
             None
         };
         let mut extract = None;
         let mut seen = Seen::default();
         let started = Instant::now();
         let result = tuppence_mio::run_client(t, client, |c, ev| {
-            assert!(started.elapsed() < LIMIT, "{dialect}: no end: {seen:?}");
+            assert!(
+                started.elapsed() < LIMIT,
+                "{dialect}: no end: procinfo {:?}, settled {:?}, monitor {:?}, sleep {:?}",
+                seen.procinfo,
+                seen.settled,
+                seen.monitor,
+                seen.sleep
+            );
             match ev {
                 ClientEvent::Connected { keepalive, .. } => seen.keepalive = Some(keepalive),
+                // The sleeper runs: (4.0) ask for its procinfo, then interrupt it.
+                ClientEvent::Output { xid, .. } if xid == sleep => {
+                    if dialect == Dialect::V4 {
+                        c.procinfo(sleep, 1 << field::PID).expect("procinfo");
+                    } else {
+                        c.interrupt(sleep, signal.clone()).expect("interrupt");
+                    }
+                }
                 ClientEvent::Output {
                     xid,
                     channel,

@@ -210,3 +210,33 @@ fn root_directory_needs_root() {
         stderr(&out)
     );
 }
+
+/// `--root-directory` with a listener: the socket is opened inside the new root.
+#[test]
+fn root_directory_with_a_unix_listener() {
+    let dir = root_or_skip!("chroot-unix");
+    let mut agent = std::process::Command::new(BIN)
+        .args(["serve", "--unix", "/agent.sock", "--root-directory"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    // Its ready line says the listener is open (after the log line of the chroot).
+    let err = std::io::BufReader::new(agent.stderr.take().expect("stderr"));
+    let mut lines = std::io::BufRead::lines(err);
+    let ready = loop {
+        let line = lines.next().expect("a ready line").expect("utf-8");
+        if line.contains("ready on") {
+            break line;
+        }
+    };
+    assert!(ready.ends_with("ready on unix:/agent.sock"), "{ready}");
+    let t = format!("unix:{}/agent.sock", dir.path().display());
+    let out = run(&["run", "-t", &t, "--", "cat /marker"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "inside\n");
+}

@@ -329,3 +329,36 @@ fn serve_stdio_refuses_listeners_and_exits_on_a_closed_link() {
     assert!(out.stdout.is_empty());
     assert!(out.stderr.is_empty(), "quiet by default: {}", stderr(&out));
 }
+
+/// The client goes away (killed) in the middle of a command: `serve --stdio` sees its
+/// link end, kills the command and exits, as for any disconnect.
+#[test]
+fn serve_stdio_ends_with_its_client() {
+    let t = exec_target(false);
+    let mut runner = tuppence()
+        .args(["run", "-t", &t, "--", "echo $PPID $$; exec sleep 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let line = first_line(&mut runner);
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    let [agent, command] = pids[..] else {
+        panic!("{line}")
+    };
+    assert!(alive(agent) && alive(command));
+    runner.kill().expect("kill the client");
+    let _ = runner.wait();
+    assert!(
+        wait_gone(command, LIMIT),
+        "the command {command} outlived its client"
+    );
+    assert!(
+        wait_gone(agent, LIMIT),
+        "the agent {agent} outlived its link"
+    );
+}
