@@ -362,3 +362,20 @@ fn serve_stdio_ends_with_its_client() {
         "the agent {agent} outlived its link"
     );
 }
+
+/// A listening socket on stdin (the C agent accepted on one) is refused with words.
+#[test]
+fn serve_stdio_refuses_a_listening_socket() {
+    let dir = TempDir::new("listening");
+    let listener = std::os::unix::net::UnixListener::bind(dir.path().join("l.sock")).expect("bind");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--stdio"])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+        .output()
+        .expect("serve");
+    assert_eq!(code(&out), CONNECTION, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "tuppence: serve: cannot serve on stdio: stdin is a socket that is not connected (--stdio serves one connected client, it does not listen)\n"
+    );
+}

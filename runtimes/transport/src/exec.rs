@@ -19,7 +19,8 @@
 //!   are kept for the error report ([`ExecHandle::end_report`]).
 //! * the command runs in a **process group of its own**, so a Ctrl-C on the terminal
 //!   reaches `tuppence` (which forwards it to the remote command) and not the `ssh` that
-//!   carries the link.
+//!   carries the link. The price: it is a background job of the terminal and cannot
+//!   prompt on it (a read of the terminal stops it): use keys, `sudo -n`, `BatchMode`.
 //!
 //! # End of the link
 //!
@@ -320,7 +321,7 @@ impl Proc {
         let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
             return;
         };
-        if rustix::process::kill_process_group(pid, sig).is_ok() {
+        if rustix::process::kill_process_group(pid, sig).is_ok() && sig != Signal::CONT {
             self.signalled = Some(sig);
         }
     }
@@ -373,7 +374,12 @@ impl ExecChild {
             let _ = link.shutdown(Shutdown::Both);
         }
         let status = self.wait_exit(EXIT_GRACE).or_else(|| {
-            lock(&self.proc).signal_group(self.pid, Signal::TERM);
+            let mut proc = lock(&self.proc);
+            proc.signal_group(self.pid, Signal::TERM);
+            // A command stopped in the background (SIGTTIN: it tried to read the
+            // terminal) acts on TERM only once continued.
+            proc.signal_group(self.pid, Signal::CONT);
+            drop(proc);
             self.wait_exit(TERM_GRACE)
         });
         let status = status.or_else(|| {

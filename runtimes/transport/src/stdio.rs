@@ -72,6 +72,17 @@ impl StdioRelay {
             .map_err(|e| named("stdin", e.into()))?;
         let socket =
             FileType::from_raw_mode(rustix::fs::fstat(&input)?.st_mode) == FileType::Socket;
+        // The C agent's `--port-stdio` also accepted on a listening socket; one client per
+        // link is the rule here, so say so instead of reading an error as the end.
+        if socket
+            && let Err(e) = rustix::net::getpeername(&input)
+            && e == rustix::io::Errno::NOTCONN
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "stdin is a socket that is not connected (--stdio serves one connected client, it does not listen)",
+            ));
+        }
         let output = if socket {
             rustix::io::fcntl_dupfd_cloexec(&input, 3)?
         } else {

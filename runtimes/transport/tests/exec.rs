@@ -245,3 +245,26 @@ fn a_bare_fd_still_gets_the_command_reaped() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A command stopped in the background (as one that reads the terminal is, by SIGTTIN)
+/// is continued along with the TERM, so it ends by TERM rather than waiting for the KILL.
+#[test]
+fn a_stopped_command_is_continued_to_take_its_term() {
+    let t = connect("sh -c 'kill -STOP $$; sleep 1000'");
+    let h = t.exec().expect("handle");
+    let pid = h.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "sh {pid} never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(t);
+    assert_eq!(h.try_status().and_then(|s| s.signal()), Some(15));
+}
