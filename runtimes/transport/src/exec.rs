@@ -30,13 +30,14 @@
 //! CLI adds it to its connection errors (status 202). A command that cannot be started at
 //! all is [`TransportError::Spawn`] from `connect`.
 //!
-//! When the last handle on the link (the transport, its clones, every [`ExecHandle`]) is
-//! dropped, or on [`ExecHandle::close`]: the socket is shut down (the command reads end of
-//! file on its stdin, its writes fail), then the command gets [`EXIT_GRACE`] (2 s) to
-//! exit, then its process group is sent SIGTERM and given [`TERM_GRACE`] (1 s), then
-//! SIGKILL and [`KILL_WAIT`] (1 s) to be reaped; once it has exited, the relay gets up to
-//! 0.5 s more to pass the rest of its stderr on. So closing never takes more than about
-//! 4.5 s, whatever the command does; a well-behaved agent (`tuppence serve --stdio` exits at
+//! When the last clone of the link (the transport and its `try_clone`s; an [`ExecHandle`]
+//! does not count) is dropped, or on [`ExecHandle::close`]: the socket is shut down (the
+//! command reads end of file on its stdin, its writes fail), then the command gets
+//! [`EXIT_GRACE`] (2 s) to exit, then its process group is sent SIGTERM (and SIGCONT, in
+//! case it is stopped) and given [`TERM_GRACE`] (1 s), then SIGKILL and [`KILL_WAIT`]
+//! (1 s) to be reaped; once it has exited, the relay gets up to 0.5 s more to pass the
+//! rest of its stderr on. So closing never takes more than about 4.5 s, whatever the
+//! command does; a well-behaved agent (`tuppence serve --stdio` exits at
 //! once when its link closes; ssh then exits with it) takes milliseconds. That wait happens
 //! in whichever thread drops the last clone: async code that cannot afford it calls
 //! [`ExecHandle::close`] on a blocking thread first.
@@ -83,7 +84,7 @@ const REPORT_LINES: usize = 3;
 /// share of the command itself. See the module documentation.
 ///
 /// `try_clone` dups the socket and shares the command: it is closed (and reaped) when the
-/// last clone and the last [`ExecHandle`] are gone.
+/// last clone is gone ([`ExecHandle`]s do not count).
 #[derive(Debug)]
 pub struct ExecLink {
     stream: UnixStream,
