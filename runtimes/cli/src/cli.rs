@@ -9,9 +9,31 @@ use tuppence_transport::DEFAULT_VIRTIO_PORT;
 
 const TARGET_HELP: &str = "\
 Where the agent is: virtio:/HOST/SOCKET (QEMU's unix socket of the guest's virtio-serial \
-channel), serial:/dev/ttyX[@BAUD], vsock:CID:PORT, unix:/PATH, tcp:HOST:PORT, or local (an \
-agent embedded in this process; no setup). Prefix legacy+ to speak protocol 3.0, the C \
-twopence executor's.";
+channel), serial:/dev/ttyX[@BAUD], vsock:CID:PORT, unix:/PATH, tcp:HOST:PORT, local (an \
+agent embedded in this process; no setup), exec:COMMAND (run COMMAND, e.g. `podman exec -i \
+CTR tuppence serve --stdio`, and speak over its stdin/stdout; split like a shell would, \
+without one), ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION] (`tuppence serve --stdio` on \
+HOST through the system's ssh), or chroot:DIR[?agent=PATH] (this binary's agent chrooted \
+into DIR; root only). Prefix legacy+ to speak protocol 3.0, the C twopence executor's.";
+
+/// The target forms, shown by `tuppence --help` (`-t` repeats them in short).
+const TARGETS: &str = "\
+Targets (-t, or $TUPPENCE_TARGET; prefix legacy+ for protocol 3.0):
+  local                     an agent inside this process (the default)
+  virtio:/HOST/SOCKET       QEMU's unix socket of a guest's virtio-serial channel
+  serial:/dev/ttyS1[@BAUD]  a serial line, raw 8N1 (default 115200)
+  vsock:CID:PORT            AF_VSOCK
+  unix:/PATH, tcp:HOST:PORT sockets (no authentication: keep them private)
+  exec:COMMAND              run COMMAND and speak over its stdin/stdout; COMMAND is split
+                            like a shell would, without a shell (use sh -c '…' for one):
+                              exec:podman exec -i CTR tuppence serve --stdio
+                              exec:kubectl exec -i POD -- tuppence serve --stdio
+  ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION…]
+                            tuppence serve --stdio on HOST through your ssh (its config,
+                            keys and agent; -T, BatchMode=yes); agent= is the remote
+                            agent, each o= an ssh -o option:
+                              ssh:root@[::1]:2222?agent=/opt/tuppence
+  chroot:DIR[?agent=PATH]   this binary's agent chrooted into DIR (root only)";
 
 const ABOUT: &str =
     "Drive a system under test (VM, serial board, container) over a byte link with no network";
@@ -20,7 +42,9 @@ const LONG_ABOUT: &str = "\
 Drive a system under test (VM, serial board, container) over a byte link with no network.
 
 tuppence talks to an agent (`tuppence serve`, or the C twopence_test_server with a legacy+ \
-target) over a virtio-serial channel, a serial line, vsock, a unix socket or TCP. It runs \
+target) over a virtio-serial channel, a serial line, vsock, a unix socket or TCP, or over \
+the stdin/stdout of a command that starts one (exec:, e.g. podman exec or kubectl exec; \
+ssh:; chroot:). It runs \
 commands with live stdin/stdout/stderr, copies files in and out, watches event sources and \
 samples running commands. The default target, `local`, runs an agent inside this process, \
 so `tuppence run -- uname -a` works with nothing set up.
@@ -34,7 +58,7 @@ filter).";
     version,
     about = ABOUT,
     long_about = LONG_ABOUT,
-    after_help = crate::exit::TABLE,
+    after_help = format!("{TARGETS}\n\n{}", crate::exit::TABLE),
     propagate_version = true,
     subcommand_required = true,
     arg_required_else_help = true
@@ -334,7 +358,21 @@ The protocol has no authentication: whoever can reach a listener can run command
 user the agent may switch to. Unix sockets are created mode 0600; TCP is opened only on the \
 address given.
 
-Exit status: 0 after quit or a signal, 202 a listener could not be opened, 204 bad usage.";
+With --stdio the agent serves exactly one client on its own stdin and stdout (or on a \
+connected socket on stdin) and exits when that link closes: this is what exec:, ssh: and \
+chroot: targets start, e.g. tuppence run -t 'exec:podman exec -i CTR tuppence serve \
+--stdio' -- uname -a. Stdout then carries nothing but the protocol; the log goes to stderr \
+(warnings only unless -v; there is no ready line) and the client shows it. The stdio fds \
+are never set non-blocking (they are shared with whoever started the agent): two threads \
+relay them to the agent's own socket.
+
+--root-directory DIR chroots into DIR (and changes to its /) before anything is served \
+or opened, as the C agent's option of that name; root only. Inside, the agent sees only \
+DIR: commands need DIR/bin/sh, users come from DIR/etc/passwd, tty commands need \
+DIR/dev/ptmx, procinfo needs DIR/proc, and cgroups are used only if mounted in DIR.
+
+Exit status: 0 after quit or a signal (or, with --stdio, the end of the link), 202 a \
+listener could not be opened (or the chroot failed), 204 bad usage.";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -404,6 +442,13 @@ pub struct ServeArgs {
     /// its process group with setsid; without cgroups only the process group is killed.
     #[arg(long)]
     pub no_cgroups: bool,
+    /// Serve one client on stdin/stdout (or a connected socket on stdin) and exit when it
+    /// leaves: the agent end of exec:, ssh: and chroot: targets.
+    #[arg(long, conflicts_with_all = ["virtio", "serial", "vsock", "unix", "tcp"])]
+    pub stdio: bool,
+    /// chroot(2) into DIR and change to its / before serving (root only).
+    #[arg(long, value_name = "DIR")]
+    pub root_directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

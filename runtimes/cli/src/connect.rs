@@ -5,13 +5,14 @@
 //! and spoken to over one end of a unix socket pair. The commands it starts are therefore
 //! children of this process, and are killed when it stops.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tuppence::link::{ClientConfig, KEEPALIVE_SERVER_DEFAULT};
 use tuppence_agent::embedded::EmbeddedAgent;
 use tuppence_agent::serve::LinkDaemonConfig;
 use tuppence_blocking::Session;
-use tuppence_transport::{Endpoint, Target};
+use tuppence_transport::{Endpoint, ExecHandle, Target};
 
 use crate::cli::TargetArgs;
 use crate::exit::{self, Failure};
@@ -27,6 +28,30 @@ pub struct Connection {
     pub target: Target,
     session: Session,
     local: Option<EmbeddedAgent>,
+    /// `exec:`, `ssh:`, `chroot:`: the command behind the link, closed with the connection.
+    exec: Option<ExecHandle>,
+}
+
+/// The command behind this process's `exec:`/`ssh:`/`chroot:` connection, for
+/// [`explain`]: a failure is reported after the connection is gone.
+static EXEC: Mutex<Option<ExecHandle>> = Mutex::new(None);
+
+/// How long [`explain`] waits for a command that is still running to exit.
+const EXEC_REPORT_WAIT: Duration = Duration::from_millis(500);
+
+/// Adds to a connection or protocol failure how the command behind an `exec:`, `ssh:` or
+/// `chroot:` link ended (its exit status and last stderr lines): a link that closed is
+/// otherwise just "closed by peer", and the reason is in the command's fate.
+pub fn explain(mut failure: Failure) -> Failure {
+    if !matches!(failure.code, exit::CONNECTION | exit::PROTOCOL) {
+        return failure;
+    }
+    let handle = EXEC.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if let Some(handle) = handle {
+        let end = handle.end_report(EXEC_REPORT_WAIT);
+        failure.message = format!("{} ({end})", failure.message);
+    }
+    failure
 }
 
 impl TargetArgs {
@@ -63,17 +88,41 @@ impl TargetArgs {
         if target.endpoint == Endpoint::Local {
             return connect_local(target, config, timeout).map_err(|f| f.at(&context));
         }
-        tracing::debug!(%target, "connecting");
-        let transport = target
+        // chroot: runs this very binary's agent, unless the target names another (the
+        // target keeps its user-written form for messages).
+        let mut opened = target.clone();
+        if let Endpoint::Chroot {
+            agent: agent @ None,
+            ..
+        } = &mut opened.endpoint
+        {
+            *agent = std::env::current_exe().ok();
+        }
+        tracing::debug!(target = %opened, "connecting");
+        let transport = opened
             .connect()
             .map_err(|e| exit::transport(e).at(&context))?;
-        let session = Session::new(transport, config, timeout)
-            .map_err(|e| Failure::session(e).at(&context))?;
+        let exec = transport.exec();
+        if let Some(handle) = &exec {
+            tracing::debug!(pid = handle.id(), command = handle.command(), "started");
+            *EXEC.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle.clone());
+        }
+        let session = match Session::new(transport, config, timeout) {
+            Ok(session) => session,
+            Err(e) => {
+                // A command that never answered is stopped before its fate is reported.
+                if let Some(handle) = &exec {
+                    handle.close();
+                }
+                return Err(Failure::session(e).at(&context));
+            }
+        };
         log_hello(&session);
         Ok(Connection {
             target,
             session,
             local: None,
+            exec,
         })
     }
 }
@@ -102,6 +151,7 @@ fn connect_local(
                 target,
                 session,
                 local: Some(local),
+                exec: None,
             })
         }
         Err(e) => {
@@ -154,5 +204,10 @@ impl Drop for Connection {
     /// cannot hold the exit.
     fn drop(&mut self) {
         let _ = self.session.flush(Some(CLOSE_FLUSH));
+        // The command behind an exec: link reads end of file and exits (an agent does at
+        // once); one that does not is signalled (bounded: see `ExecHandle::close`).
+        if let Some(exec) = &self.exec {
+            exec.close();
+        }
     }
 }

@@ -24,7 +24,9 @@ pub const TIMEOUT: u8 = 200;
 pub const REMOTE_FAILURE: u8 = 201;
 /// The target could not be opened or connected, the agent refused the connection (too
 /// many clients, out of file descriptors), or the connection broke (peer closed,
-/// keepalive expired, no hello reply in time).
+/// keepalive expired, no hello reply in time). For `exec:`, `ssh:` and `chroot:`: the
+/// command could not be started, or it exited (its status and last stderr lines are in
+/// the message).
 pub const CONNECTION: u8 = 202;
 /// The peer does not speak the protocol we expect (version mismatch, bad handshake, a
 /// byte stream that lost its framing).
@@ -49,7 +51,8 @@ Exit status:
   130      interrupted by Ctrl-C during a transfer
   200      the command timed out (killed by the agent, or not ended 5 s after its timeout)
   201      the agent could not do it (command did not start, file error, unknown source)
-  202      connection failure (cannot connect, refused, peer closed, keepalive expired)
+  202      connection failure (cannot connect, refused, peer closed, keepalive expired,
+           an exec:/ssh:/chroot: command that cannot start or exits)
   203      protocol failure (version mismatch, handshake, framing)
   204      bad usage (command line, target syntax, operation not in the target's dialect,
            a request too large for one packet)

@@ -15,6 +15,7 @@ mod control;
 mod exit;
 mod run;
 mod serve;
+mod serve_stdio;
 mod sniff;
 mod term;
 mod transfer;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
+            let failure = connect::explain(failure);
             exit::say(&failure);
             ExitCode::from(failure.code)
         }
@@ -69,15 +71,16 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr so stdout carries only the remote command's output. The level is
-/// `warn` for client commands and `info` for `serve` (whose audit trail is info events),
+/// `warn` for client commands and `serve --stdio`, and `info` for `serve` (whose audit
+/// trail is info events),
 /// moved by -v/-q; `TUPPENCE_LOG` (a tracing filter such as `debug` or
 /// `tuppence_agent=trace`) overrides both.
 fn init_logging(cli: &Cli) {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let base: i32 = if matches!(cli.command, Command::Serve(_)) {
-        3
-    } else {
-        2
+    // `serve --stdio` is started by a client, which shows its stderr: warnings only.
+    let base: i32 = match &cli.command {
+        Command::Serve(s) if !s.stdio => 3,
+        _ => 2,
     };
     let level = (base + i32::from(cli.verbose) - i32::from(cli.quiet)).clamp(0, 5);
     let default = LEVELS

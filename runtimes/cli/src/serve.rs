@@ -24,6 +24,12 @@ use crate::cli::ServeArgs;
 use crate::exit::{self, Failure};
 
 pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
+    if args.stdio {
+        return crate::serve_stdio::serve_stdio(&args);
+    }
+    if let Some(dir) = &args.root_directory {
+        crate::serve_stdio::enter_root(dir)?;
+    }
     let targets = listen_targets(&args)?;
     let options = ListenOptions {
         unix_mode: args.unix_mode,
@@ -49,7 +55,34 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         })
         .collect();
 
-    let config = LinkDaemonConfig {
+    let config = agent_config(&args);
+    let cannot = |e: std::io::Error| {
+        Failure::new(
+            exit::CONNECTION,
+            format!("cannot start the agent: {}", exit::io_text(&e)),
+        )
+    };
+    let mut agent = LinkDaemon::new(config).map_err(cannot)?;
+    for l in listeners {
+        agent.add_listener(l).map_err(cannot)?;
+    }
+    let stop = agent.stop_handle().map_err(cannot)?;
+    let signal_handle = stop_on_signals("tuppence serve", sockets, move || stop.stop())?;
+
+    exit::say(format_args!(
+        "tuppence serve: ready on {}",
+        shown.join(", ")
+    ));
+    tracing::info!("{}", agent.containment());
+    let end = agent.run().map_err(cannot)?;
+    signal_handle.close();
+    log_end(end);
+    Ok(0)
+}
+
+/// The agent's settings from the command line (for listeners and for `--stdio`).
+pub(crate) fn agent_config(args: &ServeArgs) -> LinkDaemonConfig {
+    LinkDaemonConfig {
         max_clients: args.max_clients.max(1),
         max_transactions: args.max_transactions.max(1),
         default_timeout: Duration::from_secs_f64(args.default_timeout),
@@ -72,33 +105,15 @@ pub fn serve(args: ServeArgs) -> Result<u8, Failure> {
         exit_when_idle: false,
         cgroups: !args.no_cgroups,
         ..LinkDaemonConfig::default()
-    };
-    let cannot = |e: std::io::Error| {
-        Failure::new(
-            exit::CONNECTION,
-            format!("cannot start the agent: {}", exit::io_text(&e)),
-        )
-    };
-    let mut agent = LinkDaemon::new(config).map_err(cannot)?;
-    for l in listeners {
-        agent.add_listener(l).map_err(cannot)?;
     }
-    let stop = agent.stop_handle().map_err(cannot)?;
-    let signal_handle = stop_on_signals("tuppence serve", sockets, move || stop.stop())?;
+}
 
-    exit::say(format_args!(
-        "tuppence serve: ready on {}",
-        shown.join(", ")
-    ));
-    tracing::info!("{}", agent.containment());
-    let end = agent.run().map_err(cannot)?;
-    signal_handle.close();
+pub(crate) fn log_end(end: RunEnd) {
     match end {
         RunEnd::Quit => tracing::info!("quit by a client"),
         RunEnd::Stopped => tracing::info!("stopped by a signal"),
         RunEnd::Idle => tracing::info!("nothing left to serve"),
     }
-    Ok(0)
 }
 
 /// A unix socket file a server created, and its identity right after `bind`: removed on

@@ -230,54 +230,7 @@ impl VirtioLink {
 /// link's `File`, reads with `EIO` → EOF.
 macro_rules! device_io {
     ($ty:ty) => {
-        impl Read for &$ty {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                sys::read_device(&self.io, buf)
-            }
-            fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
-                sys::read_device_vectored(&self.io, bufs)
-            }
-        }
-        impl Read for $ty {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                (&*self).read(buf)
-            }
-            fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
-                (&*self).read_vectored(bufs)
-            }
-        }
-        impl Write for &$ty {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                (&self.io).write(buf)
-            }
-            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-                (&self.io).write_vectored(bufs)
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        impl Write for $ty {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                (&*self).write(buf)
-            }
-            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-                (&*self).write_vectored(bufs)
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        impl AsFd for $ty {
-            fn as_fd(&self) -> BorrowedFd<'_> {
-                self.io.as_fd()
-            }
-        }
-        impl AsRawFd for $ty {
-            fn as_raw_fd(&self) -> RawFd {
-                self.io.as_raw_fd()
-            }
-        }
+        stream_io!($ty, io, sys::read_device, sys::read_device_vectored);
         /// The I/O fd; any other handle the link held is closed. The listener that handed
         /// out the link no longer counts this fd as a live session.
         impl From<$ty> for OwnedFd {

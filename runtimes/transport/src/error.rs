@@ -102,4 +102,21 @@ pub enum TransportError {
     /// AF_VSOCK exists only on Linux.
     #[error("vsock is only available on Linux")]
     VsockUnsupported,
+    /// `exec:`, `ssh:` and `chroot:` are client-side ways to start an agent; nothing listens
+    /// on them.
+    #[error(
+        "{transport} targets cannot be listened on (the agent's side of them is `tuppence serve --stdio`)"
+    )]
+    NotListenable {
+        /// `"exec"`, `"ssh"` or `"chroot"`.
+        transport: &'static str,
+    },
+    /// The command of an `exec:`, `ssh:` or `chroot:` target could not be started.
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        /// The command, as an `exec:` target would write it.
+        command: String,
+        /// Why (`No such file or directory` for an unknown program).
+        source: io::Error,
+    },
 }

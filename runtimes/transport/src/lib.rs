@@ -16,11 +16,21 @@
 //! | `unix:PATH` | `AF_UNIX` stream connect | listen, socket mode 0600 by default, stale socket file removed |
 //! | `tcp:HOST:PORT`, `tcp:[V6]:PORT` | connect with `TCP_NODELAY` | listen on that explicit address only (the protocol has no authentication) |
 //! | `local` | not opened here: the CLI runs an embedded agent | — |
+//! | `exec:COMMAND` | run COMMAND ([split like a shell would](words), without one) and speak over its stdin/stdout ([`ExecLink`]) | `tuppence serve --stdio` ([`StdioRelay`]) |
+//! | `ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION…]` | `exec:` of the system's `ssh … HOST tuppence serve --stdio` ([`Endpoint::command`]) | the same, on HOST |
+//! | `chroot:DIR[?agent=PATH]` | `exec:` of `AGENT serve --stdio --root-directory DIR` (root only) | — |
 //!
 //! Parsing is strict: `"foo:bar".parse::<Target>()` fails with
-//! `unknown transport "foo" (expected virtio, serial, vsock, unix, tcp or local)`, and bad
-//! baud rates, ports, CIDs and missing paths each get their own [`ParseTargetError`].
-//! `Display` prints a form that parses back to the same target.
+//! `unknown transport "foo" (expected virtio, serial, vsock, unix, tcp, local, exec, ssh or
+//! chroot)`, and bad baud rates, ports, CIDs, missing paths, unbalanced quotes and shell
+//! syntax in an `exec:` command each get their own [`ParseTargetError`]. `Display` prints
+//! a form that parses back to the same target.
+//!
+//! `exec:`, `ssh:` and `chroot:` are byte pipes to one agent for one client (DESIGN §8):
+//! unlike a serial line or a virtio port they are never reused by a next client, so they
+//! are not device links ([`Endpoint::may_be_device_link`] is false). `chroot:` runs a
+//! child agent rather than one embedded like `local`: `chroot(2)` changes the root of the
+//! whole process, which a client library cannot do to its caller.
 //!
 //! ```
 //! use tuppence::wire::Dialect;
@@ -50,7 +60,7 @@
 //!
 //! // Controller: connect; then hand the transport to a runtime adapter.
 //! let mut t = target.connect()?;
-//! t.set_nonblocking(true)?; // for mio / async-io; its fd is `t.as_fd()`
+//! t.set_nonblocking(true)?; // for mio; smol: `Async::new(t)` (feature `async-io`)
 //! # let _ = t.read(&mut [0u8; 1]);
 //! # Ok(())
 //! # }
@@ -78,28 +88,91 @@
     clippy::unreachable
 )]
 
+/// `Read` and `Write` for `$ty` and `&$ty`, and `AsFd`/`AsRawFd`, all through its `$field`
+/// (a `File` or a socket); reads go through `$read`/`$read_vectored` (`fn(&Field, buf)`),
+/// writes straight to the field. Links with one fd (serial, virtio, exec) share it.
+macro_rules! stream_io {
+    ($ty:ty, $field:ident, $read:path, $read_vectored:path) => {
+        impl Read for &$ty {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                $read(&self.$field, buf)
+            }
+            fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+                $read_vectored(&self.$field, bufs)
+            }
+        }
+        impl Read for $ty {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                (&*self).read(buf)
+            }
+            fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+                (&*self).read_vectored(bufs)
+            }
+        }
+        impl Write for &$ty {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                (&self.$field).write(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                (&self.$field).write_vectored(bufs)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Write for $ty {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                (&*self).write(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                (&*self).write_vectored(bufs)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl AsFd for $ty {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.$field.as_fd()
+            }
+        }
+        impl AsRawFd for $ty {
+            fn as_raw_fd(&self) -> RawFd {
+                self.$field.as_raw_fd()
+            }
+        }
+    };
+}
+
 mod device;
 mod error;
+pub mod exec;
 mod listener;
 mod local_file;
+mod reach;
+pub mod stdio;
 mod sys;
 mod target;
 mod transport;
 mod virtio;
 mod vm_sockets;
+pub mod words;
 
 pub use device::{SerialLink, VirtioLink};
 pub use error::TransportError;
+pub use exec::{ExecEnd, ExecHandle, ExecLink, ExecStderr};
 pub use listener::{
     ListenOptions, Listener, Peer, SerialListener, UnixCredentials, UnixSocketListener,
 };
 pub use local_file::{LocalFile, LocalFileError};
+pub use reach::DEFAULT_AGENT;
+pub use stdio::StdioRelay;
 pub use sys::{SOCKET_BUFFER, is_hangup, tune_socket_buffers};
 pub use target::{
     DEFAULT_BAUD, DEFAULT_VIRTIO_PORT, Endpoint, LEGACY_PREFIX, ParseTargetError, Target,
     VSOCK_CID_ANY,
 };
-pub use transport::{Transport, TransportKind};
+pub use transport::{ConnectOptions, Transport, TransportKind};
 pub use virtio::VirtioPort;
 pub use vm_sockets::{VSOCK_CID_LOCAL, VSOCK_PORT_ANY, vsock_loopback_available};
 
@@ -116,4 +189,6 @@ const _: fn() = || {
     send_sync::<Target>();
     send_sync::<TransportError>();
     send_sync::<ParseTargetError>();
+    send_sync::<ExecHandle>();
+    send_sync::<StdioRelay>();
 };

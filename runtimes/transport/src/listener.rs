@@ -114,6 +114,8 @@ impl Listener {
     /// * `virtio:PATH` — opens the guest's virtio-serial port (e.g.
     ///   [`DEFAULT_VIRTIO_PORT`](crate::DEFAULT_VIRTIO_PORT)).
     /// * `local` — an error: the CLI embeds the agent instead.
+    /// * `exec:`, `ssh:`, `chroot:` — an error: they name a client's way to start an
+    ///   agent; the agent's side of them is `tuppence serve --stdio` ([`crate::StdioRelay`]).
     pub fn bind(target: &Target, options: &ListenOptions) -> Result<Listener, TransportError> {
         match &target.endpoint {
             Endpoint::Unix { path } => Listener::unix(path, options.unix_mode),
@@ -147,6 +149,11 @@ impl Listener {
             Endpoint::Local => Err(TransportError::Local {
                 action: "listen on",
             }),
+            Endpoint::Exec { .. } | Endpoint::Ssh { .. } | Endpoint::Chroot { .. } => {
+                Err(TransportError::NotListenable {
+                    transport: target.transport_name(),
+                })
+            }
         }
     }
 

@@ -24,7 +24,7 @@ pub const LEGACY_PREFIX: &str = "legacy+";
 /// `VMADDR_CID_ANY`: bind to every local CID. Written as `any` in a target.
 pub const VSOCK_CID_ANY: u32 = u32::MAX;
 
-const EXPECTED_TRANSPORTS: &str = "virtio, serial, vsock, unix, tcp or local";
+const EXPECTED_TRANSPORTS: &str = "virtio, serial, vsock, unix, tcp, local, exec, ssh or chroot";
 
 /// A parsed target: which dialect to speak and where the bytes go.
 ///
@@ -81,6 +81,37 @@ pub enum Endpoint {
     /// `local`: an agent embedded in the same process. Not openable by this crate; the CLI
     /// runs the agent itself over a socket pair.
     Local,
+    /// `exec:COMMAND`: run COMMAND (split into words as a shell would, without a shell) and
+    /// speak over its stdin and stdout, which are one end of a unix socket pair. See
+    /// [`ExecLink`](crate::ExecLink).
+    Exec {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
+    /// `ssh:[USER@]HOST[:PORT][?agent=PATH&o=OPTION…]`: `exec:` of the system's OpenSSH
+    /// client running `tuppence serve --stdio` on HOST (see [`Endpoint::command`]).
+    Ssh {
+        /// `-l USER`, when given.
+        user: Option<String>,
+        /// Host name or IP literal, without brackets.
+        host: String,
+        /// `-p PORT`, when given.
+        port: Option<u16>,
+        /// The agent program on HOST ([`DEFAULT_AGENT`](crate::DEFAULT_AGENT) when not given), looked up by the
+        /// remote user's shell.
+        agent: Option<String>,
+        /// `-o OPTION` for each, in order (`o=IdentityFile=/path`).
+        options: Vec<String>,
+    },
+    /// `chroot:DIR[?agent=PATH]`: a child agent, `PATH serve --stdio --root-directory
+    /// DIR`, chrooted into DIR (root only). The `tuppence` CLI uses its own binary when no
+    /// `agent=` is given; the library runs [`DEFAULT_AGENT`](crate::DEFAULT_AGENT) from `PATH`.
+    Chroot {
+        /// The new root directory.
+        dir: PathBuf,
+        /// The agent program on this machine.
+        agent: Option<PathBuf>,
+    },
 }
 
 /// Why a target string was rejected. Each message says what was expected.
@@ -89,7 +120,7 @@ pub enum Endpoint {
 pub enum ParseTargetError {
     /// Nothing (or only `legacy+`) was given.
     #[error(
-        "empty target (expected virtio:PATH, serial:DEVICE[@BAUD], vsock:CID:PORT, unix:PATH, tcp:HOST:PORT or local)"
+        "empty target (expected virtio:PATH, serial:DEVICE[@BAUD], vsock:CID:PORT, unix:PATH, tcp:HOST:PORT, local, exec:COMMAND, ssh:[USER@]HOST[:PORT] or chroot:DIR)"
     )]
     Empty,
     /// The part before the first `:` is not a known transport.
@@ -157,6 +188,17 @@ pub enum ParseTargetError {
     /// `local:` followed by something.
     #[error("local takes no argument (found {0:?}; expected just local)")]
     LocalArgument(String),
+    /// The command of an `exec:` target does not split into words.
+    #[error("bad exec command: {0}")]
+    ExecCommand(#[from] crate::words::WordsError),
+    /// A malformed `ssh:` or `chroot:` target; the message says what was expected.
+    #[error("bad {transport} target: {reason}")]
+    Reach {
+        /// `"ssh"` or `"chroot"`.
+        transport: &'static str,
+        /// What is wrong, and what was expected.
+        reason: String,
+    },
 }
 
 impl Target {
@@ -191,6 +233,9 @@ impl Endpoint {
             Endpoint::Unix { .. } => "unix",
             Endpoint::Tcp { .. } => "tcp",
             Endpoint::Local => "local",
+            Endpoint::Exec { .. } => "exec",
+            Endpoint::Ssh { .. } => "ssh",
+            Endpoint::Chroot { .. } => "chroot",
         }
     }
 
@@ -237,6 +282,9 @@ impl FromStr for Target {
                 None => Endpoint::Local,
                 Some(a) => return Err(ParseTargetError::LocalArgument(a.to_owned())),
             },
+            "exec" => crate::reach::parse_exec(arg)?,
+            "ssh" => crate::reach::parse_ssh(arg)?,
+            "chroot" => crate::reach::parse_chroot(arg)?,
             other => return Err(ParseTargetError::UnknownTransport(other.to_owned())),
         };
         Ok(Target { dialect, endpoint })
@@ -383,7 +431,7 @@ fn parse_tcp(arg: Option<&str>) -> Result<Endpoint, ParseTargetError> {
 
 /// Host names and IP literals are printable ASCII without brackets, slashes or spaces.
 /// `%` is allowed inside brackets for IPv6 zone ids (`fe80::1%eth0`).
-fn valid_host_chars(host: &str, bracketed: bool) -> bool {
+pub(crate) fn valid_host_chars(host: &str, bracketed: bool) -> bool {
     host.bytes().all(|b| {
         b.is_ascii_alphanumeric()
             || matches!(b, b'.' | b'-' | b'_')
@@ -392,7 +440,7 @@ fn valid_host_chars(host: &str, bracketed: bool) -> bool {
 }
 
 /// Plain decimal digits only: `u32::from_str` would also take a leading `+`.
-fn parse_decimal_u32(s: &str) -> Option<u32> {
+pub(crate) fn parse_decimal_u32(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -430,6 +478,9 @@ impl fmt::Display for Endpoint {
                 }
             }
             Endpoint::Local => f.write_str("local"),
+            Endpoint::Exec { .. } | Endpoint::Ssh { .. } | Endpoint::Chroot { .. } => {
+                crate::reach::fmt_endpoint(self, f)
+            }
         }
     }
 }

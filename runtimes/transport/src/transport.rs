@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::device::{SerialLink, VirtioLink};
 use crate::error::TransportError;
+use crate::exec::{self, ExecHandle, ExecLink, ExecStderr};
 use crate::sys;
 use crate::target::{Endpoint, Target};
 
@@ -40,6 +41,9 @@ pub enum Transport {
     /// An `AF_VSOCK` stream (Linux).
     #[cfg(target_os = "linux")]
     Vsock(vsock::VsockStream),
+    /// A command's stdio (`exec:`, `ssh:`, `chroot:` targets): our end of the unix socket
+    /// pair that is its stdin and stdout, and the command (see [`ExecLink`]).
+    Exec(ExecLink),
 }
 
 /// Which kind of fd a [`Transport`] is, for logs and for picking an event-loop source.
@@ -55,6 +59,8 @@ pub enum TransportKind {
     Virtio,
     /// `AF_VSOCK` stream.
     Vsock,
+    /// A command's stdio (`exec:`, `ssh:`, `chroot:`).
+    Exec,
 }
 
 impl TransportKind {
@@ -66,6 +72,7 @@ impl TransportKind {
             TransportKind::Serial => "serial",
             TransportKind::Virtio => "virtio",
             TransportKind::Vsock => "vsock",
+            TransportKind::Exec => "exec",
         }
     }
 }
@@ -76,7 +83,30 @@ impl fmt::Display for TransportKind {
     }
 }
 
+/// Options of [`Target::connect_with`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// Where the stderr of an `exec:`, `ssh:` or `chroot:` command goes.
+    pub exec_stderr: ExecStderr,
+}
+
+impl ConnectOptions {
+    /// The options with `exec_stderr` set.
+    #[must_use]
+    pub fn exec_stderr(mut self, to: ExecStderr) -> Self {
+        self.exec_stderr = to;
+        self
+    }
+}
+
 impl Target {
+    /// Opens the target as a client (the host/controller side), with the default
+    /// [`ConnectOptions`].
+    pub fn connect(&self) -> Result<Transport, TransportError> {
+        self.connect_with(&ConnectOptions::default())
+    }
+
     /// Opens the target as a client (the host/controller side).
     ///
     /// * `unix:` and `virtio:` connect an `AF_UNIX` stream to the path.
@@ -87,9 +117,13 @@ impl Target {
     ///   or the kernel times out (there is no non-blocking vsock connect; run it on a
     ///   blocking thread in async code).
     /// * `local` is an error: the CLI runs an embedded agent instead.
+    /// * `exec:`, `ssh:` and `chroot:` start their command (see [`Endpoint::command`]) with
+    ///   its stdin and stdout on a socket pair (see [`ExecLink`]); a command that cannot be
+    ///   started is [`TransportError::Spawn`]. `connect` does not wait for the command to
+    ///   get anywhere: the hello exchange tells.
     ///
     /// The returned transport is in blocking mode.
-    pub fn connect(&self) -> Result<Transport, TransportError> {
+    pub fn connect_with(&self, options: &ConnectOptions) -> Result<Transport, TransportError> {
         match &self.endpoint {
             Endpoint::Unix { path } | Endpoint::Virtio { path } => connect_unix(self, path),
             Endpoint::Tcp { host, port } => connect_tcp(self, host, *port),
@@ -98,6 +132,10 @@ impl Target {
             }
             Endpoint::Vsock { cid, port } => connect_vsock(self, *cid, *port),
             Endpoint::Local => Err(TransportError::Local { action: "connect" }),
+            Endpoint::Exec { .. } | Endpoint::Ssh { .. } | Endpoint::Chroot { .. } => {
+                let argv = self.endpoint.command().unwrap_or_default();
+                exec::spawn(&argv, exec::show(&argv), options.exec_stderr).map(Transport::Exec)
+            }
         }
     }
 }
@@ -173,6 +211,7 @@ macro_rules! each {
             Transport::Virtio($s) => $body,
             #[cfg(target_os = "linux")]
             Transport::Vsock($s) => $body,
+            Transport::Exec($s) => $body,
         }
     };
 }
@@ -187,6 +226,16 @@ impl Transport {
             Transport::Virtio(_) => TransportKind::Virtio,
             #[cfg(target_os = "linux")]
             Transport::Vsock(_) => TransportKind::Vsock,
+            Transport::Exec(_) => TransportKind::Exec,
+        }
+    }
+
+    /// The command behind an `exec:`, `ssh:` or `chroot:` transport: why the link ended
+    /// ([`ExecHandle::end_report`]), or closing it now. `None` for other transports.
+    pub fn exec(&self) -> Option<ExecHandle> {
+        match self {
+            Transport::Exec(link) => Some(link.handle()),
+            _ => None,
         }
     }
 
@@ -199,6 +248,7 @@ impl Transport {
             Transport::Virtio(s) => Transport::Virtio(s.try_clone()?),
             #[cfg(target_os = "linux")]
             Transport::Vsock(s) => Transport::Vsock(s.try_clone()?),
+            Transport::Exec(s) => Transport::Exec(s.try_clone()?),
         })
     }
 
@@ -219,6 +269,7 @@ impl Transport {
             Transport::Serial(_) | Transport::Virtio(_) => Ok(false),
             #[cfg(target_os = "linux")]
             Transport::Vsock(s) => s.shutdown(Shutdown::Write).map(|()| true),
+            Transport::Exec(s) => s.shutdown(Shutdown::Write).map(|()| true),
         }
     }
 
@@ -231,6 +282,7 @@ impl Transport {
             Transport::Serial(_) | Transport::Virtio(_) => Ok(false),
             #[cfg(target_os = "linux")]
             Transport::Vsock(s) => s.shutdown(Shutdown::Both).map(|()| true),
+            Transport::Exec(s) => s.shutdown(Shutdown::Both).map(|()| true),
         }
     }
 
@@ -299,10 +351,26 @@ impl AsRawFd for Transport {
     }
 }
 
+/// With the `async-io` feature, `async_io::Async::new(transport)` gives an `AsyncRead +
+/// AsyncWrite` stream for the smol adapter, for every kind of transport.
+// SAFETY: `IoSafe` asks that reading and writing never close or replace the fd `AsFd`
+// returned: every variant reads and writes its one fd and keeps it until dropped.
+#[cfg(feature = "async-io")]
+unsafe impl async_io::IoSafe for Transport {}
+
 /// The stream's fd, for adapters that wrap it themselves. A serial or virtio fd read
-/// directly does not get the `EIO` → EOF mapping.
+/// directly does not get the `EIO` → EOF mapping; an `exec:` command is then reaped once
+/// it exits, instead of being closed with the link (see [`ExecLink`]).
 impl From<Transport> for OwnedFd {
     fn from(t: Transport) -> OwnedFd {
-        each!(t, s => OwnedFd::from(s))
+        match t {
+            Transport::Unix(s) => OwnedFd::from(s),
+            Transport::Tcp(s) => OwnedFd::from(s),
+            Transport::Serial(s) => OwnedFd::from(s),
+            Transport::Virtio(s) => OwnedFd::from(s),
+            #[cfg(target_os = "linux")]
+            Transport::Vsock(s) => OwnedFd::from(s),
+            Transport::Exec(link) => link.into_fd(),
+        }
     }
 }

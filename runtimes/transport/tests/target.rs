@@ -1,23 +1,12 @@
 //! Target syntax: every form parses, prints canonically and parses back; every error is typed
 //! and says what was expected.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{err, parse};
 use tuppence_transport::{Dialect, Endpoint, ParseTargetError, Target, TransportError};
-
-fn parse(s: &str) -> Target {
-    match s.parse::<Target>() {
-        Ok(t) => t,
-        Err(e) => panic!("{s:?} should parse, got {e}"),
-    }
-}
-
-fn err(s: &str) -> ParseTargetError {
-    match s.parse::<Target>() {
-        Ok(t) => panic!("{s:?} should fail, parsed as {t:?}"),
-        Err(e) => e,
-    }
-}
 
 /// `(input, expected endpoint, canonical display)` for every form.
 fn forms() -> Vec<(&'static str, Endpoint, &'static str)> {
@@ -193,7 +182,7 @@ fn errors_are_typed_and_say_what_was_expected() {
         ("foo:bar", E::UnknownTransport("foo".into())),
         ("foo", E::UnknownTransport("foo".into())),
         ("Unix:/x", E::UnknownTransport("Unix".into())),
-        ("legacy+ssh:host", E::UnknownTransport("ssh".into())),
+        ("legacy+telnet:host", E::UnknownTransport("telnet".into())),
         (
             "legacy+legacy+local",
             E::UnknownTransport("legacy+local".into()),
@@ -372,7 +361,7 @@ fn error_messages_name_the_expected_form() {
     let msg = |s: &str| err(s).to_string();
     assert_eq!(
         msg("foo:bar"),
-        r#"unknown transport "foo" (expected virtio, serial, vsock, unix, tcp or local)"#
+        r#"unknown transport "foo" (expected virtio, serial, vsock, unix, tcp, local, exec, ssh or chroot)"#
     );
     assert!(msg("serial:/dev/ttyS1@fast").contains(r#"bad baud rate "fast""#));
     assert!(msg("serial:/dev/ttyS1@fast").contains("serial:/dev/ttyS1@115200"));

@@ -86,3 +86,19 @@ where
     assert!(got_ab == a_to_b, "a->b bytes differ");
     assert!(got_ba == b_to_a, "b->a bytes differ");
 }
+
+/// Parses a target that must parse.
+pub fn parse(s: &str) -> tuppence_transport::Target {
+    match s.parse::<tuppence_transport::Target>() {
+        Ok(t) => t,
+        Err(e) => panic!("{s:?} should parse, got {e}"),
+    }
+}
+
+/// The error of a target that must not parse.
+pub fn err(s: &str) -> tuppence_transport::ParseTargetError {
+    match s.parse::<tuppence_transport::Target>() {
+        Ok(t) => panic!("{s:?} should fail, parsed as {t:?}"),
+        Err(e) => e,
+    }
+}
