@@ -4,7 +4,7 @@
 //! Why not `std::process::Command` with a `pre_exec` hook: a hook forces std's `fork`
 //! path, and `fork` copies the agent's page tables and write-protects its memory, so that
 //! after every spawn the agent takes a page fault on each page it writes again. Measured
-//! end to end (e2e/benches/e2e), a `true` round trip through the agent cost 1.5× a bare
+//! end to end (benches/e2e), a `true` round trip through the agent cost 1.5× a bare
 //! `posix_spawn` of `/bin/sh -c true`, and `fork` accounted for about 200 µs of it.
 //!
 //! With `CLONE_VM` the child runs on the agent's memory until it calls `execve` (or exits).

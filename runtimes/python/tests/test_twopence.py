@@ -38,7 +38,10 @@ def test_target_specs():
     assert twopence.Target("virtio:/run/vm.sock").type == "virtio"
     assert twopence.Target("tcp:10.0.0.5")._spec == "legacy+tcp:10.0.0.5:64123"
     assert twopence.Target("local:").type == "local"
-    for bad in ("ssh:host", "bogus:thing"):
+    # The old module's ssh: and chroot: plugins map to tuppence's targets of those names.
+    assert twopence.Target("ssh:root@sut:2222").type == "ssh"
+    assert twopence.Target("chroot:/srv/root").type == "chroot"
+    for bad in ("bogus:thing", "ssh:"):
         with pytest.raises(SystemError):
             twopence.Target(bad)
 

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tuppence::link::{ClientConfig, Command, KEEPALIVE_SERVER_DEFAULT, Outcome};
 use tuppence_agent::embedded::EmbeddedAgent;
-use tuppence_agent::serve::AgentConfig;
+use tuppence_agent::serve::LinkDaemonConfig;
 use tuppence_blocking::Session;
 use tuppence_transport::{Endpoint, Target};
 
@@ -74,12 +74,12 @@ fn connect(
     };
     let opened = py.detach(|| -> Result<Conn, tuppence_blocking::Error> {
         if local {
-            let (agent, stream) = EmbeddedAgent::start(AgentConfig {
+            let (agent, stream) = EmbeddedAgent::start(LinkDaemonConfig {
                 audit: false,
                 // The application embedding the agent (Python, its `subprocess`) starts
                 // children of its own; the agent must not reap them.
                 reap_orphans: false,
-                ..AgentConfig::default()
+                ..LinkDaemonConfig::default()
             })?;
             let session = Session::new(stream, config, timeout)?;
             Ok(Conn {
@@ -113,7 +113,7 @@ fn connect(
 }
 
 /// Parses a target without opening it: `(canonical form, kind)`, the kind being
-/// `local`, `virtio`, `serial`, `vsock`, `unix` or `tcp`.
+/// `local`, `virtio`, `serial`, `vsock`, `unix`, `tcp`, `exec`, `ssh` or `chroot`.
 #[pyfunction]
 fn parse_target(py: Python<'_>, target: &str) -> PyResult<(String, &'static str)> {
     let parsed: Target = target
@@ -126,6 +126,9 @@ fn parse_target(py: Python<'_>, target: &str) -> PyResult<(String, &'static str)
         Endpoint::Vsock { .. } => "vsock",
         Endpoint::Unix { .. } => "unix",
         Endpoint::Tcp { .. } => "tcp",
+        Endpoint::Exec { .. } => "exec",
+        Endpoint::Ssh { .. } => "ssh",
+        Endpoint::Chroot { .. } => "chroot",
     };
     Ok((parsed.to_string(), kind))
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Outcome};
 use tuppence::wire::Dialect;
-use tuppence_e2e::{LocalAgent, me};
+use tuppence_e2e::{local_agent, me};
 
 /// Bytes sent through `cat` per run.
 const TOTAL: u64 = 50_000_000;
@@ -115,7 +115,7 @@ fn blocking(dialect: Dialect) {
             &format!("blocking {dialect} #{round}"),
             progress,
             move || {
-                let (_agent, stream) = LocalAgent::start();
+                let (_agent, stream) = local_agent();
                 let session = tuppence_blocking::Session::new(
                     stream,
                     config(dialect),
@@ -169,7 +169,7 @@ fn smol_adapter(dialect: Dialect) {
         let progress = Arc::new(AtomicU64::new(0));
         let seen = progress.clone();
         watchdog(&format!("smol {dialect} #{round}"), progress, move || {
-            let (_agent, stream) = LocalAgent::start();
+            let (_agent, stream) = local_agent();
             smol::block_on(async move {
                 let io = async_io::Async::new(stream).expect("async");
                 let session = tuppence_smol::Session::new(io, config(dialect))
@@ -225,7 +225,7 @@ fn mio_adapter(dialect: Dialect) {
         let progress = Arc::new(AtomicU64::new(0));
         let seen = progress.clone();
         watchdog(&format!("mio {dialect} #{round}"), progress, move || {
-            let (_agent, stream) = LocalAgent::start();
+            let (_agent, stream) = local_agent();
             stream.set_nonblocking(true).expect("nonblocking");
             let mut driver: EventLoop<UnixStream, Client> = EventLoop::new().expect("driver");
             let id = driver

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tuppence::link::{ClientConfig, Command, Outcome, Signal};
 use tuppence::wire::Dialect;
 use tuppence_blocking::{ChatError, Pattern, Patterns};
-use tuppence_e2e::{LocalAgent, me};
+use tuppence_e2e::{LocalAgent, local_agent, me};
 
 /// Long enough never to fire on a loaded machine when a match is due.
 const LONG: Duration = Duration::from_secs(30);
@@ -25,7 +25,7 @@ fn config(dialect: Dialect) -> ClientConfig {
 }
 
 fn blocking(dialect: Dialect) -> (LocalAgent, tuppence_blocking::Session) {
-    let (agent, stream) = LocalAgent::start();
+    let (agent, stream) = local_agent();
     let session =
         tuppence_blocking::Session::new(stream, config(dialect), Duration::from_secs(10)).unwrap();
     (agent, session)
@@ -170,7 +170,7 @@ fn blocking_su_refuses_a_wrong_password() {
 #[test]
 fn smol_chat_with_a_prompting_script_deadline_and_eof() {
     for dialect in [Dialect::V4, Dialect::Legacy3] {
-        let (_agent, stream) = LocalAgent::start();
+        let (_agent, stream) = local_agent();
         smol::block_on(async {
             let io = async_io::Async::new(stream).unwrap();
             let session = tuppence_smol::Session::new(io, config(dialect))

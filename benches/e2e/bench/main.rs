@@ -1,6 +1,6 @@
 //! End-to-end benchmarks: a real agent process on a unix socket, driven by the mio, smol
 //! and blocking client adapters, each figure measured in the same run as its physical
-//! limit (interleaved with it), and the ratio printed. See `e2e/benches/e2e/README.md`.
+//! limit (interleaved with it), and the ratio printed. See `benches/e2e/README.md`.
 //!
 //! `cargo bench --bench e2e` (full, a few minutes) or `cargo bench --bench e2e -- --quick`
 //! (smaller, under 2 minutes; exits 1 if a figure is twice as far from its goal as its

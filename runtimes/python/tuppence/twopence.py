@@ -12,9 +12,12 @@ where the old module had a bug, which is fixed here. The differences:
   default) speak protocol 3.0 as the C library did, so they work with the C twopence
   agent and with ``tuppence serve`` alike; ``local`` is an agent embedded in this
   process; any other tuppence target (``unix:``, ``vsock:``, ``legacy+...``) is used as
-  it is. ``ssh:`` and ``chroot:`` are not supported (``SystemError`` with
-  ``UNKNOWN_PLUGIN_ERROR``). ``Target.type`` of ``local`` is ``"local"`` (was
-  ``"chroot"``). A key of ``attrs`` no longer hides a method of the same name.
+  it is. ``ssh:HOST[:PORT]`` and ``chroot:DIR`` are tuppence's targets of the same
+  names: unlike the old ssh plugin, which ran commands through sshd itself, ``ssh:``
+  starts ``tuppence serve --stdio`` on HOST over the system's OpenSSH, so HOST needs the
+  ``tuppence`` binary; ``chroot:`` runs ``tuppence serve --stdio --root-directory DIR``
+  (as root, with ``tuppence`` on ``PATH`` or named by ``?agent=PATH``). ``Target.type``
+  of ``local`` is ``"local"`` (was ``"chroot"``). A key of ``attrs`` no longer hides a method of the same name.
 * **Output.** Captured output is never truncated (was 64 KiB, silently); output is
   appended to the buffers also when a local error is raised; ``waitAll()`` appends every
   reaped command's output (was only the first one's). The display goes to
@@ -544,8 +547,6 @@ def _twopence_to_tuppence(spec: str) -> Tuple[str, str]:
         elif host_port.count(":") == 0:
             host_port += ":64123"
         return f"legacy+tcp:{host_port}", "tcp"
-    if plugin in ("ssh", "chroot"):
-        raise _fail("Target initialization", UNKNOWN_PLUGIN_ERROR, f"the {plugin} plugin is not supported by tuppence")
     try:
         canonical, kind = _native.parse_target(spec)
     except _tp.Error as e:

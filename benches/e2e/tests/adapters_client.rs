@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tuppence::link::{Client, ClientConfig, ClientEvent, Command, Outcome};
 use tuppence::wire::{Decoder, Dialect, Hello, Packet, Sender, detect_dialect};
-use tuppence_e2e::{LocalAgent, me};
+use tuppence_e2e::{local_agent, me};
 
 /// The grace the tests give: short, so a run takes about a second.
 const GRACE: Duration = Duration::from_millis(300);
@@ -293,7 +293,7 @@ fn check_extract_to(tag: &str, extract_to: impl Fn(&str, &Path) -> Result<u64, S
 
 #[test]
 fn blocking_extract_to_follows_cp() {
-    let (_agent, stream) = LocalAgent::start();
+    let (_agent, stream) = local_agent();
     let session =
         tuppence_blocking::Session::new(stream, ClientConfig::default(), LIMIT).expect("session");
     let user = me();
@@ -306,7 +306,7 @@ fn blocking_extract_to_follows_cp() {
 
 #[test]
 fn smol_extract_to_follows_cp() {
-    let (_agent, stream) = LocalAgent::start();
+    let (_agent, stream) = local_agent();
     let user = me();
     // The session's driver runs on smol's global executor; each call blocks on its own.
     let session = smol::block_on(async {
