@@ -23,7 +23,12 @@ fn build_root(dir: &Path) -> Result<(), String> {
     for d in ["bin", "etc", "root", "tmp", "dev/pts"] {
         std::fs::create_dir_all(dir.join(d)).map_err(|e| format!("mkdir {d}: {e}"))?;
     }
-    std::fs::copy(BUSYBOX, bin.join("busybox")).map_err(|e| format!("copy busybox: {e}"))?;
+    // A hard link where it can be: a copy is written through an fd that a child forked by
+    // another test thread holds until its exec, and exec'ing the copy meanwhile fails with
+    // ETXTBSY (the check below retries for that case).
+    if std::fs::hard_link(BUSYBOX, bin.join("busybox")).is_err() {
+        std::fs::copy(BUSYBOX, bin.join("busybox")).map_err(|e| format!("copy busybox: {e}"))?;
+    }
     for a in APPLETS {
         symlink("busybox", bin.join(a)).map_err(|e| format!("link {a}: {e}"))?;
     }
@@ -42,16 +47,31 @@ fn build_root(dir: &Path) -> Result<(), String> {
         )
         .map_err(|e| format!("mknod {}: {e}", path.display()))?;
     }
-    // The busybox must run inside (a dynamic one would not find its libraries).
-    let ok = std::process::Command::new("chroot")
-        .arg(dir)
-        .args(["/bin/sh", "-c", "true"])
-        .status()
-        .map_err(|e| format!("chroot: {e}"))?;
-    if !ok.success() {
-        return Err(format!("{BUSYBOX} does not run in a chroot (not static?)"));
+    // The busybox must run inside (a dynamic one would not find its libraries). A copy
+    // can be briefly busy (see above): a failure is retried before it counts.
+    let mut last = None;
+    for _ in 0..20 {
+        let out = std::process::Command::new("chroot")
+            .arg(dir)
+            .args(["/bin/sh", "-c", "true"])
+            .output()
+            .map_err(|e| format!("chroot: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = Some(out);
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Ok(())
+    let why = last.map_or_else(String::new, |o| {
+        format!(
+            "{}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )
+    });
+    Err(format!(
+        "{BUSYBOX} does not run in a chroot (not static?): {why}"
+    ))
 }
 
 /// A built root, or a skip with the reason.
