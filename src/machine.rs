@@ -8,9 +8,10 @@ use bytes::BytesMut;
 use crate::Transmit;
 
 /// A sans-IO protocol machine as an I/O loop sees it: bytes and time in, bytes and
-/// deadlines out. [`link::Client`](crate::link::Client), [`link::Server`](crate::link::Server)
-/// and [`sniff::Agent`](crate::sniff::Agent) implement it, so every runtime adapter drives
-/// any of them with one loop and declares none of this again.
+/// deadlines out. [`link::Client`](crate::link::Client), [`link::Server`](crate::link::Server),
+/// [`sniff::Agent`](crate::sniff::Agent) and [`sniff::Requester`](crate::sniff::Requester)
+/// implement it, so every runtime adapter drives any of them with one loop and declares none
+/// of this again.
 ///
 /// What is specific to a machine — its intents (`Client::run`, `Server::output`, …), its
 /// events (`poll_event`, `sniff::Agent::poll_action`) — stays on the machine: the loop

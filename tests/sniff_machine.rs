@@ -111,7 +111,10 @@ impl Pair {
             self.wire_answers.push(Answer::decode(m).unwrap());
         }
         for chunk in self.split(bytes) {
-            assert_eq!(self.server.handle_bytes(chunk).unwrap(), chunk.len());
+            assert_eq!(
+                self.server.handle_bytes(self.now, chunk).unwrap(),
+                chunk.len()
+            );
         }
     }
 
@@ -119,7 +122,7 @@ impl Pair {
     fn drive(&mut self) {
         for _ in 0..100 {
             let mut req = BytesMut::new();
-            self.server.poll_transmit(&mut req);
+            self.server.poll_transmit(self.now, &mut req);
             let mut back = self.send_to_agent(&req);
             self.drain_agent(&mut back);
             if req.is_empty() && back.is_empty() {

@@ -32,15 +32,16 @@
 //!     let id = server.nop().unwrap();
 //!
 //!     let mut wire = BytesMut::new();
-//!     server.poll_transmit(&mut wire);
+//!     server.poll_transmit(now, &mut wire);
 //!     agent.handle_bytes(now, &wire).unwrap();
 //!     assert!(agent.poll_action().is_none()); // a NOP runs nothing
 //!
 //!     let mut back = BytesMut::new();
 //!     agent.poll_transmit(now, &mut back);
-//!     server.handle_bytes(&back).unwrap();
+//!     server.handle_bytes(now, &back).unwrap();
 //!     assert_eq!(server.poll_event(), Some(Event::Finished { id, result: TaskResult::Nop }));
 //! }
+//! nop_round_trip(Instant::now());
 //! ```
 mod agent;
 pub mod cert;

@@ -1,6 +1,7 @@
 //! The sniff requester machine (see [`Requester`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -13,6 +14,7 @@ use super::{
     Answer, DEFAULT_MAX_FRAME, DecodeError, EncodeError, FrameDecoder, PayloadError, Request,
     Status, TaskId, UsageError, cert, ping,
 };
+use crate::{Machine, Transmit};
 
 /// Requester limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,9 +119,9 @@ pub enum Event {
 /// * **Intents**: [`Requester::nop`], [`Requester::ping`], [`Requester::cert`],
 ///   [`Requester::nat`], [`Requester::request`] (any type, raw parameters) return the new
 ///   task's id; [`Requester::cancel`] aborts a task in flight.
-/// * **Inputs**: [`Requester::handle_bytes`] (framed stream, any chunking, returns the bytes
+/// * **Inputs** ([`Machine`]): `handle_bytes` (framed stream, any chunking, returns the bytes
 ///   consumed) or [`Requester::handle_answer`] (one unframed answer).
-/// * **Outputs**: [`Requester::poll_transmit`] (framed requests appended to the caller's
+/// * **Outputs**: `poll_transmit` ([`Machine`]: framed requests appended to the caller's
 ///   buffer) and [`Requester::poll_event`].
 ///
 /// # Matching answers to requests
@@ -287,14 +289,6 @@ impl Requester {
 
     // ---- inputs ----
 
-    /// Feeds bytes of the framed answer stream (any chunking). Returns the bytes consumed:
-    /// fewer than `data.len()` only while undrained events are over their bound. Answers
-    /// that do not decode become [`Event::Malformed`]; `Err` is only the fatal, sticky
-    /// [`DecodeError::FrameTooLong`].
-    pub fn handle_bytes(&mut self, data: &[u8]) -> Result<usize, DecodeError> {
-        feed(self, data)
-    }
-
     /// Handles one unframed answer (for transports that frame messages themselves). It
     /// always takes the answer; such callers bound events by checking
     /// [`Requester::wants_input`] before reading more.
@@ -341,17 +335,65 @@ impl Requester {
 
     // ---- outputs ----
 
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+/// The I/O surface (see [`Machine`]), so any runtime loop drives the requester as it drives
+/// the agent. The requester has no timers (`poll_timeout` is always `None`; `now` is unused):
+/// giving up on a task is the caller's [`Requester::cancel`]. `Error` is the fatal, sticky
+/// framing error: the answer stream went out of step.
+impl Machine for Requester {
+    type Error = DecodeError;
+
+    /// Feeds bytes of the framed answer stream (any chunking). Returns the bytes consumed:
+    /// fewer than `data.len()` only while undrained events are over their bound. Answers
+    /// that do not decode become [`Event::Malformed`]; `Err` is only the fatal, sticky
+    /// [`DecodeError::FrameTooLong`].
+    fn handle_bytes(&mut self, _now: Instant, data: &[u8]) -> Result<usize, DecodeError> {
+        feed(self, data)
+    }
+
+    /// The agent closed its side: nothing more will be answered. Pending requests stay
+    /// pending (see [`Requester::pending`]); the caller decides what that means.
+    fn handle_eof(&mut self, _now: Instant) {}
+
+    fn handle_timeout(&mut self, _now: Instant) {}
+
     /// Appends every queued request, framed, to `out`. Returns the bytes appended.
-    pub fn poll_transmit(&mut self, out: &mut BytesMut) -> usize {
+    fn poll_transmit(&mut self, _now: Instant, out: &mut BytesMut) -> usize {
         let n = self.transmit.len();
         out.extend_from_slice(&self.transmit);
         self.transmit.clear();
         n
     }
 
-    /// The next event.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    /// Every queued request, framed, as one segment (requests are small: nothing to gain
+    /// from splitting them).
+    fn poll_transmit_segments(&mut self, _now: Instant, out: &mut Transmit) -> usize {
+        let n = self.transmit.len();
+        if n > 0 {
+            out.push(self.transmit.split().freeze());
+        }
+        n
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn error(&self) -> Option<&DecodeError> {
+        self.decoder.error()
+    }
+
+    fn accepts_input(&self) -> bool {
+        self.wants_input() && self.decoder.error().is_none()
+    }
+
+    fn transmit_buffered(&self) -> usize {
+        self.transmit.len()
     }
 }
 
@@ -417,7 +459,7 @@ mod tests {
         assert_eq!(r.nop().unwrap(), TaskId::from(0));
         assert_eq!(r.nop().unwrap(), TaskId::from(3), "1 and 2 are in flight");
         let mut out = BytesMut::new();
-        r.poll_transmit(&mut out);
+        r.poll_transmit(Instant::now(), &mut out);
         assert_eq!(&out[..9], b"\x00\x00\x00\x05\x00\x00\x00\x01N");
         assert_eq!(&out[9..18], b"\x00\x00\x00\x05\x00\x00\x00\x02n");
     }
@@ -441,7 +483,7 @@ mod tests {
         r.nop().unwrap();
         r.nop().unwrap();
         assert_eq!(r.nop(), Err(UsageError::QueueFull));
-        r.poll_transmit(&mut BytesMut::new());
+        r.poll_transmit(Instant::now(), &mut BytesMut::new());
         assert!(r.nop().is_ok());
         assert_eq!(
             r.cancel(TaskId::from(77)),
@@ -487,7 +529,7 @@ mod tests {
         r.send_as(id, TaskKind::Other(b'Z'), Bytes::from_static(b"xy"))
             .unwrap();
         let mut out = BytesMut::new();
-        r.poll_transmit(&mut out);
+        r.poll_transmit(Instant::now(), &mut out);
         assert_eq!(
             &out[..],
             b"\x00\x00\x00\x05\xde\xad\xbe\xefn\x00\x00\x00\x07\xde\xad\xbe\xefZxy"
@@ -560,13 +602,13 @@ mod tests {
         let mut r = Requester::new(RequesterConfig::default());
         r.nop().unwrap();
         let wire = b"\x00\x00\x00\x02ab\x00\x00\x00\x05\x00\x00\x00\x01O";
-        assert_eq!(r.handle_bytes(wire).unwrap(), wire.len());
+        assert_eq!(r.handle_bytes(Instant::now(), wire).unwrap(), wire.len());
         assert_eq!(
             r.poll_event(),
             Some(Event::Malformed(DecodeError::MessageTooShort { len: 2 }))
         );
         assert!(matches!(r.poll_event(), Some(Event::Finished { .. })));
-        assert!(r.handle_bytes(b"\x7f\xff\xff\xff").is_err());
-        assert!(r.handle_bytes(b"").is_err(), "sticky");
+        assert!(r.handle_bytes(Instant::now(), b"\x7f\xff\xff\xff").is_err());
+        assert!(r.handle_bytes(Instant::now(), b"").is_err(), "sticky");
     }
 }

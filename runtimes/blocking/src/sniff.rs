@@ -20,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use tuppence::Machine;
 use tuppence::sniff::cert::CertRequest;
 use tuppence::sniff::nat::NatParams;
 use tuppence::sniff::ping::PingRequest;
@@ -168,7 +169,7 @@ impl SniffClient {
         self.requester
             .send_as(id, req.kind.clone(), req.params.clone())?;
         let mut out = BytesMut::new();
-        self.requester.poll_transmit(&mut out);
+        self.requester.poll_transmit(Instant::now(), &mut out);
         (&self.transport).write_all(&out)?;
         Ok(())
     }
@@ -181,7 +182,7 @@ impl SniffClient {
                 return Ok(ev);
             }
             if !self.rx.is_empty() {
-                let n = self.requester.handle_bytes(&self.rx)?;
+                let n = self.requester.handle_bytes(Instant::now(), &self.rx)?;
                 self.rx.advance(n);
                 if n > 0 {
                     continue;

@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use tuppence::Machine;
 use tuppence::link::{Server, ServerConfig};
 use tuppence::sniff::{Agent, AgentConfig, Event, Requester, RequesterConfig, TaskResult};
 use tuppence::wire::{Dialect, Packet};
@@ -20,7 +21,7 @@ fn nops(requester: &mut Requester, n: usize) -> BytesMut {
         requester.nop().unwrap();
     }
     let mut out = BytesMut::new();
-    requester.poll_transmit(&mut out);
+    requester.poll_transmit(Instant::now(), &mut out);
     out
 }
 
@@ -38,7 +39,7 @@ fn events(stream: &mut UnixStream, requester: &mut Requester, n: usize) -> Vec<E
         }
         let mut rest = &buf[..k];
         while !rest.is_empty() {
-            let used = requester.handle_bytes(rest).unwrap();
+            let used = requester.handle_bytes(Instant::now(), rest).unwrap();
             rest = &rest[used..];
             while let Some(ev) = requester.poll_event() {
                 got.push(ev);
@@ -81,6 +82,66 @@ fn the_loop_drives_a_sniff_agent_with_its_per_connection_state() {
             ..
         }
     )));
+}
+
+/// Both ends of the sniff protocol are `Machine`s, so the same generic loop drives the
+/// requester as it drives the agent: no adapter declares either surface again.
+#[test]
+fn the_same_loop_drives_the_requester_side() {
+    let (req_end, agent_end) = UnixStream::pair().unwrap();
+    req_end.set_nonblocking(true).unwrap();
+    agent_end.set_nonblocking(true).unwrap();
+    let mut agents: EventLoop<UnixStream, Agent> = EventLoop::new().unwrap();
+    let mut requesters: EventLoop<UnixStream, Requester> = EventLoop::new().unwrap();
+    agents
+        .add(
+            LinkIo::new(agent_end, Agent::new(AgentConfig::default())),
+            (),
+        )
+        .unwrap();
+    let rid = requesters
+        .add(
+            LinkIo::new(req_end, Requester::new(RequesterConfig::default())),
+            (),
+        )
+        .unwrap();
+    let mut asked = Vec::new();
+    {
+        let r = requesters.get_mut(rid).unwrap().link.machine_mut();
+        for _ in 0..5 {
+            asked.push(r.nop().unwrap());
+        }
+        // An unknown task type is answered `U`, not dropped.
+        asked.push(r.request(0xee, bytes::Bytes::new()).unwrap());
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < asked.len() {
+        assert!(Instant::now() < deadline, "answers within 20 s: {got:?}");
+        let tick = Some(Instant::now() + Duration::from_millis(20));
+        requesters.flush();
+        agents.wait(tick).unwrap();
+        agents.flush();
+        requesters.wait(tick).unwrap();
+        let r = requesters.get_mut(rid).unwrap().link.machine_mut();
+        while let Some(ev) = r.poll_event() {
+            got.push(ev);
+        }
+    }
+    for (ev, id) in got.iter().zip(&asked).take(5) {
+        assert!(
+            matches!(ev, Event::Finished { id: i, result: TaskResult::Nop } if i == id),
+            "{ev:?}"
+        );
+    }
+    assert!(matches!(
+        got[5],
+        Event::Finished {
+            result: TaskResult::Unknown,
+            ..
+        }
+    ));
+    assert_eq!(requesters.get(rid).unwrap().link.machine().in_flight(), 0);
 }
 
 #[test]
