@@ -310,6 +310,50 @@ fn extract_byte_exact_and_failures() {
     }
 }
 
+/// An extract's data packets are all full but the last (issue 18, item 4): the agent reads
+/// the file in whole packets, where a 256 KiB read used to leave an 80-byte runt behind
+/// every eight full packets.
+#[test]
+fn extract_packs_no_runts() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let files = TempDir::new("extract-runts");
+    let path = files.join("source.bin");
+    let content = random_bytes(3 * 256 * 1024 + 12_345, 5);
+    std::fs::write(&path, &content).unwrap();
+    let mut raw = Raw::connect(&agent.sock);
+    raw.hello();
+    raw.send_packet(
+        1,
+        &Packet::Extract {
+            user: Bytes::from_static(b"root"),
+            path: Bytes::from(path.to_str().unwrap().to_owned()),
+        },
+    );
+    let packets = raw.frames_until(1, |p| matches!(p, Packet::Minor(_)));
+    assert_eq!(packets.last(), Some(&Packet::Minor(0)));
+    let mut back = Vec::new();
+    let sizes: Vec<usize> = packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Data { data, .. } => {
+                back.extend_from_slice(data);
+                Some(data.len())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(back == content, "extracted bytes differ");
+    let (last, full) = sizes.split_last().unwrap();
+    let chunk = tuppence::wire::DEFAULT_MAX_CHUNK;
+    assert!(
+        full.iter().all(|&n| n == chunk),
+        "short packets before the last: {:?}",
+        full.iter().filter(|&&n| n != chunk).collect::<Vec<_>>()
+    );
+    assert_eq!(*last, content.len() % chunk);
+}
+
 #[test]
 fn interrupting_an_extract_ends_it_with_eintr() {
     strict_umask();
