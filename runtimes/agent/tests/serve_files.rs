@@ -354,6 +354,61 @@ fn extract_packs_no_runts() {
     assert_eq!(*last, content.len() % chunk);
 }
 
+/// The blocking session writes an extract's ready pieces with one vectored write, resumes a
+/// partial one where it stopped, and reports progress up to the whole size.
+#[test]
+fn extract_writes_ready_pieces_together() {
+    use std::io::{IoSlice, Write};
+    /// Takes at most 100 000 bytes per call; counts its calls.
+    #[derive(Default)]
+    struct Sink {
+        got: Vec<u8>,
+        plain: usize,
+        vectored: usize,
+        several: usize,
+    }
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.plain += 1;
+            let n = buf.len().min(100_000);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            self.vectored += 1;
+            self.several += usize::from(bufs.len() > 1);
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(100_000 - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    strict_umask();
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("extract-vectored");
+    let path = files.join("source.bin");
+    let content = random_bytes(5_000_003, 12);
+    std::fs::write(&path, &content).unwrap();
+    let mut sink = Sink::default();
+    let mut seen = Vec::new();
+    let n = s
+        .extract("root", path.to_str().unwrap(), &mut sink, |n| seen.push(n))
+        .unwrap();
+    assert_eq!(n, content.len() as u64);
+    assert!(sink.got == content, "extracted bytes differ");
+    assert_eq!(sink.plain, 0, "pieces written one by one");
+    assert!(sink.several > 0, "no write took more than one piece");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "progress went back");
+    assert_eq!(seen.last(), Some(&n));
+}
+
 #[test]
 fn interrupting_an_extract_ends_it_with_eintr() {
     strict_umask();

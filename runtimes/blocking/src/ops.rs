@@ -1,7 +1,7 @@
 //! The operations of a session: commands, transfers, monitors.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +14,12 @@ use tuppence::link::{
     UsageError,
 };
 use tuppence::wire::ProcInfoField;
-use tuppence_transport::LocalFile;
+use tuppence_transport::{LocalFile, write_all_vectored};
 
 use crate::{Error, Session};
 
+/// Data pieces (packets) an extract writes with one `writev` at most.
+const WRITE_PIECES: usize = 64;
 /// How long an aborted transfer waits for its interrupt to be written.
 const ABORT_FLUSH: Duration = Duration::from_secs(2);
 
@@ -179,36 +181,54 @@ impl Session {
         let mut guard = Detach { session: self, xid };
         let mut received = 0u64;
         let mut batch = VecDeque::new();
+        let mut pieces: Vec<Bytes> = Vec::with_capacity(WRITE_PIECES);
         loop {
             if batch.is_empty() {
                 self.take_events(xid, None, usize::MAX, &mut batch)?;
             }
-            match batch.pop_front().and_then(TransferEvent::from_event) {
-                Some(TransferEvent::Data(data)) => {
-                    if let Err(e) = sink.write_all(&data) {
-                        // Nobody will take the rest: stop the agent sending it.
-                        self.abandon(xid);
-                        return Err(Error::Local {
-                            what: "write",
-                            source: e,
-                        });
+            // Every data piece that is ready goes out in one `writev`: a `write` per
+            // 32 KiB packet was a system call each.
+            let mut finished = None;
+            while let Some(ev) = batch.pop_front() {
+                match TransferEvent::from_event(ev) {
+                    Some(TransferEvent::Data(data)) => {
+                        pieces.push(data);
+                        if pieces.len() == WRITE_PIECES {
+                            break;
+                        }
                     }
-                    received += data.len() as u64;
-                    progress(received);
+                    Some(TransferEvent::Finished(outcome)) => {
+                        finished = Some(outcome);
+                        break;
+                    }
+                    // An extract is never "ready" without data (its `M`=0 is no event).
+                    Some(TransferEvent::Ready) | None => {}
                 }
-                Some(TransferEvent::Finished(outcome)) => {
-                    guard.xid = 0;
-                    sink.flush().map_err(|e| Error::Local {
+            }
+            if !pieces.is_empty() {
+                let mut iov: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+                if let Err(e) = write_all_vectored(&mut sink, &mut iov) {
+                    // Nobody will take the rest: stop the agent sending it.
+                    self.abandon(xid);
+                    return Err(Error::Local {
                         what: "write",
                         source: e,
-                    })?;
-                    return match outcome {
-                        Outcome::Completed => Ok(received),
-                        other => Err(outcome_error("extract", other)),
-                    };
+                    });
                 }
-                // An extract is never "ready" without data (its `M`=0 is no event).
-                Some(TransferEvent::Ready) | None => {}
+                received += pieces.iter().map(|p| p.len() as u64).sum::<u64>();
+                pieces.clear();
+                progress(received);
+            }
+            if let Some(outcome) = finished {
+                guard.xid = 0;
+                sink.flush().map_err(|e| Error::Local {
+                    what: "write",
+                    source: e,
+                })?;
+                return match outcome {
+                    Outcome::Completed => Ok(received),
+                    other => Err(outcome_error("extract", other)),
+                };
             }
         }
     }

@@ -314,6 +314,13 @@ impl<T: Write> Write for Watched<T> {
         }
         self.inner.write(buf)
     }
+    /// Passed through: the session writes every piece it has ready with one `writev`.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(interrupted_error());
+        }
+        self.inner.write_vectored(bufs)
+    }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
