@@ -47,6 +47,9 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli);
+    if !matches!(cli.command, Command::Serve(_) | Command::Sniff(_)) {
+        keep_freed_memory();
+    }
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Inject(a) => transfer::inject(a),
@@ -72,6 +75,21 @@ pub fn main() -> ExitCode {
             exit::say(&failure);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// A client command is a short process that moves data in pieces of 32 KiB to 256 KiB.
+/// glibc gives each piece of 128 KiB or more its own `mmap` (page faults on every page,
+/// then `munmap`) and trims freed memory back to the kernel (`madvise`), so the same
+/// pages fault in again for the next piece: a transfer of 256 MiB took 16 000 to 33 000
+/// page faults. Keeping freed memory for reuse makes them a few hundred.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes parameters of glibc's allocator; it is called before
+    // this process starts any thread that allocates.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
