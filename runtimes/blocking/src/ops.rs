@@ -16,8 +16,14 @@ use tuppence::link::{
 use tuppence::wire::ProcInfoField;
 use tuppence_transport::{LocalFile, write_all_vectored};
 
+use crate::pool::Pool;
 use crate::{Error, Session};
 
+/// Packets of data an inject reads from its source at once.
+const READ_PACKETS: usize = 8;
+/// Read buffers an inject keeps for reuse: more than the link holds unwritten (the
+/// machine's transmit bound of 1 MiB, plus a vectored write in progress).
+const POOL_PIECES: usize = 12;
 /// Data pieces (packets) an extract writes with one `writev` at most.
 const WRITE_PIECES: usize = 64;
 /// How long an aborted transfer waits for its interrupt to be written.
@@ -105,10 +111,11 @@ impl Session {
             }
         }
         let mut sent = 0u64;
-        // Whole default-sized packets per read (256 KiB went out as eight full packets and
-        // one of 80 bytes).
-        let mut buf = vec![0u8; 8 * tuppence::wire::DEFAULT_MAX_CHUNK];
+        // Whole packets per read (256 KiB went out as eight full packets and one of 80
+        // bytes), read straight into buffers the link gives back once written.
+        let mut pool = Pool::new(POOL_PIECES, READ_PACKETS * self.max_data_chunk());
         loop {
+            let mut buf = pool.take();
             let n = match source.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -122,7 +129,9 @@ impl Session {
                     });
                 }
             };
-            let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+            buf.truncate(n);
+            let piece = buf.freeze();
+            pool.give(piece.clone());
             if let Err(e) = self.send_data(xid, piece, |c, d| c.send_file_data(xid, d)) {
                 return Err(self.ended_early(xid, e)?);
             }

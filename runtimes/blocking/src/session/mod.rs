@@ -227,16 +227,22 @@ impl Session {
 
     /// Sends data in pieces so the machine's transmit buffer stays bounded; a wait for
     /// room ends with [`Error::Aborted`] if the transaction is aborted meanwhile.
+    /// The largest data payload of one packet on this link (`Client::max_data_chunk`).
+    pub(crate) fn max_data_chunk(&self) -> usize {
+        self.shared.lock().client.max_data_chunk().max(1)
+    }
+
     pub(crate) fn send_data(
         &self,
         xid: u16,
         data: Bytes,
         f: impl Fn(&mut Client, Bytes) -> Result<(), tuppence::link::UsageError>,
     ) -> Result<(), Error> {
-        const PIECE: usize = 8 * tuppence::wire::DEFAULT_MAX_CHUNK;
+        // Whole packets per intent, so that a long piece leaves no runt but its last.
+        let most = 8 * self.max_data_chunk();
         let mut rest = data;
         while !rest.is_empty() {
-            let piece = rest.split_to(rest.len().min(PIECE));
+            let piece = rest.split_to(rest.len().min(most));
             self.shared
                 .intent(Some(xid), |st| Ok(f(&mut st.client, piece.clone())?))?;
         }
