@@ -207,7 +207,10 @@ pub fn cli(plan: &crate::Plan, scratch: &Scratch) -> Vec<Row> {
             progress(format!(
                 "cli {f}: {} ratio per rep {:.2?}",
                 c.name,
-                ratios.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>()
+                ratios
+                    .iter()
+                    .map(|r| (r * 100.0).round() / 100.0)
+                    .collect::<Vec<_>>()
             ));
             if i > 0 {
                 let vs_a: Vec<f64> = v.iter().zip(&mbs[fi][1]).map(|(b, a)| b / a).collect();

@@ -154,8 +154,8 @@ pub mod stdio;
 mod sys;
 mod target;
 mod transport;
-mod virtio;
 mod vectored;
+mod virtio;
 mod vm_sockets;
 pub mod words;
 

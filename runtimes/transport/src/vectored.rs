@@ -22,7 +22,9 @@ pub fn write_all_vectored<W: Write + ?Sized>(
             Ok(n) => {
                 let left: usize = bufs.iter().map(|b| b.len()).sum();
                 if n > left {
-                    return Err(io::Error::other("the writer claims more bytes than it was given"));
+                    return Err(io::Error::other(
+                        "the writer claims more bytes than it was given",
+                    ));
                 }
                 IoSlice::advance_slices(&mut bufs, n);
             }
@@ -34,6 +36,12 @@ pub fn write_all_vectored<W: Write + ?Sized>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 mod tests {
     use super::*;
 
@@ -51,7 +59,7 @@ mod tests {
         }
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % 3 == 0 {
+            if self.calls.is_multiple_of(3) {
                 return Err(io::ErrorKind::Interrupted.into());
             }
             let mut n = 0;
