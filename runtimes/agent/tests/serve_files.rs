@@ -86,6 +86,52 @@ fn inject_content_and_exact_mode() {
     assert_eq!(entries(files.path()), vec!["target.bin".to_string()]);
 }
 
+/// The blocking session reads an inject into buffers it reuses once the link has written
+/// them: with reads of every size, and more of them than the pool holds, each byte still
+/// arrives as read (a buffer reused too early would overwrite data not yet sent), and the
+/// progress counts up to the whole size.
+#[test]
+fn inject_from_reused_buffers_is_byte_exact() {
+    /// Returns reads of varying, mostly short, sizes.
+    struct Uneven<'a> {
+        data: &'a [u8],
+        calls: usize,
+    }
+    impl std::io::Read for Uneven<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            let want = [1, 4096, 100_000, usize::MAX, 32_758][self.calls % 5];
+            let n = want.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+    strict_umask();
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("inject-pool");
+    let path = files.join("target.bin");
+    let content = random_bytes(9_000_011, 8);
+    let mut seen = Vec::new();
+    let source = Uneven {
+        data: &content,
+        calls: 0,
+    };
+    let sent = s
+        .inject("root", path.to_str().unwrap(), 0o600, source, |n| {
+            seen.push(n)
+        })
+        .unwrap();
+    assert_eq!(sent, content.len() as u64);
+    assert!(
+        std::fs::read(&path).unwrap() == content,
+        "injected bytes differ"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "progress went back");
+    assert_eq!(seen.last(), Some(&sent));
+}
+
 #[test]
 fn inject_failures() {
     strict_umask();
