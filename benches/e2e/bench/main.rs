@@ -6,6 +6,7 @@
 //! (smaller, under 2 minutes; exits 1 if a figure is twice as far from its goal as its
 //! target allows).
 
+mod cli;
 mod clients;
 mod plan;
 mod procs;
@@ -29,6 +30,9 @@ use tuppence::link::{ClientEvent, Outcome};
 
 /// Sizes of one run.
 fn main() -> ExitCode {
+    if let Some(code) = cli::run_cli_if_asked() {
+        return code;
+    }
     procs::run_role_if_asked();
     let plan = match parse_args() {
         Ok(p) => p,
@@ -47,6 +51,9 @@ fn main() -> ExitCode {
     }
     if plan.wants("extract") || plan.wants("inject") || plan.wants("output") {
         rows.extend(throughput(&plan, &scratch));
+    }
+    if plan.wants("cli") {
+        rows.extend(cli::cli(&plan, &scratch));
     }
     if plan.wants("sleep") {
         rows.push(sleeps(&plan, &scratch));

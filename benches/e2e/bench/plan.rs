@@ -102,7 +102,7 @@ impl Plan {
     }
 }
 
-const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,sleep,conns,mem] \
+const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,cli,sleep,conns,mem] \
                      [--adapters mio,smol,smol1,blocking] [--reps N] [--size MIB] [--rt N]";
 
 pub fn parse_args() -> Result<Plan, String> {

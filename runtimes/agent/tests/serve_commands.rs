@@ -469,3 +469,44 @@ fn allow_users_refuses_other_users_with_eacces() {
     let out = s.output(Command::new("id -un")).unwrap();
     assert_eq!(out.stdout, b"root\n");
 }
+
+/// A consumer that stops taking output holds back a bounded amount of it: a mebibyte in the
+/// blocking session's inbox (which counts bytes, not only events), plus the machine's own
+/// bounded queue, not 256 packets of 32 KiB: the rest waits in the agent and the socket.
+#[test]
+fn a_stalled_consumer_bounds_the_output_held() {
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let run = s.run(Command::new("head -c 64M /dev/zero")).unwrap();
+    run.close_stdin().unwrap();
+    // Let the reader thread fill what it may.
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = s.stats().bytes_received;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last < 4 << 20,
+        "{last} bytes taken in while nobody consumed"
+    );
+    // Everything still arrives, in order, once the consumer comes back.
+    let mut n = 0u64;
+    while let Some(ev) = run.next().unwrap() {
+        match ev {
+            RunEvent::Stdout(d) => {
+                assert!(d.iter().all(|&b| b == 0));
+                n += d.len() as u64;
+            }
+            RunEvent::Stderr(_) => {}
+            RunEvent::Finished(o) => {
+                assert_eq!(o, Outcome::Exited(0));
+                break;
+            }
+        }
+    }
+    assert_eq!(n, 64 << 20);
+}

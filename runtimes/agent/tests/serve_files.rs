@@ -86,6 +86,52 @@ fn inject_content_and_exact_mode() {
     assert_eq!(entries(files.path()), vec!["target.bin".to_string()]);
 }
 
+/// The blocking session reads an inject into buffers it reuses once the link has written
+/// them: with reads of every size, and more of them than the pool holds, each byte still
+/// arrives as read (a buffer reused too early would overwrite data not yet sent), and the
+/// progress counts up to the whole size.
+#[test]
+fn inject_from_reused_buffers_is_byte_exact() {
+    /// Returns reads of varying, mostly short, sizes.
+    struct Uneven<'a> {
+        data: &'a [u8],
+        calls: usize,
+    }
+    impl std::io::Read for Uneven<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            let want = [1, 4096, 100_000, usize::MAX, 32_758][self.calls % 5];
+            let n = want.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+    strict_umask();
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("inject-pool");
+    let path = files.join("target.bin");
+    let content = random_bytes(9_000_011, 8);
+    let mut seen = Vec::new();
+    let source = Uneven {
+        data: &content,
+        calls: 0,
+    };
+    let sent = s
+        .inject("root", path.to_str().unwrap(), 0o600, source, |n| {
+            seen.push(n)
+        })
+        .unwrap();
+    assert_eq!(sent, content.len() as u64);
+    assert!(
+        std::fs::read(&path).unwrap() == content,
+        "injected bytes differ"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "progress went back");
+    assert_eq!(seen.last(), Some(&sent));
+}
+
 #[test]
 fn inject_failures() {
     strict_umask();
@@ -308,6 +354,105 @@ fn extract_byte_exact_and_failures() {
             .unwrap_err();
         assert_eq!(remote_errno(&e), Some(13), "{e}");
     }
+}
+
+/// An extract's data packets are all full but the last (issue 18, item 4): the agent reads
+/// the file in whole packets, where a 256 KiB read used to leave an 80-byte runt behind
+/// every eight full packets.
+#[test]
+fn extract_packs_no_runts() {
+    strict_umask();
+    let agent = TestAgent::start();
+    let files = TempDir::new("extract-runts");
+    let path = files.join("source.bin");
+    let content = random_bytes(3 * 256 * 1024 + 12_345, 5);
+    std::fs::write(&path, &content).unwrap();
+    let mut raw = Raw::connect(&agent.sock);
+    raw.hello();
+    raw.send_packet(
+        1,
+        &Packet::Extract {
+            user: Bytes::from_static(b"root"),
+            path: Bytes::from(path.to_str().unwrap().to_owned()),
+        },
+    );
+    let packets = raw.frames_until(1, |p| matches!(p, Packet::Minor(_)));
+    assert_eq!(packets.last(), Some(&Packet::Minor(0)));
+    let mut back = Vec::new();
+    let sizes: Vec<usize> = packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Data { data, .. } => {
+                back.extend_from_slice(data);
+                Some(data.len())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(back == content, "extracted bytes differ");
+    let (last, full) = sizes.split_last().unwrap();
+    let chunk = tuppence::wire::DEFAULT_MAX_CHUNK;
+    assert!(
+        full.iter().all(|&n| n == chunk),
+        "short packets before the last: {:?}",
+        full.iter().filter(|&&n| n != chunk).collect::<Vec<_>>()
+    );
+    assert_eq!(*last, content.len() % chunk);
+}
+
+/// The blocking session writes an extract's ready pieces with one vectored write, resumes a
+/// partial one where it stopped, and reports progress up to the whole size.
+#[test]
+fn extract_writes_ready_pieces_together() {
+    use std::io::{IoSlice, Write};
+    /// Takes at most 100 000 bytes per call; counts its calls.
+    #[derive(Default)]
+    struct Sink {
+        got: Vec<u8>,
+        plain: usize,
+        vectored: usize,
+        several: usize,
+    }
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.plain += 1;
+            let n = buf.len().min(100_000);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            self.vectored += 1;
+            self.several += usize::from(bufs.len() > 1);
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(100_000 - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    strict_umask();
+    let agent = TestAgent::start();
+    let s = agent.session();
+    let files = TempDir::new("extract-vectored");
+    let path = files.join("source.bin");
+    let content = random_bytes(5_000_003, 12);
+    std::fs::write(&path, &content).unwrap();
+    let mut sink = Sink::default();
+    let mut seen = Vec::new();
+    let n = s
+        .extract("root", path.to_str().unwrap(), &mut sink, |n| seen.push(n))
+        .unwrap();
+    assert_eq!(n, content.len() as u64);
+    assert!(sink.got == content, "extracted bytes differ");
+    assert_eq!(sink.plain, 0, "pieces written one by one");
+    assert!(sink.several > 0, "no write took more than one piece");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "progress went back");
+    assert_eq!(seen.last(), Some(&n));
 }
 
 #[test]

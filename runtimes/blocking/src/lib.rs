@@ -34,6 +34,7 @@
 mod chat;
 mod error;
 mod ops;
+mod pool;
 mod session;
 pub mod sniff;
 mod stream;

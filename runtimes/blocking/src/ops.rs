@@ -1,7 +1,7 @@
 //! The operations of a session: commands, transfers, monitors.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +14,18 @@ use tuppence::link::{
     UsageError,
 };
 use tuppence::wire::ProcInfoField;
-use tuppence_transport::LocalFile;
+use tuppence_transport::{LocalFile, write_all_vectored};
 
+use crate::pool::Pool;
 use crate::{Error, Session};
 
+/// Packets of data an inject reads from its source at once.
+const READ_PACKETS: usize = 8;
+/// Read buffers an inject keeps for reuse: more than the link holds unwritten (the
+/// machine's transmit bound of 1 MiB, plus a vectored write in progress).
+const POOL_PIECES: usize = 12;
+/// Data pieces (packets) an extract writes with one `writev` at most.
+const WRITE_PIECES: usize = 64;
 /// How long an aborted transfer waits for its interrupt to be written.
 const ABORT_FLUSH: Duration = Duration::from_secs(2);
 
@@ -103,10 +111,11 @@ impl Session {
             }
         }
         let mut sent = 0u64;
-        // Whole default-sized packets per read (256 KiB went out as eight full packets and
-        // one of 80 bytes).
-        let mut buf = vec![0u8; 8 * tuppence::wire::DEFAULT_MAX_CHUNK];
+        // Whole packets per read (256 KiB went out as eight full packets and one of 80
+        // bytes), read straight into buffers the link gives back once written.
+        let mut pool = Pool::new(POOL_PIECES, READ_PACKETS * self.max_data_chunk());
         loop {
+            let mut buf = pool.take();
             let n = match source.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -120,7 +129,9 @@ impl Session {
                     });
                 }
             };
-            let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+            buf.truncate(n);
+            let piece = buf.freeze();
+            pool.give(piece.clone());
             if let Err(e) = self.send_data(xid, piece, |c, d| c.send_file_data(xid, d)) {
                 return Err(self.ended_early(xid, e)?);
             }
@@ -179,36 +190,54 @@ impl Session {
         let mut guard = Detach { session: self, xid };
         let mut received = 0u64;
         let mut batch = VecDeque::new();
+        let mut pieces: Vec<Bytes> = Vec::with_capacity(WRITE_PIECES);
         loop {
             if batch.is_empty() {
                 self.take_events(xid, None, usize::MAX, &mut batch)?;
             }
-            match batch.pop_front().and_then(TransferEvent::from_event) {
-                Some(TransferEvent::Data(data)) => {
-                    if let Err(e) = sink.write_all(&data) {
-                        // Nobody will take the rest: stop the agent sending it.
-                        self.abandon(xid);
-                        return Err(Error::Local {
-                            what: "write",
-                            source: e,
-                        });
+            // Every data piece that is ready goes out in one `writev`: a `write` per
+            // 32 KiB packet was a system call each.
+            let mut finished = None;
+            while let Some(ev) = batch.pop_front() {
+                match TransferEvent::from_event(ev) {
+                    Some(TransferEvent::Data(data)) => {
+                        pieces.push(data);
+                        if pieces.len() == WRITE_PIECES {
+                            break;
+                        }
                     }
-                    received += data.len() as u64;
-                    progress(received);
+                    Some(TransferEvent::Finished(outcome)) => {
+                        finished = Some(outcome);
+                        break;
+                    }
+                    // An extract is never "ready" without data (its `M`=0 is no event).
+                    Some(TransferEvent::Ready) | None => {}
                 }
-                Some(TransferEvent::Finished(outcome)) => {
-                    guard.xid = 0;
-                    sink.flush().map_err(|e| Error::Local {
+            }
+            if !pieces.is_empty() {
+                let mut iov: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+                if let Err(e) = write_all_vectored(&mut sink, &mut iov) {
+                    // Nobody will take the rest: stop the agent sending it.
+                    self.abandon(xid);
+                    return Err(Error::Local {
                         what: "write",
                         source: e,
-                    })?;
-                    return match outcome {
-                        Outcome::Completed => Ok(received),
-                        other => Err(outcome_error("extract", other)),
-                    };
+                    });
                 }
-                // An extract is never "ready" without data (its `M`=0 is no event).
-                Some(TransferEvent::Ready) | None => {}
+                received += pieces.iter().map(|p| p.len() as u64).sum::<u64>();
+                pieces.clear();
+                progress(received);
+            }
+            if let Some(outcome) = finished {
+                guard.xid = 0;
+                sink.flush().map_err(|e| Error::Local {
+                    what: "write",
+                    source: e,
+                })?;
+                return match outcome {
+                    Outcome::Completed => Ok(received),
+                    other => Err(outcome_error("extract", other)),
+                };
             }
         }
     }

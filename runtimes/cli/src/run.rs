@@ -26,8 +26,9 @@ use crate::cli::RunArgs;
 use crate::exit::{self, Failure};
 use crate::term::{self, RawTerminal};
 
-/// Size of one read from our stdin, and how many such chunks may wait for the link.
-const STDIN_CHUNK: usize = 64 * 1024;
+/// Size of one read from our stdin, and how many such chunks may wait for the link. Whole
+/// packets: a full pipe's 64 KiB went out as two full packets and one of 20 bytes.
+const STDIN_CHUNK: usize = 2 * tuppence::wire::DEFAULT_MAX_CHUNK;
 const STDIN_QUEUE: usize = 4;
 /// How often the stdin forwarder checks whether the command has ended.
 const FORWARDER_POLL: Duration = Duration::from_millis(100);
@@ -445,6 +446,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stdin_is_read_in_whole_packets() {
+        let chunk = tuppence::wire::DEFAULT_MAX_CHUNK;
+        assert_eq!(STDIN_CHUNK % chunk, 0);
+        assert!(STDIN_CHUNK >= 64 * 1024 - chunk);
+    }
+
     use super::*;
 
     #[test]

@@ -154,6 +154,7 @@ pub mod stdio;
 mod sys;
 mod target;
 mod transport;
+mod vectored;
 mod virtio;
 mod vm_sockets;
 pub mod words;
@@ -173,6 +174,7 @@ pub use target::{
     VSOCK_CID_ANY,
 };
 pub use transport::{ConnectOptions, Transport, TransportKind};
+pub use vectored::write_all_vectored;
 pub use virtio::VirtioPort;
 pub use vm_sockets::{VSOCK_CID_LOCAL, VSOCK_PORT_ANY, vsock_loopback_available};
 

@@ -277,6 +277,10 @@ impl Write for LocalFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write(buf)
     }
+    /// One `writev` for every piece an extract has ready (the default writes the first).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.file.write_vectored(bufs)
+    }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }

@@ -158,6 +158,13 @@ impl Client {
         self.transmit_buffered() <= self.config.limits.max_transmit_buffer
     }
 
+    /// The largest data payload one packet carries (from the dialect and the limits). A
+    /// caller that hands stdin or file data over in multiples of it sends no short packet
+    /// but the last: data is split at this size, so a piece of any other size leaves a runt.
+    pub fn max_data_chunk(&self) -> usize {
+        self.core.max_chunk()
+    }
+
     /// Number of live transactions.
     pub fn transactions(&self) -> usize {
         self.transactions.len()

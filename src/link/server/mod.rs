@@ -149,6 +149,13 @@ impl Server {
         self.core.transmit_buffered() <= self.config.limits.max_transmit_buffer
     }
 
+    /// The largest data payload one packet carries (from the dialect and the limits). An
+    /// application that reads data in multiples of it sends no short packet but the last:
+    /// `output` splits at this size, so a read of any other size leaves a runt.
+    pub fn max_data_chunk(&self) -> usize {
+        self.core.max_chunk()
+    }
+
     pub fn transactions(&self) -> usize {
         self.transactions.len()
     }

@@ -8,6 +8,16 @@ use bytes::{Bytes, BytesMut};
 
 /// Bytes read per call from a file, or from a pipe grown for bulk output.
 pub(super) const BULK_CHUNK: usize = 256 * 1024;
+/// The most to read at once for a link whose packets carry `chunk` data bytes: `max`
+/// rounded down to whole packets, so that each read leaves no short packet behind (256 KiB
+/// in 32 758-byte packets was eight full ones and an 80-byte runt). At least one packet.
+pub(super) fn whole_packets(max: usize, chunk: usize) -> usize {
+    match max.checked_div(chunk) {
+        Some(0) | None => max,
+        Some(k) => k * chunk,
+    }
+}
+
 /// The size of a read buffer.
 const ARENA: usize = 2 * BULK_CHUNK;
 /// Read buffers kept for reuse once everything carved from them has been written.
@@ -56,5 +66,21 @@ impl Arena {
     /// Forgets what was read since the last `take` (a read that failed).
     pub(super) fn discard(&mut self) {
         self.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_whole_packets() {
+        let chunk = tuppence::wire::DEFAULT_MAX_CHUNK;
+        assert_eq!(whole_packets(BULK_CHUNK, chunk), 8 * chunk);
+        assert_eq!(whole_packets(64 * 1024, chunk), 2 * chunk);
+        assert_eq!(whole_packets(3 * chunk, chunk), 3 * chunk);
+        // A buffer smaller than a packet, or no packet size known: as asked.
+        assert_eq!(whole_packets(1000, chunk), 1000);
+        assert_eq!(whole_packets(1000, 0), 1000);
     }
 }

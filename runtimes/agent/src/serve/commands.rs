@@ -14,7 +14,7 @@ use tuppence::link::status;
 use tuppence::wire::{ProcInfoField, field};
 use tuppence_mio::{ConnId, ExtraId, ExtraReady};
 
-use super::arena::BULK_CHUNK;
+use super::arena::{BULK_CHUNK, whole_packets};
 use super::connections::Tx;
 use super::{LinkDaemon, Tag};
 use crate::escape::Quoted;
@@ -419,7 +419,12 @@ impl LinkDaemon {
                 break;
             };
             let bulk = p.bulk;
-            let max = if bulk { BULK_CHUNK } else { CHUNK };
+            // Whole packets per read: a full pipe then leaves no runt behind.
+            let chunk = self
+                .io
+                .get(id)
+                .map_or(0, |conn| conn.link.machine().max_data_chunk());
+            let max = whole_packets(if bulk { BULK_CHUNK } else { CHUNK }, chunk);
             let buf = self.arena.room(max);
             let r = if c.tty {
                 fdio::read_pty_into(fd, buf, max)

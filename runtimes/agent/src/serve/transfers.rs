@@ -7,7 +7,7 @@ use tuppence::link::status;
 use tuppence_mio::ConnId;
 
 use super::LinkDaemon;
-use super::arena::BULK_CHUNK;
+use super::arena::{BULK_CHUNK, whole_packets};
 use super::connections::Tx;
 use crate::sources::{AuditEvent, AuditOutcome};
 use crate::{ExtractFile, InjectFile};
@@ -172,10 +172,11 @@ impl LinkDaemon {
         let Some(conn) = self.io.get_mut(id) else {
             return;
         };
+        let want = whole_packets(BULK_CHUNK, conn.link.machine().max_data_chunk());
         let Some(Tx::Extract(t)) = conn.state.txs.get_mut(&xid) else {
             return;
         };
-        let r = t.file.read_chunk(self.arena.room(BULK_CHUNK), BULK_CHUNK);
+        let r = t.file.read_chunk(self.arena.room(want), want);
         let data = self.arena.take();
         let result = match r {
             Ok(0) => Ok(()),

@@ -49,17 +49,60 @@ use crate::{Error, Stream};
 
 /// Events buffered per transaction before the reader thread waits for the consumer.
 const INBOX_EVENTS: usize = 256;
+/// Data bytes buffered per transaction before the reader thread waits for the consumer.
+/// 256 events of 32 KiB packets were 8 MiB in flight when the consumer is slower than the
+/// link (an extract onto a file): the heap grew by 15 MiB over a 256 MiB extract, each
+/// page faulted in, and the data was out of the cache by the time it was written.
+const INBOX_BYTES: usize = 1 << 20;
 /// How long a dropped session's writer may take to write what is still queued.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Inbox {
     events: VecDeque<ClientEvent>,
+    /// Data bytes in `events` (output, monitor data).
+    bytes: usize,
     detached: bool,
     /// An inject or extract (see [`AbortHandle`]).
     transfer: bool,
     /// Aborted by an [`AbortHandle`]: waits on it return [`Error::Aborted`].
     aborted: bool,
+}
+
+/// Data bytes an event carries (what [`INBOX_BYTES`] counts).
+fn data_len(ev: &ClientEvent) -> usize {
+    match ev {
+        ClientEvent::Output { data, .. } | ClientEvent::MonitorData { data, .. } => data.len(),
+        _ => 0,
+    }
+}
+
+impl Inbox {
+    fn push_back(&mut self, ev: ClientEvent) {
+        self.bytes = self.bytes.saturating_add(data_len(&ev));
+        self.events.push_back(ev);
+    }
+
+    fn push_front(&mut self, ev: ClientEvent) {
+        self.bytes = self.bytes.saturating_add(data_len(&ev));
+        self.events.push_front(ev);
+    }
+
+    fn pop_front(&mut self) -> Option<ClientEvent> {
+        let ev = self.events.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(data_len(&ev));
+        Some(ev)
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+        self.bytes = 0;
+    }
+
+    /// The reader thread leaves further events in the machine until the consumer took some.
+    fn is_full(&self) -> bool {
+        self.events.len() >= INBOX_EVENTS || self.bytes >= INBOX_BYTES
+    }
 }
 
 struct State {
@@ -227,16 +270,22 @@ impl Session {
 
     /// Sends data in pieces so the machine's transmit buffer stays bounded; a wait for
     /// room ends with [`Error::Aborted`] if the transaction is aborted meanwhile.
+    /// The largest data payload of one packet on this link (`Client::max_data_chunk`).
+    pub(crate) fn max_data_chunk(&self) -> usize {
+        self.shared.lock().client.max_data_chunk().max(1)
+    }
+
     pub(crate) fn send_data(
         &self,
         xid: u16,
         data: Bytes,
         f: impl Fn(&mut Client, Bytes) -> Result<(), tuppence::link::UsageError>,
     ) -> Result<(), Error> {
-        const PIECE: usize = 8 * tuppence::wire::DEFAULT_MAX_CHUNK;
+        // Whole packets per intent, so that a long piece leaves no runt but its last.
+        let most = 8 * self.max_data_chunk();
         let mut rest = data;
         while !rest.is_empty() {
-            let piece = rest.split_to(rest.len().min(PIECE));
+            let piece = rest.split_to(rest.len().min(most));
             self.shared
                 .intent(Some(xid), |st| Ok(f(&mut st.client, piece.clone())?))?;
         }
@@ -329,7 +378,7 @@ impl Session {
                 if !inbox.events.is_empty() {
                     let mut finished = false;
                     for _ in 0..max.max(1) {
-                        let Some(ev) = inbox.events.pop_front() else {
+                        let Some(ev) = inbox.pop_front() else {
                             break;
                         };
                         finished = matches!(ev, ClientEvent::Finished { .. });
@@ -387,7 +436,7 @@ impl Session {
         let mut st = self.shared.lock();
         let inbox = st.inboxes.entry(xid).or_default();
         for ev in events.into_iter().rev() {
-            inbox.events.push_front(ev);
+            inbox.push_front(ev);
         }
         self.shared.notify(&st);
     }
@@ -397,7 +446,7 @@ impl Session {
         let mut st = self.shared.lock();
         if let Some(inbox) = st.inboxes.get_mut(&xid) {
             inbox.detached = true;
-            inbox.events.clear();
+            inbox.clear();
         }
         self.shared.notify(&st);
     }

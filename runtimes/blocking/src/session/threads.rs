@@ -11,7 +11,7 @@ use tuppence::link::{ClientEvent, LinkError};
 use tuppence::{Machine, Transmit};
 use tuppence_transport::is_hangup;
 
-use super::{CLOSE_GRACE, INBOX_EVENTS, Shared, State};
+use super::{CLOSE_GRACE, Inbox, Shared, State};
 use crate::Stream;
 
 /// Size of the reader's reused buffer.
@@ -88,7 +88,7 @@ impl Shared {
     pub(super) fn dispatch(&self, st: &mut State) -> bool {
         let mut moved = false;
         loop {
-            let full = st.inboxes.values().any(|i| i.events.len() >= INBOX_EVENTS);
+            let full = st.inboxes.values().any(Inbox::is_full);
             if full {
                 return moved;
             }
@@ -120,7 +120,7 @@ impl Shared {
                         st.inboxes.remove(&xid);
                     }
                 } else {
-                    inbox.events.push_back(ev);
+                    inbox.push_back(ev);
                 }
             }
         }
