@@ -399,8 +399,12 @@ impl Writeback {
     /// flight. Never fails: an error turns it off (the final `fdatasync` still covers all).
     pub fn advance(&mut self, fd: BorrowedFd<'_>, written: u64) {
         while self.active && written.saturating_sub(self.started) >= WRITEBACK_STEP {
-            if let Err(e) = sync_range(fd, self.started, WRITEBACK_STEP, libc::SYNC_FILE_RANGE_WRITE)
-            {
+            if let Err(e) = sync_range(
+                fd,
+                self.started,
+                WRITEBACK_STEP,
+                libc::SYNC_FILE_RANGE_WRITE,
+            ) {
                 self.give_up(e);
                 return;
             }
