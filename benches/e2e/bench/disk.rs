@@ -88,7 +88,11 @@ pub fn disk(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
     let mut adapters = plan.disk_adapters(&agent.sock);
     for a in adapters.iter_mut() {
         a.inject(&src, &remote);
-        assert!(same_content(&src, &remote), "{}: disk inject differs", a.name());
+        assert!(
+            same_content(&src, &remote),
+            "{}: disk inject differs",
+            a.name()
+        );
     }
     let _ = std::fs::remove_file(&remote);
 
