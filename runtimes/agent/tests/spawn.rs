@@ -400,3 +400,37 @@ fn nowait_spawns_can_be_killed_before_their_exec() {
         }));
     }
 }
+
+/// A lazily created cgroup tree (the agent's) starts no probe process: its first command
+/// is the probe, born in the first leaf, and marks the tree usable.
+#[test]
+fn a_lazy_cgroup_tree_is_probed_by_its_first_command() {
+    use tuppence_agent::cgroup::CgroupTree;
+    let tree = match CgroupTree::create_lazy() {
+        Ok(tree) => tree,
+        Err(e) => {
+            println!("SKIPPED: cgroup v2 cannot be used here: {e}");
+            return;
+        }
+    };
+    assert!(!tree.is_verified() && !tree.is_refused());
+    let mut child = tuppence_agent::spawn_command_nowait_in(
+        &spec("cat /proc/self/cgroup; sh -c 'cat /proc/self/cgroup'"),
+        Some(&tree),
+    )
+    .expect("spawn");
+    let out = run(&mut child, b"", LIMIT);
+    assert_eq!(out.status, ExitStatus::Exited(0));
+    assert!(
+        tree.is_verified(),
+        "the first command did not verify the tree"
+    );
+    // The command and its own child ran in the tree's first leaf: no probe leaf was made
+    // before it.
+    let name = tree.path().file_name().expect("name").to_string_lossy();
+    let leaf = format!("/{name}/c1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v2: Vec<&str> = text.lines().filter(|l| l.starts_with("0::")).collect();
+    assert_eq!(v2.len(), 2, "{text}");
+    assert!(v2.iter().all(|l| l.ends_with(&leaf)), "{text}");
+}
