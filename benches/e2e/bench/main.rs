@@ -11,6 +11,7 @@ mod disk;
 mod plan;
 mod procs;
 mod raw;
+mod startup;
 mod stats;
 
 use std::cell::Cell;
@@ -60,6 +61,9 @@ fn main() -> ExitCode {
     }
     if plan.wants("disk") {
         rows.extend(disk::disk(&plan, &scratch));
+    }
+    if plan.wants("startup") {
+        rows.extend(startup::startup(&plan, &scratch));
     }
 
     let ok = stats::print_table(&rows, plan.quick);

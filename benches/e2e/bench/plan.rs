@@ -114,7 +114,7 @@ impl Plan {
     }
 }
 
-const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,sleep,conns,mem,disk] \
+const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,sleep,conns,mem,disk,startup] \
                      [--adapters mio,smol,smol1,blocking] [--reps N] [--size MIB] [--rt N] \
                      [--disk-dir DIR]";
 
