@@ -54,6 +54,13 @@
 //! on the host and no delegated subtree): then [`CgroupTree::create`] says why and the
 //! agent falls back to killing process groups, which a process that calls `setsid`
 //! escapes.
+//!
+//! Whether processes may be put into the subtree is only known by trying. The sniff task
+//! runner tries at start-up with a probe process ([`CgroupTree::create`]); the serve loop
+//! ([`CgroupTree::create_lazy`]) lets its first command be the probe: it is born in its
+//! leaf with `clone3(CLONE_INTO_CGROUP)`, and if the kernel refuses, the tree is marked
+//! refused (said once, as the probe would have) and the command starts again without a
+//! cgroup. A short-lived agent (the `local` target's) so saves a fork, a reap and a cgroup.
 
 use std::ffi::{CString, OsStr};
 use std::io;
