@@ -1,6 +1,7 @@
 //! Whole-process start-up (`--only startup`): `tuppence run -- true` on the `local` target
 //! (an agent embedded in the CLI) and `tuppence run -t unix:SOCK -- true` to a running
-//! agent, against a bare `sh -c true`, the three alternating, ratio of medians.
+//! agent, against a bare `sh -c true`, the three alternating, ratio of medians (`--quick`
+//! guards the ratio of the fastest runs).
 //!
 //! The CLI binary is not a dependency of this bench: it is looked for beside the bench's
 //! own target directory (`target/release/tuppence`, built by `cargo build --release`) or
@@ -13,7 +14,7 @@ use std::time::Instant;
 use crate::clients::me;
 use crate::plan::Plan;
 use crate::procs::{Helper, Scratch};
-use crate::stats::{Row, Target, median, spread};
+use crate::stats::{Row, Target, median, min, spread};
 
 pub const CLI_ENV: &str = "TUPPENCE_E2E_CLI";
 
@@ -85,13 +86,18 @@ pub fn startup(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
         .enumerate()
         .map(|(i, name)| {
             let ratio = median(&res[i + 1]) / bare;
+            // The guard takes the fastest runs, as the throughput guards take the best rep:
+            // on a shared 2-vCPU machine the median swings with other work (each run hands
+            // the request across several threads, and every wake-up may wait for a CPU),
+            // while a regression (a sleep, a probe process) slows the fastest run too.
+            let fastest = min(&res[i + 1]) / min(&res[0]);
             Row {
                 figure: format!("start-up, {name}"),
                 value: format!("{} ms", spread(&res[i + 1], 2)),
                 reference: format!("`sh -c true` {} ms", spread(&res[0], 2)),
                 judged: ratio,
                 judged_text: format!("×{ratio:.2}"),
-                guarded: None,
+                guarded: Some(fastest),
                 target: Target::AtMost(3.0),
                 unit: "×",
             }
