@@ -434,3 +434,39 @@ fn a_lazy_cgroup_tree_is_probed_by_its_first_command() {
     assert_eq!(v2.len(), 2, "{text}");
     assert!(v2.iter().all(|l| l.ends_with(&leaf)), "{text}");
 }
+
+/// If the kernel refuses to start the first command in its leaf, the tree is marked
+/// refused and the command starts again without a cgroup (as the start-up probe's failure
+/// used to make the agent run everything by process group). Provoked by making the tree
+/// threaded: its leaves are then "domain invalid" and hold no processes.
+#[test]
+fn a_lazy_cgroup_tree_refused_at_the_first_command_runs_it_without_one() {
+    use tuppence_agent::cgroup::CgroupTree;
+    let tree = match CgroupTree::create_lazy() {
+        Ok(tree) => tree,
+        Err(e) => {
+            println!("SKIPPED: cgroup v2 cannot be used here: {e}");
+            return;
+        }
+    };
+    if let Err(e) = std::fs::write(tree.path().join("cgroup.type"), "threaded") {
+        println!("SKIPPED: cannot make the tree threaded: {e}");
+        return;
+    }
+    let name = tree
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    for _ in 0..2 {
+        let mut child =
+            tuppence_agent::spawn_command_nowait_in(&spec("cat /proc/self/cgroup"), Some(&tree))
+                .expect("spawn");
+        let out = run(&mut child, b"", LIMIT);
+        assert_eq!(out.status, ExitStatus::Exited(0));
+        assert!(tree.is_refused(), "the refusal was not noticed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains(&name), "ran in the refused tree: {text}");
+    }
+}

@@ -244,6 +244,16 @@ pub(crate) fn new_leaf(tree: Option<&Arc<CgroupTree>>) -> Option<Leaf> {
     }
 }
 
+/// Whether `clone3(CLONE_INTO_CGROUP)` failed because of the cgroup: no permission to
+/// move processes there (EACCES), a namespace boundary (ENOENT), a domain that cannot hold
+/// processes (EBUSY, EOPNOTSUPP), a cgroup going away (ENODEV).
+fn is_cgroup_refusal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES | libc::ENOENT | libc::EBUSY | libc::EOPNOTSUPP | libc::ENODEV)
+    )
+}
+
 fn spawn_with(
     spec: &SpawnSpec,
     mode: vfork::Mode,
@@ -344,15 +354,25 @@ fn spawn_with(
         match (&spawned, tree) {
             (Ok(_), Some(t)) => t.mark_verified(),
             (Err(e), Some(t)) => {
-                // Unsupported clone3 (now known) still leaves the old probe to decide.
-                if !vfork::clone3_usable() && t.probe_now() {
-                    spawned =
-                        reaper::spawn_tracked(|| vfork::spawn(prepare(leaf.as_ref(), true), mode));
-                } else {
+                if !vfork::clone3_usable() {
+                    // clone3 turned out not to be available: the old probe decides, and
+                    // the child moves itself as it does everywhere clone3 is missing.
+                    if t.probe_now() {
+                        spawned = reaper::spawn_tracked(|| {
+                            vfork::spawn(prepare(leaf.as_ref(), true), mode)
+                        });
+                    } else {
+                        leaf = None;
+                        spawned =
+                            reaper::spawn_tracked(|| vfork::spawn(prepare(None, false), mode));
+                    }
+                } else if is_cgroup_refusal(e) {
                     t.refuse(e);
                     leaf = None;
                     spawned = reaper::spawn_tracked(|| vfork::spawn(prepare(None, false), mode));
                 }
+                // Anything else (EAGAIN, ENOMEM) is not about the cgroup: the command
+                // fails as it would have, and the tree stays to be probed by the next one.
             }
             (_, None) => {}
         }
