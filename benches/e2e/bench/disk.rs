@@ -31,8 +31,9 @@ pub fn dir(plan: &Plan) -> PathBuf {
 /// The filesystem's name (from `statfs`'s magic number) and whether it is tmpfs.
 fn fs_type(dir: &Path) -> Result<(String, bool), String> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: statfs fills a zeroed local struct from a NUL-terminated path.
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs fills the local struct from a NUL-terminated path.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(format!(
             "statfs {}: {}",
