@@ -8,6 +8,7 @@
 
 use std::io;
 use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -26,7 +27,8 @@ pub struct EmbeddedAgent {
     /// Disconnected when the agent's thread ends (its sender is dropped with the thread's
     /// closure, also on a panic): drop waits on it instead of polling the thread, so a
     /// short-lived process (`tuppence run -- true`) exits as soon as the agent has stopped.
-    ended: Receiver<()>,
+    /// In a mutex only so that the agent stays `Sync` (a receiver is not); drop has `&mut`.
+    ended: Mutex<Receiver<()>>,
 }
 
 impl EmbeddedAgent {
@@ -53,7 +55,7 @@ impl EmbeddedAgent {
             EmbeddedAgent {
                 stop,
                 thread: Some(thread),
-                ended,
+                ended: Mutex::new(ended),
             },
             ours,
         ))
@@ -74,7 +76,11 @@ impl Drop for EmbeddedAgent {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        if let Err(RecvTimeoutError::Timeout) = self.ended.recv_timeout(SHUTDOWN) {
+        let ended = self
+            .ended
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(SHUTDOWN) {
             tracing::warn!("the embedded agent did not stop in time");
             return;
         }
@@ -91,6 +97,13 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    /// The Python package shares a connection (and its agent) between threads.
+    #[test]
+    fn the_agent_is_send_and_sync() {
+        fn both<T: Send + Sync>() {}
+        both::<EmbeddedAgent>();
+    }
 
     /// Dropping the agent returns as soon as its thread has ended. It used to poll the
     /// thread every 5 ms, so every drop took at least 5 ms (a third of a `tuppence run --
