@@ -8,9 +8,11 @@
 
 mod cli;
 mod clients;
+mod disk;
 mod plan;
 mod procs;
 mod raw;
+mod startup;
 mod stats;
 
 use std::cell::Cell;
@@ -63,6 +65,12 @@ fn main() -> ExitCode {
     }
     if plan.wants("mem") {
         rows.extend(memory(&plan, &scratch));
+    }
+    if plan.wants("disk") {
+        rows.extend(disk::disk(&plan, &scratch));
+    }
+    if plan.wants("startup") {
+        rows.extend(startup::startup(&plan, &scratch));
     }
 
     let ok = stats::print_table(&rows, plan.quick);

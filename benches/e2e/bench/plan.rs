@@ -1,7 +1,7 @@
 //! What one run measures and how big: the full plan, the `--quick` one, and the command
 //! line that picks and sizes figures.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::clients::{Adapter, BlockingClient, MioClient, SmolClient};
@@ -29,6 +29,8 @@ pub struct Plan {
     pub flood_sleep: u32,
     pub only: Option<Vec<String>>,
     pub adapters: Option<Vec<String>>,
+    /// Where the `disk` figure writes (`--disk-dir`; see `disk.rs`).
+    pub disk_dir: Option<PathBuf>,
 }
 
 impl Plan {
@@ -49,6 +51,7 @@ impl Plan {
             flood_sleep: 5,
             only: None,
             adapters: None,
+            disk_dir: None,
         }
     }
 
@@ -69,6 +72,7 @@ impl Plan {
             flood_sleep: 2,
             only: None,
             adapters: None,
+            disk_dir: None,
         }
     }
 
@@ -95,6 +99,14 @@ impl Plan {
         v
     }
 
+    /// The adapters of the `disk` figure: mio (the fastest inject) unless `--adapters` says.
+    pub fn disk_adapters(&self, sock: &Path) -> Vec<Box<dyn Adapter>> {
+        if self.adapters.is_some() {
+            return self.adapters(sock);
+        }
+        vec![Box::new(MioClient::connect(sock))]
+    }
+
     pub fn wants(&self, figure: &str) -> bool {
         self.only
             .as_ref()
@@ -102,8 +114,9 @@ impl Plan {
     }
 }
 
-const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,cli,sleep,conns,mem] \
-                     [--adapters mio,smol,smol1,blocking] [--reps N] [--size MIB] [--rt N]";
+const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,cli,sleep,conns,mem,disk,startup] \
+                     [--adapters mio,smol,smol1,blocking] [--reps N] [--size MIB] [--rt N] \
+                     [--disk-dir DIR]";
 
 pub fn parse_args() -> Result<Plan, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -128,6 +141,7 @@ pub fn parse_args() -> Result<Plan, String> {
                     .map_err(|e| format!("{e}"))?
                     << 20
             }
+            "--disk-dir" => plan.disk_dir = Some(PathBuf::from(value("--disk-dir")?)),
             "--rt" => plan.rt_n = value("--rt")?.parse().map_err(|e| format!("{e}"))?,
             "-h" | "--help" => return Err(USAGE.into()),
             // cargo bench passes filters through; there is nothing to filter.

@@ -3,7 +3,8 @@
 //!
 //! The server runs in its own process, like the agent. One request per connection, one
 //! line: `E PATH` sends the file and closes; `I PATH` writes what arrives until EOF into
-//! PATH, then answers `ok`; `X COMMAND` runs `/bin/sh -c COMMAND` with its stdout on the
+//! PATH, then answers `ok`; `S PATH` does the same with one `fdatasync` before the `ok` (the
+//! reference of the durable inject); `X COMMAND` runs `/bin/sh -c COMMAND` with its stdout on the
 //! socket.
 
 use std::fs::File;
@@ -33,6 +34,10 @@ pub fn serve(sock: &Path) {
             "E" => File::open(arg).and_then(|mut f| copy(&mut f, &mut conn, &mut buf)),
             "I" => File::create(arg)
                 .and_then(|mut f| copy(&mut conn, &mut f, &mut buf))
+                .and_then(|n| conn.write_all(b"ok").map(|()| n)),
+            "S" => File::create(arg)
+                .and_then(|mut f| copy(&mut conn, &mut f, &mut buf).map(|n| (f, n)))
+                .and_then(|(f, n)| f.sync_data().map(|()| n))
                 .and_then(|n| conn.write_all(b"ok").map(|()| n)),
             "X" => conn.try_clone().and_then(|out| {
                 Command::new("/bin/sh")
@@ -96,7 +101,16 @@ pub fn extract(sock: &Path, path: &Path, sink: &mut impl Write) -> io::Result<u6
 
 /// Sends `source` to the raw server, which writes it to `path`.
 pub fn inject(sock: &Path, source: &mut impl Read, path: &Path) -> io::Result<u64> {
-    let mut s = request(sock, &format!("I {}", path.display()))?;
+    send(sock, "I", source, path)
+}
+
+/// As [`inject`], with one `fdatasync` of `path` before the server answers.
+pub fn inject_synced(sock: &Path, source: &mut impl Read, path: &Path) -> io::Result<u64> {
+    send(sock, "S", source, path)
+}
+
+fn send(sock: &Path, op: &str, source: &mut impl Read, path: &Path) -> io::Result<u64> {
+    let mut s = request(sock, &format!("{op} {}", path.display()))?;
     let mut buf = vec![0u8; RAW_BUF];
     let n = copy(source, &mut s, &mut buf)?;
     s.shutdown(Shutdown::Write)?;

@@ -54,6 +54,13 @@
 //! on the host and no delegated subtree): then [`CgroupTree::create`] says why and the
 //! agent falls back to killing process groups, which a process that calls `setsid`
 //! escapes.
+//!
+//! Whether processes may be put into the subtree is only known by trying. The sniff task
+//! runner tries at start-up with a probe process ([`CgroupTree::create`]); the serve loop
+//! ([`CgroupTree::create_lazy`]) lets its first command be the probe: it is born in its
+//! leaf with `clone3(CLONE_INTO_CGROUP)`, and if the kernel refuses, the tree is marked
+//! refused (said once, as the probe would have) and the command starts again without a
+//! cgroup. A short-lived agent (the `local` target's) so saves a fork, a reap and a cgroup.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -61,7 +68,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -112,7 +119,17 @@ pub struct CgroupTree {
     path: PathBuf,
     dir: OwnedFd,
     next: AtomicU64,
+    /// [`UNVERIFIED`], [`VERIFIED`] or [`REFUSED`]: whether a process has been seen to start
+    /// in a leaf (see [`CgroupTree::create_lazy`]).
+    state: AtomicU8,
 }
+
+/// Nothing has been started in the tree yet: the next spawn is the probe.
+const UNVERIFIED: u8 = 0;
+/// A process was started in a leaf: the tree is usable.
+const VERIFIED: u8 = 1;
+/// Starting a process in a leaf failed: commands run without cgroups.
+const REFUSED: u8 = 2;
 
 /// A command's cgroup. Dropping it removes it, killing what is left in it first (see the
 /// module docs).
@@ -196,6 +213,69 @@ impl CgroupTree {
     /// Creates this agent's subtree below its own cgroup and checks that processes can be
     /// moved into it and killed there. The error says why not (see the module docs).
     pub fn create() -> Result<Arc<CgroupTree>, CgroupError> {
+        let tree = CgroupTree::make()?;
+        tree.probe()?;
+        tree.state.store(VERIFIED, Ordering::Relaxed);
+        Ok(tree)
+    }
+
+    /// As [`CgroupTree::create`], without the probe process: the first command started in
+    /// the tree is the probe ([`crate::spawn`] starts it with `clone3(CLONE_INTO_CGROUP)`
+    /// and, if the kernel refuses, marks the tree [refused](CgroupTree::refuse) and starts
+    /// the command without a cgroup; where `clone3` is not available it runs the probe
+    /// first, as `create` does). The probe child cost a short-lived agent (`tuppence run
+    /// -- true` on the `local` target) a fork, a reap and a cgroup of its own.
+    pub fn create_lazy() -> Result<Arc<CgroupTree>, CgroupError> {
+        CgroupTree::make()
+    }
+
+    /// Whether a process has been started in a leaf (after [`CgroupTree::create`], or the
+    /// first command of a [lazy](CgroupTree::create_lazy) tree).
+    pub fn is_verified(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == VERIFIED
+    }
+
+    /// Whether the kernel refused to start a process in a leaf: commands run without one.
+    pub fn is_refused(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == REFUSED
+    }
+
+    /// A process was started in a leaf.
+    pub(crate) fn mark_verified(&self) {
+        let _ =
+            self.state
+                .compare_exchange(UNVERIFIED, VERIFIED, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The first process started in a leaf failed with `e`: from now on commands run
+    /// without cgroups (killed by process group), said once as the start-up probe said it.
+    pub(crate) fn refuse(&self, e: &io::Error) {
+        if self
+            .state
+            .compare_exchange(UNVERIFIED, REFUSED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(cgroup = %self.path.display(), error = %e, "cgroup v2 cannot be used (a process cannot be started in a cgroup of its own): commands are killed by process group, which a process that calls setsid escapes");
+        }
+    }
+
+    /// The old probe, run when the first command cannot be the probe (no `clone3`): `Ok`
+    /// marks the tree verified, an error refused.
+    pub(crate) fn probe_now(self: &Arc<Self>) -> bool {
+        match self.probe() {
+            Ok(()) => {
+                self.mark_verified();
+                true
+            }
+            Err(e) => {
+                self.refuse(&io::Error::other(e.to_string()));
+                false
+            }
+        }
+    }
+
+    /// The subtree, created and checked for `cgroup.kill`; not yet probed.
+    fn make() -> Result<Arc<CgroupTree>, CgroupError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let own = own_cgroup_dir()?;
         remove_stale(&own);
@@ -227,6 +307,7 @@ impl CgroupTree {
             path,
             dir,
             next: AtomicU64::new(1),
+            state: AtomicU8::new(UNVERIFIED),
         });
         // The root cgroup has no cgroup.kill, but every other one has, where supported.
         if rustix::fs::accessat(
@@ -239,7 +320,6 @@ impl CgroupTree {
         {
             return Err(CgroupError::NoKill);
         }
-        tree.probe()?;
         Ok(tree)
     }
 

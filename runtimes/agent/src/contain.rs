@@ -26,15 +26,27 @@ pub(crate) struct Containment {
 impl Containment {
     /// Sets up what the settings ask for and the system allows; `who` names what runs
     /// (`"commands"`) in [`Containment::describe`]. Only failing to install the reaper is
-    /// an error (cgroups may simply be unavailable).
-    pub fn new(cgroups: bool, reap_orphans: bool, who: &str) -> io::Result<Containment> {
+    /// an error (cgroups may simply be unavailable). `lazy`: no probe process now, the
+    /// first command is the probe ([`CgroupTree::create_lazy`]; only for children started
+    /// by [`crate::spawn`]'s own spawn, which handles a refusal).
+    pub fn new(
+        cgroups: bool,
+        reap_orphans: bool,
+        lazy: bool,
+        who: &str,
+    ) -> io::Result<Containment> {
         let reaper = if reap_orphans {
             Some(Reaper::install()?)
         } else {
             None
         };
         let (cgroups, summary) = if cgroups {
-            match CgroupTree::create() {
+            let created = if lazy {
+                CgroupTree::create_lazy()
+            } else {
+                CgroupTree::create()
+            };
+            match created {
                 Ok(tree) => {
                     let summary = format!(
                         "{who} run in their own cgroup each (below {}): killing one kills everything it started",

@@ -36,6 +36,15 @@
 //! flush per inject (nothing on tmpfs). The directory itself is not synced: after a crash the
 //! target is either the old or the new file, both complete.
 //!
+//! **Writeback overlaps the transfer** ([`Writeback`]): every [`WRITEBACK_STEP`] written, the
+//! kernel is told to start writing that range to disk (`sync_file_range(SYNC_FILE_RANGE_WRITE)`,
+//! which does not wait), and once more than [`WRITEBACK_IN_FLIGHT`] is under writeback the
+//! oldest range is waited for. So the final `fdatasync` finds at most a few MiB left instead of
+//! the whole file (which made a disk inject half as fast as a raw copy), and the dirty data one
+//! inject holds — and the longest time a `write` or the final sync blocks the agent's loop — is
+//! bounded. Where `sync_file_range` fails (a filesystem that refuses it), the inject simply
+//! goes on without it; the final `fdatasync` is the guarantee either way.
+//!
 //! **Extract** opens the file as the user through [`crate::paths::open_regular`]: never
 //! blocking, refusing directories (EISDIR) and FIFOs, sockets and devices (EINVAL) before
 //! opening them, and reading regular files to their end in bounded chunks (`/proc` and `/sys`
@@ -50,6 +59,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -148,6 +158,7 @@ pub struct InjectFile {
     file: File,
     mode: u32,
     written: u64,
+    writeback: Writeback,
     done: bool,
 }
 
@@ -186,6 +197,7 @@ impl InjectFile {
             file: File::from(file),
             mode: mode & 0o7777,
             written: 0,
+            writeback: Writeback::new(),
             done: false,
         })
     }
@@ -210,6 +222,11 @@ impl InjectFile {
         self.written
     }
 
+    /// The writeback started so far (how much, and the waits it cost).
+    pub fn writeback(&self) -> &Writeback {
+        &self.writeback
+    }
+
     /// Appends data to the temporary. Regular files do not return `EAGAIN`; a full disk is an
     /// error (28 ENOSPC), after which the caller aborts.
     pub fn write(&mut self, data: &[u8]) -> Result<(), FileError> {
@@ -217,6 +234,7 @@ impl InjectFile {
             .write_all(data)
             .map_err(|e| FileError::io("write", &self.path, e))?;
         self.written += data.len() as u64;
+        self.writeback.advance(self.file.as_fd(), self.written);
         Ok(())
     }
 
@@ -267,6 +285,7 @@ impl InjectFile {
             }
         }
         self.written += total as u64;
+        self.writeback.advance(self.file.as_fd(), self.written);
         Ok(())
     }
 
@@ -275,9 +294,20 @@ impl InjectFile {
     pub fn finish(mut self) -> Result<u64, FileError> {
         rustix::fs::fchmod(&self.file, Mode::from_raw_mode(self.mode))
             .map_err(|e| FileError::io("chmod", &self.path, e))?;
+        let syncing = Instant::now();
         self.file
             .sync_data()
             .map_err(|e| FileError::io("fdatasync", &self.path, e))?;
+        tracing::debug!(
+            path = %crate::escape::Quoted::path(&self.path),
+            bytes = self.written,
+            writeback = self.writeback.active,
+            waits = self.writeback.waits,
+            waited_us = self.writeback.waited_for.as_micros() as u64,
+            longest_wait_us = self.writeback.longest.as_micros() as u64,
+            final_sync_us = syncing.elapsed().as_micros() as u64,
+            "inject synced"
+        );
         // The rename is the user's act: it must obey the directory's permissions and sticky
         // bit as seen by the user.
         let guard = self
@@ -312,6 +342,118 @@ impl Drop for InjectFile {
         if let Err(e) = rustix::fs::unlinkat(&self.dir, self.tmp_name.as_c_str(), AtFlags::empty())
         {
             tracing::warn!(path = %crate::escape::Quoted::path(&self.path), error = %e, "could not remove an inject temporary");
+        }
+    }
+}
+
+/// How much is written before its writeback is started (a range per `sync_file_range`).
+pub const WRITEBACK_STEP: u64 = 4 << 20;
+/// How much may be under writeback at once before the oldest range is waited for.
+pub const WRITEBACK_IN_FLIGHT: u64 = 16 << 20;
+
+/// Starts the writeback of an inject's temporary as it is written, and bounds how much of it
+/// is in flight (see the module's documentation). Ranges are contiguous: `[waited, started)`
+/// is under writeback, `[started, written)` is dirty and not yet handed to the kernel.
+#[derive(Debug)]
+pub struct Writeback {
+    /// False once `sync_file_range` failed: the rest of the inject goes without it.
+    active: bool,
+    started: u64,
+    waited: u64,
+    /// How many waits, their total and the longest (how long the agent's loop stood still).
+    waits: u32,
+    waited_for: Duration,
+    longest: Duration,
+}
+
+impl Writeback {
+    /// Nothing written yet.
+    pub fn new() -> Writeback {
+        Writeback {
+            active: true,
+            started: 0,
+            waited: 0,
+            waits: 0,
+            waited_for: Duration::ZERO,
+            longest: Duration::ZERO,
+        }
+    }
+
+    /// Whether writeback is still being started (false after `sync_file_range` failed).
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// Bytes whose writeback was started.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
+    /// The waits for the oldest range so far: how many, their total and the longest.
+    pub fn waits(&self) -> (u32, Duration, Duration) {
+        (self.waits, self.waited_for, self.longest)
+    }
+
+    /// `written` bytes of `fd` are written: starts the writeback of each whole step not yet
+    /// started, and waits for the oldest while more than [`WRITEBACK_IN_FLIGHT`] is in
+    /// flight. Never fails: an error turns it off (the final `fdatasync` still covers all).
+    pub fn advance(&mut self, fd: BorrowedFd<'_>, written: u64) {
+        while self.active && written.saturating_sub(self.started) >= WRITEBACK_STEP {
+            if let Err(e) = sync_range(
+                fd,
+                self.started,
+                WRITEBACK_STEP,
+                libc::SYNC_FILE_RANGE_WRITE,
+            ) {
+                self.give_up(e);
+                return;
+            }
+            self.started += WRITEBACK_STEP;
+            while self.active && self.started - self.waited > WRITEBACK_IN_FLIGHT {
+                let t = Instant::now();
+                let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+                if let Err(e) = sync_range(fd, self.waited, WRITEBACK_STEP, flags) {
+                    self.give_up(e);
+                    return;
+                }
+                let took = t.elapsed();
+                self.waits += 1;
+                self.waited_for += took;
+                self.longest = self.longest.max(took);
+                self.waited += WRITEBACK_STEP;
+            }
+        }
+    }
+
+    fn give_up(&mut self, e: io::Error) {
+        tracing::debug!(error = %e, "sync_file_range refused; the inject goes on without it");
+        self.active = false;
+    }
+}
+
+impl Default for Writeback {
+    fn default() -> Writeback {
+        Writeback::new()
+    }
+}
+
+/// `sync_file_range(2)`.
+fn sync_range(fd: BorrowedFd<'_>, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+    };
+    loop {
+        // SAFETY: a plain system call on a borrowed, open fd; no memory is passed.
+        let r = unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, flags) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

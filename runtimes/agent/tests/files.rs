@@ -465,3 +465,124 @@ fn extract_of_a_file_that_shrinks_fails_with_enodata() {
         eprintln!("no /sys/class/net/lo/address here: the sysfs half is not checked");
     }
 }
+
+/// The page-cache state of a file (`cachestat(2)`, Linux 6.5+), in pages: (cached, dirty,
+/// under writeback). `None` where the kernel does not have the call.
+fn cachestat(path: &Path) -> Option<(u64, u64, u64)> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // The same number on every architecture (the unified syscall table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let f = fs::File::open(path).expect("open temporary");
+    let range = Range { off: 0, len: 0 };
+    let mut st = Stat::default();
+    // SAFETY: cachestat reads `range` and fills `st`, both live locals of the kernel's layout.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            f.as_raw_fd(),
+            &range as *const Range,
+            &mut st as *mut Stat,
+            0u32,
+        )
+    };
+    if r != 0 {
+        println!("SKIPPED: cachestat: {}", std::io::Error::last_os_error());
+        return None;
+    }
+    Some((st.nr_cache, st.nr_dirty, st.nr_writeback))
+}
+
+fn is_tmpfs(path: &Path) -> bool {
+    let st = rustix::fs::statfs(path).expect("statfs");
+    st.f_type as u64 == 0x0102_1994
+}
+
+#[test]
+fn inject_starts_writeback_while_the_data_arrives() {
+    use tuppence_agent::files::{WRITEBACK_IN_FLIGHT, WRITEBACK_STEP};
+    let me = me();
+    let dir = scratch(0o755);
+    if is_tmpfs(&dir.join(".")) {
+        println!(
+            "SKIPPED: {} is tmpfs: nothing is ever written back there",
+            dir.join(".").display()
+        );
+        return;
+    }
+    let target = dir.join("big.bin");
+    let mut file = InjectFile::create(me.as_bytes(), b(&target), 0o644).expect("create");
+    let piece = bytes::Bytes::from(pseudo_random(1 << 20, 7));
+    let total: u64 = 2 * WRITEBACK_IN_FLIGHT;
+    for _ in 0..total >> 20 {
+        file.write_bufs(std::slice::from_ref(&piece))
+            .expect("write");
+    }
+    if !file.writeback().active() {
+        println!("SKIPPED: this filesystem refuses sync_file_range");
+        return;
+    }
+    let tmp = dir.join(std::str::from_utf8(file.temporary_name()).expect("utf-8"));
+    let Some((cached, dirty, writeback)) = cachestat(&tmp) else {
+        return;
+    };
+    // Before the final sync, almost nothing is left dirty: the writeback of every whole
+    // step was started as it was written (without it, all 32 MiB would be dirty here).
+    let page = 4096u64;
+    println!("cached {cached} dirty {dirty} writeback {writeback} pages");
+    assert!(
+        dirty * page <= WRITEBACK_STEP,
+        "{dirty} pages still dirty after {total} bytes"
+    );
+    assert_eq!(file.writeback().started(), total);
+    // More than the in-flight bound was written, so the oldest ranges were waited for.
+    assert!(file.writeback().waits().0 >= 1, "{:?}", file.writeback());
+    assert_eq!(file.finish().expect("finish"), total);
+    assert_eq!(fs::metadata(&target).expect("stat").len(), total);
+}
+
+#[test]
+fn writeback_turns_itself_off_where_sync_file_range_is_refused() {
+    use std::os::fd::AsFd;
+    use tuppence_agent::files::{WRITEBACK_STEP, Writeback};
+    // A pipe and a character device: sync_file_range says ESPIPE there. The writeback
+    // turns off quietly instead of failing (the final fdatasync is the guarantee).
+    let (_r, w) = rustix::pipe::pipe().expect("pipe");
+    let null = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
+    for fd in [w.as_fd(), null.as_fd()] {
+        let mut wb = Writeback::new();
+        wb.advance(fd, 3 * WRITEBACK_STEP);
+        assert!(!wb.active());
+        assert_eq!(wb.started(), 0);
+        // Later calls do nothing.
+        wb.advance(fd, 6 * WRITEBACK_STEP);
+        assert_eq!(wb.started(), 0);
+    }
+    // And an inject whose target is a FIFO or a device is still refused with 22, before
+    // any temporary exists.
+    let me = me();
+    let dir = scratch(0o755);
+    let fifo = dir.join("fifo");
+    path_support::mkfifo(&fifo);
+    for target in [fifo.as_path(), Path::new("/dev/null")] {
+        let err = InjectFile::create(me.as_bytes(), b(target), 0o644).unwrap_err();
+        assert_eq!(err.errno(), 22, "{err}");
+    }
+    assert_eq!(dir.names(), ["fifo"]);
+}

@@ -400,3 +400,73 @@ fn nowait_spawns_can_be_killed_before_their_exec() {
         }));
     }
 }
+
+/// A lazily created cgroup tree (the agent's) starts no probe process: its first command
+/// is the probe, born in the first leaf, and marks the tree usable.
+#[test]
+fn a_lazy_cgroup_tree_is_probed_by_its_first_command() {
+    use tuppence_agent::cgroup::CgroupTree;
+    let tree = match CgroupTree::create_lazy() {
+        Ok(tree) => tree,
+        Err(e) => {
+            println!("SKIPPED: cgroup v2 cannot be used here: {e}");
+            return;
+        }
+    };
+    assert!(!tree.is_verified() && !tree.is_refused());
+    let mut child = tuppence_agent::spawn_command_nowait_in(
+        &spec("cat /proc/self/cgroup; sh -c 'cat /proc/self/cgroup'"),
+        Some(&tree),
+    )
+    .expect("spawn");
+    let out = run(&mut child, b"", LIMIT);
+    assert_eq!(out.status, ExitStatus::Exited(0));
+    assert!(
+        tree.is_verified(),
+        "the first command did not verify the tree"
+    );
+    // The command and its own child ran in the tree's first leaf: no probe leaf was made
+    // before it.
+    let name = tree.path().file_name().expect("name").to_string_lossy();
+    let leaf = format!("/{name}/c1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v2: Vec<&str> = text.lines().filter(|l| l.starts_with("0::")).collect();
+    assert_eq!(v2.len(), 2, "{text}");
+    assert!(v2.iter().all(|l| l.ends_with(&leaf)), "{text}");
+}
+
+/// If the kernel refuses to start the first command in its leaf, the tree is marked
+/// refused and the command starts again without a cgroup (as the start-up probe's failure
+/// used to make the agent run everything by process group). Provoked by making the tree
+/// threaded: its leaves are then "domain invalid" and hold no processes.
+#[test]
+fn a_lazy_cgroup_tree_refused_at_the_first_command_runs_it_without_one() {
+    use tuppence_agent::cgroup::CgroupTree;
+    let tree = match CgroupTree::create_lazy() {
+        Ok(tree) => tree,
+        Err(e) => {
+            println!("SKIPPED: cgroup v2 cannot be used here: {e}");
+            return;
+        }
+    };
+    if let Err(e) = std::fs::write(tree.path().join("cgroup.type"), "threaded") {
+        println!("SKIPPED: cannot make the tree threaded: {e}");
+        return;
+    }
+    let name = tree
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    for _ in 0..2 {
+        let mut child =
+            tuppence_agent::spawn_command_nowait_in(&spec("cat /proc/self/cgroup"), Some(&tree))
+                .expect("spawn");
+        let out = run(&mut child, b"", LIMIT);
+        assert_eq!(out.status, ExitStatus::Exited(0));
+        assert!(tree.is_refused(), "the refusal was not noticed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains(&name), "ran in the refused tree: {text}");
+    }
+}

@@ -183,6 +183,14 @@ pub struct RunArgs {
     after_help = "Ctrl-C aborts the transfer at once, even while LOCAL (a pipe, a terminal) \
 has nothing to read: the agent removes its temporary and nothing is written remotely.
 
+Injects are durable: when tuppence inject exits 0, the agent has flushed the file's data \
+to disk (fdatasync) and then renamed it over REMOTE, so a crash or reset after that finds \
+the new file complete (the directory is not synced: a crash within the filesystem's \
+commit interval after the rename may still show the old file, or none for a new name, \
+never a partial one). A crash during the transfer leaves the old file untouched (and at most a hidden \
+.NAME.tuppence-XXXXXXXX temporary beside it). The agent writes the data back while it \
+arrives, so the final flush is short.
+
 Exit status: 0 done, 201 the agent could not write the file, 202 \
 connection failure, 204 bad usage, 205 the local file could not be read, 130 Ctrl-C."
 )]

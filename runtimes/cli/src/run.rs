@@ -64,12 +64,13 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     } else {
         None
     };
-    let stdin = if forward_stdin {
-        Some(spawn_stdin_reader())
+    let (stdin, stop_stdin) = if forward_stdin {
+        let (rx, stop) = spawn_stdin_reader();
+        (Some(rx), stop)
     } else {
         run.close_stdin()
             .map_err(|e| Failure::session(e).at(&ctx))?;
-        None
+        (None, None)
     };
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
         .map_err(|e| Failure::local("signal handlers", &e))?;
@@ -83,6 +84,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         scope.spawn(|| forward_signals(&run, signals));
         let r = pump_output(&run, &mut outputs);
         done.store(true, Ordering::SeqCst);
+        // Wakes the forwarder at once. If the queue is full it is busy writing, and its
+        // next write fails (the command is gone); the poll stays as the last resort.
+        if let Some(stop) = &stop_stdin {
+            let _ = stop.try_send(StdinChunk::Stop);
+        }
         signals_handle.close();
         r
     });
@@ -225,20 +231,27 @@ enum StdinChunk {
     Data(Vec<u8>),
     Eof,
     Failed(io::Error),
+    /// The command's output ended: stop forwarding now (sent by `run` itself, so that an
+    /// idle stdin pipe does not hold the exit for a whole [`FORWARDER_POLL`]).
+    Stop,
 }
 
 /// Reads our stdin on a detached thread: a read on a terminal or an idle pipe cannot be
 /// interrupted, and the process exits without waiting for it.
-fn spawn_stdin_reader() -> Receiver<StdinChunk> {
+fn spawn_stdin_reader() -> (Receiver<StdinChunk>, Option<SyncSender<StdinChunk>>) {
     let (tx, rx) = sync_channel(STDIN_QUEUE);
+    let stop = tx.clone();
     let spawned = std::thread::Builder::new()
         .name("tuppence-stdin".into())
         .spawn(move || read_stdin(&tx));
-    if let Err(e) = spawned {
-        // The receiver then reports a disconnected channel, which closes remote stdin.
-        tracing::warn!(error = %e, "cannot start the stdin reader; the command gets no input");
+    match spawned {
+        Ok(_) => (rx, Some(stop)),
+        Err(e) => {
+            // The receiver then reports a disconnected channel, which closes remote stdin.
+            tracing::warn!(error = %e, "cannot start the stdin reader; the command gets no input");
+            (rx, None)
+        }
     }
-    rx
 }
 
 fn read_stdin(tx: &SyncSender<StdinChunk>) {
@@ -279,6 +292,7 @@ fn forward_stdin_to(run: &Run<'_>, rx: Receiver<StdinChunk>, done: &AtomicBool) 
                 let _ = run.close_stdin();
                 return;
             }
+            Ok(StdinChunk::Stop) => return,
             Err(RecvTimeoutError::Timeout) => {
                 if done.load(Ordering::SeqCst) {
                     return;

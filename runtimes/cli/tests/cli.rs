@@ -221,6 +221,28 @@ fn stdin_passes_every_byte_value() {
     });
 }
 
+/// With stdin an open pipe that sends nothing (a script's or a harness's), `run` exits as
+/// soon as the command has ended: the stdin forwarder is woken, not left to notice at its
+/// next 100 ms poll (which every such run used to wait for).
+#[test]
+fn run_with_an_idle_stdin_pipe_exits_when_the_command_ends() {
+    let mut fastest = Duration::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut child = spawn_piped(&["run", "--", "true"]);
+        // Held open while waiting (`Child::wait` would close it first).
+        let stdin = child.stdin.take();
+        let status = child.wait().expect("wait");
+        fastest = fastest.min(start.elapsed());
+        assert!(status.success());
+        drop(stdin);
+    }
+    assert!(
+        fastest < Duration::from_millis(60),
+        "the fastest of 5 runs took {fastest:?}"
+    );
+}
+
 #[test]
 fn inject_and_extract_round_trip_20_mb() {
     let data: Vec<u8> = (0..20_000_000u32)

@@ -103,7 +103,7 @@ pub struct LinkDaemon {
 
 impl LinkDaemon {
     pub fn new(config: LinkDaemonConfig) -> io::Result<LinkDaemon> {
-        let contain = Containment::new(config.cgroups, config.reap_orphans, "commands")?;
+        let contain = Containment::new(config.cgroups, config.reap_orphans, true, "commands")?;
         let mut io = Loop::new()?;
         if let Some(fd) = contain.fd() {
             io.add_extra(fd, Interest::READABLE, Tag::Reaper)?;

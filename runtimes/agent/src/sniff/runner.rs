@@ -187,7 +187,7 @@ impl<K> fmt::Debug for TaskRunner<K> {
 impl<K: Copy + Eq + Hash + fmt::Debug> TaskRunner<K> {
     pub fn new(config: RunnerConfig) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let contain = Containment::new(config.cgroups, config.reap_orphans, "sniff tasks")?;
+        let contain = Containment::new(config.cgroups, config.reap_orphans, false, "sniff tasks")?;
         if let Some(fd) = contain.fd() {
             poll.registry()
                 .register(&mut SourceFd(&fd), REAPER, Interest::READABLE)?;

@@ -244,6 +244,16 @@ pub(crate) fn new_leaf(tree: Option<&Arc<CgroupTree>>) -> Option<Leaf> {
     }
 }
 
+/// Whether `clone3(CLONE_INTO_CGROUP)` failed because of the cgroup: no permission to
+/// move processes there (EACCES), a namespace boundary (ENOENT), a domain that cannot hold
+/// processes (EBUSY, EOPNOTSUPP), a cgroup going away (ENODEV).
+fn is_cgroup_refusal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES | libc::ENOENT | libc::EBUSY | libc::EOPNOTSUPP | libc::ENODEV)
+    )
+}
+
 fn spawn_with(
     spec: &SpawnSpec,
     mode: vfork::Mode,
@@ -308,25 +318,65 @@ fn spawn_with(
         .map_err(|e| SpawnError::Spawn(e.into()))?;
     let stdio_raw = [0, 1, 2].map(|i| stdio.get(i).map_or(-1, AsRawFd::as_raw_fd));
 
-    let leaf = new_leaf(cgroup);
-    let setup = ChildSetup {
-        cgroup_procs: leaf.as_ref().map(Leaf::procs_fd),
-        tty: spec.tty,
-        switch,
-        uid: Uid::from_raw(user.uid()),
-        gid: Gid::from_raw(user.gid()),
-        groups,
-        home: user.home_cstr_if_absolute().map(ToOwned::to_owned),
+    // A lazily created tree (see `CgroupTree::create_lazy`) is probed by this command:
+    // where clone3 cannot be used, by the old probe first; otherwise the command is born
+    // in its leaf with clone3 only (no fallback that would have the child move itself),
+    // and if the kernel refuses, it is started again without a cgroup.
+    let tree = cgroup.filter(|t| !t.is_refused());
+    let tree = tree.filter(|t| t.is_verified() || vfork::clone3_usable() || t.probe_now());
+    let unverified = tree.is_some_and(|t| !t.is_verified());
+    let mut leaf = new_leaf(tree);
+    let home = user.home_cstr_if_absolute().map(ToOwned::to_owned);
+    let uid = Uid::from_raw(user.uid());
+    let gid = Gid::from_raw(user.gid());
+    let prepare = |leaf: Option<&Leaf>, child_moves_itself: bool| {
+        let setup = ChildSetup {
+            cgroup_procs: leaf.filter(|_| child_moves_itself).map(Leaf::procs_fd),
+            tty: spec.tty,
+            switch,
+            uid,
+            gid,
+            groups: groups.clone(),
+            home: home.clone(),
+        };
+        vfork::Prepared::new(
+            SHELL,
+            vec![c"-c".to_owned(), command.clone()],
+            env.clone(),
+            stdio_raw,
+            setup,
+            leaf.map(Leaf::dir_fd),
+        )
     };
-    let prepared = vfork::Prepared::new(
-        SHELL,
-        vec![c"-c".to_owned(), command],
-        env,
-        stdio_raw,
-        setup,
-        leaf.as_ref().map(Leaf::dir_fd),
-    );
-    let spawned = reaper::spawn_tracked(|| vfork::spawn(prepared, mode));
+    let mut spawned =
+        reaper::spawn_tracked(|| vfork::spawn(prepare(leaf.as_ref(), !unverified), mode));
+    if unverified && leaf.is_some() {
+        match (&spawned, tree) {
+            (Ok(_), Some(t)) => t.mark_verified(),
+            (Err(e), Some(t)) => {
+                if !vfork::clone3_usable() {
+                    // clone3 turned out not to be available: the old probe decides, and
+                    // the child moves itself as it does everywhere clone3 is missing.
+                    if t.probe_now() {
+                        spawned = reaper::spawn_tracked(|| {
+                            vfork::spawn(prepare(leaf.as_ref(), true), mode)
+                        });
+                    } else {
+                        leaf = None;
+                        spawned =
+                            reaper::spawn_tracked(|| vfork::spawn(prepare(None, false), mode));
+                    }
+                } else if is_cgroup_refusal(e) {
+                    t.refuse(e);
+                    leaf = None;
+                    spawned = reaper::spawn_tracked(|| vfork::spawn(prepare(None, false), mode));
+                }
+                // Anything else (EAGAIN, ENOMEM) is not about the cgroup: the command
+                // fails as it would have, and the tree stays to be probed by the next one.
+            }
+            (_, None) => {}
+        }
+    }
     // The parent must not keep the child's ends (a pty master would never report the end
     // of the command's output while a slave is open here). The child has its own copies
     // (its fd table was copied by clone).

@@ -155,6 +155,11 @@ impl std::fmt::Debug for Pending {
 /// successfully; a failure (of the setup or of `execve`) has reaped the child and is the
 /// error. With [`Mode::NoWait`], returns at once with the [`Pending`] block, which must
 /// not be dropped before [`Pending::settled`] (or before the child has been reaped).
+/// Whether `clone3(CLONE_INTO_CGROUP)` is believed to work here.
+pub(super) fn clone3_usable() -> bool {
+    clone3::usable()
+}
+
 pub(super) fn spawn(prepared: Prepared, mode: Mode) -> io::Result<(u32, Option<Pending>)> {
     if prepared.argv.last() != Some(&ptr::null()) || prepared.envp.last() != Some(&ptr::null()) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -181,6 +186,9 @@ pub(super) fn spawn(prepared: Prepared, mode: Mode) -> io::Result<(u32, Option<P
             // Born in its cgroup: the child must not move itself again.
             let procs = block.prepared.setup.cgroup_procs.take();
             match clone3::spawn(&block, flags, dir) {
+                // Without a `cgroup.procs` to write the caller wants clone3 or nothing (a
+                // cgroup not yet known to be usable: see `spawn_with`).
+                Err(e) if clone3::unsupported(&e) && procs.is_none() => return Err(e),
                 Err(e) if clone3::unsupported(&e) => {
                     block.prepared.setup.cgroup_procs = procs;
                 }
