@@ -1,0 +1,239 @@
+//! [`RecvBuf`]: the receive buffer of a connection, read into and handed whole to a
+//! machine's `handle_buf`, so that large data payloads are not copied on the way in.
+
+use bytes::BytesMut;
+
+/// The smallest region a read is offered, and the size an idle connection falls back to.
+pub const RECV_MIN: usize = 16 * 1024;
+/// A region with less room than this is replaced before the next read.
+const MIN_ROOM: usize = 4 * 1024;
+
+/// A connection's receive buffer for [`tuppence::Machine::handle_buf`].
+///
+/// Reads go into a region of zero-initialised memory (no unsafe, no reads into
+/// uninitialised bytes); what was read is appended to the unconsumed bytes, which the
+/// machine takes from ([`RecvBuf::pending`]). The link machines keep large data payloads
+/// as slices of this memory instead of copying them, so a region is never reused: once it
+/// is full, the next read gets a new one, and the old one is freed when the last payload
+/// cut from it is dropped.
+///
+/// Sizing follows the traffic: a read that fills its whole region doubles the next
+/// region (up to the maximum, e.g. 256 KiB), a read of less than [`RECV_MIN`] brings it
+/// back to [`RECV_MIN`] and lets go of a larger region, so an idle connection holds
+/// 16 KiB, not what its last bulk transfer needed.
+#[derive(Debug)]
+pub struct RecvBuf {
+    /// Received, not yet consumed.
+    pending: BytesMut,
+    /// Zeroed room right after `pending` (in the same allocation while possible).
+    area: BytesMut,
+    /// Size of the next region.
+    size: usize,
+    max: usize,
+}
+
+impl RecvBuf {
+    /// A buffer whose regions grow up to `max` bytes (at least [`RECV_MIN`]). Allocates
+    /// nothing until the first read.
+    pub fn new(max: usize) -> RecvBuf {
+        RecvBuf {
+            pending: BytesMut::new(),
+            area: BytesMut::new(),
+            size: RECV_MIN,
+            max: max.max(RECV_MIN),
+        }
+    }
+
+    /// Where the next read goes: initialised memory, at least 4 KiB. Call
+    /// [`RecvBuf::filled`] with what the read returned.
+    pub fn region(&mut self) -> &mut [u8] {
+        if self.area.len() < MIN_ROOM {
+            self.renew();
+        }
+        &mut self.area[..]
+    }
+
+    /// A read put `n` bytes at the start of [`RecvBuf::region`]: they join the pending
+    /// bytes.
+    pub fn filled(&mut self, n: usize) {
+        let offered = self.area.len();
+        let n = n.min(offered);
+        let got = self.area.split_to(n);
+        if self.pending.is_empty() {
+            self.pending = got;
+        } else {
+            // O(1) when `got` follows `pending` in memory, as it does unless the
+            // consumer moved `pending` elsewhere.
+            self.pending.unsplit(got);
+        }
+        if n == offered {
+            self.size = self.size.saturating_mul(2).min(self.max);
+        } else if n < RECV_MIN {
+            self.size = RECV_MIN;
+            if self.area.len() > RECV_MIN {
+                // The traffic is small now: do not keep a bulk region for it.
+                self.area = BytesMut::new();
+            }
+        }
+    }
+
+    /// Copies `bytes` in as if they had been read (e.g. what a previous session on the
+    /// same port handed over).
+    pub fn preload(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let region = self.region();
+            let n = region.len().min(rest.len());
+            let (now, later) = rest.split_at(n);
+            if let Some(dst) = region.get_mut(..n) {
+                dst.copy_from_slice(now);
+            }
+            self.filled(n);
+            rest = later;
+        }
+    }
+
+    /// The bytes received and not yet consumed, for `Machine::handle_buf` (which removes
+    /// what it consumes from the front).
+    pub fn pending(&mut self) -> &mut BytesMut {
+        &mut self.pending
+    }
+
+    /// Bytes received and not yet consumed.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether every received byte was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The room left for reads in the current region (0 before the first read).
+    pub fn room(&self) -> usize {
+        self.area.len()
+    }
+
+    /// Lets go of the region when nothing is pending (the connection went idle or is
+    /// being parked); the next read starts small again.
+    pub fn release(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = BytesMut::new();
+            self.area = BytesMut::new();
+            self.size = RECV_MIN;
+        }
+    }
+
+    /// A new region of the current size (larger if the pending bytes need it), with the
+    /// pending bytes moved to its front so that they and the next read are one slice.
+    fn renew(&mut self) {
+        let keep = self.pending.len();
+        let size = self
+            .size
+            .max(keep.saturating_add(MIN_ROOM.saturating_mul(4)));
+        let mut area = BytesMut::zeroed(size);
+        if let Some(dst) = area.get_mut(..keep) {
+            dst.copy_from_slice(&self.pending);
+        }
+        self.pending = area.split_to(keep);
+        self.area = area;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use bytes::Buf;
+    use std::io::Read;
+
+    fn read(b: &mut RecvBuf, src: &mut &[u8]) -> usize {
+        let n = src.read(b.region()).unwrap();
+        b.filled(n);
+        n
+    }
+
+    #[test]
+    fn reads_join_the_pending_bytes_in_order_across_regions() {
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let mut src = &data[..];
+        let mut b = RecvBuf::new(256 * 1024);
+        let mut out = Vec::new();
+        while !src.is_empty() {
+            read(&mut b, &mut src);
+            // The consumer takes all but the last 100 bytes (a partial packet).
+            let take = b.len().saturating_sub(100);
+            out.extend_from_slice(&b.pending().split_to(take));
+        }
+        out.extend_from_slice(b.pending());
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn full_reads_grow_the_region_up_to_the_maximum() {
+        let data = vec![7u8; 4 << 20];
+        let mut src = &data[..];
+        let mut b = RecvBuf::new(256 * 1024);
+        let mut sizes = Vec::new();
+        for _ in 0..8 {
+            sizes.push(read(&mut b, &mut src));
+            b.pending().clear();
+        }
+        assert_eq!(sizes[0], RECV_MIN);
+        assert_eq!(sizes[1], 2 * RECV_MIN);
+        assert!(sizes.iter().all(|&n| n <= 256 * 1024));
+        assert_eq!(*sizes.last().unwrap(), 256 * 1024);
+    }
+
+    #[test]
+    fn a_small_read_after_bulk_lets_the_large_region_go() {
+        let data = vec![1u8; 1 << 20];
+        let mut src = &data[..];
+        let mut b = RecvBuf::new(256 * 1024);
+        for _ in 0..6 {
+            read(&mut b, &mut src);
+            b.pending().clear();
+        }
+        // A region of 256 KiB is in use; a keepalive arrives.
+        let mut keepalive: &[u8] = &[0; 8];
+        // Start a fresh region first, as the next bulk read would.
+        while b.room() > 100_000 {
+            read(&mut b, &mut src);
+            b.pending().clear();
+        }
+        read(&mut b, &mut keepalive);
+        b.pending().advance(8);
+        assert!(b.room() <= RECV_MIN, "idle room {} kept", b.room());
+        let mut keepalive: &[u8] = &[0; 8];
+        read(&mut b, &mut keepalive);
+        assert!(b.room() < RECV_MIN);
+    }
+
+    #[test]
+    fn consumed_payloads_are_slices_of_the_region_not_copies() {
+        let data = vec![3u8; 64 * 1024];
+        let mut src = &data[..];
+        let mut b = RecvBuf::new(256 * 1024);
+        read(&mut b, &mut src);
+        let start = b.pending().as_ptr();
+        let payload = b.pending().split_to(1000).freeze();
+        assert_eq!(payload.as_ptr(), start);
+        // The rest is still pending, right after it.
+        assert_eq!(b.pending().as_ptr(), start.wrapping_add(1000));
+    }
+
+    #[test]
+    fn preload_is_read_first_and_release_lets_memory_go() {
+        let mut b = RecvBuf::new(64 * 1024);
+        let big = vec![9u8; 100_000];
+        b.preload(&big);
+        assert_eq!(b.len(), 100_000);
+        assert_eq!(&b.pending()[..], &big[..]);
+        b.release();
+        assert_eq!(b.len(), 100_000, "pending bytes are never dropped");
+        b.pending().clear();
+        b.release();
+        assert_eq!(b.room(), 0);
+    }
+}
