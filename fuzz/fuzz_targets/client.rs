@@ -131,6 +131,8 @@ struct Harness {
     max_transactions: usize,
     now: Instant,
     inbox: Vec<u8>,
+    /// Feeds so far: every other one goes through `handle_buf`.
+    feeds: usize,
     sent: Decoder,
     live: BTreeSet<u16>,
 }
@@ -148,7 +150,10 @@ impl Harness {
     }
 
     fn feed(&mut self) {
-        if feed(&mut self.client, self.now, &mut self.inbox) {
+        if {
+            self.feeds += 1;
+            feed(&mut self.client, self.now, &mut self.inbox, self.feeds % 2 == 0)
+        } {
             assert!(!self.client.is_connected());
         }
     }
@@ -293,6 +298,7 @@ fuzz_target!(|input: Input| {
         max_transactions: limits.max_transactions,
         now: epoch + Duration::from_secs(3600),
         inbox: Vec::new(),
+        feeds: 0,
         sent: Decoder::new(dialect, Sender::Client),
         live: BTreeSet::new(),
     };
