@@ -150,10 +150,9 @@ impl Harness {
     }
 
     fn feed(&mut self) {
-        if {
-            self.feeds += 1;
-            feed(&mut self.client, self.now, &mut self.inbox, self.feeds % 2 == 0)
-        } {
+        self.feeds += 1;
+        let owned = self.feeds.is_multiple_of(2);
+        if feed(&mut self.client, self.now, &mut self.inbox, owned) {
             assert!(!self.client.is_connected());
         }
     }

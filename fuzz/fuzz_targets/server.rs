@@ -227,10 +227,9 @@ struct Harness {
 
 impl Harness {
     fn feed(&mut self) {
-        {
-            self.feeds += 1;
-            feed(&mut self.server, self.now, &mut self.inbox, self.feeds % 2 == 0)
-        };
+        self.feeds += 1;
+        let owned = self.feeds.is_multiple_of(2);
+        feed(&mut self.server, self.now, &mut self.inbox, owned);
     }
 
     fn poll(&mut self) {
