@@ -38,12 +38,6 @@ const MAX_IOV: usize = 64;
 /// Steps one poll may take before yielding to the executor, so a connection that always
 /// has work (a fast peer) cannot starve the other tasks of its thread.
 const BUDGET: usize = 64;
-/// Steps whose wake-ups (consumers with new events, writers waiting for room) are
-/// collected and delivered together. Delivered one step at a time, a bulk transfer woke
-/// its consumer for every read (up to 256 KiB), a thread switch each when the consumer
-/// runs on another thread than the driver; they are always delivered before the pump
-/// waits (so nothing waits for a wake-up that was held back).
-const WAKE_BATCH: usize = 4;
 /// How long a closing connection may take to write what is still queued. Bounded so a
 /// peer that stopped reading cannot keep a dropped session's task alive forever.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -306,10 +300,6 @@ pub(crate) struct Pump<S, L: LinkState> {
     eof: bool,
     eof_fed: bool,
     end: Option<End>,
-    /// Wake-ups collected over the last steps (see `WAKE_BATCH`).
-    deferred: Wake,
-    /// Whether `Shared::room` is to be notified with them.
-    room_deferred: bool,
 }
 
 impl<S, L> Pump<S, L>
@@ -330,8 +320,6 @@ where
             eof: false,
             eof_fed: false,
             end: None,
-            deferred: Wake::default(),
-            room_deferred: false,
         }
     }
 
@@ -417,12 +405,9 @@ where
                 self.close_by,
             );
         }
-        self.deferred.wakers.append(&mut wake.wakers);
-        self.deferred.changed |= wake.changed;
-        self.room_deferred |= room;
-        if wake.changed || stop.is_some() {
-            // Connection-level news (connected, ended) goes out at once.
-            self.deliver();
+        wake.run(&self.shared.changed);
+        if room {
+            self.shared.room.notify(usize::MAX);
         }
         if let Some(end) = stop {
             if !self.tx.is_empty() {
@@ -514,18 +499,9 @@ where
 }
 
 impl<S, L: LinkState> Pump<S, L> {
-    /// Delivers the wake-ups collected so far (see `WAKE_BATCH`).
-    fn deliver(&mut self) {
-        std::mem::take(&mut self.deferred).run(&self.shared.changed);
-        if std::mem::take(&mut self.room_deferred) {
-            self.shared.room.notify(usize::MAX);
-        }
-    }
-
     /// Ends the link: the machine turns every live transaction into `LinkLost`, and every
     /// waiter is woken to see it.
     fn finish(&mut self, end: End) -> End {
-        self.deliver();
         let mut wake = Wake::default();
         end_locked(&mut self.shared.lock(), &end, &mut wake);
         wake.run(&self.shared.changed);
@@ -547,24 +523,14 @@ where
         if let Some(end) = &this.end {
             return Poll::Ready(end.clone());
         }
-        for i in 1..=BUDGET {
+        for _ in 0..BUDGET {
             match this.step(cx) {
                 Ok(true) => {}
-                Ok(false) => {
-                    this.deliver();
-                    return Poll::Pending;
-                }
-                Err(end) if this.end.is_some() => {
-                    this.deliver();
-                    return Poll::Ready(end);
-                }
+                Ok(false) => return Poll::Pending,
+                Err(end) if this.end.is_some() => return Poll::Ready(end),
                 Err(end) => return Poll::Ready(this.finish(end)),
             }
-            if i % WAKE_BATCH == 0 {
-                this.deliver();
-            }
         }
-        this.deliver();
         cx.waker().wake_by_ref();
         Poll::Pending
     }
