@@ -566,3 +566,192 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (a, b) => a.or(b),
     }
 }
+
+/// A spawned session's pump, runnable by whoever waits for its work: the driver task on
+/// smol's executor, or a consumer of the session that would otherwise sleep until the
+/// driver task wakes it.
+///
+/// Why: with the driver on another thread, every batch of input cost two thread switches
+/// (the reactor wakes the driver task, the driver wakes the consumer). A consumer waiting
+/// for an event runs the pump itself instead (`Steal::help`), and the pump's wake-ups go
+/// to that consumer while it waits (`Target::consumer`); the driver task runs it whenever
+/// no consumer waits.
+///
+/// Every wake-up the pump registers (the transport, its timer, intents queueing data) is
+/// this value's [`Waker`], which passes it on to the current target. The invariant: after
+/// every wake-up, someone polls the pump. A consumer stops being the target when its wait
+/// ends or is dropped (`Steal::hand_back`), and then wakes the driver task if a wake-up
+/// reached the consumer after its last run of the pump (`Target::missed`).
+pub(crate) struct Steal {
+    pump: Mutex<Option<Pin<Box<dyn Future<Output = End> + Send>>>>,
+    target: Mutex<Target>,
+}
+
+#[derive(Default)]
+struct Target {
+    /// The driver task's waker, from its last poll.
+    driver: Option<Waker>,
+    /// The consumer that waits and runs the pump (its token, its waker).
+    consumer: Option<(u64, Waker)>,
+    /// A wake-up went to the consumer since the pump last ran.
+    missed: bool,
+    next_token: u64,
+    /// How the pump ended, for the driver task to return.
+    end: Option<End>,
+}
+
+impl Steal {
+    pub(crate) fn new(pump: Pin<Box<dyn Future<Output = End> + Send>>) -> Arc<Steal> {
+        Arc::new(Steal {
+            pump: Mutex::new(Some(pump)),
+            target: Mutex::new(Target::default()),
+        })
+    }
+
+    fn target(&self) -> MutexGuard<'_, Target> {
+        self.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the pump once with this value as its waker, unless someone else is running it
+    /// (who then sees whatever this caller came for). Returns whether it ran; records the
+    /// end when the pump resolves.
+    fn run(self: &Arc<Self>) -> bool {
+        let Ok(mut slot) = self.pump.try_lock() else {
+            return false;
+        };
+        let Some(pump) = slot.as_mut() else {
+            return true;
+        };
+        self.target().missed = false;
+        let waker = Waker::from(self.clone());
+        if let Poll::Ready(end) = pump.as_mut().poll(&mut Context::from_waker(&waker)) {
+            *slot = None;
+            drop(slot);
+            let driver = {
+                let mut t = self.target();
+                t.end = Some(end);
+                t.driver.clone()
+            };
+            if let Some(w) = driver {
+                w.wake();
+            }
+        }
+        true
+    }
+
+    /// A consumer is about to wait: it becomes the pump's target and runs it. Returns
+    /// whether the pump ran (the caller then checks again for what it waits for).
+    /// `token` identifies the consumer for [`Steal::hand_back`].
+    pub(crate) fn help(self: &Arc<Self>, cx: &Context<'_>, token: &mut Option<u64>) -> bool {
+        {
+            let mut t = self.target();
+            if t.end.is_some() {
+                return false;
+            }
+            let id = match *token {
+                Some(id) => id,
+                None => {
+                    t.next_token = t.next_token.wrapping_add(1);
+                    t.next_token
+                }
+            };
+            *token = Some(id);
+            match &mut t.consumer {
+                Some((owner, w)) if *owner == id => {
+                    if !w.will_wake(cx.waker()) {
+                        *w = cx.waker().clone();
+                    }
+                }
+                other => *other = Some((id, cx.waker().clone())),
+            }
+        }
+        self.run()
+    }
+
+    /// The consumer `token` stopped waiting: the driver task is the target again, and is
+    /// woken if a wake-up reached the consumer after its last run of the pump.
+    pub(crate) fn hand_back(&self, token: u64) {
+        let driver = {
+            let mut t = self.target();
+            if t.consumer.as_ref().is_none_or(|(owner, _)| *owner != token) {
+                return;
+            }
+            t.consumer = None;
+            if !std::mem::take(&mut t.missed) {
+                return;
+            }
+            t.driver.clone()
+        };
+        if let Some(w) = driver {
+            w.wake();
+        }
+    }
+}
+
+impl std::task::Wake for Steal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let w = {
+            let mut t = self.target();
+            match &t.consumer {
+                Some((_, w)) => {
+                    let w = w.clone();
+                    t.missed = true;
+                    Some(w)
+                }
+                None => t.driver.clone(),
+            }
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+/// The driver task of a spawned session: runs the [`Steal`]able pump when no consumer
+/// does, and resolves to how it ended.
+pub(crate) struct StealDriver {
+    pub(crate) steal: Arc<Steal>,
+}
+
+impl Future for StealDriver {
+    type Output = End;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let steal = &self.get_mut().steal;
+        {
+            let mut t = steal.target();
+            if let Some(end) = &t.end {
+                return Poll::Ready(end.clone());
+            }
+            if !t.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                t.driver = Some(cx.waker().clone());
+            }
+            if t.consumer.is_some() {
+                // The waiting consumer runs the pump, and hands it back when it is done.
+                return Poll::Pending;
+            }
+        }
+        steal.run();
+        match &steal.target().end {
+            Some(end) => Poll::Ready(end.clone()),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for StealDriver {
+    fn drop(&mut self) {
+        // Dropping the pump ends the link for every waiter (see `Pump`'s `Drop`).
+        let pump = self
+            .steal
+            .pump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(pump);
+    }
+}
