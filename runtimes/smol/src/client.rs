@@ -24,7 +24,7 @@ use tuppence::link::{
 use tuppence::wire::ProcInfoField;
 
 use crate::Error;
-use crate::pump::{End, LinkState, Pump, Shared, Steal, StealDriver, Wake};
+use crate::pump::{End, LinkState, Pump, Shared, Wake};
 
 /// Events buffered per transaction before routing stops.
 pub(crate) const INBOX_EVENTS: usize = 256;
@@ -231,8 +231,6 @@ pub struct Session {
 struct Inner {
     shared: Arc<Shared<ClientState>>,
     task: Option<smol::Task<Result<(), Error>>>,
-    /// The spawned driver's pump, which a waiting consumer may run itself (see `Steal`).
-    steal: Option<std::sync::Weak<Steal>>,
 }
 
 impl Drop for Inner {
@@ -299,19 +297,11 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (session, driver) = Session::build(io, config);
-        let steal = Steal::new(Box::pin(driver.pump));
-        let weak = Arc::downgrade(&steal);
-        let task = smol::spawn(async move {
-            match (StealDriver { steal }).await {
-                End::Local => Ok(()),
-                other => Err(other.error()),
-            }
-        });
+        let task = smol::spawn(driver);
         let session = Session {
             inner: Arc::new(Inner {
                 shared: session,
                 task: Some(task),
-                steal: Some(weak),
             }),
         };
         future::or(session.connected(), async {
@@ -332,11 +322,7 @@ impl Session {
     {
         let (shared, pump) = Session::build(io, config);
         let session = Session {
-            inner: Arc::new(Inner {
-                shared,
-                task: None,
-                steal: None,
-            }),
+            inner: Arc::new(Inner { shared, task: None }),
         };
         (session, pump)
     }
@@ -638,67 +624,7 @@ impl Session {
 
     /// The next event of `xid`, waiting for it.
     pub(crate) async fn next_event(&self, xid: u16) -> ClientEvent {
-        self.helped(|cx| self.poll_inbox(xid, Some(cx))).await
-    }
-
-    /// Waits for `f` to be ready; while it is not, runs the driver's pump on this task
-    /// (when the driver was spawned and nobody else runs it): see `Steal`.
-    pub(crate) fn helped<T, F>(&self, f: F) -> Helped<'_, F>
-    where
-        F: FnMut(&mut Context<'_>) -> Poll<T> + Unpin,
-    {
-        Helped {
-            steal: self.inner.steal.as_ref().and_then(std::sync::Weak::upgrade),
-            f,
-            token: None,
-            _session: std::marker::PhantomData,
-        }
-    }
-}
-
-/// See [`Session::helped`]. Dropping it (or its completion) hands the pump back to the
-/// driver task.
-pub(crate) struct Helped<'s, F> {
-    steal: Option<Arc<Steal>>,
-    f: F,
-    /// Set once this waiter ran the pump as its target.
-    token: Option<u64>,
-    _session: std::marker::PhantomData<&'s Session>,
-}
-
-impl<T, F> Future for Helped<'_, F>
-where
-    F: FnMut(&mut Context<'_>) -> Poll<T> + Unpin,
-{
-    type Output = T;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let this = self.get_mut();
-        let mut ran = false;
-        loop {
-            if let Poll::Ready(v) = (this.f)(cx) {
-                if let (Some(steal), Some(token)) = (&this.steal, this.token.take()) {
-                    steal.hand_back(token);
-                }
-                return Poll::Ready(v);
-            }
-            // Once per poll: the pump ran and what it delivered has been looked at.
-            if ran {
-                return Poll::Pending;
-            }
-            match &this.steal {
-                Some(steal) if steal.help(cx, &mut this.token) => ran = true,
-                _ => return Poll::Pending,
-            }
-        }
-    }
-}
-
-impl<F> Drop for Helped<'_, F> {
-    fn drop(&mut self) {
-        if let (Some(steal), Some(token)) = (&self.steal, self.token.take()) {
-            steal.hand_back(token);
-        }
+        future::poll_fn(|cx| self.poll_inbox(xid, Some(cx))).await
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, future};
 use tuppence::link::status::ESRCH;
 use tuppence::link::{
     Command, MonitorEvent, Outcome, Output, RunEvent, Signal, TransferEvent, UsageError,
@@ -130,7 +130,7 @@ impl Session {
         let mut received = 0u64;
         let mut batch = Batch::default();
         loop {
-            let ev = self.helped(|cx| self.poll_batch(xid, &mut batch, cx)).await;
+            let ev = future::poll_fn(|cx| self.poll_batch(xid, &mut batch, cx)).await;
             match TransferEvent::from_event(ev) {
                 Some(TransferEvent::Data(data)) => {
                     sink.write_all(&data)
@@ -310,8 +310,7 @@ impl RunHandle {
 
     /// The next piece of output, or the end; `None` after `Finished`.
     pub async fn next(&mut self) -> Option<RunEvent> {
-        let session = self.control.session.clone();
-        session.helped(|cx| self.poll_event(cx)).await
+        futures_lite::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     /// Waits for the end, collecting all output.
@@ -393,8 +392,7 @@ impl Monitor {
 
     /// The next event; `None` after `Finished`.
     pub async fn next(&mut self) -> Option<MonitorEvent> {
-        let session = self.session.clone();
-        session.helped(|cx| self.poll_event(cx)).await
+        futures_lite::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<MonitorEvent>> {
