@@ -128,29 +128,35 @@ enum Side {
 }
 
 impl Side {
-    fn new(role: Role, dialect: Dialect, now: Instant) -> Side {
+    /// `device`: the device-link settings (resynchronisation on hellos, stale partial
+    /// packets), under which the decoder also remembers what it was fed.
+    fn new(role: Role, dialect: Dialect, now: Instant, device: bool) -> Side {
         // A small event queue, so that backpressure happens.
         let limits = Limits {
             max_events: 3,
             ..Limits::default()
         };
         match role {
-            Role::Server => Side::Server(Server::new(
-                ServerConfig {
+            Role::Server => {
+                let mut config = ServerConfig {
                     limits,
                     ..ServerConfig::default()
-                },
-                now,
-            )),
+                };
+                if device {
+                    config = config.for_device_link();
+                }
+                Side::Server(Server::new(config, now))
+            }
             Role::Client => {
-                let mut c = Client::new(
-                    ClientConfig {
-                        dialect,
-                        limits,
-                        ..ClientConfig::default()
-                    },
-                    now,
-                );
+                let mut config = ClientConfig {
+                    dialect,
+                    limits,
+                    ..ClientConfig::default()
+                };
+                if device {
+                    config = config.for_device_link();
+                }
+                let mut c = Client::new(config, now);
                 c.extract("root", "/tmp/f").unwrap();
                 c.run(Command::new("cat")).unwrap();
                 c.extract("root", "/tmp/g").unwrap();
@@ -194,13 +200,14 @@ impl Side {
 fn run(
     dialect: Dialect,
     role: Role,
+    device: bool,
     bytes: &[u8],
     sizes: &[usize],
     drain: usize,
     owned: bool,
 ) -> Record {
     let now = Instant::now();
-    let mut side = Side::new(role, dialect, now);
+    let mut side = Side::new(role, dialect, now, device);
     let mut rec = Record::default();
     let mut pending = BytesMut::new();
     let mut rest = bytes;
@@ -261,10 +268,11 @@ proptest! {
             1..8,
         ),
         drain in prop_oneof![Just(1usize), Just(2), Just(usize::MAX)],
+        device in any::<bool>(),
     ) {
         let bytes = encode(dialect, role, &items);
-        let copied = run(dialect, role, &bytes, &sizes, drain, false);
-        let owned = run(dialect, role, &bytes, &sizes, drain, true);
+        let copied = run(dialect, role, device, &bytes, &sizes, drain, false);
+        let owned = run(dialect, role, device, &bytes, &sizes, drain, true);
         prop_assert_eq!(copied, owned);
     }
 }
