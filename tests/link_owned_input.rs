@@ -11,7 +11,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use tuppence::Machine;
 use tuppence::link::{Client, ClientConfig, Command, Limits, Server, ServerConfig, ServerEvent};
-use tuppence::wire::{Dialect, Hello, MAX_CHUNK, OWNED_MIN_PACKET, Packet};
+use tuppence::wire::{Dialect, Hello, MAX_CHUNK, OWNED_MIN_PACKET, Packet, hello_signature};
 
 /// Which machine reads the stream.
 #[derive(Clone, Copy, Debug)]
@@ -30,9 +30,20 @@ enum Item {
 fn payload() -> impl Strategy<Value = Bytes> {
     prop_oneof![
         4 => vec(any::<u8>(), 0..64).prop_map(Bytes::from),
-        // Around and above the size taken without a copy.
-        3 => (OWNED_MIN_PACKET - 16..=MAX_CHUNK, any::<u8>())
-            .prop_map(|(n, seed)| Bytes::from(vec![seed; n])),
+        // Around and above the size taken without a copy; sometimes ending in what looks
+        // like the start of a hello (a device link searches the bytes it decoded last).
+        3 => (OWNED_MIN_PACKET - 16..=MAX_CHUNK, any::<u8>(), any::<bool>()).prop_map(
+            |(n, seed, hello)| {
+                let mut v = vec![seed; n];
+                if hello {
+                    for d in [Dialect::V4, Dialect::Legacy3] {
+                        v.extend_from_slice(&hello_signature(d));
+                    }
+                    v.truncate(MAX_CHUNK);
+                }
+                Bytes::from(v)
+            }
+        ),
     ]
 }
 
