@@ -1,5 +1,6 @@
 //! The link machines wired back to back in memory (no I/O): how fast command output
-//! streams from a Server to a Client, against a plain memcpy of the same bytes, and how
+//! streams from a Server to a Client, against a plain memcpy of the same bytes (through
+//! `handle_bytes`, which copies payloads, and `handle_buf`, which does not), and how
 //! many tiny command round trips (run → exit 0) complete per second.
 //!
 //! `cargo bench --bench machines -- --warm-up-time 1 --measurement-time 3`
@@ -75,6 +76,24 @@ impl Pair {
         self.wire.clear();
         delivered
     }
+
+    /// [`Pair::server_to_client`] through `handle_buf`: the client takes large payloads
+    /// out of the wire buffer instead of copying them (the wire buffer is then a new
+    /// allocation each time, as a runtime's `RecvBuf` region is).
+    fn server_to_client_owned(&mut self) -> usize {
+        self.server.poll_transmit(self.now, &mut self.wire);
+        let mut delivered = 0;
+        while !self.wire.is_empty() {
+            self.client.handle_buf(self.now, &mut self.wire).unwrap();
+            while let Some(ev) = self.client.poll_event() {
+                if let ClientEvent::Output { data, .. } = ev {
+                    delivered += data.len();
+                    black_box(data);
+                }
+            }
+        }
+        delivered
+    }
 }
 
 fn stream(c: &mut Criterion) {
@@ -115,6 +134,17 @@ fn stream(c: &mut Criterion) {
             for at in (0..STREAM).step_by(PIECE) {
                 p.server.output(xid, 1, src.slice(at..at + PIECE)).unwrap();
                 delivered += p.server_to_client();
+            }
+            assert_eq!(delivered, STREAM);
+        })
+    });
+    // The same through the owned-bytes input (A/B against the one above).
+    group.bench_function("server_output_to_client_events_handle_buf", |b| {
+        b.iter(|| {
+            let mut delivered = 0;
+            for at in (0..STREAM).step_by(PIECE) {
+                p.server.output(xid, 1, src.slice(at..at + PIECE)).unwrap();
+                delivered += p.server_to_client_owned();
             }
             assert_eq!(delivered, STREAM);
         })

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 use crate::Transmit;
 
@@ -31,6 +31,19 @@ pub trait Machine {
     /// consumed. Fewer than `data.len()` means backpressure: drain the machine's events
     /// (and let the transport take its output), then offer the rest again.
     fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, Self::Error>;
+
+    /// [`handle_bytes`](Self::handle_bytes) for a loop that reads into a `BytesMut`: the
+    /// bytes consumed are removed from the front of `buf` (what is left is offered again,
+    /// as with `handle_bytes`), and a machine may keep large parts of it without a copy
+    /// (the link machines take data payloads of at least
+    /// [`wire::OWNED_MIN_PACKET`](crate::wire::OWNED_MIN_PACKET) bytes as slices of its
+    /// storage, so `buf` then reallocates on its next `reserve`). Returns the bytes
+    /// consumed. The default calls `handle_bytes` and advances `buf`.
+    fn handle_buf(&mut self, now: Instant, buf: &mut BytesMut) -> Result<usize, Self::Error> {
+        let n = self.handle_bytes(now, buf)?;
+        buf.advance(n.min(buf.len()));
+        Ok(n)
+    }
 
     /// The transport reached end of stream (the peer closed its side).
     fn handle_eof(&mut self, now: Instant);

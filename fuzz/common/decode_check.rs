@@ -5,7 +5,9 @@
 //! it re-encodes, the encoding decodes to the identical frame, and the encoding equals the
 //! bytes it came from except for the decoder's documented leniencies. Errors must be the
 //! typed ones: framing errors are fatal, sticky and consume nothing; a bad packet is skipped
-//! whole. The decoder never holds more than it was given. Any violation panics.
+//! whole. The decoder never holds more than it was given. The same stream fed through
+//! `Decoder::feed_owned` (the caller's buffer, large packets taken without a copy) gives
+//! the same frames and errors. Any violation panics.
 
 use arbitrary::Arbitrary;
 use bytes::BytesMut;
@@ -95,6 +97,7 @@ pub fn check(dialect: Dialect, input: &Input<'_>) -> Outcome {
         mode: input.mode,
     };
     let mut out = Outcome::default();
+    let mut seen: Vec<Result<Frame, DecodeError>> = Vec::new();
     let stream = input.stream;
     let mut pushed = 0usize;
     let mut consumed = 0usize;
@@ -122,11 +125,13 @@ pub fn check(dialect: Dialect, input: &Input<'_>) -> Outcome {
                     check_reencoding(dialect, sender, original, &frame);
                     consumed += used;
                     out.frames += 1;
+                    seen.push(Ok(frame));
                 }
                 Err(e) if e.is_fatal() => {
                     assert_eq!(dec.buffered(), before, "a framing error consumed bytes");
                     assert!(e.header().is_none());
                     assert_eq!(dec.next_frame(), Err(e.clone()), "framing error not sticky");
+                    seen.push(Err(e.clone()));
                     out.fatal = Some(e);
                     break;
                 }
@@ -147,6 +152,7 @@ pub fn check(dialect: Dialect, input: &Input<'_>) -> Outcome {
                     );
                     consumed += used;
                     out.rejected_packets += 1;
+                    seen.push(Err(e));
                 }
             }
         }
@@ -158,7 +164,47 @@ pub fn check(dialect: Dialect, input: &Input<'_>) -> Outcome {
             dec.buffer_capacity()
         );
     }
+    check_owned(dialect, input, &seen);
     out
+}
+
+/// Feeds the stream through `feed_owned`, in the same chunks, from a buffer the caller
+/// keeps appending to (as a runtime's receive buffer); the frames and errors must be those
+/// of the `push` run.
+fn check_owned(dialect: Dialect, input: &Input<'_>, expected: &[Result<Frame, DecodeError>]) {
+    let max = input.max_packet_len();
+    let mut dec = Decoder::new(dialect, input.sender()).with_max_packet_len(max);
+    let mut chunker = Chunker {
+        state: (input.seed ^ 0x9e37_79b9).max(1),
+        mode: input.mode,
+    };
+    let stream = input.stream;
+    let mut pending = BytesMut::new();
+    let mut pushed = 0usize;
+    let mut seen = Vec::new();
+    'outer: while pushed < stream.len() {
+        let n = chunker.next_len(stream.len() - pushed);
+        pending.extend_from_slice(&stream[pushed..pushed + n]);
+        pushed += n;
+        while !pending.is_empty() {
+            let before = pending.len();
+            let took = dec.feed_owned(&mut pending);
+            assert!(took > 0, "feed_owned took nothing");
+            assert_eq!(before - pending.len(), took, "feed_owned miscounted");
+            loop {
+                match dec.next_frame() {
+                    Ok(None) => break,
+                    Ok(Some(f)) => seen.push(Ok(f)),
+                    Err(e) if e.is_fatal() => {
+                        seen.push(Err(e));
+                        break 'outer;
+                    }
+                    Err(e) => seen.push(Err(e)),
+                }
+            }
+        }
+    }
+    assert_eq!(seen, expected, "feed_owned decoded differently from push");
 }
 
 fn check_reencoding(dialect: Dialect, sender: Sender, original: &[u8], frame: &Frame) {

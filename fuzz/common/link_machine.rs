@@ -1,12 +1,13 @@
 //! What the `client` and `server` fuzz targets share: the limits both machines take from the
 //! input, the conversions of arbitrary values into well-formed packet fields, and the check
 //! (through the core's `Machine` surface) that feeding bytes consumes at most what was given
-//! and that an error is sticky.
+//! and that an error is sticky. Every other feed goes through `handle_buf` (the owned-bytes
+//! input) instead of `handle_bytes`.
 
 use std::time::Instant;
 
 use arbitrary::Arbitrary;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tuppence::Machine;
 use tuppence::link::{Limits, LinkError};
 use tuppence::wire::ProcInfoField;
@@ -53,11 +54,28 @@ pub fn procinfo_fields(fields: Vec<(u8, Vec<u8>)>) -> Vec<ProcInfoField> {
         .collect()
 }
 
-/// Feeds `inbox` to `m` and drops what it consumed (backpressure keeps the rest). On an
-/// error: sticky (the same error again, and the machine says so), no more timers, and the
-/// inbox is discarded. Returns whether the machine failed.
-pub fn feed(m: &mut impl Machine<Error = LinkError>, now: Instant, inbox: &mut Vec<u8>) -> bool {
-    match m.handle_bytes(now, inbox) {
+/// Feeds `inbox` to `m` (through `handle_buf` when `owned`) and drops what it consumed
+/// (backpressure keeps the rest). On an error: sticky (the same error again, and the
+/// machine says so), no more timers, and the inbox is discarded. Returns whether the
+/// machine failed.
+pub fn feed(
+    m: &mut impl Machine<Error = LinkError>,
+    now: Instant,
+    inbox: &mut Vec<u8>,
+    owned: bool,
+) -> bool {
+    let r = if owned {
+        let mut buf = BytesMut::from(&inbox[..]);
+        let r = m.handle_buf(now, &mut buf);
+        if let Ok(n) = r {
+            assert_eq!(buf.len() + n, inbox.len(), "handle_buf left the wrong bytes");
+            assert_eq!(&buf[..], &inbox[n..], "handle_buf left other bytes");
+        }
+        r
+    } else {
+        m.handle_bytes(now, inbox)
+    };
+    match r {
         Ok(n) => {
             assert!(n <= inbox.len());
             inbox.drain(..n);

@@ -131,6 +131,8 @@ struct Harness {
     max_transactions: usize,
     now: Instant,
     inbox: Vec<u8>,
+    /// Feeds so far: every other one goes through `handle_buf`.
+    feeds: usize,
     sent: Decoder,
     live: BTreeSet<u16>,
 }
@@ -148,7 +150,9 @@ impl Harness {
     }
 
     fn feed(&mut self) {
-        if feed(&mut self.client, self.now, &mut self.inbox) {
+        self.feeds += 1;
+        let owned = self.feeds.is_multiple_of(2);
+        if feed(&mut self.client, self.now, &mut self.inbox, owned) {
             assert!(!self.client.is_connected());
         }
     }
@@ -293,6 +297,7 @@ fuzz_target!(|input: Input| {
         max_transactions: limits.max_transactions,
         now: epoch + Duration::from_secs(3600),
         inbox: Vec::new(),
+        feeds: 0,
         sent: Decoder::new(dialect, Sender::Client),
         live: BTreeSet::new(),
     };

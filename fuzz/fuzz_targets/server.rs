@@ -215,6 +215,8 @@ struct Harness {
     now: Instant,
     /// Client bytes the server has not consumed yet (backpressure).
     inbox: Vec<u8>,
+    /// Feeds so far: every other one goes through `handle_buf`.
+    feeds: usize,
     /// Decoder for everything the server transmitted, created at the first transmit.
     sent: Option<Decoder>,
     /// Upper bound of what may be queued since the last drain.
@@ -225,7 +227,9 @@ struct Harness {
 
 impl Harness {
     fn feed(&mut self) {
-        feed(&mut self.server, self.now, &mut self.inbox);
+        self.feeds += 1;
+        let owned = self.feeds.is_multiple_of(2);
+        feed(&mut self.server, self.now, &mut self.inbox, owned);
     }
 
     fn poll(&mut self) {
@@ -329,6 +333,7 @@ fuzz_target!(|input: Input| {
         max_tx: limits.max_transmit_buffer,
         now: epoch + Duration::from_secs(3600),
         inbox: Vec::new(),
+        feeds: 0,
         sent: None,
         budget: 0,
         chunk: limits

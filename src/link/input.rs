@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use bytes::BytesMut;
+
 use super::core::Core;
 use super::stats::count;
 use super::{LinkError, Violation};
@@ -43,6 +45,35 @@ fn resynced<M: Input>(m: &mut M, found: Resynced) {
     m.on_resync(found.dialect);
 }
 
+/// Where the input loop takes its bytes from: the caller's slice (copied), or the
+/// caller's buffer (large packets split off it without a copy, see
+/// `wire::Decoder::feed_owned`; what is taken is removed from its front).
+enum Source<'a> {
+    Slice { data: &'a [u8], consumed: usize },
+    Owned(&'a mut BytesMut),
+}
+
+impl Source<'_> {
+    fn rest_is_empty(&self) -> bool {
+        match self {
+            Source::Slice { data, consumed } => data.len() <= *consumed,
+            Source::Owned(buf) => buf.is_empty(),
+        }
+    }
+
+    /// Feeds the decoder from the front of what is left; returns the bytes taken.
+    fn feed(&mut self, decoder: &mut crate::wire::Decoder) -> usize {
+        match self {
+            Source::Slice { data, consumed } => {
+                let n = decoder.feed(data.get(*consumed..).unwrap_or_default());
+                *consumed = consumed.saturating_add(n);
+                n
+            }
+            Source::Owned(buf) => decoder.feed_owned(buf),
+        }
+    }
+}
+
 /// The input loop of both machines: decode what is buffered while the event queue has
 /// room, then take more bytes (one packet at a time, so what is consumed is exactly what
 /// was decoded or is needed to complete the next packet).
@@ -51,21 +82,37 @@ pub(crate) fn handle_bytes<M: Input>(
     now: Instant,
     data: &[u8],
 ) -> Result<usize, LinkError> {
+    handle(m, now, Source::Slice { data, consumed: 0 })
+}
+
+/// [`handle_bytes`] on the caller's buffer: the bytes consumed are removed from its front,
+/// and large data payloads become slices of its storage instead of copies.
+pub(crate) fn handle_buf<M: Input>(
+    m: &mut M,
+    now: Instant,
+    buf: &mut BytesMut,
+) -> Result<usize, LinkError> {
+    handle(m, now, Source::Owned(buf))
+}
+
+fn handle<M: Input>(m: &mut M, now: Instant, mut src: Source<'_>) -> Result<usize, LinkError> {
     if let Some(e) = &m.core().error {
         return Err(e.clone());
     }
     m.core().tick(now);
-    if !data.is_empty() {
+    let offered = !src.rest_is_empty();
+    if offered {
         // A silence may have ended with these bytes without the timer having fired.
         at_silence(m);
     }
-    let consumed = feed_and_decode(m, data)?;
-    if !data.is_empty() {
+    let consumed = feed_and_decode(m, &mut src)?;
+    if offered {
         // Everything offered was taken and the machine waits for the peer (inside a
         // packet): silence from now on is the peer's. (When it pushed back, the bytes it
         // left are already here: no silence can be measured.)
+        let all = src.rest_is_empty();
         let core = m.core();
-        let waiting = consumed == data.len() && core.decoder.waits_inside_packet();
+        let waiting = all && core.decoder.waits_inside_packet();
         core.partial_since = waiting.then_some(core.now());
     }
     Ok(consumed)
@@ -78,7 +125,13 @@ pub(crate) fn handle_timeout<M: Input>(m: &mut M) {
         return;
     }
     if at_silence(m) {
-        let _ = feed_and_decode(m, &[]);
+        let _ = feed_and_decode(
+            m,
+            &mut Source::Slice {
+                data: &[],
+                consumed: 0,
+            },
+        );
     }
 }
 
@@ -93,7 +146,13 @@ fn at_silence<M: Input>(m: &mut M) -> bool {
     }
     core.partial_since = None;
     if core.decoder.decide_live() {
-        let _ = feed_and_decode(m, &[]);
+        let _ = feed_and_decode(
+            m,
+            &mut Source::Slice {
+                data: &[],
+                consumed: 0,
+            },
+        );
     }
     if let Some(found) = m.core().decoder.silence() {
         resynced(m, found);
@@ -101,7 +160,7 @@ fn at_silence<M: Input>(m: &mut M) -> bool {
     true
 }
 
-fn feed_and_decode<M: Input>(m: &mut M, data: &[u8]) -> Result<usize, LinkError> {
+fn feed_and_decode<M: Input>(m: &mut M, src: &mut Source<'_>) -> Result<usize, LinkError> {
     let mut consumed = 0usize;
     loop {
         if let Some(found) = m.core().decoder.resynced() {
@@ -126,12 +185,11 @@ fn feed_and_decode<M: Input>(m: &mut M, data: &[u8]) -> Result<usize, LinkError>
         if let Some(e) = &m.core().error {
             return Err(e.clone());
         }
-        let rest = data.get(consumed..).unwrap_or_default();
-        if rest.is_empty() || !m.has_room() {
+        if src.rest_is_empty() || !m.has_room() {
             return Ok(consumed);
         }
         let core = m.core();
-        let n = core.decoder.feed(rest);
+        let n = src.feed(&mut core.decoder);
         count(&mut core.stats.bytes_received, n);
         consumed = consumed.saturating_add(n);
     }

@@ -6,6 +6,8 @@
 //! ([`Decoder::detecting`]) and, on device links, finds the stream again after line noise
 //! (the `resync` module). Nothing outside this module touches the buffer.
 
+use std::mem;
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::resync::{Recent, Sync, reply_start};
@@ -16,6 +18,13 @@ use super::{
 
 /// Receive buffer allocation granularity: decoded payloads are zero-copy slices of it.
 const RX_ALLOC: usize = 128 * 1024;
+
+/// Packets at least this long (header included) are taken out of the caller's buffer by
+/// [`Decoder::feed_owned`] instead of being copied. Below it a payload is copied: a few
+/// bytes of stdin kept in a queue must not pin the caller's whole receive buffer (with a
+/// 256 KiB buffer a payload pins at most 16 times its own size, and only while bulk
+/// data flows).
+pub const OWNED_MIN_PACKET: usize = 16 * 1024;
 
 /// Takes one whole packet off the front of `buf`, tokio-`Decoder` style.
 ///
@@ -133,6 +142,9 @@ pub struct Decoder {
     fallback: Option<Dialect>,
     sender: Sender,
     buf: BytesMut,
+    /// The decoder's own buffer, set aside while `buf` holds a packet taken whole out of
+    /// the caller's buffer ([`Decoder::feed_owned`]); back in `buf` once that is decoded.
+    parked: BytesMut,
     max_packet_len: usize,
     fatal: Option<DecodeError>,
     /// Device links: where the decoder stands relative to the peer's packet boundaries.
@@ -150,6 +162,7 @@ impl Decoder {
             fallback: None,
             sender,
             buf: BytesMut::new(),
+            parked: BytesMut::new(),
             max_packet_len: MAX_PACKET_LEN,
             fatal: None,
             sync: Sync::InStep,
@@ -210,6 +223,7 @@ impl Decoder {
     /// first 8 bytes are taken, and while a device link waits to tell a hello from a live
     /// sender's bytes, only as many as decide it (see `resync`).
     pub fn feed(&mut self, data: &[u8]) -> usize {
+        self.unpark();
         self.detect();
         let buffered = self.buf.len();
         let whole = match data.get(..HEADER_LEN) {
@@ -237,6 +251,43 @@ impl Decoder {
         take
     }
 
+    /// [`Decoder::feed`] for a caller that hands over its buffer: takes the same bytes, and
+    /// removes them from the front of `data`. A whole packet of at least
+    /// [`OWNED_MIN_PACKET`] bytes at the front of `data` (with nothing buffered) is split
+    /// off without copying, so its payload becomes a slice of the caller's storage; any
+    /// other bytes are copied as by `feed` (small payloads must not pin the caller's
+    /// buffer). Returns how many bytes were taken.
+    pub fn feed_owned(&mut self, data: &mut BytesMut) -> usize {
+        self.unpark();
+        self.detect();
+        if self.buf.is_empty()
+            && self.known
+            && self.sync == Sync::InStep
+            && let Some(Ok(head)) = data.get(..HEADER_LEN).map(<&[u8; HEADER_LEN]>::try_from)
+        {
+            let len = usize::from(Header::decode(self.dialect, head).len);
+            if (OWNED_MIN_PACKET..=self.max_packet_len).contains(&len) && data.len() >= len {
+                let packet = data.split_to(len);
+                if let Some(recent) = &mut self.recent {
+                    recent.remember(&packet);
+                }
+                // `buf` is empty: only its spare capacity is set aside.
+                self.parked = mem::replace(&mut self.buf, packet);
+                return len;
+            }
+        }
+        let n = self.feed(data);
+        data.advance(n.min(data.len()));
+        n
+    }
+
+    /// Puts the decoder's own buffer back once a packet taken from the caller is decoded.
+    fn unpark(&mut self) {
+        if self.buf.is_empty() && self.parked.capacity() > 0 {
+            self.buf = mem::take(&mut self.parked);
+        }
+    }
+
     /// Bytes received but not yet returned as packets.
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -244,7 +295,7 @@ impl Decoder {
 
     /// The memory the buffer holds (for callers that check their bounds).
     pub fn buffer_capacity(&self) -> usize {
-        self.buf.capacity()
+        self.buf.capacity().saturating_add(self.parked.capacity())
     }
 
     /// How many more bytes would complete the packet at the front of the buffer: the rest
@@ -283,6 +334,7 @@ impl Decoder {
             &mut self.buf,
             self.max_packet_len,
         );
+        self.unpark();
         if let Err(e) = &r
             && e.is_fatal()
         {

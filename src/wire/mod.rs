@@ -28,7 +28,7 @@ mod reader;
 mod resync;
 
 pub use chunk::{DEFAULT_MAX_CHUNK, DataChunks, MAX_CHUNK, chunks, encode_data};
-pub use decoder::{Decoder, decode_frame};
+pub use decoder::{Decoder, OWNED_MIN_PACKET, decode_frame};
 pub use error::{DecodeError, EncodeError, PayloadError};
 pub use header::{Header, PacketType};
 pub use packet::{CommandRequest, Frame, Hello, Packet};

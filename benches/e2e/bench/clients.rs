@@ -257,7 +257,7 @@ pub struct SmolClient {
 impl SmolClient {
     pub fn connect(sock: &Path) -> SmolClient {
         let session = smol::block_on(async {
-            let stream = Async::<UnixStream>::connect(sock).await?;
+            let stream = tuppence_smol::connect_unix(sock).await?;
             tuppence_smol::Session::new(stream, ClientConfig::default())
                 .await
                 .map_err(std::io::Error::other)
@@ -271,7 +271,7 @@ impl SmolClient {
     }
 
     pub fn connect_local(sock: &Path) -> SmolClient {
-        let stream = smol::block_on(Async::<UnixStream>::connect(sock)).expect("connect");
+        let stream = smol::block_on(tuppence_smol::connect_unix(sock)).expect("connect");
         let (session, driver) =
             tuppence_smol::Session::with_driver(stream, ClientConfig::default());
         let mut c = SmolClient {

@@ -13,6 +13,8 @@
 //! use tuppence_blocking::Session;
 //!
 //! let stream = UnixStream::connect("/run/tuppence.sock")?;
+//! // Socket buffers sized for transfers, as `tuppence_transport::Target::connect` does.
+//! tuppence_transport::tune_socket_buffers(&stream);
 //! let session = Session::new(stream, ClientConfig::default(), Duration::from_secs(10))?;
 //! let out = session.output(Command::new("uname -a"))?;
 //! assert_eq!(out.outcome, Outcome::Exited(0));

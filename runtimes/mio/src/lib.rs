@@ -21,6 +21,8 @@
 //! use tuppence_mio::{run_client, Flow};
 //!
 //! let stream = UnixStream::connect("/run/tuppence.sock").unwrap();
+//! // Socket buffers sized for transfers, as `tuppence_transport::Target::connect` does.
+//! tuppence_transport::tune_socket_buffers(&stream);
 //! stream.set_nonblocking(true).unwrap();
 //! let mut client = Client::new(ClientConfig::default(), std::time::Instant::now());
 //! let xid = client.run(Command::new("uname -a")).unwrap();

@@ -1,5 +1,5 @@
-//! One link connection on a non-blocking fd: reads into a reused buffer, feeds the
-//! machine, writes what it transmits with vectored writes (data payloads are not copied
+//! One link connection on a non-blocking fd: reads into a [`RecvBuf`] and hands it to the
+//! machine (`handle_buf`: large data payloads are kept as slices of it, not copied), writes what it transmits with vectored writes (data payloads are not copied
 //! on the way out), and remembers readiness (mio is edge-triggered).
 
 use std::io::{self, IoSlice, Read, Write};
@@ -9,9 +9,9 @@ use std::time::Instant;
 use mio::Interest;
 use tuppence::link::LinkError;
 use tuppence::{Machine, Transmit};
-use tuppence_transport::is_hangup;
+use tuppence_transport::{RecvBuf, is_hangup};
 
-/// Size of the reused receive buffer.
+/// The largest read (the receive buffer's regions grow to this in bulk transfers).
 const READ_BUF: usize = 256 * 1024;
 /// Bytes taken from the machine but not yet written before we stop taking more. Keeping
 /// the rest in the machine is what makes its `can_send()` (and so the application's
@@ -49,9 +49,7 @@ pub enum LinkIoError<E = LinkError> {
 pub struct LinkIo<T, M> {
     io: T,
     machine: M,
-    rx: Box<[u8]>,
-    rx_start: usize,
-    rx_end: usize,
+    rx: RecvBuf,
     /// Bytes taken from the machine, not yet written.
     tx: Transmit,
     readable: bool,
@@ -66,9 +64,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         LinkIo {
             io,
             machine,
-            rx: vec![0; READ_BUF].into_boxed_slice(),
-            rx_start: 0,
-            rx_end: 0,
+            rx: RecvBuf::new(READ_BUF),
             tx: Transmit::new(),
             readable: true,
             writable: true,
@@ -126,17 +122,8 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     /// machine handed over at its hang-up (`tuppence::link::Server::carryover`). Returns
     /// how many were taken: at most the receive buffer's size, less what it still holds.
     pub fn preload(&mut self, bytes: &[u8]) -> usize {
-        if self.rx_start == self.rx_end {
-            self.rx_start = 0;
-            self.rx_end = 0;
-        }
-        let room = self.rx.len().saturating_sub(self.rx_end);
-        let n = bytes.len().min(room);
-        let end = self.rx_end.saturating_add(n);
-        if let (Some(dst), Some(src)) = (self.rx.get_mut(self.rx_end..end), bytes.get(..n)) {
-            dst.copy_from_slice(src);
-            self.rx_end = end;
-        }
+        let n = bytes.len().min(READ_BUF.saturating_sub(self.rx.len()));
+        self.rx.preload(bytes.get(..n).unwrap_or_default());
         n
     }
 
@@ -165,18 +152,16 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         let mut fed = false;
         let mut reads = 0usize;
         loop {
-            if self.rx_start < self.rx_end {
-                let pending = self.rx.get(self.rx_start..self.rx_end).unwrap_or_default();
+            if !self.rx.is_empty() {
                 let n = self
                     .machine
-                    .handle_bytes(now, pending)
+                    .handle_buf(now, self.rx.pending())
                     .map_err(LinkIoError::Link)?;
                 if self.machine.poll_discard_unsent() {
                     self.discard_unsent();
                 }
                 fed |= n > 0;
-                self.rx_start = self.rx_start.saturating_add(n);
-                if self.rx_start < self.rx_end {
+                if !self.rx.is_empty() {
                     // The machine pushed back: its events must be drained first.
                     return Ok(fed);
                 }
@@ -189,16 +174,13 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
                 return Ok(fed);
             }
             reads += 1;
-            match self.io.read(&mut self.rx) {
+            match self.io.read(self.rx.region()) {
                 Ok(0) => {
                     self.eof = true;
                     self.machine.handle_eof(now);
                     return Ok(true);
                 }
-                Ok(n) => {
-                    self.rx_start = 0;
-                    self.rx_end = n;
-                }
+                Ok(n) => self.rx.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
                     return Ok(fed);
@@ -271,7 +253,7 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
     /// peer must read its answers, before input can move; retrying sooner would spin.
     pub fn can_read_more(&self) -> bool {
         self.machine.accepts_input()
-            && (self.rx_start < self.rx_end || (self.readable && !self.read_paused && !self.eof))
+            && (!self.rx.is_empty() || (self.readable && !self.read_paused && !self.eof))
     }
 
     /// The machine's next deadline.

@@ -10,10 +10,8 @@
 //! timed it out; 127 if it could not be started; 255 if the link failed.
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
-use async_io::Async;
 use futures_lite::AsyncReadExt;
 use tuppence::link::{ClientConfig, Command, Outcome};
 use tuppence_smol::{RunEvent, Session, errno_text};
@@ -34,7 +32,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(socket: &str, command: &str) -> Result<u8, Box<dyn std::error::Error>> {
-    let stream = Async::<UnixStream>::connect(socket).await?;
+    let stream = tuppence_smol::connect_unix(socket).await?;
     let session = Session::new(stream, ClientConfig::default()).await?;
     let mut run = session.run(Command::new(command.to_owned())).await?;
 

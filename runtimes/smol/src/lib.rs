@@ -1,8 +1,9 @@
 //! # tuppence-smol — async client and server drivers on smol / async-io
 //!
 //! Drives the sans-IO [`tuppence::link`] machines over any
-//! `AsyncRead + AsyncWrite + Unpin + Send` byte stream: `Async<UnixStream>`,
-//! `Async<TcpStream>`, or `Async<File>` on a pty or serial fd (configure a serial port
+//! `AsyncRead + AsyncWrite + Unpin + Send` byte stream: `Async<UnixStream>` (open it with
+//! [`connect_unix`], which sizes its buffers for transfers), `Async<TcpStream>`
+//! ([`connect_tcp`]), or `Async<File>` on a pty or serial fd (configure a serial port
 //! with serial2, then wrap a dup'd `File` of its fd — never `Async<SerialPort>`, whose
 //! reads block for up to their timeout).
 //!
@@ -19,13 +20,12 @@
 //! shell-running agent to try it against.
 //!
 //! ```no_run
-//! use async_io::Async;
-//! use std::os::unix::net::UnixStream;
 //! use tuppence::link::{ClientConfig, Command, Outcome};
 //! use tuppence_smol::{RunEvent, Session};
 //!
 //! smol::block_on(async {
-//!     let stream = Async::<UnixStream>::connect("/run/tuppence.sock").await?;
+//!     // Socket buffers sized for transfers (see `connect_unix`).
+//!     let stream = tuppence_smol::connect_unix("/run/tuppence.sock").await?;
 //!     let session = Session::new(stream, ClientConfig::default()).await?;
 //!     let mut run = session.run(Command::new("uname -a")).await?;
 //!     run.close_stdin().await?;
@@ -63,6 +63,7 @@
 
 mod chat;
 mod client;
+mod connect;
 mod error;
 mod ops;
 mod pump;
@@ -70,6 +71,7 @@ mod server;
 
 pub use chat::Chat;
 pub use client::{DEFAULT_CONNECT_TIMEOUT, Driver, Session};
+pub use connect::{connect_tcp, connect_unix};
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, RunControl, RunHandle};
 pub use server::{App, Responder, serve};

@@ -26,11 +26,12 @@ use event_listener::Event;
 use futures_lite::{AsyncRead, AsyncWrite, Stream};
 use tuppence::link::{LinkError, UsageError};
 use tuppence::{Machine, Transmit};
-use tuppence_transport::is_hangup;
+use tuppence_transport::{RecvBuf, is_hangup};
 
 use crate::Error;
 
-/// Size of the reused receive buffer (eight full data packets).
+/// The largest read (eight full data packets): the receive buffer's regions grow to this
+/// in bulk transfers.
 const READ_BUF: usize = 256 * 1024;
 /// Segments per vectored write: headers and payloads alternate, so 32 data packets.
 const MAX_IOV: usize = 64;
@@ -287,9 +288,8 @@ impl<L: LinkState> Shared<L> {
 pub(crate) struct Pump<S, L: LinkState> {
     io: S,
     shared: Arc<Shared<L>>,
-    rx: Box<[u8]>,
-    rx_start: usize,
-    rx_end: usize,
+    /// Handed to the machine's `handle_buf`: large data payloads stay slices of it.
+    rx: RecvBuf,
     /// Bytes taken from the machine, not yet written.
     tx: Transmit,
     timer: Timer,
@@ -311,9 +311,7 @@ where
         Pump {
             io,
             shared,
-            rx: vec![0; READ_BUF].into_boxed_slice(),
-            rx_start: 0,
-            rx_end: 0,
+            rx: RecvBuf::new(READ_BUF),
             tx: Transmit::new(),
             timer: Timer::never(),
             timer_at: None,
@@ -350,18 +348,16 @@ where
                 g.link.machine_mut().handle_timeout(now);
                 progress = true;
             }
-            if let Some(data) = self.rx.get(self.rx_start..self.rx_end)
-                && !data.is_empty()
-                && let Ok(n) = g.link.machine_mut().handle_bytes(now, data)
+            if !self.rx.is_empty()
+                && let Ok(n) = g.link.machine_mut().handle_buf(now, self.rx.pending())
             {
-                self.rx_start = self.rx_start.saturating_add(n);
                 progress |= n > 0;
             }
             // (After input and timers alike: either can start a new session.)
             if g.link.machine_mut().poll_discard_unsent() {
                 self.tx.clear();
             }
-            if self.eof && self.rx_start >= self.rx_end && !self.eof_fed {
+            if self.eof && self.rx.is_empty() && !self.eof_fed {
                 self.eof_fed = true;
                 g.link.machine_mut().handle_eof(now);
                 progress = true;
@@ -373,7 +369,7 @@ where
             if !failed {
                 progress |= g.link.route(false, &mut wake);
             }
-            g.stalled = self.rx_start < self.rx_end;
+            g.stalled = !self.rx.is_empty();
             if self.tx.is_empty() {
                 let n = g
                     .link
@@ -455,13 +451,10 @@ where
         }
 
         // Read only when the machine took all of the previous read: backpressure.
-        while !self.eof && self.rx_start >= self.rx_end {
-            match Pin::new(&mut self.io).poll_read(cx, &mut self.rx) {
+        while !self.eof && self.rx.is_empty() {
+            match Pin::new(&mut self.io).poll_read(cx, self.rx.region()) {
                 Poll::Ready(Ok(0)) => self.eof = true,
-                Poll::Ready(Ok(n)) => {
-                    self.rx_start = 0;
-                    self.rx_end = n.min(self.rx.len());
-                }
+                Poll::Ready(Ok(n)) => self.rx.filled(n),
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Err(e)) if is_hangup(&e) => self.eof = true,
                 Poll::Ready(Err(e)) => return Err(End::Transport(Arc::new(e))),

@@ -150,6 +150,7 @@ pub mod exec;
 mod listener;
 mod local_file;
 mod reach;
+mod recv_buf;
 pub mod stdio;
 mod sys;
 mod target;
@@ -167,6 +168,7 @@ pub use listener::{
 };
 pub use local_file::{LocalFile, LocalFileError};
 pub use reach::DEFAULT_AGENT;
+pub use recv_buf::{RECV_MIN, RecvBuf};
 pub use stdio::StdioRelay;
 pub use sys::{SOCKET_BUFFER, is_hangup, tune_socket_buffers};
 pub use target::{

@@ -355,6 +355,10 @@ impl Machine for Client {
         input::handle_bytes(self, now, data)
     }
 
+    fn handle_buf(&mut self, now: Instant, buf: &mut BytesMut) -> Result<usize, LinkError> {
+        input::handle_buf(self, now, buf)
+    }
+
     /// The transport reached end of stream.
     fn handle_eof(&mut self, now: Instant) {
         self.core.tick(now);

@@ -7,14 +7,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use tuppence::link::{ClientEvent, LinkError};
 use tuppence::{Machine, Transmit};
-use tuppence_transport::is_hangup;
+use tuppence_transport::{RecvBuf, is_hangup};
 
 use super::{CLOSE_GRACE, Inbox, Shared, State};
 use crate::Stream;
 
-/// Size of the reader's reused buffer.
+/// The largest read (the receive buffer grows to this in bulk transfers).
 const READ_BUF: usize = 256 * 1024;
 /// Segments per vectored write (headers and payloads alternate: 32 data packets).
 const MAX_IOV: usize = 64;
@@ -127,7 +128,8 @@ impl Shared {
     }
 
     pub(super) fn reader_loop<S: Stream>(self: Arc<Self>, mut stream: S) {
-        let mut buf = vec![0u8; READ_BUF];
+        // Handed to the machine's `handle_buf`: large data payloads stay slices of it.
+        let mut buf = RecvBuf::new(READ_BUF);
         // When the session was dropped: the writer gets `CLOSE_GRACE` to finish.
         let mut closing_since: Option<Instant> = None;
         loop {
@@ -156,13 +158,14 @@ impl Shared {
                 Duration::from_secs(1)
             };
             let timeout = Some(timeout.unwrap_or(most).min(most));
-            match stream.read_timeout(&mut buf, timeout) {
+            match stream.read_timeout(buf.region(), timeout) {
                 Ok(0) => {
                     self.end(None);
                     break;
                 }
                 Ok(n) => {
-                    if !self.feed(buf.get(..n).unwrap_or_default()) {
+                    buf.filled(n);
+                    if !self.feed(buf.pending()) {
                         break;
                     }
                 }
@@ -207,13 +210,11 @@ impl Shared {
 
     /// Offers received bytes to the machine, waiting for consumers when it pushes back.
     /// Returns false once the connection is over.
-    fn feed(&self, data: &[u8]) -> bool {
+    fn feed(&self, data: &mut BytesMut) -> bool {
         let mut st = self.lock();
-        let mut offset = 0;
-        while offset < data.len() {
-            let rest = data.get(offset..).unwrap_or_default();
-            match st.client.handle_bytes(Instant::now(), rest) {
-                Ok(n) => offset += n,
+        while !data.is_empty() {
+            match st.client.handle_buf(Instant::now(), data) {
+                Ok(_) => {}
                 Err(e) => {
                     self.dispatch(&mut st);
                     st.failure.get_or_insert(e);
@@ -225,7 +226,7 @@ impl Shared {
             self.dispatch(&mut st);
             self.wake_writer(&st);
             self.notify(&st);
-            if offset < data.len() {
+            if !data.is_empty() {
                 if self.closing.load(Ordering::SeqCst) {
                     return false;
                 }
