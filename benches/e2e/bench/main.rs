@@ -7,6 +7,7 @@
 //! target allows).
 
 mod clients;
+mod farm;
 mod plan;
 mod procs;
 mod raw;
@@ -56,6 +57,9 @@ fn main() -> ExitCode {
     }
     if plan.wants("mem") {
         rows.extend(memory(&plan, &scratch));
+    }
+    if plan.wants("farm") {
+        rows.extend(farm::farm(&plan, &scratch));
     }
 
     let ok = stats::print_table(&rows, plan.quick);
