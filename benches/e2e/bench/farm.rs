@@ -521,6 +521,7 @@ fn clean(dir: &Path, n: usize) {
 
 const FLAVOUR_ENV: &str = "TUPPENCE_E2E_FARM_FLAVOUR";
 const COUNT_ENV: &str = "TUPPENCE_E2E_FARM_SESSIONS";
+const FILE_ENV: &str = "TUPPENCE_E2E_FARM_FILE";
 
 /// The `farm-mem` role: opens one session, reads VmRSS, opens N more (hello done, idle),
 /// reads VmRSS again and prints both (KiB). `socks` is the agents' sockets joined by ':'.
@@ -537,31 +538,67 @@ pub fn memory_role(socks: &Path) -> ! {
         .expect("session count");
     let me = std::process::id();
     let rss = || procs::status_kib(me, "VmRSS");
-    let (before, after) = match std::env::var(FLAVOUR_ENV).as_deref() {
+    let src = PathBuf::from(std::env::var_os(FILE_ENV).expect("source file"));
+    let dir = src.parent().expect("scratch dir").to_owned();
+    let files = Work::Files {
+        src,
+        dir: dir.clone(),
+    };
+    // After a transfer: what the sessions still hold once idle again. `malloc_trim` first
+    // returns the allocator's free pages, so what is left is held, not cached.
+    let after_transfer = |errors: usize| {
+        assert_eq!(errors, 0, "farm memory: transfer errors");
+        clean(&dir, n + 1);
+        // SAFETY: malloc_trim only releases free memory of glibc's heaps.
+        unsafe { libc::malloc_trim(0) };
+        rss()
+    };
+    let readings = match std::env::var(FLAVOUR_ENV).as_deref() {
         Ok("smol1") => {
             let mut f = SmolFarm::new();
             f.open(&socks, 1);
             let before = rss();
             f.open(&socks, n);
-            let after = rss();
-            (before, after)
+            let idle = rss();
+            let out = f.run(&files);
+            (before, idle, after_transfer(out.errors))
         }
         Ok("mio") => {
             let mut f = MioFarm::new();
             f.open(&socks, 1);
             let before = rss();
             f.open(&socks, n);
-            let after = rss();
-            (before, after)
+            let idle = rss();
+            let out = f.run(&files);
+            (before, idle, after_transfer(out.errors))
         }
         other => panic!("unknown farm flavour {other:?}"),
     };
-    println!("{before} {after}");
+    println!("{} {} {}", readings.0, readings.1, readings.2);
     std::process::exit(0);
 }
 
-/// KiB of VmRSS per idle session of `flavour`, measured in a fresh process.
-fn memory_per_session(flavour: &str, n: usize, agents: &[Helper]) -> (f64, u64, u64) {
+/// VmRSS of a fresh process holding `n` idle sessions of `flavour`.
+struct Memory {
+    /// KiB with one session open (the runtime's one-time costs counted).
+    before: u64,
+    /// KiB with `n` more open, hello done, idle.
+    idle: u64,
+    /// KiB once every session injected and extracted a file and is idle again, after
+    /// `malloc_trim`.
+    after: u64,
+}
+
+impl Memory {
+    fn per_session(&self, n: usize) -> f64 {
+        self.idle.saturating_sub(self.before) as f64 / n as f64
+    }
+    fn per_session_after(&self, n: usize) -> f64 {
+        self.after.saturating_sub(self.before) as f64 / n as f64
+    }
+}
+
+fn memory(flavour: &str, n: usize, agents: &[Helper], src: &Path) -> Memory {
     let socks: Vec<String> = agents
         .iter()
         .map(|a| a.sock.to_str().expect("utf-8 path").to_owned())
@@ -571,19 +608,23 @@ fn memory_per_session(flavour: &str, n: usize, agents: &[Helper]) -> (f64, u64, 
         .env(procs::SOCKET_ENV, socks.join(":"))
         .env(FLAVOUR_ENV, flavour)
         .env(COUNT_ENV, n.to_string())
+        .env(FILE_ENV, src)
         .stderr(Stdio::inherit())
         .output()
         .expect("start the memory process");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
-    let (Some(Some(before)), Some(Some(after))) = (it.next(), it.next()) else {
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let [before, idle, after] = v[..] else {
         panic!("farm memory process: {text:?} ({})", out.status);
     };
-    (
-        after.saturating_sub(before) as f64 / n as f64,
+    Memory {
         before,
+        idle,
         after,
-    )
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -608,23 +649,30 @@ pub fn farm(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
     let agent_socks: Vec<PathBuf> = agents.iter().map(|a| a.sock.clone()).collect();
     let raw_socks: Vec<PathBuf> = raws.iter().map(|a| a.sock.clone()).collect();
 
-    // Memory first, each flavour in a fresh process.
-    let mut mem = Vec::new();
-    for flavour in ["smol1", "mio"] {
-        let (per, before, after) = memory_per_session(flavour, n, &agents);
-        progress(format!(
-            "{flavour}: VmRSS {before} KiB with one session, {after} KiB with {} idle: {per:.1} KiB per session",
-            n + 1
-        ));
-        mem.push((per, before, after));
-    }
-
     let src = scratch.join("farm-source.bin");
     make_file(&src, size);
     let files = Work::Files {
         src: src.clone(),
         dir: scratch.0.clone(),
     };
+
+    // Memory first, each flavour in a fresh process.
+    let mut mem = Vec::new();
+    for flavour in ["smol1", "mio"] {
+        let m = memory(flavour, n, &agents, &src);
+        progress(format!(
+            "{flavour}: VmRSS {} KiB with one session, {} KiB with {} idle ({:.1} KiB per session), \
+             {} KiB after a transfer each ({:.1} KiB per session)",
+            m.before,
+            m.idle,
+            n + 1,
+            m.per_session(n),
+            m.after,
+            m.per_session_after(n)
+        ));
+        mem.push(m);
+    }
+
     let mut smol = SmolFarm::new();
     smol.open(&agent_socks, n);
     let mut mio = MioFarm::new();
@@ -776,10 +824,16 @@ pub fn farm(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
             target: Target::NoErrors,
             unit: "",
         });
-        let (per, before, after) = mem[m - 1];
+        let mm = &mem[m - 1];
+        let per = mm.per_session(n);
         rows.push(Row {
             figure: format!("farm: client memory per idle session, {name}"),
-            value: format!("{per:.1} KiB (VmRSS {before} → {after} KiB for {n} sessions)"),
+            value: format!(
+                "{per:.1} KiB (VmRSS {} → {} KiB for {n} sessions); after a transfer each, idle: {:.1} KiB",
+                mm.before,
+                mm.idle,
+                mm.per_session_after(n)
+            ),
             reference: "—".into(),
             judged: per,
             judged_text: format!("{per:.1} KiB"),
