@@ -680,13 +680,13 @@ pub fn farm(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
 
     // Correctness once per flavour, outside the timed runs.
     let mut errors = [0usize; 2];
-    for m in 0..2 {
+    for (m, errs) in errors.iter_mut().enumerate() {
         let out = if m == 0 {
             smol.run(&files)
         } else {
             mio.run(&files)
         };
-        errors[m] += out.errors;
+        *errs += out.errors;
         for i in 0..n {
             let got = std::fs::read(Work::local(&scratch.0, i)).ok();
             assert!(
