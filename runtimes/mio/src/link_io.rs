@@ -11,8 +11,13 @@ use tuppence::link::LinkError;
 use tuppence::{Machine, Transmit};
 use tuppence_transport::is_hangup;
 
-/// Size of the reused receive buffer.
+/// Size of the receive buffer during bulk transfers (a read that fills the small one
+/// grows it to this).
 const READ_BUF: usize = 256 * 1024;
+/// Size of the receive buffer to start with and once the machine is idle again
+/// ([`Machine::is_idle`]): a controller holding hundreds of idle sessions keeps 16 KiB
+/// for each, not the bulk buffer a past transfer needed.
+const READ_BUF_IDLE: usize = 16 * 1024;
 /// Bytes taken from the machine but not yet written before we stop taking more. Keeping
 /// the rest in the machine is what makes its `can_send()` (and so the application's
 /// backpressure, e.g. the agent pausing a child's output) reflect a slow peer.
@@ -52,6 +57,8 @@ pub struct LinkIo<T, M> {
     rx: Box<[u8]>,
     rx_start: usize,
     rx_end: usize,
+    /// The last read filled `rx`: the next one uses the bulk size.
+    rx_filled: bool,
     /// Bytes taken from the machine, not yet written.
     tx: Transmit,
     readable: bool,
@@ -66,9 +73,10 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         LinkIo {
             io,
             machine,
-            rx: vec![0; READ_BUF].into_boxed_slice(),
+            rx: vec![0; READ_BUF_IDLE].into_boxed_slice(),
             rx_start: 0,
             rx_end: 0,
+            rx_filled: false,
             tx: Transmit::new(),
             readable: true,
             writable: true,
@@ -130,6 +138,9 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
             self.rx_start = 0;
             self.rx_end = 0;
         }
+        if bytes.len() > self.rx.len().saturating_sub(self.rx_end) {
+            self.resize_rx(READ_BUF);
+        }
         let room = self.rx.len().saturating_sub(self.rx_end);
         let n = bytes.len().min(room);
         let end = self.rx_end.saturating_add(n);
@@ -138,6 +149,26 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
             self.rx_end = end;
         }
         n
+    }
+
+    /// Replaces the receive buffer with one of `len` bytes, keeping what it holds (as
+    /// much as fits: callers shrink it only when it is empty).
+    fn resize_rx(&mut self, len: usize) {
+        let mut rx = vec![0; len].into_boxed_slice();
+        let held = self.rx.get(self.rx_start..self.rx_end).unwrap_or_default();
+        let n = held.len().min(len);
+        if let (Some(dst), Some(src)) = (rx.get_mut(..n), held.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.rx = rx;
+        self.rx_start = 0;
+        self.rx_end = n;
+    }
+
+    /// Bytes of memory the receive buffer holds: 16 KiB, or 256 KiB from a read that
+    /// filled the small one until the machine is idle again.
+    pub fn read_buffer_len(&self) -> usize {
+        self.rx.len()
     }
 
     /// The transport reached end of stream (already reported to the machine).
@@ -189,6 +220,9 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
                 return Ok(fed);
             }
             reads += 1;
+            if self.rx_filled && self.rx.len() < READ_BUF {
+                self.resize_rx(READ_BUF);
+            }
             match self.io.read(&mut self.rx) {
                 Ok(0) => {
                     self.eof = true;
@@ -198,9 +232,15 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
                 Ok(n) => {
                     self.rx_start = 0;
                     self.rx_end = n;
+                    self.rx_filled = n == self.rx.len();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
+                    if self.rx.len() > READ_BUF_IDLE && self.machine.is_idle() {
+                        // Everything read was taken (reads start only then).
+                        self.resize_rx(READ_BUF_IDLE);
+                        self.rx_filled = false;
+                    }
                     return Ok(fed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
