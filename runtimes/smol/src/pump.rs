@@ -30,8 +30,12 @@ use tuppence_transport::is_hangup;
 
 use crate::Error;
 
-/// Size of the reused receive buffer (eight full data packets).
+/// Size of the receive buffer for bulk data (eight full data packets).
 const READ_BUF: usize = 256 * 1024;
+/// Read buffer to start with and once the machine is idle again ([`Machine::is_idle`]):
+/// a read that fills it grows it to [`READ_BUF`] for bulk data. A controller holding
+/// hundreds of idle sessions keeps 16 KiB for each, not what a past transfer needed.
+const READ_BUF_IDLE: usize = 16 * 1024;
 /// Segments per vectored write: headers and payloads alternate, so 32 data packets.
 const MAX_IOV: usize = 64;
 /// Steps one poll may take before yielding to the executor, so a connection that always
@@ -290,6 +294,8 @@ pub(crate) struct Pump<S, L: LinkState> {
     rx: Box<[u8]>,
     rx_start: usize,
     rx_end: usize,
+    /// The last read filled `rx`: the next one uses the bulk size.
+    rx_filled: bool,
     /// Bytes taken from the machine, not yet written.
     tx: Transmit,
     timer: Timer,
@@ -307,13 +313,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     L: LinkState,
 {
+    /// Bytes of memory the receive buffer holds.
+    pub(crate) fn read_buffer_len(&self) -> usize {
+        self.rx.len()
+    }
+
     pub(crate) fn new(io: S, shared: Arc<Shared<L>>) -> Self {
         Pump {
             io,
             shared,
-            rx: vec![0; READ_BUF].into_boxed_slice(),
+            rx: vec![0; READ_BUF_IDLE].into_boxed_slice(),
             rx_start: 0,
             rx_end: 0,
+            rx_filled: false,
             tx: Transmit::new(),
             timer: Timer::never(),
             timer_at: None,
@@ -334,6 +346,7 @@ where
         let mut room = false;
         let mut stop = None;
         let deadline;
+        let idle;
         {
             let mut g = self.shared.lock();
             if !g.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -374,6 +387,7 @@ where
                 progress |= g.link.route(false, &mut wake);
             }
             g.stalled = self.rx_start < self.rx_end;
+            idle = g.link.machine().is_idle();
             if self.tx.is_empty() {
                 let n = g
                     .link
@@ -456,16 +470,27 @@ where
 
         // Read only when the machine took all of the previous read: backpressure.
         while !self.eof && self.rx_start >= self.rx_end {
+            if self.rx_filled && self.rx.len() < READ_BUF {
+                self.rx = vec![0; READ_BUF].into_boxed_slice();
+            }
             match Pin::new(&mut self.io).poll_read(cx, &mut self.rx) {
                 Poll::Ready(Ok(0)) => self.eof = true,
                 Poll::Ready(Ok(n)) => {
                     self.rx_start = 0;
                     self.rx_end = n.min(self.rx.len());
+                    self.rx_filled = n >= self.rx.len();
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Err(e)) if is_hangup(&e) => self.eof = true,
                 Poll::Ready(Err(e)) => return Err(End::Transport(Arc::new(e))),
-                Poll::Pending => break,
+                Poll::Pending => {
+                    // Everything read was taken (reads start only then).
+                    if idle && self.rx.len() > READ_BUF_IDLE {
+                        self.rx = vec![0; READ_BUF_IDLE].into_boxed_slice();
+                        self.rx_filled = false;
+                    }
+                    break;
+                }
             }
             progress = true;
         }
