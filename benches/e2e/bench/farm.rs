@@ -46,6 +46,36 @@ struct Outcomes {
     wall: f64,
     errors: usize,
     bytes: u64,
+    /// CPU seconds of this (the client) process and of the server processes.
+    client_cpu: f64,
+    server_cpu: f64,
+}
+
+/// CPU time (user + system, every thread) of a process, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the
+    // 12th and 13th.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    f.iter().sum::<f64>() / hz
+}
+
+/// Runs `f`, recording the CPU this process and `servers` used meanwhile.
+fn timed_cpu(servers: &[Helper], f: impl FnOnce() -> Outcomes) -> Outcomes {
+    let sum = || servers.iter().map(|h| process_cpu(h.pid())).sum::<f64>();
+    let (c0, s0) = (procs::self_cpu(), sum());
+    let mut out = f();
+    out.client_cpu = (procs::self_cpu() - c0).as_secs_f64();
+    out.server_cpu = sum() - s0;
+    out
 }
 
 /// What every session does in one run.
@@ -706,22 +736,23 @@ pub fn farm(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
         for j in 0..3 {
             let m = (j + rep) % 3;
             cmds[m].push(match m {
-                0 => spawn_limit(n, k),
-                1 => smol.run(&Work::Cmds(k)),
-                _ => mio.run(&Work::Cmds(k)),
+                0 => timed_cpu(&agents, || spawn_limit(n, k)),
+                1 => timed_cpu(&agents, || smol.run(&Work::Cmds(k))),
+                _ => timed_cpu(&agents, || mio.run(&Work::Cmds(k))),
             });
         }
         for j in 0..3 {
             let m = (j + rep) % 3;
             xfer[m].push(match m {
-                0 => raw_streams(n, &raw_socks, &src, &scratch.0),
-                1 => smol.run(&files),
-                _ => mio.run(&files),
+                0 => timed_cpu(&raws, || raw_streams(n, &raw_socks, &src, &scratch.0)),
+                1 => timed_cpu(&agents, || smol.run(&files)),
+                _ => timed_cpu(&agents, || mio.run(&files)),
             });
             clean(&scratch.0, n);
         }
         let rate = |o: &Outcomes| (n * k) as f64 / o.wall;
         let tput = |o: &Outcomes| o.bytes as f64 / o.wall / 1e6;
+        let cpu = |o: &Outcomes| format!("{:.2}/{:.2}", o.client_cpu, o.server_cpu);
         progress(format!(
             "rep {}: cmd/s spawn {:.0}, smol {:.0}, mio {:.0}; MB/s raw {:.0}, smol {:.0}, mio {:.0}",
             rep + 1,
@@ -731,6 +762,16 @@ pub fn farm(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
             tput(&xfer[0][rep]),
             tput(&xfer[1][rep]),
             tput(&xfer[2][rep]),
+        ));
+        progress(format!(
+            "rep {}: CPU s client/servers: commands spawn {}, smol {}, mio {}; transfers raw {}, smol {}, mio {}",
+            rep + 1,
+            cpu(&cmds[0][rep]),
+            cpu(&cmds[1][rep]),
+            cpu(&cmds[2][rep]),
+            cpu(&xfer[0][rep]),
+            cpu(&xfer[1][rep]),
+            cpu(&xfer[2][rep]),
         ));
     }
     drop(smol);
