@@ -14,8 +14,11 @@ use tuppence_transport::is_hangup;
 use super::{CLOSE_GRACE, INBOX_EVENTS, Shared, State};
 use crate::Stream;
 
-/// Size of the reader's reused buffer.
+/// Size of the reader's buffer for bulk data.
 const READ_BUF: usize = 256 * 1024;
+/// Size of the reader's buffer to start with and once the session is idle again
+/// ([`Machine::is_idle`]): a read that fills it grows it to [`READ_BUF`].
+const READ_BUF_IDLE: usize = 16 * 1024;
 /// Segments per vectored write (headers and payloads alternate: 32 data packets).
 const MAX_IOV: usize = 64;
 
@@ -127,7 +130,9 @@ impl Shared {
     }
 
     pub(super) fn reader_loop<S: Stream>(self: Arc<Self>, mut stream: S) {
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = vec![0u8; READ_BUF_IDLE];
+        let mut filled = false;
+        self.read_buffer_len.store(buf.len(), Ordering::Relaxed);
         // When the session was dropped: the writer gets `CLOSE_GRACE` to finish.
         let mut closing_since: Option<Instant> = None;
         loop {
@@ -156,12 +161,17 @@ impl Shared {
                 Duration::from_secs(1)
             };
             let timeout = Some(timeout.unwrap_or(most).min(most));
+            if filled && buf.len() < READ_BUF {
+                buf = vec![0u8; READ_BUF];
+                self.read_buffer_len.store(buf.len(), Ordering::Relaxed);
+            }
             match stream.read_timeout(&mut buf, timeout) {
                 Ok(0) => {
                     self.end(None);
                     break;
                 }
                 Ok(n) => {
+                    filled = n >= buf.len();
                     if !self.feed(buf.get(..n).unwrap_or_default()) {
                         break;
                     }
@@ -194,6 +204,12 @@ impl Shared {
                     st.reader_done = true;
                     self.notify(&st);
                     break;
+                }
+                // Everything read was fed: an idle session keeps no bulk buffer.
+                if st.client.is_idle() && buf.len() > READ_BUF_IDLE {
+                    buf = vec![0u8; READ_BUF_IDLE];
+                    filled = false;
+                    self.read_buffer_len.store(buf.len(), Ordering::Relaxed);
                 }
                 self.notify(&st);
             }
