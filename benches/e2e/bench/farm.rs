@@ -870,14 +870,31 @@ pub fn farm(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
         rows.push(Row {
             figure: format!("farm: client memory per idle session, {name}"),
             value: format!(
-                "{per:.1} KiB (VmRSS {} → {} KiB for {n} sessions); after a transfer each, idle: {:.1} KiB",
-                mm.before,
-                mm.idle,
-                mm.per_session_after(n)
+                "{per:.1} KiB (VmRSS {} → {} KiB for {n} sessions)",
+                mm.before, mm.idle
             ),
             reference: "—".into(),
             judged: per,
             judged_text: format!("{per:.1} KiB"),
+            guarded: None,
+            target: Target::AtMost(64.0),
+            unit: " KiB",
+        });
+        // The footprint a farm keeps after moving files: read buffers sized for bulk data
+        // must have been given back (they were 400 KiB per session before).
+        let after = mm.per_session_after(n);
+        rows.push(Row {
+            figure: format!(
+                "farm: client memory per session after a {} KiB inject + extract each, idle, {name}",
+                size >> 10
+            ),
+            value: format!(
+                "{after:.1} KiB (VmRSS {} → {} KiB for {n} sessions, after `malloc_trim`)",
+                mm.before, mm.after
+            ),
+            reference: "—".into(),
+            judged: after,
+            judged_text: format!("{after:.1} KiB"),
             guarded: None,
             target: Target::AtMost(64.0),
             unit: " KiB",
