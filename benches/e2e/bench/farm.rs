@@ -851,13 +851,17 @@ pub fn farm(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
                 size >> 10
             ),
             value: format!(
-                "{} MB/s (slowest / median session {})",
+                "{} MB/s (slowest / median session {}); CPU s client / agents {} / {}",
                 spread_of(&xfer[m], &tput, 0),
-                spread(&tstarve, 2)
+                spread(&tstarve, 2),
+                spread_of(&xfer[m], &|o| o.client_cpu, 2),
+                spread_of(&xfer[m], &|o| o.server_cpu, 2)
             ),
             reference: format!(
-                "raw copy, {n} streams: {} MB/s",
-                spread_of(&xfer[0], &tput, 0)
+                "raw copy, {n} streams: {} MB/s; CPU s client / servers {} / {}",
+                spread_of(&xfer[0], &tput, 0),
+                spread_of(&xfer[0], &|o| o.client_cpu, 2),
+                spread_of(&xfer[0], &|o| o.server_cpu, 2)
             ),
             judged: errs as f64,
             judged_text: format!("{} ({errs} errors)", spread(&tratios, 2)),
