@@ -88,4 +88,10 @@ pub trait Machine {
 
     /// Bytes queued for the transport and not yet taken by `poll_transmit*`.
     fn transmit_buffered(&self) -> usize;
+    /// No transaction is in progress (a client between commands and transfers): bulk data
+    /// is not expected, so the loop may shrink buffers it sized for bulk data (its read
+    /// buffer); the machine has released its own. False by default: keep the buffers.
+    fn is_idle(&self) -> bool {
+        false
+    }
 }

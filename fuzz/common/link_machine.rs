@@ -68,7 +68,11 @@ pub fn feed(
         let mut buf = BytesMut::from(&inbox[..]);
         let r = m.handle_buf(now, &mut buf);
         if let Ok(n) = r {
-            assert_eq!(buf.len() + n, inbox.len(), "handle_buf left the wrong bytes");
+            assert_eq!(
+                buf.len() + n,
+                inbox.len(),
+                "handle_buf left the wrong bytes"
+            );
             assert_eq!(&buf[..], &inbox[n..], "handle_buf left other bytes");
         }
         r

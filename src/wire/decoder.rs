@@ -298,6 +298,15 @@ impl Decoder {
         self.buf.capacity().saturating_add(self.parked.capacity())
     }
 
+    /// Gives the buffer's storage back if it holds no bytes, so an idle connection does not
+    /// keep the block sized for bulk data (the next `feed` takes a new one). Payloads
+    /// already handed out keep their part of the old block alive until they are dropped.
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// How many more bytes would complete the packet at the front of the buffer: the rest
     /// of the header, or the rest of the packet once the header is known.
     pub fn bytes_needed(&self) -> usize {

@@ -11,6 +11,7 @@ both_dialects!(
     inject_go_ahead_data_result,
     inject_failures,
     extract_to_eof,
+    idle_client_releases_receive_buffer,
     extract_failures,
     interrupt_each_signal,
     interrupt_aborts_transfers,
@@ -377,4 +378,37 @@ fn quit_carries_cid(dialect: Dialect) {
     assert!(p.agent.quit);
     let last = p.client_frames().pop().unwrap();
     assert_eq!((last.cid, last.packet), (1, Packet::Quit));
+}
+
+/// A farm's controller holds hundreds of sessions, mostly idle: once its transfers are
+/// over, a client keeps no receive block sized for bulk data.
+fn idle_client_releases_receive_buffer(dialect: Dialect) {
+    use tuppence::Machine;
+    let mut p = Pair::new(dialect);
+    p.connect();
+    let xid = p.client.extract("root", "/gen/100000").unwrap();
+    assert!(!p.client.is_idle());
+    p.drive();
+    let events = p.take_client_events();
+    let got: usize = events
+        .iter()
+        .map(|e| match e {
+            ClientEvent::Output { xid: x, data, .. } if *x == xid => data.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(got, 100_000);
+    assert!(events.contains(&ClientEvent::Finished {
+        xid,
+        outcome: Outcome::Completed
+    }));
+    assert!(p.client.is_idle());
+    assert_eq!(p.client.receive_capacity(), 0);
+    // The next transaction still works, and its answers take a block again.
+    let c = p.client.run(Command::new("out=hello;exit=0")).unwrap();
+    p.drive();
+    assert!(p.take_client_events().contains(&ClientEvent::Finished {
+        xid: c,
+        outcome: Outcome::Exited(0)
+    }));
 }

@@ -9,6 +9,7 @@
 mod cli;
 mod clients;
 mod disk;
+mod farm;
 mod plan;
 mod procs;
 mod raw;
@@ -71,6 +72,9 @@ fn main() -> ExitCode {
     }
     if plan.wants("startup") {
         rows.extend(startup::startup(&plan, &scratch));
+    }
+    if plan.wants("farm") {
+        rows.extend(farm::farm(&plan, &scratch));
     }
 
     let ok = stats::print_table(&rows, plan.quick);

@@ -27,6 +27,13 @@ pub struct Plan {
     pub stall: Duration,
     pub flood: usize,
     pub flood_sleep: u32,
+    /// The farm: sessions in one client process, agent processes they are dealt over,
+    /// `true`s per session, the file each session injects and extracts, repetitions.
+    pub farm_sessions: usize,
+    pub farm_agents: usize,
+    pub farm_cmds: usize,
+    pub farm_file: u64,
+    pub farm_reps: usize,
     pub only: Option<Vec<String>>,
     pub adapters: Option<Vec<String>>,
     /// Where the `disk` figure writes (`--disk-dir`; see `disk.rs`).
@@ -49,6 +56,11 @@ impl Plan {
             stall: Duration::from_secs(3),
             flood: 64 << 20,
             flood_sleep: 5,
+            farm_sessions: 256,
+            farm_agents: 8,
+            farm_cmds: 10,
+            farm_file: 1 << 20,
+            farm_reps: 3,
             only: None,
             adapters: None,
             disk_dir: None,
@@ -70,6 +82,11 @@ impl Plan {
             stall: Duration::from_secs(1),
             flood: 16 << 20,
             flood_sleep: 2,
+            farm_sessions: 64,
+            farm_agents: 8,
+            farm_cmds: 5,
+            farm_file: 1 << 20,
+            farm_reps: 1,
             only: None,
             adapters: None,
             disk_dir: None,
@@ -114,7 +131,7 @@ impl Plan {
     }
 }
 
-const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,cli,sleep,conns,mem,disk,startup] \
+const USAGE: &str = "usage: e2e [--quick] [--only rt,extract,inject,output,cli,sleep,conns,mem,disk,startup,farm] \
                      [--adapters mio,smol,smol1,blocking] [--reps N] [--size MIB] [--rt N] \
                      [--disk-dir DIR]";
 

@@ -52,13 +52,15 @@ pub fn run_role_if_asked() {
             }
         }
         Some("raw") => crate::raw::serve(&sock),
+        Some("raw-mt") => crate::raw::serve_threaded(&sock),
+        Some("farm-mem") => crate::farm::memory_role(&sock),
         other => panic!("unknown role {other:?}"),
     }
     std::process::exit(0);
 }
 
 /// 1000 concurrent commands hold 4000 fds in the agent: use the hard limit.
-fn raise_nofile() {
+pub fn raise_nofile() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -21,37 +21,51 @@ pub fn serve(sock: &Path) {
     let listener = UnixListener::bind(sock).expect("raw listener");
     let mut buf = vec![0u8; RAW_BUF];
     for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        // The same socket buffers as the agent's and the clients' (tuppence-transport's
-        // choice), so the reference is not handicapped by the kernel's defaults.
-        tuppence_transport::tune_socket_buffers(&conn);
-        let Ok(line) = read_line(&mut conn) else {
-            continue;
-        };
-        let (op, arg) = line.split_at(1.min(line.len()));
-        let arg = arg.trim_start();
-        let r = match op {
-            "E" => File::open(arg).and_then(|mut f| copy(&mut f, &mut conn, &mut buf)),
-            "I" => File::create(arg)
-                .and_then(|mut f| copy(&mut conn, &mut f, &mut buf))
-                .and_then(|n| conn.write_all(b"ok").map(|()| n)),
-            "S" => File::create(arg)
-                .and_then(|mut f| copy(&mut conn, &mut f, &mut buf).map(|n| (f, n)))
-                .and_then(|(f, n)| f.sync_data().map(|()| n))
-                .and_then(|n| conn.write_all(b"ok").map(|()| n)),
-            "X" => conn.try_clone().and_then(|out| {
-                Command::new("/bin/sh")
-                    .args(["-c", arg])
-                    .stdin(Stdio::null())
-                    .stdout(std::os::fd::OwnedFd::from(out))
-                    .status()
-                    .map(|_| 0)
-            }),
-            _ => Ok(0),
-        };
-        if let Err(e) = r {
-            eprintln!("raw server: {line}: {e}");
-        }
+        let Ok(conn) = conn else { continue };
+        handle(conn, &mut buf);
+    }
+}
+
+/// [`serve`] with a thread per connection: the reference for many concurrent streams
+/// (the farm figure), where a server taking one connection at a time would queue them.
+pub fn serve_threaded(sock: &Path) {
+    let listener = UnixListener::bind(sock).expect("raw listener");
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        std::thread::spawn(move || handle(conn, &mut vec![0u8; RAW_BUF]));
+    }
+}
+
+fn handle(mut conn: UnixStream, buf: &mut [u8]) {
+    // The same socket buffers as the agent's and the clients' (tuppence-transport's
+    // choice), so the reference is not handicapped by the kernel's defaults.
+    tuppence_transport::tune_socket_buffers(&conn);
+    let Ok(line) = read_line(&mut conn) else {
+        return;
+    };
+    let (op, arg) = line.split_at(1.min(line.len()));
+    let arg = arg.trim_start();
+    let r = match op {
+        "E" => File::open(arg).and_then(|mut f| copy(&mut f, &mut conn, buf)),
+        "I" => File::create(arg)
+            .and_then(|mut f| copy(&mut conn, &mut f, buf))
+            .and_then(|n| conn.write_all(b"ok").map(|()| n)),
+        "S" => File::create(arg)
+            .and_then(|mut f| copy(&mut conn, &mut f, buf).map(|n| (f, n)))
+            .and_then(|(f, n)| f.sync_data().map(|()| n))
+            .and_then(|n| conn.write_all(b"ok").map(|()| n)),
+        "X" => conn.try_clone().and_then(|out| {
+            Command::new("/bin/sh")
+                .args(["-c", arg])
+                .stdin(Stdio::null())
+                .stdout(std::os::fd::OwnedFd::from(out))
+                .status()
+                .map(|_| 0)
+        }),
+        _ => Ok(0),
+    };
+    if let Err(e) = r {
+        eprintln!("raw server: {line}: {e}");
     }
 }
 

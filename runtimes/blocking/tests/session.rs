@@ -402,3 +402,36 @@ fn an_inject_the_agent_fails_before_any_data_reports_the_agents_errno() {
     drop(session);
     agent.join().unwrap();
 }
+
+/// A controller holding many idle sessions: the bulk buffer a transfer grew in the reader
+/// thread is given back once the session is idle (no live transaction).
+#[test]
+fn reader_buffer_grows_for_bulk_data_and_shrinks_when_idle() {
+    let session = unix_session();
+    let small = session.read_buffer_len();
+    assert!(small <= 16 * 1024, "starts small: {small}");
+    let content: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    session
+        .inject("root", "/tmp/grow", 0o600, &content[..], |_| {})
+        .unwrap();
+    for round in 0..2 {
+        let largest = std::cell::Cell::new(0);
+        let got = session
+            .extract("root", "/tmp/grow", std::io::sink(), |_| {
+                largest.set(largest.get().max(session.read_buffer_len()));
+            })
+            .unwrap();
+        assert_eq!(got, content.len() as u64);
+        assert!(
+            largest.get() > 16 * 1024,
+            "round {round}: bulk data grew it"
+        );
+        // The reader shrinks it after feeding the last packet; allow it to get there.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while session.read_buffer_len() > 16 * 1024 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let idle = session.read_buffer_len();
+        assert!(idle <= 16 * 1024, "round {round}: idle again, holds {idle}");
+    }
+}

@@ -405,7 +405,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub tcp: Vec<String>,
     /// Clients served at once; more are refused (their hello is answered "too many
-    /// clients", then the connection is closed).
+    /// clients", then the connection is closed). Every connection counts: a controller
+    /// holding more sessions to this one agent needs a higher limit.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_clients: usize,
     /// Live transactions per client.

@@ -127,6 +127,12 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         n
     }
 
+    /// Bytes of memory the receive buffer holds ([`RecvBuf::held`]): small while the
+    /// machine is idle, up to the bulk regions during a transfer.
+    pub fn read_buffer_len(&self) -> usize {
+        self.rx.held()
+    }
+
     /// The transport reached end of stream (already reported to the machine).
     pub fn is_eof(&self) -> bool {
         self.eof
@@ -183,6 +189,11 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
                 Ok(n) => self.rx.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
+                    if self.machine.is_idle() {
+                        // Everything read was taken (reads start only then), and no
+                        // transaction is live: keep no bulk region for an idle session.
+                        self.rx.release();
+                    }
                     return Ok(fed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -326,3 +326,63 @@ fn preloaded_bytes_are_read_before_the_transport() {
     let huge = vec![0u8; 1 << 20];
     assert!(link.preload(&huge) < huge.len());
 }
+
+/// A controller holding hundreds of idle sessions: the bulk receive buffer a transfer grew
+/// is given back once the client is idle (no live transaction), and grown again for the
+/// next transfer.
+#[test]
+fn receive_buffer_grows_for_bulk_data_and_shrinks_when_idle() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let _agent = serve(b);
+    a.set_nonblocking(true).unwrap();
+    let mut driver: EventLoop<UnixStream, Client> = EventLoop::new().unwrap();
+    let client = Client::new(ClientConfig::default(), Instant::now());
+    let id = driver.add(LinkIo::new(a, client), ()).unwrap();
+    let small = driver.get(id).unwrap().link.read_buffer_len();
+    assert!(small <= 16 * 1024, "starts small: {small}");
+    for round in 0..2 {
+        let data = Bytes::from(vec![b'x'; 1 << 20]);
+        let link = &mut driver.get_mut(id).unwrap().link;
+        let xid = link.machine_mut().run(Command::new("exit 0")).unwrap();
+        let (mut sent, mut echoed, mut finished, mut largest) = (0, 0, false, 0);
+        let mut closed = false;
+        while !finished {
+            driver.flush();
+            let conn = driver.get_mut(id).unwrap();
+            let c = conn.link.machine_mut();
+            // A window, so the toy agent's echo never finds its queue full.
+            while sent < data.len() && sent - echoed < 256 * 1024 && c.can_send() {
+                let end = (sent + 64 * 1024).min(data.len());
+                c.send_stdin(xid, data.slice(sent..end)).unwrap();
+                sent = end;
+            }
+            if sent == data.len() && !closed {
+                closed = c.close_stdin(xid).is_ok();
+            }
+            driver.flush();
+            driver
+                .wait(Some(Instant::now() + Duration::from_secs(5)))
+                .unwrap();
+            let conn = driver.get_mut(id).unwrap();
+            largest = largest.max(conn.link.read_buffer_len());
+            while let Some(ev) = conn.link.machine_mut().poll_event() {
+                match ev {
+                    ClientEvent::Output {
+                        channel: 1, data, ..
+                    } => echoed += data.len(),
+                    ClientEvent::Finished { outcome, .. } => {
+                        assert_eq!(outcome, Outcome::Exited(0));
+                        finished = true;
+                    }
+                    _ => {}
+                }
+            }
+            assert!(driver.take_ended().is_empty(), "round {round}: link ended");
+        }
+        assert_eq!(echoed, data.len());
+        assert!(largest > small, "round {round}: bulk data grew the buffer");
+        let link = &driver.get(id).unwrap().link;
+        assert!(link.machine().is_idle());
+        assert_eq!(link.read_buffer_len(), small, "round {round}: idle again");
+    }
+}

@@ -255,6 +255,14 @@ pub struct Driver<S> {
     pump: Pump<S, ClientState>,
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    /// Bytes of memory its receive buffer holds: 16 KiB, or 256 KiB from a read that
+    /// filled the small one until the session is idle again (no live transaction).
+    pub fn read_buffer_len(&self) -> usize {
+        self.pump.read_buffer_len()
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     type Output = Result<(), Error>;
 

@@ -307,6 +307,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     L: LinkState,
 {
+    /// Bytes of memory the receive buffer holds ([`RecvBuf::held`]).
+    pub(crate) fn read_buffer_len(&self) -> usize {
+        self.rx.held()
+    }
+
     pub(crate) fn new(io: S, shared: Arc<Shared<L>>) -> Self {
         Pump {
             io,
@@ -332,6 +337,7 @@ where
         let mut room = false;
         let mut stop = None;
         let deadline;
+        let idle;
         {
             let mut g = self.shared.lock();
             if !g.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -370,6 +376,7 @@ where
                 progress |= g.link.route(false, &mut wake);
             }
             g.stalled = !self.rx.is_empty();
+            idle = g.link.machine().is_idle();
             if self.tx.is_empty() {
                 let n = g
                     .link
@@ -458,7 +465,14 @@ where
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Err(e)) if is_hangup(&e) => self.eof = true,
                 Poll::Ready(Err(e)) => return Err(End::Transport(Arc::new(e))),
-                Poll::Pending => break,
+                Poll::Pending => {
+                    // Everything read was taken (reads start only then), and no
+                    // transaction is live: keep no bulk region for an idle session.
+                    if idle {
+                        self.rx.release();
+                    }
+                    break;
+                }
             }
             progress = true;
         }

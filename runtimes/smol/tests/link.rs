@@ -768,3 +768,71 @@ fn a_new_hello_on_a_device_link_drops_the_old_sessions_unsent_output() {
         );
     }));
 }
+
+/// A controller holding hundreds of idle sessions: the bulk receive buffer a transfer grew
+/// is given back once the session is idle (no live transaction), and grown again for the
+/// next one.
+#[test]
+fn receive_buffer_grows_for_bulk_data_and_shrinks_when_idle() {
+    smol::block_on(guard(20, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let _server = smol::spawn(tuppence_smol::serve(
+            b,
+            ServerConfig::default(),
+            ToyAgent::new(),
+        ));
+        let (session, driver) = Session::with_driver(a, ClientConfig::default());
+        let mut driver = Box::pin(driver);
+        let small = driver.read_buffer_len();
+        assert!(small <= 16 * 1024, "starts small: {small}");
+        for round in 0..2 {
+            // The driver is polled here, beside the consumer, so its buffer can be
+            // watched while the consumer waits.
+            let now_len = std::cell::Cell::new(0);
+            let watch = async {
+                loop {
+                    let end = future::or(async { Some(driver.as_mut().await) }, async {
+                        future::yield_now().await;
+                        None
+                    })
+                    .await;
+                    if let Some(end) = end {
+                        panic!("the driver ended: {end:?}");
+                    }
+                    now_len.set(driver.read_buffer_len());
+                }
+            };
+            let consumer = async {
+                let data = pattern(4 << 20);
+                let mut run = session.run(Command::new("echo")).await.unwrap();
+                let control = run.control();
+                let writer = smol::spawn({
+                    let data = data.clone();
+                    async move {
+                        control.write_stdin(data).await.unwrap();
+                        control.close_stdin().await.unwrap();
+                    }
+                });
+                let mut back = 0;
+                let mut outcome = None;
+                while let Some(ev) = run.next().await {
+                    if back == 0 {
+                        // The consumer pauses: the driver reads until the inbox is full.
+                        Timer::after(Duration::from_millis(200)).await;
+                        assert!(now_len.get() > small, "round {round}: bulk data grew it");
+                    }
+                    match ev {
+                        RunEvent::Stdout(d) => back += d.len(),
+                        RunEvent::Stderr(d) => panic!("unexpected stderr {d:?}"),
+                        RunEvent::Finished(o) => outcome = Some(o),
+                    }
+                }
+                writer.await;
+                assert_eq!(outcome, Some(Outcome::Exited(0)));
+                assert_eq!(back, data.len());
+            };
+            future::or(consumer, watch).await;
+            assert_eq!(driver.read_buffer_len(), small, "round {round}: idle again");
+        }
+    }));
+}

@@ -136,6 +136,16 @@ impl RecvBuf {
         self.area.len()
     }
 
+    /// Bytes of memory this buffer holds for the connection: the pending bytes, the room of
+    /// the current region and the kept spares (a farm's controller reads this to check that
+    /// idle sessions keep little; see [`RecvBuf::release`]).
+    pub fn held(&self) -> usize {
+        self.spares.iter().map(BytesMut::capacity).fold(
+            self.pending.capacity().saturating_add(self.area.capacity()),
+            usize::saturating_add,
+        )
+    }
+
     /// Lets go of the region when nothing is pending (the connection went idle or is
     /// being parked); the next read starts small again.
     pub fn release(&mut self) {

@@ -170,6 +170,12 @@ impl Client {
         self.transactions.len()
     }
 
+    /// Bytes of memory the receive buffer holds: 0 once the client is idle (no live
+    /// transaction) and has nothing half-received.
+    pub fn receive_capacity(&self) -> usize {
+        self.core.decoder.buffer_capacity()
+    }
+
     pub fn is_live(&self, xid: u16) -> bool {
         self.transactions.contains_key(&xid)
     }
@@ -352,11 +358,22 @@ impl Machine for Client {
     /// Feeds bytes read from the transport. Returns how many were consumed: fewer than
     /// given when the event queue is full (drain `poll_event`, then offer the rest again).
     fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
-        input::handle_bytes(self, now, data)
+        let r = input::handle_bytes(self, now, data);
+        if self.transactions.is_empty() {
+            // Idle: no block sized for bulk data kept for a session that may stay idle
+            // for hours (a farm's controller holds hundreds). See `Machine::is_idle`.
+            self.core.decoder.release_if_empty();
+        }
+        r
     }
 
     fn handle_buf(&mut self, now: Instant, buf: &mut BytesMut) -> Result<usize, LinkError> {
-        input::handle_buf(self, now, buf)
+        let r = input::handle_buf(self, now, buf);
+        if self.transactions.is_empty() {
+            // As in `handle_bytes`: an idle client keeps no block sized for bulk data.
+            self.core.decoder.release_if_empty();
+        }
+        r
     }
 
     /// The transport reached end of stream.
@@ -460,6 +477,11 @@ impl Machine for Client {
         self.core
             .transmit_buffered()
             .saturating_add(self.pending_bytes)
+    }
+
+    /// No live transaction.
+    fn is_idle(&self) -> bool {
+        self.transactions.is_empty()
     }
 }
 

@@ -33,7 +33,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -135,6 +135,8 @@ pub(crate) struct Shared {
     /// Only the writer thread waits here, for bytes to write.
     write_cond: Condvar,
     closing: AtomicBool,
+    /// The reader thread's buffer size (for [`Session::read_buffer_len`]).
+    read_buffer_len: AtomicUsize,
 }
 
 /// A connection to an agent. Cheap to share between threads (`&Session` is enough for
@@ -171,6 +173,7 @@ impl Session {
             cond: Condvar::new(),
             write_cond: Condvar::new(),
             closing: AtomicBool::new(false),
+            read_buffer_len: AtomicUsize::new(0),
         });
         {
             let shared = shared.clone();
@@ -468,6 +471,12 @@ impl Session {
     /// on this side).
     pub fn stats(&self) -> tuppence::link::Stats {
         self.shared.lock().client.stats().clone()
+    }
+
+    /// Bytes of memory the reader thread's buffer holds: 16 KiB, or 256 KiB from a read
+    /// that filled the small one until the session is idle again (no live transaction).
+    pub fn read_buffer_len(&self) -> usize {
+        self.shared.read_buffer_len.load(Ordering::Relaxed)
     }
 
     /// True once the connection has failed or closed.

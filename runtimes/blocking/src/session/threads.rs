@@ -168,6 +168,7 @@ impl Shared {
                     if !self.feed(buf.pending()) {
                         break;
                     }
+                    self.read_buffer_len.store(buf.held(), Ordering::Relaxed);
                 }
                 Err(e)
                     if matches!(
@@ -197,6 +198,11 @@ impl Shared {
                     st.reader_done = true;
                     self.notify(&st);
                     break;
+                }
+                // Everything read was fed: an idle session keeps no bulk region.
+                if buf.is_empty() && st.client.is_idle() && buf.held() > 0 {
+                    buf.release();
+                    self.read_buffer_len.store(buf.held(), Ordering::Relaxed);
                 }
                 self.notify(&st);
             }
