@@ -169,6 +169,13 @@ impl std::fmt::Debug for Reaper {
 /// many. Never blocks, never touches a tracked child or one in this process's session.
 pub fn reap_orphans() -> usize {
     let guard = tracked();
+    // Most calls follow the exit of a tracked command, reaped by its owner before this
+    // runs, or a stop: with no exited child at all there is nothing to reap, and listing
+    // the children (two files per thread) would cost a short-lived agent a tenth of a
+    // millisecond.
+    if !any_exited_child() {
+        return 0;
+    }
     let me = std::process::id();
     // SAFETY: getsid(0) reads this process's session id.
     let my_session = unsafe { libc::getsid(0) };
@@ -206,6 +213,25 @@ pub fn reap_orphans() -> usize {
     }
     drop(guard);
     reaped
+}
+
+/// Whether any child of this process (of any thread) has exited and is not reaped yet,
+/// without reaping it (`WNOWAIT`).
+fn any_exited_child() -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid with a valid siginfo pointer; WNOWAIT leaves the child waitable, so
+    // no owner's exit status is taken.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (or left it zeroed: no child has exited).
+    rc == 0 && unsafe { info.si_pid() } != 0
 }
 
 /// The pids of this process's children (every thread's).
@@ -288,6 +314,23 @@ mod tests {
             assert_eq!(i64::from(me.ppid), i64::from(libc::getppid()));
             assert_eq!(me.session, libc::getsid(0));
         }
+    }
+
+    /// The check that lets `reap_orphans` skip its scan sees an exited child, and leaves
+    /// it to its owner: the exit status is still there to be taken.
+    #[test]
+    fn an_exited_child_is_seen_and_not_reaped() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .expect("spawn");
+        let start = std::time::Instant::now();
+        while !any_exited_child() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(any_exited_child(), "seen twice: not reaped by looking");
+        assert_eq!(child.wait().expect("wait").code(), Some(7));
     }
 
     #[test]

@@ -27,15 +27,15 @@ mod transfer;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use clap::CommandFactory;
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command};
 
 /// The whole `tuppence` command: parses `std::env::args`, runs the command, reports.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_fast() {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
@@ -105,7 +105,7 @@ fn init_logging(cli: &Cli) {
         Command::Serve(s) if !s.stdio => 3,
         _ => 2,
     };
-    let level = (base + i32::from(cli.verbose) - i32::from(cli.quiet)).clamp(0, 5);
+    let level = (base + i32::from(cli.log.verbose) - i32::from(cli.log.quiet)).clamp(0, 5);
     let default = LEVELS
         .get(usize::try_from(level).unwrap_or(2))
         .copied()

@@ -58,7 +58,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 
     // Reading a terminal nobody asked us to forward would steal the user's typing and
     // leave the remote command waiting for an EOF that never comes: close its stdin.
-    let forward_stdin = args.tty || args.interactive || !io::stdin().is_terminal();
+    // Nothing to read on a stdin that is /dev/null or closed (`</dev/null`, `<&-`, as
+    // scripts and harnesses start us): the command's stdin is closed at once, without the
+    // reader and forwarder threads (two of the thread wake-ups of a short run).
+    let forward_stdin = (args.tty || args.interactive || !io::stdin().is_terminal())
+        && !has_nothing_to_read(io::stdin());
     let raw = if args.tty && forward_stdin {
         RawTerminal::enable().map_err(|e| Failure::local("terminal", &e))?
     } else {
@@ -224,6 +228,23 @@ fn log_start(run: &Run<'_>, dialect: Dialect) {
             );
         }
         Err(_) => tracing::info!(xid = run.xid(), "command started (already ended)"),
+    }
+}
+
+/// Whether `fd` certainly has nothing to read: it is `/dev/null`, whose reads end at once
+/// (compared by device number, so a bind-mounted one counts too), or it is closed. std
+/// reopens a closed stdin as `/dev/null` before `main`, so both are what `<&-` gives.
+fn has_nothing_to_read(fd: impl std::os::fd::AsFd) -> bool {
+    use rustix::fs::{FileType, fstat, stat};
+    match fstat(fd) {
+        Err(e) => e == rustix::io::Errno::BADF,
+        Ok(st) => {
+            FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+                && stat("/dev/null").is_ok_and(|null| {
+                    FileType::from_raw_mode(null.st_mode) == FileType::CharacterDevice
+                        && null.st_rdev == st.st_rdev
+                })
+        }
     }
 }
 
@@ -469,6 +490,22 @@ mod tests {
     }
 
     use super::*;
+
+    /// `run` starts no stdin threads for `</dev/null`, and forwards anything else.
+    #[test]
+    fn only_dev_null_has_nothing_to_read() {
+        let null = File::open("/dev/null").expect("open /dev/null");
+        assert!(has_nothing_to_read(&null));
+        let (r, w) = std::io::pipe().expect("pipe");
+        assert!(!has_nothing_to_read(&r));
+        drop(w);
+        // Closed (or at end of file) now, but a pipe may still hold data: forwarded.
+        assert!(!has_nothing_to_read(&r));
+        let me = File::open(std::env::current_exe().expect("exe")).expect("open");
+        assert!(!has_nothing_to_read(&me));
+        let zero = File::open("/dev/zero").expect("open /dev/zero");
+        assert!(!has_nothing_to_read(&zero));
+    }
 
     #[test]
     fn words_are_joined_like_ssh() {

@@ -1383,3 +1383,14 @@ fn an_extract_of_a_file_that_shrinks_fails() {
     let got = got.expect("the FIFO's reader got nothing");
     assert!(got.len() < 64 << 20, "{}", got.len());
 }
+
+/// The binary is linked without PIE (see `build.rs`): the loader applies no relative
+/// relocations at start-up. ELF `e_type` (offset 16, little endian) is 2 (`ET_EXEC`), not
+/// 3 (`ET_DYN`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_binary_is_not_position_independent() {
+    let bytes = std::fs::read(BIN).expect("read the binary");
+    assert_eq!(bytes.get(..4), Some(&b"\x7fELF"[..]));
+    assert_eq!(bytes.get(16..18), Some(&[2u8, 0][..]), "e_type");
+}
