@@ -1384,13 +1384,14 @@ fn an_extract_of_a_file_that_shrinks_fails() {
     assert!(got.len() < 64 << 20, "{}", got.len());
 }
 
-/// The binary is linked without PIE (see `build.rs`): the loader applies no relative
-/// relocations at start-up. ELF `e_type` (offset 16, little endian) is 2 (`ET_EXEC`), not
-/// 3 (`ET_DYN`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// The binary is position independent (ELF `e_type` at offset 16, little endian, is 3,
+/// `ET_DYN`, not 2, `ET_EXEC`): it is also the agent, a daemon that parses its peer's
+/// bytes, often as root, so its own code is loaded at a random address like its libraries'.
+/// A non-PIE link starts 0.2 ms faster and was measured and not kept (benches/e2e/README.md).
+#[cfg(target_os = "linux")]
 #[test]
-fn the_binary_is_not_position_independent() {
+fn the_binary_is_position_independent() {
     let bytes = std::fs::read(BIN).expect("read the binary");
     assert_eq!(bytes.get(..4), Some(&b"\x7fELF"[..]));
-    assert_eq!(bytes.get(16..18), Some(&[2u8, 0][..]), "e_type");
+    assert_eq!(bytes.get(16..18), Some(&[3u8, 0][..]), "e_type");
 }
