@@ -29,6 +29,13 @@ pub fn agent_config() -> LinkDaemonConfig {
     {
         c.transmit_limit = v;
     }
+    // Containment off, to measure what it costs per command (`--only rt`, A/B).
+    if std::env::var_os("TUPPENCE_E2E_NO_CGROUPS").is_some() {
+        c.cgroups = false;
+    }
+    if std::env::var_os("TUPPENCE_E2E_NO_REAPER").is_some() {
+        c.reap_orphans = false;
+    }
     c
 }
 

@@ -32,17 +32,26 @@
 //!
 //! # Cost
 //!
-//! A leaf is an `mkdir` and two `open`s; removing it is an `rmdir`: tens of microseconds.
-//! Moving a process by writing `cgroup.procs` is the expensive part (it waits for an RCU
-//! grace period: milliseconds on a busy machine), which `CLONE_INTO_CGROUP` avoids.
-//! Measured with `examples/spawn_cost.rs` (numbers in the README). The common case of a
-//! command whose processes have all exited when it ends costs no kill and no wait: the
-//! `rmdir` succeeds at once.
+//! A leaf is an `mkdir` and three `open`s; removing it is an `rmdir`. Moving a process by
+//! writing `cgroup.procs` is the expensive part (it waits for an RCU grace period:
+//! milliseconds on a busy machine), which `CLONE_INTO_CGROUP` avoids. Measured with
+//! `examples/spawn_cost.rs` (numbers in the README). The common case of a command whose
+//! processes have all exited when it ends costs no kill and no wait.
+//!
+//! Being born into a *new* cgroup costs more than into one that held processes before (the
+//! kernel builds the new cgroup's bookkeeping on first use): measured on Linux 6.18, an
+//! `mkdir`, a `clone3` into it and an `rmdir` added 60–90 µs to a 120 µs fork, exit and
+//! wait, and reusing an emptied leaf almost nothing. So a leaf whose processes are all gone
+//! is kept as a spare ([`SPARE_LEAVES`] per tree) and handed to the next command instead of
+//! removed: it is empty (`populated 0`), nothing can enter it but through the agent, and no
+//! controller is enabled in it, so it carries nothing over from the command before. Spares
+//! are removed with the tree. A leaf that was killed (`cgroup.kill`: an interrupt, a
+//! timeout, a disconnect) is never reused: see [`Leaf::kill`].
 //!
 //! # Removal
 //!
-//! A leaf can only be removed once empty (zombies do not count). [`Leaf`]'s drop tries at
-//! once; if the leaf still has processes it kills them (`cgroup.kill`) and parks the leaf,
+//! A leaf can only be removed once empty (zombies do not count). [`Leaf`]'s drop keeps an
+//! empty leaf as a spare or removes it; if the leaf still has processes it kills them (`cgroup.kill`) and parks the leaf,
 //! to be removed by [`retry_parked`] once they are gone (the agent calls it when `SIGCHLD`
 //! arrives: the last process of a killed leaf to die is always a child of the agent, its
 //! subreaper). The subtree is removed when the last leaf and the [`CgroupTree`] are gone.
@@ -68,7 +77,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -122,6 +131,29 @@ pub struct CgroupTree {
     /// [`UNVERIFIED`], [`VERIFIED`] or [`REFUSED`]: whether a process has been seen to start
     /// in a leaf (see [`CgroupTree::create_lazy`]).
     state: AtomicU8,
+    /// Emptied leaves kept for the next commands (see the module docs, "Cost"); at most
+    /// [`SPARE_LEAVES`]. They hold no `Arc` of the tree, so the tree can still drop.
+    spare: Mutex<Vec<SpareLeaf>>,
+}
+
+/// How many emptied leaves a tree keeps for reuse: enough for the commands a busy client
+/// runs at once, few enough that an idle agent holds a handful of directories and fds.
+pub const SPARE_LEAVES: usize = 8;
+
+/// An emptied leaf waiting for its next command.
+#[derive(Debug)]
+struct SpareLeaf {
+    name: CString,
+    fds: LeafFds,
+}
+
+/// What a leaf keeps open: its directory (for `CLONE_INTO_CGROUP`), its `cgroup.procs`
+/// (for a child that moves itself) and its `cgroup.events` (read for `populated`).
+#[derive(Debug)]
+struct LeafFds {
+    dir: OwnedFd,
+    procs: OwnedFd,
+    events: OwnedFd,
 }
 
 /// Nothing has been started in the tree yet: the next spawn is the probe.
@@ -137,8 +169,10 @@ const REFUSED: u8 = 2;
 pub struct Leaf {
     tree: Arc<CgroupTree>,
     name: CString,
-    dir: OwnedFd,
-    procs: OwnedFd,
+    /// Always `Some` until the drop hands the fds to a spare.
+    fds: Option<LeafFds>,
+    /// `cgroup.kill` was written: never reuse it (see [`Leaf::kill`]).
+    killed: AtomicBool,
 }
 
 /// Where this process's cgroup v2 is: the directory, found in `/proc` (never assumed).
@@ -308,6 +342,7 @@ impl CgroupTree {
             dir,
             next: AtomicU64::new(1),
             state: AtomicU8::new(UNVERIFIED),
+            spare: Mutex::new(Vec::new()),
         });
         // The root cgroup has no cgroup.kill, but every other one has, where supported.
         if rustix::fs::accessat(
@@ -328,8 +363,16 @@ impl CgroupTree {
         &self.path
     }
 
-    /// A new, empty leaf for one command.
+    /// An empty leaf for one command: a spare one if there is one, else a new one.
     pub fn leaf(self: &Arc<Self>) -> io::Result<Leaf> {
+        if let Some(SpareLeaf { name, fds }) = self.spares().pop() {
+            return Ok(Leaf {
+                tree: Arc::clone(self),
+                name,
+                fds: Some(fds),
+                killed: AtomicBool::new(false),
+            });
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = CString::new(format!("c{n}")).map_err(io::Error::other)?;
         rustix::fs::mkdirat(&self.dir, name.as_c_str(), Mode::from_raw_mode(0o755))?;
@@ -346,14 +389,20 @@ impl CgroupTree {
                 OFlags::WRONLY | OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
-            Ok((dir, procs))
+            let events = rustix::fs::openat(
+                &dir,
+                c"cgroup.events",
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Ok(LeafFds { dir, procs, events })
         });
         match opened {
-            Ok((dir, procs)) => Ok(Leaf {
+            Ok(fds) => Ok(Leaf {
                 tree: Arc::clone(self),
                 name,
-                dir,
-                procs,
+                fds: Some(fds),
+                killed: AtomicBool::new(false),
             }),
             Err(e) => {
                 let _ = rustix::fs::unlinkat(&self.dir, name.as_c_str(), AtFlags::REMOVEDIR);
@@ -404,10 +453,25 @@ impl CgroupTree {
     }
 }
 
+impl CgroupTree {
+    fn spares(&self) -> MutexGuard<'_, Vec<SpareLeaf>> {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many emptied leaves wait for a command.
+    pub fn spare_count(&self) -> usize {
+        self.spares().len()
+    }
+}
+
 impl Drop for CgroupTree {
-    /// Every leaf is gone by now (each holds the tree): remove the subtree. A process that
-    /// is somehow still in it is killed first, and waited for briefly.
+    /// Every leaf in use is gone by now (each holds the tree): remove the spares, then the
+    /// subtree. A process that is somehow still in it is killed first, and waited for
+    /// briefly.
     fn drop(&mut self) {
+        for spare in std::mem::take(&mut *self.spares()) {
+            let _ = rustix::fs::unlinkat(&self.dir, spare.name.as_c_str(), AtFlags::REMOVEDIR);
+        }
         if let Err(e) = remove_at(&self.dir, &self.path) {
             debug!(path = %self.path.display(), error = %e, "removing the cgroup subtree");
         }
@@ -479,12 +543,12 @@ impl Leaf {
     /// The fd of the leaf's `cgroup.procs`, open for writing: a child writes `0` to it to
     /// enter the leaf (see [`enter`]).
     pub fn procs_fd(&self) -> RawFd {
-        self.procs.as_raw_fd()
+        self.fds.as_ref().map_or(-1, |f| f.procs.as_raw_fd())
     }
 
     /// The fd of the leaf's directory, for `clone3(CLONE_INTO_CGROUP)`.
     pub fn dir_fd(&self) -> RawFd {
-        self.dir.as_raw_fd()
+        self.fds.as_ref().map_or(-1, |f| f.dir.as_raw_fd())
     }
 
     /// The leaf's directory.
@@ -494,27 +558,48 @@ impl Leaf {
 
     /// SIGKILLs every process in the leaf (`cgroup.kill`), including ones that left the
     /// command's process group or session.
+    ///
+    /// A killed leaf is never reused: Linux 6.18 (at least) SIGKILLs every process later
+    /// born into a cgroup that was once killed through `clone3(CLONE_INTO_CGROUP)` (its
+    /// kill sequence number is compared with the parent's cgroup's), so the next command
+    /// would die before it ran. Measured here; `spawn/tests.rs` keeps it true.
     pub fn kill(&self) -> io::Result<()> {
-        write_at(&self.dir, c"cgroup.kill", b"1")
+        self.killed.store(true, Ordering::Relaxed);
+        let fds = self.fds.as_ref().ok_or_else(gone)?;
+        write_at(&fds.dir, c"cgroup.kill", b"1")
     }
 
-    /// Whether a live process is in the leaf (`populated` in `cgroup.events`).
+    /// Whether a live process is in the leaf (`populated` in `cgroup.events`; zombies do
+    /// not count).
     pub fn populated(&self) -> io::Result<bool> {
-        let fd = rustix::fs::openat(
-            &self.dir,
-            c"cgroup.events",
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fds = self.fds.as_ref().ok_or_else(gone)?;
         let mut buf = [0u8; 256];
-        let n = rustix::io::read(&fd, &mut buf)?;
+        let n = rustix::io::pread(&fds.events, &mut buf, 0)?;
         let text = buf.get(..n).unwrap_or_default();
         Ok(text.split(|&b| b == b'\n').any(|l| l == b"populated 1"))
     }
 }
 
+fn gone() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
+}
+
 impl Drop for Leaf {
     fn drop(&mut self) {
+        // Empty (the common case: the command and all it started have exited): keep it for
+        // the next command, if the tree has room.
+        if !self.killed.load(Ordering::Relaxed) && matches!(self.populated(), Ok(false)) {
+            let mut spares = self.tree.spares();
+            if spares.len() < SPARE_LEAVES
+                && let Some(fds) = self.fds.take()
+            {
+                spares.push(SpareLeaf {
+                    name: std::mem::take(&mut self.name),
+                    fds,
+                });
+                return;
+            }
+        }
         match rustix::fs::unlinkat(&self.tree.dir, self.name.as_c_str(), AtFlags::REMOVEDIR) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
             Err(rustix::io::Errno::BUSY) => {

@@ -260,15 +260,16 @@ impl Child {
     /// SIGKILLs everything the command started: its cgroup (`cgroup.kill`, which nothing
     /// in it can escape) when it has one, and its process group (which is all there is
     /// without a cgroup, and covers a child that has not entered its cgroup yet).
-    /// `ESRCH` from the group alone is not an error.
+    /// `ESRCH` from the group alone is not an error. An empty cgroup is not written to
+    /// (every finished command passes here; nothing can enter an empty leaf by itself).
     pub fn kill_all(&self) -> io::Result<()> {
         let group = match self.kill_group(libc::SIGKILL) {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
             other => other,
         };
         match &self.cgroup {
-            Some(leaf) => leaf.kill().and(group),
-            None => group,
+            Some(leaf) if !matches!(leaf.populated(), Ok(false)) => leaf.kill().and(group),
+            _ => group,
         }
     }
 
