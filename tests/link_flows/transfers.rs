@@ -12,6 +12,7 @@ both_dialects!(
     inject_failures,
     extract_to_eof,
     idle_client_releases_receive_buffer,
+    idle_server_releases_receive_buffer,
     extract_failures,
     interrupt_each_signal,
     interrupt_aborts_transfers,
@@ -185,6 +186,47 @@ fn extract_to_eof(dialect: Dialect) {
     };
     want.extend([x(0), Packet::Minor(0)]);
     assert_eq!(p.server_packets(empty), want);
+}
+
+/// The agent's side of the same: a connection that injected a file and is now idle keeps
+/// no receive block sized for the file's data (an agent may hold many such connections).
+fn idle_server_releases_receive_buffer(dialect: Dialect) {
+    use tuppence::Machine;
+    let mut p = Pair::new(dialect);
+    p.connect();
+    let xid = p.client.inject("root", "/tmp/big", 0o600).unwrap();
+    p.drive();
+    assert_eq!(
+        p.transaction_events(),
+        vec![ClientEvent::InjectReady { xid }]
+    );
+    assert!(!p.server.is_idle());
+    for _ in 0..4 {
+        p.client
+            .send_file_data(xid, Bytes::from(vec![7u8; 50_000]))
+            .unwrap();
+        p.drive();
+        assert!(!p.server.is_idle(), "idle in the middle of an inject");
+    }
+    let held = p.server.receive_capacity();
+    assert!(held >= 16 * 1024, "the data took no block: {held}");
+    p.client.finish_file(xid).unwrap();
+    p.drive();
+    assert_eq!(
+        p.transaction_events(),
+        vec![finished(xid, Outcome::Completed)]
+    );
+    assert!(p.server.is_idle());
+    assert_eq!(p.server.receive_capacity(), 0, "kept after the inject");
+    // A command afterwards works, and the block goes again once it is over.
+    let c = p.client.run(Command::new("out=hi;exit=0")).unwrap();
+    p.drive();
+    assert!(p.take_client_events().contains(&ClientEvent::Finished {
+        xid: c,
+        outcome: Outcome::Exited(0)
+    }));
+    assert!(p.server.is_idle());
+    assert_eq!(p.server.receive_capacity(), 0);
 }
 
 fn extract_failures(dialect: Dialect) {

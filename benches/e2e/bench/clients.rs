@@ -34,7 +34,7 @@ pub fn me() -> String {
     String::from_utf8_lossy(user.name()).into_owned()
 }
 
-fn connect_unix(sock: &Path) -> UnixStream {
+pub fn connect_unix(sock: &Path) -> UnixStream {
     let s = UnixStream::connect(sock).expect("connect to the agent");
     // As `tuppence_transport::Target::connect` does for every unix and tcp target.
     tuppence_transport::tune_socket_buffers(&s);

@@ -6,6 +6,7 @@
 //! (smaller, under 2 minutes; exits 1 if a figure is twice as far from its goal as its
 //! target allows).
 
+mod agent_idle;
 mod cli;
 mod clients;
 mod disk;
@@ -696,5 +697,7 @@ fn memory(plan: &Plan, scratch: &Scratch) -> Vec<Row> {
             unit: " MiB",
         });
     }
+
+    rows.push(agent_idle::agent_idle_after_transfers(plan, &scratch.0));
     rows
 }

@@ -26,6 +26,8 @@ pub struct Plan {
     pub mem_output: u64,
     pub stall: Duration,
     pub flood: usize,
+    /// Connections to one agent in the `mem` figure's idle-after-transfer scenario.
+    pub idle_conns: usize,
     pub flood_sleep: u32,
     /// The farm: sessions in one client process, agent processes they are dealt over,
     /// `true`s per session, the file each session injects and extracts, repetitions.
@@ -55,6 +57,7 @@ impl Plan {
             mem_output: 256 << 20,
             stall: Duration::from_secs(3),
             flood: 64 << 20,
+            idle_conns: 60,
             flood_sleep: 5,
             farm_sessions: 256,
             farm_agents: 8,
@@ -81,6 +84,7 @@ impl Plan {
             mem_output: 64 << 20,
             stall: Duration::from_secs(1),
             flood: 16 << 20,
+            idle_conns: 60,
             flood_sleep: 2,
             farm_sessions: 64,
             farm_agents: 8,

@@ -214,6 +214,12 @@ impl<T: Read + Write + AsRawFd, M: Machine> LinkIo<T, M> {
         loop {
             if self.tx.len() < TX_HIGH_WATER {
                 self.machine.poll_transmit_segments(now, &mut self.tx);
+                // The answer that ends the last transaction leaves here, often with no read
+                // after it (an agent's connection that injected a file and then waits):
+                // give the bulk regions back now, not at the next read.
+                if self.rx.is_empty() && self.rx.held() > 0 && self.machine.is_idle() {
+                    self.rx.release();
+                }
             }
             if self.tx.is_empty() || !self.writable {
                 return Ok(());

@@ -386,3 +386,92 @@ fn receive_buffer_grows_for_bulk_data_and_shrinks_when_idle() {
         assert_eq!(link.read_buffer_len(), small, "round {round}: idle again");
     }
 }
+
+/// The agent's side: a connection whose command took 1 MiB of stdin gives its bulk
+/// receive regions back when the command's exit status leaves, with no read after it (an
+/// agent holds many connections that moved data once and then wait).
+#[test]
+fn server_gives_back_its_receive_buffer_when_the_last_answer_leaves() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let agent = thread::spawn(move || {
+        b.set_nonblocking(true).unwrap();
+        let server = Server::new(ServerConfig::default(), Instant::now());
+        let mut driver: EventLoop<UnixStream, Server> = EventLoop::new().unwrap();
+        let id = driver.add(LinkIo::new(b, server), ()).unwrap();
+        let mut largest = 0;
+        loop {
+            driver.wait(None).unwrap();
+            let Some(conn) = driver.get_mut(id) else {
+                return;
+            };
+            largest = largest.max(conn.link.read_buffer_len());
+            let m = conn.link.machine_mut();
+            let mut exited = false;
+            while let Some(ev) = m.poll_event() {
+                match ev {
+                    ServerEvent::RunCommand { .. } | ServerEvent::Stdin { .. } => {}
+                    ServerEvent::StdinEnd { xid } => {
+                        m.command_exited(xid, 0).unwrap();
+                        exited = true;
+                    }
+                    _ => {}
+                }
+            }
+            driver.flush();
+            if exited {
+                let link = &driver.get(id).unwrap().link;
+                tx.send((largest, link.read_buffer_len(), link.machine().is_idle()))
+                    .unwrap();
+            }
+            if !driver.take_ended().is_empty() {
+                return;
+            }
+        }
+    });
+    a.set_nonblocking(true).unwrap();
+    let mut driver: EventLoop<UnixStream, Client> = EventLoop::new().unwrap();
+    let client = Client::new(ClientConfig::default(), Instant::now());
+    let id = driver.add(LinkIo::new(a, client), ()).unwrap();
+    let data = Bytes::from(vec![b'x'; 1 << 20]);
+    let xid = driver
+        .get_mut(id)
+        .unwrap()
+        .link
+        .machine_mut()
+        .run(Command::new("cat"))
+        .unwrap();
+    let (mut sent, mut closed, mut finished) = (0, false, false);
+    while !finished {
+        let c = driver.get_mut(id).unwrap().link.machine_mut();
+        while sent < data.len() && c.can_send() {
+            let end = (sent + 64 * 1024).min(data.len());
+            c.send_stdin(xid, data.slice(sent..end)).unwrap();
+            sent = end;
+        }
+        if sent == data.len() && !closed {
+            closed = c.close_stdin(xid).is_ok();
+        }
+        driver.flush();
+        driver
+            .wait(Some(Instant::now() + Duration::from_secs(5)))
+            .unwrap();
+        let conn = driver.get_mut(id).unwrap();
+        while let Some(ev) = conn.link.machine_mut().poll_event() {
+            if let ClientEvent::Finished { outcome, .. } = ev {
+                assert_eq!(outcome, Outcome::Exited(0));
+                finished = true;
+            }
+        }
+        assert!(driver.take_ended().is_empty(), "link ended");
+    }
+    let (largest, after, idle) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        largest > 16 * 1024,
+        "1 MiB of stdin did not grow the buffer: {largest}"
+    );
+    assert!(idle, "the server is not idle after the exit status");
+    assert_eq!(after, 0, "regions kept after the last answer left");
+    drop(driver);
+    agent.join().unwrap();
+}

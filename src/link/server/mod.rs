@@ -160,6 +160,21 @@ impl Server {
         self.transactions.len()
     }
 
+    /// Bytes of memory the receive buffer holds: 0 once the connection is idle (no live
+    /// transaction) and has nothing half-received.
+    pub fn receive_capacity(&self) -> usize {
+        self.core.decoder.buffer_capacity()
+    }
+
+    /// An idle connection keeps no block sized for bulk data: an agent may hold many
+    /// connections that moved files once and then wait for hours (a farm controller's
+    /// sessions). See [`Machine::is_idle`].
+    fn release_when_idle(&mut self) {
+        if Machine::is_idle(self) {
+            self.core.decoder.release_if_empty();
+        }
+    }
+
     pub fn is_live(&self, xid: u16) -> bool {
         self.transactions.contains_key(&xid)
     }
@@ -300,11 +315,15 @@ impl Machine for Server {
     /// Feeds bytes read from the transport; returns how many were consumed (fewer when
     /// the event queue is full or the peer leaves twice the transmit limit unread).
     fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<usize, LinkError> {
-        input::handle_bytes(self, now, data)
+        let r = input::handle_bytes(self, now, data);
+        self.release_when_idle();
+        r
     }
 
     fn handle_buf(&mut self, now: Instant, buf: &mut BytesMut) -> Result<usize, LinkError> {
-        input::handle_buf(self, now, buf)
+        let r = input::handle_buf(self, now, buf);
+        self.release_when_idle();
+        r
     }
 
     /// The transport reached end of stream (the client went away).
@@ -342,12 +361,16 @@ impl Machine for Server {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut BytesMut) -> usize {
+        // The answer that ends a transaction leaves here: the first chance to find the
+        // connection idle after its last request.
+        self.release_when_idle();
         self.core.poll_transmit(now, buf)
     }
 
     /// A large data payload is a segment of its own, sharing the `Bytes` given to
     /// [`Server::output`].
     fn poll_transmit_segments(&mut self, now: Instant, out: &mut Transmit) -> usize {
+        self.release_when_idle();
         self.core.poll_transmit_segments(now, out)
     }
 
@@ -371,6 +394,11 @@ impl Machine for Server {
 
     fn error(&self) -> Option<&LinkError> {
         self.core.error.as_ref()
+    }
+
+    /// No live transaction, and none waiting for its answer to be polled.
+    fn is_idle(&self) -> bool {
+        self.transactions.is_empty() && self.closing.is_empty()
     }
 
     /// False while events wait to be polled or the peer leaves too many answers unread.
