@@ -1,7 +1,8 @@
 //! `tuppence run`: a remote command that behaves like a local one.
 //!
 //! Three activities share one `&Run`: this thread writes the command's output to ours, a
-//! forwarder feeds it our stdin, and a signal thread turns Ctrl-C into remote signals. Our
+//! forwarder feeds it our stdin, and a signal thread turns Ctrl-C into remote signals (started
+//! only once the command has run for [`SIGNAL_THREAD_AFTER`]: most commands end sooner). Our
 //! stdin is read by a detached thread of its own (a read on a terminal cannot be
 //! cancelled), so the forwarder polls a "done" flag between chunks and never outlives the
 //! command.
@@ -32,6 +33,10 @@ const STDIN_CHUNK: usize = 2 * tuppence::wire::DEFAULT_MAX_CHUNK;
 const STDIN_QUEUE: usize = 4;
 /// How often the stdin forwarder checks whether the command has ended.
 const FORWARDER_POLL: Duration = Duration::from_millis(100);
+/// A command still running after this gets the signal thread. A signal that arrives sooner
+/// is held by the handler (signal-hook's self-pipe) and forwarded when the thread starts;
+/// a shorter command never pays for a thread it did not need.
+const SIGNAL_THREAD_AFTER: Duration = Duration::from_millis(20);
 /// How long a command that ignores SIGPIPE may keep writing into a closed pipe.
 const PIPE_GRACE: Duration = Duration::from_secs(1);
 
@@ -53,6 +58,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // What the agent is told (60 in 3.0 without --timeout), for the deadline's message.
     let timeout_secs = cmd.timeout_secs_in(conn.target.dialect);
     let session = conn.session();
+    // Caught from before the command starts: a Ctrl-C from then on reaches the command
+    // (held until the signal thread starts) instead of killing us and orphaning it.
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
+        .map_err(|e| Failure::local("signal handlers", &e))?;
+    let signals_handle = signals.handle();
     let run = session.run(cmd).map_err(|e| Failure::session(e).at(&ctx))?;
     log_start(&run, conn.target.dialect);
 
@@ -76,17 +86,26 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::session(e).at(&ctx))?;
         (None, None)
     };
-    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
-        .map_err(|e| Failure::local("signal handlers", &e))?;
-    let signals_handle = signals.handle();
     let done = AtomicBool::new(false);
 
     let result = std::thread::scope(|scope| {
+        let run = &run;
         if let Some(rx) = stdin {
-            scope.spawn(|| forward_stdin_to(&run, rx, &done));
+            let done = &done;
+            scope.spawn(move || forward_stdin_to(run, rx, done));
         }
-        scope.spawn(|| forward_signals(&run, signals));
-        let r = pump_output(&run, &mut outputs);
+        let mut signals = Some(signals);
+        let start_signal_thread = || {
+            if let Some(signals) = signals.take() {
+                let spawned = std::thread::Builder::new()
+                    .name("tuppence-signal".into())
+                    .spawn_scoped(scope, move || forward_signals(run, signals));
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start the signal thread; Ctrl-C is not forwarded");
+                }
+            }
+        };
+        let r = pump_output(run, &mut outputs, start_signal_thread);
         done.store(true, Ordering::SeqCst);
         // Wakes the forwarder at once. If the queue is full it is busy writing, and its
         // next write fails (the command is gone); the poll stays as the last resort.
@@ -353,17 +372,33 @@ fn forward_signals(run: &Run<'_>, mut signals: Signals) {
 }
 
 /// Copies output until the command ends. Returns how it ended and, if writing our output
-/// failed, the failure to report instead of its status.
+/// failed, the failure to report instead of its status. Calls `start_signal_thread` once,
+/// when the command has run for [`SIGNAL_THREAD_AFTER`].
 fn pump_output(
     run: &Run<'_>,
     outputs: &mut Outputs,
+    mut start_signal_thread: impl FnMut(),
 ) -> Result<(Outcome, Option<Failure>), tuppence_blocking::Error> {
     let mut local_failure = None;
     let mut discard = false;
     // When the remote command was sent SIGPIPE, and whether it was then sent KILL.
     let mut piped: Option<(Instant, bool)> = None;
+    let mut signal_thread_at = Some(Instant::now() + SIGNAL_THREAD_AFTER);
     loop {
-        let event = run.next()?;
+        let event = match signal_thread_at {
+            Some(at) => {
+                let now = Instant::now();
+                let ev = run.next_timeout(Some(at.saturating_duration_since(now)))?;
+                if ev.is_none() && Instant::now() >= at {
+                    // Timed out, not ended: the command is a long one.
+                    start_signal_thread();
+                    signal_thread_at = None;
+                    continue;
+                }
+                ev
+            }
+            None => run.next()?,
+        };
         let (data, to_stderr) = match event {
             Some(RunEvent::Stdout(d)) => (d, false),
             Some(RunEvent::Stderr(d)) => (d, true),

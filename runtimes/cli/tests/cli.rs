@@ -1069,6 +1069,45 @@ fn extract_writes_non_regular_destinations_in_place_like_cp() {
     assert_eq!(dir.entries(), expected);
 }
 
+/// A signal to `tuppence run` reaches the remote command, whether it arrives at once (held
+/// until the signal thread starts, which a short command never needs) or later.
+#[test]
+fn run_forwards_signals_to_the_remote_command() {
+    let server = Server::start(&[]);
+    for (sig, wait, want) in [
+        ("-INT", Duration::ZERO, 128 + 2),
+        ("-TERM", Duration::from_millis(300), 128 + 15),
+    ] {
+        let mut child = tuppence()
+            .args(["run", "-v", "-t", &server.target, "--", "sleep 30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn run");
+        let err = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(err).lines();
+        // Logged once the command runs (our handlers are in place by then).
+        loop {
+            let line = lines.next().expect("a log line").expect("utf-8");
+            if line.contains("pgid=") {
+                break;
+            }
+        }
+        std::thread::sleep(wait);
+        let sent = Instant::now();
+        signal(child.id(), sig);
+        let st = wait_for(&mut child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{sig}: the remote command was not ended"));
+        assert_eq!(st.code(), Some(want), "{sig}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{sig}: {:?}",
+            sent.elapsed()
+        );
+    }
+}
+
 /// #13.12: the first Ctrl-C during an inject from a pipe that has stalled aborts it at once,
 /// and the agent removes its temporary.
 #[test]
