@@ -1434,3 +1434,40 @@ fn the_binary_is_position_independent() {
     assert_eq!(bytes.get(..4), Some(&b"\x7fELF"[..]));
     assert_eq!(bytes.get(16..18), Some(&[3u8, 0][..]), "e_type");
 }
+
+/// Where GCC's static unwinder is at hand, the binary links it and does not load
+/// `libgcc_s.so.1` at every start (runtimes/cli/build.rs). It is the unwinder of every
+/// crt-static Rust binary; thread panics, `catch_unwind`, drops during unwinding and
+/// backtraces were checked with it by hand.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_binary_does_not_load_the_shared_unwinder() {
+    let archive = Command::new("cc")
+        .arg("-print-file-name=libgcc_eh.a")
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.is_absolute() && p.is_file());
+    if archive.is_none() || std::env::var_os("TUPPENCE_SHARED_UNWINDER").is_some() {
+        eprintln!("skipped: no libgcc_eh.a here, the binary keeps the shared unwinder");
+        return;
+    }
+    let out = Command::new("readelf")
+        .args(["-d", BIN])
+        .output()
+        .expect("readelf (binutils)");
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    assert!(dynamic.contains("(NEEDED)"), "{dynamic}");
+    assert!(!dynamic.contains("libgcc_s"), "{dynamic}");
+    let syms = Command::new("readelf")
+        .args(["--dyn-syms", "-W", BIN])
+        .output()
+        .expect("readelf");
+    let syms = String::from_utf8_lossy(&syms.stdout);
+    assert!(
+        !syms
+            .lines()
+            .any(|l| l.contains(" UND ") && l.contains("_Unwind_")),
+        "the unwinder is still imported"
+    );
+}
