@@ -32,9 +32,11 @@
 //!   user may (the kernel's sticky-bit rule for rename, checked with the user's identity).
 //!
 //! Why `fdatasync` before the rename: test flows often inject a file and then reset the
-//! machine; without it a crash can leave a renamed but empty file on ext4/xfs. The cost is one
-//! flush per inject (nothing on tmpfs). The directory itself is not synced: after a crash the
-//! target is either the old or the new file, both complete.
+//! machine; without it a crash can leave a renamed but empty file on ext4/xfs. Why the
+//! directory is synced after the rename: until the filesystem commits the directory (5 s on
+//! ext4), a reset brings back the old file, or no file for a new name, and "inject, then reset"
+//! is exactly the flow the flush is for. The cost is two flushes per inject (nothing on tmpfs);
+//! after a crash at any point the target is the old or the new file, both complete.
 //!
 //! **Writeback overlaps the transfer** ([`Writeback`]): every [`WRITEBACK_STEP`] written, the
 //! kernel is told to start writing that range to disk (`sync_file_range(SYNC_FILE_RANGE_WRITE)`,
@@ -143,6 +145,39 @@ impl FileError {
             path: path.to_path_buf(),
             source: source.into(),
         }
+    }
+}
+
+/// What [`InjectFile::finish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injected {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Whether the directory holding the target was flushed after the rename. `false` only
+    /// where it cannot be: a directory the agent may not open for reading (an agent that is
+    /// not root), or a filesystem that does not sync directories (`EINVAL`).
+    pub directory_synced: bool,
+}
+
+/// Flushes the directory `dir` (an `O_PATH` fd, which cannot be synced itself) so that a
+/// rename in it is durable. `Ok(false)` where that is not possible (see [`Injected`]).
+fn sync_directory(dir: &OwnedFd) -> Result<bool, rustix::io::Errno> {
+    use rustix::io::Errno;
+    let readable = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    );
+    let readable = match readable {
+        Ok(fd) => fd,
+        Err(Errno::ACCESS | Errno::PERM) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match rustix::fs::fsync(&readable) {
+        Ok(()) => Ok(true),
+        Err(Errno::INVAL) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -289,9 +324,11 @@ impl InjectFile {
         Ok(())
     }
 
-    /// Applies the mode, flushes the data to disk and renames the temporary over the target.
-    /// Returns the number of bytes written. On failure the temporary is removed.
-    pub fn finish(mut self) -> Result<u64, FileError> {
+    /// Applies the mode, flushes the data to disk, renames the temporary over the target and
+    /// flushes the directory, so that the new name survives a crash too. On failure before the
+    /// rename the temporary is removed; a failure to flush the directory after it is reported
+    /// (the file is in place, but whether it survives a crash is unknown).
+    pub fn finish(mut self) -> Result<Injected, FileError> {
         rustix::fs::fchmod(&self.file, Mode::from_raw_mode(self.mode))
             .map_err(|e| FileError::io("chmod", &self.path, e))?;
         let syncing = Instant::now();
@@ -323,7 +360,12 @@ impl InjectFile {
         drop(guard);
         renamed.map_err(|e| FileError::io("rename into", &self.path, e))?;
         self.done = true;
-        Ok(self.written)
+        let directory_synced = sync_directory(&self.dir)
+            .map_err(|e| FileError::io("fsync the directory of", &self.path, e))?;
+        Ok(Injected {
+            bytes: self.written,
+            directory_synced,
+        })
     }
 
     /// Gives up: removes the temporary; the target stays as it was.

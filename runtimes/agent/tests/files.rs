@@ -57,7 +57,9 @@ fn inject_writes_content_with_the_exact_mode() {
     assert_eq!(file.path(), target);
     file.write(b"hello ").expect("write");
     file.write(b"inject\n").expect("write");
-    assert_eq!(file.finish().expect("finish"), 13);
+    let done = file.finish().expect("finish");
+    assert_eq!(done.bytes, 13);
+    assert!(done.directory_synced, "the rename is flushed too");
     assert_eq!(fs::read(&target).expect("read"), b"hello inject\n");
     assert_eq!(
         mode_of(&target),
@@ -104,7 +106,7 @@ fn inject_writes_many_pieces_at_once() {
     file.write_bufs(&[]).expect("write nothing");
     file.write_bufs(&pieces[3..]).expect("write");
     assert_eq!(file.written(), expected.len() as u64);
-    assert_eq!(file.finish().expect("finish"), expected.len() as u64);
+    assert_eq!(file.finish().expect("finish").bytes, expected.len() as u64);
     assert_eq!(fs::read(&target).expect("read"), expected);
 }
 
@@ -550,7 +552,7 @@ fn inject_starts_writeback_while_the_data_arrives() {
     assert_eq!(file.writeback().started(), total);
     // More than the in-flight bound was written, so the oldest ranges were waited for.
     assert!(file.writeback().waits().0 >= 1, "{:?}", file.writeback());
-    assert_eq!(file.finish().expect("finish"), total);
+    assert_eq!(file.finish().expect("finish").bytes, total);
     assert_eq!(fs::metadata(&target).expect("stat").len(), total);
 }
 

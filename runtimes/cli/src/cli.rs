@@ -291,10 +291,9 @@ pub struct RunArgs {
 has nothing to read: the agent removes its temporary and nothing is written remotely.
 
 Injects are durable: when tuppence inject exits 0, the agent has flushed the file's data \
-to disk (fdatasync) and then renamed it over REMOTE, so a crash or reset after that finds \
-the new file complete (the directory is not synced: a crash within the filesystem's \
-commit interval after the rename may still show the old file, or none for a new name, \
-never a partial one). A crash during the transfer leaves the old file untouched (and at most a hidden \
+to disk (fdatasync), renamed it over REMOTE and flushed the directory, so a crash or reset \
+after that finds the new file complete under its name. A crash during the transfer leaves \
+the old file untouched (and at most a hidden \
 .NAME.tuppence-XXXXXXXX temporary beside it). The agent writes the data back while it \
 arrives, so the final flush is short.
 
