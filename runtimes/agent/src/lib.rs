@@ -56,7 +56,7 @@ pub mod spawn;
 pub mod status;
 pub mod user;
 
-pub use files::{ExtractFile, FileError, InjectFile};
+pub use files::{ExtractFile, FileError, InjectFile, Injected};
 pub use procinfo::{ProcInfoError, read_procinfo};
 pub use spawn::{
     Child, ExitStatus, SpawnError, SpawnSpec, signal_from_name, spawn_command, spawn_command_in,
