@@ -578,3 +578,143 @@ fn extract_of_fifos_and_devices_is_refused_and_pseudo_files_are_read_whole() {
         String::from_utf8_lossy(&seqnum)
     );
 }
+
+/// An inject's flush to disk happens off the agent's loop: while one inject waits on a slow
+/// disk (a second here, the testing aid), another connection's commands are answered at
+/// once, and the inject's answer comes only when its file is in place.
+#[test]
+fn a_slow_inject_flush_does_not_stall_other_connections() {
+    strict_umask();
+    let slow = Duration::from_millis(1500);
+    let agent = TestAgent::with_config(tuppence_agent::serve::LinkDaemonConfig {
+        inject_finish_delay: slow,
+        ..agent_harness::quiet_config()
+    });
+    let files = TempDir::new("slow-sync");
+    let path = files.join("slow.bin");
+    let content = random_bytes(200_000, 3);
+    let injector = {
+        let s = agent.session();
+        let p = path.clone();
+        let content = content.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let r = s.inject("root", p.to_str().unwrap(), 0o600, &content[..], |_| {});
+            // The answer means the file is in place.
+            let in_place = std::fs::read(&p).ok() == Some(content);
+            (r, started.elapsed(), in_place)
+        })
+    };
+    // Wait until the inject's data has all been written (its temporary is full size).
+    assert!(eventually(PATIENCE, || {
+        temporaries(files.path(), "slow.bin").iter().any(|t| {
+            std::fs::metadata(files.join(t)).is_ok_and(|m| m.len() == content.len() as u64)
+        })
+    }));
+    let started = std::time::Instant::now();
+    let other = agent.session();
+    for _ in 0..3 {
+        let out = other
+            .output(tuppence::link::Command::new("true"))
+            .expect("a command while the inject flushes");
+        assert_eq!(out.outcome, tuppence::link::Outcome::Exited(0));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < slow / 2,
+        "a hello and 3 commands took {took:?} while an inject was flushing: the loop was stalled"
+    );
+    let (r, inject_took, in_place) = injector.join().unwrap();
+    assert_eq!(r.expect("inject"), content.len() as u64);
+    assert!(inject_took >= slow, "{inject_took:?}");
+    assert!(in_place, "answered before the file was in place");
+    assert_eq!(entries(files.path()), ["slow.bin"]);
+}
+
+/// A client that sent a whole inject and left while it was being flushed still gets its
+/// file (all the data came), and the agent's next client, which may get the same slot, is
+/// not sent the stale answer.
+#[test]
+fn an_inject_flushed_after_its_client_left_lands_and_answers_no_one_else() {
+    strict_umask();
+    let slow = Duration::from_millis(1500);
+    let agent = TestAgent::with_config(tuppence_agent::serve::LinkDaemonConfig {
+        inject_finish_delay: slow,
+        ..agent_harness::quiet_config()
+    });
+    let files = TempDir::new("left-sync");
+    let path = files.join("left.bin");
+    let content = random_bytes(100_000, 5);
+    let (s, cut) = agent.session_with_handle();
+    let injector = {
+        let p = path.clone();
+        let content = content.clone();
+        std::thread::spawn(move || {
+            let _ = s.inject("root", p.to_str().unwrap(), 0o600, &content[..], |_| {});
+        })
+    };
+    assert!(eventually(PATIENCE, || {
+        temporaries(files.path(), "left.bin").iter().any(|t| {
+            std::fs::metadata(files.join(t)).is_ok_and(|m| m.len() == content.len() as u64)
+        })
+    }));
+    // The end of the data follows the data at once; then the client goes.
+    std::thread::sleep(Duration::from_millis(300));
+    cut.shutdown(std::net::Shutdown::Both).unwrap();
+    injector.join().unwrap();
+
+    let next = agent.session();
+    let until = std::time::Instant::now() + slow + Duration::from_millis(500);
+    while std::time::Instant::now() < until {
+        let out = next.output(tuppence::link::Command::new("true")).unwrap();
+        assert_eq!(out.outcome, tuppence::link::Outcome::Exited(0));
+    }
+    assert!(eventually(PATIENCE, || std::fs::read(&path).ok()
+        == Some(content.clone())));
+    assert_eq!(entries(files.path()), ["left.bin"]);
+    let stats = next.stats();
+    assert_eq!(
+        (
+            stats.foreign_cid_dropped,
+            stats.unknown_xid_dropped,
+            stats.violations
+        ),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+}
+
+/// Stopping the agent while an inject is being flushed finishes it first: the file lands
+/// and its client gets its answer before the connection is closed.
+#[test]
+fn stopping_the_agent_finishes_an_inject_being_flushed() {
+    strict_umask();
+    let agent = TestAgent::with_config(tuppence_agent::serve::LinkDaemonConfig {
+        inject_finish_delay: Duration::from_millis(1000),
+        ..agent_harness::quiet_config()
+    });
+    let files = TempDir::new("stop-sync");
+    let path = files.join("stop.bin");
+    let content = random_bytes(100_000, 9);
+    let s = agent.session();
+    let injector = {
+        let p = path.clone();
+        let content = content.clone();
+        std::thread::spawn(move || {
+            s.inject("root", p.to_str().unwrap(), 0o600, &content[..], |_| {})
+        })
+    };
+    assert!(eventually(PATIENCE, || {
+        temporaries(files.path(), "stop.bin").iter().any(|t| {
+            std::fs::metadata(files.join(t)).is_ok_and(|m| m.len() == content.len() as u64)
+        })
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    agent.stop();
+    assert_eq!(
+        injector.join().unwrap().expect("answered"),
+        content.len() as u64
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+    assert_eq!(entries(files.path()), ["stop.bin"]);
+}

@@ -56,6 +56,10 @@ pub struct LinkDaemonConfig {
     /// tells the agent that a killed command's cgroup has emptied; with this off such
     /// cgroups are removed at later spawns.)
     pub reap_orphans: bool,
+    /// Testing aid: the inject finisher waits this long before each inject's flush, as a
+    /// slow disk would. Zero in service.
+    #[doc(hidden)]
+    pub inject_finish_delay: Duration,
 }
 
 impl Default for LinkDaemonConfig {
@@ -76,6 +80,7 @@ impl Default for LinkDaemonConfig {
             exit_when_idle: false,
             cgroups: true,
             reap_orphans: true,
+            inject_finish_delay: Duration::ZERO,
         }
     }
 }

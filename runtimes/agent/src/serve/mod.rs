@@ -11,7 +11,8 @@
 //! One concept per module: `accept` (who gets in: listeners, device ports, refusals),
 //! `connections` (the agent's state of one connection, in the loop beside its machine, and
 //! how a session ends), `commands`, `transfers` and `monitors` (one kind of transaction
-//! each: what starts it, what moves its data, what ends it), `arena` (the read buffers),
+//! each: what starts it, what moves its data, what ends it), `syncer` (injects flushed to
+//! disk and renamed off the loop, on a worker thread), `arena` (the read buffers),
 //! `config`. This file is the loop and the dispatch of events.
 
 mod accept;
@@ -20,6 +21,7 @@ mod commands;
 mod config;
 mod connections;
 mod monitors;
+mod syncer;
 mod transfers;
 
 pub use config::LinkDaemonConfig;
@@ -43,6 +45,9 @@ use crate::spawn::Child;
 use accept::{Gate, ListenerSlot};
 use arena::Arena;
 use connections::{ConnState, Tx};
+
+/// How long stopping waits for injects still being flushed to disk (their data all came).
+const SHUTDOWN_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Why [`LinkDaemon::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +75,8 @@ enum Tag {
     Dying,
     /// A child exited (`SIGCHLD`): orphans to reap, killed cgroups to remove.
     Reaper,
+    /// Injects were finished off the loop (see `syncer`).
+    Synced,
 }
 
 type Loop = EventLoop<Transport, Server, ConnState, Tag>;
@@ -99,6 +106,8 @@ pub struct LinkDaemon {
     contain: Containment,
     /// Refused connections, starved listeners, the reserve fd (see `accept`).
     gate: Gate,
+    /// Finishes injects (the disk flushes) off the loop.
+    syncer: syncer::Syncer,
 }
 
 impl LinkDaemon {
@@ -109,6 +118,7 @@ impl LinkDaemon {
             io.add_extra(fd, Interest::READABLE, Tag::Reaper)?;
         }
         Ok(LinkDaemon {
+            syncer: syncer::Syncer::new(),
             config,
             io,
             listeners: Vec::new(),
@@ -121,8 +131,8 @@ impl LinkDaemon {
             link_full: HashSet::new(),
             unwritten_injects: Vec::new(),
             unsettled: Vec::new(),
-            contain,
             gate: Gate::new(),
+            contain,
         })
     }
 
@@ -228,6 +238,17 @@ impl LinkDaemon {
     /// started is killed and removed; the last answers are written (for a second at most)
     /// and the killed commands reaped.
     fn shutdown(&mut self) {
+        // Injects whose data all came are finished and answered first: a client that sent
+        // everything gets its file, and its answer if it is still there.
+        for done in self.syncer.wait_all(Instant::now() + SHUTDOWN_SYNC_WAIT) {
+            self.inject_finished(done);
+        }
+        if self.syncer.in_flight() > 0 {
+            warn!(
+                injects = self.syncer.in_flight(),
+                "stopping while injects are still being flushed to disk"
+            );
+        }
         for id in self.io.ids() {
             if let Some(mut conn) = self.io.remove(id) {
                 if conn.state.refusing.is_none() {
@@ -278,6 +299,11 @@ impl LinkDaemon {
                 }
             }
             Tag::Reaper => self.contain.on_child_exit(),
+            Tag::Synced => {
+                for done in self.syncer.take_done() {
+                    self.inject_finished(done);
+                }
+            }
             Tag::Dying => {
                 let reaped = self
                     .dying

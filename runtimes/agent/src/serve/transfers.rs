@@ -6,9 +6,14 @@ use bytes::Bytes;
 use tuppence::link::status;
 use tuppence_mio::ConnId;
 
-use super::LinkDaemon;
+use std::time::Instant;
+
+use mio::Interest;
+
 use super::arena::{BULK_CHUNK, whole_packets};
 use super::connections::Tx;
+use super::syncer::{Done, Job, Syncer};
+use super::{LinkDaemon, SHUTDOWN_SYNC_WAIT, Tag};
 use crate::sources::{AuditEvent, AuditOutcome};
 use crate::{ExtractFile, InjectFile};
 
@@ -90,7 +95,8 @@ impl LinkDaemon {
         }
     }
 
-    /// All data came: written, renamed into place, recorded and answered.
+    /// All data came: written here, then flushed and renamed into place off the loop
+    /// ([`super::syncer`]), then recorded and answered ([`LinkDaemon::inject_finished`]).
     pub(super) fn on_inject_end(&mut self, id: ConnId, xid: u16) {
         self.write_inject(id, xid);
         let Some(Tx::Inject(t)) = self.take_tx(id, xid) else {
@@ -99,21 +105,65 @@ impl LinkDaemon {
         let InjectTx {
             file, user, path, ..
         } = *t;
-        let mode = file.mode();
-        let written = file.written();
-        let result = file.finish().map_err(|e| e.errno());
-        self.audit(&AuditEvent::Inject {
+        let job = Box::new(Job {
+            id,
             cid: self.cid(id),
+            xid,
+            user,
+            path,
+            file,
+            delay: self.config.inject_finish_delay,
+        });
+        match self.syncer.submit(job) {
+            Ok(None) => {}
+            Ok(Some(wake)) => {
+                if self
+                    .register(wake, Interest::READABLE, Tag::Synced)
+                    .is_none()
+                {
+                    // Without the wake-up the loop would not see injects end; the next
+                    // ones are finished here (`Syncer` is replaced, its thread ends).
+                    let pending = self.syncer.wait_all(Instant::now() + SHUTDOWN_SYNC_WAIT);
+                    self.syncer = Syncer::without_worker();
+                    for done in pending {
+                        self.inject_finished(done);
+                    }
+                }
+            }
+            Err(job) => {
+                let done = job.finish();
+                self.inject_finished(done);
+            }
+        }
+    }
+
+    /// Records and answers a finished inject, unless its connection is gone (a new
+    /// connection in the same slot has another id).
+    pub(super) fn inject_finished(&mut self, done: Done) {
+        let Done {
+            id,
+            cid,
+            xid,
+            user,
+            path,
+            mode,
+            bytes,
+            result,
+        } = done;
+        self.audit(&AuditEvent::Inject {
+            cid,
             xid,
             user: &user,
             path: &path,
             mode,
-            bytes: written,
+            bytes,
             outcome: AuditOutcome::Status(result.err().unwrap_or(0)),
         });
-        self.answer(id, xid, "inject done", |s| {
-            s.inject_done(xid, result.map(|_| ()))
-        });
+        if self.io.get(id).is_some_and(|c| c.state.cid == cid) {
+            self.answer(id, xid, "inject done", |s| {
+                s.inject_done(xid, result.map(|_| ()))
+            });
+        }
     }
 
     /// Writes the data an inject has received so far; a failure (a full disk: 28) ends the
