@@ -2,12 +2,14 @@
 //! a reading and a writing handle, and whose reads can be bounded in time (for keepalive
 //! timers).
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use tuppence_transport::Transport;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
+use tuppence_transport::{Transport, TransportKind};
 
 /// A byte stream the blocking session can drive from its reader thread and its callers.
 pub trait Stream: Write + Send + 'static {
@@ -26,6 +28,31 @@ pub trait Stream: Write + Send + 'static {
     fn shutdown(&self) -> io::Result<()> {
         Ok(())
     }
+    /// Whether [`write_nonblocking`](Self::write_nonblocking) works: true for sockets,
+    /// which take a per-call `MSG_DONTWAIT`. A stream that says so is written by whichever
+    /// thread queued the bytes until a write would block; others get a writer thread from
+    /// the start (a tty or pipe would need `O_NONBLOCK` on the fd, shared with the reader).
+    fn writes_nonblocking(&self) -> bool {
+        false
+    }
+    /// Writes what the stream takes at once, without waiting: `WouldBlock` when it takes
+    /// nothing. Only called when [`writes_nonblocking`](Self::writes_nonblocking) is true.
+    fn write_nonblocking(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let _ = bufs;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// `sendmsg` with `MSG_DONTWAIT` (this call only; the fd stays blocking for the others) and
+/// `MSG_NOSIGNAL` (a closed peer is `EPIPE`, never a signal).
+fn send_nonblocking(fd: impl AsFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    Ok(rustix::net::sendmsg(
+        fd,
+        bufs,
+        &mut SendAncillaryBuffer::default(),
+        flags,
+    )?)
 }
 
 fn at_least_1ms(t: Option<Duration>) -> Option<Duration> {
@@ -39,6 +66,12 @@ impl Stream for UnixStream {
     fn shutdown(&self) -> io::Result<()> {
         UnixStream::shutdown(self, std::net::Shutdown::Both)
     }
+    fn writes_nonblocking(&self) -> bool {
+        true
+    }
+    fn write_nonblocking(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_nonblocking(&*self, bufs)
+    }
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         self.set_read_timeout(at_least_1ms(timeout))?;
         self.read(buf)
@@ -51,6 +84,12 @@ impl Stream for TcpStream {
     }
     fn shutdown(&self) -> io::Result<()> {
         TcpStream::shutdown(self, std::net::Shutdown::Both)
+    }
+    fn writes_nonblocking(&self) -> bool {
+        true
+    }
+    fn write_nonblocking(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_nonblocking(&*self, bufs)
     }
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         self.set_read_timeout(at_least_1ms(timeout))?;
@@ -78,6 +117,19 @@ impl Stream for Transport {
     }
     fn shutdown(&self) -> io::Result<()> {
         Transport::shutdown(self).map(|_| ())
+    }
+    /// Unix, TCP and vsock sockets, and the socket pair of an `exec:` link.
+    fn writes_nonblocking(&self) -> bool {
+        match self.kind() {
+            TransportKind::Unix
+            | TransportKind::Tcp
+            | TransportKind::Vsock
+            | TransportKind::Exec => true,
+            TransportKind::Serial | TransportKind::Virtio => false,
+        }
+    }
+    fn write_nonblocking(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_nonblocking(&*self, bufs)
     }
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         if !self.wait_readable(timeout)? {

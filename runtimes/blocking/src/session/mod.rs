@@ -1,15 +1,17 @@
-//! A client session on a blocking stream: a reader thread, a writer thread, and callers.
+//! A client session on a blocking stream: a reader thread, callers, and a writer thread
+//! once one is needed.
 //!
 //! # Reading never waits on writing
 //!
 //! One lock, `state` (the machine and the inboxes), held only for short sections that do
-//! no I/O. Three kinds of threads share it:
+//! no I/O but non-blocking writes. Three kinds of threads share it:
 //!
-//! * **callers** run intents on the machine under the lock and return; they never write.
-//!   What an intent queued is written by the writer thread, which they wake. While the
-//!   machine's transmit buffer is over its limit an intent waits (on the condition
-//!   variable, lock released) for the writer to take bytes out: that is the backpressure
-//!   of a peer that reads slowly.
+//! * **callers** run intents on the machine under the lock and return; they never block
+//!   in `write`. On a socket, what an intent queued is written at once, under the lock,
+//!   with `MSG_DONTWAIT` ("inline", see below); otherwise the writer thread writes it,
+//!   and they wake it. While the machine's transmit buffer is over its limit an intent
+//!   waits (on the condition variable, lock released) for the writer to take bytes out:
+//!   that is the backpressure of a peer that reads slowly.
 //! * the **writer thread** takes what the machine queued (under the lock, in order, so
 //!   packets leave as the machine produced them), writes it without the lock, and sleeps
 //!   while there is nothing. It is the only thread that ever blocks in `write`.
@@ -24,8 +26,19 @@
 //! (the peer's buffer full) then kept the reader from reading; with `cat` the agent
 //! stopped reading its side because the command's output was not drained, and both sides'
 //! buffers stayed full until the command's timeout (issue #13.1). A writer thread makes the
-//! rule structural: no thread that reads ever writes. The cost is a wake-up of that thread
-//! per burst of requests (one futex call, skipped while it is busy writing).
+//! rule structural: no thread that reads ever waits to write. The cost is a wake-up of
+//! that thread per burst of requests (one futex call, skipped while it is busy writing).
+//!
+//! # Inline writes until one would block
+//!
+//! A short session (`run -- true`: a hello, a command, an EOF) needs a few small writes,
+//! which a socket always takes at once; a thread for them cost a clone, a stack, a malloc
+//! arena and a wake-up per request. So on a socket ([`Stream::writes_nonblocking`]) the
+//! thread that queued bytes writes them itself, under the lock, with a write that never
+//! waits. The first write that would block (or is partial) keeps the rest in `pending`
+//! and starts the writer thread, which writes `pending` first and owns all writing from
+//! then on, as above. Streams without a per-call non-blocking write (ttys, virtio ports)
+//! start the writer thread with the session.
 //!
 //! On drop, the writer finishes what is queued (a `quit`, say); the reader keeps reading
 //! meanwhile and, after [`CLOSE_GRACE`], shuts the stream down so that a writer stuck on
@@ -46,6 +59,7 @@ use tuppence_transport::Target;
 mod threads;
 
 use crate::{Error, Stream};
+use tuppence::Transmit;
 
 /// Events buffered per transaction before the reader thread waits for the consumer.
 const INBOX_EVENTS: usize = 256;
@@ -116,7 +130,12 @@ struct State {
     /// Threads blocked on the condition variable: notifying costs a syscall, so it is
     /// skipped when nobody waits (every event used to cost one, twice).
     waiting: usize,
-    /// Bytes the writer thread took from the machine and has not finished writing.
+    /// Who writes (see the module documentation).
+    writer: Writer,
+    /// Bytes taken from the machine that an inline write left (it would have blocked):
+    /// the writer thread writes them before anything newer.
+    pending: Transmit,
+    /// Bytes taken from the machine and not yet written.
     unwritten: usize,
     /// The writer thread sleeps on `write_cond` (nothing to write).
     writer_idle: bool,
@@ -125,6 +144,27 @@ struct State {
     /// failed transfer) whose request met a full transmit queue where nobody may wait for
     /// room (a `Drop`, a signal handler); the writer thread retries as it makes room.
     deferred: Vec<u16>,
+}
+
+/// Who writes to the stream.
+enum Writer {
+    /// Whichever thread queued the bytes, without waiting; the write handle.
+    Inline(Box<dyn Stream>),
+    /// The writer thread (started with the session, or when an inline write would block).
+    Thread,
+}
+
+impl State {
+    fn writer_is_inline(&self) -> bool {
+        matches!(self.writer, Writer::Inline(_))
+    }
+
+    /// Nothing more will be written: the writer thread has exited, or, without one, the
+    /// link failed (the thread would exit at once).
+    fn writer_gone(&self) -> bool {
+        self.writer_done
+            || (self.writer_is_inline() && (self.failure.is_some() || self.io_failure.is_some()))
+    }
 }
 
 pub(crate) struct Shared {
@@ -155,6 +195,7 @@ impl Session {
         connect_timeout: Duration,
     ) -> Result<Session, Error> {
         let writer = stream.try_clone_stream()?;
+        let inline = writer.writes_nonblocking();
         let started = Instant::now();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -165,6 +206,8 @@ impl Session {
                 io_failure: None,
                 reader_done: false,
                 waiting: 0,
+                writer: Writer::Thread,
+                pending: Transmit::new(),
                 unwritten: 0,
                 writer_idle: false,
                 writer_done: false,
@@ -175,7 +218,12 @@ impl Session {
             closing: AtomicBool::new(false),
             read_buffer_len: AtomicUsize::new(0),
         });
-        {
+        if inline {
+            let mut st = shared.lock();
+            st.writer = Writer::Inline(Box::new(writer));
+            // The hello, before the reader exists to wait for its reply.
+            shared.push(&mut st);
+        } else {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("tuppence-writer".into())
@@ -319,7 +367,7 @@ impl Session {
             }
             // A failure alone is not checked here: the peer may close right after reading
             // the last request (`quit`) while the writer has yet to record the write.
-            if st.writer_done {
+            if st.writer_gone() {
                 return Err(self
                     .shared
                     .failure_of(&st)
@@ -528,7 +576,7 @@ impl AbortHandle {
                 inbox.aborted = true;
             }
         }
-        shared.wake_writer(&st);
+        shared.push(&mut st);
         shared.cond.notify_all();
         xids.len()
     }
@@ -586,9 +634,9 @@ impl Shared {
     /// Runs an intent under the lock; while the machine answers `QueueFull`, waits for
     /// the writer thread to make room and tries again (`f` may run several times). With
     /// `xid`, the wait ends with [`Error::Aborted`] once that transaction is aborted.
-    /// Wakes the writer thread for what the intent queued.
+    /// Writes what the intent queued, or wakes the writer thread for it.
     fn intent<T>(
-        &self,
+        self: &Arc<Self>,
         xid: Option<u16>,
         mut f: impl FnMut(&mut State) -> Result<T, Error>,
     ) -> Result<T, Error> {
@@ -602,12 +650,15 @@ impl Shared {
             }
             match f(&mut st) {
                 Err(Error::Usage(tuppence::link::UsageError::QueueFull { .. })) => {
-                    // The writer notifies after taking bytes out of the machine.
-                    self.wake_writer(&st);
-                    st = self.wait(st);
+                    self.push(&mut st);
+                    // Written inline: room now. Else the writer notifies after taking
+                    // bytes out of the machine.
+                    if !st.writer_is_inline() || st.client.transmit_buffered() > 0 {
+                        st = self.wait(st);
+                    }
                 }
                 r => {
-                    self.wake_writer(&st);
+                    self.push(&mut st);
                     return r;
                 }
             }
@@ -615,12 +666,12 @@ impl Shared {
     }
 
     /// `Client::abandon(xid)`, or, while the transmit queue is full, remembered for the
-    /// writer thread to retry; wakes the writer either way.
-    fn abandon(&self, st: &mut State, xid: u16) {
+    /// writer thread to retry; writes or wakes the writer either way.
+    fn abandon(self: &Arc<Self>, st: &mut State, xid: u16) {
         if let Err(tuppence::link::UsageError::QueueFull { .. }) = st.client.abandon(xid) {
             st.deferred.push(xid);
         }
-        self.wake_writer(st);
+        self.push(st);
     }
 
     /// Wakes the writer thread if it sleeps and the machine has bytes for it. Call with
@@ -631,11 +682,21 @@ impl Shared {
         }
     }
 
-    /// Asks both threads to finish: the writer writes what is queued, then stops.
+    /// Asks both threads to finish: the writer writes what is queued, then stops. Without
+    /// a writer thread everything is written already: the write handle goes now, as the
+    /// thread's would.
     fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        let _st = self.lock();
+        let mut st = self.lock();
+        let handle = if st.writer_is_inline() {
+            st.writer_done = true;
+            Some(std::mem::replace(&mut st.writer, Writer::Thread))
+        } else {
+            None
+        };
         self.write_cond.notify_one();
         self.cond.notify_all();
+        drop(st);
+        drop(handle);
     }
 }

@@ -1,6 +1,7 @@
-//! The session's two threads: the reader (reads, feeds the machine, fires its timers,
-//! moves events to the inboxes) and the writer (the only thread that writes). See the
-//! parent module for why reading never waits on writing.
+//! The session's threads: the reader (reads, feeds the machine, fires its timers, moves
+//! events to the inboxes) and the writer (the only thread that blocks in writes), and the
+//! inline writes that stand in for the writer until a write would block. See the parent
+//! module for why reading never waits on writing.
 
 use std::io::{self, IoSlice, Write};
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use tuppence::link::{ClientEvent, LinkError};
 use tuppence::{Machine, Transmit};
 use tuppence_transport::{RecvBuf, is_hangup};
 
-use super::{CLOSE_GRACE, Inbox, Shared, State};
+use super::{CLOSE_GRACE, Inbox, Shared, State, Writer};
 use crate::Stream;
 
 /// The largest read (the receive buffer grows to this in bulk transfers).
@@ -32,16 +33,12 @@ impl Shared {
                     if st.failure.is_some() || st.io_failure.is_some() {
                         return self.writer_exit(st);
                     }
-                    if !st.deferred.is_empty() {
-                        let mut deferred = std::mem::take(&mut st.deferred);
-                        deferred.retain(|&xid| {
-                            matches!(
-                                st.client.abandon(xid),
-                                Err(tuppence::link::UsageError::QueueFull { .. })
-                            )
-                        });
-                        st.deferred = deferred;
+                    // What an inline write left goes before anything newer.
+                    if !st.pending.is_empty() {
+                        std::mem::swap(&mut segments, &mut st.pending);
+                        break;
                     }
+                    retry_deferred(&mut st);
                     let n = st
                         .client
                         .poll_transmit_segments(Instant::now(), &mut segments);
@@ -64,12 +61,7 @@ impl Shared {
             st.unwritten = 0;
             if let Err(e) = r {
                 segments.clear();
-                // The link is unusable: end it, so that every waiter sees it now rather
-                // than at the reader's next wake-up.
-                st.io_failure.get_or_insert_with(|| e.to_string());
-                st.client.handle_eof(Instant::now());
-                self.dispatch(&mut st);
-                st.failure.get_or_insert(LinkError::Closed);
+                self.write_failed(&mut st, &e);
                 return self.writer_exit(st);
             }
             // Flush waiters.
@@ -77,10 +69,113 @@ impl Shared {
         }
     }
 
+    /// The link is unusable: end it, so that every waiter sees it now rather than at the
+    /// reader's next wake-up.
+    fn write_failed(&self, st: &mut State, e: &io::Error) {
+        st.io_failure.get_or_insert_with(|| e.to_string());
+        st.client.handle_eof(Instant::now());
+        self.dispatch(st);
+        st.failure.get_or_insert(LinkError::Closed);
+    }
+
     fn writer_exit(&self, mut st: MutexGuard<'_, State>) {
+        self.writer_stopped(&mut st);
+    }
+
+    fn writer_stopped(&self, st: &mut State) {
         st.writer_done = true;
         st.unwritten = 0;
+        st.pending.clear();
         self.cond.notify_all();
+    }
+
+    /// Writes what the machine queued, under the lock, without waiting: by the thread that
+    /// queued it (an intent, the reader after input or timers). A write that would block
+    /// or is partial leaves the rest in `pending` and starts the writer thread, which
+    /// writes it first; from then on (and for streams that start with the thread) this
+    /// only wakes the writer. Call with the lock held after anything that may queue bytes.
+    pub(super) fn push(self: &Arc<Self>, st: &mut State) {
+        if !st.writer_is_inline() {
+            self.wake_writer(st);
+            return;
+        }
+        // As the writer thread: nothing more once the link failed or the session closed.
+        if st.writer_done || st.failure.is_some() || st.io_failure.is_some() {
+            return;
+        }
+        let mut wrote = false;
+        loop {
+            if st.pending.is_empty() {
+                retry_deferred(st);
+                let n = st
+                    .client
+                    .poll_transmit_segments(Instant::now(), &mut st.pending);
+                if n == 0 {
+                    break;
+                }
+                st.unwritten = n;
+            }
+            let State {
+                writer, pending, ..
+            } = &mut *st;
+            let Writer::Inline(w) = writer else {
+                return;
+            };
+            let r = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let k = pending.io_slices(&mut iov);
+                w.write_nonblocking(iov.get(..k).unwrap_or_default())
+            };
+            match r {
+                Ok(0) => {
+                    self.inline_failed(st, &io::ErrorKind::WriteZero.into());
+                    return;
+                }
+                Ok(n) => {
+                    st.pending.consume(n);
+                    st.unwritten = st.pending.len();
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.start_writer(st);
+                    break;
+                }
+                Err(e) => {
+                    self.inline_failed(st, &e);
+                    return;
+                }
+            }
+        }
+        if wrote {
+            // Flush waiters.
+            self.notify(st);
+        }
+    }
+
+    /// An inline write failed: what the writer thread does when its write fails.
+    fn inline_failed(&self, st: &mut State, e: &io::Error) {
+        st.pending.clear();
+        self.write_failed(st, e);
+        st.writer = Writer::Thread;
+        self.writer_stopped(st);
+    }
+
+    /// Hands writing to a new writer thread, with what is left in `pending`. It takes the
+    /// lock only once running; nobody waits for it here.
+    fn start_writer(self: &Arc<Self>, st: &mut State) {
+        let Writer::Inline(w) = std::mem::replace(&mut st.writer, Writer::Thread) else {
+            return;
+        };
+        let shared = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tuppence-writer".into())
+            .spawn(move || shared.writer_loop(w));
+        if let Err(e) = spawned {
+            st.pending.clear();
+            self.write_failed(st, &e);
+            self.writer_stopped(st);
+        }
     }
 
     /// Moves the machine's events into the per-transaction inboxes. Stops at an inbox that
@@ -192,7 +287,7 @@ impl Shared {
                 st.client.handle_timeout(Instant::now());
                 self.dispatch(&mut st);
                 // Keepalives, requests held for the hello reply, a deadline's KILL.
-                self.wake_writer(&st);
+                self.push(&mut st);
                 if let Some(e) = st.client.error().cloned() {
                     st.failure.get_or_insert(e);
                     st.reader_done = true;
@@ -216,7 +311,7 @@ impl Shared {
 
     /// Offers received bytes to the machine, waiting for consumers when it pushes back.
     /// Returns false once the connection is over.
-    fn feed(&self, data: &mut BytesMut) -> bool {
+    fn feed(self: &Arc<Self>, data: &mut BytesMut) -> bool {
         let mut st = self.lock();
         while !data.is_empty() {
             match st.client.handle_buf(Instant::now(), data) {
@@ -230,7 +325,7 @@ impl Shared {
                 }
             }
             self.dispatch(&mut st);
-            self.wake_writer(&st);
+            self.push(&mut st);
             self.notify(&st);
             if !data.is_empty() {
                 if self.closing.load(Ordering::SeqCst) {
@@ -257,6 +352,21 @@ impl Shared {
         self.notify(&st);
         self.write_cond.notify_one();
     }
+}
+
+/// Retries the abandons that met a full transmit queue (see `Shared::abandon`).
+fn retry_deferred(st: &mut State) {
+    if st.deferred.is_empty() {
+        return;
+    }
+    let mut deferred = std::mem::take(&mut st.deferred);
+    deferred.retain(|&xid| {
+        matches!(
+            st.client.abandon(xid),
+            Err(tuppence::link::UsageError::QueueFull { .. })
+        )
+    });
+    st.deferred = deferred;
 }
 
 /// Writes every segment, in order, with vectored writes; drops what was written.
