@@ -164,3 +164,31 @@ fn dropping_a_session_without_writer_thread_closes_the_stream() {
     // The reader's handle closes at its next read timeout (1 s at most).
     assert!(eof.duration_since(dropped) < Duration::from_millis(1500));
 }
+
+/// A peer that ends its side of the stream while the session lives: once the reader has
+/// seen the end, no handle of ours keeps the stream open, so the peer reads its end too
+/// (the command behind an `exec:` link waits for that to exit).
+#[test]
+fn the_write_handle_closes_with_the_reader_when_the_peer_ends_the_stream() {
+    let _turn = turn();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let agent = thread::spawn(move || {
+        let mut server = Server::new(ServerConfig::default(), Instant::now());
+        let mut buf = [0u8; 4096];
+        let n = b.read(&mut buf).unwrap();
+        server.handle_bytes(Instant::now(), &buf[..n]).unwrap();
+        let mut out = BytesMut::new();
+        server.poll_transmit(Instant::now(), &mut out);
+        b.write_all(&out).unwrap();
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        let ended = Instant::now();
+        // Fails the test rather than hanging it.
+        b.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        while b.read(&mut buf).is_ok_and(|n| n > 0) {}
+        ended.elapsed()
+    });
+    let session = Session::new(a, ClientConfig::default(), Duration::from_secs(5)).unwrap();
+    let took = agent.join().unwrap();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(session.is_closed());
+}

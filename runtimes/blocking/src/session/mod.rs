@@ -152,11 +152,29 @@ enum Writer {
     Inline(Box<dyn Stream>),
     /// The writer thread (started with the session, or when an inline write would block).
     Thread,
+    /// Neither: the session closed or failed before a writer thread was needed.
+    Done,
 }
 
 impl State {
     fn writer_is_inline(&self) -> bool {
         matches!(self.writer, Writer::Inline(_))
+    }
+
+    /// Ends inline writing, as the writer thread's exit would: returns the write handle,
+    /// to be dropped once the lock is released (the last handle of an `exec:` link waits
+    /// for its command to exit).
+    fn stop_inline(&mut self) -> Option<Box<dyn Stream>> {
+        if !self.writer_is_inline() {
+            return None;
+        }
+        self.writer_done = true;
+        self.unwritten = 0;
+        self.pending.clear();
+        match std::mem::replace(&mut self.writer, Writer::Done) {
+            Writer::Inline(w) => Some(w),
+            _ => None,
+        }
     }
 
     /// Nothing more will be written: the writer thread has exited, or, without one, the
@@ -688,12 +706,7 @@ impl Shared {
     fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let mut st = self.lock();
-        let handle = if st.writer_is_inline() {
-            st.writer_done = true;
-            Some(std::mem::replace(&mut st.writer, Writer::Thread))
-        } else {
-            None
-        };
+        let handle = st.stop_inline();
         self.write_cond.notify_one();
         self.cond.notify_all();
         drop(st);

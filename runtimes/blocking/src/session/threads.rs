@@ -95,9 +95,10 @@ impl Shared {
     /// writes it first; from then on (and for streams that start with the thread) this
     /// only wakes the writer. Call with the lock held after anything that may queue bytes.
     pub(super) fn push(self: &Arc<Self>, st: &mut State) {
-        if !st.writer_is_inline() {
-            self.wake_writer(st);
-            return;
+        match st.writer {
+            Writer::Inline(_) => {}
+            Writer::Thread => return self.wake_writer(st),
+            Writer::Done => return,
         }
         // As the writer thread: nothing more once the link failed or the session closed.
         if st.writer_done || st.failure.is_some() || st.io_failure.is_some() {
@@ -153,17 +154,22 @@ impl Shared {
         }
     }
 
-    /// An inline write failed: what the writer thread does when its write fails.
+    /// An inline write failed: what the writer thread does when its write fails. The
+    /// write handle is dropped under the lock: it is not the stream's last, since the
+    /// reader (alive: no failure was recorded) holds another.
     fn inline_failed(&self, st: &mut State, e: &io::Error) {
         st.pending.clear();
         self.write_failed(st, e);
-        st.writer = Writer::Thread;
+        drop(st.stop_inline());
         self.writer_stopped(st);
     }
 
     /// Hands writing to a new writer thread, with what is left in `pending`. It takes the
     /// lock only once running; nobody waits for it here.
     fn start_writer(self: &Arc<Self>, st: &mut State) {
+        if !st.writer_is_inline() {
+            return;
+        }
         let Writer::Inline(w) = std::mem::replace(&mut st.writer, Writer::Thread) else {
             return;
         };
@@ -172,6 +178,7 @@ impl Shared {
             .name("tuppence-writer".into())
             .spawn(move || shared.writer_loop(w));
         if let Err(e) = spawned {
+            st.writer = Writer::Done;
             st.pending.clear();
             self.write_failed(st, &e);
             self.writer_stopped(st);
@@ -304,9 +311,13 @@ impl Shared {
         }
         let mut st = self.lock();
         st.reader_done = true;
+        // Nothing more is written inline either; the write handle goes with the reader's.
+        let handle = st.stop_inline();
         self.notify(&st);
         // A writer waiting for work must see that the session is over.
         self.write_cond.notify_one();
+        drop(st);
+        drop(handle);
     }
 
     /// Offers received bytes to the machine, waiting for consumers when it pushes back.
