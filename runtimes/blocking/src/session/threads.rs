@@ -104,6 +104,10 @@ impl Shared {
         if st.writer_done || st.failure.is_some() || st.io_failure.is_some() {
             return;
         }
+        // The reader calls this after every read: as cheap as waking a writer when idle.
+        if st.client.transmit_buffered() == 0 && st.deferred.is_empty() {
+            return;
+        }
         let mut wrote = false;
         loop {
             if st.pending.is_empty() {
