@@ -35,9 +35,9 @@
 //! which a socket always takes at once; a thread for them cost a clone, a stack, a malloc
 //! arena and a wake-up per request. So on a socket ([`Stream::writes_nonblocking`]) the
 //! thread that queued bytes writes them itself, under the lock, with a write that never
-//! waits. The first write that would block (or is partial) keeps the rest in `pending`
-//! and starts the writer thread, which writes `pending` first and owns all writing from
-//! then on, as above. Streams without a per-call non-blocking write (ttys, virtio ports)
+//! waits. The first write that would block (a partial one is retried) keeps the rest in
+//! `pending` and starts the writer thread, which writes `pending` first and owns all
+//! writing from then on, as above. Streams without a per-call non-blocking write (ttys, virtio ports)
 //! start the writer thread with the session.
 //!
 //! On drop, the writer finishes what is queued (a `quit`, say); the reader keeps reading

@@ -91,9 +91,9 @@ impl Shared {
 
     /// Writes what the machine queued, under the lock, without waiting: by the thread that
     /// queued it (an intent, the reader after input or timers). A write that would block
-    /// or is partial leaves the rest in `pending` and starts the writer thread, which
-    /// writes it first; from then on (and for streams that start with the thread) this
-    /// only wakes the writer. Call with the lock held after anything that may queue bytes.
+    /// (a partial one is retried) leaves the rest in `pending` and starts the writer
+    /// thread, which writes it first; from then on (and for streams that start with the
+    /// thread) this only wakes the writer. Call with the lock held after anything that may queue bytes.
     pub(super) fn push(self: &Arc<Self>, st: &mut State) {
         match st.writer {
             Writer::Inline(_) => {}
