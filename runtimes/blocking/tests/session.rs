@@ -410,14 +410,31 @@ fn reader_buffer_grows_for_bulk_data_and_shrinks_when_idle() {
     let session = unix_session();
     let small = session.read_buffer_len();
     assert!(small <= 16 * 1024, "starts small: {small}");
-    let content: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    // More data packets than an inbox holds (256 events), and a consumer that is slow at
+    // first: the reader fills the inbox and then waits, its bulk buffer in hand, while the
+    // consumer looks. (With a fast consumer the reader could read everything and give the
+    // buffer back before the consumer first looked.)
+    let content: Vec<u8> = (0..16_000_000u32).map(|i| (i % 251) as u8).collect();
     session
         .inject("root", "/tmp/grow", 0o600, &content[..], |_| {})
         .unwrap();
+    struct SlowAtFirst(usize);
+    impl std::io::Write for SlowAtFirst {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0 < 20 {
+                self.0 += 1;
+                thread::sleep(Duration::from_millis(5));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
     for round in 0..2 {
         let largest = std::cell::Cell::new(0);
         let got = session
-            .extract("root", "/tmp/grow", std::io::sink(), |_| {
+            .extract("root", "/tmp/grow", SlowAtFirst(0), |_| {
                 largest.set(largest.get().max(session.read_buffer_len()));
             })
             .unwrap();
