@@ -197,6 +197,15 @@ fn inject_relative_name_as_another_user_lands_in_their_home() {
 }
 
 /// The temporary beside `target` (`.NAME.tuppence-*`), if any.
+/// Waits until an inject's temporary beside `name` holds all `len` bytes.
+fn wait_until_written(files: &TempDir, name: &str, len: usize) {
+    assert!(eventually(PATIENCE, || {
+        temporaries(files.path(), name)
+            .iter()
+            .any(|t| std::fs::metadata(files.join(t)).is_ok_and(|m| m.len() == len as u64))
+    }));
+}
+
 fn temporaries(dir: &Path, name: &str) -> Vec<String> {
     let prefix = format!(".{name}.tuppence-");
     entries(dir)
@@ -606,11 +615,7 @@ fn a_slow_inject_flush_does_not_stall_other_connections() {
         })
     };
     // Wait until the inject's data has all been written (its temporary is full size).
-    assert!(eventually(PATIENCE, || {
-        temporaries(files.path(), "slow.bin").iter().any(|t| {
-            std::fs::metadata(files.join(t)).is_ok_and(|m| m.len() == content.len() as u64)
-        })
-    }));
+    wait_until_written(&files, "slow.bin", content.len());
     let started = std::time::Instant::now();
     let other = agent.session();
     for _ in 0..3 {
@@ -653,11 +658,7 @@ fn an_inject_flushed_after_its_client_left_lands_and_answers_no_one_else() {
             let _ = s.inject("root", p.to_str().unwrap(), 0o600, &content[..], |_| {});
         })
     };
-    assert!(eventually(PATIENCE, || {
-        temporaries(files.path(), "left.bin").iter().any(|t| {
-            std::fs::metadata(files.join(t)).is_ok_and(|m| m.len() == content.len() as u64)
-        })
-    }));
+    wait_until_written(&files, "left.bin", content.len());
     // The end of the data follows the data at once; then the client goes.
     std::thread::sleep(Duration::from_millis(300));
     cut.shutdown(std::net::Shutdown::Both).unwrap();
@@ -704,11 +705,7 @@ fn stopping_the_agent_finishes_an_inject_being_flushed() {
             s.inject("root", p.to_str().unwrap(), 0o600, &content[..], |_| {})
         })
     };
-    assert!(eventually(PATIENCE, || {
-        temporaries(files.path(), "stop.bin").iter().any(|t| {
-            std::fs::metadata(files.join(t)).is_ok_and(|m| m.len() == content.len() as u64)
-        })
-    }));
+    wait_until_written(&files, "stop.bin", content.len());
     std::thread::sleep(Duration::from_millis(300));
     agent.stop();
     assert_eq!(
