@@ -24,7 +24,7 @@ use tuppence::link::{
 use tuppence::wire::ProcInfoField;
 
 use crate::Error;
-use crate::pump::{End, LinkState, Pump, Shared, Wake};
+use crate::pump::{Assist, End, LinkState, Pump, Shared, Wake};
 
 /// Events buffered per transaction before routing stops.
 pub(crate) const INBOX_EVENTS: usize = 256;
@@ -274,6 +274,157 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     }
 }
 
+/// The driver of a session that [`Session::new`] started: polled by its task on smol's
+/// executor and, while they wait, by the session's own consumers on their threads
+/// ([`Assist`]), whichever comes first. A consumer that waits in a `block_on` on another
+/// thread then reads, routes and writes itself, instead of waiting for the executor's
+/// thread to do it and wake it (two thread hand-offs per batch of events).
+///
+/// One stable waker ([`Relay`]) is what the pump's sources (socket, timer, intents) hold,
+/// whoever polls: async-io keeps one waker per source, so pollers with their own wakers
+/// would take the wake-ups from each other. It wakes the task always (no wake-up is lost
+/// if the waiting consumer stops waiting) and the consumer that waits, if any.
+struct Assisted {
+    pump: std::sync::Mutex<Slot>,
+    relay: Arc<Relay>,
+    /// Someone wanted to poll the pump since its poller last began: set before trying
+    /// the lock, cleared by the poller once it holds it, looked at after releasing it. A
+    /// party that finds the pump busy therefore need not wait or wake anyone: the
+    /// poller polls once more if the party's change may have come after its last pass
+    /// (an intent queued, room made in an inbox).
+    again: std::sync::atomic::AtomicBool,
+}
+
+enum Slot {
+    Running(Box<dyn Future<Output = End> + Send + Unpin>),
+    Ended(End),
+}
+
+#[derive(Default)]
+struct Relay {
+    wakers: std::sync::Mutex<RelayWakers>,
+}
+
+#[derive(Default)]
+struct RelayWakers {
+    task: Option<std::task::Waker>,
+    waiting: Option<std::task::Waker>,
+}
+
+impl Relay {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RelayWakers> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(slot: &mut Option<std::task::Waker>, w: &std::task::Waker) {
+        if !slot.as_ref().is_some_and(|old| old.will_wake(w)) {
+            *slot = Some(w.clone());
+        }
+    }
+}
+
+impl std::task::Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let (task, waiting) = {
+            let mut g = self.lock();
+            (g.task.clone(), g.waiting.take())
+        };
+        if let Some(w) = waiting {
+            w.wake();
+        }
+        if let Some(w) = task {
+            w.wake();
+        }
+    }
+}
+
+impl Assisted {
+    /// Polls the pump unless another thread is polling it, and again as long as someone
+    /// came while it did (see `again`). `None` if another thread is polling it: that one
+    /// polls again after whatever the caller changed before calling.
+    fn poll_pump(&self) -> Option<Poll<End>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.again.store(true, SeqCst);
+        let mut polled = None;
+        loop {
+            let mut slot = match self.pump.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return polled,
+            };
+            self.again.store(false, SeqCst);
+            let pump = match &mut *slot {
+                Slot::Running(pump) => pump,
+                Slot::Ended(end) => return Some(Poll::Ready(end.clone())),
+            };
+            let waker = std::task::Waker::from(self.relay.clone());
+            let poll = Pin::new(pump).poll(&mut Context::from_waker(&waker));
+            if let Poll::Ready(end) = &poll {
+                // Dropped here, under the lock: its `Drop` has nothing left to end.
+                *slot = Slot::Ended(end.clone());
+                drop(slot);
+                // The task returns the end.
+                let task = self.relay.lock().task.clone();
+                if let Some(w) = task {
+                    w.wake();
+                }
+                return Some(poll);
+            }
+            drop(slot);
+            polled = Some(poll);
+            if !self.again.load(SeqCst) {
+                return polled;
+            }
+        }
+    }
+}
+
+impl Assist for Assisted {
+    fn drive_here(&self, waiting: Option<&std::task::Waker>) -> bool {
+        if let Some(w) = waiting {
+            Relay::set(&mut self.relay.lock().waiting, w);
+        }
+        // Polled here, or by the thread polling it now, once more after this call.
+        let _ = self.poll_pump();
+        true
+    }
+}
+
+/// The task [`Session::new`] spawns: polls the [`Assisted`] driver when it is woken.
+struct AssistedTask(Arc<Assisted>);
+
+impl Future for AssistedTask {
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Before polling: a consumer that polls meanwhile and ends the pump wakes this.
+        Relay::set(&mut self.0.relay.lock().task, cx.waker());
+        match self.0.poll_pump() {
+            Some(Poll::Ready(end)) => Poll::Ready(match end {
+                End::Local => Ok(()),
+                other => Err(other.error()),
+            }),
+            // Another thread is polling, and polls again after this wake-up's cause.
+            Some(Poll::Pending) | None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for AssistedTask {
+    fn drop(&mut self) {
+        // Dropped by its executor: as for a dropped `Driver`, every waiter sees the end
+        // now (the pump's own `Drop` ends the link).
+        let mut slot = self.0.pump.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*slot, Slot::Running(_)) {
+            *slot = Slot::Ended(End::Local);
+        }
+    }
+}
+
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let g = self.shared().lock();
@@ -288,6 +439,12 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// Starts a session over `io`, spawning its driver on smol's global executor, and
     /// waits (up to [`DEFAULT_CONNECT_TIMEOUT`]) for the agent's hello reply.
+    ///
+    /// A caller that waits on the session (for events, for transmit room, for the reply)
+    /// also polls the driver itself, on its own thread, whenever the executor's thread is
+    /// not already polling it; its requests are written from its own thread too. So a
+    /// caller in its own `block_on` is served without a thread hand-off per batch, and
+    /// keeps being served while the executor's threads are busy.
     pub async fn new<S>(io: S, config: ClientConfig) -> Result<Session, Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -305,7 +462,14 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (session, driver) = Session::build(io, config);
-        let task = smol::spawn(driver);
+        let assisted = Arc::new(Assisted {
+            pump: std::sync::Mutex::new(Slot::Running(Box::new(driver.pump))),
+            relay: Arc::default(),
+            again: std::sync::atomic::AtomicBool::new(false),
+        });
+        let weak: std::sync::Weak<Assisted> = Arc::downgrade(&assisted);
+        session.set_assist(weak);
+        let task = smol::spawn(AssistedTask(assisted));
         let session = Session {
             inner: Arc::new(Inner {
                 shared: session,
@@ -370,7 +534,7 @@ impl Session {
                 g.check()?;
                 self.shared().changed.listen()
             };
-            listener.await;
+            self.shared().wait(listener).await;
         }
     }
 
@@ -399,7 +563,7 @@ impl Session {
                 }
                 self.shared().changed.listen()
             };
-            listener.await;
+            self.shared().wait(listener).await;
         }
     }
 
@@ -506,23 +670,26 @@ impl Session {
             }
             let w = if held && low { g.take_driver() } else { None };
             drop(g);
-            if let Some(w) = w {
-                w.wake();
-            }
+            shared.kick(w);
             return Poll::Ready(ev);
         }
         if end.is_some() {
             g.link.inboxes.remove(&xid);
             return Poll::Ready(lost(end.as_ref()));
         }
-        if let Some(cx) = cx
-            && !inbox
-                .waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
+        let Some(cx) = cx else {
+            return Poll::Pending;
+        };
+        if !inbox
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
         {
             inbox.waker = Some(cx.waker().clone());
         }
+        drop(g);
+        // Whatever the pump routes here wakes this waker: polled again at once.
+        shared.drive_here(Some(cx.waker()));
         Poll::Pending
     }
 
@@ -556,9 +723,7 @@ impl Session {
             }
             let w = if held && low { g.take_driver() } else { None };
             drop(g);
-            if let Some(w) = w {
-                w.wake();
-            }
+            shared.kick(w);
             return Poll::Ready(ev);
         }
         if end.is_some() {
@@ -575,7 +740,10 @@ impl Session {
         // The returned batch made room; a held-back driver may route again.
         let w = if held { g.take_driver() } else { None };
         drop(g);
-        if let Some(w) = w {
+        // Whatever the pump routes here wakes this waker: polled again at once.
+        if !shared.drive_here(Some(cx.waker()))
+            && let Some(w) = w
+        {
             w.wake();
         }
         Poll::Pending
@@ -606,9 +774,7 @@ impl Session {
         }
         let w = g.take_driver();
         drop(g);
-        if let Some(w) = w {
-            w.wake();
-        }
+        shared.kick(w);
     }
 
     /// Sends what a dropped handle owes the agent (`Client::abandon`: end a monitor,
@@ -625,9 +791,7 @@ impl Session {
         }
         let w = g.take_driver();
         drop(g);
-        if let Some(w) = w {
-            w.wake();
-        }
+        shared.kick(w);
     }
 
     /// The next event of `xid`, waiting for it.
@@ -689,6 +853,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A pump that counts its polls; the first one waits inside until released.
+    struct HeldPump {
+        polls: Arc<std::sync::atomic::AtomicUsize>,
+        inside: std::sync::mpsc::Sender<()>,
+        release: Arc<std::sync::Barrier>,
+    }
+
+    impl Future for HeldPump {
+        type Output = End;
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<End> {
+            let n = self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 0 {
+                let _ = self.inside.send(());
+                self.release.wait();
+            }
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_party_that_finds_the_pump_busy_gets_one_more_pass() {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (inside, entered) = std::sync::mpsc::channel();
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let assisted = Arc::new(Assisted {
+            pump: std::sync::Mutex::new(Slot::Running(Box::new(HeldPump {
+                polls: polls.clone(),
+                inside,
+                release: release.clone(),
+            }))),
+            relay: Arc::default(),
+            again: std::sync::atomic::AtomicBool::new(false),
+        });
+        let poller = std::thread::spawn({
+            let assisted = assisted.clone();
+            move || assisted.drive_here(None)
+        });
+        entered.recv().expect("the first poll began");
+        // The pump is busy: this returns at once, its change left to the poller.
+        assert!(assisted.drive_here(None));
+        assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        release.wait();
+        assert!(poller.join().expect("poller"));
+        assert_eq!(
+            polls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the poller must poll once more for the party that came while it polled"
+        );
+        // Nobody came during the second pass: no third.
+        assert!(assisted.drive_here(None));
+        assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -11,18 +11,20 @@
 //!
 //! Locking: the mutex is a `std` mutex held only for short, non-async sections (an intent,
 //! a routing pass). It is never held across an `.await` or an I/O call, and wakers are
-//! woken after it is released.
+//! woken after it is released. A pump that waiters may poll themselves ([`Assist`]) is
+//! only ever polled with that lock released, so a waiter may do it from inside an intent
+//! or a wait.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use event_listener::Event;
+use event_listener::{Event, EventListener};
 use futures_lite::{AsyncRead, AsyncWrite, Stream};
 use tuppence::link::{LinkError, UsageError};
 use tuppence::{Machine, Transmit};
@@ -55,6 +57,20 @@ pub(crate) trait LinkState: Send + 'static {
     /// every waiter. Returns true if an event left the machine (which may let it consume
     /// more input).
     fn route(&mut self, ended: bool, wake: &mut Wake) -> bool;
+}
+
+/// A pump that whoever waits for it may poll on its own thread (the client session's
+/// spawned driver, see `client::Assisted`). Without it, a consumer on another thread than
+/// the executor's paid two thread hand-offs per batch of events: the reactor woke the
+/// driver task on the executor's thread, which read and routed and then woke the
+/// consumer.
+pub(crate) trait Assist: Send + Sync {
+    /// Polls the pump here, now, unless another thread is polling it, which then polls
+    /// it once more after this call: either way, what the caller changed before is seen
+    /// and nobody else need be woken (true). `waiting` is the waker of a consumer that
+    /// waits for what the pump brings: it is woken, besides the driver's task, when the
+    /// pump's sources become ready.
+    fn drive_here(&self, waiting: Option<&Waker>) -> bool;
 }
 
 /// Wake-ups collected under the lock and delivered after it is released.
@@ -159,6 +175,9 @@ pub(crate) struct Shared<L> {
     /// queued its data before the pump's next pass takes the lock (the pump stores
     /// `false` before that pass), so that pass sees it.
     writing: AtomicBool,
+    /// Set for a pump that waiters may poll themselves ([`Assist`]). Weak: the pump holds
+    /// this `Shared`.
+    assist: OnceLock<Weak<dyn Assist>>,
 }
 
 impl<L: LinkState> Shared<L> {
@@ -175,7 +194,48 @@ impl<L: LinkState> Shared<L> {
             room: Event::new(),
             changed: Event::new(),
             writing: AtomicBool::new(false),
+            assist: OnceLock::new(),
         }
+    }
+
+    /// Lets waiters poll the pump themselves (see [`Assist`]).
+    pub(crate) fn set_assist(&self, assist: Weak<dyn Assist>) {
+        let _ = self.assist.set(assist);
+    }
+
+    /// Polls the pump on this thread if it can be ([`Assist::drive_here`]).
+    pub(crate) fn drive_here(&self, waiting: Option<&Waker>) -> bool {
+        self.assist
+            .get()
+            .and_then(Weak::upgrade)
+            .is_some_and(|a| a.drive_here(waiting))
+    }
+
+    /// Gives the pump work taken from the guarded state (`waker` is what
+    /// [`Guarded::take_driver`] returned, after the lock was released): polled here when
+    /// it can be, so that the bytes go out from this thread, else woken.
+    pub(crate) fn kick(&self, waker: Option<Waker>) {
+        if let Some(w) = waker
+            && !self.drive_here(None)
+        {
+            w.wake();
+        }
+    }
+
+    /// Waits for `listener`, polling the pump meanwhile when no one else does.
+    pub(crate) async fn wait(&self, listener: EventListener) {
+        let mut listener = std::pin::pin!(listener);
+        futures_lite::future::poll_fn(|cx| {
+            if listener.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if self.drive_here(Some(cx.waker())) {
+                // What the pump did may be what the listener waits for.
+                return listener.as_mut().poll(cx);
+            }
+            Poll::Pending
+        })
+        .await;
     }
 
     /// The lock, recovering from poisoning: the guarded state is only ever changed by
@@ -198,9 +258,7 @@ impl<L: LinkState> Shared<L> {
                     Ok(v) => {
                         let w = self.take_driver_for_data(&mut g);
                         drop(g);
-                        if let Some(w) = w {
-                            w.wake();
-                        }
+                        self.kick(w);
                         return Ok(v);
                     }
                     // Registered under the lock, so the pump's notification after it
@@ -209,7 +267,7 @@ impl<L: LinkState> Shared<L> {
                     Err(e) => return Err(Error::from(e)),
                 }
             };
-            listener.await;
+            self.wait(listener).await;
         }
     }
 
@@ -223,9 +281,7 @@ impl<L: LinkState> Shared<L> {
         let v = f(&mut g.link)?;
         let w = self.take_driver_for_data(&mut g);
         drop(g);
-        if let Some(w) = w {
-            w.wake();
-        }
+        self.kick(w);
         Ok(v)
     }
 
@@ -250,7 +306,7 @@ impl<L: LinkState> Shared<L> {
                 }
                 self.room.listen()
             };
-            listener.await;
+            self.wait(listener).await;
         }
     }
 
@@ -267,7 +323,7 @@ impl<L: LinkState> Shared<L> {
                 g.check()?;
                 self.room.listen()
             };
-            listener.await;
+            self.wait(listener).await;
         }
     }
 
