@@ -267,10 +267,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     type Output = Result<(), Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.pump).poll(cx).map(|end| match end {
-            End::Local => Ok(()),
-            other => Err(other.error()),
-        })
+        Pin::new(&mut self.pump).poll(cx).map(End::into_result)
     }
 }
 
@@ -404,10 +401,7 @@ impl Future for AssistedTask {
         // Before polling: a consumer that polls meanwhile and ends the pump wakes this.
         Relay::set(&mut self.0.relay.lock().task, cx.waker());
         match self.0.poll_pump() {
-            Some(Poll::Ready(end)) => Poll::Ready(match end {
-                End::Local => Ok(()),
-                other => Err(other.error()),
-            }),
+            Some(Poll::Ready(end)) => Poll::Ready(end.into_result()),
             // Another thread is polling, and polls again after this wake-up's cause.
             Some(Poll::Pending) | None => Poll::Pending,
         }

@@ -110,6 +110,14 @@ pub(crate) enum End {
 }
 
 impl End {
+    /// What a driver resolves to: `Ok` for a local close, else why the link ended.
+    pub(crate) fn into_result(self) -> Result<(), Error> {
+        match self {
+            End::Local => Ok(()),
+            other => Err(other.error()),
+        }
+    }
+
     pub(crate) fn error(&self) -> Error {
         match self {
             End::Local => Error::Closed,
