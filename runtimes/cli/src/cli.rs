@@ -49,8 +49,8 @@ commands with live stdin/stdout/stderr, copies files in and out, watches event s
 samples running commands. The default target, `local`, runs an agent inside this process, \
 so `tuppence run -- uname -a` works with nothing set up.
 
-Logging goes to stderr: -v for more, -q for less, or TUPPENCE_LOG=debug (a tracing \
-filter).";
+Logging goes to stderr: -v for more, -q for less, or TUPPENCE_LOG: a level (debug) or \
+levels per crate or module, as in TUPPENCE_LOG=warn,tuppence_agent=trace.";
 
 #[derive(Debug, Parser)]
 #[command(

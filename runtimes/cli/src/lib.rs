@@ -29,7 +29,9 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 use clap::error::ErrorKind;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use cli::{Cli, Command};
 
@@ -95,9 +97,8 @@ fn keep_freed_memory() {
 
 /// Logs go to stderr so stdout carries only the remote command's output. The level is
 /// `warn` for client commands and `serve --stdio`, and `info` for `serve` (whose audit
-/// trail is info events),
-/// moved by -v/-q; `TUPPENCE_LOG` (a tracing filter such as `debug` or
-/// `tuppence_agent=trace`) overrides both.
+/// trail is info events), moved by -v/-q; `TUPPENCE_LOG` (a level, or levels per target
+/// such as `warn,tuppence_agent=trace`) overrides both.
 fn init_logging(cli: &Cli) {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     // `serve --stdio` is started by a client, which shows its stderr: warnings only.
@@ -110,21 +111,29 @@ fn init_logging(cli: &Cli) {
         .get(usize::try_from(level).unwrap_or(2))
         .copied()
         .unwrap_or("warn");
-    let filter = match std::env::var("TUPPENCE_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => {
-            EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(default))
-        }
-        _ => EnvFilter::new(default),
+    // `Targets` (`warn`, `tuppence_agent=trace,debug`) rather than `EnvFilter`: span and
+    // field filters were never used here, and EnvFilter links a regex engine whose tables
+    // are about a third of the binary's start-up relocations.
+    let spec = std::env::var("TUPPENCE_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let from_env = spec.as_deref().map(str::parse::<Targets>);
+    let filter = match &from_env {
+        Some(Ok(targets)) => targets.clone(),
+        _ => default.parse().unwrap_or_default(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(|| exit::QuietStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     // A long-running agent's log wants timestamps; a client's few lines do not.
     let _ = if matches!(cli.command, Command::Serve(_)) {
-        builder.try_init()
+        registry.with(layer).try_init()
     } else {
-        builder.without_time().try_init()
+        registry.with(layer.without_time()).try_init()
     };
+    if let (Some(spec), Some(Err(e))) = (&spec, &from_env) {
+        tracing::warn!("TUPPENCE_LOG={spec:?} is not a filter ({e}); logging at {default}");
+    }
 }

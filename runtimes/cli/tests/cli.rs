@@ -355,6 +355,43 @@ fn ping_prints_the_version() {
     });
 }
 
+/// `TUPPENCE_LOG` picks levels per crate (`target=level`, comma-separated); one that is
+/// not a filter is said once, and the command still runs at the default level.
+#[test]
+fn tuppence_log_filters_by_target_and_reports_a_bad_filter() {
+    let with_log = |spec: &str| {
+        let out = tuppence()
+            .env("TUPPENCE_LOG", spec)
+            .args(["run", "--", "true"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tuppence");
+        assert_eq!(code(&out), 0, "{spec}: {}", stderr(&out));
+        stderr(&out)
+    };
+    // The client's "connected" and the embedded agent's "hello" are debug events.
+    let all = with_log("debug");
+    assert!(
+        all.contains("connected") && all.contains("hello cid"),
+        "{all}"
+    );
+    let agent_only = with_log("tuppence_agent=debug");
+    assert!(agent_only.contains("hello cid"), "{agent_only}");
+    assert!(!agent_only.contains("connected"), "{agent_only}");
+    let client_only = with_log("warn,tuppence_cli::connect=debug");
+    assert!(client_only.contains("connected"), "{client_only}");
+    assert!(!client_only.contains("hello cid"), "{client_only}");
+    let bad = with_log("tuppence_cli=loud");
+    assert!(
+        bad.contains("TUPPENCE_LOG=\"tuppence_cli=loud\" is not a filter"),
+        "{bad}"
+    );
+    assert_eq!(bad.lines().count(), 1, "{bad}");
+    // Unset, a client logs warnings only.
+    let out = run(&["run", "--", "true"]);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
+
 #[test]
 fn bad_targets_are_one_line_errors() {
     let out = run(&["ping", "-t", "foo:bar"]);
