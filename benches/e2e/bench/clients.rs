@@ -313,6 +313,13 @@ impl AsyncWrite for InPlace {
     ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(self.get_mut().0.write(buf))
     }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(self.get_mut().0.write_vectored(bufs))
+    }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(self.get_mut().0.flush())
     }

@@ -320,6 +320,85 @@ fn smol_extract_to_follows_cp() {
     });
 }
 
+/// A smol extract hands its sink every data packet already received in one vectored
+/// write: with a sink that stalls once, the packets that arrived meanwhile go out
+/// together, and the file arrives whole and in order.
+#[test]
+fn smol_extract_writes_the_packets_it_holds_at_once() {
+    struct Counting {
+        got: Vec<u8>,
+        calls: usize,
+        most: usize,
+    }
+    impl futures_lite::AsyncWrite for Counting {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.calls == 0 {
+                // The agent keeps sending while the first write stalls.
+                thread::sleep(Duration::from_millis(300));
+            }
+            self.calls += 1;
+            let pieces = bufs.iter().filter(|b| !b.is_empty()).count();
+            self.most = self.most.max(pieces);
+            let mut n = 0;
+            for b in bufs {
+                self.got.extend_from_slice(b);
+                n += b.len();
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    let dir = Scratch::new("vectored");
+    let src = dir.0.join("src");
+    let content: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &content).expect("write source");
+    let (_agent, stream) = local_agent();
+    let user = me();
+    let mut sink = Counting {
+        got: Vec::new(),
+        calls: 0,
+        most: 0,
+    };
+    let n = smol::block_on(async {
+        let io = async_io::Async::new(stream).expect("async");
+        let session = tuppence_smol::Session::new(io, ClientConfig::default())
+            .await
+            .expect("session");
+        session
+            .extract(&user, src.to_str().expect("utf-8"), &mut sink, |_| {})
+            .await
+            .expect("extract")
+    });
+    assert_eq!(n, content.len() as u64);
+    assert!(sink.got == content, "extracted bytes differ");
+    // 4 MiB is 128 packets of 32 KiB; those that arrived during the stall went together.
+    assert!(sink.most > 1, "one packet per write: {} calls", sink.calls);
+    assert!(sink.calls < 128, "{} calls for 128 packets", sink.calls);
+}
+
 /// The blocking session's `AbortHandle` ends a transfer stuck waiting for the agent (here
 /// one that never answers), and the agent is sent the interrupt that makes it clean up.
 #[test]

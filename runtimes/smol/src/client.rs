@@ -112,6 +112,14 @@ pub(crate) struct Batch {
     events: VecDeque<ClientEvent>,
 }
 
+impl Batch {
+    /// The next event already taken from the inbox, without locking or waiting (what
+    /// [`Session::poll_batch`] returns first).
+    pub(crate) fn pop_ready(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+}
+
 /// The client half of the state behind the session's mutex.
 pub(crate) struct ClientState {
     pub(crate) client: Client,
