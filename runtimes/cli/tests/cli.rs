@@ -392,6 +392,18 @@ fn tuppence_log_filters_by_target_and_reports_a_bad_filter() {
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
 
+/// The binary defines the one C math function it calls (`pow`), so the dynamic loader
+/// does not open and relocate libm at every start: a running agent has no libm mapped.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_binary_starts_without_libm() {
+    let server = Server::start(&[]);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.child.id()))
+        .expect("the agent's memory map");
+    assert!(maps.contains("libc.so"), "not a dynamic binary? {maps}");
+    assert!(!maps.contains("libm.so"), "{maps}");
+}
+
 #[test]
 fn bad_targets_are_one_line_errors() {
     let out = run(&["ping", "-t", "foo:bar"]);
