@@ -5,11 +5,17 @@
 //! The agent runs on a thread of its own; the commands it starts are children of this
 //! process. [`EmbeddedAgent`] stops it when dropped: every command it started is killed
 //! and reaped and partial injected files are removed, within a bounded time.
+//!
+//! The agent sets itself up (its cgroup subtree, its event loop) on that thread, while the
+//! caller opens its session over the socket: the two overlap instead of adding up, which
+//! was about a tenth of a `tuppence run -- true`. The hello is answered once the agent is
+//! ready; if it cannot get ready, its end of the socket closes and
+//! [`EmbeddedAgent::setup_error`] says why.
 
 use std::io;
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,12 +23,14 @@ use tuppence_transport::Transport;
 
 use crate::serve::{LinkDaemon, LinkDaemonConfig, RunEnd, StopHandle};
 
-/// How long dropping an [`EmbeddedAgent`] waits for it to stop.
+/// How long dropping an [`EmbeddedAgent`] waits for it to stop, and the longest anyone
+/// waits for it to finish setting up.
 const SHUTDOWN: Duration = Duration::from_secs(3);
 
 /// A running embedded agent (see the module docs).
 pub struct EmbeddedAgent {
-    stop: StopHandle,
+    /// How the agent's set-up went, once its thread has said.
+    setup: Mutex<Setup>,
     thread: Option<JoinHandle<io::Result<RunEnd>>>,
     /// Disconnected when the agent's thread ends (its sender is dropped with the thread's
     /// closure, also on a panic): drop waits on it instead of polling the thread, so a
@@ -31,34 +39,93 @@ pub struct EmbeddedAgent {
     ended: Mutex<Receiver<()>>,
 }
 
+/// The outcome of the agent thread's set-up, as far as it is known.
+enum Setup {
+    /// Not heard yet: the thread sends its stop handle, or why it could not start.
+    Pending(Receiver<io::Result<StopHandle>>),
+    Ready(StopHandle),
+    /// The set-up failed (the error, until [`EmbeddedAgent::setup_error`] takes it), or
+    /// the thread ended without saying.
+    Failed(Option<io::Error>),
+}
+
+impl Setup {
+    /// Waits (at most `wait`) for the thread's word if it has not come yet.
+    fn settle(&mut self, wait: Duration) {
+        if let Setup::Pending(rx) = self {
+            *self = match rx.recv_timeout(wait) {
+                Ok(Ok(stop)) => Setup::Ready(stop),
+                Ok(Err(e)) => Setup::Failed(Some(e)),
+                Err(RecvTimeoutError::Disconnected) => Setup::Failed(None),
+                Err(RecvTimeoutError::Timeout) => return,
+            };
+        }
+    }
+}
+
 impl EmbeddedAgent {
     /// Starts an agent with `config` serving one connection, and returns it with the
-    /// client's end of the socket pair. `config.exit_when_idle` is set: the agent returns
-    /// when that connection closes.
+    /// client's end of the socket pair at once: the agent sets itself up on its thread
+    /// meanwhile (see the module docs). `config.exit_when_idle` is set: the agent returns
+    /// when that connection closes. Only failing to create the socket pair or the thread
+    /// is an error here.
     pub fn start(config: LinkDaemonConfig) -> io::Result<(EmbeddedAgent, UnixStream)> {
         let (ours, theirs) = UnixStream::pair()?;
         tuppence_transport::tune_socket_buffers(&ours);
-        let mut agent = LinkDaemon::new(LinkDaemonConfig {
-            exit_when_idle: true,
-            ..config
-        })?;
-        agent.add_connection(Transport::Unix(theirs), "local")?;
-        let stop = agent.stop_handle()?;
+        let (ready, setup) = sync_channel::<io::Result<StopHandle>>(1);
         let (ending, ended) = sync_channel::<()>(0);
         let thread = std::thread::Builder::new()
             .name("tuppence-local-agent".into())
             .spawn(move || {
                 let _ending = ending;
-                agent.run()
+                let prepared = LinkDaemon::new(LinkDaemonConfig {
+                    exit_when_idle: true,
+                    ..config
+                })
+                .and_then(|mut agent| {
+                    agent.add_connection(Transport::Unix(theirs), "local")?;
+                    let stop = agent.stop_handle()?;
+                    Ok((agent, stop))
+                });
+                match prepared {
+                    Ok((mut agent, stop)) => {
+                        let _ = ready.send(Ok(stop));
+                        agent.run()
+                    }
+                    Err(e) => {
+                        let again = io::Error::new(e.kind(), e.to_string());
+                        let _ = ready.send(Err(e));
+                        Err(again)
+                    }
+                }
             })?;
         Ok((
             EmbeddedAgent {
-                stop,
+                setup: Mutex::new(Setup::Pending(setup)),
                 thread: Some(thread),
                 ended: Mutex::new(ended),
             },
             ours,
         ))
+    }
+
+    /// Why the agent could not get ready (its cgroups or event loop could not be set up,
+    /// or its thread ended early), waiting a bounded time for its word: for the caller
+    /// whose session over the socket failed, to say the real cause. `None` once the agent
+    /// is ready, and after the error has been taken once.
+    pub fn setup_error(&self) -> Option<io::Error> {
+        let mut setup = self.setup.lock().unwrap_or_else(PoisonError::into_inner);
+        setup.settle(SHUTDOWN);
+        match &mut *setup {
+            Setup::Failed(e) => Some(e.take().unwrap_or_else(|| {
+                io::Error::other("the embedded agent's thread ended before it was ready")
+            })),
+            Setup::Pending(_) => Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the embedded agent did not get ready in time",
+            )),
+            Setup::Ready(_) => None,
+        }
     }
 }
 
@@ -72,20 +139,23 @@ impl Drop for EmbeddedAgent {
     /// Stops the agent (which kills and reaps every command it started and removes partial
     /// injected files) and waits a bounded time for it.
     fn drop(&mut self) {
-        self.stop.stop();
         let Some(thread) = self.thread.take() else {
             return;
         };
-        let ended = self
-            .ended
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let setup = self.setup.get_mut().unwrap_or_else(PoisonError::into_inner);
+        setup.settle(SHUTDOWN);
+        if let Setup::Ready(stop) = setup {
+            stop.stop();
+        }
+        let ended = self.ended.get_mut().unwrap_or_else(PoisonError::into_inner);
         if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(SHUTDOWN) {
             tracing::warn!("the embedded agent did not stop in time");
             return;
         }
         match thread.join() {
             Ok(Ok(_)) => {}
+            // A set-up error `setup_error` handed out was said by whoever asked.
+            Ok(Err(_)) if matches!(setup, Setup::Failed(None)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "the embedded agent failed"),
             Err(_) => tracing::warn!("the embedded agent panicked"),
         }
@@ -103,6 +173,22 @@ mod tests {
     fn the_agent_is_send_and_sync() {
         fn both<T: Send + Sync>() {}
         both::<EmbeddedAgent>();
+    }
+
+    /// A healthy agent gets ready on its thread: no set-up error, and a drop before anyone
+    /// connected still stops it.
+    #[test]
+    fn a_healthy_agent_reports_no_setup_error() {
+        let (agent, ours) = EmbeddedAgent::start(LinkDaemonConfig {
+            cgroups: false,
+            ..LinkDaemonConfig::default()
+        })
+        .expect("start");
+        assert!(agent.setup_error().is_none());
+        let t = Instant::now();
+        drop(agent);
+        assert!(t.elapsed() < SHUTDOWN, "{:?}", t.elapsed());
+        drop(ours);
     }
 
     /// Dropping the agent returns as soon as its thread has ended. It used to poll the

@@ -28,6 +28,8 @@ pub struct Connection {
     pub target: Target,
     session: Session,
     local: Option<EmbeddedAgent>,
+    /// On `local`, the user this process runs as (see [`Connection::default_user`]).
+    local_user: String,
     /// `exec:`, `ssh:`, `chroot:`: the command behind the link, closed with the connection.
     exec: Option<ExecHandle>,
 }
@@ -122,6 +124,7 @@ impl TargetArgs {
             target,
             session,
             local: None,
+            local_user: String::new(),
             exec,
         })
     }
@@ -144,6 +147,11 @@ fn connect_local(
         ..LinkDaemonConfig::default()
     })
     .map_err(cannot)?;
+    // Looked up while the agent sets itself up on its thread (see `default_user`).
+    let local_user = match tuppence_agent::User::current() {
+        Ok(u) => String::from_utf8_lossy(u.name()).into_owned(),
+        Err(_) => "root".to_owned(),
+    };
     match Session::new(ours, config, timeout) {
         Ok(session) => {
             log_hello(&session);
@@ -151,13 +159,15 @@ fn connect_local(
                 target,
                 session,
                 local: Some(local),
+                local_user,
                 exec: None,
             })
         }
-        Err(e) => {
-            drop(local);
-            Err(Failure::session(e))
-        }
+        // An agent that could not get ready closed its end: say why, not "closed".
+        Err(e) => Err(match local.setup_error() {
+            Some(why) => cannot(why),
+            None => Failure::session(e),
+        }),
     }
 }
 
@@ -182,10 +192,7 @@ impl Connection {
     /// switch to root and the embedded agent runs with our own credentials.
     pub fn default_user(&self) -> String {
         if self.local.is_some() {
-            match tuppence_agent::User::current() {
-                Ok(u) => String::from_utf8_lossy(u.name()).into_owned(),
-                Err(_) => "root".to_owned(),
-            }
+            self.local_user.clone()
         } else {
             "root".to_owned()
         }

@@ -81,7 +81,11 @@ fn connect(
                 reap_orphans: false,
                 ..LinkDaemonConfig::default()
             })?;
-            let session = Session::new(stream, config, timeout)?;
+            // An agent that could not get ready closed its end: say why, not "closed".
+            let session = match Session::new(stream, config, timeout) {
+                Ok(session) => session,
+                Err(e) => return Err(agent.setup_error().map_or(e, Into::into)),
+            };
             Ok(Conn {
                 session,
                 _local: Some(agent),
