@@ -270,9 +270,22 @@ impl<L: LinkState> Shared<L> {
                         return Ok(v);
                     }
                     // Registered under the lock, so the pump's notification after it
-                    // drains cannot be missed.
-                    Err(UsageError::QueueFull { .. }) => self.room.listen(),
-                    Err(e) => return Err(Error::from(e)),
+                    // drains cannot be missed. The pump is given the work: `f` may have
+                    // queued part of its data before the queue filled up.
+                    Err(UsageError::QueueFull { .. }) => {
+                        let listener = self.room.listen();
+                        let w = self.take_driver_for_data(&mut g);
+                        drop(g);
+                        self.kick(w);
+                        listener
+                    }
+                    Err(e) => {
+                        // What `f` queued before the error still goes out.
+                        let w = self.take_driver_for_data(&mut g);
+                        drop(g);
+                        self.kick(w);
+                        return Err(Error::from(e));
+                    }
                 }
             };
             self.wait(listener).await;

@@ -131,6 +131,35 @@ fn unix_socket_pair() {
     }));
 }
 
+/// One `write_stdin` of 8 MiB, eight times the transmit bound: the queue takes what fits,
+/// the pump is given it, and the rest follows as room comes. With the driver as a task of
+/// its own (not polled by the waiting caller) the pump must be woken for the part queued
+/// before the queue filled up, or the write stalls until something else wakes it (the
+/// keepalive timer: 15 s here, against a quarter of a second).
+#[test]
+fn one_large_stdin_write_goes_out_whole_with_either_driver() {
+    const PROMPTLY: Duration = Duration::from_secs(5);
+    smol::block_on(guard(30, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let (session, _server) = connect(a, b, ToyAgent::new(), ClientConfig::default()).await;
+        let t = Instant::now();
+        echo_round_trip(&session, pattern(8 << 20)).await;
+        assert!(t.elapsed() < PROMPTLY, "assisted: {:?}", t.elapsed());
+
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let _server = smol::spawn(tuppence_smol::serve(
+            b,
+            ServerConfig::default(),
+            ToyAgent::new(),
+        ));
+        let (session, driver) = Session::with_driver(a, ClientConfig::default());
+        let _driver = smol::spawn(driver);
+        let t = Instant::now();
+        echo_round_trip(&session, pattern(8 << 20)).await;
+        assert!(t.elapsed() < PROMPTLY, "driver task: {:?}", t.elapsed());
+    }));
+}
+
 #[test]
 fn unix_listener() {
     smol::block_on(guard(30, async {
