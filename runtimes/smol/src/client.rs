@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_lite::{AsyncRead, AsyncWrite, future};
 use tuppence::Machine;
 use tuppence::link::{
@@ -631,10 +631,9 @@ impl Session {
         // queue did not take yet.
         self.act(|c| {
             while !data.is_empty() {
-                let piece = data.slice(..data.len().min(SEND_PIECE));
-                let n = piece.len();
-                f(c, piece)?;
-                let _ = data.split_to(n);
+                let n = data.len().min(SEND_PIECE);
+                f(c, data.slice(..n))?;
+                data.advance(n);
             }
             Ok(())
         })

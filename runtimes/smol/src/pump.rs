@@ -262,30 +262,20 @@ impl<L: LinkState> Shared<L> {
             let listener = {
                 let mut g = self.lock();
                 g.check()?;
-                match f(&mut g.link) {
-                    Ok(v) => {
-                        let w = self.take_driver_for_data(&mut g);
-                        drop(g);
-                        self.kick(w);
-                        return Ok(v);
-                    }
-                    // Registered under the lock, so the pump's notification after it
-                    // drains cannot be missed. The pump is given the work: `f` may have
-                    // queued part of its data before the queue filled up.
-                    Err(UsageError::QueueFull { .. }) => {
-                        let listener = self.room.listen();
-                        let w = self.take_driver_for_data(&mut g);
-                        drop(g);
-                        self.kick(w);
-                        listener
-                    }
-                    Err(e) => {
-                        // What `f` queued before the error still goes out.
-                        let w = self.take_driver_for_data(&mut g);
-                        drop(g);
-                        self.kick(w);
-                        return Err(Error::from(e));
-                    }
+                let r = f(&mut g.link);
+                // Registered under the lock, so the pump's notification after it drains
+                // cannot be missed.
+                let room =
+                    matches!(r, Err(UsageError::QueueFull { .. })).then(|| self.room.listen());
+                // Whatever `f` answered, what it queued goes out: it may have queued part of
+                // its data before the queue filled up or an error came.
+                let w = self.take_driver_for_data(&mut g);
+                drop(g);
+                self.kick(w);
+                match (r, room) {
+                    (Ok(v), _) => return Ok(v),
+                    (Err(UsageError::QueueFull { .. }), Some(room)) => room,
+                    (Err(e), _) => return Err(Error::from(e)),
                 }
             };
             self.wait(listener).await;
