@@ -8,6 +8,10 @@
 //! mean that archive. Only the binary gets it (not the library, tests or other crates),
 //! and only when the archive is there: anything else keeps the shared unwinder.
 //!
+//! Where glibc's static library is installed the binary is linked statically anyway
+//! (`.cargo/rustc-static-bin`) and this script's `-L` is never searched for `-lgcc_s`: it
+//! matters for a dynamic build (`TUPPENCE_DYNAMIC=1`, or no `libc.a`).
+//!
 //! `TUPPENCE_SHARED_UNWINDER=1` keeps the shared one (for an A/B measurement).
 
 use std::env;
@@ -19,6 +23,10 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=TUPPENCE_SHARED_UNWINDER");
     println!("cargo:rerun-if-env-changed=CC");
+    // Read by `.cargo/rustc-static-bin`, which cargo does not fingerprint: a change of
+    // either reruns this script, and so rebuilds the binary.
+    println!("cargo:rerun-if-env-changed=TUPPENCE_DYNAMIC");
+    println!("cargo:rerun-if-changed=../../.cargo/rustc-static-bin");
     if let Some(archive) = static_unwinder() {
         let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
         let dir = out.join("static-unwinder");

@@ -7,7 +7,9 @@
 //!
 //! Lookups go through the C library (`getpwnam_r`, `getgrouplist`) so NSS sources (LDAP, sssd,
 //! systemd-userdb) work as they do for `login`. They are done per request, never cached: tests
-//! create and delete users while the agent runs.
+//! create and delete users while the agent runs. A statically linked `tuppence` binary asks
+//! only glibc's built-in `files` source (see `runtimes/cli/src/main.rs`, `static_nss`): a
+//! static glibc that loads a `libnss_*.so` crashes.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;

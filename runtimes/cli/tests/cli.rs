@@ -392,16 +392,40 @@ fn tuppence_log_filters_by_target_and_reports_a_bad_filter() {
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
 
-/// The binary defines the one C math function it calls (`pow`), so the dynamic loader
-/// does not open and relocate libm at every start: a running agent has no libm mapped.
+/// The binary defines the one C math function it calls (`pow`), so that a dynamic build
+/// does not have the loader open and relocate libm at every start (and a static one does
+/// not link it): a running agent has no libm mapped.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn the_binary_starts_without_libm() {
     let server = Server::start(&[]);
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.child.id()))
         .expect("the agent's memory map");
-    assert!(maps.contains("libc.so"), "not a dynamic binary? {maps}");
+    assert!(maps.contains("tuppence"), "not the agent's map? {maps}");
     assert!(!maps.contains("libm.so"), "{maps}");
+}
+
+/// Where glibc's static library is installed, the build links the binary statically
+/// (`.cargo/rustc-static-bin`): no dynamic loader and no libc.so at start-up, which was a
+/// fifth of a short `tuppence run`. `TUPPENCE_DYNAMIC=1` at build time opts out.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_binary_is_static_where_libc_a_is_installed() {
+    let libc_a = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .arg("-print-file-name=libc.a")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let expect_static =
+        libc_a.starts_with('/') && std::env::var_os("TUPPENCE_DYNAMIC").is_none_or(|v| v != "1");
+    let server = Server::start(&[]);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.child.id()))
+        .expect("the agent's memory map");
+    let dynamic = maps.contains("libc.so") || maps.contains("ld-linux");
+    assert_eq!(
+        dynamic, !expect_static,
+        "libc.a at {libc_a:?}, so static was {expect_static}: {maps}"
+    );
 }
 
 /// Out of file descriptors, the embedded agent (which sets itself up on its thread while
@@ -1530,8 +1554,9 @@ fn the_binary_does_not_load_the_shared_unwinder() {
         .args(["-d", BIN])
         .output()
         .expect("readelf (binutils)");
+    // A static binary (`.cargo/rustc-static-bin`) has no NEEDED entries at all.
+    assert!(out.status.success(), "readelf -d failed");
     let dynamic = String::from_utf8_lossy(&out.stdout);
-    assert!(dynamic.contains("(NEEDED)"), "{dynamic}");
     assert!(!dynamic.contains("libgcc_s"), "{dynamic}");
     let syms = Command::new("readelf")
         .args(["--dyn-syms", "-W", BIN])
