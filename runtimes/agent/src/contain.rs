@@ -21,6 +21,8 @@ pub(crate) struct Containment {
     pub reaper: Option<Reaper>,
     /// Which guarantee holds, in words (see [`Containment::describe`]).
     summary: String,
+    /// Cgroups asked for and not made yet ([`Containment::deferred`]): `(lazy, who)`.
+    pending: Option<(bool, String)>,
 }
 
 impl Containment {
@@ -35,32 +37,33 @@ impl Containment {
         lazy: bool,
         who: &str,
     ) -> io::Result<Containment> {
+        let mut contain = Containment::deferred(cgroups, reap_orphans, lazy, who)?;
+        contain.complete();
+        Ok(contain)
+    }
+
+    /// As [`Containment::new`], but the cgroup subtree is made only by
+    /// [`Containment::complete`] (until then commands must not be started). Finding the
+    /// agent's own cgroup and making the subtree cost an embedded agent about 0.2 ms of
+    /// its set-up, in which the client's hello waited for its answer; made after the
+    /// answer, they overlap with the client reading it and sending its first request. The
+    /// reaper is installed now: it is the part that can fail.
+    pub fn deferred(
+        cgroups: bool,
+        reap_orphans: bool,
+        lazy: bool,
+        who: &str,
+    ) -> io::Result<Containment> {
         let reaper = if reap_orphans {
             Some(Reaper::install()?)
         } else {
             None
         };
-        let (cgroups, summary) = if cgroups {
-            let created = if lazy {
-                CgroupTree::create_lazy()
-            } else {
-                CgroupTree::create()
-            };
-            match created {
-                Ok(tree) => {
-                    let summary = format!(
-                        "{who} run in their own cgroup each (below {}): killing one kills everything it started",
-                        tree.path().display()
-                    );
-                    (Some(tree), summary)
-                }
-                Err(e) => (
-                    None,
-                    format!(
-                        "cgroup v2 cannot be used ({e}): {who} are killed by process group, which a process that calls setsid escapes"
-                    ),
-                ),
-            }
+        let (pending, summary) = if cgroups {
+            (
+                Some((lazy, who.to_owned())),
+                format!("{who}: cgroups not set up yet"),
+            )
         } else {
             (
                 None,
@@ -69,12 +72,51 @@ impl Containment {
                 ),
             )
         };
-        debug!("{summary}");
+        if pending.is_none() {
+            debug!("{summary}");
+        }
         Ok(Containment {
-            cgroups,
+            cgroups: None,
             reaper,
             summary,
+            pending,
         })
+    }
+
+    /// Makes the cgroup subtree a [deferred](Containment::deferred) containment still
+    /// lacks (or says, once, why there is none); nothing when there is nothing pending.
+    pub fn complete(&mut self) {
+        let Some((lazy, who)) = self.pending.take() else {
+            return;
+        };
+        let created = if lazy {
+            CgroupTree::create_lazy()
+        } else {
+            CgroupTree::create()
+        };
+        let (cgroups, summary) = match created {
+            Ok(tree) => {
+                let summary = format!(
+                    "{who} run in their own cgroup each (below {}): killing one kills everything it started",
+                    tree.path().display()
+                );
+                (Some(tree), summary)
+            }
+            Err(e) => (
+                None,
+                format!(
+                    "cgroup v2 cannot be used ({e}): {who} are killed by process group, which a process that calls setsid escapes"
+                ),
+            ),
+        };
+        debug!("{summary}");
+        self.cgroups = cgroups;
+        self.summary = summary;
+    }
+
+    /// Whether [`Containment::complete`] still has a cgroup subtree to make.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Which guarantee holds, for a log line: cgroups, or process groups and why.

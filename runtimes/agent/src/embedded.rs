@@ -10,7 +10,8 @@
 //! caller opens its session over the socket: the two overlap instead of adding up, which
 //! was about a tenth of a `tuppence run -- true`. The hello is answered once the agent is
 //! ready; if it cannot get ready, its end of the socket closes and
-//! [`EmbeddedAgent::setup_error`] says why.
+//! [`EmbeddedAgent::setup_error`] says why. Its cgroup subtree is made after that answer
+//! (`LinkDaemonConfig::defer_cgroups`), while the client reads it.
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -80,6 +81,7 @@ impl EmbeddedAgent {
                 let _ending = ending;
                 let prepared = LinkDaemon::new(LinkDaemonConfig {
                     exit_when_idle: true,
+                    defer_cgroups: true,
                     ..config
                 })
                 .and_then(|mut agent| {

@@ -168,6 +168,8 @@ impl LinkDaemon {
         // Without waiting for the child's exec: starting 1000 commands at once, the loop
         // spent most of its time suspended in clone(CLONE_VFORK) while each child set
         // itself up and exec'd. A failure there is reported when the child has exited.
+        // A command in the same turn as the hello of a `defer_cgroups` agent.
+        self.contain.complete();
         let mut child = match spawn_command_nowait_in(&spec, self.contain.cgroups.as_ref()) {
             Ok(child) => child,
             Err(e) => return failed(self, e.errno(), Some(&e)),

@@ -50,6 +50,14 @@ pub struct LinkDaemonConfig {
     /// started. Elsewhere, and with this off, commands are killed by process group, which
     /// a process that calls `setsid` escapes. See [`crate::cgroup`].
     pub cgroups: bool,
+    /// Make the cgroup subtree (with `cgroups`) only once the loop's first turn has
+    /// answered what was already waiting, instead of in [`LinkDaemon::new`]: the embedded
+    /// agent's client then gets its hello answered about 0.2 ms sooner, and the subtree is
+    /// made while it reads the answer. Until then [`LinkDaemon::containment`] says so.
+    ///
+    /// [`LinkDaemon::new`]: super::LinkDaemon::new
+    /// [`LinkDaemon::containment`]: super::LinkDaemon::containment
+    pub defer_cgroups: bool,
     /// Make the agent's process a child subreaper and reap the orphans of commands (see
     /// [`crate::reaper`]). Leave on unless the process embedding the agent starts children
     /// of its own that call `setsid` and reaps them itself. (Its `SIGCHLD` is also what
@@ -79,6 +87,7 @@ impl Default for LinkDaemonConfig {
             stdin_limit: 1 << 20,
             exit_when_idle: false,
             cgroups: true,
+            defer_cgroups: false,
             reap_orphans: true,
             inject_finish_delay: Duration::ZERO,
         }

@@ -112,7 +112,11 @@ pub struct LinkDaemon {
 
 impl LinkDaemon {
     pub fn new(config: LinkDaemonConfig) -> io::Result<LinkDaemon> {
-        let contain = Containment::new(config.cgroups, config.reap_orphans, true, "commands")?;
+        let contain = if config.defer_cgroups {
+            Containment::deferred(config.cgroups, config.reap_orphans, true, "commands")?
+        } else {
+            Containment::new(config.cgroups, config.reap_orphans, true, "commands")?
+        };
         let mut io = Loop::new()?;
         if let Some(fd) = contain.fd() {
             io.add_extra(fd, Interest::READABLE, Tag::Reaper)?;
@@ -165,7 +169,9 @@ impl LinkDaemon {
     /// `exit_when_idle`) nothing is left. Kills what it started before returning.
     pub fn run(&mut self) -> io::Result<RunEnd> {
         loop {
-            let deadline = if self.busy {
+            // A deferred cgroup subtree is made after this turn: its first wait must
+            // not block.
+            let deadline = if self.busy || self.contain.is_pending() {
                 Some(Instant::now())
             } else {
                 self.next_deadline()
@@ -192,6 +198,8 @@ impl LinkDaemon {
                 self.pump(id, now);
             }
             self.io.flush();
+            // After the first turn's answers are out (`defer_cgroups`).
+            self.contain.complete();
             self.reap_ended(now);
             if self.trail.end_seq() != trail_mark {
                 self.busy = true;
