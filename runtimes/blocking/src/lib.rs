@@ -44,7 +44,7 @@ mod stream;
 pub use chat::Chat;
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, Run};
-pub use session::{AbortHandle, Session};
+pub use session::{AbortHandle, Reading, Session};
 pub use stream::Stream;
 /// What a session reports, the same types in every client adapter (defined in the core).
 pub use tuppence::link::{ConnectInfo, MonitorEvent, Output, RunEvent};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tuppence::link::{ClientConfig, KEEPALIVE_SERVER_DEFAULT};
 use tuppence_agent::embedded::EmbeddedAgent;
 use tuppence_agent::serve::LinkDaemonConfig;
-use tuppence_blocking::Session;
+use tuppence_blocking::{Reading, Session};
 use tuppence_transport::{Endpoint, ExecHandle, Target};
 
 use crate::cli::TargetArgs;
@@ -19,6 +19,9 @@ use crate::exit::{self, Failure};
 
 /// How long closing a connection waits for queued requests to be written.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Every command waits on its session until it is done with it: the session reads on the
+/// waiting thread until data flows (a short `run` starts no reader thread).
+const READING: Reading = Reading::OnDemand;
 
 /// A session and, for `local`, the agent thread behind it.
 ///
@@ -109,7 +112,7 @@ impl TargetArgs {
             tracing::debug!(pid = handle.id(), command = handle.command(), "started");
             *EXEC.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle.clone());
         }
-        let session = match Session::new(transport, config, timeout) {
+        let session = match Session::with_reading(transport, config, timeout, READING) {
             Ok(session) => session,
             Err(e) => {
                 // A command that never answered is stopped before its fate is reported.
@@ -152,7 +155,7 @@ fn connect_local(
         Ok(u) => String::from_utf8_lossy(u.name()).into_owned(),
         Err(_) => "root".to_owned(),
     };
-    match Session::new(ours, config, timeout) {
+    match Session::with_reading(ours, config, timeout, READING) {
         Ok(session) => {
             log_hello(&session);
             Ok(Connection {

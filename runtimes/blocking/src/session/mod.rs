@@ -43,12 +43,28 @@
 //! On drop, the writer finishes what is queued (a `quit`, say); the reader keeps reading
 //! meanwhile and, after [`CLOSE_GRACE`], shuts the stream down so that a writer stuck on
 //! a peer that never reads again returns too.
+//!
+//! # Reading on the caller's thread until data flows
+//!
+//! A session made with [`Reading::OnDemand`] (the CLI's) starts without a reader thread:
+//! a caller that waits for input (the hello reply, a transaction's events) reads it
+//! itself, with the lock released, instead of sleeping on the condition variable, and
+//! then does what the reader thread does with it (feed, timers, dispatch, write). Other
+//! waiters sleep on the condition variable meanwhile and are woken as usual. A short run
+//! (`run -- true`: the hello reply, two ends of output and a status) so costs neither a
+//! thread nor two hand-offs between threads, which were a tenth of its start-up. The
+//! reader thread takes over for good once data flows (an output or monitor event with
+//! bytes is handed out: a consumer that writes what it got should not stop the reading)
+//! or a writer thread starts (a transfer's bulk: callers then wait for room, not input,
+//! and a dropped session needs a reader to end a stuck writer). Such a session reads
+//! nothing while nobody waits on it, so neither keepalives nor deadlines run then: it is
+//! for a process that waits on its session until it is done with it, not for a session
+//! that is kept idle between calls ([`Reading::Thread`], the default).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -70,6 +86,22 @@ const INBOX_EVENTS: usize = 256;
 const INBOX_BYTES: usize = 1 << 20;
 /// How long a dropped session's writer may take to write what is still queued.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The longest read of a caller reading inline: what does not come as input (an abort
+/// from another thread) is seen within this.
+const INLINE_READ_MAX: Duration = Duration::from_millis(50);
+
+/// Where a session's input is read (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reading {
+    /// A reader thread from the start: for sessions that live on their own, idle between
+    /// calls, with keepalives and deadlines kept while nobody waits.
+    #[default]
+    Thread,
+    /// On the thread that waits for input, until data flows or a writer thread starts;
+    /// then a reader thread. For a process that waits on its session until it is done
+    /// with it (`tuppence run`).
+    OnDemand,
+}
 
 #[derive(Default)]
 struct Inbox {
@@ -144,6 +176,31 @@ struct State {
     /// failed transfer) whose request met a full transmit queue where nobody may wait for
     /// room (a `Drop`, a signal handler); the writer thread retries as it makes room.
     deferred: Vec<u16>,
+    /// Who reads the stream.
+    reading: Reader,
+    /// A reader thread was asked for while a caller was reading inline: it starts when
+    /// that read is done.
+    reader_wanted: bool,
+}
+
+/// Who reads the stream (see "Reading on the caller's thread" in the module docs).
+enum Reader {
+    /// The reader thread; or nobody, once it has ended.
+    Thread,
+    /// Between two inline reads.
+    Parked(Box<ReadSide>),
+    /// A waiting caller is reading inline now.
+    Busy,
+    /// An inline read met the end of the stream or an error: nobody reads any more.
+    Done,
+}
+
+/// The reading half of a session's stream with its receive buffer, as the reader thread
+/// or an inline reader holds it.
+pub(crate) struct ReadSide {
+    stream: Box<dyn Stream>,
+    /// Handed to the machine's `handle_buf`: large data payloads stay slices of it.
+    buf: tuppence_transport::RecvBuf,
 }
 
 /// Who writes to the stream.
@@ -201,16 +258,25 @@ pub(crate) struct Shared {
 /// every operation); operations on different transactions run concurrently.
 pub struct Session {
     pub(crate) shared: Arc<Shared>,
-    reader: Option<JoinHandle<()>>,
 }
 
 impl Session {
     /// Starts a session over `stream` and waits (up to `connect_timeout`) for the hello
-    /// reply.
+    /// reply. It has a reader thread from the start ([`Reading::Thread`]).
     pub fn new<S: Stream>(
         stream: S,
         config: ClientConfig,
         connect_timeout: Duration,
+    ) -> Result<Session, Error> {
+        Session::with_reading(stream, config, connect_timeout, Reading::Thread)
+    }
+
+    /// As [`Session::new`], reading as `reading` says (see the module docs).
+    pub fn with_reading<S: Stream>(
+        stream: S,
+        config: ClientConfig,
+        connect_timeout: Duration,
+        reading: Reading,
     ) -> Result<Session, Error> {
         let writer = stream.try_clone_stream()?;
         let inline = writer.writes_nonblocking();
@@ -230,6 +296,8 @@ impl Session {
                 writer_idle: false,
                 writer_done: false,
                 deferred: Vec::new(),
+                reading: Reader::Thread,
+                reader_wanted: false,
             }),
             cond: Condvar::new(),
             write_cond: Condvar::new(),
@@ -247,23 +315,34 @@ impl Session {
                 .name("tuppence-writer".into())
                 .spawn(move || shared.writer_loop(writer))?;
         }
-        let reader = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("tuppence-reader".into())
-                .spawn(move || shared.reader_loop(stream))
-        };
-        let reader = match reader {
-            Ok(r) => r,
-            Err(e) => {
-                shared.close();
-                return Err(e.into());
+        let side = Box::new(ReadSide {
+            stream: Box::new(stream),
+            buf: tuppence_transport::RecvBuf::new(threads::READ_BUF),
+        });
+        match reading {
+            Reading::Thread => {
+                let spawned = {
+                    let shared = shared.clone();
+                    std::thread::Builder::new()
+                        .name("tuppence-reader".into())
+                        .spawn(move || shared.reader_loop(*side))
+                };
+                if let Err(e) = spawned {
+                    shared.close();
+                    return Err(e.into());
+                }
             }
-        };
-        let session = Session {
-            shared,
-            reader: Some(reader),
-        };
+            Reading::OnDemand => {
+                let mut st = shared.lock();
+                st.reading = Reader::Parked(side);
+                // With a writer thread (a stream without non-blocking writes, a tty), a
+                // reader thread too (see the module docs).
+                if !st.writer_is_inline() {
+                    shared.start_reader(&mut st);
+                }
+            }
+        }
+        let session = Session { shared };
         let deadline = started + connect_timeout;
         let mut st = session.shared.lock();
         loop {
@@ -446,11 +525,13 @@ impl Session {
                 }
                 if !inbox.events.is_empty() {
                     let mut finished = false;
+                    let mut data = false;
                     for _ in 0..max.max(1) {
                         let Some(ev) = inbox.pop_front() else {
                             break;
                         };
                         finished = matches!(ev, ClientEvent::Finished { .. });
+                        data |= data_len(&ev) > 0;
                         out.push_back(ev);
                         if finished {
                             break;
@@ -458,6 +539,11 @@ impl Session {
                     }
                     if finished {
                         st.inboxes.remove(&xid);
+                    }
+                    // Data flows: from now on a thread reads while the caller writes it
+                    // out (see the module docs).
+                    if data {
+                        self.shared.start_reader(&mut st);
                     }
                     self.shared.notify(&st);
                     return Ok(true);
@@ -554,10 +640,10 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // The reader thread (if any) wakes at its next read timeout at the latest; it is
+        // not waited for: a read without timeout (keepalive off) may block until the peer
+        // closes. A parked stream closes with the session's last handle.
         self.shared.close();
-        // The reader wakes at its next read timeout at the latest; do not wait for it:
-        // a read without timeout (keepalive off) may block until the peer closes.
-        drop(self.reader.take());
     }
 }
 
@@ -611,21 +697,67 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait_timeout<'a>(&self, mut g: MutexGuard<'a, State>, d: Duration) -> MutexGuard<'a, State> {
+    /// Waits up to `d` for a change (callers re-check what they wait for): reads inline
+    /// when the stream is parked, else sleeps on the condition variable.
+    fn wait_timeout<'a>(
+        self: &'a Arc<Self>,
+        g: MutexGuard<'a, State>,
+        d: Duration,
+    ) -> MutexGuard<'a, State> {
+        if matches!(g.reading, Reader::Parked(_)) {
+            return self.read_inline(g, Some(d));
+        }
+        self.sleep(g, Some(d))
+    }
+
+    /// As [`Shared::wait_timeout`], without a time limit.
+    fn wait<'a>(self: &'a Arc<Self>, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if matches!(g.reading, Reader::Parked(_)) {
+            return self.read_inline(g, None);
+        }
+        self.sleep(g, None)
+    }
+
+    /// Sleeps on the condition variable until notified, or for at most `d`.
+    fn sleep<'a>(
+        &self,
+        mut g: MutexGuard<'a, State>,
+        d: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
         g.waiting += 1;
-        let mut g = match self.cond.wait_timeout(g, d) {
-            Ok((g, _)) => g,
-            Err(e) => e.into_inner().0,
+        let mut g = match d {
+            Some(d) => match self.cond.wait_timeout(g, d) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            },
+            None => self.cond.wait(g).unwrap_or_else(|e| e.into_inner()),
         };
         g.waiting -= 1;
         g
     }
 
-    fn wait<'a>(&self, mut g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        g.waiting += 1;
-        let mut g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
-        g.waiting -= 1;
-        g
+    /// Hands the parked stream to a reader thread for good (see "Reading on the caller's
+    /// thread"); if a caller is reading inline now, that caller does it when its read is
+    /// done. Nothing for a session that has its thread or has ended.
+    fn start_reader(self: &Arc<Self>, st: &mut State) {
+        match std::mem::replace(&mut st.reading, Reader::Thread) {
+            Reader::Parked(side) => {
+                let shared = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("tuppence-reader".into())
+                    .spawn(move || shared.reader_loop(*side));
+                if let Err(e) = spawned {
+                    // The stream went with the closure: the session is over.
+                    st.reading = Reader::Done;
+                    self.end_locked(st, Some(e));
+                }
+            }
+            Reader::Busy => {
+                st.reading = Reader::Busy;
+                st.reader_wanted = true;
+            }
+            other => st.reading = other,
+        }
     }
 
     /// Wakes every waiter, if there is one. Call with the lock held (waiters register
@@ -707,9 +839,18 @@ impl Shared {
         self.closing.store(true, Ordering::SeqCst);
         let mut st = self.lock();
         let handle = st.stop_inline();
+        // Nobody reads a parked stream again: it closes now, as the thread's would.
+        let parked = match std::mem::replace(&mut st.reading, Reader::Done) {
+            Reader::Parked(side) => Some(side),
+            other => {
+                st.reading = other;
+                None
+            }
+        };
         self.write_cond.notify_one();
         self.cond.notify_all();
         drop(st);
         drop(handle);
+        drop(parked);
     }
 }

@@ -13,11 +13,10 @@ use tuppence::link::{ClientEvent, LinkError};
 use tuppence::{Machine, Transmit};
 use tuppence_transport::{RecvBuf, is_hangup};
 
-use super::{CLOSE_GRACE, Inbox, Shared, State, Writer};
-use crate::Stream;
+use super::{CLOSE_GRACE, INLINE_READ_MAX, Inbox, ReadSide, Reader, Shared, State, Writer};
 
 /// The largest read (the receive buffer grows to this in bulk transfers).
-const READ_BUF: usize = 256 * 1024;
+pub(super) const READ_BUF: usize = 256 * 1024;
 /// Segments per vectored write (headers and payloads alternate: 32 data packets).
 const MAX_IOV: usize = 64;
 
@@ -186,7 +185,11 @@ impl Shared {
             st.pending.clear();
             self.write_failed(st, &e);
             self.writer_stopped(st);
+            return;
         }
+        // Callers now wait for room rather than input, and a dropped session needs a
+        // reader to end a writer stuck on a peer that no longer reads.
+        self.start_reader(st);
     }
 
     /// Moves the machine's events into the per-transaction inboxes. Stops at an inbox that
@@ -233,9 +236,15 @@ impl Shared {
         }
     }
 
-    pub(super) fn reader_loop<S: Stream>(self: Arc<Self>, mut stream: S) {
-        // Handed to the machine's `handle_buf`: large data payloads stay slices of it.
-        let mut buf = RecvBuf::new(READ_BUF);
+    pub(super) fn reader_loop(self: Arc<Self>, side: ReadSide) {
+        let ReadSide {
+            mut stream,
+            mut buf,
+        } = side;
+        // Input an inline reader left because an inbox was full.
+        if !buf.is_empty() && !self.feed(buf.pending()) {
+            return self.reader_exit();
+        }
         // When the session was dropped: the writer gets `CLOSE_GRACE` to finish.
         let mut closing_since: Option<Instant> = None;
         loop {
@@ -293,35 +302,180 @@ impl Shared {
                     break;
                 }
             }
-            {
-                let mut st = self.lock();
-                st.client.handle_timeout(Instant::now());
-                self.dispatch(&mut st);
-                // Keepalives, requests held for the hello reply, a deadline's KILL.
-                self.push(&mut st);
-                if let Some(e) = st.client.error().cloned() {
-                    st.failure.get_or_insert(e);
-                    st.reader_done = true;
-                    self.notify(&st);
-                    break;
-                }
-                // Everything read was fed: an idle session keeps no bulk region.
-                if buf.is_empty() && st.client.is_idle() && buf.held() > 0 {
-                    buf.release();
-                    self.read_buffer_len.store(buf.held(), Ordering::Relaxed);
-                }
-                self.notify(&st);
+            let mut st = self.lock();
+            if !self.after_input(&mut st, &mut buf) {
+                break;
             }
+            self.notify(&st);
         }
+        self.reader_exit();
+    }
+
+    /// After a read (or a read's timeout), under the lock: timers, events to the inboxes,
+    /// what the machine queued written. False once the machine has failed (said to every
+    /// waiter).
+    fn after_input(self: &Arc<Self>, st: &mut State, buf: &mut RecvBuf) -> bool {
+        st.client.handle_timeout(Instant::now());
+        self.dispatch(st);
+        // Keepalives, requests held for the hello reply, a deadline's KILL.
+        self.push(st);
+        if let Some(e) = st.client.error().cloned() {
+            st.failure.get_or_insert(e);
+            st.reader_done = true;
+            self.notify(st);
+            return false;
+        }
+        // Everything read was fed: an idle session keeps no bulk region.
+        if buf.is_empty() && st.client.is_idle() && buf.held() > 0 {
+            buf.release();
+        }
+        self.read_buffer_len.store(buf.held(), Ordering::Relaxed);
+        true
+    }
+
+    /// Nobody reads any more: every waiter is told, and inline writing ends.
+    fn reader_exit(&self) {
         let mut st = self.lock();
+        self.reader_exit_locked(&mut st);
+    }
+
+    fn reader_exit_locked(&self, st: &mut MutexGuard<'_, State>) {
         st.reader_done = true;
         // Nothing more is written inline either; the write handle goes with the reader's.
-        let handle = st.stop_inline();
-        self.notify(&st);
+        // (Dropped under the lock: the reader's handle is still alive, so this is not the
+        // stream's last and cannot wait for an `exec:` command.)
+        drop(st.stop_inline());
+        self.notify(st);
         // A writer waiting for work must see that the session is over.
         self.write_cond.notify_one();
+    }
+
+    /// Instead of sleeping on the condition variable, a caller waiting for input reads it
+    /// (see "Reading on the caller's thread" in the parent module): at most `limit`, and
+    /// never past the machine's next timer or [`INLINE_READ_MAX`]. Returns after that one
+    /// read, with what it brought handed out, as a wake-up would (callers re-check what
+    /// they wait for).
+    pub(super) fn read_inline<'a>(
+        self: &'a Arc<Self>,
+        mut st: MutexGuard<'a, State>,
+        limit: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        let Reader::Parked(mut side) = std::mem::replace(&mut st.reading, Reader::Busy) else {
+            return st;
+        };
+        if !side.buf.is_empty() {
+            // Input held back by a full inbox: offer it again. If the machine takes none,
+            // another consumer must drain first: sleep as any waiter would.
+            let before = side.buf.len();
+            if !self.feed_inline(&mut st, &mut side.buf) {
+                st.reading = Reader::Done;
+                self.reader_exit_locked(&mut st);
+                drop(st);
+                drop(side);
+                return self.lock();
+            }
+            let took = side.buf.len() < before;
+            st = self.park(st, side);
+            if !took {
+                let most = limit.map_or(Duration::from_millis(100), |l| {
+                    l.min(Duration::from_millis(100))
+                });
+                return self.sleep(st, Some(most));
+            }
+            return st;
+        }
+        let now = Instant::now();
+        let timer = st
+            .client
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(now));
+        let timeout = [limit, timer, Some(INLINE_READ_MAX)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(INLINE_READ_MAX);
         drop(st);
-        drop(handle);
+        let ReadSide { stream, buf } = &mut *side;
+        let read = stream.read_timeout(buf.region(), Some(timeout));
+        let mut st = self.lock();
+        let ended = match read {
+            Ok(0) => Some(None),
+            Ok(n) => {
+                side.buf.filled(n);
+                if self.feed_inline(&mut st, &mut side.buf) {
+                    None
+                } else {
+                    // The machine failed on that input (said to every waiter).
+                    Some(None)
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                None
+            }
+            Err(e) if is_hangup(&e) => Some(None),
+            Err(e) => Some(Some(e)),
+        };
+        if let Some(error) = ended {
+            if st.failure.is_none() {
+                self.end_locked(&mut st, error);
+            }
+            st.reading = Reader::Done;
+            st.reader_wanted = false;
+            self.reader_exit_locked(&mut st);
+            drop(st);
+            drop(side);
+            return self.lock();
+        }
+        if !self.after_input(&mut st, &mut side.buf) {
+            st.reading = Reader::Done;
+            self.reader_exit_locked(&mut st);
+            drop(st);
+            drop(side);
+            return self.lock();
+        }
+        let st = self.park(st, side);
+        self.notify(&st);
+        st
+    }
+
+    /// Puts an inline reader's stream back, or hands it to the reader thread that was
+    /// asked for while it read.
+    fn park<'a>(
+        self: &Arc<Self>,
+        mut st: MutexGuard<'a, State>,
+        side: Box<ReadSide>,
+    ) -> MutexGuard<'a, State> {
+        st.reading = Reader::Parked(side);
+        if std::mem::take(&mut st.reader_wanted) {
+            self.start_reader(&mut st);
+        }
+        st
+    }
+
+    /// Offers an inline reader's input to the machine once, without waiting for
+    /// consumers (what a full inbox leaves stays in `buf`). False if the machine failed.
+    fn feed_inline(self: &Arc<Self>, st: &mut State, buf: &mut RecvBuf) -> bool {
+        let data = buf.pending();
+        if data.is_empty() {
+            return true;
+        }
+        if let Err(e) = st.client.handle_buf(Instant::now(), data) {
+            self.dispatch(st);
+            st.failure.get_or_insert(e);
+            st.reader_done = true;
+            self.notify(st);
+            return false;
+        }
+        self.dispatch(st);
+        self.push(st);
+        true
     }
 
     /// Offers received bytes to the machine, waiting for consumers when it pushes back.
@@ -355,8 +509,13 @@ impl Shared {
 
     fn end(&self, error: Option<io::Error>) {
         let mut st = self.lock();
+        self.end_locked(&mut st, error);
+    }
+
+    /// The stream ended (`None`: EOF or hangup) or failed: every transaction is told.
+    pub(super) fn end_locked(&self, st: &mut State, error: Option<io::Error>) {
         st.client.handle_eof(Instant::now());
-        self.dispatch(&mut st);
+        self.dispatch(st);
         if let Some(e) = error {
             st.io_failure.get_or_insert(e.to_string());
         }
@@ -364,7 +523,7 @@ impl Shared {
         let failure = st.client.error().cloned().unwrap_or(LinkError::Closed);
         st.failure.get_or_insert(failure);
         st.reader_done = true;
-        self.notify(&st);
+        self.notify(st);
         self.write_cond.notify_one();
     }
 }
