@@ -25,10 +25,28 @@ impl Dir {
         Dir(d)
     }
 
+    /// An executable shell script, ready to run. Ready: a child that another test thread
+    /// forked while the file was open for writing holds that fd until its own exec, and
+    /// exec'ing the script meanwhile fails with ETXTBSY (the task script that ran the fake
+    /// `ip` then saw no local address and answered NAT for a direct link). So the script
+    /// is run once (with no arguments: the fakes do nothing harmful) until it is not busy.
     fn script(&self, name: &str, body: &str) -> PathBuf {
         let p = self.0.join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for _ in 0..400 {
+            match Command::new(&p)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break,
+            }
+        }
         p
     }
 }

@@ -139,9 +139,13 @@ fn shutdown_kills_everything() {
     }
 }
 
-/// Waits until process `pid` has left no trace (not even a zombie).
-fn assert_process_gone(pid: u32) {
+/// Waits until process `pid` has left no trace (not even a zombie), driving the runner
+/// meanwhile: a killed task's orphan is reaped by the runner (its subreaper) when it
+/// handles the `SIGCHLD`, which it does only while it runs. (Without this the test passed
+/// only when another test of this binary happened to reap, and alone it always failed.)
+fn assert_process_gone(r: &mut TaskRunner<u32>, pid: u32) {
     wait_until(Duration::from_secs(20), "the process to be gone", || {
+        r.wait(Some(Duration::from_millis(10))).unwrap();
         proc_stat(pid).is_none()
     });
 }
@@ -163,7 +167,7 @@ fn a_task_takes_its_setsid_descendants_along() {
     r.start(1, &sh(&script)).unwrap();
     let escaped = read_pid(&pidfile);
     assert!(r.abort(1));
-    assert_process_gone(escaped);
+    assert_process_gone(&mut r, escaped);
     // Finished: the shell exits; what it left in another session dies with the task.
     let pidfile = dir.path("finished");
     let script = format!(
@@ -173,19 +177,15 @@ fn a_task_takes_its_setsid_descendants_along() {
     r.start(2, &sh(&script)).unwrap();
     let (out, _) = finish(&mut r, 2);
     assert_eq!(out, TaskOutput::Complete(Bytes::from_static(b"done\n")));
-    assert_process_gone(read_pid(&pidfile));
-    // The tasks' cgroups are removed once their processes are gone.
+    let finished = read_pid(&pidfile);
+    assert_process_gone(&mut r, finished);
+    // The tasks' cgroups are removed once their processes are gone, and the subtree with
+    // the runner (emptied leaves are kept as spares until then).
     assert_eq!(r.shutdown(Duration::from_secs(10)), 0);
+    drop(r);
     wait_until(
         Duration::from_secs(20),
         "the task cgroups to be removed",
-        || {
-            std::fs::read_dir(&tree)
-                .map(|d| {
-                    d.flatten()
-                        .all(|e| !e.file_type().is_ok_and(|t| t.is_dir()))
-                })
-                .unwrap_or(true)
-        },
+        || !tree.exists(),
     );
 }
