@@ -32,12 +32,14 @@ const SHUTDOWN: Duration = Duration::from_secs(3);
 pub struct EmbeddedAgent {
     /// How the agent's set-up went, once its thread has said.
     setup: Mutex<Setup>,
-    thread: Option<JoinHandle<io::Result<RunEnd>>>,
-    /// Disconnected when the agent's thread ends (its sender is dropped with the thread's
-    /// closure, also on a panic): drop waits on it instead of polling the thread, so a
-    /// short-lived process (`tuppence run -- true`) exits as soon as the agent has stopped.
-    /// In a mutex only so that the agent stays `Sync` (a receiver is not); drop has `&mut`.
-    ended: Mutex<Receiver<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// How the agent ended, sent by its thread once the agent is dropped (its commands
+    /// reaped, its cgroups removed), or disconnected if the thread panicked. Drop waits on
+    /// this, not on the thread's exit: what the thread does after (its own teardown) needs
+    /// nobody, so a short-lived process (`tuppence run -- true`) exits as soon as the agent
+    /// has cleaned up. In a mutex only so that the agent stays `Sync` (a receiver is not);
+    /// drop has `&mut`.
+    ended: Mutex<Receiver<io::Result<RunEnd>>>,
 }
 
 /// The outcome of the agent thread's set-up, as far as it is known.
@@ -74,11 +76,10 @@ impl EmbeddedAgent {
         let (ours, theirs) = UnixStream::pair()?;
         tuppence_transport::tune_socket_buffers(&ours);
         let (ready, setup) = sync_channel::<io::Result<StopHandle>>(1);
-        let (ending, ended) = sync_channel::<()>(0);
+        let (ending, ended) = sync_channel::<io::Result<RunEnd>>(1);
         let thread = std::thread::Builder::new()
             .name("tuppence-local-agent".into())
             .spawn(move || {
-                let _ending = ending;
                 let prepared = LinkDaemon::new(LinkDaemonConfig {
                     exit_when_idle: true,
                     defer_cgroups: true,
@@ -89,17 +90,22 @@ impl EmbeddedAgent {
                     let stop = agent.stop_handle()?;
                     Ok((agent, stop))
                 });
-                match prepared {
+                let end = match prepared {
                     Ok((mut agent, stop)) => {
                         let _ = ready.send(Ok(stop));
-                        agent.run()
+                        let end = agent.run();
+                        // Everything it started is reaped and its cgroups are removed
+                        // before anyone is told it ended.
+                        drop(agent);
+                        end
                     }
                     Err(e) => {
                         let again = io::Error::new(e.kind(), e.to_string());
                         let _ = ready.send(Err(e));
                         Err(again)
                     }
-                }
+                };
+                let _ = ending.send(end);
             })?;
         Ok((
             EmbeddedAgent {
@@ -141,7 +147,9 @@ impl Drop for EmbeddedAgent {
     /// Stops the agent (which kills and reaps every command it started and removes partial
     /// injected files) and waits a bounded time for it.
     fn drop(&mut self) {
-        let Some(thread) = self.thread.take() else {
+        // Not joined: the thread has nothing left to do once it has said how the agent
+        // ended (see `ended`).
+        let Some(_thread) = self.thread.take() else {
             return;
         };
         let setup = self.setup.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -150,16 +158,15 @@ impl Drop for EmbeddedAgent {
             stop.stop();
         }
         let ended = self.ended.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(SHUTDOWN) {
-            tracing::warn!("the embedded agent did not stop in time");
-            return;
-        }
-        match thread.join() {
+        match ended.recv_timeout(SHUTDOWN) {
             Ok(Ok(_)) => {}
             // A set-up error `setup_error` handed out was said by whoever asked.
             Ok(Err(_)) if matches!(setup, Setup::Failed(None)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "the embedded agent failed"),
-            Err(_) => tracing::warn!("the embedded agent panicked"),
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!("the embedded agent did not stop in time")
+            }
+            Err(RecvTimeoutError::Disconnected) => tracing::warn!("the embedded agent panicked"),
         }
     }
 }
