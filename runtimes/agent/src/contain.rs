@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use crate::cgroup::{self, CgroupTree};
+use std::sync::mpsc::Receiver;
+
+use crate::cgroup::{self, CgroupError, CgroupTree};
 use crate::reaper::{self, Reaper};
 
 /// The containment of one event loop.
@@ -21,9 +23,23 @@ pub(crate) struct Containment {
     pub reaper: Option<Reaper>,
     /// Which guarantee holds, in words (see [`Containment::describe`]).
     summary: String,
-    /// Cgroups asked for and not made yet ([`Containment::deferred`]): `(lazy, who)`.
-    pending: Option<(bool, String)>,
+    /// Cgroups asked for and not made yet ([`Containment::deferred`]).
+    pending: Option<Pending>,
 }
+
+/// A cgroup subtree still to be made, or being made by another thread.
+#[derive(Debug)]
+struct Pending {
+    lazy: bool,
+    who: String,
+    /// Where another thread sends the subtree it makes ([`Containment::made_by`]).
+    made: Option<Receiver<Result<Arc<CgroupTree>, CgroupError>>>,
+}
+
+/// How long [`Containment::complete`] waits for a subtree another thread is making before
+/// it makes one itself (that thread is the caller of `EmbeddedAgent::start`, which sends
+/// it before it writes its hello: only a stalled machine waits at all).
+const MADE_WAIT: Duration = Duration::from_secs(2);
 
 impl Containment {
     /// Sets up what the settings ask for and the system allows; `who` names what runs
@@ -60,10 +76,12 @@ impl Containment {
             None
         };
         let (pending, summary) = if cgroups {
-            (
-                Some((lazy, who.to_owned())),
-                format!("{who}: cgroups not set up yet"),
-            )
+            let pending = Pending {
+                lazy,
+                who: who.to_owned(),
+                made: None,
+            };
+            (Some(pending), format!("{who}: cgroups not set up yet"))
         } else {
             (
                 None,
@@ -86,13 +104,14 @@ impl Containment {
     /// Makes the cgroup subtree a [deferred](Containment::deferred) containment still
     /// lacks (or says, once, why there is none); nothing when there is nothing pending.
     pub fn complete(&mut self) {
-        let Some((lazy, who)) = self.pending.take() else {
+        let Some(Pending { lazy, who, made }) = self.pending.take() else {
             return;
         };
-        let created = if lazy {
-            CgroupTree::create_lazy()
-        } else {
-            CgroupTree::create()
+        let made = made.and_then(|rx| rx.recv_timeout(MADE_WAIT).ok());
+        let created = match made {
+            Some(made) => made,
+            None if lazy => CgroupTree::create_lazy(),
+            None => CgroupTree::create(),
         };
         let (cgroups, summary) = match created {
             Ok(tree) => {
@@ -112,6 +131,17 @@ impl Containment {
         debug!("{summary}");
         self.cgroups = cgroups;
         self.summary = summary;
+    }
+
+    /// A [deferred](Containment::deferred) lazy subtree is being made by another thread,
+    /// which sends it (or why it could not) on `rx`: [`Containment::complete`] takes it from
+    /// there (and makes one itself if none comes within a couple of seconds).
+    pub fn made_by(&mut self, rx: Receiver<Result<Arc<CgroupTree>, CgroupError>>) {
+        if let Some(p) = &mut self.pending
+            && p.lazy
+        {
+            p.made = Some(rx);
+        }
     }
 
     /// Whether [`Containment::complete`] still has a cgroup subtree to make.
@@ -155,5 +185,49 @@ impl Containment {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use super::*;
+
+    /// A deferred containment takes the subtree another thread made (the embedded
+    /// agent's caller) rather than making a second one; with nobody sending (the sender
+    /// gone), it makes its own.
+    #[test]
+    fn a_deferred_subtree_is_taken_from_the_thread_that_made_it() {
+        let made = match CgroupTree::create_lazy() {
+            Ok(tree) => tree,
+            Err(e) => {
+                eprintln!("skipped: cgroups cannot be used here: {e}");
+                return;
+            }
+        };
+        let path = made.path().to_owned();
+        let (tx, rx) = sync_channel(1);
+        let mut contain = Containment::deferred(true, false, true, "commands").expect("deferred");
+        contain.made_by(rx);
+        assert!(contain.is_pending() && contain.cgroups.is_none());
+        tx.send(Ok(made)).expect("send");
+        contain.complete();
+        assert!(!contain.is_pending());
+        let tree = contain.cgroups.as_ref().expect("a subtree");
+        assert_eq!(tree.path(), path);
+        assert!(
+            contain.describe().contains("own cgroup"),
+            "{}",
+            contain.describe()
+        );
+
+        let (tx, rx) = sync_channel(1);
+        let mut other = Containment::deferred(true, false, true, "commands").expect("deferred");
+        other.made_by(rx);
+        drop(tx);
+        other.complete();
+        let own = other.cgroups.as_ref().expect("a subtree of its own");
+        assert_ne!(own.path(), path);
     }
 }

@@ -155,6 +155,18 @@ impl LinkDaemon {
             .map(crate::cgroup::CgroupTree::path)
     }
 
+    /// With [`LinkDaemonConfig::defer_cgroups`]: the cgroup subtree is being made by
+    /// another thread (`EmbeddedAgent::start`'s caller, while this one starts), which
+    /// sends it on `rx`; the agent takes it from there instead of making its own.
+    pub fn cgroups_made_by(
+        &mut self,
+        rx: std::sync::mpsc::Receiver<
+            Result<std::sync::Arc<crate::cgroup::CgroupTree>, crate::cgroup::CgroupError>,
+        >,
+    ) {
+        self.contain.made_by(rx);
+    }
+
     /// A handle that makes `run` return [`RunEnd::Stopped`].
     pub fn stop_handle(&mut self) -> io::Result<StopHandle> {
         self.io.stop_handle()
