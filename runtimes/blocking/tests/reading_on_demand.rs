@@ -3,42 +3,23 @@
 //! named `tuppence-reader`; the tests of this file take turns, so that one's sessions do
 //! not show in another's count.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use support::{eventually, threads_named, turn};
 use tuppence::Machine;
 use tuppence::link::{ClientConfig, Command, Outcome, Server, ServerConfig, ServerEvent};
 use tuppence_blocking::{Error, Reading, Session};
 
-static TURN: Mutex<()> = Mutex::new(());
-
-fn turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Threads of this process named `tuppence-reader`.
 fn reader_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim_end() == "tuppence-reader")
-        .count()
-}
-
-fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    cond()
+    threads_named("tuppence-reader")
 }
 
 /// What the scripted agent saw, for the tests to check.

@@ -2,42 +2,22 @@
 //! Observed as the threads of this process named `tuppence-writer`; the tests of this file
 //! take turns, so that one's sessions do not show in another's count.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use support::{eventually, threads_named, turn};
 use tuppence::Machine;
 use tuppence::link::{ClientConfig, Command, Outcome, Server, ServerConfig, ServerEvent};
 use tuppence_blocking::Session;
 
-static TURN: Mutex<()> = Mutex::new(());
-
-fn turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Threads of this process named `tuppence-writer`.
 fn writer_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim_end() == "tuppence-writer")
-        .count()
-}
-
-/// Waits up to `within` for `cond`.
-fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    cond()
+    threads_named("tuppence-writer")
 }
 
 /// An agent on one thread: every command takes stdin; at stdin EOF it exits 0 if stdin

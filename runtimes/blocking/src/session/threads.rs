@@ -285,13 +285,7 @@ impl Shared {
                     }
                     self.read_buffer_len.store(buf.held(), Ordering::Relaxed);
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if no_data_yet(&e) => {}
                 // A pty master reads EIO when the other end hung up: end of stream.
                 Err(e) if is_hangup(&e) => {
                     self.end(None);
@@ -368,11 +362,7 @@ impl Shared {
             // another consumer must drain first: sleep as any waiter would.
             let before = side.buf.len();
             if !self.feed_inline(&mut st, &mut side.buf) {
-                st.reading = Reader::Done;
-                self.reader_exit_locked(&mut st);
-                drop(st);
-                drop(side);
-                return self.lock();
+                return self.stop_reading(st, side);
             }
             let took = side.buf.len() < before;
             st = self.park(st, side);
@@ -409,16 +399,8 @@ impl Shared {
                     Some(None)
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                None
-            }
+            Err(e) if no_data_yet(&e) => None,
+            // A pty master reads EIO when the other end hung up: end of stream.
             Err(e) if is_hangup(&e) => Some(None),
             Err(e) => Some(Some(e)),
         };
@@ -426,23 +408,30 @@ impl Shared {
             if st.failure.is_none() {
                 self.end_locked(&mut st, error);
             }
-            st.reading = Reader::Done;
-            st.reader_wanted = false;
-            self.reader_exit_locked(&mut st);
-            drop(st);
-            drop(side);
-            return self.lock();
+            return self.stop_reading(st, side);
         }
         if !self.after_input(&mut st, &mut side.buf) {
-            st.reading = Reader::Done;
-            self.reader_exit_locked(&mut st);
-            drop(st);
-            drop(side);
-            return self.lock();
+            return self.stop_reading(st, side);
         }
         let st = self.park(st, side);
         self.notify(&st);
         st
+    }
+
+    /// An inline reader met the end of the stream or a failure (recorded already): nobody
+    /// reads again, waiters are told, and the stream is closed once the lock is released
+    /// (its last handle may wait for an `exec:` command).
+    fn stop_reading<'a>(
+        self: &'a Arc<Self>,
+        mut st: MutexGuard<'a, State>,
+        side: Box<ReadSide>,
+    ) -> MutexGuard<'a, State> {
+        st.reading = Reader::Done;
+        st.reader_wanted = false;
+        self.reader_exit_locked(&mut st);
+        drop(st);
+        drop(side);
+        self.lock()
     }
 
     /// Puts an inline reader's stream back, or hands it to the reader thread that was
@@ -526,6 +515,14 @@ impl Shared {
         self.notify(st);
         self.write_cond.notify_one();
     }
+}
+
+/// A read that brought nothing and is no end: its time limit passed, or a signal came.
+fn no_data_yet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// Retries the abandons that met a full transmit queue (see `Shared::abandon`).
