@@ -6,18 +6,17 @@
 //! process. [`EmbeddedAgent`] stops it when dropped: every command it started is killed
 //! and reaped and partial injected files are removed, within a bounded time.
 //!
-//! The agent sets itself up (its cgroup subtree, its event loop) on that thread, while the
-//! caller opens its session over the socket: the two overlap instead of adding up, which
-//! was about a tenth of a `tuppence run -- true`. The hello is answered once the agent is
-//! ready; if it cannot get ready, its end of the socket closes and
-//! [`EmbeddedAgent::setup_error`] says why. Its cgroup subtree is made after that answer
-//! (`LinkDaemonConfig::defer_cgroups`), while the client reads it.
+//! The agent sets itself up (its event loop) on that thread while the caller makes its
+//! cgroup subtree and opens its session over the socket: the three overlap instead of
+//! adding up. The hello is answered once the agent is ready; if it cannot get ready, its
+//! end of the socket closes and [`EmbeddedAgent::setup_error`] says why. The agent takes
+//! the subtree after that answer (`LinkDaemonConfig::defer_cgroups`,
+//! `LinkDaemon::cgroups_made_by`), before any command starts.
 
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::sync::{Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tuppence_transport::Transport;
@@ -32,7 +31,6 @@ const SHUTDOWN: Duration = Duration::from_secs(3);
 pub struct EmbeddedAgent {
     /// How the agent's set-up went, once its thread has said.
     setup: Mutex<Setup>,
-    thread: Option<JoinHandle<()>>,
     /// How the agent ended, sent by its thread once the agent is dropped (its commands
     /// reaped, its cgroups removed), or disconnected if the thread panicked. Drop waits on
     /// this, not on the thread's exit: what the thread does after (its own teardown) needs
@@ -84,7 +82,9 @@ impl EmbeddedAgent {
         let (ending, ended) = sync_channel::<io::Result<RunEnd>>(1);
         let cgroups = config.cgroups;
         let (tree, made) = sync_channel(1);
-        let thread = std::thread::Builder::new()
+        // Never joined: it has nothing left to do once it has said how the agent ended
+        // (see `ended`).
+        std::thread::Builder::new()
             .name("tuppence-local-agent".into())
             .spawn(move || {
                 let prepared = LinkDaemon::new(LinkDaemonConfig {
@@ -125,7 +125,6 @@ impl EmbeddedAgent {
         Ok((
             EmbeddedAgent {
                 setup: Mutex::new(Setup::Pending(setup)),
-                thread: Some(thread),
                 ended: Mutex::new(ended),
             },
             ours,
@@ -162,11 +161,6 @@ impl Drop for EmbeddedAgent {
     /// Stops the agent (which kills and reaps every command it started and removes partial
     /// injected files) and waits a bounded time for it.
     fn drop(&mut self) {
-        // Not joined: the thread has nothing left to do once it has said how the agent
-        // ended (see `ended`).
-        let Some(_thread) = self.thread.take() else {
-            return;
-        };
         let setup = self.setup.get_mut().unwrap_or_else(PoisonError::into_inner);
         setup.settle(SHUTDOWN);
         if let Setup::Ready(stop) = setup {

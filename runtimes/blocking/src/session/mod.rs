@@ -197,7 +197,7 @@ enum Reader {
 
 /// The reading half of a session's stream with its receive buffer, as the reader thread
 /// or an inline reader holds it.
-pub(crate) struct ReadSide {
+struct ReadSide {
     stream: Box<dyn Stream>,
     /// Handed to the machine's `handle_buf`: large data payloads stay slices of it.
     buf: tuppence_transport::RecvBuf,
