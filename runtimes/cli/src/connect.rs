@@ -35,6 +35,9 @@ pub struct Connection {
     local_user: String,
     /// `exec:`, `ssh:`, `chroot:`: the command behind the link, closed with the connection.
     exec: Option<ExecHandle>,
+    /// A link that may end at a device (a unix socket in front of a VM's serial port): a
+    /// handle on it, to wait at close until the other end has taken what was written.
+    device: Option<tuppence_transport::Transport>,
 }
 
 /// The command behind this process's `exec:`/`ssh:`/`chroot:` connection, for
@@ -108,6 +111,11 @@ impl TargetArgs {
             .connect()
             .map_err(|e| exit::transport(e).at(&context))?;
         let exec = transport.exec();
+        let device = if opened.endpoint.may_be_device_link() {
+            transport.try_clone().ok()
+        } else {
+            None
+        };
         if let Some(handle) = &exec {
             tracing::debug!(pid = handle.id(), command = handle.command(), "started");
             *EXEC.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle.clone());
@@ -129,6 +137,7 @@ impl TargetArgs {
             local: None,
             local_user: String::new(),
             exec,
+            device,
         })
     }
 }
@@ -164,6 +173,7 @@ fn connect_local(
                 local: Some(local),
                 local_user,
                 exec: None,
+                device: None,
             })
         }
         // An agent that could not get ready closed its end: say why, not "closed".
@@ -214,6 +224,11 @@ impl Drop for Connection {
     /// cannot hold the exit.
     fn drop(&mut self) {
         let _ = self.session.flush(Some(CLOSE_FLUSH));
+        // Written is not delivered: QEMU's chardev drops what it had not read from its
+        // socket when the socket closes (a `quit` the guest agent never saw).
+        if let Some(device) = &self.device {
+            tuppence_transport::wait_taken(device, CLOSE_FLUSH);
+        }
         // The command behind an exec: link reads end of file and exits (an agent does at
         // once); one that does not is signalled (bounded: see `ExecHandle::close`).
         if let Some(exec) = &self.exec {

@@ -170,7 +170,7 @@ pub use local_file::{LocalFile, LocalFileError};
 pub use reach::DEFAULT_AGENT;
 pub use recv_buf::{RECV_MIN, RecvBuf};
 pub use stdio::StdioRelay;
-pub use sys::{SOCKET_BUFFER, is_hangup, tune_socket_buffers};
+pub use sys::{SOCKET_BUFFER, is_hangup, tune_socket_buffers, untaken, wait_taken};
 pub use target::{
     DEFAULT_BAUD, DEFAULT_VIRTIO_PORT, Endpoint, LEGACY_PREFIX, ParseTargetError, Target,
     VSOCK_CID_ANY,

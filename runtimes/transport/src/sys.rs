@@ -210,3 +210,56 @@ pub fn tune_socket_buffers(fd: impl AsFd) {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, SOCKET_BUFFER);
     let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, SOCKET_BUFFER);
 }
+
+/// Bytes written to `fd` that the other end has not taken yet: for a unix socket, what the
+/// peer has not read; for TCP, what is not acknowledged; for a tty, what is not
+/// transmitted (`SIOCOUTQ`, which is `TIOCOUTQ`). A write returns once the bytes are
+/// queued, and closing a unix socket right after can lose them where the peer is QEMU's
+/// chardev feeding a guest's serial port: it drops what it had not read when it sees the
+/// hang-up (the guest agent missed a `quit`). See [`wait_taken`].
+pub fn untaken(fd: impl AsFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`.
+    let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Waits (polling every millisecond, at most `limit`) until the other end of `fd` has
+/// taken everything written to it ([`untaken`] is 0). True if it has, or if the kind of
+/// fd cannot tell; false after `limit`.
+pub fn wait_taken(fd: impl AsFd, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match untaken(fd.as_fd()) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) if Instant::now() >= deadline => return false,
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod untaken_tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// What the peer of a unix socket has not read counts; once it reads, nothing does.
+    #[test]
+    fn untaken_counts_what_the_peer_has_not_read() {
+        let (mut a, mut b) = UnixStream::pair().expect("pair");
+        assert_eq!(untaken(&a).expect("ioctl"), 0);
+        a.write_all(b"quit packet").expect("write");
+        assert!(untaken(&a).expect("ioctl") > 0);
+        assert!(!wait_taken(&a, Duration::from_millis(20)));
+        let mut buf = [0u8; 64];
+        assert_eq!(b.read(&mut buf).expect("read"), 11);
+        assert_eq!(untaken(&a).expect("ioctl"), 0);
+        assert!(wait_taken(&a, Duration::from_millis(20)));
+    }
+}
