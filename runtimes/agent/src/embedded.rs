@@ -2,22 +2,37 @@
 //! `local` target is, for the CLI and the Python package alike (so neither carries its own
 //! copy).
 //!
-//! The agent runs on a thread of its own; the commands it starts are children of this
-//! process. [`EmbeddedAgent`] stops it when dropped: every command it started is killed
+//! [`EmbeddedAgent::start`]'s agent runs on a thread of its own (the Python package's);
+//! [`EmbeddedAgent::start_stepped`]'s on its client's thread until it moves to one (the
+//! CLI's, below). The commands either starts are children of this process. [`EmbeddedAgent`] stops it when dropped: every command it started is killed
 //! and reaped and partial injected files are removed, within a bounded time.
 //!
-//! The agent sets itself up (its event loop) on that thread while the caller makes its
+//! A started agent sets itself up (its event loop) on its thread while the caller makes its
 //! cgroup subtree and opens its session over the socket: the three overlap instead of
 //! adding up. The hello is answered once the agent is ready; if it cannot get ready, its
 //! end of the socket closes and [`EmbeddedAgent::setup_error`] says why. The agent takes
 //! the subtree after that answer (`LinkDaemonConfig::defer_cgroups`,
 //! `LinkDaemon::cgroups_made_by`), before any command starts.
+//!
+//! # An agent stepped by its client
+//!
+//! [`EmbeddedAgent::start_stepped`] starts no thread: the agent runs only when the client
+//! that waits for it calls [`Stepper::step`] (one turn of its loop, `LinkDaemon::turn`),
+//! on the client's thread. A short command (`tuppence run -- true`) so runs on one thread
+//! from start to end: no thread to start and no hand-off between threads for the hello,
+//! the request, the status and the teardown (0.3 ms, an eighth of it, A/B in
+//! `benches/e2e/README.md`). The agent is set up on the calling thread, so a set-up
+//! failure is `start_stepped`'s error. The
+//! client moves the agent to a thread of its own ([`Stepper::run_alone`]) as soon as it
+//! stops waiting on it alone: when data flows, when it starts threads of its own (the
+//! blocking session's reader thread). Dropping the agent while it is still stepped runs
+//! its shutdown on the dropping thread.
 
 use std::io;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tuppence_transport::Transport;
 
@@ -38,6 +53,111 @@ pub struct EmbeddedAgent {
     /// has cleaned up. In a mutex only so that the agent stays `Sync` (a receiver is not);
     /// drop has `&mut`.
     ended: Mutex<Receiver<io::Result<RunEnd>>>,
+    /// [`EmbeddedAgent::start_stepped`]: where the agent is (see the module docs).
+    stepped: Option<Arc<Mutex<Stepped>>>,
+}
+
+/// Where a stepped agent is.
+enum Stepped {
+    /// On no thread: it runs when [`Stepper::step`] is called. `ending` is for the thread
+    /// it moves to, as [`EmbeddedAgent::start`]'s.
+    Here {
+        agent: Box<LinkDaemon>,
+        ending: SyncSender<io::Result<RunEnd>>,
+        stop: StopHandle,
+    },
+    /// On a thread of its own ([`Stepper::run_alone`]): it ends as a started agent does.
+    Alone,
+    /// It ended while stepped (its connection closed, a quit, a failure): it has shut
+    /// down, and its thread never existed.
+    Ended,
+}
+
+/// The client's handle on an agent started with [`EmbeddedAgent::start_stepped`]: it runs
+/// the agent while it waits for it, and moves it to a thread when it stops doing that.
+pub struct Stepper {
+    stepped: Arc<Mutex<Stepped>>,
+}
+
+impl std::fmt::Debug for Stepper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stepper").finish_non_exhaustive()
+    }
+}
+
+impl Stepper {
+    /// One turn of the agent's loop, waiting at most `limit` for something to do (a
+    /// request, a command's output or exit, a deadline). Does nothing once the agent runs
+    /// on its own thread or has ended. An error is the agent's loop failing: the agent is
+    /// gone then, and its end of the socket closed.
+    pub fn step(&self, limit: Duration) -> io::Result<()> {
+        let mut stepped = self.stepped.lock().unwrap_or_else(PoisonError::into_inner);
+        let Stepped::Here { agent, .. } = &mut *stepped else {
+            return Ok(());
+        };
+        let until = Instant::now().checked_add(limit);
+        match agent.turn(until) {
+            Ok(None) => Ok(()),
+            // Shut down already (it was told to end, or its connection closed).
+            Ok(Some(_)) => {
+                *stepped = Stepped::Ended;
+                Ok(())
+            }
+            Err(e) => {
+                *stepped = Stepped::Ended;
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves the agent to a thread of its own, which runs it until it ends as
+    /// [`EmbeddedAgent::start`]'s thread does; nobody steps it any more. Nothing if it
+    /// runs there already or has ended. An error if the thread cannot be started: the
+    /// agent has been shut down then.
+    pub fn run_alone(&self) -> io::Result<()> {
+        let mut stepped = self.stepped.lock().unwrap_or_else(PoisonError::into_inner);
+        let Stepped::Here { .. } = &*stepped else {
+            return Ok(());
+        };
+        let Stepped::Here {
+            mut agent,
+            ending,
+            stop,
+        } = std::mem::replace(&mut *stepped, Stepped::Alone)
+        else {
+            return Ok(());
+        };
+        // Handed over once the thread exists, so that the agent stays here to be shut
+        // down if it cannot start.
+        let (give, take) = sync_channel::<(Box<LinkDaemon>, SyncSender<io::Result<RunEnd>>)>(1);
+        let spawned = std::thread::Builder::new()
+            .name("tuppence-local-agent".into())
+            .spawn(move || {
+                if let Ok((agent, ending)) = take.recv() {
+                    serve_and_report(*agent, &ending);
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = give.send((agent, ending));
+                Ok(())
+            }
+            Err(e) => {
+                stop.stop();
+                let _ = agent.run();
+                *stepped = Stepped::Ended;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs an agent until it ends, drops it (its commands reaped, its cgroups removed) and
+/// only then says how it ended (see `EmbeddedAgent::ended`).
+fn serve_and_report(mut agent: LinkDaemon, ending: &SyncSender<io::Result<RunEnd>>) {
+    let end = agent.run();
+    drop(agent);
+    let _ = ending.send(end);
 }
 
 /// The outcome of the agent thread's set-up, as far as it is known.
@@ -100,22 +220,17 @@ impl EmbeddedAgent {
                     let stop = agent.stop_handle()?;
                     Ok((agent, stop))
                 });
-                let end = match prepared {
-                    Ok((mut agent, stop)) => {
+                match prepared {
+                    Ok((agent, stop)) => {
                         let _ = ready.send(Ok(stop));
-                        let end = agent.run();
-                        // Everything it started is reaped and its cgroups are removed
-                        // before anyone is told it ended.
-                        drop(agent);
-                        end
+                        serve_and_report(agent, &ending);
                     }
                     Err(e) => {
                         let again = io::Error::new(e.kind(), e.to_string());
                         let _ = ready.send(Err(e));
-                        Err(again)
+                        let _ = ending.send(Err(again));
                     }
-                };
-                let _ = ending.send(end);
+                }
             })?;
         if cgroups {
             // An agent that could not start drops the receiver: the subtree is removed
@@ -126,8 +241,43 @@ impl EmbeddedAgent {
             EmbeddedAgent {
                 setup: Mutex::new(Setup::Pending(setup)),
                 ended: Mutex::new(ended),
+                stepped: None,
             },
             ours,
+        ))
+    }
+
+    /// Starts an agent with `config` serving one connection, on no thread: it runs when
+    /// the returned [`Stepper`] is stepped, on the stepping thread, until the stepper moves
+    /// it to a thread of its own (see the module docs). Returns with the client's end of
+    /// the socket pair. The agent is set up here (its event loop and, with
+    /// `config.cgroups`, its cgroup subtree), so a set-up failure is this call's error.
+    /// `config.exit_when_idle` is set, as with [`EmbeddedAgent::start`].
+    pub fn start_stepped(
+        config: LinkDaemonConfig,
+    ) -> io::Result<(EmbeddedAgent, UnixStream, Stepper)> {
+        let (ours, theirs) = UnixStream::pair()?;
+        tuppence_transport::tune_socket_buffers(&ours);
+        let mut agent = LinkDaemon::new(LinkDaemonConfig {
+            exit_when_idle: true,
+            ..config
+        })?;
+        agent.add_connection(Transport::Unix(theirs), "local")?;
+        let stop = agent.stop_handle()?;
+        let (ending, ended) = sync_channel::<io::Result<RunEnd>>(1);
+        let stepped = Arc::new(Mutex::new(Stepped::Here {
+            agent: Box::new(agent),
+            ending,
+            stop: stop.clone(),
+        }));
+        Ok((
+            EmbeddedAgent {
+                setup: Mutex::new(Setup::Ready(stop)),
+                ended: Mutex::new(ended),
+                stepped: Some(stepped.clone()),
+            },
+            ours,
+            Stepper { stepped },
         ))
     }
 
@@ -161,6 +311,25 @@ impl Drop for EmbeddedAgent {
     /// Stops the agent (which kills and reaps every command it started and removes partial
     /// injected files) and waits a bounded time for it.
     fn drop(&mut self) {
+        if let Some(stepped) = &self.stepped {
+            let mut stepped = stepped.lock().unwrap_or_else(PoisonError::into_inner);
+            match std::mem::replace(&mut *stepped, Stepped::Ended) {
+                // Still stepped: it shuts down here, on this thread. One turn handles what
+                // is ready (the client's last requests, its hang-up), then the shutdown.
+                Stepped::Here {
+                    mut agent, stop, ..
+                } => {
+                    stop.stop();
+                    if let Err(e) = agent.run() {
+                        tracing::warn!(error = %e, "the embedded agent failed");
+                    }
+                    return;
+                }
+                Stepped::Ended => return,
+                // On its own thread: it is stopped as a started agent is.
+                Stepped::Alone => {}
+            }
+        }
         let setup = self.setup.get_mut().unwrap_or_else(PoisonError::into_inner);
         setup.settle(SHUTDOWN);
         if let Setup::Ready(stop) = setup {

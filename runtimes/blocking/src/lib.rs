@@ -36,6 +36,7 @@
 mod chat;
 mod error;
 mod ops;
+mod peer;
 mod pool;
 mod session;
 pub mod sniff;
@@ -44,6 +45,7 @@ mod stream;
 pub use chat::Chat;
 pub use error::{Error, errno_text};
 pub use ops::{Monitor, Run};
+pub use peer::SteppedPeer;
 pub use session::{AbortHandle, Reading, Session};
 pub use stream::Stream;
 /// What a session reports, the same types in every client adapter (defined in the core).

@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use rustix::net::{SendAncillaryBuffer, SendFlags};
+use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 use tuppence_transport::{Transport, TransportKind};
 
 /// A byte stream the blocking session can drive from its reader thread and its callers.
@@ -20,6 +20,13 @@ pub trait Stream: Write + Send + 'static {
     /// Reads, waiting at most `timeout` (`None` = until data or EOF). A read that timed
     /// out returns `WouldBlock` or `TimedOut`; the session treats both as "no data yet".
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize>;
+    /// Reads what has arrived, without waiting: `WouldBlock` when nothing has. For a
+    /// session that steps its peer (`Session::with_stepped_peer`) and then reads its
+    /// answer. The default is a `read_timeout` of zero, which some streams (serial ports)
+    /// round up to a millisecond.
+    fn read_nonblocking(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_timeout(buf, Some(Duration::ZERO))
+    }
     /// Shuts both directions down, so that a write blocked on a peer that never reads
     /// again returns (with an error). Used when a dropped session's writer thread could
     /// not finish within its grace period. The default does nothing: a stream without a
@@ -55,6 +62,12 @@ fn send_nonblocking(fd: impl AsFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     )?)
 }
 
+/// `recv` with `MSG_DONTWAIT` (this call only, as [`send_nonblocking`]).
+fn recv_nonblocking(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    let (n, _) = rustix::net::recv(fd, buf, RecvFlags::DONTWAIT)?;
+    Ok(n)
+}
+
 fn at_least_1ms(t: Option<Duration>) -> Option<Duration> {
     t.map(|t| t.max(Duration::from_millis(1)))
 }
@@ -76,6 +89,9 @@ impl Stream for UnixStream {
         self.set_read_timeout(at_least_1ms(timeout))?;
         self.read(buf)
     }
+    fn read_nonblocking(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv_nonblocking(&*self, buf)
+    }
 }
 
 impl Stream for TcpStream {
@@ -94,6 +110,9 @@ impl Stream for TcpStream {
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         self.set_read_timeout(at_least_1ms(timeout))?;
         self.read(buf)
+    }
+    fn read_nonblocking(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv_nonblocking(&*self, buf)
     }
 }
 

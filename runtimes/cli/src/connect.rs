@@ -9,9 +9,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tuppence::link::{ClientConfig, KEEPALIVE_SERVER_DEFAULT};
-use tuppence_agent::embedded::EmbeddedAgent;
+use tuppence_agent::embedded::{EmbeddedAgent, Stepper};
 use tuppence_agent::serve::LinkDaemonConfig;
-use tuppence_blocking::{Reading, Session};
+use tuppence_blocking::{Reading, Session, SteppedPeer};
 use tuppence_transport::{Endpoint, ExecHandle, Target};
 
 use crate::cli::TargetArgs;
@@ -153,18 +153,21 @@ fn connect_local(
             format!("cannot start the embedded agent: {}", exit::io_text(&e)),
         )
     };
-    let (local, ours) = EmbeddedAgent::start(LinkDaemonConfig {
+    // Stepped by the session while it waits (see `tuppence_agent::embedded`): a short
+    // command runs on this one thread.
+    let (local, ours, stepper) = EmbeddedAgent::start_stepped(LinkDaemonConfig {
         // Its audit lines would only repeat what the user just typed.
         audit: false,
         ..LinkDaemonConfig::default()
     })
     .map_err(cannot)?;
-    // Looked up while the agent sets itself up on its thread (see `default_user`).
+    // See `default_user`.
     let local_user = match tuppence_agent::User::current() {
         Ok(u) => String::from_utf8_lossy(u.name()).into_owned(),
         Err(_) => "root".to_owned(),
     };
-    match Session::with_reading(ours, config, timeout, READING) {
+    let peer = Box::new(LocalPeer(stepper));
+    match Session::with_stepped_peer(ours, config, timeout, peer) {
         Ok(session) => {
             log_hello(&session);
             Ok(Connection {
@@ -181,6 +184,18 @@ fn connect_local(
             Some(why) => cannot(why),
             None => Failure::session(e),
         }),
+    }
+}
+
+/// The embedded agent, as the session steps it.
+struct LocalPeer(Stepper);
+
+impl SteppedPeer for LocalPeer {
+    fn step(&mut self, limit: Duration) -> std::io::Result<()> {
+        self.0.step(limit)
+    }
+    fn run_alone(&mut self) -> std::io::Result<()> {
+        self.0.run_alone()
     }
 }
 

@@ -181,62 +181,76 @@ impl LinkDaemon {
     /// `exit_when_idle`) nothing is left. Kills what it started before returning.
     pub fn run(&mut self) -> io::Result<RunEnd> {
         loop {
-            // A deferred cgroup subtree is made after this turn: its first wait must
-            // not block.
-            let deadline = if self.busy || self.contain.is_pending() {
-                Some(Instant::now())
-            } else {
-                self.next_deadline()
-            };
-            self.busy = false;
-            let ready = self.io.wait(deadline)?;
-            let now = Instant::now();
-            for r in ready {
-                self.on_ready(r, now);
-            }
-            self.accept_devices(now);
-            self.gate_turn(now);
-            if !self.unsettled.is_empty() {
-                self.settle_execs();
-            }
-            for id in self.io.ids() {
-                self.handle_events(id, now);
-            }
-            // Records pushed from here on (a command's end, a disconnect) may be after the
-            // `agent` monitors were served in this turn: serve them again without waiting.
-            let trail_mark = self.trail.end_seq();
-            self.link_full.clear();
-            for id in self.io.ids() {
-                self.pump(id, now);
-            }
-            self.io.flush();
-            // After the first turn's answers are out (`defer_cgroups`).
-            self.contain.complete();
-            self.reap_ended(now);
-            if self.trail.end_seq() != trail_mark {
-                self.busy = true;
-            }
-            // Output held back for a full link can go on if the flush made room (otherwise
-            // the link's next writable event brings the loop back here).
-            let full: Vec<ConnId> = self.link_full.drain().collect();
-            if full.into_iter().any(|id| self.link_has_room(id)) {
-                self.busy = true;
-            }
-            let end = if self.quit {
-                Some(RunEnd::Quit)
-            } else if self.io.stopped() {
-                Some(RunEnd::Stopped)
-            } else if self.config.exit_when_idle && self.listeners.is_empty() && self.served() == 0
-            {
-                Some(RunEnd::Idle)
-            } else {
-                None
-            };
-            if let Some(end) = end {
-                self.shutdown();
+            if let Some(end) = self.turn(None)? {
                 return Ok(end);
             }
         }
+    }
+
+    /// One turn of [`LinkDaemon::run`], waiting for readiness no later than `until`: for a
+    /// caller that drives the agent from its own loop (an embedded agent stepped by the
+    /// session that talks to it, see `embedded`). `Some` once the agent has ended, as
+    /// `run` would return (it has shut down then: call no more turns).
+    pub fn turn(&mut self, until: Option<Instant>) -> io::Result<Option<RunEnd>> {
+        // A deferred cgroup subtree is made after this turn: its first wait must
+        // not block.
+        let own = if self.busy || self.contain.is_pending() {
+            Some(Instant::now())
+        } else {
+            self.next_deadline()
+        };
+        let deadline = match (own, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.busy = false;
+        let ready = self.io.wait(deadline)?;
+        let now = Instant::now();
+        for r in ready {
+            self.on_ready(r, now);
+        }
+        self.accept_devices(now);
+        self.gate_turn(now);
+        if !self.unsettled.is_empty() {
+            self.settle_execs();
+        }
+        for id in self.io.ids() {
+            self.handle_events(id, now);
+        }
+        // Records pushed from here on (a command's end, a disconnect) may be after the
+        // `agent` monitors were served in this turn: serve them again without waiting.
+        let trail_mark = self.trail.end_seq();
+        self.link_full.clear();
+        for id in self.io.ids() {
+            self.pump(id, now);
+        }
+        self.io.flush();
+        // After the first turn's answers are out (`defer_cgroups`).
+        self.contain.complete();
+        self.reap_ended(now);
+        if self.trail.end_seq() != trail_mark {
+            self.busy = true;
+        }
+        // Output held back for a full link can go on if the flush made room (otherwise
+        // the link's next writable event brings the loop back here).
+        let full: Vec<ConnId> = self.link_full.drain().collect();
+        if full.into_iter().any(|id| self.link_has_room(id)) {
+            self.busy = true;
+        }
+        let end = if self.quit {
+            Some(RunEnd::Quit)
+        } else if self.io.stopped() {
+            Some(RunEnd::Stopped)
+        } else if self.config.exit_when_idle && self.listeners.is_empty() && self.served() == 0 {
+            Some(RunEnd::Idle)
+        } else {
+            None
+        };
+        if let Some(end) = end {
+            self.shutdown();
+            return Ok(Some(end));
+        }
+        Ok(None)
     }
 
     fn next_deadline(&self) -> Option<Instant> {

@@ -60,6 +60,15 @@
 //! nothing while nobody waits on it, so neither keepalives nor deadlines run then: it is
 //! for a process that waits on its session until it is done with it, not for a session
 //! that is kept idle between calls ([`Reading::Thread`], the default).
+//!
+//! # A peer that runs when stepped
+//!
+//! A session made with [`Session::with_stepped_peer`] reads on demand, and its peer (an
+//! agent embedded in this process, the CLI's `local`) runs only when stepped: an inline
+//! reader steps it for as long as it would have waited in its read, then reads what it
+//! wrote without waiting ([`Stream::read_nonblocking`]). When the reader thread takes
+//! over, the peer is told to run alone first ([`SteppedPeer::run_alone`]), since nobody
+//! would step it any more.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -74,7 +83,7 @@ use tuppence_transport::Target;
 
 mod threads;
 
-use crate::{Error, Stream};
+use crate::{Error, SteppedPeer, Stream};
 use tuppence::Transmit;
 
 /// Events buffered per transaction before the reader thread waits for the consumer.
@@ -201,6 +210,10 @@ struct ReadSide {
     stream: Box<dyn Stream>,
     /// Handed to the machine's `handle_buf`: large data payloads stay slices of it.
     buf: tuppence_transport::RecvBuf,
+    /// A peer that runs only when stepped ([`Session::with_stepped_peer`]): an inline
+    /// reader steps it instead of waiting in its read. Handed its own thread, and gone
+    /// from here, when the reader thread starts.
+    peer: Option<Box<dyn SteppedPeer>>,
 }
 
 /// Who writes to the stream.
@@ -278,6 +291,35 @@ impl Session {
         connect_timeout: Duration,
         reading: Reading,
     ) -> Result<Session, Error> {
+        Session::start(stream, config, connect_timeout, reading, None)
+    }
+
+    /// A session with a peer that lives in this process and runs only when stepped (see
+    /// [`SteppedPeer`]): it reads [`Reading::OnDemand`], stepping the peer where it would
+    /// wait for input, and hands the peer a thread of its own when it starts its reader
+    /// thread.
+    pub fn with_stepped_peer<S: Stream>(
+        stream: S,
+        config: ClientConfig,
+        connect_timeout: Duration,
+        peer: Box<dyn SteppedPeer>,
+    ) -> Result<Session, Error> {
+        Session::start(
+            stream,
+            config,
+            connect_timeout,
+            Reading::OnDemand,
+            Some(peer),
+        )
+    }
+
+    fn start<S: Stream>(
+        stream: S,
+        config: ClientConfig,
+        connect_timeout: Duration,
+        reading: Reading,
+        peer: Option<Box<dyn SteppedPeer>>,
+    ) -> Result<Session, Error> {
         let writer = stream.try_clone_stream()?;
         let inline = writer.writes_nonblocking();
         let started = Instant::now();
@@ -318,6 +360,7 @@ impl Session {
         let side = Box::new(ReadSide {
             stream: Box::new(stream),
             buf: tuppence_transport::RecvBuf::new(threads::READ_BUF),
+            peer,
         });
         match reading {
             Reading::Thread => {
@@ -741,7 +784,14 @@ impl Shared {
     /// done. Nothing for a session that has its thread or has ended.
     fn start_reader(self: &Arc<Self>, st: &mut State) {
         match std::mem::replace(&mut st.reading, Reader::Thread) {
-            Reader::Parked(side) => {
+            Reader::Parked(mut side) => {
+                if let Some(mut peer) = side.peer.take()
+                    && let Err(e) = peer.run_alone()
+                {
+                    st.reading = Reader::Done;
+                    self.end_locked(st, Some(e));
+                    return;
+                }
                 let shared = self.clone();
                 let spawned = std::thread::Builder::new()
                     .name("tuppence-reader".into())

@@ -237,9 +237,11 @@ impl Shared {
     }
 
     pub(super) fn reader_loop(self: Arc<Self>, side: ReadSide) {
+        // A stepped peer was given its own thread by `start_reader`.
         let ReadSide {
             mut stream,
             mut buf,
+            peer: _,
         } = side;
         // Input an inline reader left because an inbox was full.
         if !buf.is_empty() && !self.feed(buf.pending()) {
@@ -385,8 +387,14 @@ impl Shared {
             .min()
             .unwrap_or(INLINE_READ_MAX);
         drop(st);
-        let ReadSide { stream, buf } = &mut *side;
-        let read = stream.read_timeout(buf.region(), Some(timeout));
+        let ReadSide { stream, buf, peer } = &mut *side;
+        let read = match peer {
+            // Nothing comes unless the peer runs: it runs here, then its answer is read.
+            Some(peer) => peer
+                .step(timeout)
+                .and_then(|()| stream.read_nonblocking(buf.region())),
+            None => stream.read_timeout(buf.region(), Some(timeout)),
+        };
         let mut st = self.lock();
         let ended = match read {
             Ok(0) => Some(None),
