@@ -4,7 +4,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -26,6 +26,12 @@ pub trait Stream: Write + Send + 'static {
     /// round up to a millisecond.
     fn read_nonblocking(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read_timeout(buf, Some(Duration::ZERO))
+    }
+    /// A handle to ask later whether the other end has taken what was written
+    /// (`tuppence_transport::untaken`), for a session on a device link
+    /// ([`crate::Session::quit`]). `None` (the default) where that cannot be asked.
+    fn taken_probe(&self) -> Option<OwnedFd> {
+        None
     }
     /// Shuts both directions down, so that a write blocked on a peer that never reads
     /// again returns (with an error). Used when a dropped session's writer thread could
@@ -92,6 +98,9 @@ impl Stream for UnixStream {
     fn read_nonblocking(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         recv_nonblocking(&*self, buf)
     }
+    fn taken_probe(&self) -> Option<OwnedFd> {
+        self.as_fd().try_clone_to_owned().ok()
+    }
 }
 
 impl Stream for TcpStream {
@@ -149,6 +158,15 @@ impl Stream for Transport {
     }
     fn write_nonblocking(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         send_nonblocking(&*self, bufs)
+    }
+    /// Unix sockets (QEMU's chardev sockets among them), serial lines and virtio ports.
+    fn taken_probe(&self) -> Option<OwnedFd> {
+        match self.kind() {
+            TransportKind::Unix | TransportKind::Serial | TransportKind::Virtio => {
+                self.as_fd().try_clone_to_owned().ok()
+            }
+            TransportKind::Tcp | TransportKind::Vsock | TransportKind::Exec => None,
+        }
     }
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         if !self.wait_readable(timeout)? {

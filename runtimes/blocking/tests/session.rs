@@ -452,3 +452,57 @@ fn reader_buffer_grows_for_bulk_data_and_shrinks_when_idle() {
         assert!(idle <= 16 * 1024, "round {round}: idle again, holds {idle}");
     }
 }
+
+/// On a device link, `quit` returns only once the other end has read the request: QEMU's
+/// chardev socket in front of a guest's serial port drops what it had not read when the
+/// socket closes, so a caller that quits and then closes (a test script's last step)
+/// could lose the quit. The peer here answers the hello, then is busy for 300 ms.
+#[test]
+fn quit_on_a_device_link_returns_once_the_peer_has_read_it() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let (read_tx, read_at) = std::sync::mpsc::channel::<Instant>();
+    thread::spawn(move || {
+        let mut server = Server::new(ServerConfig::default().for_device_link(), Instant::now());
+        let mut buf = [0u8; 4096];
+        let mut out = BytesMut::new();
+        // Until the hello is answered.
+        while out.is_empty() {
+            let n = theirs.read(&mut buf).unwrap();
+            assert!(n > 0, "the client hung up before its hello");
+            server.handle_bytes(Instant::now(), &buf[..n]).unwrap();
+            server.poll_transmit(Instant::now(), &mut out);
+        }
+        theirs.write_all(&out).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        loop {
+            let n = theirs.read(&mut buf).unwrap();
+            if n == 0 {
+                return;
+            }
+            server.handle_bytes(Instant::now(), &buf[..n]).unwrap();
+            while let Some(ev) = server.poll_event() {
+                if matches!(ev, ServerEvent::Quit) {
+                    let _ = read_tx.send(Instant::now());
+                    return;
+                }
+            }
+        }
+    });
+    let session = Session::new(
+        ours,
+        ClientConfig::default().for_device_link(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    session.quit().unwrap();
+    let returned = Instant::now();
+    drop(session);
+    let read = read_at
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the peer never read the quit");
+    assert!(
+        read <= returned,
+        "quit returned {:?} before the peer had read it",
+        read - returned
+    );
+}

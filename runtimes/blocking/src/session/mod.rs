@@ -265,6 +265,9 @@ pub(crate) struct Shared {
     closing: AtomicBool,
     /// The reader thread's buffer size (for [`Session::read_buffer_len`]).
     read_buffer_len: AtomicUsize,
+    /// On a device link: where to ask whether the other end has taken what was written
+    /// (see [`Session::quit`]). Closed with the session.
+    taken: Mutex<Option<std::os::fd::OwnedFd>>,
 }
 
 /// A connection to an agent. Cheap to share between threads (`&Session` is enough for
@@ -322,6 +325,8 @@ impl Session {
     ) -> Result<Session, Error> {
         let writer = stream.try_clone_stream()?;
         let inline = writer.writes_nonblocking();
+        // A device link (`ClientConfig::for_device_link`).
+        let config_device_link = config.resync_before_hello;
         let started = Instant::now();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -345,6 +350,11 @@ impl Session {
             write_cond: Condvar::new(),
             closing: AtomicBool::new(false),
             read_buffer_len: AtomicUsize::new(0),
+            taken: Mutex::new(if config_device_link {
+                stream.taken_probe()
+            } else {
+                None
+            }),
         });
         if inline {
             let mut st = shared.lock();
@@ -649,14 +659,29 @@ impl Session {
         self.shared.notify(&st);
     }
 
-    /// Asks the agent to exit and waits (up to a few seconds) until the request is written.
-    /// The agent then closes the connection.
+    /// Asks the agent to exit and waits (up to a few seconds) until the request is written,
+    /// and on a device link (`ClientConfig::for_device_link`: a serial line, a virtio
+    /// port, a unix socket in front of one) until the other end has taken it. The agent
+    /// then closes the connection.
+    ///
+    /// Written is not delivered on a device link: QEMU's chardev socket drops what it had
+    /// not read when the socket closes, so a caller that quits and then closes could lose
+    /// the request the guest agent never saw.
     pub fn quit(&self) -> Result<(), Error> {
         self.act(|c| c.quit())?;
         if !self.flush(Some(CLOSE_GRACE))? {
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the quit request could not be written in time",
+            )));
+        }
+        let taken = self.shared.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = taken.as_ref()
+            && !tuppence_transport::wait_taken(fd, CLOSE_GRACE)
+        {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the other end did not take the quit request in time",
             )));
         }
         Ok(())
@@ -887,6 +912,8 @@ impl Shared {
     /// thread's would.
     fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
+        // The connection closes with the session's handles, not with this one's.
+        drop(self.taken.lock().unwrap_or_else(|e| e.into_inner()).take());
         let mut st = self.lock();
         let handle = st.stop_inline();
         // Nobody reads a parked stream again: it closes now, as the thread's would.
