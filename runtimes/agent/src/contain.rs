@@ -31,6 +31,8 @@ pub(crate) struct Containment {
 #[derive(Debug)]
 struct Pending {
     lazy: bool,
+    /// The leaves go directly in this process's own cgroup ([`Containment::in_own_cgroup`]).
+    in_own: bool,
     who: String,
     /// Where another thread sends the subtree it makes ([`Containment::made_by`]).
     made: Option<Receiver<Result<Arc<CgroupTree>, CgroupError>>>,
@@ -78,6 +80,7 @@ impl Containment {
         let (pending, summary) = if cgroups {
             let pending = Pending {
                 lazy,
+                in_own: false,
                 who: who.to_owned(),
                 made: None,
             };
@@ -104,12 +107,19 @@ impl Containment {
     /// Makes the cgroup subtree a [deferred](Containment::deferred) containment still
     /// lacks (or says, once, why there is none); nothing when there is nothing pending.
     pub fn complete(&mut self) {
-        let Some(Pending { lazy, who, made }) = self.pending.take() else {
+        let Some(Pending {
+            lazy,
+            in_own,
+            who,
+            made,
+        }) = self.pending.take()
+        else {
             return;
         };
         let made = made.and_then(|rx| rx.recv_timeout(MADE_WAIT).ok());
         let created = match made {
             Some(made) => made,
+            None if lazy && in_own => CgroupTree::create_flat_lazy(),
             None if lazy => CgroupTree::create_lazy(),
             None => CgroupTree::create(),
         };
@@ -141,6 +151,16 @@ impl Containment {
             && p.lazy
         {
             p.made = Some(rx);
+        }
+    }
+
+    /// A [deferred](Containment::deferred) lazy containment makes its commands' cgroups
+    /// directly in this process's own cgroup ([`CgroupTree::create_flat_lazy`]).
+    pub fn in_own_cgroup(&mut self) {
+        if let Some(p) = &mut self.pending
+            && p.lazy
+        {
+            p.in_own = true;
         }
     }
 

@@ -7,11 +7,15 @@
 //! CLI's, below). The commands either starts are children of this process. [`EmbeddedAgent`] stops it when dropped: every command it started is killed
 //! and reaped and partial injected files are removed, within a bounded time.
 //!
-//! A started agent sets itself up (its event loop) on its thread while the caller makes its
-//! cgroup subtree and opens its session over the socket: the three overlap instead of
-//! adding up. The hello is answered once the agent is ready; if it cannot get ready, its
-//! end of the socket closes and [`EmbeddedAgent::setup_error`] says why. The agent takes
-//! the subtree after that answer (`LinkDaemonConfig::defer_cgroups`,
+//! Either agent makes its commands' cgroups directly in this process's own cgroup
+//! (`LinkDaemonConfig::cgroups_in_own`): a subtree would be one more cgroup to make and
+//! remove for every `tuppence run`.
+//!
+//! A started agent sets itself up (its event loop) on its thread while the caller sets up
+//! its cgroups and opens its session over the socket: the three overlap instead of adding
+//! up. The hello is answered once the agent is ready; if it cannot get ready, its end of
+//! the socket closes and [`EmbeddedAgent::setup_error`] says why. The agent takes the
+//! cgroups after that answer (`LinkDaemonConfig::defer_cgroups`,
 //! `LinkDaemon::cgroups_made_by`), before any command starts.
 //!
 //! # An agent stepped by its client
@@ -191,10 +195,10 @@ impl EmbeddedAgent {
     /// when that connection closes. Only failing to create the socket pair or the thread
     /// is an error here.
     ///
-    /// With `config.cgroups`, the calling thread makes the agent's cgroup subtree before it
-    /// returns, while the agent's thread starts (which took longer than the subtree); the
-    /// agent takes it once it has answered the hello. Made on the agent's thread after
-    /// that answer, it had delayed the first request by about 0.2 ms.
+    /// With `config.cgroups`, the calling thread sets the agent's cgroups up before it
+    /// returns, while the agent's thread starts (which took longer); the agent takes them
+    /// once it has answered the hello. Made on the agent's thread after that answer, they
+    /// had delayed the first request by about 0.2 ms.
     pub fn start(config: LinkDaemonConfig) -> io::Result<(EmbeddedAgent, UnixStream)> {
         let (ours, theirs) = UnixStream::pair()?;
         tuppence_transport::tune_socket_buffers(&ours);
@@ -210,6 +214,7 @@ impl EmbeddedAgent {
                 let prepared = LinkDaemon::new(LinkDaemonConfig {
                     exit_when_idle: true,
                     defer_cgroups: true,
+                    cgroups_in_own: true,
                     ..config
                 })
                 .and_then(|mut agent| {
@@ -233,9 +238,9 @@ impl EmbeddedAgent {
                 }
             })?;
         if cgroups {
-            // An agent that could not start drops the receiver: the subtree is removed
+            // An agent that could not start drops the receiver: the cgroups are removed
             // with the message that could not be delivered.
-            let _ = tree.send(crate::cgroup::CgroupTree::create_lazy());
+            let _ = tree.send(crate::cgroup::CgroupTree::create_flat_lazy());
         }
         Ok((
             EmbeddedAgent {
@@ -251,7 +256,8 @@ impl EmbeddedAgent {
     /// the returned [`Stepper`] is stepped, on the stepping thread, until the stepper moves
     /// it to a thread of its own (see the module docs). Returns with the client's end of
     /// the socket pair. The agent is set up here (its event loop and, with
-    /// `config.cgroups`, its cgroup subtree), so a set-up failure is this call's error.
+    /// `config.cgroups`, its first command's cgroup), so a set-up failure is this call's
+    /// error.
     /// `config.exit_when_idle` is set, as with [`EmbeddedAgent::start`].
     pub fn start_stepped(
         config: LinkDaemonConfig,
@@ -260,6 +266,7 @@ impl EmbeddedAgent {
         tuppence_transport::tune_socket_buffers(&ours);
         let mut agent = LinkDaemon::new(LinkDaemonConfig {
             exit_when_idle: true,
+            cgroups_in_own: true,
             ..config
         })?;
         agent.add_connection(Transport::Unix(theirs), "local")?;

@@ -1,6 +1,7 @@
-//! The embedded agent (what the `local` target is) makes its cgroup subtree only after its
+//! The embedded agent (what the `local` target is) sets its cgroups up only after its
 //! first turn has answered the hello (`LinkDaemonConfig::defer_cgroups`): the containment
-//! it gives commands must not depend on that order.
+//! it gives commands must not depend on that order. Its commands' cgroups are made directly
+//! in the process's own cgroup (`LinkDaemonConfig::cgroups_in_own`).
 
 mod agent_harness;
 
@@ -49,11 +50,11 @@ fn command(xid: u16) -> (u16, Packet) {
     )
 }
 
-/// A command that arrives in the same read as the hello (before the deferred subtree
-/// exists) and one after it both run in a leaf of the agent's own subtree, and the subtree
-/// is gone once the agent is.
+/// A command that arrives in the same read as the hello (before the deferred cgroups are
+/// set up) and one after it both run in a cgroup of their own, made by this agent directly
+/// in the process's own cgroup, and none of them is left once the agent is gone.
 #[test]
-fn commands_of_an_embedded_agent_run_in_its_cgroup_subtree_from_the_first() {
+fn commands_of_an_embedded_agent_run_in_their_own_cgroups_from_the_first() {
     // Whether this system lets the test process make cgroups at all (root on the host, a
     // writable cgroup2 with cgroup.kill).
     if let Err(e) = CgroupTree::create() {
@@ -88,17 +89,41 @@ fn commands_of_an_embedded_agent_run_in_its_cgroup_subtree_from_the_first() {
     let (xid, second) = command(2);
     raw.send_packet(xid, &second);
     let second_cgroup = cgroup_of_a_command(&mut raw, xid);
+    // Leaves of this agent directly in the process's own cgroup (`cgroups_in_own`):
+    // `tuppence-PID-N-cK`, N the same for both.
+    let own_path = own_cgroup_path();
+    let mut agent_prefix = None;
     for cgroup in [&first_cgroup, &second_cgroup] {
-        let leaf = cgroup.rsplit('/').next().unwrap_or_default();
-        let tree = cgroup.rsplit('/').nth(1).expect("a leaf below a subtree");
-        assert!(
-            tree.starts_with(&format!("tuppence-{pid}-")) && leaf.starts_with('c'),
-            "not in a leaf of this process's subtree: {cgroup}"
+        let (parent, leaf) = cgroup.rsplit_once('/').expect("a path");
+        assert_eq!(
+            if parent.is_empty() { "/" } else { parent },
+            own_path,
+            "not directly in this process's own cgroup: {cgroup}"
         );
+        let (prefix, n) = leaf.rsplit_once("-c").expect("a leaf's name");
+        assert!(
+            prefix.starts_with(&format!("tuppence-{pid}-")) && n.parse::<u32>().is_ok(),
+            "not a leaf of this process: {cgroup}"
+        );
+        assert_eq!(agent_prefix.get_or_insert(prefix.to_owned()), prefix);
     }
-    let tree_name = first_cgroup.rsplit('/').nth(1).map(str::to_owned);
     drop(raw);
     drop(agent);
-    let tree = own.join(tree_name.expect("subtree"));
-    assert!(!tree.exists(), "{} was left behind", tree.display());
+    let prefix = format!("{}-c", agent_prefix.expect("leaves"));
+    let left: Vec<String> = std::fs::read_dir(&own)
+        .expect("own cgroup")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// This process's cgroup as `/proc/self/cgroup` names it.
+fn own_cgroup_path() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .expect("/proc/self/cgroup")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup2 line")
+        .to_owned()
 }

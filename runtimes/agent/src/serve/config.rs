@@ -58,6 +58,11 @@ pub struct LinkDaemonConfig {
     /// [`LinkDaemon::new`]: super::LinkDaemon::new
     /// [`LinkDaemon::containment`]: super::LinkDaemon::containment
     pub defer_cgroups: bool,
+    /// Make each command's cgroup (with `cgroups`) directly in this process's own cgroup
+    /// instead of in a subtree of the agent's (`CgroupTree::create_flat_lazy`): one
+    /// cgroup fewer to make and remove, for an agent embedded in a short-lived process
+    /// (`EmbeddedAgent` sets it). A daemon keeps its commands together in its subtree.
+    pub cgroups_in_own: bool,
     /// Make the agent's process a child subreaper and reap the orphans of commands (see
     /// [`crate::reaper`]). Leave on unless the process embedding the agent starts children
     /// of its own that call `setsid` and reaps them itself. (Its `SIGCHLD` is also what
@@ -88,6 +93,7 @@ impl Default for LinkDaemonConfig {
             exit_when_idle: false,
             cgroups: true,
             defer_cgroups: false,
+            cgroups_in_own: false,
             reap_orphans: true,
             inject_finish_delay: Duration::ZERO,
         }

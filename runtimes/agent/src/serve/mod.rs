@@ -112,11 +112,14 @@ pub struct LinkDaemon {
 
 impl LinkDaemon {
     pub fn new(config: LinkDaemonConfig) -> io::Result<LinkDaemon> {
-        let contain = if config.defer_cgroups {
-            Containment::deferred(config.cgroups, config.reap_orphans, true, "commands")?
-        } else {
-            Containment::new(config.cgroups, config.reap_orphans, true, "commands")?
-        };
+        let mut contain =
+            Containment::deferred(config.cgroups, config.reap_orphans, true, "commands")?;
+        if config.cgroups_in_own {
+            contain.in_own_cgroup();
+        }
+        if !config.defer_cgroups {
+            contain.complete();
+        }
         let mut io = Loop::new()?;
         if let Some(fd) = contain.fd() {
             io.add_extra(fd, Interest::READABLE, Tag::Reaper)?;
