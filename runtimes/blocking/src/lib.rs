@@ -37,7 +37,6 @@ mod chat;
 mod error;
 mod ops;
 mod peer;
-mod pool;
 mod session;
 pub mod sniff;
 mod stream;

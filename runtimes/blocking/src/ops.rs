@@ -14,9 +14,8 @@ use tuppence::link::{
     UsageError,
 };
 use tuppence::wire::ProcInfoField;
-use tuppence_transport::{LocalFile, write_all_vectored};
+use tuppence_transport::{LocalFile, PiecePool, write_all_vectored};
 
-use crate::pool::Pool;
 use crate::{Error, Session};
 
 /// Packets of data an inject reads from its source at once.
@@ -113,7 +112,7 @@ impl Session {
         let mut sent = 0u64;
         // Whole packets per read (256 KiB went out as eight full packets and one of 80
         // bytes), read straight into buffers the link gives back once written.
-        let mut pool = Pool::new(POOL_PIECES, READ_PACKETS * self.max_data_chunk());
+        let mut pool = PiecePool::new(POOL_PIECES, READ_PACKETS * self.max_data_chunk());
         loop {
             let mut buf = pool.take();
             let n = match source.read(&mut buf) {

@@ -12,7 +12,7 @@ use tuppence::link::{
     Command, MonitorEvent, Outcome, Output, RunEvent, Signal, TransferEvent, UsageError,
 };
 use tuppence::wire::ProcInfoField;
-use tuppence_transport::LocalFile;
+use tuppence_transport::{LocalFile, PiecePool};
 
 use crate::client::{Batch, SEND_PIECE};
 use crate::{Error, Session};
@@ -20,6 +20,11 @@ use crate::{Error, Session};
 /// Data pieces (packets of 32 KiB) an extract hands its sink in one vectored write at
 /// most: a write per packet was a system call each for a file sink.
 const WRITE_PIECES: usize = 64;
+/// Send pieces an inject reads from its source at once (eight packets).
+const READ_PIECES: usize = 4;
+/// Read buffers an inject keeps for reuse: more than the link holds unwritten (the
+/// machine's transmit bound of 1 MiB, plus a vectored write in progress).
+const POOL_PIECES: usize = 12;
 
 /// Writes all of `pieces`, in order, through the sink's vectored write: a partial write
 /// resumes where it stopped (in the middle of a piece if need be), `EINTR` is retried, a
@@ -111,16 +116,20 @@ impl Session {
         }
         let mut sent = 0u64;
         // Several pieces per read of the source: fewer reads, and each piece is sent as
-        // whole packets.
-        let mut buf = vec![0u8; 4 * SEND_PIECE];
+        // whole packets. Read straight into buffers the pump gives back once written
+        // (copying each read into a new `Bytes` cost a `memcpy` per byte).
+        let mut pool = PiecePool::new(POOL_PIECES, READ_PIECES * SEND_PIECE);
         loop {
+            let mut buf = pool.take();
             let n = match source.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::local("read", e)),
             };
-            let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+            buf.truncate(n);
+            let piece = buf.freeze();
+            pool.give(piece.clone());
             let r = self.send_data(piece, |c, d| c.send_file_data(xid, d)).await;
             if let Err(e) = r {
                 return Err(guard.ended_early(e).await);

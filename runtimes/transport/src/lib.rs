@@ -149,6 +149,7 @@ mod error;
 pub mod exec;
 mod listener;
 mod local_file;
+mod piece_pool;
 mod reach;
 mod recv_buf;
 pub mod stdio;
@@ -167,6 +168,7 @@ pub use listener::{
     ListenOptions, Listener, Peer, SerialListener, UnixCredentials, UnixSocketListener,
 };
 pub use local_file::{LocalFile, LocalFileError};
+pub use piece_pool::PiecePool;
 pub use reach::DEFAULT_AGENT;
 pub use recv_buf::{RECV_MIN, RecvBuf};
 pub use stdio::StdioRelay;

@@ -1,7 +1,7 @@
 //! Read buffers an inject reuses once the link has written what was read into them.
 //!
 //! Each piece read from the source travels as `Bytes` through the machine's transmit
-//! queue to the writer thread, and its buffer is free again once the writer dropped it. A
+//! queue to whoever writes the link, and its buffer is free again once the writer dropped it. A
 //! fresh 256 KiB buffer per piece came from glibc's `mmap` each time (page faults on every
 //! page, then `munmap`), and copying the read into a new `Bytes` cost a `memcpy` per byte:
 //! the pool hands out a buffer to read into directly, then takes it back as the `Bytes`
@@ -11,8 +11,9 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-/// A bounded set of buffers of one size.
-pub(crate) struct Pool {
+/// A bounded set of buffers of one size, for reading a local source straight into the
+/// pieces an inject sends.
+pub struct PiecePool {
     /// Handed-out pieces, oldest first; free again once this is their only handle.
     out: VecDeque<Bytes>,
     /// Most pieces kept: the oldest is forgotten (and freed by its last holder) beyond.
@@ -20,9 +21,10 @@ pub(crate) struct Pool {
     size: usize,
 }
 
-impl Pool {
-    pub(crate) fn new(cap: usize, size: usize) -> Pool {
-        Pool {
+impl PiecePool {
+    /// At most `cap` pieces are kept for reuse; every buffer holds `size` bytes.
+    pub fn new(cap: usize, size: usize) -> PiecePool {
+        PiecePool {
             out: VecDeque::with_capacity(cap),
             cap,
             size,
@@ -31,7 +33,7 @@ impl Pool {
 
     /// A buffer of `size` initialized bytes to read into: a reused one when a piece given
     /// back is no longer held elsewhere, else a new one.
-    pub(crate) fn take(&mut self) -> BytesMut {
+    pub fn take(&mut self) -> BytesMut {
         for _ in 0..self.out.len() {
             let Some(piece) = self.out.pop_front() else {
                 break;
@@ -52,7 +54,7 @@ impl Pool {
 
     /// Keeps a handle on a piece made from a buffer of [`take`](Self::take), so that its
     /// buffer can be reused once the link is done with it.
-    pub(crate) fn give(&mut self, piece: Bytes) {
+    pub fn give(&mut self, piece: Bytes) {
         if self.out.len() >= self.cap {
             self.out.pop_front();
         }
@@ -71,7 +73,7 @@ mod tests {
 
     #[test]
     fn a_buffer_is_reused_once_its_piece_is_dropped() {
-        let mut pool = Pool::new(4, 1000);
+        let mut pool = PiecePool::new(4, 1000);
         let mut buf = pool.take();
         assert_eq!(buf.len(), 1000);
         buf[..3].copy_from_slice(b"abc");
@@ -92,7 +94,7 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded() {
-        let mut pool = Pool::new(3, 64);
+        let mut pool = PiecePool::new(3, 64);
         let mut held = Vec::new();
         for _ in 0..10 {
             let piece = pool.take().freeze();
