@@ -371,6 +371,91 @@ async fn slow_reader(mut io: Async<UnixStream>, pause: Duration) -> Vec<u8> {
     }
 }
 
+/// A peer that answers the hello with keepalives off, reads two command requests and,
+/// once `go` says so, ends the first with exit status 7 (major 0, minor 7).
+async fn ends_the_first_command_when_told(
+    mut io: Async<UnixStream>,
+    go: smol::channel::Receiver<()>,
+) {
+    let mut hello = [0u8; 12];
+    io.read_exact(&mut hello).await.unwrap();
+    let mut out = BytesMut::new();
+    Packet::Hello(Hello {
+        major: 4,
+        minor: 0,
+        keepalive: 0,
+    })
+    .encode(Dialect::V4, 2, 0, &mut out)
+    .unwrap();
+    io.write_all(&out).await.unwrap();
+    let mut xids = Vec::new();
+    while xids.len() < 2 {
+        let mut header = [0u8; 8];
+        io.read_exact(&mut header).await.unwrap();
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let mut payload = vec![0u8; len - 8];
+        io.read_exact(&mut payload).await.unwrap();
+        if header[0] == b'c' {
+            xids.push(u16::from_be_bytes([header[6], header[7]]));
+        }
+    }
+    go.recv().await.unwrap();
+    out.clear();
+    Packet::Major(0)
+        .encode(Dialect::V4, 2, xids[0], &mut out)
+        .unwrap();
+    Packet::Minor(7)
+        .encode(Dialect::V4, 2, xids[0], &mut out)
+        .unwrap();
+    io.write_all(&out).await.unwrap();
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = io.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A consumer whose future is kept but no longer polled (as one held across a `select`
+/// that chose another branch) must not hold up the session's other consumers. It was the
+/// last to wait, so a wake-up handed to it alone would be lost: the driver's task must be
+/// woken too (or soon after). Keepalives are off, so no timer of the pump would come to
+/// the rescue. (A relay that woke only the waiter, with a 2 ms grace timer for the task,
+/// passed this; without the timer it hangs. See `benches/e2e/README.md`.)
+#[test]
+fn a_waiter_that_stops_polling_does_not_hold_up_the_others() {
+    smol::block_on(guard(10, async {
+        let (a, b) = Async::<UnixStream>::pair().unwrap();
+        let (go, told) = smol::channel::bounded(1);
+        let _peer = smol::spawn(ends_the_first_command_when_told(b, told));
+        let config = ClientConfig {
+            keepalive: 0,
+            ..ClientConfig::default()
+        };
+        let session = Session::new(a, config).await.unwrap();
+        let first = session.run(Command::new("first")).await.unwrap();
+        let second = session.run(Command::new("second")).await.unwrap();
+        // The first command's consumer waits on a thread of its own...
+        let (done, outcome) = smol::channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = done.send_blocking(smol::block_on(first.wait()));
+        });
+        Timer::after(Duration::from_millis(100)).await;
+        // ...then the second's waits once, after it, and is kept but never polled again.
+        let mut kept = Box::pin(second.wait());
+        assert!(future::poll_once(&mut kept).await.is_none());
+        go.send(()).await.unwrap();
+        let asked = Instant::now();
+        assert_eq!(outcome.recv().await.unwrap(), Outcome::Exited(7));
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        drop(kept);
+    }));
+}
+
 #[test]
 fn requests_made_while_the_driver_waits_to_write_are_sent() {
     // The driver is not woken for data queued while the transport is full (it takes
