@@ -320,9 +320,8 @@ fn quit_stops_the_agent_and_running_commands_see_the_link_lost() {
     }));
 }
 
-/// A peer that answers the hello with `keepalive` and then never sends another byte
-/// (while still reading, so nothing but the timer can notice).
-async fn silent_server(mut io: Async<UnixStream>, keepalive: u16) {
+/// Reads the client's hello and answers it as a v4 agent announcing `keepalive`.
+async fn answer_hello(io: &mut Async<UnixStream>, keepalive: u16) {
     let mut hello = [0u8; 12];
     io.read_exact(&mut hello).await.unwrap();
     let mut reply = BytesMut::new();
@@ -334,6 +333,20 @@ async fn silent_server(mut io: Async<UnixStream>, keepalive: u16) {
     .encode(Dialect::V4, 2, 0, &mut reply)
     .unwrap();
     io.write_all(&reply).await.unwrap();
+}
+
+/// Reads one packet and returns its 8-byte header (the payload is read and dropped).
+async fn read_packet(io: &mut Async<UnixStream>) -> [u8; 8] {
+    let mut header = [0u8; 8];
+    io.read_exact(&mut header).await.unwrap();
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let mut payload = vec![0u8; len - 8];
+    io.read_exact(&mut payload).await.unwrap();
+    header
+}
+
+/// Reads and drops whatever comes until the client closes.
+async fn drain(io: &mut Async<UnixStream>) {
     let mut sink = [0u8; 4096];
     while let Ok(n) = io.read(&mut sink).await {
         if n == 0 {
@@ -342,29 +355,22 @@ async fn silent_server(mut io: Async<UnixStream>, keepalive: u16) {
     }
 }
 
+/// A peer that answers the hello with `keepalive` and then never sends another byte
+/// (while still reading, so nothing but the timer can notice).
+async fn silent_server(mut io: Async<UnixStream>, keepalive: u16) {
+    answer_hello(&mut io, keepalive).await;
+    drain(&mut io).await;
+}
+
 /// A peer that answers the hello, reads nothing for `pause`, then reads packets and
 /// returns their types up to and including the first `X` (end of stdin).
 async fn slow_reader(mut io: Async<UnixStream>, pause: Duration) -> Vec<u8> {
-    let mut hello = [0u8; 12];
-    io.read_exact(&mut hello).await.unwrap();
-    let mut reply = BytesMut::new();
-    Packet::Hello(Hello {
-        major: 4,
-        minor: 0,
-        keepalive: 0,
-    })
-    .encode(Dialect::V4, 2, 0, &mut reply)
-    .unwrap();
-    io.write_all(&reply).await.unwrap();
+    answer_hello(&mut io, 0).await;
     Timer::after(pause).await;
     let mut types = Vec::new();
     loop {
-        let mut header = [0u8; 8];
-        io.read_exact(&mut header).await.unwrap();
+        let header = read_packet(&mut io).await;
         types.push(header[0]);
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        let mut payload = vec![0u8; len - 8];
-        io.read_exact(&mut payload).await.unwrap();
         if header[0] == b'X' {
             return types;
         }
@@ -377,30 +383,16 @@ async fn ends_the_first_command_when_told(
     mut io: Async<UnixStream>,
     go: smol::channel::Receiver<()>,
 ) {
-    let mut hello = [0u8; 12];
-    io.read_exact(&mut hello).await.unwrap();
-    let mut out = BytesMut::new();
-    Packet::Hello(Hello {
-        major: 4,
-        minor: 0,
-        keepalive: 0,
-    })
-    .encode(Dialect::V4, 2, 0, &mut out)
-    .unwrap();
-    io.write_all(&out).await.unwrap();
+    answer_hello(&mut io, 0).await;
     let mut xids = Vec::new();
     while xids.len() < 2 {
-        let mut header = [0u8; 8];
-        io.read_exact(&mut header).await.unwrap();
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        let mut payload = vec![0u8; len - 8];
-        io.read_exact(&mut payload).await.unwrap();
+        let header = read_packet(&mut io).await;
         if header[0] == b'c' {
             xids.push(u16::from_be_bytes([header[6], header[7]]));
         }
     }
     go.recv().await.unwrap();
-    out.clear();
+    let mut out = BytesMut::new();
     Packet::Major(0)
         .encode(Dialect::V4, 2, xids[0], &mut out)
         .unwrap();
@@ -408,12 +400,7 @@ async fn ends_the_first_command_when_told(
         .encode(Dialect::V4, 2, xids[0], &mut out)
         .unwrap();
     io.write_all(&out).await.unwrap();
-    let mut sink = [0u8; 4096];
-    while let Ok(n) = io.read(&mut sink).await {
-        if n == 0 {
-            break;
-        }
-    }
+    drain(&mut io).await;
 }
 
 /// A consumer whose future is kept but no longer polled (as one held across a `select`
