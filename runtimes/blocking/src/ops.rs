@@ -48,21 +48,28 @@ impl Session {
     /// Starts a command.
     pub fn run(&self, cmd: Command) -> Result<Run<'_>, Error> {
         let xid = self.open(false, |c| c.run(cmd.clone()))?;
-        Ok(Run {
+        Ok(self.run_handle(xid))
+    }
+
+    /// Starts a command whose stdin is empty. The request and the end of stdin go out in
+    /// one write, where [`run`](Self::run) and then [`Run::close_stdin`] take two.
+    pub fn run_without_stdin(&self, cmd: Command) -> Result<Run<'_>, Error> {
+        let xid = self.open(false, |c| c.run_without_stdin(cmd.clone()))?;
+        Ok(self.run_handle(xid))
+    }
+
+    fn run_handle(&self, xid: u16) -> Run<'_> {
+        Run {
             session: self,
             xid,
             done: AtomicBool::new(false),
             batch: Mutex::new(VecDeque::new()),
-        })
+        }
     }
 
     /// Runs a command with no stdin and collects its output.
     pub fn output(&self, cmd: Command) -> Result<Output, Error> {
-        let run = self.run(cmd)?;
-        // If this fails the link is gone or the command already ended; either way the
-        // outcome below says what happened.
-        let _ = run.close_stdin();
-        run.collect()
+        self.run_without_stdin(cmd)?.collect()
     }
 
     /// Copies `source` into `path` on the system under test (created as `user` with

@@ -252,6 +252,42 @@ fn peer_hangup_fails_waiters_instead_of_hanging() {
 }
 
 #[test]
+fn a_command_without_stdin_goes_out_with_its_end_of_stdin_in_one_write() {
+    // A packet socket keeps each write a record of its own, so the peer sees how the
+    // client wrote, not how the kernel happened to gather the bytes.
+    let (a, b) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let (a, b) = (UnixStream::from(a), UnixStream::from(b));
+    let peer = thread::spawn(move || {
+        let mut b = b;
+        let mut hello = [0u8; 12];
+        b.read_exact(&mut hello).unwrap();
+        b.write_all(&[0x68, 0, 0, 12, 0, 2, 0, 0, 4, 0, 0, 0])
+            .unwrap();
+        // The write after the hello: `run` followed by `close_stdin` made two.
+        let mut buf = vec![0u8; 64 << 10];
+        let n = b.read(&mut buf).unwrap();
+        let mut types = Vec::new();
+        let mut at = 0;
+        while at + 8 <= n {
+            types.push(buf[at]);
+            at += usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
+        }
+        types
+    });
+    let session = Session::new(a, ClientConfig::default(), Duration::from_secs(5)).unwrap();
+    let run = session.run_without_stdin(Command::new("true")).unwrap();
+    assert_eq!(peer.join().unwrap(), [b'c', b'X']);
+    // Stdin is closed already: closing it again is refused, nothing more is sent.
+    assert!(run.close_stdin().is_err());
+}
+
+#[test]
 fn serial_cable_emulated_by_a_pty_pair_carries_one_mebibyte() {
     let (host, guest) = serial2::SerialPort::pair().unwrap();
     thread::spawn(move || fake_agent(guest, |s| s.try_clone().unwrap()));

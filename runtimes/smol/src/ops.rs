@@ -63,22 +63,30 @@ impl Session {
     /// until [`RunHandle::close_stdin`].
     pub async fn run(&self, cmd: Command) -> Result<RunHandle, Error> {
         let xid = self.open(|c| c.run(cmd.clone())).await?;
-        Ok(RunHandle {
+        Ok(self.run_handle(xid))
+    }
+
+    /// Starts a command whose stdin is empty. The request and the end of stdin go out in
+    /// one write, where [`run`](Self::run) and then [`RunHandle::close_stdin`] take two.
+    pub async fn run_without_stdin(&self, cmd: Command) -> Result<RunHandle, Error> {
+        let xid = self.open(|c| c.run_without_stdin(cmd.clone())).await?;
+        Ok(self.run_handle(xid))
+    }
+
+    fn run_handle(&self, xid: u16) -> RunHandle {
+        RunHandle {
             control: RunControl {
                 session: self.clone(),
                 xid,
             },
             batch: Batch::default(),
             done: false,
-        })
+        }
     }
 
     /// Runs a command with empty stdin and collects its output.
     pub async fn output(&self, cmd: Command) -> Result<Output, Error> {
-        let run = self.run(cmd).await?;
-        // A failure here means the link is gone or the command already ended; the outcome
-        // collected below says which.
-        let _ = run.close_stdin().await;
+        let run = self.run_without_stdin(cmd).await?;
         Ok(run.output().await)
     }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -440,6 +440,60 @@ fn a_waiter_that_stops_polling_does_not_hold_up_the_others() {
             asked.elapsed()
         );
         drop(kept);
+    }));
+}
+
+/// A peer that answers the hello with keepalives off and returns the packet types of
+/// the client's next write (on a packet socket, one read is one write).
+async fn first_read_after_hello(mut io: Async<UnixStream>) -> Vec<u8> {
+    answer_hello(&mut io, 0).await;
+    let mut buf = vec![0u8; 64 << 10];
+    let n = io.read(&mut buf).await.unwrap();
+    let mut types = Vec::new();
+    let mut at = 0;
+    while let Some(header) = buf.get(at..(at + 8).min(n)).filter(|h| h.len() == 8) {
+        types.push(header[0]);
+        at += usize::from(u16::from_be_bytes([header[2], header[3]]));
+    }
+    types
+}
+
+/// A connected pair of packet sockets: each write stays a record of its own, so a peer
+/// sees how the client wrote, not how the kernel happened to gather the bytes.
+fn packet_socket_pair() -> (Async<UnixStream>, Async<UnixStream>) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    let [a, b] = fds.map(|fd| unsafe { UnixStream::from_raw_fd(fd) });
+    (Async::new(a).unwrap(), Async::new(b).unwrap())
+}
+
+#[test]
+fn a_command_without_stdin_goes_out_with_its_end_of_stdin_in_one_write() {
+    smol::block_on(guard(10, async {
+        let (a, b) = packet_socket_pair();
+        let peer = smol::spawn(first_read_after_hello(b));
+        let config = ClientConfig {
+            keepalive: 0,
+            ..ClientConfig::default()
+        };
+        let session = Session::new(a, config).await.unwrap();
+        let run = session
+            .run_without_stdin(Command::new("true"))
+            .await
+            .unwrap();
+        assert_eq!(peer.await, [b'c', b'X']);
+        // Stdin is closed already: closing it again is refused, nothing more is sent.
+        assert!(run.close_stdin().await.is_err());
     }));
 }
 

@@ -48,6 +48,20 @@ impl Client {
         Ok(xid)
     }
 
+    /// Starts a command whose stdin is empty: the request and the end of its stdin are
+    /// queued as one intent, so they leave in one write and the agent reads them in one
+    /// (a [`Client::run`] followed by [`Client::close_stdin`] is two intents, which an
+    /// adapter that wakes its writer per intent sends in two writes).
+    pub fn run_without_stdin(&mut self, cmd: Command) -> Result<u16, UsageError> {
+        let xid = self.run(cmd)?;
+        // `run` checked the room for this intent; the end of stdin rides with it.
+        self.enqueue(xid, Packet::Eof { channel: 0 })?;
+        if let Some(tx) = self.transactions.get_mut(&xid) {
+            tx.stdin_closed = true;
+        }
+        Ok(xid)
+    }
+
     /// Sends bytes to a command's stdin.
     pub fn send_stdin(&mut self, xid: u16, data: Bytes) -> Result<(), UsageError> {
         let tx = self.live(xid)?;
