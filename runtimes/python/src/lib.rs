@@ -230,8 +230,10 @@ impl Connection {
         ))
     }
 
-    /// Starts a command; see `tuppence.Process`.
-    #[pyo3(signature = (command, user, timeout=None, env=Vec::new(), tty=false))]
+    /// Starts a command; see `tuppence.Process`. `stdin=False` starts it with its stdin
+    /// already ended (the request and the end go out in one write).
+    #[pyo3(signature = (command, user, timeout=None, env=Vec::new(), tty=false, stdin=true))]
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
         py: Python<'_>,
@@ -240,9 +242,10 @@ impl Connection {
         timeout: Option<f64>,
         env: Vec<(Vec<u8>, Vec<u8>)>,
         tty: bool,
+        stdin: bool,
     ) -> PyResult<process::Process> {
         let cmd = self::command(command, user, timeout, env, tty)?;
-        process::Process::start(py, self.conn(py)?, cmd)
+        process::Process::start(py, self.conn(py)?, cmd, stdin)
     }
 
     /// Starts a command on a tty for a chat; see `tuppence.Chat`.

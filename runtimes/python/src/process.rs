@@ -31,9 +31,23 @@ pub struct Process {
 }
 
 impl Process {
-    pub(crate) fn start(py: Python<'_>, conn: Arc<Conn>, cmd: Command) -> PyResult<Process> {
+    /// Starts `cmd`; with `stdin` false its stdin is ended with the request.
+    pub(crate) fn start(
+        py: Python<'_>,
+        conn: Arc<Conn>,
+        cmd: Command,
+        stdin: bool,
+    ) -> PyResult<Process> {
         let run = py
-            .detach(|| OwnedRun::try_new(conn, |c| c.session.run(cmd)))
+            .detach(|| {
+                OwnedRun::try_new(conn, |c| {
+                    if stdin {
+                        c.session.run(cmd)
+                    } else {
+                        c.session.run_without_stdin(cmd)
+                    }
+                })
+            })
             .map_err(|e| session_error(py, e))?;
         Ok(Process {
             run: Arc::new(run),

@@ -239,7 +239,18 @@ class Session:
         """Starts ``cmd`` in the background and returns its :class:`Process` (stdin open,
         output streamed). ``timeout``: seconds after which the agent kills it (None: the
         agent's default, 60 s on tuppence's agent)."""
-        native = self._conn.start(_cmdline(cmd), self._user(user), timeout, _env(env), tty)
+        return self._start(cmd, user, timeout, env, tty, stdin_open=True)
+
+    def _start(
+        self,
+        cmd: Command,
+        user: Optional[str],
+        timeout: Optional[float],
+        env: Optional[Mapping[str, str]],
+        tty: bool,
+        stdin_open: bool,
+    ) -> "Process":
+        native = self._conn.start(_cmdline(cmd), self._user(user), timeout, _env(env), tty, stdin_open)
         return Process(native, cmd, timeout)
 
     def run(
@@ -263,9 +274,11 @@ class Session:
         :class:`CalledProcessError` unless it exits with 0. A command the agent cannot
         start (unknown user) raises :class:`CommandFailed`.
         """
-        proc = self.start(cmd, user=user, timeout=timeout, env=env, tty=tty)
+        # Without stdin the request carries its end: one write, not two.
+        proc = self._start(cmd, user, timeout, env, tty, stdin_open=stdin is not None)
         with proc:
-            proc._feed(stdin)
+            if stdin is not None:
+                proc._feed(stdin)
             result = proc.wait()
         if check:
             result.check_returncode()

@@ -29,6 +29,7 @@ class Connection:
         timeout: Optional[float] = None,
         env: Sequence[Tuple[bytes, bytes]] = ...,
         tty: bool = False,
+        stdin: bool = True,
     ) -> Process: ...
     def chat(
         self,

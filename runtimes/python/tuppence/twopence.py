@@ -659,11 +659,13 @@ class Target:
             except OSError as e:
                 raise IOError(e.errno, e.strerror, cmd.stdin) from None
         try:
-            proc = sess.start(cmd.commandline, user=user, timeout=timeout, env=self._environment(cmd), tty=cmd.useTty)
+            # Without stdin the request carries its end: one write, not two.
+            proc = sess._start(cmd.commandline, user, timeout, self._environment(cmd), cmd.useTty, stdin is not None)
         except _tp.Error as e:
             raise _fail(context, SEND_COMMAND_ERROR, str(e)) from None
         try:
-            proc._feed(bytes(stdin) if isinstance(stdin, bytearray) else stdin)
+            if stdin is not None:
+                proc._feed(bytes(stdin) if isinstance(stdin, bytearray) else stdin)
         except _tp.Error as e:
             raise _fail(context, FORWARD_INPUT_ERROR, str(e)) from None
         job = _Job(cmd, proc=proc)
