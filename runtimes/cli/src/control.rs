@@ -254,8 +254,9 @@ pub fn procinfo(args: ProcinfoArgs) -> Result<u8, Failure> {
         cmd = cmd.timeout(Duration::from_secs_f64(args.timeout));
     }
     let session = conn.session();
-    let run = session.run(cmd).map_err(|e| Failure::session(e).at(&ctx))?;
-    let _ = run.close_stdin();
+    let run = session
+        .run_without_stdin(cmd)
+        .map_err(|e| Failure::session(e).at(&ctx))?;
 
     // Output is copied to stderr while we wait; stdout is for the samples. Returns the
     // outcome if the command ended before `until`.

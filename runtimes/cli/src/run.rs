@@ -63,16 +63,22 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
         .map_err(|e| Failure::local("signal handlers", &e))?;
     let signals_handle = signals.handle();
-    let run = session.run(cmd).map_err(|e| Failure::session(e).at(&ctx))?;
-    log_start(&run, conn.target.dialect);
-
     // Reading a terminal nobody asked us to forward would steal the user's typing and
     // leave the remote command waiting for an EOF that never comes: close its stdin.
     // Nothing to read on a stdin that is /dev/null or closed (`</dev/null`, `<&-`, as
-    // scripts and harnesses start us): the command's stdin is closed at once, without the
-    // reader and forwarder threads (two of the thread wake-ups of a short run).
+    // scripts and harnesses start us): the command starts with its stdin closed (the
+    // request and the end in one write), without the reader and forwarder threads (two
+    // of the thread wake-ups of a short run).
     let forward_stdin = (args.tty || args.interactive || !io::stdin().is_terminal())
         && !has_nothing_to_read(io::stdin());
+    let run = if forward_stdin {
+        session.run(cmd)
+    } else {
+        session.run_without_stdin(cmd)
+    }
+    .map_err(|e| Failure::session(e).at(&ctx))?;
+    log_start(&run, conn.target.dialect);
+
     let raw = if args.tty && forward_stdin {
         RawTerminal::enable().map_err(|e| Failure::local("terminal", &e))?
     } else {
@@ -82,8 +88,6 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         let (rx, stop) = spawn_stdin_reader();
         (Some(rx), stop)
     } else {
-        run.close_stdin()
-            .map_err(|e| Failure::session(e).at(&ctx))?;
         (None, None)
     };
     let done = AtomicBool::new(false);

@@ -221,6 +221,17 @@ fn stdin_passes_every_byte_value() {
     });
 }
 
+/// A stdin of /dev/null (or closed) starts the command with its stdin already ended: it
+/// reads end of file at once, on the embedded agent and over a socket.
+#[test]
+fn with_nothing_on_stdin_the_command_reads_end_of_file_at_once() {
+    with_targets(|t| {
+        let out = run(&["run", "-t", t, "--timeout", "20", "--", "cat; echo eof"]);
+        assert_eq!(code(&out), 0, "{t}: {}", stderr(&out));
+        assert_eq!(out.stdout, b"eof\n", "{t}");
+    });
+}
+
 /// With stdin an open pipe that sends nothing (a script's or a harness's), `run` exits as
 /// soon as the command has ended: the stdin forwarder is woken, not left to notice at its
 /// next 100 ms poll (which every such run used to wait for).
