@@ -5,21 +5,10 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::pair::{Pair, ScriptedApp, raw_headers};
+use common::pair::{Pair, raw_headers};
 use tuppence::Machine;
-use tuppence::link::{ClientConfig, ClientEvent, Command, Outcome, ServerConfig, UsageError};
+use tuppence::link::{ClientEvent, Command, Outcome, UsageError};
 use tuppence::wire::{Dialect, Packet};
-
-fn pair(dialect: Dialect) -> Pair<ScriptedApp> {
-    Pair::with_agent(
-        ClientConfig {
-            dialect,
-            ..ClientConfig::default()
-        },
-        ServerConfig::default(),
-        ScriptedApp::default(),
-    )
-}
 
 /// The type byte the dialect gives the end of stdin (`X` in 4.0, `E` in 3.0).
 fn eof_type(dialect: Dialect) -> u8 {
@@ -34,7 +23,7 @@ fn eof_type(dialect: Dialect) -> u8 {
 #[test]
 fn the_request_and_the_end_of_stdin_leave_in_one_transmit() {
     for dialect in [Dialect::V4, Dialect::Legacy3] {
-        let mut p = pair(dialect);
+        let mut p = Pair::new(dialect);
         p.connect();
         let xid = p.client.run_without_stdin(Command::new("cat")).unwrap();
         let mut buf = BytesMut::new();
@@ -59,7 +48,7 @@ fn the_request_and_the_end_of_stdin_leave_in_one_transmit() {
 #[test]
 fn the_agent_sees_the_end_of_stdin_and_the_command_completes() {
     for dialect in [Dialect::V4, Dialect::Legacy3] {
-        let mut p = pair(dialect);
+        let mut p = Pair::new(dialect);
         p.connect();
         // `cat` in the scripted agent runs until its stdin ends, then exits 0.
         let xid = p.client.run_without_stdin(Command::new("cat")).unwrap();
@@ -80,7 +69,7 @@ fn the_agent_sees_the_end_of_stdin_and_the_command_completes() {
 #[test]
 fn before_the_hello_reply_both_packets_wait_and_go_out_in_order() {
     let dialect = Dialect::V4;
-    let mut p = pair(dialect);
+    let mut p = Pair::new(dialect);
     assert!(!p.client.is_connected());
     let xid = p.client.run_without_stdin(Command::new("cat")).unwrap();
     p.drive();
@@ -99,7 +88,7 @@ fn before_the_hello_reply_both_packets_wait_and_go_out_in_order() {
 
 #[test]
 fn a_full_queue_refuses_the_whole_intent() {
-    let mut p = pair(Dialect::V4);
+    let mut p = Pair::new(Dialect::V4);
     p.connect();
     let cat = p.client.run(Command::new("hold")).unwrap();
     loop {

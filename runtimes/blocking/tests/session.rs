@@ -225,15 +225,20 @@ fn the_end_of_a_large_transfer_does_not_wait_for_more_input() {
     );
 }
 
+/// Reads the client's hello and answers it as a 4.0 agent with cid 2 and no keepalive.
+fn answer_hello(b: &mut UnixStream) {
+    let mut hello = [0u8; 12];
+    b.read_exact(&mut hello).unwrap();
+    b.write_all(&[0x68, 0, 0, 12, 0, 2, 0, 0, 4, 0, 0, 0])
+        .unwrap();
+}
+
 #[test]
 fn peer_hangup_fails_waiters_instead_of_hanging() {
     let (a, b) = UnixStream::pair().unwrap();
     let peer = thread::spawn(move || {
         let mut b = b;
-        let mut hello = [0u8; 12];
-        b.read_exact(&mut hello).unwrap();
-        b.write_all(&[0x68, 0, 0, 12, 0, 2, 0, 0, 4, 0, 0, 0])
-            .unwrap();
+        answer_hello(&mut b);
         let mut cmd = [0u8; 8];
         b.read_exact(&mut cmd).unwrap();
         // Hang up with the command running.
@@ -265,10 +270,7 @@ fn a_command_without_stdin_goes_out_with_its_end_of_stdin_in_one_write() {
     let (a, b) = (UnixStream::from(a), UnixStream::from(b));
     let peer = thread::spawn(move || {
         let mut b = b;
-        let mut hello = [0u8; 12];
-        b.read_exact(&mut hello).unwrap();
-        b.write_all(&[0x68, 0, 0, 12, 0, 2, 0, 0, 4, 0, 0, 0])
-            .unwrap();
+        answer_hello(&mut b);
         // The write after the hello: `run` followed by `close_stdin` made two.
         let mut buf = vec![0u8; 64 << 10];
         let n = b.read(&mut buf).unwrap();
