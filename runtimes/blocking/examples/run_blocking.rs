@@ -34,14 +34,14 @@ fn main() -> ExitCode {
     } else {
         command
     };
-    let run = match session.run(Command::new(command)) {
+    // Nothing to feed it: its stdin ends with the request.
+    let run = match session.run_without_stdin(Command::new(command)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("run: {e}");
             return ExitCode::from(202);
         }
     };
-    let _ = run.close_stdin();
     loop {
         match run.next() {
             Ok(Some(RunEvent::Stdout(d))) => drop(std::io::stdout().write_all(&d)),

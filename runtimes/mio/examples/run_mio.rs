@@ -43,10 +43,10 @@ fn main() -> ExitCode {
     } else {
         command
     };
-    let Ok(xid) = client.run(Command::new(command)) else {
+    // Nothing to feed it: its stdin ends with the request.
+    let Ok(xid) = client.run_without_stdin(Command::new(command)) else {
         return ExitCode::from(2);
     };
-    let _ = client.close_stdin(xid);
     let mut outcome = None;
     let result = run_client(transport, client, |_, event| match event {
         ClientEvent::Output { channel, data, .. } => {

@@ -27,8 +27,8 @@
 //!     // Socket buffers sized for transfers (see `connect_unix`).
 //!     let stream = tuppence_smol::connect_unix("/run/tuppence.sock").await?;
 //!     let session = Session::new(stream, ClientConfig::default()).await?;
-//!     let mut run = session.run(Command::new("uname -a")).await?;
-//!     run.close_stdin().await?;
+//!     // Nothing to feed it: its stdin ends with the request (`run` keeps it open).
+//!     let mut run = session.run_without_stdin(Command::new("uname -a")).await?;
 //!     while let Some(event) = run.next().await {
 //!         match event {
 //!             RunEvent::Stdout(data) => print!("{}", String::from_utf8_lossy(&data)),
