@@ -55,10 +55,7 @@ impl Client {
     pub fn run_without_stdin(&mut self, cmd: Command) -> Result<u16, UsageError> {
         let xid = self.run(cmd)?;
         // `run` checked the room for this intent; the end of stdin rides with it.
-        self.enqueue(xid, Packet::Eof { channel: 0 })?;
-        if let Some(tx) = self.transactions.get_mut(&xid) {
-            tx.stdin_closed = true;
-        }
+        self.end_stdin(xid)?;
         Ok(xid)
     }
 
@@ -83,7 +80,14 @@ impl Client {
                 what: "close stdin (not a command, or already closed)",
             });
         }
-        self.send(xid, Packet::Eof { channel: 0 })?;
+        self.check_room()?;
+        self.end_stdin(xid)
+    }
+
+    /// Queues the end of a command's stdin and marks it closed (the caller checked the
+    /// room for its intent).
+    fn end_stdin(&mut self, xid: u16) -> Result<(), UsageError> {
+        self.enqueue(xid, Packet::Eof { channel: 0 })?;
         if let Some(tx) = self.transactions.get_mut(&xid) {
             tx.stdin_closed = true;
         }
