@@ -278,7 +278,7 @@ fn a_command_without_stdin_goes_out_with_its_end_of_stdin_in_one_write() {
         let mut at = 0;
         while at + 8 <= n {
             types.push(buf[at]);
-            at += usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
+            at += usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])).max(8);
         }
         types
     });

@@ -451,9 +451,9 @@ async fn first_read_after_hello(mut io: Async<UnixStream>) -> Vec<u8> {
     let n = io.read(&mut buf).await.unwrap();
     let mut types = Vec::new();
     let mut at = 0;
-    while let Some(header) = buf.get(at..(at + 8).min(n)).filter(|h| h.len() == 8) {
-        types.push(header[0]);
-        at += usize::from(u16::from_be_bytes([header[2], header[3]]));
+    while at + 8 <= n {
+        types.push(buf[at]);
+        at += usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])).max(8);
     }
     types
 }
