@@ -382,7 +382,11 @@ fn spawn_with(
     // (its fd table was copied by clone).
     drop(stdio);
     let (pid, exec) = spawned.map_err(SpawnError::Spawn)?;
-    adopt(pid, exec, [stdin, stdout, stderr], master, spec.tty, leaf)
+    let child = adopt(pid, exec, [stdin, stdout, stderr], master, spec.tty, leaf)?;
+    if let Some(tree) = cgroup {
+        tree.tidy_after_spawn();
+    }
+    Ok(child)
 }
 
 /// Spawns a fully prepared `cmd` (stdio chosen, `pre_exec` hook installed) and wraps it in a
