@@ -578,7 +578,7 @@ impl CgroupTree {
     /// Removes what dead processes left beside a flat tree's leaves, once per tree. Called
     /// by the spawn once a command has started, so the scan overlaps the command's own
     /// start instead of delaying it.
-    pub fn tidy_after_spawn(&self) {
+    pub(crate) fn tidy_after_spawn(&self) {
         if self.tidy_pending.swap(false, Ordering::Relaxed) {
             remove_stale(&self.path);
         }
@@ -586,8 +586,8 @@ impl CgroupTree {
 }
 
 impl Drop for CgroupTree {
-    /// Every leaf in use is gone by now (each holds the tree): remove the spares, then the
-    /// subtree. A process that is somehow still in it is killed first, and waited for
+    /// Every leaf in use is gone by now (each holds the tree): tidy what the dead left if
+    /// no command did, remove the spares, then the subtree. A process that is somehow still in it is killed first, and waited for
     /// briefly.
     fn drop(&mut self) {
         self.tidy_after_spawn();
@@ -863,6 +863,14 @@ mod tests {
         assert!(own.is_dir());
     }
 
+    /// The pid of a process that has exited and been reaped: what its agent left is stale.
+    fn a_dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        child.wait().expect("wait");
+        pid
+    }
+
     /// What a process that is gone left in the own cgroup (a crash, a kill) is removed by
     /// the next flat tree once its first command has started, or when it drops: a flat
     /// tree's leaf and a subtree with a leaf in it.
@@ -872,9 +880,7 @@ mod tests {
             eprintln!("skipped: no own cgroup");
             return;
         };
-        let mut child = std::process::Command::new("true").spawn().expect("spawn");
-        let dead = child.id();
-        child.wait().expect("wait");
+        let dead = a_dead_pid();
         let flat = own.join(format!("tuppence-{dead}-0-c1"));
         let subtree = own.join(format!("tuppence-{dead}-1"));
         if let Err(e) = std::fs::create_dir(&flat) {
@@ -905,9 +911,7 @@ mod tests {
             eprintln!("skipped: no own cgroup");
             return;
         };
-        let mut child = std::process::Command::new("true").spawn().expect("spawn");
-        let left = own.join(format!("tuppence-{}-0-c1", child.id()));
-        child.wait().expect("wait");
+        let left = own.join(format!("tuppence-{}-0-c1", a_dead_pid()));
         if let Err(e) = std::fs::create_dir(&left) {
             eprintln!("skipped: cannot make cgroups here: {e}");
             return;
