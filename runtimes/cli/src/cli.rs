@@ -222,7 +222,7 @@ impl Cli {
                 "-u" | "--user" => &mut user,
                 _ => return None,
             };
-            if slot.is_some() || (name.len() == 2 && inline.is_some()) {
+            if slot.is_some() {
                 return None;
             }
             *slot = Some(value(match inline {
