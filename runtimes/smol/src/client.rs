@@ -287,8 +287,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 ///
 /// One stable waker ([`Relay`]) is what the pump's sources (socket, timer, intents) hold,
 /// whoever polls: async-io keeps one waker per source, so pollers with their own wakers
-/// would take the wake-ups from each other. It wakes the task always (no wake-up is lost
-/// if the waiting consumer stops waiting) and the consumer that waits, if any.
+/// would take the wake-ups from each other. While a consumer waits, it wakes that
+/// consumer alone, not the task: async-io's `block_on` hands the reactor to another
+/// thread once its holder has gone 500 µs without a wake-up of its own, so the idle
+/// executor thread, never woken, gives the reactor up and the waiting consumer's own
+/// `block_on` sees the socket's readiness: one thread reads the link and consumes it,
+/// as when the caller polls the driver itself. Woken every time, the executor's thread
+/// kept the reactor and read every batch for the consumer (`benches/e2e/README.md`:
+/// inject 0.82–0.88 of a raw copy against 0.95–0.97 without). A watchdog timer of the
+/// task makes sure that a wake-up that went to a consumer that then stopped waiting
+/// without saying so (a future dropped mid-wait) is acted on within [`WATCHDOG`].
 struct Assisted {
     pump: std::sync::Mutex<Slot>,
     relay: Arc<Relay>,
@@ -300,6 +308,12 @@ struct Assisted {
     again: std::sync::atomic::AtomicBool,
 }
 
+/// How often the task checks for a wake-up of the pump that went to a consumer alone
+/// and was not acted on, while consumers wait. Far below any keepalive interval (one
+/// second at the least), and rare enough that the executor's thread, woken for it, takes
+/// the reactor back for at most 500 µs in this much time.
+const WATCHDOG: Duration = Duration::from_millis(100);
+
 enum Slot {
     Running(Box<dyn Future<Output = End> + Send + Unpin>),
     Ended(End),
@@ -308,12 +322,21 @@ enum Slot {
 #[derive(Default)]
 struct Relay {
     wakers: std::sync::Mutex<RelayWakers>,
+    /// A wake-up went to the waiting consumer alone and no poll of the pump has begun
+    /// since: whoever learns that the consumer stopped waiting polls the pump.
+    owed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct RelayWakers {
     task: Option<std::task::Waker>,
+    /// The consumer that waits for what the pump brings (the last one to register).
     waiting: Option<std::task::Waker>,
+    /// The task's watchdog is armed, or will be at its next poll: only then may a
+    /// wake-up go to `waiting` alone.
+    watched: bool,
+    /// A consumer registered since the watchdog was last armed: it stays armed.
+    seen: bool,
 }
 
 impl Relay {
@@ -334,9 +357,17 @@ impl std::task::Wake for Relay {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::SeqCst;
         let (task, waiting) = {
             let mut g = self.lock();
-            (g.task.clone(), g.waiting.take())
+            let waiting = g.waiting.take();
+            if g.watched && waiting.is_some() {
+                // Set before the consumer can run: it clears it when it polls.
+                self.owed.store(true, SeqCst);
+                (None, waiting)
+            } else {
+                (g.task.clone(), waiting)
+            }
         };
         if let Some(w) = waiting {
             w.wake();
@@ -362,6 +393,8 @@ impl Assisted {
                 Err(std::sync::TryLockError::WouldBlock) => return polled,
             };
             self.again.store(false, SeqCst);
+            // This pass acts on every wake-up that came before it.
+            self.relay.owed.store(false, SeqCst);
             let pump = match &mut *slot {
                 Slot::Running(pump) => pump,
                 Slot::Ended(end) => return Some(Poll::Ready(end.clone())),
@@ -391,24 +424,85 @@ impl Assisted {
 impl Assist for Assisted {
     fn drive_here(&self, waiting: Option<&std::task::Waker>) -> bool {
         if let Some(w) = waiting {
-            Relay::set(&mut self.relay.lock().waiting, w);
+            let arm = {
+                let mut g = self.relay.lock();
+                Relay::set(&mut g.waiting, w);
+                g.seen = true;
+                // The first waiter after a quiet spell has the task arm its watchdog
+                // before any wake-up may go to a waiter alone.
+                let arm = !g.watched;
+                g.watched = true;
+                arm.then(|| g.task.clone()).flatten()
+            };
+            if let Some(task) = arm {
+                task.wake();
+            }
         }
         // Polled here, or by the thread polling it now, once more after this call.
         let _ = self.poll_pump();
         true
     }
+
+    fn resign(&self, waker: &std::task::Waker) {
+        {
+            let mut g = self.relay.lock();
+            if g.waiting.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                g.waiting = None;
+            }
+        }
+        if self.relay.owed.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.poll_pump();
+        }
+    }
+
+    fn forget_waiters(&self) {
+        let mut g = self.relay.lock();
+        g.waiting = None;
+        g.watched = false;
+    }
 }
 
-/// The task [`Session::new`] spawns: polls the [`Assisted`] driver when it is woken.
-struct AssistedTask(Arc<Assisted>);
+/// The task [`Session::new`] spawns: polls the [`Assisted`] driver when it is woken, and
+/// by its watchdog while consumers wait (see [`Assisted`]).
+struct AssistedTask {
+    assisted: Arc<Assisted>,
+    watchdog: async_io::Timer,
+    armed: bool,
+}
 
 impl Future for AssistedTask {
     type Output = Result<(), Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Before polling: a consumer that polls meanwhile and ends the pump wakes this.
-        Relay::set(&mut self.0.relay.lock().task, cx.waker());
-        match self.0.poll_pump() {
+        let this = self.get_mut();
+        if this.armed && Pin::new(&mut this.watchdog).poll(cx).is_ready() {
+            this.armed = false;
+        }
+        let arm = {
+            let mut g = this.assisted.relay.lock();
+            // Before polling: a consumer that polls meanwhile and ends the pump wakes this.
+            Relay::set(&mut g.task, cx.waker());
+            if this.armed {
+                false
+            } else {
+                // Consumers waited in the last period: keep watching. Otherwise every
+                // wake-up comes here again until one waits.
+                let arm = g.seen;
+                g.seen = false;
+                g.watched = arm;
+                arm
+            }
+        };
+        if arm {
+            this.watchdog.set_after(WATCHDOG);
+            this.armed = true;
+            // Registers the waker; a timer just set is not due.
+            if Pin::new(&mut this.watchdog).poll(cx).is_ready() {
+                this.armed = false;
+                cx.waker().wake_by_ref();
+            }
+        }
+        match this.assisted.poll_pump() {
             Some(Poll::Ready(end)) => Poll::Ready(end.into_result()),
             // Another thread is polling, and polls again after this wake-up's cause.
             Some(Poll::Pending) | None => Poll::Pending,
@@ -420,7 +514,7 @@ impl Drop for AssistedTask {
     fn drop(&mut self) {
         // Dropped by its executor: as for a dropped `Driver`, every waiter sees the end
         // now (the pump's own `Drop` ends the link).
-        let mut slot = self.0.pump.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.assisted.pump.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(*slot, Slot::Running(_)) {
             *slot = Slot::Ended(End::Local);
         }
@@ -444,9 +538,12 @@ impl Session {
     ///
     /// A caller that waits on the session (for events, for transmit room, for the reply)
     /// also polls the driver itself, on its own thread, whenever the executor's thread is
-    /// not already polling it; its requests are written from its own thread too. So a
+    /// not already polling it; its requests are written from its own thread too, and
+    /// while it waits the link's wake-ups go to it rather than to the driver's task. So a
     /// caller in its own `block_on` is served without a thread hand-off per batch, and
-    /// keeps being served while the executor's threads are busy.
+    /// keeps being served while the executor's threads are busy. A caller that stops
+    /// waiting without finishing (a future dropped or left unpolled mid-wait) leaves the
+    /// driver to its task again within a tenth of a second.
     pub async fn new<S>(io: S, config: ClientConfig) -> Result<Session, Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -471,7 +568,11 @@ impl Session {
         });
         let weak: std::sync::Weak<Assisted> = Arc::downgrade(&assisted);
         session.set_assist(weak);
-        let task = smol::spawn(AssistedTask(assisted));
+        let task = smol::spawn(AssistedTask {
+            assisted,
+            watchdog: async_io::Timer::never(),
+            armed: false,
+        });
         let session = Session {
             inner: Arc::new(Inner {
                 shared: session,
@@ -682,6 +783,9 @@ impl Session {
             let w = if held && low { g.take_driver() } else { None };
             drop(g);
             shared.kick(w);
+            if let Some(cx) = cx {
+                shared.resign(cx.waker());
+            }
             return Poll::Ready(ev);
         }
         if end.is_some() {
@@ -735,6 +839,7 @@ impl Session {
             let w = if held && low { g.take_driver() } else { None };
             drop(g);
             shared.kick(w);
+            shared.resign(cx.waker());
             return Poll::Ready(ev);
         }
         if end.is_some() {
@@ -917,6 +1022,74 @@ mod tests {
         // Nobody came during the second pass: no third.
         assert!(assisted.drive_here(None));
         assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// A pump that counts its polls and never ends.
+    struct CountingPump(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Future for CountingPump {
+        type Output = End;
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<End> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Poll::Pending
+        }
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Counted(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wake_up_goes_to_the_waiting_consumer_alone_once_the_task_watches() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let assisted = Arc::new(Assisted {
+            pump: std::sync::Mutex::new(Slot::Running(Box::new(CountingPump(polls.clone())))),
+            relay: Arc::default(),
+            again: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (task, consumer) = (Arc::new(Counted::default()), Arc::new(Counted::default()));
+        let consumer_waker = std::task::Waker::from(consumer.clone());
+        assisted.relay.lock().task = Some(std::task::Waker::from(task.clone()));
+        let relay = std::task::Waker::from(assisted.relay.clone());
+        let counts = || {
+            (
+                task.0.load(SeqCst),
+                consumer.0.load(SeqCst),
+                polls.load(SeqCst),
+            )
+        };
+
+        // Nobody waits: the task is woken.
+        relay.wake_by_ref();
+        assert_eq!(counts(), (1, 0, 0));
+        // The first waiter wakes the task once, to arm its watchdog, and polls the pump.
+        assert!(assisted.drive_here(Some(&consumer_waker)));
+        assert_eq!(counts(), (2, 0, 1));
+        // Now a wake-up goes to the waiter alone, which owes the pump a poll...
+        relay.wake_by_ref();
+        assert_eq!(counts(), (2, 1, 1));
+        assert!(assisted.relay.owed.load(SeqCst));
+        // ...and pays it when it stops waiting without having polled it.
+        assisted.resign(&consumer_waker);
+        assert_eq!(counts(), (2, 1, 2));
+        assert!(!assisted.relay.owed.load(SeqCst));
+        // No one waits any more: the task is woken again.
+        relay.wake_by_ref();
+        assert_eq!(counts(), (3, 1, 2));
+        // A waiter that polls the pump after its wake-up owes nothing at its resignation.
+        assert!(assisted.drive_here(Some(&consumer_waker)));
+        relay.wake_by_ref();
+        assert!(assisted.drive_here(Some(&consumer_waker)));
+        assert!(!assisted.relay.owed.load(SeqCst));
+        assisted.resign(&consumer_waker);
+        assert_eq!(counts(), (3, 2, 4));
     }
 
     #[test]

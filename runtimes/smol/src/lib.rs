@@ -11,12 +11,12 @@
 //!   `Client` machine; the cloneable [`Session`] runs commands ([`RunHandle`], a `Stream`
 //!   of [`RunEvent`]s), transfers files ([`Session::inject`], [`Session::extract`]),
 //!   subscribes to event sources ([`Monitor`]) and quits the agent — many at once.
+//!   While a caller waits for the session in its own `block_on`, its thread reads the
+//!   link itself (the driver task is left alone and its thread gives async-io's reactor
+//!   up), so bulk output costs no hand-off between threads.
 //!   [`Session::with_driver`] returns the driver future instead, for another executor,
-//!   or to poll it beside your own work in one `block_on` (the second example): then
-//!   one thread reads the link and consumes what it brings, where the spawned driver
-//!   hands batches between smol's executor thread and yours. On a machine with few
-//!   cores that is the faster form for bulk output (`benches/e2e/README.md`: about 0.96
-//!   of the socket's speed against 0.87 for the spawned driver, on two vCPUs).
+//!   or to poll it beside your own work in one `block_on` (the second example), with no
+//!   task and no executor thread at all.
 //! * **Server**: [`serve`] runs one agent connection, handing requests to an [`App`] that
 //!   answers through a [`Responder`]; [`Responder::output`] waits while the link is
 //!   congested.

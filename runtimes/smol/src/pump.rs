@@ -71,6 +71,14 @@ pub(crate) trait Assist: Send + Sync {
     /// waits for what the pump brings: it is woken, besides the driver's task, when the
     /// pump's sources become ready.
     fn drive_here(&self, waiting: Option<&Waker>) -> bool;
+
+    /// The consumer whose waker is `waker` got what it waited for and stops waiting:
+    /// wake-ups of the pump no longer go to it, and a wake-up that went to it alone is
+    /// acted on here.
+    fn resign(&self, waker: &Waker);
+
+    /// Every handle is gone, so nobody waits any more: wake-ups go to the driver's task.
+    fn forget_waiters(&self);
 }
 
 /// Wake-ups collected under the lock and delivered after it is released.
@@ -219,6 +227,13 @@ impl<L: LinkState> Shared<L> {
             .is_some_and(|a| a.drive_here(waiting))
     }
 
+    /// The waiter with `waker` stops waiting ([`Assist::resign`]).
+    pub(crate) fn resign(&self, waker: &Waker) {
+        if let Some(a) = self.assist.get().and_then(Weak::upgrade) {
+            a.resign(waker);
+        }
+    }
+
     /// Gives the pump work taken from the guarded state (`waker` is what
     /// [`Guarded::take_driver`] returned, after the lock was released): polled here when
     /// it can be, so that the bytes go out from this thread, else woken.
@@ -235,11 +250,13 @@ impl<L: LinkState> Shared<L> {
         let mut listener = std::pin::pin!(listener);
         futures_lite::future::poll_fn(|cx| {
             if listener.as_mut().poll(cx).is_ready() {
+                self.resign(cx.waker());
                 return Poll::Ready(());
             }
-            if self.drive_here(Some(cx.waker())) {
-                // What the pump did may be what the listener waits for.
-                return listener.as_mut().poll(cx);
+            // What the pump did may be what the listener waits for.
+            if self.drive_here(Some(cx.waker())) && listener.as_mut().poll(cx).is_ready() {
+                self.resign(cx.waker());
+                return Poll::Ready(());
             }
             Poll::Pending
         })
@@ -344,6 +361,9 @@ impl<L: LinkState> Shared<L> {
         g.closing = true;
         let w = g.take_driver();
         drop(g);
+        if let Some(a) = self.assist.get().and_then(Weak::upgrade) {
+            a.forget_waiters();
+        }
         if let Some(w) = w {
             w.wake();
         }

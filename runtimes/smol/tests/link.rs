@@ -405,10 +405,9 @@ async fn ends_the_first_command_when_told(
 
 /// A consumer whose future is kept but no longer polled (as one held across a `select`
 /// that chose another branch) must not hold up the session's other consumers. It was the
-/// last to wait, so a wake-up handed to it alone would be lost: the driver's task must be
-/// woken too (or soon after). Keepalives are off, so no timer of the pump would come to
-/// the rescue. (A relay that woke only the waiter, with a 2 ms grace timer for the task,
-/// passed this; without the timer it hangs. See `benches/e2e/README.md`.)
+/// last to wait, so the relay hands the pump's wake-ups to it alone and they are lost:
+/// the driver task's watchdog must act on them soon after. Keepalives are off, so no
+/// timer of the pump would come to the rescue. (Without the watchdog it hangs.)
 #[test]
 fn a_waiter_that_stops_polling_does_not_hold_up_the_others() {
     smol::block_on(guard(10, async {
@@ -441,6 +440,57 @@ fn a_waiter_that_stops_polling_does_not_hold_up_the_others() {
         );
         drop(kept);
     }));
+}
+
+/// A peer that answers the hello with keepalives off, reads one command request and then
+/// closes the connection once `go` says so.
+async fn closes_after_the_first_command(
+    mut io: Async<UnixStream>,
+    go: smol::channel::Receiver<()>,
+) {
+    answer_hello(&mut io, 0).await;
+    while read_packet(&mut io).await[0] != b'c' {}
+    go.recv().await.unwrap();
+}
+
+/// The same as a select that gave up on a consumer, with nobody else using the session
+/// afterwards: the wake-up for the peer's close goes to the consumer that waited last,
+/// which no longer listens, and the session must still notice the close by itself (as it
+/// must notice keepalives due, or a dead peer) while the caller does not touch it.
+#[test]
+fn a_session_nobody_waits_on_still_sees_the_link_end() {
+    let (a, b) = Async::<UnixStream>::pair().unwrap();
+    let (go, told) = smol::channel::bounded(1);
+    let peer = smol::spawn(closes_after_the_first_command(b, told));
+    let config = ClientConfig {
+        keepalive: 0,
+        ..ClientConfig::default()
+    };
+    let (session, mut run) = smol::block_on(guard(10, async {
+        let session = Session::new(a, config).await.unwrap();
+        let run = session.run(Command::new("sleep 9")).await.unwrap();
+        (session, run)
+    }));
+    // Waits once, on this thread, and gives up: its waker stays the one registered.
+    smol::block_on(async {
+        let gave_up = future::or(async { run.next().await.map(|_| false) }, async {
+            Timer::after(Duration::from_millis(50)).await;
+            Some(true)
+        });
+        assert_eq!(gave_up.await, Some(true));
+    });
+    smol::block_on(go.send(())).unwrap();
+    smol::block_on(peer);
+    let closed = Instant::now();
+    // Not in a `block_on` and not calling into the session: only its task can notice.
+    while !session.is_closed() {
+        assert!(
+            closed.elapsed() < Duration::from_secs(3),
+            "the session did not see its peer close"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(run);
 }
 
 /// A peer that answers the hello with keepalives off and returns the packet types of
