@@ -320,6 +320,14 @@ fn quit_stops_the_agent_and_running_commands_see_the_link_lost() {
     }));
 }
 
+/// A client that asks for no keepalives, so that no timer of the pump acts by itself.
+fn without_keepalives() -> ClientConfig {
+    ClientConfig {
+        keepalive: 0,
+        ..ClientConfig::default()
+    }
+}
+
 /// Reads the client's hello and answers it as a v4 agent announcing `keepalive`.
 async fn answer_hello(io: &mut Async<UnixStream>, keepalive: u16) {
     let mut hello = [0u8; 12];
@@ -414,11 +422,7 @@ fn a_waiter_that_stops_polling_does_not_hold_up_the_others() {
         let (a, b) = Async::<UnixStream>::pair().unwrap();
         let (go, told) = smol::channel::bounded(1);
         let _peer = smol::spawn(ends_the_first_command_when_told(b, told));
-        let config = ClientConfig {
-            keepalive: 0,
-            ..ClientConfig::default()
-        };
-        let session = Session::new(a, config).await.unwrap();
+        let session = Session::new(a, without_keepalives()).await.unwrap();
         let first = session.run(Command::new("first")).await.unwrap();
         let second = session.run(Command::new("second")).await.unwrap();
         // The first command's consumer waits on a thread of its own...
@@ -462,12 +466,8 @@ fn a_session_nobody_waits_on_still_sees_the_link_end() {
     let (a, b) = Async::<UnixStream>::pair().unwrap();
     let (go, told) = smol::channel::bounded(1);
     let peer = smol::spawn(closes_after_the_first_command(b, told));
-    let config = ClientConfig {
-        keepalive: 0,
-        ..ClientConfig::default()
-    };
     let (session, mut run) = smol::block_on(guard(10, async {
-        let session = Session::new(a, config).await.unwrap();
+        let session = Session::new(a, without_keepalives()).await.unwrap();
         let run = session.run(Command::new("sleep 9")).await.unwrap();
         (session, run)
     }));
@@ -532,11 +532,7 @@ fn a_command_without_stdin_goes_out_with_its_end_of_stdin_in_one_write() {
     smol::block_on(guard(10, async {
         let (a, b) = packet_socket_pair();
         let peer = smol::spawn(first_read_after_hello(b));
-        let config = ClientConfig {
-            keepalive: 0,
-            ..ClientConfig::default()
-        };
-        let session = Session::new(a, config).await.unwrap();
+        let session = Session::new(a, without_keepalives()).await.unwrap();
         let run = session
             .run_without_stdin(Command::new("true"))
             .await
