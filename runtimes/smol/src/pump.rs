@@ -68,8 +68,8 @@ pub(crate) trait Assist: Send + Sync {
     /// Polls the pump here, now, unless another thread is polling it, which then polls
     /// it once more after this call: either way, what the caller changed before is seen
     /// and nobody else need be woken (true). `waiting` is the waker of a consumer that
-    /// waits for what the pump brings: it is woken, besides the driver's task, when the
-    /// pump's sources become ready.
+    /// waits for what the pump brings: it is woken when the pump's sources become ready,
+    /// instead of the driver's task (which then only watches, see `client::Assisted`).
     fn drive_here(&self, waiting: Option<&Waker>) -> bool;
 
     /// The consumer whose waker is `waker` got what it waited for and stops waiting:
