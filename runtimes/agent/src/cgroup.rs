@@ -587,8 +587,8 @@ impl CgroupTree {
 
 impl Drop for CgroupTree {
     /// Every leaf in use is gone by now (each holds the tree): tidy what the dead left if
-    /// no command did, remove the spares, then the subtree. A process that is somehow still in it is killed first, and waited for
-    /// briefly.
+    /// no command did, remove the spares, then the subtree. A process that is somehow
+    /// still in it is killed first, and waited for briefly.
     fn drop(&mut self) {
         self.tidy_after_spawn();
         for spare in std::mem::take(&mut *self.spares()) {

@@ -219,17 +219,19 @@ impl<L: LinkState> Shared<L> {
         let _ = self.assist.set(assist);
     }
 
+    /// The pump's assistant, if waiters may poll it and it still runs.
+    fn assist(&self) -> Option<Arc<dyn Assist>> {
+        self.assist.get().and_then(Weak::upgrade)
+    }
+
     /// Polls the pump on this thread if it can be ([`Assist::drive_here`]).
     pub(crate) fn drive_here(&self, waiting: Option<&Waker>) -> bool {
-        self.assist
-            .get()
-            .and_then(Weak::upgrade)
-            .is_some_and(|a| a.drive_here(waiting))
+        self.assist().is_some_and(|a| a.drive_here(waiting))
     }
 
     /// The waiter with `waker` stops waiting ([`Assist::resign`]).
     pub(crate) fn resign(&self, waker: &Waker) {
-        if let Some(a) = self.assist.get().and_then(Weak::upgrade) {
+        if let Some(a) = self.assist() {
             a.resign(waker);
         }
     }
@@ -361,7 +363,7 @@ impl<L: LinkState> Shared<L> {
         g.closing = true;
         let w = g.take_driver();
         drop(g);
-        if let Some(a) = self.assist.get().and_then(Weak::upgrade) {
+        if let Some(a) = self.assist() {
             a.forget_waiters();
         }
         if let Some(w) = w {
